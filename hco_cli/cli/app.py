@@ -1,0 +1,54 @@
+"""The ``hco`` application: one Typer app, one module per subcommand."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from hco_cli import __version__
+from hco_cli.cli import common
+
+app = typer.Typer(
+    name="hco",
+    help=(
+        "Semi-supervised 3D medical image segmentation with Hierarchical Cautious "
+        "Optimization (HCO): prepare data, train a V-Net with BCP, CMT or mean teacher "
+        "and any of nine optimizers, predict, evaluate, and compare runs with paired tests."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"hco {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show full tracebacks instead of one-line errors.")
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """hco command-line interface."""
+    common.set_debug(debug)
+
+
+# Subcommands: one module each, registered here (keep this block sorted by pipeline stage).
+# [commands]
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

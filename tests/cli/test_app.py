@@ -1,0 +1,41 @@
+"""The root command: help, version, and the one-line error contract."""
+
+from __future__ import annotations
+
+import typer
+from typer.testing import CliRunner
+
+from hco_cli import __version__
+from hco_cli.cli.app import app
+from hco_cli.cli.common import handle_errors
+from hco_cli.errors import DataError
+
+runner = CliRunner()
+
+
+def test_version() -> None:
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.stdout.strip() == f"hco {__version__}"
+
+
+def test_help_lists_description() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    assert "Hierarchical Cautious" in result.stdout
+
+
+def test_handle_errors_prints_one_line_and_exits_1() -> None:
+    demo = typer.Typer()
+
+    @demo.command()
+    @handle_errors
+    def boom(name: str = "x") -> None:
+        raise DataError(f"case {name}: label file missing " + "x" * 150)
+
+    result = runner.invoke(demo, ["--name", "abc"])
+    assert result.exit_code == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1
+    assert lines[0].startswith("error: case abc: label file missing")
+    assert "Traceback" not in result.output
