@@ -1,0 +1,160 @@
+"""Reading and writing medical volumes with their physical geometry.
+
+NIfTI goes through nibabel (no SimpleITK needed, so GPU machines can do without it); NRRD,
+MHA/MHD and DICOM series go through SimpleITK, imported only when such a file is met.
+Arrays are returned indexed (x, y, z); geometry follows ITK's LPS convention
+(see :mod:`hco_cli.data.dataset`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hco_cli.data.dataset import Geometry
+from hco_cli.errors import DataError, MissingExtraError
+from hco_cli.io_utils import atomic_path
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+VOLUME_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
+_LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def volume_suffix(path: Path) -> str:
+    """The volume extension of ``path`` ('.nii.gz' counts as one), or '' if none is known."""
+    name = path.name.lower()
+    for suffix in sorted(VOLUME_SUFFIXES, key=len, reverse=True):
+        if name.endswith(suffix):
+            return suffix
+    return ""
+
+
+def case_id_from_path(path: Path) -> str:
+    """File name without its volume extension (and without an nnU-Net ``_0000`` channel tag)."""
+    suffix = volume_suffix(path)
+    stem = path.name[: -len(suffix)] if suffix else path.name
+    return stem[:-5] if len(stem) > 5 and stem[-5] == "_" and stem[-4:].isdigit() else stem
+
+
+def is_dicom_dir(path: Path) -> bool:
+    return path.is_dir() and any(p.suffix.lower() == ".dcm" for p in path.iterdir())
+
+
+def read_volume(path: Path) -> tuple[np.ndarray, Geometry]:
+    """Read a 3D volume as an (x, y, z) array plus its geometry."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"file not found: {path}")
+    suffix = volume_suffix(path)
+    try:
+        if suffix in NIFTI_SUFFIXES:
+            return _read_nifti(path)
+        if suffix in ITK_SUFFIXES or is_dicom_dir(path):
+            return _read_itk(path)
+    except DataError:
+        raise
+    except Exception as exc:  # the readers raise many unrelated types on corrupt files
+        raise DataError(f"cannot read {path}: {exc}") from exc
+    raise DataError(f"{path}: unsupported volume format (use NIfTI, NRRD, MHA/MHD or DICOM)")
+
+
+def write_volume(path: Path, array: np.ndarray, geometry: Geometry) -> None:
+    """Write an (x, y, z) array with ``geometry`` atomically; the format follows the extension."""
+    path = Path(path)
+    suffix = volume_suffix(path)
+    if tuple(array.shape) != tuple(geometry.shape):
+        raise DataError(f"{path}: array shape {array.shape} does not match {geometry.shape}")
+    if suffix in NIFTI_SUFFIXES:
+        import nibabel as nib
+
+        image = nib.Nifti1Image(np.asarray(array), affine_from_geometry(geometry))
+        image.header.set_xyzt_units("mm")
+        with atomic_path(path, suffix=suffix) as tmp:
+            nib.save(image, str(tmp))
+    elif suffix in ITK_SUFFIXES:
+        sitk = _simpleitk()
+        image = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(array).transpose(2, 1, 0)))
+        image.SetSpacing(geometry.spacing)
+        image.SetOrigin(geometry.origin)
+        image.SetDirection(geometry.direction)
+        with atomic_path(path, suffix=suffix) as tmp:
+            sitk.WriteImage(image, str(tmp), True)
+    else:
+        raise DataError(f"{path}: unsupported output format (use .nii.gz, .nrrd or .mha)")
+
+
+def affine_from_geometry(geometry: Geometry) -> np.ndarray:
+    """NIfTI (RAS) 4x4 affine of an ITK (LPS) geometry."""
+    lps = np.eye(4)
+    direction = np.asarray(geometry.direction, dtype=float).reshape(3, 3)
+    lps[:3, :3] = direction * np.asarray(geometry.spacing, dtype=float)[None, :]
+    lps[:3, 3] = geometry.origin
+    return _LPS_FROM_RAS @ lps
+
+
+def geometry_from_affine(affine: np.ndarray, shape: tuple[int, ...]) -> Geometry:
+    """ITK (LPS) geometry of a NIfTI (RAS) affine."""
+    lps = _LPS_FROM_RAS @ np.asarray(affine, dtype=float)
+    columns = lps[:3, :3]
+    spacing = np.linalg.norm(columns, axis=0)
+    if np.any(spacing <= 0):
+        raise DataError("degenerate affine: a voxel axis has zero length")
+    direction = columns / spacing[None, :]
+    return Geometry(
+        shape=(int(shape[0]), int(shape[1]), int(shape[2])),
+        spacing=(float(spacing[0]), float(spacing[1]), float(spacing[2])),
+        origin=(float(lps[0, 3]), float(lps[1, 3]), float(lps[2, 3])),
+        direction=tuple(float(v) for v in direction.reshape(-1)),
+    )
+
+
+def _squeeze_3d(array: np.ndarray, path: Path) -> np.ndarray:
+    while array.ndim > 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim != 3:
+        raise DataError(f"{path}: expected a 3D volume, got shape {array.shape}")
+    return array
+
+
+def _read_nifti(path: Path) -> tuple[np.ndarray, Geometry]:
+    import nibabel as nib
+
+    image: Any = nib.load(str(path))
+    array = _squeeze_3d(np.asanyarray(image.dataobj), path)
+    return array, geometry_from_affine(image.affine, array.shape)
+
+
+def _read_itk(path: Path) -> tuple[np.ndarray, Geometry]:
+    sitk = _simpleitk()
+    if path.is_dir():
+        reader = sitk.ImageSeriesReader()
+        files = reader.GetGDCMSeriesFileNames(str(path))
+        if not files:
+            raise DataError(f"{path}: no DICOM series found")
+        reader.SetFileNames(files)
+        image = reader.Execute()
+    else:
+        image = sitk.ReadImage(str(path))
+    if image.GetNumberOfComponentsPerPixel() != 1 or image.GetDimension() != 3:
+        raise DataError(f"{path}: expected a scalar 3D volume")
+    array = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
+    geometry = Geometry(
+        shape=(int(array.shape[0]), int(array.shape[1]), int(array.shape[2])),
+        spacing=tuple(float(v) for v in image.GetSpacing()),  # type: ignore[arg-type]
+        origin=tuple(float(v) for v in image.GetOrigin()),  # type: ignore[arg-type]
+        direction=tuple(float(v) for v in image.GetDirection()),
+    )
+    return np.ascontiguousarray(array), geometry
+
+
+def _simpleitk() -> Any:
+    try:
+        import SimpleITK as sitk
+    except ImportError as exc:
+        raise MissingExtraError(
+            "SimpleITK is needed for NRRD, MHA and DICOM files: pip install SimpleITK"
+        ) from exc
+    return sitk
