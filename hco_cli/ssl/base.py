@@ -1,0 +1,129 @@
+"""The small interface every SSL framework offers to the one shared training loop.
+
+A framework owns its networks (students, teachers), computes a labeled loss L_L and an
+unlabeled loss L_U each iteration, turns them into the two gradients g_L and g_U, and calls
+``step_two_source`` on its optimizer(s). The loop owns everything else: data, phases, learning
+rates, logging, validation, checkpoints.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class Batch:
+    """One iteration's data, already on the training device."""
+
+    labeled_image: Tensor  # (B_l, C, X, Y, Z) float
+    labeled_label: Tensor  # (B_l, X, Y, Z) int64
+    unlabeled_image: Tensor | None = None  # (B_u, C, X, Y, Z) float
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A stretch of training with one optimizer set-up (e.g. BCP's pre- and self-training)."""
+
+    name: str  # "train", "pretrain" or "selftrain"
+    iterations: int
+    needs_unlabeled: bool
+    # Use the plain member of the optimizer's family (BCP pre-training has no unlabeled gradient).
+    plain_optimizer: bool = False
+    # Multiplier of the base learning rate at 0-based iteration i of this phase.
+    lr_factor: Callable[[int], float] = field(default=lambda i: 1.0)
+    # At the end of the phase, load the best validated weights before the next phase starts.
+    restore_best: bool = False
+
+
+@dataclass
+class StepResult:
+    """Detached 0-d tensors, so that an iteration needs no host synchronisation."""
+
+    loss_l: Tensor
+    loss_u: Tensor
+    admitted: Tensor | None = None  # fraction admitted by the CO/HCO mask, if any
+    extra: dict[str, Tensor] = field(default_factory=dict)
+
+
+ModelFactory = Callable[[], nn.Module]
+
+
+class Framework(ABC):
+    """Base class of ``supervised``, ``mean-teacher``, ``bcp`` and ``cmt``."""
+
+    name: str = ""
+
+    @abstractmethod
+    def phases(self) -> list[Phase]:
+        """The phases to run, in order."""
+
+    @abstractmethod
+    def trainable(self) -> dict[str, nn.Module]:
+        """Modules that each get their own optimizer, e.g. ``{"student": net}``."""
+
+    def start_phase(self, phase: Phase) -> None:  # noqa: B027 - optional hook
+        """Called before the first iteration of ``phase`` (e.g. BCP builds its teacher here)."""
+
+    @abstractmethod
+    def train_step(
+        self,
+        phase: Phase,
+        batch: Batch,
+        optimizers: dict[str, torch.optim.Optimizer],
+        iteration: int,
+    ) -> StepResult:
+        """One iteration: losses, gradients, ``step_two_source`` on every optimizer, EMA updates."""
+
+    @abstractmethod
+    def eval_model(self) -> nn.Module:
+        """The network that validation and prediction use."""
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """Every network's weights and buffers (teachers included), as plain tensors."""
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Inverse of :meth:`state_dict`."""
+
+
+def is_hierarchical(optimizer: torch.optim.Optimizer) -> bool:
+    """True for the ``*-hco`` optimizers, which treat g_L and g_U differently."""
+    return bool(getattr(optimizer, "hierarchical", False))
+
+
+def alignment_tensor(optimizer: torch.optim.Optimizer) -> Tensor | None:
+    """The admitted fraction of the optimizer's last masked step, as a 0-d tensor (no sync)."""
+    value = getattr(optimizer, "last_alignment_tensor", None)
+    return value if isinstance(value, Tensor) else None
+
+
+def two_source_step(
+    optimizer: torch.optim.Optimizer,
+    params: Sequence[Tensor],
+    loss_l: Tensor,
+    loss_u: Tensor | None,
+) -> None:
+    """Compute g_L and g_U and step.
+
+    Only hierarchical optimizers need the two gradients apart. For the others (plain and CO,
+    which use g = g_L + g_U) one backward pass of L_L + L_U gives the same step, so it is used:
+    the plain arms then train exactly like the reference code and pay for no extra backward.
+    """
+    params = list(params)
+    has_u = loss_u is not None and loss_u.requires_grad
+    if not is_hierarchical(optimizer) or not has_u:
+        total = loss_l + loss_u if has_u and loss_u is not None else loss_l
+        grads = torch.autograd.grad(total, params, allow_unused=True)
+        optimizer.step_two_source(list(grads), [None] * len(params))  # type: ignore[attr-defined]
+        return
+    assert loss_u is not None
+    grads_l = torch.autograd.grad(loss_l, params, retain_graph=True, allow_unused=True)
+    grads_u = torch.autograd.grad(loss_u, params, allow_unused=True)
+    optimizer.step_two_source(list(grads_l), list(grads_u))  # type: ignore[attr-defined]
