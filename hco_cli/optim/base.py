@@ -1,0 +1,312 @@
+"""The two-gradient optimizer contract shared by every ``hco`` optimizer, and the mask helpers.
+
+Each optimizer steps from two gradient sources, a labeled g_L and an unlabeled g_U, given per
+parameter (either may be None). Plain and cautious (CO) variants use g = g_L + g_U, so they are
+exactly the standard optimizers of joint SSL training; hierarchical (HCO) variants treat the two
+sources differently. ``step()`` reads ``p.grad`` as g_L with no g_U, so the optimizers also work
+as ordinary torch optimizers (LR schedulers and step hooks included).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from hco_cli.errors import ConfigError
+
+Variant = Literal["plain", "co", "hco"]
+MaskNorm = Literal["clamp", "mean_eps", "count_plus_one"]
+Grads = list[Tensor | None]
+VARIANTS: tuple[str, ...] = ("plain", "co", "hco")
+MASK_NORMS: tuple[str, ...] = ("clamp", "mean_eps", "count_plus_one")
+DEFAULT_MASK_EPS = 1e-3
+
+
+class HyperparameterError(ConfigError, ValueError):
+    """An optimizer hyperparameter is out of range or does not apply to the optimizer."""
+
+
+@dataclass(frozen=True)
+class MaskSpec:
+    """How a binary mask phi is rescaled to phibar = phi / s, per parameter tensor.
+
+    ``clamp``: s = max(mean(phi), eps) (timm / C-Optim, default); ``mean_eps``: s = mean(phi) + eps
+    (Cautious Optimizers paper, Algorithm 1); ``count_plus_one``: s = (sum(phi) + 1) / numel
+    (original C-Optim code; eps unused).
+    """
+
+    norm: str
+    eps: float
+
+
+def check_range(name: str, value: Any, *, low: float, high: float | None = None,
+                low_open: bool = False) -> None:
+    """Refuse a hyperparameter outside [low, high) (or (low, high) with ``low_open``)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise HyperparameterError(f"Invalid {name}: {value!r} (must be a number)")
+    below = value <= low if low_open else value < low
+    if below or (high is not None and value >= high) or value != value:
+        lo = f"> {low}" if low_open else f">= {low}"
+        hi = "" if high is None else f" and < {high}"
+        raise HyperparameterError(f"Invalid {name}: {value!r} (must be {lo}{hi})")
+
+
+def check_mask_options(variant: str, mask_eps: float | str | None, mask_norm: str | None,
+                       *, allow_eps_alias: bool) -> None:
+    """Refuse unknown variants and mask options, and mask options for a variant without a mask."""
+    if variant not in VARIANTS:
+        raise HyperparameterError(
+            f"Invalid variant: {variant!r} (choose one of {', '.join(VARIANTS)})")
+    if variant == "plain":
+        if mask_eps is not None or mask_norm is not None:
+            raise HyperparameterError(
+                "mask_eps and mask_norm apply only to the co and hco variants")
+        return
+    if mask_norm is not None and mask_norm not in MASK_NORMS:
+        raise HyperparameterError(
+            f"Invalid mask_norm: {mask_norm!r} (choose one of {', '.join(MASK_NORMS)})")
+    if mask_norm == "count_plus_one" and mask_eps is not None:
+        raise HyperparameterError("mask_eps does not apply to mask_norm 'count_plus_one'")
+    if mask_eps == "eps":
+        if not allow_eps_alias:
+            raise HyperparameterError("mask_eps='eps' needs an optimizer with an eps (Adam family)")
+        return
+    if mask_eps is not None:
+        check_range("mask_eps", mask_eps, low=0.0, low_open=True)
+
+
+def resolve_mask_options(variant: str, mask_eps: float | str | None,
+                         mask_norm: str | None) -> tuple[float | str | None, str | None]:
+    """Fill the mask defaults (clamp-mean with eps 1e-3) for the co and hco variants."""
+    if variant == "plain":
+        return mask_eps, mask_norm
+    norm = mask_norm or "clamp"
+    if mask_eps is None and norm != "count_plus_one":
+        mask_eps = DEFAULT_MASK_EPS
+    return mask_eps, norm
+
+
+def mask_spec(group: dict[str, Any]) -> MaskSpec:
+    """The mask normalisation of a parameter group (``mask_eps='eps'`` reuses Adam's eps)."""
+    eps = group["mask_eps"]
+    if eps == "eps":
+        eps = group["eps"]
+    return MaskSpec(norm=group["mask_norm"], eps=0.0 if eps is None else float(eps))
+
+
+def binary_mask(a: Tensor, b: Tensor) -> Tensor:
+    """phi = 1[a * b > 0] in the dtype of ``a`` (single-tensor reference)."""
+    return (a * b > 0).to(a.dtype)
+
+
+def normalise_mask(phi: Tensor, spec: MaskSpec) -> tuple[Tensor, Tensor]:
+    """phibar = phi / s for one tensor, and the number of admitted elements (single-tensor)."""
+    count = phi.sum(dtype=_acc_dtype(phi))
+    if spec.norm == "clamp":
+        scale = phi.mean().clamp_min(spec.eps)
+    elif spec.norm == "mean_eps":
+        scale = phi.mean() + spec.eps
+    else:
+        scale = (phi.sum() + 1) / phi.numel()
+    return phi / scale, count
+
+
+def foreach_binary_masks(a: list[Tensor], b: list[Tensor]) -> list[Tensor]:
+    """phi_i = 1[a_i * b_i > 0] in three foreach kernels (sign of the clamped product)."""
+    phi = list(torch._foreach_mul(a, b))
+    torch._foreach_clamp_min_(phi, 0.0)
+    torch._foreach_sign_(phi)
+    return phi
+
+
+class LayoutCache:
+    """Per-device tensors of parameter sizes, built once so that a step copies nothing to it."""
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[Any, ...], tuple[Tensor, Tensor, int]] = {}
+
+    def get(self, tensors: list[Tensor], dtype: torch.dtype) -> tuple[Tensor, Tensor, int]:
+        """(numels as ``dtype``, numels as int64, total) for tensors on one device."""
+        numels = tuple(t.numel() for t in tensors)
+        key = (tensors[0].device, dtype, numels)
+        if key not in self._entries:
+            if len(self._entries) >= 16:
+                self._entries.clear()
+            counts = torch.tensor(numels, dtype=torch.int64, device=tensors[0].device)
+            self._entries[key] = (counts.to(dtype), counts, sum(numels))
+        return self._entries[key]
+
+
+def foreach_normalise_masks_(phi: list[Tensor], spec: MaskSpec, cache: LayoutCache) -> Tensor:
+    """Turn every 0/1 mask into phibar in place; return the admitted count (0-d, no host sync).
+
+    The per-tensor means come from one fused L1 norm; the per-tensor factors 1/s are expanded to
+    one flat buffer whose views have the masks' shapes, so the rescale is one fused multiply
+    instead of one kernel per tensor.
+    """
+    acc = _acc_dtype(phi[0])
+    counts = torch.stack(torch._foreach_norm(phi, 1, dtype=acc))
+    numels, repeats, total = cache.get(phi, acc)
+    if spec.norm == "clamp":
+        scale = (counts / numels).clamp_min_(spec.eps)
+    elif spec.norm == "mean_eps":
+        scale = counts / numels + spec.eps
+    else:
+        scale = (counts + 1) / numels
+    inverse = scale.reciprocal_().to(phi[0].dtype)
+    flat = torch.repeat_interleave(inverse, repeats, output_size=total)
+    views = [v.view_as(t) for v, t in zip(flat.split([t.numel() for t in phi]), phi, strict=True)]
+    torch._foreach_mul_(phi, views)
+    return counts.sum()
+
+
+def _acc_dtype(t: Tensor) -> torch.dtype:
+    return torch.promote_types(t.dtype, torch.float32)
+
+
+class TwoSourceOptimizer(Optimizer):
+    """Base class: the two-gradient step, the alignment diagnostic and group validation.
+
+    Subclasses implement :meth:`_group_step`, which updates one parameter group from the
+    parameters that received at least one gradient and returns (admitted mask count, number of
+    masked elements) pairs, none when nothing was masked, and :meth:`_check_group`.
+    """
+
+    def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
+        self._pending: tuple[Grads, Grads] | None = None
+        self._alignment: Tensor | None = None
+        self._layout = LayoutCache()
+        super().__init__(params, defaults)
+
+    @property
+    def variant(self) -> str:
+        """``plain``, ``co`` (cautious) or ``hco`` (hierarchical cautious)."""
+        return str(self.defaults["variant"])
+
+    @property
+    def hierarchical(self) -> bool:
+        """True when g_L and g_U are treated differently (the ``*-hco`` optimizers)."""
+        return self.variant == "hco"
+
+    @property
+    def last_alignment_tensor(self) -> Tensor | None:
+        """Admitted fraction of the last step's masked elements as a 0-d tensor (no sync)."""
+        return self._alignment
+
+    @property
+    def last_alignment(self) -> float | None:
+        """Fraction of masked elements the last step admitted; None if it masked nothing."""
+        return None if self._alignment is None else float(self._alignment)
+
+    def step_two_source(self, grads_labeled: Sequence[Tensor | None],
+                        grads_unlabeled: Sequence[Tensor | None]) -> None:
+        """One step from g_L and g_U, aligned with the parameters in param_groups order."""
+        n = sum(len(g["params"]) for g in self.param_groups)
+        for name, grads in (("grads_labeled", grads_labeled), ("grads_unlabeled", grads_unlabeled)):
+            if len(grads) != n:
+                raise ValueError(
+                    f"{name} has {len(grads)} entries but the optimizer has {n} parameters")
+        self._pending = (list(grads_labeled), list(grads_unlabeled))
+        try:
+            self.step()  # through the instance attribute, so hooks and LR-scheduler checks run
+        finally:
+            self._pending = None
+
+    def step(self, closure: Any = None) -> Any:
+        """One step; called directly, g_L is ``p.grad`` and g_U is absent."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if self._pending is None:
+            flat = [p.grad for g in self.param_groups for p in g["params"]]
+            sources: tuple[Grads, Grads] = (flat, [None] * len(flat))
+        else:
+            sources = self._pending
+        with torch.no_grad():
+            self._step_sources(*sources)
+        return loss
+
+    def _step_sources(self, grads_l: Grads, grads_u: Grads) -> None:
+        counts: list[Tensor] = []
+        total = 0
+        offset = 0
+        for group in self.param_groups:
+            size = len(group["params"])
+            keep = [i for i in range(offset, offset + size)
+                    if grads_l[i] is not None or grads_u[i] is not None]
+            params = [group["params"][i - offset] for i in keep]
+            offset += size
+            if not params:
+                continue
+            result = self._group_step(group, params, [grads_l[i] for i in keep],
+                                      [grads_u[i] for i in keep])
+            for count, numel in result:
+                counts.append(count)
+                total += numel
+        if not counts:
+            self._alignment = None
+            return
+        device = counts[0].device
+        admitted = torch.stack([c.to(device, torch.float64 if device.type != "mps"
+                                     else torch.float32) for c in counts]).sum()
+        self._alignment = admitted / total
+
+    def _group_step(self, group: dict[str, Any], params: list[Tensor], grads_l: Grads,
+                    grads_u: Grads) -> list[tuple[Tensor, int]]:
+        raise NotImplementedError
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group and validate its hyperparameters (overrides included)."""
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        try:
+            if group["variant"] != self.defaults["variant"]:
+                raise HyperparameterError("A parameter group cannot change the optimizer's variant")
+            self._check_group(group)
+        except HyperparameterError:
+            self.param_groups.pop()
+            raise
+
+    def _use_foreach(self, group: dict[str, Any], params: list[Tensor]) -> bool:
+        flag = group["foreach"]
+        if flag is None:
+            return all(p.device.type == "cuda" for p in params)
+        return bool(flag)
+
+
+def combine(a: Tensor | None, b: Tensor | None) -> Tensor:
+    """g = a + b where None counts as absent (at least one must be present); never in place."""
+    if a is None:
+        assert b is not None  # callers drop parameters with no gradient at all
+        return b
+    return a if b is None else a + b
+
+
+def buckets(params: list[Tensor]) -> list[list[int]]:
+    """Indices of ``params`` grouped by (device, dtype), as foreach kernels need."""
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for i, p in enumerate(params):
+        groups.setdefault((p.device, p.dtype), []).append(i)
+    return list(groups.values())
+
+
+def pick(items: Sequence[Any], idx: list[int]) -> list[Any]:
+    """``[items[i] for i in idx]``."""
+    return [items[i] for i in idx]
+
+
+def foreach_combine(grads_l: Grads, grads_u: Grads) -> list[Tensor]:
+    """g = g_L + g_U per tensor (None absent), the sums in one foreach kernel; never in place."""
+    pairs = list(zip(grads_l, grads_u, strict=True))
+    both = [i for i, (a, b) in enumerate(pairs) if a is not None and b is not None]
+    sums = iter(torch._foreach_add(pick(grads_l, both), pick(grads_u, both)) if both else ())
+    return [next(sums) if a is not None and b is not None else combine(a, b) for a, b in pairs]

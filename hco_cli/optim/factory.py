@@ -1,0 +1,100 @@
+"""The optimizer registry: public names -> class, fixed options, defaults and a description.
+
+``build_optimizer("sgd-hco", model.parameters(), lr=0.01)`` builds any registered optimizer;
+hyperparameters that do not belong to the named optimizer are refused, never ignored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from hco_cli.errors import ConfigError
+from hco_cli.optim.adam import Adam, AdamW
+from hco_cli.optim.base import HyperparameterError, TwoSourceOptimizer
+from hco_cli.optim.sgd import SGD
+
+_FAMILY_CLASSES: dict[str, Callable[..., TwoSourceOptimizer]] = {
+    "sgd": SGD, "adam": Adam, "adamw": AdamW,
+}
+_FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
+    # BCP-LA: SGD(lr=0.01, momentum=0.9, weight_decay=1e-4), coupled L2, no Nesterov.
+    "sgd": {"lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4},
+    # BCP-Pancreas: Adam(lr=1e-3), no weight decay.
+    "adam": {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0},
+    "adamw": {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 1e-2},
+}
+_VARIANT_TEXT = {
+    "plain": "as torch.optim.{cls} on g_L + g_U",
+    "co": "cautious: update masked where it disagrees with the gradient g_L + g_U",
+    "hco": "hierarchical cautious: momentum from g_L, g_U admitted where aligned with it",
+}
+
+
+@dataclass(frozen=True)
+class OptimInfo:
+    """One registered optimizer: class, fixed options (variant), defaults and what it is."""
+
+    name: str
+    family: str
+    variant: str
+    cls: Callable[..., TwoSourceOptimizer]
+    defaults: dict[str, Any]
+    description: str
+    options: tuple[str, ...] = field(default=())
+
+    @property
+    def hyperparameters(self) -> tuple[str, ...]:
+        """Every keyword :func:`build_optimizer` accepts for this name."""
+        return (*self.defaults, *self.options, "foreach")
+
+
+def _info(family: str, variant: str) -> OptimInfo:
+    name = family if variant == "plain" else f"{family}-{variant}"
+    options: tuple[str, ...] = () if variant == "plain" else ("mask_eps", "mask_norm")
+    if name == "sgd-hco":
+        options += ("double_decay",)
+    torch_cls = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}[family]
+    return OptimInfo(name=name, family=family, variant=variant, cls=_FAMILY_CLASSES[family],
+                     defaults=dict(_FAMILY_DEFAULTS[family]),
+                     description=_VARIANT_TEXT[variant].format(cls=torch_cls), options=options)
+
+
+REGISTRY: dict[str, OptimInfo] = {
+    info.name: info
+    for info in (_info(f, v) for f in ("sgd", "adam", "adamw") for v in ("plain", "co", "hco"))
+}
+OPTIMIZER_NAMES: tuple[str, ...] = tuple(REGISTRY)
+
+
+def optimizer_info(name: str) -> OptimInfo:
+    """The registry entry of ``name``; ConfigError listing the valid names if unknown."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ConfigError(
+            f"Unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZER_NAMES)}") from None
+
+
+def plain_variant(name: str) -> str:
+    """The plain member of ``name``'s family: ``sgd-hco`` -> ``sgd``, ``adamw-co`` -> ``adamw``."""
+    return optimizer_info(name).family
+
+
+def optimizer_family(name: str) -> str:
+    """``sgd``, ``adam`` or ``adamw``."""
+    return optimizer_info(name).family
+
+
+def build_optimizer(name: str, params: Iterable[Any], **hyperparameters: Any) -> TwoSourceOptimizer:
+    """Build the registered optimizer ``name`` over ``params`` with defaults filled in."""
+    info = optimizer_info(name)
+    unknown = sorted(set(hyperparameters) - set(info.hyperparameters))
+    if unknown:
+        raise HyperparameterError(
+            f"Hyperparameter(s) {', '.join(unknown)} do not apply to optimizer {name!r}; "
+            f"valid: {', '.join(sorted(info.hyperparameters))}")
+    if "betas" in hyperparameters and isinstance(hyperparameters["betas"], list):
+        hyperparameters["betas"] = tuple(hyperparameters["betas"])  # e.g. from YAML/JSON
+    return info.cls(params, variant=info.variant, **{**info.defaults, **hyperparameters})
