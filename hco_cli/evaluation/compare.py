@@ -1,0 +1,331 @@
+"""Compare arms (single runs, or groups of seeds / L x U folds) with paired tests per case.
+
+An *arm* is given on the command line as a run folder, a ``summary.json`` written by
+``hco evaluate --json``, or a group of them as a glob, optionally named ``NAME=GLOB``. Within a
+group every case's metric is first averaged over the group's runs (NaN-aware), then arms are
+paired by case id and summarised across cases: the protocol of the paper's Study 3 (average
+over the 16 folds per test volume, then mean and std across volumes). The first arm is the
+reference; each later arm is tested for being better than it (:mod:`hco_cli.evaluation.stats`).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from hco_cli.errors import CheckpointError, ConfigError, DataError
+from hco_cli.evaluation import stats
+from hco_cli.evaluation.saved_results import RunInfo, Summary, read_run_info, read_summary
+
+METRICS: tuple[str, ...] = ("dice", "jaccard", "hd95", "asd")
+Checkpoint = Literal["best", "last"]
+_GLOB_CHARS = frozenset("*?[")
+
+
+@dataclass(frozen=True)
+class ArmSource:
+    """Where one arm's runs or summaries live, after resolving its command-line spec."""
+
+    name: str
+    spec: str
+    members: tuple[Path, ...]
+
+
+@dataclass
+class Arm:
+    """One arm's per-case metrics, already averaged over the runs of its group."""
+
+    name: str
+    optimizer: str
+    labeled_unlabeled: str
+    n_runs: int
+    spacing_unit: str
+    classes: tuple[str, ...]
+    cases: tuple[str, ...]
+    values: dict[tuple[str, str], np.ndarray]  # (class, metric) -> one value per case
+    n_dropped: int = 0
+
+
+@dataclass(frozen=True)
+class ComparisonRecord:
+    """One (arm vs reference, class, metric) result; ``as_dict`` is the JSON/CSV record."""
+
+    arm: str
+    reference: str
+    class_: str
+    metric: str
+    result: stats.PairedResult
+    p_holm_wilcoxon: float | None = None
+    p_holm_ttest: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "arm": self.arm,
+            "reference": self.reference,
+            "class": self.class_,
+            "metric": self.metric,
+            "higher_is_better": stats.HIGHER_IS_BETTER[self.metric],
+        }
+        out.update(asdict(self.result))
+        if self.p_holm_wilcoxon is not None or self.p_holm_ttest is not None:
+            out["p_holm_wilcoxon"] = self.p_holm_wilcoxon
+            out["p_holm_ttest"] = self.p_holm_ttest
+        return out
+
+
+@dataclass
+class Comparison:
+    """Everything ``hco compare`` reports: arms (reference first) and one record per test."""
+
+    arms: list[Arm]
+    records: list[ComparisonRecord]
+    tests: tuple[stats.TestName, ...]
+    zero_method: stats.ZeroMethod
+    holm: bool
+    checkpoint: Checkpoint
+    dropped_cases: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.arms[0].classes
+
+    @property
+    def n_cases(self) -> int:
+        return len(self.arms[0].cases)
+
+    @property
+    def spacing_unit(self) -> str:
+        return self.arms[0].spacing_unit
+
+    def summary(self, arm: Arm, class_: str, metric: str) -> tuple[float, float, int]:
+        """Mean, std (ddof=1) and count of the finite per-case values of one arm."""
+        return stats.nan_summary(arm.values[(class_, metric)])
+
+
+def _split_name(spec: str) -> tuple[str | None, str]:
+    """``NAME=GLOB`` -> (NAME, GLOB); anything else (including paths with '=') -> (None, spec)."""
+    if "=" in spec and not Path(spec).expanduser().exists():
+        name, pattern = spec.split("=", 1)
+        if name and "/" not in name and os.sep not in name and not _GLOB_CHARS & set(name):
+            if not pattern:
+                raise ConfigError(f"arm {name!r}: nothing after '=' (expected NAME=GLOB)")
+            return name, pattern
+    return None, spec
+
+
+def _default_name(path: Path) -> str:
+    """RUN for a run folder or RUN/eval/<ckpt>/summary.json; else the folder or file name."""
+    if path.is_file() and path.name == "summary.json":
+        if path.parent.parent.name == "eval":
+            return path.parent.parent.parent.resolve().name or str(path)
+        return path.parent.resolve().name or str(path)
+    if path.is_file():
+        return path.stem
+    return path.resolve().name or str(path)
+
+
+def resolve_arm(spec: str) -> ArmSource:
+    """Resolve one command-line arm: a path, a glob, or ``NAME=GLOB``."""
+    name, pattern = _split_name(spec)
+    path = Path(pattern).expanduser()
+    if path.exists():
+        members: tuple[Path, ...] = (path,)
+    elif _GLOB_CHARS & set(pattern):
+        matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
+        if not matches:
+            raise DataError(f"glob {pattern!r} matched nothing")
+        members = tuple(Path(m) for m in matches)
+    else:
+        raise DataError(f"no such run folder or summary file: {pattern}")
+    if name is None:
+        name = _default_name(path) if len(members) == 1 and path.exists() else pattern
+    return ArmSource(name=name, spec=spec, members=members)
+
+
+def resolve_arms(specs: Sequence[str]) -> list[ArmSource]:
+    """Resolve every arm; at least two are needed and their names must differ."""
+    if len(specs) < 2:
+        raise ConfigError(f"compare needs at least two arms, got {len(specs)}")
+    sources = [resolve_arm(s) for s in specs]
+    names = [s.name for s in sources]
+    for i, src in enumerate(sources):
+        if names.count(src.name) > 1 and src.name != src.spec:
+            sources[i] = ArmSource(name=src.spec, spec=src.spec, members=src.members)
+    seen: set[str] = set()
+    for src in sources:
+        if src.name in seen:
+            raise ConfigError(f"arm {src.name!r} is given twice; name arms as NAME=GLOB")
+        seen.add(src.name)
+    return sources
+
+
+def _member(path: Path, checkpoint: Checkpoint) -> tuple[Summary, RunInfo | None]:
+    """Read one group member: a run folder's chosen evaluation, or a summary file."""
+    if path.is_file():
+        # RUN/eval/<checkpoint>/summary.json: take optimizer and L/U from RUN/run.json.
+        run_json = path.parent.parent.parent / "run.json"
+        in_run = path.parent.parent.name == "eval" and run_json.is_file()
+        return read_summary(path), (read_run_info(run_json.parent) if in_run else None)
+    if not (path / "run.json").is_file() and not (path / "eval").is_dir():
+        if (path / "summary.json").is_file():
+            return read_summary(path / "summary.json"), None
+        raise DataError(f"{path} is neither a run folder (no run.json or eval/) nor a summary")
+    target = path / "eval" / checkpoint / "summary.json"
+    if not target.is_file():
+        found = sorted(p.parent.name for p in (path / "eval").glob("*/summary.json"))
+        have = f"available: {', '.join(found)}" if found else "no evaluations (run hco evaluate)"
+        raise CheckpointError(f"run {path} has no {checkpoint!r} evaluation ({target}); {have}")
+    run = read_run_info(path) if (path / "run.json").is_file() else None
+    return read_summary(target), run
+
+
+def _same(values: dict[str, Any], what: str, context: str) -> Any:
+    """Return the common value of ``values`` (label -> value) or raise naming the conflict."""
+    items = list(values.items())
+    for label, value in items[1:]:
+        if value != items[0][1]:
+            first = items[0][0]
+            raise DataError(
+                f"{what} differ {context}: {first} has {items[0][1]}, {label} has {value}"
+            )
+    return items[0][1]
+
+
+def align_cases(
+    case_sets: dict[str, Sequence[str]], *, intersect: bool, context: str
+) -> tuple[tuple[str, ...], dict[str, int]]:
+    """Common case ids (sorted) and, per label, how many of its cases were dropped."""
+    sets = {label: set(cases) for label, cases in case_sets.items()}
+    common = set.intersection(*sets.values())
+    union = set.union(*sets.values())
+    if common != union and not intersect:
+        for label, cases in sets.items():
+            missing = sorted(union - cases)
+            if missing:
+                shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+                raise DataError(
+                    f"case sets differ {context}: {label} lacks {len(missing)} case(s) "
+                    f"({shown}); use --intersect to pair the common cases"
+                )
+    if not common:
+        raise DataError(f"no case is common {context}")
+    return tuple(sorted(common)), {label: len(c - common) for label, c in sets.items()}
+
+
+def _describe(runs: list[RunInfo]) -> tuple[str, str]:
+    """Optimizer and L/U labels for the table ('-' when no run.json is known)."""
+    optimizers = sorted({r.optimizer for r in runs})
+    splits = sorted({f"{r.labeled}/{r.unlabeled}" for r in runs})
+    return "/".join(optimizers) or "-", ", ".join(splits) or "-"
+
+
+def load_arm(source: ArmSource, *, checkpoint: Checkpoint = "best", intersect: bool = False) -> Arm:
+    """Load an arm and average each case's metrics over the group's runs (NaN-aware)."""
+    loaded = [_member(p, checkpoint) for p in source.members]
+    summaries = {str(s.path): s for s, _ in loaded}
+    if len(summaries) < len(loaded):
+        raise ConfigError(f"arm {source.name!r} lists the same summary twice")
+    context = f"within arm {source.name!r}"
+    classes = _same({k: s.classes for k, s in summaries.items()}, "class sets", context)
+    unit = _same({k: s.spacing_unit for k, s in summaries.items()}, "spacing units", context)
+    cases, dropped = align_cases(
+        {k: tuple(s.cases) for k, s in summaries.items()}, intersect=intersect, context=context
+    )
+    values: dict[tuple[str, str], np.ndarray] = {}
+    for cls in classes:
+        for metric in METRICS:
+            stack = np.array([[s.cases[c][cls][metric] for c in cases] for s in summaries.values()])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN case -> NaN
+                values[(cls, metric)] = np.nanmean(stack, axis=0)
+    optimizer, lu = _describe([r for _, r in loaded if r is not None])
+    return Arm(
+        name=source.name,
+        optimizer=optimizer,
+        labeled_unlabeled=lu,
+        n_runs=len(loaded),
+        spacing_unit=unit,
+        classes=classes,
+        cases=cases,
+        values=values,
+        n_dropped=max(dropped.values()),
+    )
+
+
+def pair_arms(arms: list[Arm], *, intersect: bool = False) -> dict[str, int]:
+    """Restrict every arm to the common cases (in place); return the dropped count per arm."""
+    _same({a.name: a.classes for a in arms}, "class sets", "between arms")
+    _same({a.name: a.spacing_unit for a in arms}, "spacing units", "between arms")
+    cases, dropped = align_cases(
+        {a.name: a.cases for a in arms}, intersect=intersect, context="between arms"
+    )
+    for arm in arms:
+        index = {c: i for i, c in enumerate(arm.cases)}
+        take = np.array([index[c] for c in cases], dtype=np.int64)
+        arm.values = {k: v[take] for k, v in arm.values.items()}
+        arm.cases = cases
+        dropped[arm.name] += arm.n_dropped
+    return dropped
+
+
+def _records(
+    arms: list[Arm], *, tests: tuple[stats.TestName, ...], zero_method: stats.ZeroMethod, holm: bool
+) -> list[ComparisonRecord]:
+    ref = arms[0]
+    records: list[ComparisonRecord] = []
+    for arm in arms[1:]:
+        for cls in ref.classes:
+            results = [
+                stats.paired_test(
+                    ref.values[(cls, m)],
+                    arm.values[(cls, m)],
+                    metric=m,
+                    tests=tests,
+                    zero_method=zero_method,
+                )
+                for m in METRICS
+            ]
+            # Holm runs over the metrics of one (arm vs reference, class) family, per test.
+            hw = stats.holm([r.p_wilcoxon for r in results]) if holm else [None] * len(results)
+            ht = stats.holm([r.p_ttest for r in results]) if holm else [None] * len(results)
+            records += [
+                ComparisonRecord(arm.name, ref.name, cls, m, r, hw[i], ht[i])
+                for i, (m, r) in enumerate(zip(METRICS, results, strict=True))
+            ]
+    return records
+
+
+def compare_runs(
+    specs: Sequence[str],
+    *,
+    checkpoint: Checkpoint = "best",
+    tests: Sequence[stats.TestName] = stats.TESTS,
+    zero_method: stats.ZeroMethod = "wilcox",
+    holm: bool = False,
+    intersect: bool = False,
+) -> Comparison:
+    """Load, group, pair and test the arms given as command-line specs (first = reference)."""
+    if checkpoint not in ("best", "last"):
+        raise ConfigError(f"unknown checkpoint {checkpoint!r}; expected 'best' or 'last'")
+    if not tests:
+        raise ConfigError("no statistical test selected")
+    sources = resolve_arms(specs)
+    arms = [load_arm(s, checkpoint=checkpoint, intersect=intersect) for s in sources]
+    dropped = pair_arms(arms, intersect=intersect)
+    test_tuple = tuple(tests)
+    return Comparison(
+        arms=arms,
+        records=_records(arms, tests=test_tuple, zero_method=zero_method, holm=holm),
+        tests=test_tuple,
+        zero_method=zero_method,
+        holm=holm,
+        checkpoint=checkpoint,
+        dropped_cases=dropped,
+    )

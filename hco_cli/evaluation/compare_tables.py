@@ -1,0 +1,200 @@
+"""Tables and files for ``hco compare``: one neutral table model, rendered by the CLI with
+rich and written here as Markdown, JSON records and CSV rows (all atomic writes)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hco_cli.evaluation import stats
+from hco_cli.evaluation.compare import Comparison
+from hco_cli.io_utils import write_json, write_text
+
+LABELS = {"dice": "Dice", "jaccard": "Jaccard", "hd95": "HD95", "asd": "ASD"}
+TABLE_METRICS = ("dice", "jaccard", "asd", "hd95")  # the paper's column order
+PERCENT = frozenset({"dice", "jaccard"})
+TEST_LABELS = {"wilcoxon": "Wilcoxon", "ttest": "t-test"}
+
+
+@dataclass(frozen=True)
+class Cell:
+    text: str
+    bold: bool = False
+
+
+@dataclass
+class ReportTable:
+    """A titled table of text cells; ``bold`` marks the best value of a column."""
+
+    title: str
+    columns: list[str]
+    rows: list[list[Cell]] = field(default_factory=list)
+    caption: str = ""
+
+
+def fmt(value: float, *, digits: int = 2, scale: float = 1.0) -> str:
+    return "-" if not math.isfinite(value) else f"{value * scale:.{digits}f}"
+
+
+def fmt_p(p: float | None) -> str:
+    if p is None or not math.isfinite(p):
+        return "-"
+    return f"{p:.1e}" if p < 1e-4 else f"{p:.4f}"
+
+
+def clean_record(record: dict[str, Any]) -> dict[str, Any]:
+    """A copy with NaN and infinities as None: strict JSON has no NaN."""
+    return {
+        k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()
+    }
+
+
+def write_records(
+    records: Sequence[dict[str, Any]],
+    *,
+    json_path: Path | None = None,
+    csv_path: Path | None = None,
+    json_payload: Any = None,
+) -> None:
+    """Write records as a JSON list (or ``json_payload``, already clean) and/or CSV rows."""
+    clean = [clean_record(r) for r in records]
+    if json_path is not None:
+        write_json(json_path, clean if json_payload is None else json_payload)
+    if csv_path is not None:
+        buffer = io.StringIO()
+        columns = list(dict.fromkeys(k for r in clean for k in r))
+        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({k: "" if v is None else v for k, v in r.items()} for r in clean)
+        write_text(csv_path, buffer.getvalue())
+
+
+def to_markdown(tables: Sequence[ReportTable]) -> str:
+    """GitHub-flavoured Markdown: a heading, a pipe table and the caption per table."""
+    parts: list[str] = []
+    for table in tables:
+        lines = [f"### {table.title}", ""]
+        lines.append("| " + " | ".join(table.columns) + " |")
+        lines.append("|" + "|".join(" --- " for _ in table.columns) + "|")
+        for row in table.rows:
+            cells = [f"**{c.text}**" if c.bold else c.text for c in row]
+            lines.append("| " + " | ".join(cells).replace("\n", " ") + " |")
+        if table.caption:
+            lines += ["", table.caption]
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"
+
+
+def write_markdown(path: Path, tables: Sequence[ReportTable], *, notes: Sequence[str] = ()) -> None:
+    """Write the tables (and any notes as a final paragraph) as one Markdown file."""
+    text = to_markdown(tables)
+    write_text(path, text + ("\n" + "\n".join(notes) + "\n" if notes else ""))
+
+
+def _test_caption(result: Comparison) -> str:
+    names = " / ".join(TEST_LABELS[t] for t in result.tests)
+    holm = ", Holm-adjusted across the 4 metrics" if result.holm else ""
+    wilcox = f" (Wilcoxon zero_method={result.zero_method})" if "wilcoxon" in result.tests else ""
+    return (
+        f"p: one-sided paired {names}{wilcox}{holm}; H1: arm better than "
+        f"{result.arms[0].name}. Dice/Jaccard in %, distances in {result.spacing_unit}s; "
+        f"mean (std) across {result.n_cases} cases, runs of a group averaged per case first."
+    )
+
+
+def _class_table(result: Comparison, cls: str) -> ReportTable:
+    unit = "vox" if result.spacing_unit == "voxel" else "mm"
+    heads = [f"{LABELS[m]} (%)" if m in PERCENT else f"{LABELS[m]} ({unit})" for m in TABLE_METRICS]
+    p_heads = [f"p {LABELS[m]}" for m in TABLE_METRICS]
+    table = ReportTable(
+        title=f"Class {cls} (checkpoint {result.checkpoint})",
+        columns=["Arm", "Optimizer", "L/U", "Runs", *heads, *p_heads],
+        caption=_test_caption(result),
+    )
+    means = {m: [result.summary(a, cls, m)[0] for a in result.arms] for m in TABLE_METRICS}
+    best = {}
+    for m, values in means.items():
+        finite = [v for v in values if math.isfinite(v)]
+        pick = max if stats.HIGHER_IS_BETTER[m] else min
+        best[m] = pick(finite) if finite else math.nan
+    by_arm = {(r.arm, r.metric): r for r in result.records if r.class_ == cls}
+    for arm in result.arms:
+        texts = (arm.name, arm.optimizer, arm.labeled_unlabeled, str(arm.n_runs))
+        row = [Cell(t) for t in texts]
+        for m in TABLE_METRICS:
+            mean, std, _ = result.summary(arm, cls, m)
+            scale = 100.0 if m in PERCENT else 1.0
+            text = f"{fmt(mean, scale=scale)} ({fmt(std, scale=scale)})"
+            row.append(Cell(text, bold=math.isfinite(mean) and mean == best[m]))
+        for m in TABLE_METRICS:
+            rec = by_arm.get((arm.name, m))
+            if rec is None:
+                row.append(Cell("ref"))
+                continue
+            ps: dict[str, float | None] = (
+                {"wilcoxon": rec.p_holm_wilcoxon, "ttest": rec.p_holm_ttest}
+                if result.holm
+                else {"wilcoxon": rec.result.p_wilcoxon, "ttest": rec.result.p_ttest}
+            )
+            row.append(Cell(" / ".join(fmt_p(ps[t]) for t in result.tests)))
+        table.rows.append(row)
+    return table
+
+
+def _details_table(result: Comparison) -> ReportTable:
+    tests = [TEST_LABELS[t] for t in result.tests]
+    holm = [f"Holm {t}" for t in tests] if result.holm else []
+    table = ReportTable(
+        title="Paired tests (each arm vs the reference)",
+        columns=["Arm", "vs", "Class", "Metric", "n", "NaN excl.", "Diff (B-A)", "Rel. change"]
+        + [f"p {t}" for t in tests]
+        + holm,
+        caption="Diff: mean paired difference over the n cases (Dice/Jaccard in % points); "
+        "rel. change = diff / reference mean.",
+    )
+    for rec in result.records:
+        r = rec.result
+        scale = 100.0 if rec.metric in PERCENT else 1.0
+        rel = "-" if not math.isfinite(r.rel_change) else f"{r.rel_change * 100:+.1f}%"
+        row = [Cell(rec.arm), Cell(rec.reference), Cell(rec.class_), Cell(LABELS[rec.metric])]
+        row += [Cell(str(r.n)), Cell(str(r.n_excluded))]
+        row += [Cell(f"{r.mean_diff * scale:+.2f}" if math.isfinite(r.mean_diff) else "-")]
+        row += [Cell(rel)]
+        raw = {"wilcoxon": r.p_wilcoxon, "ttest": r.p_ttest}
+        adj = {"wilcoxon": rec.p_holm_wilcoxon, "ttest": rec.p_holm_ttest}
+        row += [Cell(fmt_p(raw[t])) for t in result.tests]
+        row += [Cell(fmt_p(adj[t])) for t in result.tests] if result.holm else []
+        table.rows.append(row)
+    return table
+
+
+def comparison_tables(result: Comparison) -> list[ReportTable]:
+    """One paper-layout table per class, then the table of paired tests."""
+    return [*(_class_table(result, c) for c in result.classes), _details_table(result)]
+
+
+def comparison_notes(result: Comparison) -> list[str]:
+    """Short remarks to print under the tables (cases dropped by --intersect)."""
+    dropped = {k: v for k, v in result.dropped_cases.items() if v}
+    if not dropped:
+        return []
+    detail = ", ".join(f"{k}: {v}" for k, v in dropped.items())
+    return [f"--intersect: paired {result.n_cases} common cases; dropped {detail}"]
+
+
+def write_comparison(
+    result: Comparison,
+    *,
+    json_path: Path | None = None,
+    csv_path: Path | None = None,
+    markdown_path: Path | None = None,
+) -> None:
+    """Write the records (JSON list / CSV rows) and the Markdown tables that were asked for."""
+    write_records([r.as_dict() for r in result.records], json_path=json_path, csv_path=csv_path)
+    if markdown_path is not None:
+        write_markdown(markdown_path, comparison_tables(result), notes=comparison_notes(result))

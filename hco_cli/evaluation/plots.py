@@ -1,0 +1,129 @@
+"""Figures for ``hco compare``: per-case box plots and loss-ratio dynamics.
+
+Plotting is the optional ``plot`` extra (matplotlib, statsmodels), imported only when a figure
+is asked for. Figures are drawn on matplotlib's Agg canvas directly, without pyplot, so no
+global backend is switched and nothing needs a display.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from hco_cli.errors import ConfigError, MissingExtraError
+from hco_cli.evaluation.compare import Comparison
+from hco_cli.evaluation.dynamics import Dynamics
+from hco_cli.io_utils import atomic_path
+
+FORMATS = ("png", "pdf", "svg")
+_LABELS = {"dice": "Dice (%)", "jaccard": "Jaccard (%)", "asd": "ASD", "hd95": "HD95"}
+_ORDER = ("dice", "jaccard", "asd", "hd95")
+
+
+def _require(module: str) -> ModuleType:
+    """Import a module of the ``plot`` extra or say how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        top = module.split(".")[0]
+        raise MissingExtraError(
+            f"plotting needs {top}, part of the 'plot' extra: pip install 'hco-cli[plot]'"
+        ) from None
+
+
+def _figure(width: float, height: float) -> Any:
+    _require("matplotlib")
+    figure_mod = _require("matplotlib.figure")
+    agg = _require("matplotlib.backends.backend_agg")
+    fig = figure_mod.Figure(figsize=(width, height), layout="constrained")
+    agg.FigureCanvasAgg(fig)
+    return fig
+
+
+def check_plot_target(path: Path) -> str:
+    """The file format for ``path`` (from its suffix); also checks that the extra is there."""
+    fmt = Path(path).suffix.lower().lstrip(".")
+    if fmt not in FORMATS:
+        raise ConfigError(f"--plot {path}: unsupported format; use one of .{', .'.join(FORMATS)}")
+    _require("matplotlib")
+    _require("statsmodels")
+    return fmt
+
+
+def _save(fig: Any, path: Path) -> None:
+    fmt = check_plot_target(path)
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, format=fmt, dpi=150)
+
+
+def plot_boxplots(result: Comparison, path: Path) -> None:
+    """One box plot per (class, metric): the per-case values of every arm, side by side.
+
+    Values are those tested (already averaged over each group's runs); NaN cases are left
+    out of their box. Dice and Jaccard are shown in %.
+    """
+    check_plot_target(path)
+    classes = result.classes
+    width = max(8.0, 1.1 * len(result.arms) * len(_ORDER))
+    fig = _figure(width, 3.2 * len(classes))
+    axes = fig.subplots(len(classes), len(_ORDER), squeeze=False)
+    unit = "vox" if result.spacing_unit == "voxel" else "mm"
+    names = [a.name for a in result.arms]
+    for row, cls in enumerate(classes):
+        for col, metric in enumerate(_ORDER):
+            ax = axes[row, col]
+            scale = 100.0 if metric in ("dice", "jaccard") else 1.0
+            data = []
+            for arm in result.arms:
+                v = arm.values[(cls, metric)] * scale
+                data.append(v[np.isfinite(v)])
+            ax.boxplot(data, showmeans=True)
+            ax.set_xticks(range(1, len(names) + 1), names, rotation=20, ha="right")
+            label = _LABELS[metric] if scale != 1.0 else f"{_LABELS[metric]} ({unit})"
+            ax.set_title(f"class {cls}: {label}", fontsize=10)
+            ax.grid(axis="y", alpha=0.3)
+    _save(fig, path)
+
+
+def _trend(x: np.ndarray, y: np.ndarray, frac: float) -> tuple[np.ndarray, np.ndarray]:
+    """LOWESS fit of ``y`` on ``x``, one fitted value per distinct ``x`` (sorted)."""
+    smoothers = _require("statsmodels.nonparametric.smoothers_lowess")
+    span = float(x.max() - x.min()) if x.size else 0.0
+    # delta: points closer than 1% of the x range reuse the neighbouring fit (statsmodels'
+    # recommended speed-up); epochs repeat for every step, so the saving is large.
+    fit = smoothers.lowess(y, x, frac=frac, delta=0.01 * span, return_sorted=True)
+    xs, first = np.unique(fit[:, 0], return_index=True)
+    return xs, fit[first, 1]
+
+
+def plot_dynamics(result: Dynamics, path: Path, *, frac: float = 0.3) -> None:
+    """LOWESS trend of L_U/L_L over epochs per arm, with a ±SEM band around the trend.
+
+    The trend is fitted to the raw step-wise ratios (as in the paper's Figure 3); the band at
+    each epoch is the trend value ± the SEM of that epoch's steps. ``frac`` is the LOWESS
+    span (fraction of the points used for each local fit).
+    """
+    if not 0.0 < frac <= 1.0:
+        raise ConfigError(f"--lowess-frac must be in (0, 1], got {frac}")
+    check_plot_target(path)
+    fig = _figure(8.0, 4.5)
+    ax = fig.subplots()
+    for i, arm in enumerate(result.arms):
+        colour = f"C{i}"
+        xs, ys = _trend(arm.step_x, arm.step_ratio, frac)
+        ex = np.array([e.x for e in arm.epochs])
+        sem = np.array([e.sem if math.isfinite(e.sem) else 0.0 for e in arm.epochs])
+        centre = np.interp(ex, xs, ys) if xs.size > 1 else np.full(ex.shape, ys.mean())
+        ax.fill_between(ex, centre - sem, centre + sem, color=colour, alpha=0.25, linewidth=0)
+        ax.plot(xs, ys, color=colour, label=f"{arm.name} (runs: {arm.n_runs})")
+    ax.set_xlabel("epoch" if result.bin_width == 1 else f"epoch (bins of {result.bin_width})")
+    ax.set_ylabel("L_U / L_L")
+    ax.set_title("Unlabeled-to-labeled loss ratio (LOWESS trend ± SEM)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, path)

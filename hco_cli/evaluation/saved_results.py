@@ -1,0 +1,218 @@
+"""Readers for saved results: ``summary.json``, ``run.json`` and ``metrics.jsonl``.
+
+``hco compare`` reads what ``hco evaluate`` and ``hco train`` wrote and never recomputes
+anything. These readers validate the shape they rely on and fail with one message naming the
+file and the field; unknown extra keys are ignored so that the writers can grow.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hco_cli.errors import DataError
+
+SUMMARY_METRICS: tuple[str, ...] = ("dice", "jaccard", "hd95", "asd")
+SPACING_UNITS: tuple[str, ...] = ("voxel", "mm")
+TRAIN_PHASES: tuple[str, ...] = ("pretrain", "train", "selftrain")
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Per-case metrics of one evaluation: ``cases[case][class][metric]`` (null -> NaN)."""
+
+    path: Path
+    cases: dict[str, dict[str, dict[str, float]]]
+    classes: tuple[str, ...]
+    spacing_unit: str
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """The fields of ``run.json`` that comparisons show."""
+
+    path: Path
+    dataset: str
+    framework: str
+    optimizer: str
+    seed: int
+    fold: str | None
+    labeled: int
+    unlabeled: int
+
+
+@dataclass(frozen=True)
+class TrainStep:
+    """One training-step record of ``metrics.jsonl`` (``ratio`` null -> NaN)."""
+
+    phase: str
+    iter: int
+    epoch: int
+    loss_l: float
+    loss_u: float
+    ratio: float
+
+
+def read_json(path: Path) -> Any:
+    """Parse a JSON file, turning I/O and syntax problems into one-line DataErrors."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise DataError(f"cannot read {path}: {reason}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: invalid JSON ({exc.msg}, line {exc.lineno})") from None
+
+
+def _number(value: Any, where: str, *, nullable: bool = True) -> float:
+    if value is None and nullable:
+        return math.nan
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        expected = "a number or null" if nullable else "a number"
+        raise DataError(f"{where}: expected {expected}, got {value!r}")
+    return float(value)
+
+
+def _integer(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise DataError(f"{where}: expected an integer, got {value!r}")
+    return value
+
+
+def _string(value: Any, where: str, *, nullable: bool = False) -> str | None:
+    if value is None and nullable:
+        return None
+    if not isinstance(value, str):
+        raise DataError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def _case_metrics(entry: Any, where: str) -> tuple[str, dict[str, dict[str, float]]]:
+    if not isinstance(entry, dict) or "case" not in entry or "metrics" not in entry:
+        raise DataError(f"{where}: expected an object with 'case' and 'metrics'")
+    case = entry["case"]
+    if isinstance(case, bool) or not isinstance(case, str | int):
+        raise DataError(f"{where}: 'case' must be a string, got {case!r}")
+    metrics = entry["metrics"]
+    if not isinstance(metrics, dict) or not metrics:
+        raise DataError(f"{where} (case {case}): 'metrics' must be a non-empty object")
+    out: dict[str, dict[str, float]] = {}
+    for cls, values in metrics.items():
+        if not isinstance(values, dict):
+            raise DataError(f"{where} (case {case}) class {cls}: expected an object of metrics")
+        missing = [m for m in SUMMARY_METRICS if m not in values]
+        if missing:
+            raise DataError(f"{where} (case {case}) class {cls}: missing {', '.join(missing)}")
+        out[str(cls)] = {
+            m: _number(values[m], f"{where} (case {case}) class {cls} {m}") for m in SUMMARY_METRICS
+        }
+    return str(case), out
+
+
+def read_summary(path: Path) -> Summary:
+    """Read and validate a ``summary.json`` of ``hco evaluate --json``."""
+    path = Path(path)
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a JSON object (an hco evaluate summary)")
+    missing = [k for k in ("metric_per_case", "mean", "std", "spacing_unit") if k not in data]
+    if missing:
+        raise DataError(f"{path}: not an evaluation summary (missing {', '.join(missing)})")
+    if not isinstance(data["mean"], dict) or not isinstance(data["std"], dict):
+        raise DataError(f"{path}: 'mean' and 'std' must be objects")
+    unit = data["spacing_unit"]
+    if unit not in SPACING_UNITS:
+        raise DataError(f"{path}: spacing_unit must be 'voxel' or 'mm', got {unit!r}")
+    entries = data["metric_per_case"]
+    if not isinstance(entries, list) or not entries:
+        raise DataError(f"{path}: metric_per_case must be a non-empty list")
+    cases: dict[str, dict[str, dict[str, float]]] = {}
+    for i, entry in enumerate(entries):
+        case, metrics = _case_metrics(entry, f"{path}: metric_per_case[{i}]")
+        if case in cases:
+            raise DataError(f"{path}: case {case} appears twice in metric_per_case")
+        cases[case] = metrics
+    classes = tuple(sorted(next(iter(cases.values())), key=_class_key))
+    for case, metrics in cases.items():
+        if set(metrics) != set(classes):
+            raise DataError(
+                f"{path}: case {case} has classes {sorted(metrics)}, expected {list(classes)}"
+            )
+    return Summary(path=path, cases=cases, classes=classes, spacing_unit=unit)
+
+
+def _class_key(cls: str) -> tuple[int, int | str]:
+    """Sort label values numerically ("2" before "10"), other names after them."""
+    return (0, int(cls)) if cls.isdigit() else (1, cls)
+
+
+def read_run_info(run_dir: Path) -> RunInfo:
+    """Read ``RUN/run.json`` (written by ``hco train``); extra keys are ignored."""
+    path = Path(run_dir) / "run.json"
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a JSON object")
+    fields = ("dataset", "framework", "optimizer", "seed", "fold", "labeled", "unlabeled")
+    missing = [k for k in fields if k not in data]
+    if missing:
+        raise DataError(f"{path}: missing {', '.join(missing)}")
+    return RunInfo(
+        path=Path(run_dir),
+        dataset=str(_string(data["dataset"], f"{path}: dataset")),
+        framework=str(_string(data["framework"], f"{path}: framework")),
+        optimizer=str(_string(data["optimizer"], f"{path}: optimizer")),
+        seed=_integer(data["seed"], f"{path}: seed"),
+        fold=_string(data["fold"], f"{path}: fold", nullable=True),
+        labeled=_integer(data["labeled"], f"{path}: labeled"),
+        unlabeled=_integer(data["unlabeled"], f"{path}: unlabeled"),
+    )
+
+
+def _train_step(record: dict[str, Any], where: str) -> TrainStep:
+    missing = [k for k in ("iter", "epoch", "loss_l", "loss_u", "ratio") if k not in record]
+    if missing:
+        raise DataError(f"{where}: training record lacks {', '.join(missing)}")
+    return TrainStep(
+        phase=record["phase"],
+        iter=_integer(record["iter"], f"{where}: iter"),
+        epoch=_integer(record["epoch"], f"{where}: epoch"),
+        loss_l=_number(record["loss_l"], f"{where}: loss_l"),
+        loss_u=_number(record["loss_u"], f"{where}: loss_u"),
+        ratio=_number(record["ratio"], f"{where}: ratio"),
+    )
+
+
+def read_train_steps(run_dir: Path) -> list[TrainStep]:
+    """Training-step records of ``RUN/metrics.jsonl``; other phases (e.g. "val") are skipped.
+
+    An unparsable *last* line without a trailing newline is taken as a write still in
+    progress (a run being trained) and skipped; any other bad line is an error.
+    """
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise DataError(f"run {run_dir} has no metrics.jsonl (needed for --dynamics)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read {path}: {exc}") from None
+    lines = text.split("\n")
+    steps: list[TrainStep] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if number == len(lines) and not text.endswith("\n"):
+                break
+            raise DataError(f"{path}, line {number}: invalid JSON ({exc.msg})") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{path}, line {number}: expected a JSON object")
+        if record.get("phase") in TRAIN_PHASES:
+            steps.append(_train_step(record, f"{path}, line {number}"))
+    return steps

@@ -1,0 +1,154 @@
+"""Paired significance tests between two arms, evaluated on the same cases.
+
+The question asked is always one-sided: "is arm B better than arm A?". What "better" means
+depends on the metric: Dice and Jaccard are better when higher, HD95 and ASD when lower. The
+p-values are exactly those of :func:`scipy.stats.wilcoxon` and :func:`scipy.stats.ttest_rel`
+called on ``(b, a)`` with ``alternative="greater"`` (higher is better) or ``"less"`` (lower is
+better); nothing is re-derived here.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from scipy import stats
+
+from hco_cli.errors import ConfigError
+
+TestName = Literal["wilcoxon", "ttest"]
+ZeroMethod = Literal["wilcox", "pratt", "zsplit"]
+TESTS: tuple[TestName, ...] = ("wilcoxon", "ttest")
+ZERO_METHODS: tuple[ZeroMethod, ...] = ("wilcox", "pratt", "zsplit")
+
+# Direction of improvement per metric (True: higher is better).
+HIGHER_IS_BETTER: dict[str, bool] = {"dice": True, "jaccard": True, "hd95": False, "asd": False}
+
+
+@dataclass(frozen=True)
+class PairedResult:
+    """One paired comparison of arm B against arm A on one metric.
+
+    ``mean_*``/``std_*`` are over the ``n`` cases where both arms are finite, so that
+    ``mean_diff == mean_b - mean_a`` is also the mean of the paired differences. ``std`` is
+    the sample standard deviation (ddof=1). A p-value is NaN when its test was not requested
+    or when scipy returns NaN (for example fewer than two cases for the t-test).
+    """
+
+    n: int
+    n_excluded: int
+    mean_a: float
+    mean_b: float
+    std_a: float
+    std_b: float
+    mean_diff: float
+    rel_change: float
+    p_wilcoxon: float
+    p_ttest: float
+
+
+def alternative_for(metric: str) -> Literal["greater", "less"]:
+    """The scipy ``alternative`` for "B better than A" with differences taken as B - A."""
+    if metric not in HIGHER_IS_BETTER:
+        raise ConfigError(f"unknown metric {metric!r}; expected one of {sorted(HIGHER_IS_BETTER)}")
+    return "greater" if HIGHER_IS_BETTER[metric] else "less"
+
+
+def _mean(values: np.ndarray) -> float:
+    return float(np.mean(values)) if values.size else math.nan
+
+
+def _std(values: np.ndarray) -> float:
+    return float(np.std(values, ddof=1)) if values.size > 1 else math.nan
+
+
+def paired_test(
+    a: Sequence[float] | np.ndarray,
+    b: Sequence[float] | np.ndarray,
+    *,
+    metric: str,
+    tests: Sequence[TestName] = TESTS,
+    zero_method: ZeroMethod = "wilcox",
+) -> PairedResult:
+    """Test whether ``b`` is better than ``a`` on ``metric``, pairing values by position.
+
+    A pair is excluded when either value is NaN (or infinite); ``n_excluded`` counts them.
+    ``zero_method`` is passed to scipy's Wilcoxon test unchanged: the default ``"wilcox"``
+    (scipy's default) drops zero differences before ranking, ``"pratt"`` ranks them and then
+    drops them, ``"zsplit"`` splits their ranks between the two signs.
+    """
+    alternative = alternative_for(metric)
+    unknown = [t for t in tests if t not in TESTS]
+    if unknown:
+        raise ConfigError(f"unknown test {unknown[0]!r}; expected one of {list(TESTS)}")
+    if zero_method not in ZERO_METHODS:
+        raise ConfigError(f"unknown zero method {zero_method!r}; expected one of {ZERO_METHODS}")
+    x = np.asarray(a, dtype=np.float64)
+    y = np.asarray(b, dtype=np.float64)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(f"paired samples must be 1-D of equal length, got {x.shape} and {y.shape}")
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    mean_a, mean_b = _mean(x), _mean(y)
+    diff = mean_b - mean_a
+    p_w = p_t = math.nan
+    if x.size:
+        # scipy warns on degenerate inputs (all differences zero, n=1); the NaN or 1.0 it
+        # returns already says so, and a library must not write to stderr.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if "wilcoxon" in tests:
+                res = stats.wilcoxon(y, x, zero_method=zero_method, alternative=alternative)
+                p_w = float(res.pvalue)
+            if "ttest" in tests:
+                p_t = float(stats.ttest_rel(y, x, alternative=alternative).pvalue)
+    return PairedResult(
+        n=int(x.size),
+        n_excluded=int((~keep).sum()),
+        mean_a=mean_a,
+        mean_b=mean_b,
+        std_a=_std(x),
+        std_b=_std(y),
+        mean_diff=diff,
+        rel_change=diff / mean_a if x.size and mean_a != 0 else math.nan,
+        p_wilcoxon=p_w,
+        p_ttest=p_t,
+    )
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values, in the input order.
+
+    With the m finite p-values sorted ascending, the k-th (0-based) is multiplied by m - k,
+    a running maximum keeps the adjusted values monotone, and each is capped at 1. NaN
+    p-values (tests that could not run) stay NaN and do not count towards m.
+    """
+    p = np.asarray(pvalues, dtype=np.float64)
+    out = np.full(p.shape, math.nan)
+    finite = np.flatnonzero(np.isfinite(p))
+    m = finite.size
+    order = finite[np.argsort(p[finite], kind="stable")]
+    running = 0.0
+    for k, idx in enumerate(order):
+        running = max(running, min(1.0, (m - k) * float(p[idx])))
+        out[idx] = running
+    return [float(v) for v in out]
+
+
+def mean_sem(values: Sequence[float] | np.ndarray) -> tuple[float, float, int]:
+    """Mean, standard error of the mean (ddof=1) and count of the finite values."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    sem = float(np.std(v, ddof=1) / math.sqrt(v.size)) if v.size > 1 else math.nan
+    return _mean(v), sem, int(v.size)
+
+
+def nan_summary(values: Sequence[float] | np.ndarray) -> tuple[float, float, int]:
+    """Mean, sample standard deviation (ddof=1) and count of the finite values."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    return _mean(v), _std(v), int(v.size)

@@ -1,0 +1,190 @@
+"""Loading arms, group averaging, pairing by case and the comparison records."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from hco_cli.errors import CheckpointError, ConfigError, DataError
+from hco_cli.evaluation import stats
+from hco_cli.evaluation.compare import compare_runs, resolve_arm
+from tests.evaluation.compare_fixtures import cases, one_class, write_run, write_summary
+
+RNG = np.random.default_rng(7)
+N = 10
+DICE_A = np.round(RNG.uniform(0.70, 0.90, N), 4)
+DICE_B = np.round(DICE_A + RNG.uniform(-0.01, 0.05, N), 4)
+
+
+def _records(result, metric: str, cls: str = "1"):  # type: ignore[no-untyped-def]
+    return [r for r in result.records if r.metric == metric and r.class_ == cls]
+
+
+def test_two_summaries_match_scipy(tmp_path: Path) -> None:
+    a = write_summary(tmp_path / "a" / "summary.json", cases(N), one_class(DICE_A))
+    b = write_summary(tmp_path / "b" / "summary.json", cases(N), one_class(DICE_B))
+    result = compare_runs([str(a), str(b)])
+    assert [arm.name for arm in result.arms] == ["a", "b"]
+    assert len(result.records) == 4
+    for metric, va, vb in [
+        ("dice", DICE_A, DICE_B),
+        ("hd95", 20 * (1 - DICE_A), 20 * (1 - DICE_B)),
+    ]:
+        (rec,) = _records(result, metric)
+        alt = "greater" if metric == "dice" else "less"
+        assert rec.result.p_wilcoxon == sps.wilcoxon(vb, va, alternative=alt).pvalue
+        assert rec.result.p_ttest == sps.ttest_rel(vb, va, alternative=alt).pvalue
+        assert rec.result.mean_diff == pytest.approx(np.mean(vb) - np.mean(va))
+        assert rec.arm == "b" and rec.reference == "a" and rec.result.n == N
+
+
+def test_group_is_averaged_per_case_before_the_test(tmp_path: Path) -> None:
+    b1 = DICE_B + 0.02
+    b2 = DICE_B - 0.04
+    b2_asd = 5 * (1 - b2)
+    b2_asd[3] = math.nan  # one run has no ASD for case 3: the group value is run 1's
+    write_run(tmp_path, "ref-s0", evals={"best": (cases(N), one_class(DICE_A))})
+    write_run(tmp_path, "hco-s0", optimizer="sgd-hco", evals={"best": (cases(N), one_class(b1))})
+    write_run(
+        tmp_path,
+        "hco-s1",
+        optimizer="sgd-hco",
+        seed=1,
+        evals={"best": (cases(N), one_class(b2, asd=b2_asd))},
+    )
+    result = compare_runs([str(tmp_path / "ref-s0"), f"hco={tmp_path}/hco-s*"])
+    group = result.arms[1]
+    assert group.name == "hco" and group.n_runs == 2 and group.optimizer == "sgd-hco"
+    expected = (b1 + b2) / 2
+    np.testing.assert_allclose(group.values[("1", "dice")], expected, rtol=0, atol=1e-12)
+    asd = (5 * (1 - b1) + b2_asd) / 2
+    asd[3] = 5 * (1 - b1[3])
+    np.testing.assert_allclose(group.values[("1", "asd")], asd, rtol=0, atol=1e-12)
+    (rec,) = _records(result, "dice")
+    assert rec.result.p_wilcoxon == sps.wilcoxon(expected, DICE_A, alternative="greater").pvalue
+    assert rec.result.mean_b == pytest.approx(np.mean(expected))
+    (rec_asd,) = _records(result, "asd")
+    assert rec_asd.result.n == N and rec_asd.result.n_excluded == 0
+
+
+def test_nan_cases_are_excluded_per_metric(tmp_path: Path) -> None:
+    hd_a = 20 * (1 - DICE_A)
+    hd_b = 20 * (1 - DICE_B)
+    hd_a[0] = math.nan
+    hd_b[5] = math.nan
+    a = write_summary(tmp_path / "a.json", cases(N), one_class(DICE_A, hd95=hd_a))
+    b = write_summary(tmp_path / "b.json", cases(N), one_class(DICE_B, hd95=hd_b))
+    result = compare_runs([str(a), str(b)])
+    (hd,) = _records(result, "hd95")
+    (dice,) = _records(result, "dice")
+    assert (hd.result.n, hd.result.n_excluded) == (N - 2, 2)
+    assert (dice.result.n, dice.result.n_excluded) == (N, 0)
+    keep = [i for i in range(N) if i not in (0, 5)]
+    assert hd.result.p_ttest == sps.ttest_rel(hd_b[keep], hd_a[keep], alternative="less").pvalue
+    # The per-arm summary uses every finite case of that arm.
+    assert result.summary(result.arms[0], "1", "hd95")[2] == N - 1
+
+
+def test_holm_per_arm_and_class(tmp_path: Path) -> None:
+    a = write_summary(tmp_path / "a.json", cases(N), one_class(DICE_A))
+    b = write_summary(tmp_path / "b.json", cases(N), one_class(DICE_B))
+    result = compare_runs([str(a), str(b)], holm=True)
+    raw = [r.result.p_ttest for r in result.records]
+    adjusted = [r.p_holm_ttest for r in result.records]
+    order = np.argsort(raw)
+    hand = np.minimum(1.0, np.maximum.accumulate(np.array(raw)[order] * np.arange(4, 0, -1)))
+    np.testing.assert_allclose(np.array(adjusted)[order], hand, rtol=1e-12)
+    assert (
+        result.records[0].as_dict()["p_holm_wilcoxon"]
+        == stats.holm([r.result.p_wilcoxon for r in result.records])[0]
+    )
+    assert "p_holm_ttest" not in compare_runs([str(a), str(b)]).records[0].as_dict()
+
+
+def test_three_arms_each_against_the_first(tmp_path: Path) -> None:
+    paths = [
+        str(write_summary(tmp_path / f"{n}.json", cases(N), one_class(d)))
+        for n, d in [("x", DICE_A), ("y", DICE_B), ("z", DICE_B + 0.01)]
+    ]
+    result = compare_runs([f"base={paths[0]}", f"co={paths[1]}", f"hco={paths[2]}"])
+    assert {(r.arm, r.reference) for r in result.records} == {("co", "base"), ("hco", "base")}
+    assert len(result.records) == 8
+
+
+def test_case_sets_must_match_unless_intersect(tmp_path: Path) -> None:
+    a = write_summary(tmp_path / "a.json", cases(N), one_class(DICE_A))
+    b = write_summary(tmp_path / "b.json", cases(N)[2:], one_class(DICE_B[2:]))
+    with pytest.raises(DataError, match=r"lacks 2 case\(s\) \(case00, case01\).*--intersect"):
+        compare_runs([str(a), str(b)])
+    result = compare_runs([str(a), str(b)], intersect=True)
+    assert result.n_cases == N - 2
+    assert result.dropped_cases == {"a": 2, "b": 0}
+    (rec,) = _records(result, "dice")
+    assert rec.result.p_ttest == sps.ttest_rel(DICE_B[2:], DICE_A[2:], alternative="greater").pvalue
+
+
+def test_mismatched_classes_and_units(tmp_path: Path) -> None:
+    a = write_summary(tmp_path / "a.json", cases(N), one_class(DICE_A))
+    two = {**one_class(DICE_B), **one_class(DICE_B, cls="2")}
+    b = write_summary(tmp_path / "b.json", cases(N), two)
+    with pytest.raises(DataError, match="class sets differ between arms"):
+        compare_runs([str(a), str(b)])
+    mm = write_summary(tmp_path / "mm.json", cases(N), one_class(DICE_B), unit="mm")
+    with pytest.raises(DataError, match="spacing units differ between arms"):
+        compare_runs([str(a), str(mm)])
+
+
+def test_multi_class_records(tmp_path: Path) -> None:
+    a = write_summary(
+        tmp_path / "a.json", cases(N), {**one_class(DICE_A), **one_class(DICE_A, cls="2")}
+    )
+    b = write_summary(
+        tmp_path / "b.json", cases(N), {**one_class(DICE_B), **one_class(DICE_A - 0.1, cls="2")}
+    )
+    result = compare_runs([str(a), str(b)])
+    assert result.classes == ("1", "2")
+    (worse,) = _records(result, "dice", cls="2")
+    assert worse.result.p_wilcoxon > 0.99 and worse.result.mean_diff == pytest.approx(-0.1)
+
+
+def test_checkpoint_choice_and_missing_checkpoint(tmp_path: Path) -> None:
+    write_run(tmp_path, "a", evals={"best": (cases(N), one_class(DICE_A)),
+                                    "last": (cases(N), one_class(DICE_B))})  # fmt: skip
+    write_run(tmp_path, "b", labeled=8, unlabeled=72,
+              evals={"last": (cases(N), one_class(DICE_B))})  # fmt: skip
+    with pytest.raises(CheckpointError, match=r"no 'best' evaluation .*available: last"):
+        compare_runs([str(tmp_path / "a"), str(tmp_path / "b")])
+    result = compare_runs([str(tmp_path / "a"), str(tmp_path / "b")], checkpoint="last")
+    assert result.arms[1].labeled_unlabeled == "8/72" and result.arms[0].optimizer == "sgd"
+    (rec,) = _records(result, "dice")
+    assert rec.result.mean_diff == 0.0  # both read eval/last: identical values
+    write_run(tmp_path, "c")
+    with pytest.raises(CheckpointError, match="no evaluations"):
+        compare_runs([str(tmp_path / "a"), str(tmp_path / "c")])
+
+
+def test_summary_inside_a_run_reads_run_json(tmp_path: Path) -> None:
+    write_run(tmp_path, "r", optimizer="adamw-hco", labeled=5, unlabeled=150,
+              evals={"last": (cases(N), one_class(DICE_A))})  # fmt: skip
+    other = write_summary(tmp_path / "plain.json", cases(N), one_class(DICE_B))
+    result = compare_runs([str(tmp_path / "r" / "eval" / "last" / "summary.json"), str(other)])
+    first, second = result.arms
+    assert (first.name, first.optimizer, first.labeled_unlabeled) == ("r", "adamw-hco", "5/150")
+    assert (second.optimizer, second.labeled_unlabeled) == ("-", "-")
+
+
+def test_arm_resolution_errors(tmp_path: Path) -> None:
+    a = write_summary(tmp_path / "a.json", cases(N), one_class(DICE_A))
+    with pytest.raises(ConfigError, match="at least two arms"):
+        compare_runs([str(a)])
+    with pytest.raises(DataError, match="matched nothing"):
+        compare_runs([str(a), f"g={tmp_path}/nothing-*"])
+    with pytest.raises(DataError, match="no such run folder or summary file"):
+        compare_runs([str(a), str(tmp_path / "missing")])
+    with pytest.raises(ConfigError, match="given twice"):
+        compare_runs([f"x={a}", f"x={a}"])
+    assert resolve_arm(f"{tmp_path}/*.json").members == (a,)

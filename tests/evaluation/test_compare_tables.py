@@ -1,0 +1,75 @@
+"""Paper-layout tables, Markdown, and the JSON/CSV records of ``hco compare``."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from hco_cli.evaluation.compare import compare_runs
+from hco_cli.evaluation.compare_tables import comparison_tables, write_comparison
+from tests.evaluation.compare_fixtures import cases, one_class, write_run
+
+DICE_A = np.array([0.80, 0.85, 0.90, 0.70, 0.75, 0.88])
+DICE_B = np.array([0.84, 0.86, 0.93, 0.74, 0.78, 0.90])
+HD_B = 20 * (1 - DICE_B)
+HD_B[2] = math.nan
+
+KEYS = {"arm", "reference", "class", "metric", "mean_a", "mean_b", "std_a", "std_b", "n",
+        "n_excluded", "p_wilcoxon", "p_ttest", "mean_diff", "rel_change"}  # fmt: skip
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> list[str]:
+    write_run(tmp_path, "sgd", evals={"best": (cases(6), one_class(DICE_A))})
+    write_run(tmp_path, "hco", optimizer="sgd-hco",
+              evals={"best": (cases(6), one_class(DICE_B, hd95=HD_B))})  # fmt: skip
+    return [str(tmp_path / "sgd"), str(tmp_path / "hco")]
+
+
+def test_class_table_layout_numbers_and_bold(runs: list[str]) -> None:
+    result = compare_runs(runs)
+    main, details = comparison_tables(result)
+    assert main.columns[:8] == ["Arm", "Optimizer", "L/U", "Runs", "Dice (%)", "Jaccard (%)",
+                                "ASD (vox)", "HD95 (vox)"]  # fmt: skip
+    ref, hco = ([c.text for c in row] for row in main.rows)
+    dice_a = f"{100 * DICE_A.mean():.2f} ({100 * DICE_A.std(ddof=1):.2f})"
+    assert ref[:5] == ["sgd", "sgd", "4/76", "1", dice_a]
+    assert ref[8:] == ["ref"] * 4
+    # HCO is better on every metric: its cells are bold, the reference's are not.
+    assert all(c.bold for c in main.rows[1][4:8]) and not any(c.bold for c in main.rows[0])
+    p_w = sps.wilcoxon(DICE_B, DICE_A, alternative="greater").pvalue
+    p_t = sps.ttest_rel(DICE_B, DICE_A, alternative="greater").pvalue
+    assert hco[8] == f"{p_w:.4f} / {p_t:.4f}"
+    hd_row = next(r for r in details.rows if r[3].text == "HD95")
+    assert [c.text for c in hd_row[4:6]] == ["5", "1"]  # n, excluded as NaN
+
+
+def test_records_json_csv_markdown(runs: list[str], tmp_path: Path) -> None:
+    result = compare_runs(runs, holm=True, tests=("wilcoxon",))
+    out = tmp_path / "out"
+    write_comparison(result, json_path=out / "r.json", csv_path=out / "r.csv",
+                     markdown_path=out / "r.md")  # fmt: skip
+    records = json.loads((out / "r.json").read_text())
+    assert len(records) == 4
+    assert all(KEYS | {"p_holm_wilcoxon", "p_holm_ttest"} <= set(r) for r in records)
+    dice = next(r for r in records if r["metric"] == "dice")
+    assert (dice["arm"], dice["reference"], dice["class"]) == ("hco", "sgd", "1")
+    assert dice["mean_b"] == pytest.approx(DICE_B.mean())
+    assert dice["rel_change"] == pytest.approx(DICE_B.mean() / DICE_A.mean() - 1)
+    assert dice["p_ttest"] is None  # not requested: null, never NaN, in strict JSON
+    assert dice["p_wilcoxon"] == sps.wilcoxon(DICE_B, DICE_A, alternative="greater").pvalue
+    with (out / "r.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 and float(rows[0]["p_wilcoxon"]) == records[0]["p_wilcoxon"]
+    md = (out / "r.md").read_text()
+    assert "### Class 1 (checkpoint best)" in md
+    assert "| Arm | Optimizer | L/U |" in md
+    assert f"**{100 * DICE_B.mean():.2f}" in md
+    assert "Holm-adjusted" in md
+    assert not list(out.glob(".*tmp"))  # atomic writes leave no temporary files

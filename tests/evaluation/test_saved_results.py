@@ -1,0 +1,92 @@
+"""Readers of summary.json, run.json and metrics.jsonl: accepted shapes and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hco_cli.errors import DataError
+from hco_cli.evaluation.saved_results import read_run_info, read_summary, read_train_steps
+from tests.evaluation.compare_fixtures import cases, one_class, step, summary_dict, write_run
+
+
+def _write(tmp_path: Path, data: Any, name: str = "summary.json") -> Path:
+    path = tmp_path / name
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+    return path
+
+
+def test_reads_summary_with_nulls_and_extra_keys(tmp_path: Path) -> None:
+    values = {**one_class([0.9, 0.8], hd95=[1.0, math.nan]), **one_class([0.5, 0.6], cls="10")}
+    values["2"] = one_class([0.7, 0.7])["1"]
+    summary = read_summary(_write(tmp_path, summary_dict(cases(2), values, unit="mm")))
+    assert summary.classes == ("1", "2", "10")  # numeric order of label values
+    assert summary.spacing_unit == "mm"
+    assert math.isnan(summary.cases["case01"]["1"]["hd95"])
+    assert summary.cases["case00"]["10"]["dice"] == 0.5
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: d.pop("std"), "missing std"),
+        (lambda d: d.update(spacing_unit="cm"), "spacing_unit must be"),
+        (lambda d: d.update(metric_per_case=[]), "non-empty list"),
+        (lambda d: d["metric_per_case"][0].pop("metrics"), r"metric_per_case\[0\]"),
+        (lambda d: d["metric_per_case"][1]["metrics"]["1"].pop("asd"), "class 1: missing asd"),
+        (lambda d: d["metric_per_case"][0]["metrics"]["1"].update(dice="high"), "dice: expected"),
+        (lambda d: d["metric_per_case"][1].update(case="case00"), "appears twice"),
+        (lambda d: d["metric_per_case"][1]["metrics"].update({"2": d["mean"]["1"]}), "classes"),
+    ],
+)
+def test_summary_shape_errors(tmp_path: Path, mutate: Any, message: str) -> None:
+    data = summary_dict(cases(2), one_class([0.9, 0.8]))
+    mutate(data)
+    with pytest.raises(DataError, match=message):
+        read_summary(_write(tmp_path, data))
+
+
+def test_invalid_json_and_wrong_top_level(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"invalid JSON .*line 1"):
+        read_summary(_write(tmp_path, '{"metric_per_case": ['))
+    with pytest.raises(DataError, match="expected a JSON object"):
+        read_summary(_write(tmp_path, [1, 2]))
+    with pytest.raises(DataError, match="cannot read"):
+        read_summary(tmp_path / "absent.json")
+
+
+def test_run_info_fields_and_errors(tmp_path: Path) -> None:
+    run = write_run(tmp_path, "r", optimizer="sgd-hco", seed=3, labeled=8, unlabeled=72)
+    info = read_run_info(run)
+    assert (info.optimizer, info.seed, info.labeled, info.unlabeled) == ("sgd-hco", 3, 8, 72)
+    data = json.loads((run / "run.json").read_text())
+    data["labeled"] = "8"
+    (run / "run.json").write_text(json.dumps(data))
+    with pytest.raises(DataError, match="labeled: expected an integer"):
+        read_run_info(run)
+
+
+def test_train_steps_skip_other_phases_and_a_partial_last_line(tmp_path: Path) -> None:
+    run = write_run(tmp_path, "r", steps=[step(0, 1, None, phase="pretrain"), step(0, 2, 1.5)])
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps({"phase": "val", "iter": 2, "dice": 0.8}) + "\n")
+        f.write('{"phase": "selftrain", "iter"')  # a write still in progress
+    steps = read_train_steps(run)
+    assert [s.phase for s in steps] == ["pretrain", "selftrain"]
+    assert math.isnan(steps[0].ratio) and steps[1].ratio == 1.5
+
+
+def test_train_steps_errors(tmp_path: Path) -> None:
+    run = write_run(tmp_path, "r")
+    with pytest.raises(DataError, match=r"no metrics\.jsonl"):
+        read_train_steps(run)
+    (run / "metrics.jsonl").write_text('{"phase": "train"\n{"phase": "train"}\n')
+    with pytest.raises(DataError, match="line 1: invalid JSON"):
+        read_train_steps(run)
+    (run / "metrics.jsonl").write_text('{"phase": "train", "iter": 1, "epoch": 0}\n')
+    with pytest.raises(DataError, match="line 1: training record lacks loss_l"):
+        read_train_steps(run)

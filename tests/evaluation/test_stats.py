@@ -1,0 +1,115 @@
+"""Paired tests: p-values identical to scipy's, direction per metric, NaN exclusion, Holm."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from hco_cli.errors import ConfigError
+from hco_cli.evaluation import stats
+
+# Per-case tables with ties among |differences| and zero differences.
+A = np.array([0.80, 0.82, 0.85, 0.90, 0.70, 0.75, 0.88, 0.91, 0.60, 0.77, 0.83, 0.79])
+B = np.array([0.82, 0.81, 0.85, 0.93, 0.72, 0.73, 0.90, 0.91, 0.65, 0.76, 0.85, 0.79])
+
+
+@pytest.mark.parametrize(
+    ("metric", "zero_method"),
+    [("dice", "wilcox"), ("jaccard", "wilcox"), ("hd95", "wilcox"), ("asd", "wilcox"),
+     ("dice", "pratt"), ("hd95", "zsplit")],
+)  # fmt: skip
+def test_p_values_equal_scipy(metric: str, zero_method: stats.ZeroMethod) -> None:
+    alternative = "greater" if metric in ("dice", "jaccard") else "less"
+    res = stats.paired_test(A, B, metric=metric, zero_method=zero_method)
+    expected_w = sps.wilcoxon(B, A, zero_method=zero_method, alternative=alternative).pvalue
+    expected_t = sps.ttest_rel(B, A, alternative=alternative).pvalue
+    assert res.p_wilcoxon == expected_w
+    assert res.p_ttest == expected_t
+    assert res.n == 12 and res.n_excluded == 0
+
+
+def test_zero_methods_differ_on_zero_differences() -> None:
+    # Three zero differences: dropping them (wilcox) or ranking them first (pratt) gives
+    # different p-values here, so passing zero_method through is observable.
+    wilcox = stats.paired_test(A, B, metric="dice", zero_method="wilcox").p_wilcoxon
+    pratt = stats.paired_test(A, B, metric="dice", zero_method="pratt").p_wilcoxon
+    assert wilcox == pytest.approx(0.056640625)
+    assert pratt == pytest.approx(0.080078125)
+
+
+def test_direction_lower_is_better() -> None:
+    a = np.array([10.0, 12.0, 9.0, 15.0, 11.0, 13.0, 8.0, 14.0])
+    b = a - np.array([2.0, 3.0, 1.0, 4.0, 2.5, 3.5, 1.5, 2.0])  # B clearly lower
+    better = stats.paired_test(a, b, metric="hd95")
+    assert better.p_wilcoxon < 0.01 and better.p_ttest < 0.01
+    assert better.p_wilcoxon == pytest.approx(1 / 2**8)  # exact: all 8 signs favour B
+    worse = stats.paired_test(b, a, metric="asd")
+    assert worse.p_wilcoxon > 0.99 and worse.p_ttest > 0.99
+    # For Dice the same B (lower) is worse.
+    assert stats.paired_test(a, b, metric="dice").p_wilcoxon > 0.99
+
+
+def test_effect_sizes_and_summary() -> None:
+    a = np.array([0.5, 0.6, 0.7, 0.8])
+    b = np.array([0.6, 0.6, 0.9, 0.9])
+    r = stats.paired_test(a, b, metric="dice")
+    assert r.mean_a == pytest.approx(0.65) and r.mean_b == pytest.approx(0.75)
+    assert r.mean_diff == pytest.approx(0.10)
+    assert r.rel_change == pytest.approx(0.10 / 0.65)
+    assert r.std_a == pytest.approx(np.std(a, ddof=1))
+    assert r.std_b == pytest.approx(np.std(b, ddof=1))
+
+
+def test_nan_pairs_are_excluded_and_counted() -> None:
+    a = np.array([1.0, 2.0, math.nan, 4.0, 5.0, 6.0, 7.0])
+    b = np.array([0.5, math.nan, 2.0, 3.0, 4.5, 4.0, 6.0])
+    r = stats.paired_test(a, b, metric="asd")
+    keep = [0, 3, 4, 5, 6]
+    assert r.n == 5 and r.n_excluded == 2
+    assert r.p_wilcoxon == sps.wilcoxon(b[keep], a[keep], alternative="less").pvalue
+    assert r.p_ttest == sps.ttest_rel(b[keep], a[keep], alternative="less").pvalue
+    assert r.mean_a == pytest.approx(np.mean(a[keep]))
+
+
+def test_degenerate_inputs_give_nan_not_errors() -> None:
+    nan = np.array([math.nan, math.nan])
+    r = stats.paired_test(nan, nan, metric="dice")
+    assert r.n == 0 and r.n_excluded == 2
+    assert math.isnan(r.p_wilcoxon) and math.isnan(r.p_ttest) and math.isnan(r.rel_change)
+    one = stats.paired_test([0.5], [0.6], metric="dice")
+    assert one.n == 1 and math.isnan(one.p_ttest) and math.isnan(one.std_a)
+
+
+def test_only_requested_tests_run() -> None:
+    r = stats.paired_test(A, B, metric="dice", tests=("ttest",))
+    assert math.isnan(r.p_wilcoxon) and not math.isnan(r.p_ttest)
+
+
+def test_invalid_arguments() -> None:
+    with pytest.raises(ConfigError, match="unknown metric"):
+        stats.paired_test(A, B, metric="volume")
+    with pytest.raises(ConfigError, match="unknown zero method"):
+        stats.paired_test(A, B, metric="dice", zero_method="none")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="unknown test"):
+        stats.paired_test(A, B, metric="dice", tests=("mannwhitney",))  # type: ignore[arg-type]
+
+
+def test_holm_matches_hand_computation() -> None:
+    # Sorted: 0.01 (x4 = 0.04), 0.02 (x3 = 0.06), 0.03 (x2 = 0.06), 0.04 (x1 = 0.04 -> 0.06
+    # by the running maximum).
+    assert stats.holm([0.03, 0.01, 0.04, 0.02]) == pytest.approx([0.06, 0.04, 0.06, 0.06])
+    # Capped at 1; a NaN p-value is not counted in m.
+    out = stats.holm([0.5, math.nan, 0.2])
+    assert out[0] == pytest.approx(min(1.0, max(0.4, 0.5)))
+    assert math.isnan(out[1])
+    assert out[2] == pytest.approx(0.4)
+    assert stats.holm([0.6, 0.7]) == pytest.approx([1.0, 1.0])
+
+
+def test_mean_sem() -> None:
+    mean, sem, n = stats.mean_sem([1.0, 2.0, 3.0, math.nan, 6.0])
+    assert n == 4 and mean == pytest.approx(3.0)
+    assert sem == pytest.approx(np.std([1, 2, 3, 6], ddof=1) / 2.0)
