@@ -24,7 +24,7 @@ from hco_cli.errors import CheckpointError, ConfigError, DataError
 from hco_cli.evaluation import stats
 from hco_cli.evaluation.saved_results import RunInfo, Summary, read_run_info, read_summary
 
-METRICS: tuple[str, ...] = ("dice", "jaccard", "hd95", "asd")
+METRICS: tuple[str, ...] = ("dice", "jaccard", "asd", "hd95")  # the paper's column order
 Checkpoint = Literal["best", "last"]
 _GLOB_CHARS = frozenset("*?[")
 

@@ -228,7 +228,8 @@ def _summary_table(result: Dynamics) -> ReportTable:
             texts += ["ref", "-", "-", "-"]
         else:
             rel = "-" if not math.isfinite(s.rel_diff) else f"{s.rel_diff * 100:+.1f}%"
-            texts += [str(s.n_epochs), fmt(s.mean_diff, digits=3), rel]
+            diff = "-" if not math.isfinite(s.mean_diff) else f"{s.mean_diff:+.3f}"
+            texts += [str(s.n_epochs), diff, rel]
             texts.append(f"{s.epochs_higher}/{s.n_epochs}")
         table.rows.append([Cell(t) for t in texts])
     return table

@@ -121,7 +121,8 @@ def plot_dynamics(result: Dynamics, path: Path, *, frac: float = 0.3) -> None:
         centre = np.interp(ex, xs, ys) if xs.size > 1 else np.full(ex.shape, ys.mean())
         ax.fill_between(ex, centre - sem, centre + sem, color=colour, alpha=0.25, linewidth=0)
         ax.plot(xs, ys, color=colour, label=f"{arm.name} (runs: {arm.n_runs})")
-    ax.set_xlabel("epoch" if result.bin_width == 1 else f"epoch (bins of {result.bin_width})")
+    bands = "" if result.bin_width == 1 else f" (SEM bands per {result.bin_width} epochs)"
+    ax.set_xlabel(f"epoch{bands}")
     ax.set_ylabel("L_U / L_L")
     ax.set_title("Unlabeled-to-labeled loss ratio (LOWESS trend ± SEM)")
     ax.grid(alpha=0.3)

@@ -79,7 +79,7 @@ def test_tables_and_files(tmp_path: Path) -> None:
     texts = [[c.text for c in row] for row in per_epoch.rows]
     assert texts[0] == ["selftrain", "0", "2.000 ± 0.577 (n=3)", "3.000 ± 0.577 (n=3)",
                         "+1.000 ± 0.816"]  # fmt: skip
-    assert [c.text for c in summary.rows[1]][-3:] == ["1.333", "+53.3%", "2/2"]
+    assert [c.text for c in summary.rows[1]][-3:] == ["+1.333", "+53.3%", "2/2"]
     write_dynamics(result, json_path=tmp_path / "d.json", csv_path=tmp_path / "d.csv",
                    markdown_path=tmp_path / "d.md")  # fmt: skip
     data = json.loads((tmp_path / "d.json").read_text())

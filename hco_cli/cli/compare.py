@@ -1,0 +1,118 @@
+"""``hco compare``: paired tests between runs, seed groups or folds, or their loss dynamics."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, cast
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from hco_cli.cli.common import console, handle_errors
+from hco_cli.errors import ConfigError
+from hco_cli.evaluation import compare_tables, dynamics, plots
+from hco_cli.evaluation.compare import compare_runs
+
+
+class CheckpointChoice(str, Enum):
+    best = "best"
+    last = "last"
+
+
+class TestChoice(str, Enum):
+    wilcoxon = "wilcoxon"
+    ttest = "ttest"
+    both = "both"
+
+
+class ZeroMethodChoice(str, Enum):
+    wilcox = "wilcox"
+    pratt = "pratt"
+    zsplit = "zsplit"
+
+
+def _opt(*names: str, default: str | bool = False, **kwargs: Any) -> Any:
+    return typer.Option(*names, show_default=default, **kwargs)
+
+
+Arms = Annotated[list[str], typer.Argument(help="Arms, the first being the reference: run "
+                 "folders, summary.json files, or run groups as GLOB or NAME=GLOB.")]  # fmt: skip
+Checkpoint = Annotated[CheckpointChoice | None, _opt(default="best", help="Evaluation read "
+                       "from a run folder: RUN/eval/<checkpoint>/summary.json.")]  # fmt: skip
+Test = Annotated[TestChoice | None, _opt(default="both", help="One-sided paired test(s).")]
+ZeroMethod = Annotated[ZeroMethodChoice | None, _opt(default="wilcox", help="Wilcoxon "
+                       "treatment of zero differences (scipy's zero_method).")]  # fmt: skip
+Holm = Annotated[bool, _opt("--holm", help="Holm-adjust p-values across the 4 metrics.")]
+Intersect = Annotated[bool, _opt("--intersect", help="Pair only the cases common to all arms.")]
+DynamicsFlag = Annotated[bool, _opt("--dynamics", help="Compare the L_U/L_L loss ratio per epoch "
+                         "(RUN/metrics.jsonl) instead of test metrics.")]  # fmt: skip
+Bin = Annotated[int | None, _opt("--bin", min=1, default="1", help="--dynamics: epochs per row.")]
+Frac = Annotated[float | None, _opt(default="0.3", help="--dynamics --plot: LOWESS span.")]
+Json = Annotated[Path | None, _opt("--json", dir_okay=False, help="Write the records as JSON.")]
+Csv = Annotated[Path | None, _opt("--csv", dir_okay=False, help="Write the records as CSV.")]
+Markdown = Annotated[Path | None, _opt("--markdown", dir_okay=False, help="Write Markdown tables.")]
+Plot = Annotated[Path | None, _opt("--plot", dir_okay=False, help="Box plots of per-case "
+                 "metrics (--dynamics: ratio trends); .png/.pdf/.svg; plot extra.")]  # fmt: skip
+
+
+def _rich(table: compare_tables.ReportTable) -> Table:
+    out = Table(title=table.title, caption=table.caption, caption_justify="left")
+    for column in table.columns:
+        out.add_column(column)
+    for row in table.rows:
+        out.add_row(*(Text(c.text, style="bold" if c.bold else "") for c in row))
+    return out
+
+
+def _reject(mode: str, **given: object) -> None:
+    """Options that do not apply to the chosen mode are errors, never silently ignored."""
+    for name, value in given.items():
+        if value not in (None, False):
+            raise ConfigError(f"--{name.replace('_', '-')} does not apply {mode}")
+
+
+@handle_errors
+def compare(
+    arms: Arms, checkpoint: Checkpoint = None, test: Test = None, zero_method: ZeroMethod = None,
+    holm: Holm = False, intersect: Intersect = False, dynamics_mode: DynamicsFlag = False,
+    bin_width: Bin = None, lowess_frac: Frac = None, json_path: Json = None, csv_path: Csv = None,
+    markdown_path: Markdown = None, plot_path: Plot = None,
+) -> None:  # fmt: skip
+    """Compare arms with one-sided paired Wilcoxon / t-tests per case, or their loss dynamics."""
+    if plot_path is not None:
+        plots.check_plot_target(plot_path)
+    outputs = {"json_path": json_path, "csv_path": csv_path, "markdown_path": markdown_path}
+    notes: list[str] = []
+    if dynamics_mode:
+        _reject("with --dynamics", checkpoint=checkpoint, test=test, zero_method=zero_method,
+                holm=holm, intersect=intersect)  # fmt: skip
+        if lowess_frac is not None and plot_path is None:
+            raise ConfigError("--lowess-frac needs --plot")
+        dyn = dynamics.compare_dynamics(arms, bin_width=bin_width or 1)
+        tables = dynamics.dynamics_tables(dyn)
+        dynamics.write_dynamics(dyn, **outputs)
+        if plot_path is not None:
+            plots.plot_dynamics(dyn, plot_path, frac=0.3 if lowess_frac is None else lowess_frac)
+    else:
+        _reject("without --dynamics", bin=bin_width, lowess_frac=lowess_frac)
+        chosen = (test or TestChoice.both).value
+        result = compare_runs(
+            arms,
+            checkpoint=(checkpoint or CheckpointChoice.best).value,
+            tests=cast(Any, ("wilcoxon", "ttest") if chosen == "both" else (chosen,)),
+            zero_method=cast(Any, (zero_method or ZeroMethodChoice.wilcox).value),
+            holm=holm,
+            intersect=intersect,
+        )
+        tables = compare_tables.comparison_tables(result)
+        notes = compare_tables.comparison_notes(result)
+        compare_tables.write_comparison(result, **outputs)
+        if plot_path is not None:
+            plots.plot_boxplots(result, plot_path)
+    for table in tables:
+        console.print(_rich(table))
+    written = [p for p in (json_path, csv_path, markdown_path, plot_path) if p is not None]
+    for line in [*notes, *(f"wrote {p}" for p in written)]:
+        console.print(Text(line))

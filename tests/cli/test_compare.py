@@ -1,0 +1,140 @@
+"""``hco compare`` end to end through the real app, on files written into tmp_path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+from typer.testing import CliRunner
+
+from hco_cli.cli.app import app
+from tests.evaluation.compare_fixtures import cases, one_class, step, write_run, write_summary
+
+runner = CliRunner()
+WIDE = {"COLUMNS": "250"}  # rich wraps tables to the terminal width; keep rows on one line
+DICE_A = np.array([0.80, 0.85, 0.90, 0.70, 0.75, 0.88, 0.81, 0.79])
+DICE_B = np.array([0.84, 0.86, 0.93, 0.74, 0.78, 0.90, 0.80, 0.83])
+
+
+@pytest.fixture
+def arms(tmp_path: Path) -> list[str]:
+    write_run(tmp_path, "sgd-s0", evals={"best": (cases(8), one_class(DICE_A))})
+    for seed, shift in ((0, 0.01), (1, -0.01)):
+        write_run(tmp_path, f"hco-s{seed}", optimizer="sgd-hco", seed=seed,
+                  evals={"best": (cases(8), one_class(DICE_B + shift))})  # fmt: skip
+    return [str(tmp_path / "sgd-s0"), f"hco={tmp_path}/hco-s*"]
+
+
+def _error_line(result) -> str:  # type: ignore[no-untyped-def]
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_table_and_outputs(arms: list[str], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app,
+        ["compare", *arms, "--json", str(out / "c.json"), "--csv", str(out / "c.csv"),
+         "--markdown", str(out / "c.md"), "--plot", str(out / "box.png")],
+        env=WIDE,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    text = result.stdout
+    assert "Class 1 (checkpoint best)" in text
+    assert f"{100 * DICE_A.mean():.2f} ({100 * DICE_A.std(ddof=1):.2f})" in text
+    assert f"{100 * DICE_B.mean():.2f}" in text  # the group mean of the two seeds
+    p_w = sps.wilcoxon(DICE_B, DICE_A, alternative="greater").pvalue
+    p_t = sps.ttest_rel(DICE_B, DICE_A, alternative="greater").pvalue
+    assert f"{p_w:.4f} / {p_t:.4f}" in text
+    assert "sgd-hco" in text and "4/76" in text
+    records = json.loads((out / "c.json").read_text())
+    assert {r["metric"] for r in records} == {"dice", "jaccard", "hd95", "asd"}
+    assert records[0]["arm"] == "hco" and records[0]["reference"] == "sgd-s0"
+    assert (out / "c.csv").read_text().startswith("arm,reference,class,metric")
+    assert "| Arm | Optimizer |" in (out / "c.md").read_text()
+    assert (out / "box.png").stat().st_size > 0
+    assert f"wrote {out / 'c.json'}" in text
+
+
+def test_single_test_holm_and_zero_method(arms: list[str], tmp_path: Path) -> None:
+    target = tmp_path / "h.json"
+    result = runner.invoke(
+        app,
+        ["compare", *arms, "--test", "wilcoxon", "--zero-method", "pratt", "--holm",
+         "--json", str(target)],
+        env=WIDE,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "Holm-adjusted" in result.stdout and "zero_method=pratt" in result.stdout
+    records = json.loads(target.read_text())
+    assert all(r["p_ttest"] is None and r["p_holm_wilcoxon"] is not None for r in records)
+
+
+def test_dynamics_end_to_end(tmp_path: Path) -> None:
+    for name, level in (("sgd", 1.0), ("hco", 1.2)):
+        steps = [step(e, 3 * e + k, level + 0.01 * k) for e in range(6) for k in range(3)]
+        write_run(tmp_path, name, steps=[step(0, 0, None, phase="pretrain"), *steps])
+    with (tmp_path / "sgd" / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps({"phase": "val", "iter": 18, "epoch": 5, "dice": 0.8}) + "\n")
+    out = tmp_path / "dyn"
+    result = runner.invoke(
+        app,
+        ["compare", "--dynamics", str(tmp_path / "sgd"), str(tmp_path / "hco"),
+         "--json", str(out / "d.json"), "--csv", str(out / "d.csv"),
+         "--plot", str(out / "d.png"), "--lowess-frac", "0.5"],
+        env=WIDE,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "L_U / L_L per epoch" in result.stdout
+    assert "1.010 ± 0.006 (n=3)" in result.stdout
+    assert "+0.200" in result.stdout and "+19.8%" in result.stdout
+    data = json.loads((out / "d.json").read_text())
+    assert len(data["epochs"]) == 12
+    assert data["summary"][0]["mean_diff"] == pytest.approx(0.2)
+    assert (out / "d.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["only-one"], "at least two arms"),
+        (["{a}", "g={tmp}/none-*"], "matched nothing"),
+        (["{a}", "{tmp}/bad.json"], "invalid JSON"),
+        (["{a}", "{tmp}/shape.json"], "not an evaluation summary"),
+        (["{a}", "{tmp}/mm.json"], "spacing units differ between arms"),
+        (["{a}", "{tmp}/two.json"], "class sets differ between arms"),
+        (["{a}", "{tmp}/short.json"], "use --intersect"),
+        (["{tmp}/run", "{a}"], "no 'best' evaluation"),
+        (["--dynamics", "{tmp}/run", "{tmp}/run2"], "no metrics.jsonl"),
+        (["--dynamics", "--holm", "{tmp}/run", "{tmp}/run2"], "--holm does not apply"),
+        (["--bin", "3", "{a}", "{a}"], "--bin does not apply without --dynamics"),
+        (["{a}", "{tmp}/short.json", "--plot", "{tmp}/x.gif"], "unsupported format"),
+    ],
+)
+def test_errors_are_one_line(tmp_path: Path, argv: list[str], message: str) -> None:
+    a = write_summary(tmp_path / "a.json", cases(4), one_class([0.8, 0.7, 0.9, 0.6]))
+    write_summary(tmp_path / "mm.json", cases(4), one_class([0.8, 0.7, 0.9, 0.6]), unit="mm")
+    two = {**one_class([0.8] * 4), **one_class([0.7] * 4, cls="2")}
+    write_summary(tmp_path / "two.json", cases(4), two)
+    write_summary(tmp_path / "short.json", cases(3), one_class([0.8, 0.7, 0.9]))
+    (tmp_path / "bad.json").write_text("{not json")
+    (tmp_path / "shape.json").write_text(json.dumps({"metric_per_case": []}))
+    write_run(tmp_path, "run", evals={"last": (cases(4), one_class([0.8] * 4))})
+    write_run(tmp_path, "run2")
+    args = [x.format(a=a, tmp=tmp_path) for x in argv]
+    line = _error_line(runner.invoke(app, ["compare", *args], env=WIDE))
+    assert line.startswith("error: ") and message in line
+
+
+def test_intersect_reports_dropped_cases(tmp_path: Path) -> None:
+    a = write_summary(tmp_path / "a.json", cases(6), one_class(DICE_A[:6]))
+    b = write_summary(tmp_path / "b.json", cases(6)[1:], one_class(DICE_B[1:6]))
+    result = runner.invoke(app, ["compare", str(a), str(b), "--intersect"], env=WIDE)
+    assert result.exit_code == 0, result.output
+    assert "--intersect: paired 5 common cases; dropped a: 1" in result.stdout
