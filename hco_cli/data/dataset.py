@@ -69,6 +69,8 @@ class DatasetInfo(_Model):
     modality: str = "MR"
     channels: int = 1
     normalization: str = "zscore"
+    # HU window mapped onto [0, 1] when ``normalization`` is "ct"; None otherwise.
+    ct_window: tuple[float, float] | None = None
     source: str
     hco_version: str
 

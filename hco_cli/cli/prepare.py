@@ -1,0 +1,188 @@
+"""``hco prepare KIND ...``: turn a source into a prepared dataset folder.
+
+Four thin subcommands (one per kind of source), each calling one function of
+:mod:`hco_cli.data.prepare`, with a rich progress bar per case and a summary table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from hco_cli.cli.common import console, handle_errors
+from hco_cli.data import prepare as lib
+from hco_cli.data.sources.generic import parse_classes
+from hco_cli.errors import ConfigError
+
+app = typer.Typer(
+    help="Prepare a dataset from a source: [bold]la[/], [bold]pancreas[/], [bold]generic[/] "
+    "(globs or an nnU-Net/MSD folder) or [bold]synthetic[/] phantoms. Writes --out "
+    "atomically (dataset.json, splits.json, cases/); run `hco prepare KIND --help`.",
+    no_args_is_help=True, rich_markup_mode="rich",
+)
+
+
+class Norm(str, Enum):
+    zscore = "zscore"
+    ct = "ct"
+    none = "none"
+
+
+def _opt(text: str, *names: str, **kwargs: Any) -> Any:
+    return typer.Option(*names, help=text, **kwargs)
+
+
+ID_RULE = ("the case id is the text matched from the first to the last wildcard of the "
+           "pattern's first path component holding one, extension removed")
+CROP = "--crop-foreground"
+Out = Annotated[Path, _opt("Dataset folder to create, e.g. data/la.")]
+Force = Annotated[bool, _opt("Replace an existing dataset.", "--force")]
+Labeled = Annotated[int | None, _opt("Labeled cases N (default: the source's protocol).")]
+Val = Annotated[int, _opt("Hold K seeded cases with labels out of the unlabeled pool.", min=0)]
+Seed = Annotated[int, _opt("Seed of every random choice.")]
+FoldsL = Annotated[int, _opt("K disjoint labeled folds (L0, L1, ...) of --fold-size.", min=0)]
+FoldsU = Annotated[int, _opt("J disjoint unlabeled folds of the rest (U0, U1, ...).", min=0)]
+FoldSize = Annotated[int | None, _opt("Cases per labeled fold (default: N labeled).", min=1)]
+Missing = Annotated[bool, _opt("Skip cases named in the lists but absent.", "--allow-missing")]
+Workers = Annotated[int, _opt("Worker processes.", min=1)]
+Test = Annotated[int | None, _opt("N seeded labeled cases as test (no test lists).", min=1)]
+Images = Annotated[str | None, _opt(f"Image glob; {ID_RULE}.")]
+Labels = Annotated[str | None, _opt("Label glob, paired with images by case id.")]
+Root = Annotated[Path | None, typer.Argument(help="nnU-Net/MSD folder or base of the globs.")]
+Lists = Annotated[Path | None, _opt("Folder of train_lab.txt, train_unlab.txt, test.txt.")]
+
+
+@app.command("la")
+@handle_errors
+def la(root: Annotated[Path, typer.Argument(help="Folder with train.list, test.list and "
+                                              "'2018LA_Seg_Training Set/'.")],
+       out: Out, labeled: Labeled = None, val: Val = 0, seed: Seed = 0,
+       allow_missing: Missing = False, folds_labeled: FoldsL = 0, folds_unlabeled: FoldsU = 0,
+       fold_size: FoldSize = None, workers: Workers = 1, force: Force = False) -> None:
+    """Left Atrium h5 (UA-MT/BCP layout): labeled = first N of train.list (default 8)."""
+    split = lib.SplitOptions(labeled=labeled, val=val, seed=seed, folds_labeled=folds_labeled,
+                             folds_unlabeled=folds_unlabeled, fold_size=fold_size)
+    with _progress() as step:
+        _render(lib.prepare_la(root, out, split=split, allow_missing=allow_missing,
+                               force=force, workers=workers, progress=step))
+
+
+@app.command("pancreas")
+@handle_errors
+def pancreas(root: Annotated[Path, typer.Argument(help="Folder of NNNN.h5 files, or the base "
+                                                  "of the raw --images/--labels globs.")],
+             out: Out, images: Images = None, labels: Labels = None, lists: Lists = None,
+             labeled: Labeled = None, val: Val = 0, test: Test = None, seed: Seed = 0,
+             allow_missing: Missing = False, folds_labeled: FoldsL = 0,
+             folds_unlabeled: FoldsU = 0, fold_size: FoldSize = None, workers: Workers = 1,
+             force: Force = False) -> None:
+    """NIH Pancreas-CT: BCP h5 + 12/50/18 lists, or raw CT with CoraNet's preprocessing."""
+    split = lib.SplitOptions(labeled=labeled, val=val, test=test, seed=seed, fold_size=fold_size,
+                             folds_labeled=folds_labeled, folds_unlabeled=folds_unlabeled)
+    with _progress() as step:
+        _render(lib.prepare_pancreas(root, out, split=split, lists=lists, images=images,
+                                     labels=labels, allow_missing=allow_missing, force=force,
+                                     workers=workers, progress=step))
+
+
+@app.command("generic")
+@handle_errors
+def generic(
+    root: Root = None, *, out: Out, images: Images = None, labels: Labels = None,
+    unlabeled: Annotated[str | None, _opt("Glob of label-less images.")] = None,
+    classes: Annotated[str | None, _opt("'1=white matter,2=ventricles' (default: "
+                                        "dataset.json, else the values found).")] = None,
+    spacing: Annotated[str | None, _opt("Resample to X,Y,Z mm (or one number).")] = None,
+    norm: Annotated[Norm | None, _opt("zscore (MR default) | ct (CT default) | none.")] = None,
+    ct_window: Annotated[str, _opt("HU window mapped onto [0, 1] by --norm ct.")] = "-125,275",
+    crop_foreground: Annotated[bool, _opt("Crop around the label (label-less cases: voxels "
+                                          "above the image minimum).", CROP)] = False,
+    crop_margin: Annotated[int, _opt("Crop margin in voxels.", min=0)] = 0,
+    labeled: Labeled = None, val: Val = 0, test: Test = None,
+    test_list: Annotated[Path | None, _opt("File of test case ids, one a line.")] = None,
+    seed: Seed = 0, folds_labeled: FoldsL = 0, folds_unlabeled: FoldsU = 0,
+    fold_size: FoldSize = None, workers: Workers = 1, force: Force = False,
+) -> None:
+    """Image/label globs or an nnU-Net/MSD folder (NIfTI, NRRD, MHA/MHD, DICOM series)."""
+    split = lib.SplitOptions(labeled=labeled, val=val, test=test, test_list=test_list,
+                             seed=seed, folds_labeled=folds_labeled,
+                             folds_unlabeled=folds_unlabeled, fold_size=fold_size)
+    grid = _numbers(spacing, "--spacing", 3) if spacing else None
+    low, high = _numbers(ct_window, "--ct-window", 2)
+    with _progress() as step:
+        _render(lib.prepare_generic(
+            out, root=root, images=images, labels=labels, unlabeled=unlabeled,
+            classes=parse_classes(classes) if classes else None,
+            spacing=(grid[0], grid[1], grid[2]) if grid else None,
+            norm=norm.value if norm else None, ct_window=(low, high),
+            crop_foreground=crop_foreground, crop_margin=crop_margin, split=split,
+            force=force, workers=workers, progress=step))
+
+
+@app.command("synthetic")
+@handle_errors
+def synthetic(out: Out, labeled: Annotated[int, _opt("Labeled cases.", min=1)] = 4,
+              unlabeled: Annotated[int, _opt("Unlabeled cases (no label file).", min=0)] = 8,
+              val: Annotated[int, _opt("Validation cases (labeled).", min=0)] = 0,
+              test: Annotated[int, _opt("Test cases.", min=0)] = 4,
+              classes: Annotated[int, _opt("Foreground classes.", min=1)] = 2,
+              shape: Annotated[str, _opt("Volume size X,Y,Z in 1 mm voxels.")] = "64,64,48",
+              seed: Seed = 0, folds_labeled: FoldsL = 0, folds_unlabeled: FoldsU = 0,
+              fold_size: FoldSize = None, workers: Workers = 1, force: Force = False) -> None:
+    """Seeded 3D phantoms (organ-like blobs, texture, bias field, noise): the quick demo."""
+    size = [int(v) for v in _numbers(shape, "--shape", 3)]
+    with _progress() as step:
+        _render(lib.prepare_synthetic(
+            out, labeled=labeled, unlabeled=unlabeled, val=val, test=test, classes=classes,
+            shape=(size[0], size[1], size[2]), seed=seed, folds_labeled=folds_labeled,
+            folds_unlabeled=folds_unlabeled, fold_size=fold_size, force=force,
+            workers=workers, progress=step))
+
+
+def _numbers(text: str, option: str, count: int) -> tuple[float, ...]:
+    """Comma-separated numbers; one number stands for all three with --spacing."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"{option}: {text!r} is not a comma-separated list of numbers") from None
+    values = values * 3 if len(values) == 1 and option == "--spacing" else values
+    if len(values) != count or (option == "--spacing" and min(values) <= 0):
+        raise ConfigError(f"{option}: expected {count} numbers (spacings > 0), got {text!r}")
+    return values
+
+
+@contextmanager
+def _progress() -> Iterator[Callable[[int, int, str], None]]:
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("preparing", total=None)
+        yield lambda done, total, case: bar.update(task, completed=done, total=total,
+                                                   description=f"case {case}")
+
+
+def _render(summary: lib.PrepareSummary) -> None:
+    low, high = summary.shape_range()
+    table = Table(title=f"{summary.out} ({summary.seconds:.1f} s)", show_header=False)
+    for name in ("labeled", "unlabeled", "val", "test"):
+        table.add_row(f"{name} cases", str(len(getattr(summary.splits, name))))
+    table.add_row("shape min / max", f"{low} / {high}")
+    table.add_row("spacing (mm)", ", ".join(f"{v:g}" for v in summary.info.spacing))
+    for name, share in summary.class_fractions().items():
+        table.add_row(f"voxels: {name}", f"{100 * share:.2f} %")
+    folds = summary.splits.folds
+    if folds.labeled:
+        table.add_row("fold grid", f"{len(folds.labeled)} labeled x {len(folds.unlabeled)} "
+                      "unlabeled (L{i}U{j})")
+    if summary.skipped:
+        table.add_row("skipped (absent or unlisted)", str(len(summary.skipped)))
+    if summary.dropped_empty_labels:
+        table.add_row("empty labels dropped (unlabeled)", str(len(summary.dropped_empty_labels)))
+    console.print(table)

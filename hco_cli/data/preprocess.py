@@ -1,0 +1,263 @@
+"""Checks and preprocessing of one case: validation, resampling, normalisation, cropping.
+
+Order (as in CoraNet's pancreas preprocessing): check → resample → normalise (statistics over
+the whole resampled volume, as UA-MT z-scores the whole scan) → crop and pad.
+
+Resampling keeps the origin (the centre of voxel 0) and the direction; the new shape is
+``round(shape * spacing / new_spacing)`` per axis (at least 1), so that the physical extent
+is kept to within half a voxel. Voxel ``i`` of the new grid samples the old grid at index
+``i * new_spacing / spacing``: linearly for images, nearest neighbour for labels, clamped at
+the border.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from scipy import ndimage
+
+from hco_cli.data.dataset import CaseGeometry, Geometry
+from hco_cli.data.sources import RawCase, SourceCase
+from hco_cli.errors import DataError
+
+Norm = Literal["zscore", "ct", "none"]
+Box = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
+SPACING_RTOL = 1e-3
+ORIGIN_ATOL_MM = 1e-2
+DIRECTION_ATOL = 1e-3
+
+
+@dataclass(frozen=True)
+class PreprocessPlan:
+    """How every case of a dataset is transformed (the same for all cases)."""
+
+    spacing: tuple[float, float, float] | None = None
+    norm: Norm = "zscore"
+    ct_window: tuple[float, float] = (-125.0, 275.0)
+    crop_foreground: bool = False
+    crop_margin: int = 0
+    crop_min_size: tuple[int, int, int] | None = None
+    # Allowed label values (0 included); None accepts any non-negative integer.
+    classes: frozenset[int] | None = None
+
+
+@dataclass
+class PreparedCase:
+    """A case ready to be written: (C, X, Y, Z) float32 image, (X, Y, Z) label or None."""
+
+    image: np.ndarray
+    label: np.ndarray | None
+    geometry: CaseGeometry
+    dropped_empty_label: bool = False
+
+
+def preprocess_case(
+    source: SourceCase, raw: RawCase, plan: PreprocessPlan, *, allow_empty_label: bool
+) -> PreparedCase:
+    """Check and transform one loaded case; errors name the case and the file."""
+    image_path = str(source.images[0].absolute()) if source.images else None
+    label_path = str(source.label.absolute()) if source.label else image_path
+    image = checked_image(raw.image, case=source.case, path=image_path or "synthetic")
+    label = raw.label
+    dropped = False
+    if label is not None:
+        where = label_path or "synthetic"
+        label = checked_label(label, case=source.case, path=where, allowed=plan.classes)
+        check_same_grid(raw.geometry, raw.label_geometry or raw.geometry, case=source.case,
+                        image=image_path or "synthetic", label=where)
+        if not label.any():
+            if not allow_empty_label:
+                raise DataError(
+                    f"case {source.case}: label {where} is empty (no foreground voxel); "
+                    "empty labels are allowed only for unlabeled cases"
+                )
+            label, dropped = None, True
+    geometry = raw.geometry
+    if plan.spacing is not None and not np.allclose(geometry.spacing, plan.spacing,
+                                                    rtol=SPACING_RTOL, atol=0.0):
+        image, new_geometry = resample(image, geometry, plan.spacing, order=1)
+        if label is not None:
+            label = resample(label[None], geometry, plan.spacing, order=0)[0][0]
+        geometry = new_geometry
+    image = normalize(image, plan.norm, window=plan.ct_window)
+    box = None
+    if plan.crop_foreground:
+        mask = label > 0 if label is not None else image[0] > image[0].min()
+        box = crop_box(mask, margin=plan.crop_margin, min_size=plan.crop_min_size)
+        image = apply_box(image, box, fill=image.reshape(image.shape[0], -1).min(axis=1))
+        if label is not None:
+            label = apply_box(label[None], box, fill=np.zeros(1))[0]
+        geometry = cropped_geometry(geometry, box)
+    case_geometry = CaseGeometry(
+        case=source.case, prepared=geometry, original=raw.geometry, crop=box,
+        source_image=image_path, source_label=label_path if source.label else None,
+    )
+    return PreparedCase(image=np.ascontiguousarray(image, dtype=np.float32),
+                        label=label, geometry=case_geometry, dropped_empty_label=dropped)
+
+
+def checked_image(image: np.ndarray, *, case: str, path: str) -> np.ndarray:
+    """The image as float32, refusing non-numeric data and NaN/Inf voxels."""
+    if not (np.issubdtype(image.dtype, np.number) or image.dtype == np.bool_):
+        raise DataError(f"case {case}: image {path} has non-numeric type {image.dtype}")
+    out = np.asarray(image, dtype=np.float32)
+    if not np.isfinite(out).all():
+        bad = int(np.count_nonzero(~np.isfinite(out)))
+        raise DataError(
+            f"case {case}: image {path} has {bad} NaN or Inf voxels (or values beyond float32)"
+        )
+    return out
+
+
+def checked_label(
+    label: np.ndarray, *, case: str, path: str, allowed: frozenset[int] | None
+) -> np.ndarray:
+    """The label as uint8 (uint16 above 255); refuses non-integer, negative or unknown values."""
+    if not (np.issubdtype(label.dtype, np.number) or label.dtype == np.bool_):
+        raise DataError(f"case {case}: label {path} has non-numeric type {label.dtype}")
+    if np.issubdtype(label.dtype, np.floating):
+        if not np.isfinite(label).all():
+            raise DataError(f"case {case}: label {path} has NaN or Inf voxels")
+        if not np.array_equal(label, np.round(label)):
+            raise DataError(f"case {case}: label {path} has non-integer values")
+    low, high = (float(label.min()), float(label.max())) if label.size else (0.0, 0.0)
+    if low < 0:
+        raise DataError(f"case {case}: label {path} has negative values (min {low:g})")
+    if high > np.iinfo(np.uint16).max:
+        raise DataError(f"case {case}: label {path} has values above 65535 (max {high:g})")
+    out = label.astype(np.uint8 if high <= 255 else np.uint16)
+    if allowed is not None:
+        present = np.flatnonzero(np.bincount(out.ravel()))
+        unknown = sorted(int(v) for v in present if int(v) not in allowed)
+        if unknown:
+            raise DataError(
+                f"case {case}: label {path} has values {unknown} that are not classes "
+                f"(expected {sorted(allowed)})"
+            )
+    return out
+
+
+def check_same_grid(
+    image_geometry: Geometry, label_geometry: Geometry, *, case: str, image: str, label: str
+) -> None:
+    """Refuse a label whose voxel grid differs from its image's."""
+    if image_geometry.shape != label_geometry.shape:
+        raise DataError(
+            f"case {case}: label {label} has shape {label_geometry.shape} but image {image} "
+            f"has shape {image_geometry.shape}"
+        )
+    checks = (
+        ("spacing", np.allclose(image_geometry.spacing, label_geometry.spacing,
+                                rtol=SPACING_RTOL, atol=0.0)),
+        ("origin", np.allclose(image_geometry.origin, label_geometry.origin,
+                               rtol=0.0, atol=ORIGIN_ATOL_MM)),
+        ("direction", np.allclose(image_geometry.direction, label_geometry.direction,
+                                  rtol=0.0, atol=DIRECTION_ATOL)),
+    )
+    for name, same in checks:
+        if not same:
+            got, want = getattr(label_geometry, name), getattr(image_geometry, name)
+            raise DataError(
+                f"case {case}: label {label} has {name} {_fmt(got)} but image {image} "
+                f"has {name} {_fmt(want)}"
+            )
+
+
+def resampled_geometry(geometry: Geometry, spacing: tuple[float, float, float]) -> Geometry:
+    """Grid of the same physical extent at ``spacing`` (origin and direction kept)."""
+    shape = tuple(
+        max(1, round(n * old / new))
+        for n, old, new in zip(geometry.shape, geometry.spacing, spacing, strict=True)
+    )
+    return Geometry(shape=shape, spacing=spacing, origin=geometry.origin,  # type: ignore[arg-type]
+                    direction=geometry.direction)
+
+
+def resample(
+    array: np.ndarray, geometry: Geometry, spacing: tuple[float, float, float], *, order: int
+) -> tuple[np.ndarray, Geometry]:
+    """Resample a (C, X, Y, Z) array to ``spacing``: ``order`` 1 for images, 0 for labels."""
+    target = resampled_geometry(geometry, spacing)
+    scale = np.asarray(spacing, dtype=float) / np.asarray(geometry.spacing, dtype=float)
+    channels = [
+        ndimage.affine_transform(channel, scale, output_shape=target.shape, order=order,
+                                 mode="nearest", output=channel.dtype)
+        for channel in array
+    ]
+    return np.stack(channels), target
+
+
+def normalize(image: np.ndarray, norm: Norm, *, window: tuple[float, float]) -> np.ndarray:
+    """Per-channel intensity normalisation of a (C, X, Y, Z) float32 image.
+
+    ``zscore``: subtract the mean, divide by the standard deviation (over the whole volume;
+    a constant channel is only centred). ``ct``: clip to ``window`` (HU) and map it linearly
+    onto [0, 1]. ``none``: unchanged (data already normalised upstream).
+    """
+    if norm == "none":
+        return image
+    out = np.empty_like(image, dtype=np.float32)
+    for c, channel in enumerate(image):
+        if norm == "ct":
+            low, high = window
+            out[c] = (np.clip(channel, low, high) - low) / (high - low)
+        else:
+            mean, std = float(channel.mean(dtype=np.float64)), float(channel.std(dtype=np.float64))
+            out[c] = (channel - mean) / std if std > 0 else channel - mean
+    return out
+
+
+def crop_box(mask: np.ndarray, *, margin: int, min_size: tuple[int, int, int] | None) -> Box:
+    """Bounding box of ``mask`` grown by ``margin`` voxels, then to at least ``min_size``.
+
+    The margin is clipped at the volume border. A box still below ``min_size`` grows about
+    its centre, shifted to stay inside the volume where the volume is large enough; only an
+    axis shorter than ``min_size`` extends beyond it (start < 0 or stop > shape: padding).
+    An empty mask gives the whole volume.
+    """
+    box = []
+    for axis, n in enumerate(mask.shape):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        hits = np.flatnonzero(mask.any(axis=other))
+        start, stop = (int(hits[0]), int(hits[-1]) + 1) if hits.size else (0, n)
+        start, stop = max(0, start - margin), min(n, stop + margin)
+        want = min_size[axis] if min_size else 0
+        if stop - start < want:
+            start = (start + stop) // 2 - want // 2
+            start = min(max(start, 0), max(n - want, 0)) if n >= want else -((want - n) // 2)
+            stop = start + want
+        box.append((start, stop))
+    return (box[0], box[1], box[2])
+
+
+def apply_box(array: np.ndarray, box: Box, *, fill: np.ndarray) -> np.ndarray:
+    """Crop a (C, X, Y, Z) array to ``box``, padding with ``fill[c]`` outside the volume."""
+    shape = tuple(stop - start for start, stop in box)
+    out = np.empty((array.shape[0], *shape), dtype=array.dtype)
+    out[...] = np.asarray(fill, dtype=array.dtype).reshape(-1, 1, 1, 1)
+    src, dst = [], []
+    for (start, stop), n in zip(box, array.shape[1:], strict=True):
+        lo, hi = max(start, 0), min(stop, n)
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - start, hi - start))
+    out[(slice(None), *dst)] = array[(slice(None), *src)]
+    return out
+
+
+def cropped_geometry(geometry: Geometry, box: Box) -> Geometry:
+    """Geometry of ``box`` inside ``geometry``: the origin moves to voxel ``start``."""
+    start = np.asarray([b[0] for b in box], dtype=float)
+    direction = np.asarray(geometry.direction, dtype=float).reshape(3, 3)
+    origin = np.asarray(geometry.origin) + direction @ (start * np.asarray(geometry.spacing))
+    return Geometry(
+        shape=tuple(stop - begin for begin, stop in box),  # type: ignore[arg-type]
+        spacing=geometry.spacing,
+        origin=tuple(float(v) for v in origin),  # type: ignore[arg-type]
+        direction=geometry.direction,
+    )
+
+
+def _fmt(values: tuple[float, ...]) -> str:
+    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"

@@ -1,0 +1,167 @@
+"""What a source of cases looks like to ``hco prepare``, and how one case is loaded.
+
+A source module (``la``, ``pancreas``, ``generic``, ``synthetic``) only *lists* cases: it
+returns a :class:`SourceListing` of picklable :class:`SourceCase` descriptions. Loading,
+checking and preprocessing happen per case (possibly in worker processes) through
+:func:`load_case`, so that listing is cheap and errors name the case and file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from hco_cli.data.dataset import Geometry
+from hco_cli.data.io import read_volume
+from hco_cli.errors import DataError
+
+Reader = Literal["h5", "volume", "synthetic"]
+SAFE_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-+")
+
+
+@dataclass(frozen=True)
+class SourceCase:
+    """One case of a source: where its image (one path per channel) and label are."""
+
+    case: str
+    reader: Reader
+    images: tuple[Path, ...] = ()
+    label: Path | None = None
+    # h5 sources store no geometry: the spacing they are known to have.
+    spacing: tuple[float, float, float] | None = None
+    # Generator parameters of synthetic cases (seed, index, shape, ...).
+    params: dict[str, Any] = field(default_factory=dict)
+    # Whether a label is present (synthetic cases have one unless they are unlabeled).
+    has_label: bool = True
+
+
+@dataclass
+class SourceListing:
+    """Cases of a source plus what the source says about splits and classes."""
+
+    cases: list[SourceCase]
+    source: str
+    classes: dict[int, str]
+    modality: str = "MR"
+    # Training ids in the order the labeled subset is taken from (first N).
+    train_order: list[str] = field(default_factory=list)
+    test: list[str] = field(default_factory=list)
+    # Validation ids fixed by the source (synthetic); otherwise --val draws them.
+    val: list[str] = field(default_factory=list)
+    # Ids named by the source but absent on disk (left out only with --allow-missing).
+    skipped: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RawCase:
+    """A loaded case before preprocessing: image (C, X, Y, Z), optional label, geometry."""
+
+    image: np.ndarray
+    label: np.ndarray | None
+    geometry: Geometry
+    label_geometry: Geometry | None = None
+
+
+def check_case_id(case: str, where: str) -> str:
+    """Refuse ids that cannot be used as file names in ``cases/``."""
+    if not case or case.startswith(".") or not set(case) <= SAFE_ID_CHARS:
+        raise DataError(
+            f"{where}: case id {case!r} is not usable as a file name "
+            "(use letters, digits, '.', '_', '-', '+')"
+        )
+    return case
+
+
+def check_unique(ids: list[str], where: str) -> None:
+    """Raise on the first duplicate case id."""
+    seen: set[str] = set()
+    for case in ids:
+        if case in seen:
+            raise DataError(f"case {case}: duplicate case id in {where}")
+        seen.add(case)
+
+
+def read_list(path: Path) -> list[str]:
+    """Non-empty, stripped lines of a split list file."""
+    if not path.is_file():
+        raise DataError(f"split list not found: {path}")
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read split list {path}: {exc}") from exc
+    return [line.strip() for line in lines if line.strip()]
+
+
+def load_case(source: SourceCase) -> RawCase:
+    """Read (or generate) one case; every failure names the case and the file."""
+    if source.reader == "h5":
+        return _load_h5(source)
+    if source.reader == "synthetic":
+        from hco_cli.data.sources.synthetic import generate_case
+
+        return generate_case(source)
+    return _load_volumes(source)
+
+
+def _load_h5(source: SourceCase) -> RawCase:
+    import h5py
+
+    path = source.images[0]
+    if not path.is_file():
+        raise DataError(f"case {source.case}: file not found: {path}")
+    try:
+        with h5py.File(path, "r") as handle:
+            missing = [key for key in ("image", "label") if key not in handle]
+            if missing:
+                raise DataError(f"case {source.case}: {path} has no {missing[0]!r} dataset")
+            image = np.asarray(handle["image"][()])
+            label = np.asarray(handle["label"][()])
+    except DataError:
+        raise
+    except Exception as exc:  # h5py raises OSError, KeyError, ValueError on corrupt files
+        raise DataError(f"case {source.case}: cannot read {path}: {exc}") from exc
+    for name, array in (("image", image), ("label", label)):
+        if array.ndim != 3:
+            raise DataError(
+                f"case {source.case}: {path} {name} has shape {array.shape}, expected 3D"
+            )
+    spacing = source.spacing or (1.0, 1.0, 1.0)
+    geometry = Geometry(shape=_shape(image), spacing=spacing)
+    label_geometry = Geometry(shape=_shape(label), spacing=spacing)
+    return RawCase(image=image[None], label=label, geometry=geometry,
+                   label_geometry=label_geometry)
+
+
+def _load_volumes(source: SourceCase) -> RawCase:
+    channels: list[np.ndarray] = []
+    geometry: Geometry | None = None
+    for path in source.images:
+        array, geo = _read(source.case, path)
+        if geometry is not None and (geo.shape != geometry.shape):
+            raise DataError(
+                f"case {source.case}: channel {path} has shape {geo.shape}, "
+                f"expected {geometry.shape} like {source.images[0]}"
+            )
+        geometry = geometry or geo
+        channels.append(array)
+    if geometry is None:
+        raise DataError(f"case {source.case}: no image file")
+    label, label_geometry = (None, None)
+    if source.label is not None:
+        label, label_geometry = _read(source.case, source.label)
+    return RawCase(image=np.stack(channels), label=label, geometry=geometry,
+                   label_geometry=label_geometry)
+
+
+def _read(case: str, path: Path) -> tuple[np.ndarray, Geometry]:
+    try:
+        return read_volume(path)
+    except DataError as exc:
+        raise DataError(f"case {case}: {exc}") from exc
+
+
+def _shape(array: np.ndarray) -> tuple[int, int, int]:
+    return (int(array.shape[0]), int(array.shape[1]), int(array.shape[2]))

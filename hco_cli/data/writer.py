@@ -1,0 +1,130 @@
+"""Writing a prepared dataset folder (format: :mod:`hco_cli.data.dataset`), all or nothing.
+
+Cases are loaded, checked, preprocessed and written one by one, optionally in a pool of
+worker processes; everything goes into a temporary folder beside the target that is renamed
+onto it only when every case and both JSON files are written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from hco_cli.data.dataset import DatasetInfo, Splits
+from hco_cli.data.preprocess import PreparedCase, PreprocessPlan, preprocess_case
+from hco_cli.data.sources import SourceCase, load_case
+from hco_cli.errors import DatasetExistsError
+from hco_cli.io_utils import atomic_dir
+
+Progress = Callable[[int, int, str], None]
+"""Called after each case as ``progress(done, total, case_id)``."""
+
+
+@dataclass(frozen=True)
+class CaseJob:
+    """One case to prepare, and whether an empty label may be dropped (unlabeled split)."""
+
+    source: SourceCase
+    allow_empty_label: bool = False
+
+
+@dataclass
+class CaseStats:
+    """What the summary needs to know about one written case."""
+
+    case: str
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    has_label: bool
+    # Voxel count per label value (index = value); empty without label.
+    label_counts: list[int] = field(default_factory=list)
+    dropped_empty_label: bool = False
+
+
+@contextlib.contextmanager
+def dataset_output(out: Path, *, force: bool) -> Iterator[Path]:
+    """Yield a temporary dataset folder (with ``cases/``) that becomes ``out`` on success.
+
+    Refuses an existing ``out`` up front unless ``force``; with ``force`` the old dataset is
+    replaced only once the new one is complete.
+    """
+    out = Path(out)
+    if out.exists() and not force:
+        raise DatasetExistsError(f"{out} already exists; use --force to replace it")
+    try:
+        with atomic_dir(out, force=force) as tmp:
+            (tmp / "cases").mkdir()
+            yield tmp
+    except FileExistsError as exc:
+        raise DatasetExistsError(f"{out} already exists; use --force to replace it") from exc
+
+
+def write_case(cases_dir: Path, prepared: PreparedCase) -> CaseStats:
+    """Write the arrays and geometry of one case; return its statistics."""
+    case = prepared.geometry.case
+    np.save(cases_dir / f"{case}_image.npy", prepared.image, allow_pickle=False)
+    counts: list[int] = []
+    if prepared.label is not None:
+        np.save(cases_dir / f"{case}_label.npy", np.ascontiguousarray(prepared.label),
+                allow_pickle=False)
+        counts = np.bincount(prepared.label.ravel()).tolist()
+    (cases_dir / f"{case}.json").write_text(prepared.geometry.model_dump_json(indent=2) + "\n")
+    grid = prepared.geometry.prepared
+    return CaseStats(case=case, shape=grid.shape, spacing=grid.spacing,
+                     has_label=prepared.label is not None, label_counts=counts,
+                     dropped_empty_label=prepared.dropped_empty_label)
+
+
+def process_case(job: CaseJob, plan: PreprocessPlan, cases_dir: Path) -> CaseStats:
+    """Load, check, preprocess and write one case (runs in a worker process too)."""
+    raw = load_case(job.source)
+    prepared = preprocess_case(job.source, raw, plan, allow_empty_label=job.allow_empty_label)
+    return write_case(cases_dir, prepared)
+
+
+def run_cases(
+    jobs: Sequence[CaseJob],
+    plan: PreprocessPlan,
+    cases_dir: Path,
+    *,
+    workers: int = 1,
+    progress: Progress | None = None,
+) -> list[CaseStats]:
+    """Prepare every job, in ``workers`` processes when above 1; stop at the first error."""
+    total = len(jobs)
+    if workers <= 1 or total <= 1:
+        stats = []
+        for done, job in enumerate(jobs, start=1):
+            stats.append(process_case(job, plan, cases_dir))
+            if progress is not None:
+                progress(done, total, job.source.case)
+        return stats
+    with ProcessPoolExecutor(max_workers=min(workers, total)) as pool:
+        futures: dict[Future[CaseStats], int] = {
+            pool.submit(process_case, job, plan, cases_dir): i for i, job in enumerate(jobs)
+        }
+        results: dict[int, CaseStats] = {}
+        pending = set(futures)
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                error = future.exception()
+                if error is not None:
+                    for other in pending:
+                        other.cancel()
+                    raise error
+                results[futures[future]] = future.result()
+                if progress is not None:
+                    progress(len(results), total, jobs[futures[future]].source.case)
+    return [results[i] for i in range(total)]
+
+
+def write_metadata(root: Path, info: DatasetInfo, splits: Splits) -> None:
+    """Write ``dataset.json`` and ``splits.json`` into the (temporary) dataset folder."""
+    (root / "dataset.json").write_text(info.model_dump_json(indent=2) + "\n")
+    (root / "splits.json").write_text(splits.model_dump_json(indent=2) + "\n")
