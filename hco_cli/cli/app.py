@@ -47,6 +47,9 @@ def root(
 
 # Subcommands: one module each, registered here (keep this block sorted by pipeline stage).
 # [commands]
+from hco_cli.cli import prepare as _prepare  # noqa: E402
+
+app.add_typer(_prepare.app, name="prepare")
 from hco_cli.cli.compare import compare as compare_command  # noqa: E402
 
 app.command("compare")(compare_command)
