@@ -200,6 +200,8 @@ def _epoch_table(result: Dynamics) -> ReportTable:
             d = result.diffs.get((name, key))
             row.append(Cell(f"{d[0]:+.3f} ± {fmt(d[1], digits=3)}" if d else "-"))
         table.rows.append(row)
+    if len(table.rows) > 60 and result.bin_width == 1:
+        table.caption += f" {len(table.rows)} rows: --bin N pools N epochs per row."
     return table
 
 
