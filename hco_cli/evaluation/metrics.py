@@ -44,15 +44,15 @@ NAN = float("nan")
 def dice(pred: np.ndarray, gt: np.ndarray) -> float:
     """Dice 2|P∩G| / (|P| + |G|) of two masks (non-zero is foreground); NaN if both are empty."""
     p, g = _as_bool(pred), _as_bool(gt)
-    total = np.count_nonzero(p) + np.count_nonzero(g)
-    return 2.0 * np.count_nonzero(p & g) / total if total else NAN
+    total = int(np.count_nonzero(p)) + int(np.count_nonzero(g))
+    return 2.0 * int(np.count_nonzero(p & g)) / total if total else NAN
 
 
 def jaccard(pred: np.ndarray, gt: np.ndarray) -> float:
     """Jaccard index |P∩G| / |P∪G| of two masks; NaN if both are empty."""
     p, g = _as_bool(pred), _as_bool(gt)
-    union = np.count_nonzero(p | g)
-    return np.count_nonzero(p & g) / union if union else NAN
+    union = int(np.count_nonzero(p | g))
+    return int(np.count_nonzero(p & g)) / union if union else NAN
 
 
 def surface_distances(
@@ -106,13 +106,13 @@ def binary_metrics(
     if p.shape != g.shape:
         raise DataError(f"prediction shape {p.shape} differs from reference shape {g.shape}")
     _spacing(spacing, p.ndim)  # validated even when an empty mask short-cuts the distances
-    n_p, n_g = np.count_nonzero(p), np.count_nonzero(g)
+    n_p, n_g = int(np.count_nonzero(p)), int(np.count_nonzero(g))
     if n_p == 0 and empty == "bcp":
         return dict.fromkeys(METRICS, 0.0)
     if n_p == 0 or n_g == 0:
         overlap = NAN if n_p == n_g else 0.0
         return {"dice": overlap, "jaccard": overlap, "hd95": NAN, "asd": NAN}
-    inter = np.count_nonzero(p & g)
+    inter = int(np.count_nonzero(p & g))
     d_pg, d_gp = surface_distances(p, g, spacing=spacing)
     return {
         "dice": 2.0 * inter / (n_p + n_g),

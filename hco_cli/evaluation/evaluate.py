@@ -1,0 +1,398 @@
+"""Evaluate a folder of predicted label maps against reference labels (``hco evaluate``).
+
+Predictions are volume files (NIfTI, NRRD, MHA/MHD) named by case id. References come from:
+
+- a folder of volume files with the same case ids;
+- the Left Atrium (UA-MT) layout: ``<CASE>/mri_norm2.h5`` with the key ``label``, given as the
+  ``2018LA_Seg_Training Set`` folder or its parent; these files store no spacing (voxels only);
+- a prepared dataset (a folder with ``dataset.json``): the labels of the cases that have
+  predictions, on the prepared grid, with the prepared spacing.
+
+A plain folder of label files must match the predictions one to one. The two other sources are
+pools of references: a label without a prediction is simply not evaluated.
+
+Means and standard deviations are taken over the cases where a value is finite (the empty-mask
+policy of :mod:`hco_cli.evaluation.metrics` decides which are NaN); the standard deviation is
+the population one (numpy's default, ddof=0): the paper's tables do not say which they used.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import multiprocessing
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from hco_cli.data.dataset import Geometry, PreparedDataset
+from hco_cli.data.io import case_id_from_path, read_volume, volume_suffix
+from hco_cli.errors import ConfigError, DataError
+from hco_cli.evaluation.metrics import METRICS, EmptyPolicy, check_empty_policy, evaluate_pair
+
+LA_FOLDER = "2018LA_Seg_Training Set"
+LA_FILE = "mri_norm2.h5"
+SpacingUnit = Literal["voxel", "mm"]
+_SPACING_RTOL = 1e-4
+_ORIGIN_ATOL_MM = 1e-3
+_DIRECTION_ATOL = 1e-4
+
+
+@dataclass(frozen=True)
+class LabelSource:
+    """Where the reference of one case is read from."""
+
+    kind: Literal["volume", "h5", "prepared"]
+    path: Path  # the file, or the prepared dataset's root
+    case: str
+
+
+@dataclass(frozen=True)
+class CaseTask:
+    """One case to evaluate: picklable, so that a worker process reads the files itself."""
+
+    case: str
+    pred: Path
+    label: LabelSource
+    classes: tuple[int, ...] | None
+    mm: bool
+    empty: EmptyPolicy
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    """Metrics of one case, and the label values found in its reference."""
+
+    case: str
+    metrics: dict[str, dict[str, float]]
+    label_values: tuple[int, ...] = ()
+
+
+@dataclass
+class EvaluationSummary:
+    """Per-case metrics with per-class means, standard deviations and exclusion counts."""
+
+    cases: list[CaseResult]
+    classes: list[int]
+    spacing_unit: SpacingUnit
+    empty_policy: EmptyPolicy
+    mean: dict[str, dict[str, float]] = field(default_factory=dict)
+    std: dict[str, dict[str, float]] = field(default_factory=dict)
+    n: dict[str, dict[str, int]] = field(default_factory=dict)
+    n_excluded: dict[str, dict[str, int]] = field(default_factory=dict)
+    dropped: list[str] = field(default_factory=list)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """``summary.json`` content: required keys first; NaN becomes null."""
+        return {
+            "metric_per_case": [
+                {"case": r.case, "metrics": _nan_to_none(r.metrics)} for r in self.cases
+            ],
+            "mean": _nan_to_none(self.mean),
+            "std": _nan_to_none(self.std),
+            "spacing_unit": self.spacing_unit,
+            "classes": [str(c) for c in self.classes],
+            "n": self.n,
+            "n_excluded": self.n_excluded,
+            "empty_policy": self.empty_policy,
+            "std_ddof": 0,
+            "dropped_cases": self.dropped,
+        }
+
+    def to_csv_text(self) -> str:
+        """One row per case and class; Dice and Jaccard as fractions; NaN as an empty field."""
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["case", "class", *METRICS])
+        for result in self.cases:
+            for c, values in result.metrics.items():
+                row = ["" if math.isnan(values[m]) else repr(values[m]) for m in METRICS]
+                writer.writerow([result.case, c, *row])
+        return buffer.getvalue()
+
+
+def evaluate_folders(
+    pred_dir: Path,
+    label_dir: Path,
+    *,
+    classes: Sequence[int] | None = None,
+    mm: bool = False,
+    empty: EmptyPolicy = "nan",
+    allow_missing: bool = False,
+    jobs: int | None = None,
+) -> EvaluationSummary:
+    """Pair predictions with references by case id and evaluate every case (in parallel).
+
+    ``classes`` defaults to every non-zero value found in the references (union over cases),
+    plus the classes of ``dataset.json`` for a prepared dataset. Distances are in voxels, or in
+    millimetres (reference spacing) with ``mm``. Results do not depend on ``jobs``.
+    """
+    check_empty_policy(empty)
+    wanted = _check_classes(classes)
+    n_jobs = _check_jobs(jobs)
+    predictions = _find_predictions(Path(pred_dir))
+    labels, pool, dataset_classes = _find_labels(Path(label_dir))
+    cases, dropped = _pair(predictions, labels, pool=pool, allow_missing=allow_missing)
+    if mm:
+        h5_case = next((c for c in cases if labels[c].kind == "h5"), None)
+        if h5_case is not None:
+            raise ConfigError(
+                f"--mm needs the voxel spacing, but h5 labels store none (case {h5_case}); "
+                "evaluate in voxels"
+            )
+    tasks = [CaseTask(c, predictions[c], labels[c], wanted, mm, empty) for c in cases]
+    results = _run(tasks, n_jobs)
+    final = list(wanted) if wanted is not None else _found_classes(results, dataset_classes)
+    filled = [_fill_missing_classes(r, final, empty) for r in results]
+    summary = EvaluationSummary(
+        cases=filled, classes=final, spacing_unit="mm" if mm else "voxel",
+        empty_policy=empty, dropped=dropped,
+    )
+    _aggregate(summary)
+    return summary
+
+
+def parse_classes(text: str) -> list[int]:
+    """Parse ``"1,2"`` into ``[1, 2]`` (positive label values)."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        message = f"--classes {text!r}: expected comma-separated integers, e.g. 1,2"
+        raise ConfigError(message) from None
+    if not values:
+        raise ConfigError("--classes is empty; give label values such as 1,2")
+    return values
+
+
+def evaluate_case(task: CaseTask) -> CaseResult:
+    """Read, check and evaluate one case; runs in a worker process."""
+    pred, pred_geometry = read_volume(task.pred)
+    gt, gt_geometry = _read_label(task.label)
+    pred, gt = _as_labels(pred, task.pred), _as_labels(gt, task.label.path)
+    if pred.shape != gt.shape:
+        raise DataError(
+            f"case {task.case}: prediction shape {pred.shape} differs from label shape "
+            f"{gt.shape} ({task.pred})"
+        )
+    if gt_geometry is not None:
+        _check_geometry(task.case, pred_geometry, gt_geometry)
+    label_values = _present_values(gt)
+    if task.classes is not None:
+        classes: tuple[int, ...] = task.classes
+    else:
+        classes = tuple(sorted(set(label_values) | set(_present_values(pred))))
+    spacing = gt_geometry.spacing if task.mm and gt_geometry is not None else None
+    values = evaluate_pair(pred, gt, classes=classes, spacing=spacing, empty=task.empty)
+    return CaseResult(task.case, values, label_values)
+
+
+def _run(tasks: list[CaseTask], jobs: int) -> list[CaseResult]:
+    if jobs == 1 or len(tasks) <= 1:
+        return [evaluate_case(t) for t in tasks]
+    # fork where available (as PyTorch's DataLoader does): no re-import of the caller's main
+    # module, which forkserver and spawn need; the workers only use numpy and scipy.
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+    context = multiprocessing.get_context(method)
+    with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=context) as pool:
+        futures = [pool.submit(evaluate_case, t) for t in tasks]
+        try:
+            return [f.result() for f in futures]  # task order: the first failing case is named
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+
+
+def _find_predictions(folder: Path) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise DataError(f"prediction folder not found: {folder}")
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and volume_suffix(path):
+            _add_unique(found, case_id_from_path(path), path)
+    if not found:
+        raise DataError(f"{folder}: no prediction volumes (.nii.gz, .nii, .nrrd, .mha, .mhd)")
+    return found
+
+
+def _find_labels(folder: Path) -> tuple[dict[str, LabelSource], bool, list[int]]:
+    """Label sources by case id, whether they form a pool, and dataset.json classes."""
+    if not folder.is_dir():
+        raise DataError(f"label folder not found: {folder}")
+    if (folder / "dataset.json").is_file():
+        dataset = PreparedDataset(folder)
+        sources = {c: LabelSource("prepared", folder, c)
+                   for c in dataset.case_ids() if dataset.has_label(c)}
+        if not sources:
+            raise DataError(f"{folder}: the prepared dataset has no labeled cases")
+        return sources, True, sorted(int(k) for k in dataset.info.classes if int(k) != 0)
+    if (folder / LA_FOLDER).is_dir():
+        folder = folder / LA_FOLDER
+    found: dict[str, LabelSource] = {}
+    paths: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_dir() and (path / LA_FILE).is_file():
+            _add_unique(paths, path.name, path / LA_FILE)
+            found[path.name] = LabelSource("h5", path / LA_FILE, path.name)
+        elif path.is_file() and volume_suffix(path):
+            case = case_id_from_path(path)
+            _add_unique(paths, case, path)
+            found[case] = LabelSource("volume", path, case)
+    if not found:
+        raise DataError(
+            f"{folder}: no label volumes (.nii.gz, .nrrd, .mha), no <CASE>/{LA_FILE} "
+            "folders and no dataset.json"
+        )
+    return found, any(s.kind == "h5" for s in found.values()), []
+
+
+def _add_unique(found: dict[str, Path], case: str, path: Path) -> None:
+    if case in found:
+        raise DataError(f"case {case} appears twice: {found[case].name} and {path.name}")
+    found[case] = path
+
+
+def _pair(
+    predictions: dict[str, Path], labels: dict[str, LabelSource], *, pool: bool,
+    allow_missing: bool,
+) -> tuple[list[str], list[str]]:
+    """Matched case ids, and the ids dropped with ``allow_missing``."""
+    matched = sorted(set(predictions) & set(labels))
+    no_label = sorted(set(predictions) - set(labels))
+    no_pred = [] if pool else sorted(set(labels) - set(predictions))
+    problems = []
+    if no_label:
+        problems.append(f"no label for {len(no_label)} prediction(s): {_names(no_label)}")
+    if no_pred:
+        problems.append(f"no prediction for {len(no_pred)} label(s): {_names(no_pred)}")
+    if problems and not allow_missing:
+        raise DataError("; ".join(problems) + " (--allow-missing evaluates the matched cases)")
+    if not matched:
+        raise DataError("no case has both a prediction and a label; check the case ids")
+    return matched, no_label + no_pred
+
+
+def _names(cases: list[str], limit: int = 8) -> str:
+    shown = ", ".join(cases[:limit])
+    return shown + (f" and {len(cases) - limit} more" if len(cases) > limit else "")
+
+
+def _read_label(source: LabelSource) -> tuple[np.ndarray, Geometry | None]:
+    if source.kind == "volume":
+        return read_volume(source.path)
+    if source.kind == "prepared":
+        dataset = PreparedDataset(source.path)
+        return dataset.label(source.case, mmap=False), dataset.geometry(source.case).prepared
+    import h5py
+
+    try:
+        with h5py.File(source.path, "r") as handle:
+            if "label" not in handle:
+                raise DataError(f"{source.path}: no 'label' dataset (keys: {sorted(handle)})")
+            return np.asarray(handle["label"][...]), None
+    except OSError as exc:
+        raise DataError(f"cannot read {source.path}: {exc}") from exc
+
+
+def _as_labels(array: np.ndarray, path: Path) -> np.ndarray:
+    """Integer label map; floats are accepted only when every value is a whole number."""
+    array = np.asarray(array)
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8)
+    if array.dtype.kind in "iu":
+        return array
+    if array.dtype.kind == "f":
+        rounded = np.rint(array)
+        if np.all(np.isfinite(array)) and np.array_equal(rounded, array):
+            return rounded.astype(np.int64)
+    raise DataError(f"{path}: non-integer labels (dtype {array.dtype}); expected a label map")
+
+
+def _present_values(array: np.ndarray) -> tuple[int, ...]:
+    """Non-zero values of an integer label map."""
+    if array.dtype.kind == "u" and array.dtype.itemsize <= 2:
+        values = np.flatnonzero(np.bincount(array.ravel()))
+    else:
+        values = np.unique(array)
+    return tuple(int(v) for v in values if v != 0)
+
+
+def _check_geometry(case: str, pred: Geometry, label: Geometry) -> None:
+    if not np.allclose(pred.spacing, label.spacing, rtol=_SPACING_RTOL, atol=0.0):
+        raise DataError(
+            f"case {case}: prediction spacing {pred.spacing} differs from label spacing "
+            f"{label.spacing}"
+        )
+    if not np.allclose(pred.origin, label.origin, rtol=_SPACING_RTOL, atol=_ORIGIN_ATOL_MM):
+        raise DataError(
+            f"case {case}: prediction origin {pred.origin} differs from label origin "
+            f"{label.origin}"
+        )
+    if not np.allclose(pred.direction, label.direction, rtol=0.0, atol=_DIRECTION_ATOL):
+        raise DataError(f"case {case}: prediction and label axis directions differ")
+
+
+def _found_classes(results: list[CaseResult], dataset_classes: list[int]) -> list[int]:
+    found = set(dataset_classes)
+    for result in results:
+        found.update(result.label_values)
+    if not found:
+        raise DataError("the labels contain no foreground value; choose classes with --classes")
+    return sorted(found)
+
+
+def _fill_missing_classes(
+    result: CaseResult, classes: list[int], empty: EmptyPolicy
+) -> CaseResult:
+    """Keep only ``classes``; a class absent from both masks of a case is scored as empty."""
+    both_empty = 0.0 if empty == "bcp" else math.nan  # BCP scores an empty prediction as 0
+    metrics = {
+        str(c): result.metrics.get(str(c), dict.fromkeys(METRICS, both_empty)) for c in classes
+    }
+    return CaseResult(result.case, metrics, result.label_values)
+
+
+def _aggregate(summary: EvaluationSummary) -> None:
+    for c in summary.classes:
+        key = str(c)
+        summary.mean[key], summary.std[key] = {}, {}
+        summary.n[key], summary.n_excluded[key] = {}, {}
+        for metric in METRICS:
+            values = np.array([r.metrics[key][metric] for r in summary.cases], dtype=np.float64)
+            finite = values[np.isfinite(values)]
+            summary.n[key][metric] = int(finite.size)
+            summary.n_excluded[key][metric] = int(values.size - finite.size)
+            summary.mean[key][metric] = float(finite.mean()) if finite.size else math.nan
+            summary.std[key][metric] = float(finite.std()) if finite.size else math.nan
+
+
+def _check_classes(classes: Sequence[int] | None) -> tuple[int, ...] | None:
+    if classes is None:
+        return None
+    values = tuple(sorted({int(c) for c in classes}))
+    if not values or any(c <= 0 for c in values):
+        raise ConfigError(f"classes {list(classes)}: give positive label values (0 is background)")
+    return values
+
+
+def _check_jobs(jobs: int | None) -> int:
+    if jobs is None:
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+            os.cpu_count() or 1)
+    if jobs < 1:
+        raise ConfigError(f"--jobs {jobs}: must be at least 1")
+    return jobs
+
+
+def _nan_to_none(values: Any) -> Any:
+    if isinstance(values, dict):
+        return {k: _nan_to_none(v) for k, v in values.items()}
+    if isinstance(values, float) and math.isnan(values):
+        return None
+    return values
