@@ -1,0 +1,149 @@
+"""TrainConfig validation, presets, sample configs and command-line overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hco_cli.config import TrainConfig, validate_config
+from hco_cli.errors import ConfigError
+from hco_cli.optim import OPTIMIZER_NAMES
+from hco_cli.training.presets import (
+    PRESETS,
+    Overrides,
+    build_config,
+    load_yaml,
+    preset,
+    with_iterations,
+)
+
+SAMPLES = Path(__file__).resolve().parents[1] / "sample_configs"
+SAMPLE_PRESET = {"la_bcp_sgd": "la", "pancreas_bcp_adam": "pancreas",
+                 "fetal_cmt_adamw": "fetal", "synthetic_demo": "synthetic"}
+
+
+def _error(data: dict) -> str:
+    with pytest.raises(ConfigError) as info:
+        validate_config(data)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLE_PRESET))
+def test_every_sample_config_validates_and_equals_its_preset(name):
+    path = SAMPLES / f"{name}.yaml"
+    config = build_config(config_file=path)
+    assert isinstance(config, TrainConfig)
+    assert load_yaml(path) == PRESETS[SAMPLE_PRESET[name]]
+
+
+def test_sample_configs_are_exactly_the_four_studies():
+    assert sorted(p.stem for p in SAMPLES.glob("*.yaml")) == sorted(SAMPLE_PRESET)
+
+
+def test_la_preset_is_study_1():
+    c = build_config(dataset="la", overrides=Overrides(optimizer="sgd-hco"))
+    assert (c.framework.name, c.optimizer.name) == ("bcp", "sgd-hco")
+    assert c.data.path == Path("data/la") and c.data.labeled == 8
+    assert c.data.patch_size == (112, 112, 80)
+    assert (c.data.labeled_batch_size, c.data.unlabeled_batch_size) == (4, 4)
+    assert c.optimizer.hyperparameters() == {"lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4}
+    assert (c.framework.pretrain_iterations, c.framework.selftrain_iterations) == (2000, 15000)
+    assert (c.validation.every, c.validation.split) == (200, "val")
+
+
+def test_unknown_optimizer_lists_the_choices():
+    data = preset("la")
+    data["optimizer"]["name"] = "sgd-fancy"
+    message = _error(data)
+    assert message.startswith("config: optimizer.name: unknown optimizer 'sgd-fancy'")
+    assert all(name in message for name in OPTIMIZER_NAMES)
+
+
+def test_hyperparameter_of_another_family_is_refused():
+    message = _error({**preset("la"), "optimizer": {"name": "adam", "momentum": 0.9}})
+    assert "optimizer: momentum do(es) not apply to optimizer adam" in message
+    assert "betas" in message  # what adam accepts
+
+
+def test_extra_options_pass_only_when_accepted():
+    ok = validate_config({**preset("la"), "optimizer": {"name": "sgd-hco",
+                                                        "options": {"mask_norm": "mean"}}})
+    assert ok.optimizer.hyperparameters() == {"mask_norm": "mean"}
+    message = _error({**preset("la"), "optimizer": {"name": "sgd", "options": {"mask_norm": 1}}})
+    assert "mask_norm" in message and "sgd" in message
+
+
+def test_literal_error_names_field_and_allowed_values():
+    data = preset("la")
+    data["data"]["augment"] = "elastic"
+    assert _error(data) == "config: data.augment: Input should be 'bcp', 'flip' or 'none'"
+
+
+def test_unknown_key_lists_the_allowed_keys():
+    data = preset("la")
+    data["validation"]["evry"] = 3
+    message = _error(data)
+    assert message.startswith("config: validation.evry: unknown field; allowed: every, split")
+
+
+def test_unknown_framework_key_follows_the_discriminator():
+    data = preset("la")
+    data["framework"]["epochs"] = 3
+    message = _error(data)
+    assert "framework.bcp.epochs: unknown field; allowed: name, pretrain_iterations" in message
+
+
+def test_unknown_framework_name_lists_the_frameworks():
+    data = preset("la")
+    data["framework"] = {"name": "fixmatch"}
+    message = _error(data)
+    assert "framework" in message and "'bcp'" in message and "'cmt'" in message
+
+
+def test_missing_and_bad_values():
+    data = preset("la")
+    del data["data"]["patch_size"]
+    assert _error(data) == "config: data.patch_size: is required"
+    data = preset("la")
+    data["data"]["fold"] = "fold1"
+    assert "data.fold: must look like L<i>U<j>" in _error(data)
+
+
+def test_overrides_apply():
+    c = build_config(dataset="synthetic", overrides=Overrides(
+        optimizer="sgd", labeled=2, seed=5, fold="L0U1", run_dir=Path("r"), data=Path("d"),
+        device="cpu", select_on="test", deterministic=True, init_from=Path("other")))
+    assert (c.optimizer.name, c.data.labeled, c.seed, c.data.fold) == ("sgd", 2, 5, "L0U1")
+    assert (c.run_dir, c.data.path, c.init_from) == (Path("r"), Path("d"), Path("other"))
+    assert (c.device, c.validation.select_on, c.deterministic) == ("cpu", "test", True)
+
+
+def test_config_file_or_dataset_exactly_once(tmp_path):
+    with pytest.raises(ConfigError, match="exactly one of --config FILE or --dataset"):
+        build_config()
+    with pytest.raises(ConfigError, match="unknown dataset preset 'mars'; choose one of: la"):
+        build_config(dataset="mars")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        build_config(config_file=bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        build_config(config_file=tmp_path / "none.yaml")
+
+
+def test_iterations_override_per_framework():
+    bcp = with_iterations(build_config(dataset="la"), 170)
+    assert (bcp.framework.pretrain_iterations, bcp.framework.selftrain_iterations) == (20, 150)
+    tiny = with_iterations(build_config(dataset="la"), 1)
+    assert (tiny.framework.pretrain_iterations, tiny.framework.selftrain_iterations) == (0, 1)
+    cmt = with_iterations(build_config(dataset="fetal"), 100)
+    assert cmt.framework.epochs == 3 and cmt.framework.iterations == 117
+    data = preset("synthetic")
+    data["framework"] = {"name": "mean-teacher"}
+    mt = with_iterations(validate_config(data), 7)
+    assert mt.framework.iterations == 7
+    with pytest.raises(ConfigError):
+        with_iterations(bcp, 0)
