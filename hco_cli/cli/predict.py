@@ -1,0 +1,127 @@
+"""``hco predict RUN``: segment a prepared split or raw scans, written on the original grid."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from hco_cli.cli.common import console, handle_errors
+from hco_cli.config import describe_error
+from hco_cli.errors import ConfigError
+from hco_cli.inference import predict as lib
+
+
+class Checkpoint(str, Enum):
+    best = "best"
+    last = "last"
+
+
+class Split(str, Enum):
+    test = "test"
+    val = "val"
+    labeled = "labeled"
+    unlabeled = "unlabeled"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+def _opt(text: str, *names: str, **kwargs: Any) -> Any:
+    return typer.Option(*names, help=text, **kwargs)
+
+
+def parse_stride(text: str | None) -> tuple[int, int, int] | None:
+    """'18,18,4' -> (18, 18, 4); '18,4' -> (18, 18, 4) (x/y, z); '8' -> (8, 8, 8)."""
+    if text is None:
+        return None
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--stride {text!r}: expected integers like 18,18,4") from None
+    if len(values) == 1:
+        values *= 3
+    elif len(values) == 2:
+        values = [values[0], values[0], values[1]]
+    if len(values) != 3 or min(values) < 1:
+        raise ConfigError(f"--stride {text!r}: expected 1, 2 (x/y, z) or 3 positive integers")
+    return (values[0], values[1], values[2])
+
+
+@handle_errors
+def predict(
+    run: Annotated[Path, typer.Argument(help="Run folder, or a .pt checkpoint file.")],
+    data: Annotated[Path | None, _opt("Prepared dataset (default: the run's).")] = None,
+    split: Annotated[Split | None, _opt("Split of the dataset to predict (default: test).")]
+    = None,
+    fold: Annotated[str | None, _opt("Fold L<i>U<j> for labeled/unlabeled splits "
+                                     "(default: the run's).")] = None,
+    images: Annotated[list[Path] | None, _opt(
+        "Raw image file or folder (NIfTI, NRRD, MHA); repeat for several. Preprocessed as the "
+        "run's dataset was, instead of --data/--split.")] = None,
+    out: Annotated[Path | None, _opt("Output folder (default: RUN/eval/<checkpoint>/preds).")]
+    = None,
+    checkpoint: Annotated[Checkpoint | None, _opt("Checkpoint of a run folder (default: best).")]
+    = None,
+    stride: Annotated[str | None, _opt("Sliding-window stride x,y,z or xy,z "
+                                       "(default: the run's validation stride).")] = None,
+    batch_size: Annotated[int | None, _opt("Windows per forward pass (default: the run's).",
+                                           min=1)] = None,
+    amp: Annotated[bool | None, _opt("bf16 autocast (default: the run's setting, CUDA only).",
+                                     "--amp/--no-amp")] = None,
+    device: Annotated[Device, _opt("auto (CUDA if available), cpu or cuda.")] = Device.auto,
+    lcc: Annotated[bool, _opt("Keep the largest connected component of each class.")] = False,
+    evaluate: Annotated[bool, _opt("Score the predictions against the split's labels and write "
+                                   "RUN/eval/<checkpoint>/summary.json.")] = False,
+    force: Annotated[bool, _opt("Replace an existing output folder.")] = False,
+) -> None:
+    """Predict every case with a sliding window and write CASE.nii.gz in its original geometry."""
+    try:
+        options = lib.PredictOptions(
+            checkpoint=checkpoint.value if checkpoint else None, data=data,
+            split=split.value if split else None, fold=fold, images=images or [], out=out,
+            stride=parse_stride(stride), batch_size=batch_size, amp=amp, device=device.value,
+            lcc=lcc, evaluate=evaluate, force=force)
+    except ValidationError as exc:
+        raise ConfigError(describe_error(exc)) from None
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("predicting", total=None)
+
+        def step(done: int, total: int, case: str) -> None:
+            bar.update(task, completed=done, total=total, description=f"predicted {case}")
+
+        report = lib.predict(run, options, progress=step)
+    _render(report)
+
+
+def _render(report: lib.PredictionReport) -> None:
+    table = Table(title=f"{len(report.cases)} cases -> {report.out}")
+    for name in ("case", "prepared shape", "original shape", "seconds"):
+        table.add_column(name, justify="left" if name == "case" else "right")
+    for c in report.cases:
+        table.add_row(c.case, "x".join(map(str, c.prepared_shape)),
+                      "x".join(map(str, c.original_shape)), f"{c.seconds:.2f}")
+    console.print(table)
+    w = report.window
+    mean = sum(c.seconds for c in report.cases) / max(1, len(report.cases))
+    patch = "x".join(map(str, w.patch_size))
+    console.print(
+        f"checkpoint {report.checkpoint} on {report.device}: patch {patch}, "
+        f"stride {'/'.join(map(str, w.stride))}, batch {w.batch_size}, amp {w.amp}, "
+        f"lcc {w.lcc}; {mean:.2f} s per case"
+    )
+    if report.summary is not None:
+        if report.mean_dice:
+            dice = ", ".join(f"{k} {v:.4f}" for k, v in report.mean_dice.items())
+            console.print(f"mean Dice: {dice}")
+        console.print(f"summary: {report.summary}")

@@ -1,0 +1,110 @@
+"""``hco predict`` through the real app: success output and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from hco_cli.cli.app import app
+from hco_cli.cli.predict import parse_stride
+from hco_cli.errors import ConfigError
+from tests.inference.tiny_run import tiny_dataset, tiny_run
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("cli-predict")
+    dataset = tiny_dataset(root)
+    run, _ = tiny_run(root, dataset, which=("best",))
+    return dataset, run
+
+
+def _error(args: list[str]) -> str:
+    result = runner.invoke(app, ["predict", *args])
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def test_predict_and_evaluate_print_a_summary(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    _, run = tiny
+    run_copy = tmp_path / "run"
+    shutil.copytree(run, run_copy)
+    result = runner.invoke(app, ["predict", str(run_copy), "--device", "cpu", "--stride", "8,4",
+                                 "--lcc", "--evaluate", "--no-amp"])
+    assert result.exit_code == 0, result.output
+    assert "2 cases" in result.stdout and "syn_002" in result.stdout
+    assert "16x16x16" in result.stdout and "stride 8/8/4" in result.stdout
+    assert "mean Dice" in result.stdout
+    preds = run_copy / "eval" / "best" / "preds"
+    assert sorted(p.name for p in preds.iterdir()) == ["syn_002.nii.gz", "syn_003.nii.gz"]
+    summary = json.loads((run_copy / "eval" / "best" / "summary.json").read_text())
+    assert summary["lcc"] is True and summary["stride"] == [8, 8, 4]
+    again = runner.invoke(app, ["predict", str(run_copy), "--device", "cpu"])
+    assert again.exit_code == 1 and "use --force" in again.stderr
+
+
+def test_missing_run(tmp_path: Path) -> None:
+    assert "does not exist" in _error([str(tmp_path / "nope")])
+
+
+def test_run_without_config(tmp_path: Path) -> None:
+    assert "is not a run folder (no config.yaml)" in _error([str(tmp_path)])
+
+
+def test_missing_checkpoint(tiny: tuple[Path, Path]) -> None:
+    _, run = tiny
+    assert "has no checkpoints/last.pt" in _error([str(run), "--checkpoint", "last"])
+
+
+def test_checkpoint_option_on_a_file(tiny: tuple[Path, Path]) -> None:
+    _, run = tiny
+    line = _error([str(run / "checkpoints" / "best.pt"), "--checkpoint", "best"])
+    assert "applies to run folders" in line
+
+
+def test_missing_dataset(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    _, run = tiny
+    line = _error([str(run), "--data", str(tmp_path / "gone")])
+    assert "prepared dataset" in line and "not found" in line
+
+
+def test_empty_split(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    _, run = tiny
+    line = _error([str(run), "--split", "val", "--out", str(tmp_path / "o")])
+    assert "split 'val'" in line and "is empty" in line
+
+
+def test_unsupported_image_format(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    _, run = tiny
+    scan = tmp_path / "scan.png"
+    scan.write_bytes(b"\x89PNG")
+    line = _error([str(run), "--images", str(scan), "--out", str(tmp_path / "o")])
+    assert "unsupported file format" in line and "scan.png" in line
+
+
+def test_images_with_split_is_refused(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    _, run = tiny
+    line = _error([str(run), "--images", str(tmp_path), "--split", "test"])
+    assert "--split applies to prepared datasets" in line
+
+
+def test_bad_stride(tiny: tuple[Path, Path]) -> None:
+    _, run = tiny
+    assert "--stride" in _error([str(run), "--stride", "8,x"])
+
+
+def test_parse_stride_forms() -> None:
+    assert parse_stride("18,4") == (18, 18, 4)
+    assert parse_stride("5") == (5, 5, 5)
+    assert parse_stride("1,2,3") == (1, 2, 3)
+    with pytest.raises(ConfigError):
+        parse_stride("0,4")

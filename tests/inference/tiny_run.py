@@ -1,0 +1,51 @@
+"""A tiny prepared dataset and a tiny run folder for prediction tests (built through the APIs
+of ``hco prepare`` and of the training checkpoints, not by hand)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from hco_cli.config import TrainConfig, validate_config
+from hco_cli.data.prepare import prepare_synthetic
+from hco_cli.models import build_model
+from hco_cli.training.checkpoint import save_checkpoint
+from hco_cli.training.run_dir import checkpoint_path, write_config
+
+SHAPE = (16, 16, 16)
+PATCH = (16, 16, 16)
+
+
+def tiny_dataset(root: Path, *, classes: int = 1, test: int = 2) -> Path:
+    """Synthetic phantoms of 16^3 voxels: 1 labeled, 1 unlabeled, ``test`` test cases."""
+    out = root / "data" / "syn"
+    prepare_synthetic(out, labeled=1, unlabeled=1, test=test, classes=classes, shape=SHAPE)
+    return out
+
+
+def tiny_config(dataset: Path, *, patch: tuple[int, int, int] = PATCH) -> TrainConfig:
+    return validate_config({
+        "data": {"path": str(dataset), "patch_size": list(patch)},
+        "model": {"n_filters": 2},
+        "framework": {"name": "supervised", "iterations": 1},
+        "optimizer": {"name": "sgd"},
+        "validation": {"stride": [8, 8, 8], "batch_size": 2},
+        "device": "cpu",
+    })
+
+
+def tiny_run(root: Path, dataset: Path, *, classes: int = 2, seed: int = 0,
+             which: tuple[str, ...] = ("best", "last")) -> tuple[Path, torch.nn.Module]:
+    """A run folder with config.yaml and checkpoints of one randomly initialised V-Net."""
+    run = root / "run"
+    config = tiny_config(dataset)
+    torch.manual_seed(seed)
+    model = build_model(config.model, in_channels=1, num_classes=classes).eval()
+    run.mkdir(parents=True)
+    write_config(run, config.model_dump(mode="json"))
+    for name in which:
+        save_checkpoint(checkpoint_path(run, name), {
+            "model": model.state_dict(), "config": config.model_dump(mode="json"),
+            "in_channels": 1, "num_classes": classes, "kind": name})
+    return run, model
