@@ -50,6 +50,9 @@ def root(
 from hco_cli.cli import prepare as _prepare  # noqa: E402
 
 app.add_typer(_prepare.app, name="prepare")
+from hco_cli.cli.predict import predict as predict_command  # noqa: E402
+
+app.command("predict")(predict_command)
 from hco_cli.cli.evaluate import evaluate as evaluate_command  # noqa: E402
 
 app.command("evaluate")(evaluate_command)
