@@ -1,0 +1,168 @@
+"""`hco prepare` end to end: success, --force, and every kind of bad input."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from hco_cli.cli.app import app
+
+runner = CliRunner()
+SHAPE = (16, 14, 12)
+
+
+def _save(path: Path, array: np.ndarray, spacing: tuple[float, ...] = (1.0, 1.0, 1.0)) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(array, np.diag([*spacing, 1.0])), str(path))
+
+
+def _source(root: Path, n: int = 3) -> Path:
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        label = np.zeros(SHAPE, np.uint8)
+        label[4:10, 3:9, 2:8] = 1 + i % 2
+        _save(root / f"c{i}" / "img.nii.gz", rng.normal(size=SHAPE).astype(np.float32))
+        _save(root / f"c{i}" / "seg.nii.gz", label)
+    return root
+
+
+def _prepare(tmp_path: Path, *extra: str) -> tuple[int, str, str]:
+    args = ["prepare", "generic", str(tmp_path / "src"), "--images", "*/img.nii.gz",
+            "--labels", "*/seg.nii.gz", "--out", str(tmp_path / "data" / "ds"), *extra]
+    result = runner.invoke(app, args)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_help_lists_the_four_sources() -> None:
+    result = runner.invoke(app, ["prepare", "--help"])
+    assert result.exit_code == 0
+    for kind in ("la", "pancreas", "generic", "synthetic"):
+        assert kind in result.stdout
+
+
+def test_generic_success_table_and_force(tmp_path: Path) -> None:
+    _source(tmp_path / "src")
+    code, out, _ = _prepare(tmp_path, "--labeled", "2", "--spacing", "2")
+    assert code == 0, out
+    assert "labeled cases" in out and "class 2" in out and "2, 2, 2" in out
+    info = json.loads((tmp_path / "data" / "ds" / "dataset.json").read_text())
+    assert info["spacing"] == [2.0, 2.0, 2.0] and info["hco_version"]
+    code, _, err = _prepare(tmp_path)
+    assert code == 1 and "already exists; use --force" in err
+    assert json.loads((tmp_path / "data" / "ds" / "dataset.json").read_text()) == info
+    code, _, _ = _prepare(tmp_path, "--force")
+    assert code == 0
+    info = json.loads((tmp_path / "data" / "ds" / "dataset.json").read_text())
+    assert info["spacing"] == [1.0, 1.0, 1.0]
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["ds"]
+
+
+def _nan(root: Path) -> None:
+    image = np.zeros(SHAPE, np.float32)
+    image[1, 2, 3] = np.nan
+    _save(root / "c1" / "img.nii.gz", image)
+
+
+def _shape(root: Path) -> None:
+    _save(root / "c1" / "seg.nii.gz", np.zeros((16, 14, 11), np.uint8))
+
+
+def _geometry(root: Path) -> None:
+    label = np.asarray(nib.load(str(root / "c1" / "seg.nii.gz")).dataobj)
+    _save(root / "c1" / "seg.nii.gz", label, (1.0, 1.0, 1.5))
+
+
+def _float_label(root: Path) -> None:
+    label = np.zeros(SHAPE, np.float32)
+    label[2:5, 2:5, 2:5] = 0.5
+    _save(root / "c1" / "seg.nii.gz", label)
+
+
+def _negative(root: Path) -> None:
+    label = np.zeros(SHAPE, np.int16)
+    label[2:5, 2:5, 2:5] = -1
+    _save(root / "c1" / "seg.nii.gz", label)
+
+
+def _empty(root: Path) -> None:
+    _save(root / "c1" / "seg.nii.gz", np.zeros(SHAPE, np.uint8))
+
+
+def _missing(root: Path) -> None:
+    (root / "c1" / "seg.nii.gz").unlink()
+
+
+def _unreadable(root: Path) -> None:
+    (root / "c1" / "img.nii.gz").write_bytes(b"not a nifti file")
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (_nan, r"case c1: image .*c1/img.nii.gz has 1 NaN or Inf voxels"),
+    (_shape, r"case c1: label .*c1/seg.nii.gz has shape \(16, 14, 11\) but image .*img.nii.gz"),
+    (_geometry, r"case c1: label .*c1/seg.nii.gz has spacing \(1, 1, 1.5\) but image"),
+    (_float_label, r"case c1: label .*c1/seg.nii.gz has non-integer values"),
+    (_negative, r"case c1: label .*c1/seg.nii.gz has negative values"),
+    (_empty, r"case c1: label .*c1/seg.nii.gz is empty"),
+    (_missing, r"case c1: no label for image .*c1/img.nii.gz"),
+    (_unreadable, r"case c1: cannot read .*c1/img.nii.gz"),
+])
+def test_bad_input_is_one_line_and_leaves_nothing(
+    tmp_path: Path, damage: Callable[[Path], None], message: str
+) -> None:
+    damage(_source(tmp_path / "src"))
+    code, _, err = _prepare(tmp_path, "--labeled", "3")
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 1 and len(lines) == 1, err
+    assert lines[0].startswith("error: ")
+    assert re.search(message, lines[0]), lines[0]
+    assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())
+
+
+def test_duplicate_ids_and_unexpected_classes(tmp_path: Path) -> None:
+    _source(tmp_path / "src")
+    _save(tmp_path / "src" / "more" / "c1" / "img.nii.gz", np.zeros(SHAPE, np.float32))
+    code, _, err = _prepare(tmp_path, "--unlabeled", "more/*/img.nii.gz")
+    assert code == 1 and "case c1: duplicate case id" in err and "more/c1/img.nii.gz" in err
+    code, _, err = _prepare(tmp_path, "--classes", "1=organ")
+    assert code == 1 and "case c1: label" in err and "values [2] that are not classes" in err
+    assert not (tmp_path / "data" / "ds").exists()
+
+
+def test_empty_label_is_dropped_for_unlabeled_cases(tmp_path: Path) -> None:
+    _empty(_source(tmp_path / "src", n=4))
+    # With seed 3 the empty case c1 falls in the unlabeled split, where it is allowed.
+    code, out, err = _prepare(tmp_path, "--labeled", "1", "--seed", "3")
+    assert code == 0, err
+    splits = json.loads((tmp_path / "data" / "ds" / "splits.json").read_text())
+    assert "c1" in splits["unlabeled"]
+    assert "empty labels dropped" in out
+    assert not (tmp_path / "data" / "ds" / "cases" / "c1_label.npy").exists()
+
+
+def test_la_missing_parts(la_unpacked: Path, tmp_path: Path) -> None:
+    args = ["prepare", "la", str(la_unpacked), "--out", str(tmp_path / "la")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and "use --allow-missing" in result.stderr
+    assert not (tmp_path / "la").exists()
+    result = runner.invoke(app, [*args, "--allow-missing", "--val", "1", "--workers", "2"])
+    assert result.exit_code == 0, result.stderr
+    assert "skipped (absent or unlisted)" in result.stdout and "80" in result.stdout
+
+
+def test_synthetic_and_bad_options(tmp_path: Path) -> None:
+    out = tmp_path / "syn"
+    result = runner.invoke(app, ["prepare", "synthetic", "--out", str(out), "--shape",
+                                 "24,24,20", "--unlabeled", "2", "--test", "1"])
+    assert result.exit_code == 0, result.stderr
+    assert (out / "cases" / "syn_000_label.npy").exists()
+    assert not (out / "cases" / "syn_004_label.npy").exists()  # an unlabeled case
+    result = runner.invoke(app, ["prepare", "synthetic", "--out", str(tmp_path / "x"),
+                                 "--shape", "24,24"])
+    assert result.exit_code == 1 and "--shape: expected 3 numbers" in result.stderr

@@ -1,0 +1,70 @@
+"""Splits and fold grids: protocol order, seeded choices, disjoint and complete folds."""
+
+from __future__ import annotations
+
+import pytest
+
+from hco_cli.data.dataset import Splits
+from hco_cli.data.splits import fold_grid, labeled_first_order, ordered_splits, pick_test
+from hco_cli.errors import ConfigError
+
+IDS = [f"c{i:02d}" for i in range(30)]
+
+
+def test_labeled_is_the_first_n_in_order() -> None:
+    splits = ordered_splits(IDS[:20], IDS[20:], labeled=4, val=0, seed=0, has_label=set(IDS))
+    assert splits.labeled == IDS[:4]
+    assert splits.unlabeled == IDS[4:20]
+    assert splits.test == IDS[20:]
+
+
+def test_val_is_seeded_and_taken_from_unlabeled_cases_with_labels() -> None:
+    has_label = set(IDS[:12])
+    a = ordered_splits(IDS[:20], [], labeled=4, val=3, seed=1, has_label=has_label)
+    b = ordered_splits(IDS[:20], [], labeled=4, val=3, seed=1, has_label=has_label)
+    c = ordered_splits(IDS[:20], [], labeled=4, val=3, seed=2, has_label=has_label)
+    assert a == b and a.val != c.val
+    assert set(a.val) <= set(IDS[4:12])
+    assert sorted(a.labeled + a.unlabeled + a.val) == sorted(IDS[:20])
+    with pytest.raises(ConfigError, match="--val 9: only 8"):
+        ordered_splits(IDS[:20], [], labeled=4, val=9, seed=1, has_label=has_label)
+
+
+def test_labeled_needs_labels() -> None:
+    with pytest.raises(ConfigError, match="case c02 has no label"):
+        ordered_splits(IDS[:5], [], labeled=3, val=0, seed=0, has_label={"c00", "c01"})
+
+
+def test_generic_order_puts_labeled_cases_first_and_is_seeded() -> None:
+    has_label = set(IDS[10:])
+    order = labeled_first_order(IDS, seed=5, has_label=has_label)
+    assert set(order[:20]) == has_label and order[20:] == IDS[:10]
+    assert order == labeled_first_order(IDS, seed=5, has_label=has_label)
+    assert order != labeled_first_order(IDS, seed=6, has_label=has_label)
+    test = pick_test(IDS, 4, seed=0, has_label=has_label)
+    assert len(test) == 4 and set(test) <= has_label
+
+
+@pytest.mark.parametrize(("k", "j", "size"), [(4, 4, 5), (3, 2, 2), (1, 5, 1)])
+def test_fold_grid_is_disjoint_and_complete(k: int, j: int, size: int) -> None:
+    has_label = set(IDS[:24])
+    splits = Splits(labeled=IDS[:size], unlabeled=IDS[size:28], test=IDS[28:])
+    folds = fold_grid(splits, labeled_folds=k, unlabeled_folds=j, seed=0, has_label=has_label)
+    assert len(folds.labeled) == k and len(folds.unlabeled) == j
+    every = [c for fold in folds.labeled + folds.unlabeled for c in fold]
+    assert len(every) == len(set(every))
+    assert sorted(every) == sorted(IDS[:28])
+    assert all(len(f) == size and set(f) <= has_label for f in folds.labeled)
+    sizes = [len(f) for f in folds.unlabeled]
+    assert max(sizes) - min(sizes) <= 1
+    splits.folds = folds
+    resolved = splits.resolve(f"L{k - 1}U{j - 1}")
+    assert not set(resolved["labeled"]) & set(resolved["unlabeled"])
+
+
+def test_fold_grid_errors() -> None:
+    splits = Splits(labeled=IDS[:5], unlabeled=IDS[5:10])
+    with pytest.raises(ConfigError, match="go together"):
+        fold_grid(splits, labeled_folds=2, unlabeled_folds=0, seed=0, has_label=set(IDS))
+    with pytest.raises(ConfigError, match="need 15 labeled training cases, but only 10"):
+        fold_grid(splits, labeled_folds=3, unlabeled_folds=1, seed=0, has_label=set(IDS))
