@@ -75,7 +75,8 @@ def predict(
                                        "(default: the run's validation stride).")] = None,
     batch_size: Annotated[int | None, _opt("Windows per forward pass (default: the run's).",
                                            min=1)] = None,
-    amp: Annotated[bool | None, _opt("bf16 autocast (default: the run's setting, CUDA only).",
+    amp: Annotated[bool | None, _opt("bf16 autocast (default: on if the run trained with it and "
+                                     "the device is CUDA).",
                                      "--amp/--no-amp")] = None,
     device: Annotated[Device, _opt("auto (CUDA if available), cpu or cuda.")] = Device.auto,
     lcc: Annotated[bool, _opt("Keep the largest connected component of each class.")] = False,

@@ -203,8 +203,9 @@ def predict(run: Path, options: PredictOptions, *,
     if split is None:
         cases = image_cases(options.images, dataset.info)
     else:
-        cases = dataset_cases(dataset, split,
-                              fold=options.fold if options.fold else config.data.fold)
+        # The run's fold names cases of the run's dataset only.
+        fold = options.fold or (config.data.fold if options.data is None else None)
+        cases = dataset_cases(dataset, split, fold=fold)
     out = options.out or (run_dir / "eval" / name / "preds" if run_dir else None)
     if out is None:
         raise ConfigError(f"{run} is not inside a run folder; choose where to write with --out")

@@ -83,6 +83,12 @@ def test_empty_split(tiny: tuple[Path, Path], tmp_path: Path) -> None:
     assert "split 'val'" in line and "is empty" in line
 
 
+def test_unknown_fold(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    _, run = tiny
+    line = _error([str(run), "--split", "labeled", "--fold", "L3U0", "--out", str(tmp_path)])
+    assert "fold L3U0 does not exist" in line
+
+
 def test_unsupported_image_format(tiny: tuple[Path, Path], tmp_path: Path) -> None:
     _, run = tiny
     scan = tmp_path / "scan.png"
