@@ -1,0 +1,110 @@
+"""Largest connected component: scipy path, pure-torch fallback (== scipy), batches, classes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from hco_cli.inference.postprocess import (
+    keep_largest_per_class,
+    largest_connected_component,
+    lcc_torch,
+)
+
+STRUCTURE_RANK = {6: 1, 18: 2, 26: 3}
+
+
+def scipy_reference(volume: np.ndarray, connectivity: int) -> np.ndarray:
+    """BCP's getLargestCC with scipy: label, then argmax of the histogram without background."""
+    structure = ndimage.generate_binary_structure(3, STRUCTURE_RANK[connectivity])
+    labels, count = ndimage.label(volume, structure=structure)
+    if count == 0:
+        return np.zeros_like(volume, dtype=bool)
+    return labels == np.argmax(np.bincount(labels.ravel())[1:]) + 1
+
+
+def random_blobs(seed: int, shape: tuple[int, ...], threshold: float) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return ndimage.gaussian_filter(rng.random(shape), 1.0) > threshold
+
+
+@pytest.mark.parametrize("connectivity", [6, 18, 26])
+def test_torch_fallback_equals_scipy_on_random_blobs(connectivity: int) -> None:
+    for seed in range(6):
+        batch = random_blobs(seed, (3, 18, 16, 12), 0.5 + 0.01 * seed)
+        got = lcc_torch(torch.from_numpy(batch), connectivity=connectivity).numpy()
+        for volume, result in zip(batch, got, strict=True):
+            np.testing.assert_array_equal(result, scipy_reference(volume, connectivity))
+
+
+@pytest.mark.parametrize("connectivity", [6, 18, 26])
+def test_public_function_equals_scipy_for_numpy_and_tensors(connectivity: int) -> None:
+    volume = random_blobs(11, (20, 18, 14), 0.5)
+    ref = scipy_reference(volume, connectivity)
+    out_np = largest_connected_component(volume, connectivity=connectivity)
+    assert isinstance(out_np, np.ndarray) and out_np.dtype == bool
+    np.testing.assert_array_equal(out_np, ref)
+    out_t = largest_connected_component(torch.from_numpy(volume), connectivity=connectivity)
+    assert isinstance(out_t, torch.Tensor) and out_t.dtype == torch.bool
+    np.testing.assert_array_equal(out_t.numpy(), ref)
+
+
+def test_neighbourhoods_differ_as_defined() -> None:
+    mask = np.zeros((5, 5, 5), dtype=bool)
+    mask[0:2, 0:2, 0:2] = True  # 8 voxels
+    mask[2, 2, 2] = True  # touches the cube by a corner only
+    mask[3, 3, 2] = True  # edge neighbour of (2, 2, 2)
+    mask[4, 4, 4] = True
+    for conn, expected in ((6, 8), (18, 8), (26, 10)):
+        for out in (largest_connected_component(mask, connectivity=conn),
+                    lcc_torch(torch.from_numpy(mask)[None], connectivity=conn)[0].numpy()):
+            assert int(out.sum()) == expected
+    chain = np.zeros((4, 4, 4), dtype=bool)
+    chain[0, 0, 0] = chain[1, 1, 0] = chain[2, 2, 0] = True  # edge (18) neighbours
+    assert int(largest_connected_component(chain, connectivity=18).sum()) == 3
+    assert int(largest_connected_component(chain, connectivity=6).sum()) == 1
+
+
+def test_ties_go_to_the_first_component_in_raster_order() -> None:
+    mask = np.zeros((6, 6, 6), dtype=bool)
+    mask[4:6, 4:6, 4:6] = True
+    mask[0:2, 0:2, 0:2] = True
+    expected = np.zeros_like(mask)
+    expected[0:2, 0:2, 0:2] = True
+    np.testing.assert_array_equal(largest_connected_component(mask), expected)
+    np.testing.assert_array_equal(lcc_torch(torch.from_numpy(mask)[None])[0].numpy(), expected)
+
+
+def test_empty_and_batched_masks() -> None:
+    empty = torch.zeros(2, 8, 8, 8, dtype=torch.bool)
+    assert not largest_connected_component(empty).any()
+    assert not lcc_torch(empty).any()
+    batch = torch.from_numpy(random_blobs(3, (4, 16, 16, 8), 0.5))
+    out = largest_connected_component(batch)
+    assert out.shape == batch.shape
+    for i in range(4):
+        np.testing.assert_array_equal(out[i].numpy(), scipy_reference(batch[i].numpy(), 26))
+
+
+def test_invalid_arguments() -> None:
+    with pytest.raises(ValueError, match="connectivity"):
+        largest_connected_component(np.zeros((4, 4, 4), dtype=bool), connectivity=8)
+    with pytest.raises(ValueError, match="shape"):
+        largest_connected_component(np.zeros((4, 4), dtype=bool))
+
+
+def test_keep_largest_per_class() -> None:
+    labels = np.zeros((2, 10, 10, 10), dtype=np.int64)
+    labels[:, 0:3, 0:3, 0:3] = 1  # big class-1 blob
+    labels[:, 8:10, 8:10, 8:10] = 1  # small class-1 blob
+    labels[:, 5:7, 0:2, 0:2] = 2  # small class-2 blob
+    labels[:, 0:4, 6:10, 0:4] = 2  # big class-2 blob
+    expected = labels.copy()
+    expected[:, 8:10, 8:10, 8:10] = 0
+    expected[:, 5:7, 0:2, 0:2] = 0
+    np.testing.assert_array_equal(keep_largest_per_class(labels, 3), expected)
+    out_t = keep_largest_per_class(torch.from_numpy(labels), 3)
+    assert isinstance(out_t, torch.Tensor)
+    np.testing.assert_array_equal(out_t.numpy(), expected)
