@@ -128,41 +128,48 @@ class LayoutCache:
     """Per-device tensors of parameter sizes, built once so that a step copies nothing to it."""
 
     def __init__(self) -> None:
-        self._entries: dict[tuple[Any, ...], tuple[Tensor, Tensor, int]] = {}
+        self._entries: dict[tuple[Any, ...], Tensor] = {}
 
-    def get(self, tensors: list[Tensor], dtype: torch.dtype) -> tuple[Tensor, Tensor, int]:
-        """(numels as ``dtype``, numels as int64, total) for tensors on one device."""
-        numels = tuple(t.numel() for t in tensors)
-        key = (tensors[0].device, dtype, numels)
+    def numels(self, tensors: list[Tensor], dtype: torch.dtype) -> Tensor:
+        """The element counts of ``tensors`` (all on one device) as a 1-D ``dtype`` tensor."""
+        sizes = tuple(t.numel() for t in tensors)
+        key = (tensors[0].device, dtype, sizes)
         if key not in self._entries:
             if len(self._entries) >= 16:
                 self._entries.clear()
-            counts = torch.tensor(numels, dtype=torch.int64, device=tensors[0].device)
-            self._entries[key] = (counts.to(dtype), counts, sum(numels))
+            self._entries[key] = torch.tensor(sizes, dtype=dtype, device=tensors[0].device)
         return self._entries[key]
 
 
 def foreach_normalise_masks_(phi: list[Tensor], spec: MaskSpec, cache: LayoutCache) -> Tensor:
     """Turn every 0/1 mask into phibar in place; return the admitted count (0-d, no host sync).
 
-    The per-tensor means come from one fused L1 norm; the per-tensor factors 1/s are expanded to
-    one flat buffer whose views have the masks' shapes, so the rescale is one fused multiply
-    instead of one kernel per tensor.
+    The per-tensor counts come from one fused L1 norm; the factors 1/s stay on the device as 0-d
+    tensors. On CUDA the rescale is written phi <- phi + (1/s - 1) * phi, which
+    ``_foreach_addcmul_`` runs as one fused kernel (its 0-d tensor1 fast path; a 0-d
+    ``_foreach_mul_`` would launch one kernel per tensor). It is exact for phi in {0, 1}, as
+    1/s - 1 is exact for 1/s in [1/2, 2^24]. On CPU, where that broadcast addcmul is slow, a
+    plain multiply is used.
     """
     acc = _acc_dtype(phi[0])
     counts = torch.stack(torch._foreach_norm(phi, 1, dtype=acc))
-    numels, repeats, total = cache.get(phi, acc)
+    numels = cache.numels(phi, acc)
     if spec.norm == "clamp":
         scale = (counts / numels).clamp_min_(spec.eps)
     elif spec.norm == "mean_eps":
         scale = counts / numels + spec.eps
     else:
         scale = (counts + 1) / numels
-    inverse = scale.reciprocal_().to(phi[0].dtype)
-    flat = torch.repeat_interleave(inverse, repeats, output_size=total)
-    views = [v.view_as(t) for v, t in zip(flat.split([t.numel() for t in phi]), phi, strict=True)]
-    torch._foreach_mul_(phi, views)
+    rescale_(phi, scale.reciprocal_().to(phi[0].dtype), fused=phi[0].device.type == "cuda")
     return counts.sum()
+
+
+def rescale_(phi: list[Tensor], inverse: Tensor, *, fused: bool) -> None:
+    """phi_i <- phi_i * inverse[i] for 0/1 masks (see :func:`foreach_normalise_masks_`)."""
+    if fused:
+        torch._foreach_addcmul_(phi, list((inverse - 1.0).unbind(0)), phi)
+    else:
+        torch._foreach_mul_(phi, list(inverse.unbind(0)))
 
 
 def _acc_dtype(t: Tensor) -> torch.dtype:

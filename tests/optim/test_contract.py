@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from hco_cli.optim import OPTIMIZER_NAMES, build_optimizer, optimizer_info
+from hco_cli.optim.base import rescale_
 
 SHAPES = [(5, 4), (6,), (2, 3, 4), (3,)]
 
@@ -199,3 +200,35 @@ def test_caller_gradients_are_not_modified(name: str) -> None:
         opt.step_two_source(gl, gu)
         for g, c in zip((*gl, *gu), copies, strict=True):
             assert (g is None and c is None) or torch.equal(g, c)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_mask_rescale_is_exact(dtype: torch.dtype) -> None:
+    """The CUDA form phi + (1/s - 1) phi equals phi / s exactly for 0/1 masks."""
+    gen = torch.Generator().manual_seed(0)
+    phi = [(torch.rand(n, generator=gen) > q).to(dtype) for n, q in ((50, 0.3), (7, 0.9), (9, 0))]
+    inverse = torch.tensor([1 / 0.7, 1 / 1e-3, 1 / 1.001], dtype=dtype)
+    fused, plain = [t.clone() for t in phi], [t.clone() for t in phi]
+    rescale_(fused, inverse, fused=True)
+    rescale_(plain, inverse, fused=False)
+    for a, b, p, inv in zip(fused, plain, phi, inverse, strict=True):
+        assert torch.equal(a, b) and torch.equal(a, p * inv)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", OPTIMIZER_NAMES)
+def test_cuda_foreach_equals_single_tensor(name: str) -> None:
+    single = [p.detach().cuda().requires_grad_() for p in _params()]
+    multi = [p.detach().cuda().requires_grad_() for p in _params()]
+    a = build_optimizer(name, single, weight_decay=0.01, foreach=False)
+    b = build_optimizer(name, multi, weight_decay=0.01)  # foreach is the CUDA default
+    for step in range(6):
+        gl, gu = _grads(step, single)
+        move = [None if g is None else g.cuda() for g in (*gl, *gu)]
+        a.step_two_source(move[:4], move[4:])
+        b.step_two_source(move[:4], move[4:])
+    for x, y in zip(_snapshot(a, single), _snapshot(b, multi), strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-14)
+    if a.last_alignment is not None:
+        assert a.last_alignment == pytest.approx(b.last_alignment, abs=1e-12)
