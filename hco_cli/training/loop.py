@@ -1,0 +1,361 @@
+"""The one training loop every SSL framework shares.
+
+Per phase of the framework it builds one optimizer per trainable module, sets the learning rate
+before each step, calls ``framework.train_step``, buffers the losses as device tensors and
+writes them to ``metrics.jsonl`` every ``log_every`` iterations (the only regular host
+synchronisation, where NaN/Inf is also checked), validates, keeps best/last/pretrain
+checkpoints and resumes exactly from ``last.pt``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from hco_cli import __version__
+from hco_cli.config import TrainConfig, validate_config
+from hco_cli.errors import CheckpointError, TrainingDivergedError
+from hco_cli.optim import build_optimizer, optimizer_info, plain_variant
+from hco_cli.ssl.base import Batch, Phase, StepResult
+from hco_cli.training import checkpoint as ckpt
+from hco_cli.training.logging import MetricsWriter
+from hco_cli.training.run_dir import (
+    checkpoint_path,
+    prepare_run_dir,
+    read_config_data,
+    write_config,
+    write_run_info,
+)
+from hco_cli.training.setup import RunSetup, build_setup, seed_everything
+
+
+@dataclass
+class ProgressEvent:
+    """What the loop reports to a progress display (the CLI renders it; the library never prints).
+
+    kinds: ``start`` (info: run summary), ``warning`` (message), ``phase`` (phase, total),
+    ``step`` (iteration done within the phase), ``log`` (values: mean losses of the last block),
+    ``val`` (values: dice, score, best), ``end`` (info: run.json).
+    """
+
+    kind: Literal["start", "warning", "phase", "step", "log", "val", "end"]
+    phase: str = ""
+    iteration: int = 0
+    total: int = 0
+    values: dict[str, float | None] = field(default_factory=dict)
+    message: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+ProgressCallback = Callable[[ProgressEvent], None]
+
+
+@dataclass
+class RunResult:
+    """Where the run is and how it ended."""
+
+    run_dir: Path
+    best_dice: float | None
+    best_iteration: int | None
+    iterations: dict[str, int]
+    wall_seconds: float
+    warnings: list[str]
+    select_on: str = "val"
+    finished: bool = True
+
+
+def train(config: TrainConfig, *, progress: ProgressCallback | None = None,
+          force: bool = False) -> RunResult:
+    """Train from scratch into ``config.run_dir`` (refused if non-empty unless ``force``)."""
+    setup = build_setup(config)
+    prepare_run_dir(setup.run_dir, force=force)
+    write_config(setup.run_dir, setup.config.model_dump(mode="json"))
+    return _Trainer(setup, progress=progress, state=None).run()
+
+
+def resume(run_dir: Path, *, progress: ProgressCallback | None = None) -> RunResult:
+    """Continue the run in ``run_dir`` from its ``last.pt`` exactly where it stopped."""
+    run_dir = Path(run_dir)
+    last = checkpoint_path(run_dir, "last")
+    if not last.is_file():
+        raise CheckpointError(f"{run_dir} has no checkpoints/last.pt to resume from; "
+                              "start it again with --force")
+    state = ckpt.load_checkpoint(last)
+    if state.get("finished"):
+        raise CheckpointError(f"run {run_dir} already finished; nothing to resume")
+    config = validate_config(state["config"], source=str(last))
+    saved = read_config_data(run_dir)
+    if saved.get("run_dir") != state["config"].get("run_dir"):
+        raise CheckpointError(f"{run_dir}: config.yaml and last.pt disagree; not resuming")
+    setup = build_setup(config, resuming=True)
+    return _Trainer(setup, progress=progress, state=state).run()
+
+
+def _set_lr(optimizers: dict[str, torch.optim.Optimizer], lr: float) -> None:
+    for opt in optimizers.values():
+        for group in opt.param_groups:
+            group["lr"] = lr
+
+
+def _tensors(tree: Any) -> list[Tensor]:
+    if isinstance(tree, Tensor):
+        return [tree]
+    if isinstance(tree, dict):
+        return [t for v in tree.values() for t in _tensors(v)]
+    if isinstance(tree, (list, tuple)):
+        return [t for v in tree for t in _tensors(v)]
+    return []
+
+
+def _all_finite(tree: Any) -> bool:
+    """One synchronisation: are all floating tensors of ``tree`` free of NaN and Inf?"""
+    flags = [t.isfinite().all() for t in _tensors(tree) if t.is_floating_point()]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
+def _cpu_copy(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+
+
+class _Trainer:
+    """State of one run: phases, optimizers, buffered logs, best weights, checkpoints."""
+
+    def __init__(self, setup: RunSetup, *, progress: ProgressCallback | None,
+                 state: dict[str, Any] | None) -> None:
+        self.s = setup
+        self.cfg = setup.config
+        self.progress = progress or (lambda event: None)
+        self.state = state
+        self.metrics = MetricsWriter(setup.run_dir / "metrics.jsonl")
+        self.pending: list[tuple[dict[str, Any], StepResult]] = []
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.lr = self.cfg.optimizer.base_lr
+        self.elapsed = float(state["elapsed"]) if state else 0.0
+        self.started = time.perf_counter()
+        self.phase_best: dict[str, Any] = {"score": -math.inf, "iter": None, "state": None}
+        self.run_best: dict[str, Any] = {"score": None, "iter": None}
+        self.finished = False
+
+    # ----------------------------------------------------------------------------- driving
+    def run(self) -> RunResult:
+        self._announce()
+        if self.state is not None:
+            self.metrics.truncate_after(int(self.state["global_iter"]))
+            self.run_best = dict(self.state["run_best"])
+        else:
+            self._write_info()
+        phases = self.s.phases
+        start = int(self.state["phase_index"]) if self.state else 0
+        for index in range(start, len(phases)):
+            phase = phases[index]
+            offset = sum(p.iterations for p in phases[:index])
+            if phase.name in self.s.skipped:
+                continue
+            first = self._begin_phase(index, phase)
+            self.progress(ProgressEvent("phase", phase=phase.name, iteration=first,
+                                        total=phase.iterations))
+            for i in range(first, phase.iterations):
+                self._step(phase, i, offset)
+                done = i + 1
+                if done % self.cfg.validation.every == 0:
+                    self._validate(phase, offset + done)
+                if (offset + done) % self.cfg.checkpoint_every == 0 and done < phase.iterations:
+                    self._checkpoint(index, done, offset + done)
+            self._end_phase(index, phase, offset)
+        self.finished = True
+        total = sum(p.iterations for p in phases)
+        self._checkpoint(len(phases), 0, total)
+        info = self._write_info()
+        self.progress(ProgressEvent("end", info=info))
+        return RunResult(run_dir=self.s.run_dir, best_dice=self.run_best["score"],
+                         best_iteration=self.run_best["iter"], iterations=self.s.plan,
+                         wall_seconds=self._wall(), warnings=list(self.s.warnings),
+                         select_on=self.cfg.validation.select_on)
+
+    def _announce(self) -> None:
+        self.progress(ProgressEvent("start", info=self.s.summary()))
+        for message in self.s.warnings:
+            self.progress(ProgressEvent("warning", message=message))
+
+    def _begin_phase(self, index: int, phase: Phase) -> int:
+        """Start ``phase`` (or restore it from the resume state); return the first iteration."""
+        fw, state = self.s.framework, self.state
+        resuming = state is not None and int(state["phase_index"]) == index
+        local = int(state["local_iter"]) if resuming and state is not None else 0
+        if resuming and local == 0 and state is not None:
+            self._restore(state, optimizers=False)  # saved before start_phase ran
+        fw.start_phase(phase)
+        self.optimizers = self._build_optimizers(phase)
+        if resuming and local > 0 and state is not None:
+            self._restore(state, optimizers=True)
+        if local == 0:  # a new phase starts its own best-so-far
+            self.phase_best = {"score": -math.inf, "iter": None, "state": None}
+        self.state = None
+        return local
+
+    def _build_optimizers(self, phase: Phase) -> dict[str, torch.optim.Optimizer]:
+        name = self.cfg.optimizer.name
+        hp = self.cfg.optimizer.hyperparameters()
+        if phase.plain_optimizer:
+            # The plain member takes the base hyperparameters; the caution options
+            # (mask_eps, ...) have nothing to act on without an unlabeled gradient.
+            name = plain_variant(name)
+            accepted = set(optimizer_info(name).hyperparameters)
+            hp = {k: v for k, v in hp.items() if k in accepted}
+        return {key: build_optimizer(name, module.parameters(), **hp)
+                for key, module in self.s.framework.trainable().items()}
+
+    # --------------------------------------------------------------------------- one step
+    def _step(self, phase: Phase, i: int, offset: int) -> None:
+        self.lr = self.cfg.optimizer.base_lr * phase.lr_factor(i)
+        _set_lr(self.optimizers, self.lr)
+        batch = self.s.to_device(self.s.sampler.next_batch(with_unlabeled=phase.needs_unlabeled))
+        # bf16 needs no gradient scaling; the framework's backward passes run inside autocast
+        # and use the dtypes autocast chose for the forward ops.
+        with torch.autocast(self.s.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp):
+            result = self.s.framework.train_step(phase, batch, self.optimizers, i)
+        record = {"phase": phase.name, "iter": offset + i + 1, "epoch": self.s.sampler.epoch,
+                  "lr": self.lr, "time": round(self._wall(), 3),
+                  "_unlabeled": phase.needs_unlabeled}
+        self.pending.append((record, result))
+        self.progress(ProgressEvent("step", phase=phase.name, iteration=i + 1,
+                                    total=phase.iterations))
+        if len(self.pending) >= self.cfg.log_every:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Write buffered records (one synchronisation) and stop on a non-finite loss."""
+        if not self.pending:
+            return
+        device_values = []
+        for _, r in self.pending:
+            admitted = r.admitted if r.admitted is not None else r.loss_l.new_tensor(math.nan)
+            device_values.append(torch.stack([r.loss_l.float(), r.loss_u.float(),
+                                              admitted.float()]))
+        values = torch.stack(device_values).cpu().tolist()
+        records = []
+        bad = None
+        for (record, result), (loss_l, loss_u, admitted) in zip(self.pending, values, strict=True):
+            unlabeled = record.pop("_unlabeled")
+            ratio = loss_u / loss_l if unlabeled and loss_l != 0 else None
+            records.append({**record, "loss_l": loss_l, "loss_u": loss_u, "ratio": ratio,
+                            "admitted": admitted if result.admitted is not None else None})
+            if not (math.isfinite(loss_l) and math.isfinite(loss_u)):
+                bad = record
+                break
+        self.pending = []
+        self.metrics.write(records)
+        if bad is not None:
+            self._diverged(f"loss is {records[-1]['loss_l']}/{records[-1]['loss_u']} (L/U) at "
+                           f"iteration {bad['iter']} ({bad['phase']})")
+        last = records[-1]
+        self.progress(ProgressEvent("log", phase=last["phase"], values={
+            "loss_l": last["loss_l"], "loss_u": last["loss_u"], "lr": last["lr"]}))
+
+    def _diverged(self, what: str) -> None:
+        last = checkpoint_path(self.s.run_dir, "last")
+        kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint yet"
+        self._write_info()
+        raise TrainingDivergedError(f"training diverged: {what}; {kept}")
+
+    # ------------------------------------------------------------------ validation, best
+    def _validate(self, phase: Phase, iteration: int) -> None:
+        self._flush()
+        v = self.s.validation
+        if not v.scored:
+            return
+        model = self.s.framework.eval_model()
+        results = {split: validator.evaluate(model) for split, validator in v.scored.items()}
+        shown = results.get(self.cfg.validation.split)
+        chosen = results.get(self.cfg.validation.select_on)
+        score = chosen.dice if chosen is not None else None
+        improved = score is not None and math.isfinite(score) and score > self.phase_best["score"]
+        record: dict[str, Any] = {
+            "phase": "val", "train_phase": phase.name, "iter": iteration,
+            "split": self.cfg.validation.split,
+            "dice": shown.dice if shown is not None else None,
+            "dice_per_class": shown.per_class if shown is not None else None,
+            "select_on": self.cfg.validation.select_on, "score": score, "best": improved,
+            "time": round(self._wall(), 3)}
+        self.metrics.write([record])
+        if improved and score is not None:
+            self._save_best(phase, iteration, score)
+        self.progress(ProgressEvent("val", phase=phase.name, values={
+            "dice": record["dice"], "score": score, "best": self.phase_best["score"]}))
+
+    def _save_best(self, phase: Phase, iteration: int, score: float) -> None:
+        state = self.s.framework.eval_model().state_dict()
+        if not _all_finite(state):
+            self._diverged(f"non-finite weights at iteration {iteration}")
+        self.phase_best = {"score": score, "iter": iteration, "state": _cpu_copy(state)}
+        self.run_best = {"score": score, "iter": iteration}
+        ckpt.save_checkpoint(checkpoint_path(self.s.run_dir, "best"), {
+            **self._model_payload(self.phase_best["state"]), "kind": "best", "iter": iteration,
+            "phase": phase.name, "score": score, "split": self.cfg.validation.select_on})
+
+    def _end_phase(self, index: int, phase: Phase, offset: int) -> None:
+        self._flush()
+        end = offset + phase.iterations
+        if phase.iterations % self.cfg.validation.every:
+            self._validate(phase, end)
+        if phase.restore_best and self.phase_best["state"] is not None:
+            self.s.framework.eval_model().load_state_dict(self.phase_best["state"])
+        if phase.name == "pretrain":
+            state = _cpu_copy(self.s.framework.eval_model().state_dict())
+            ckpt.save_checkpoint(checkpoint_path(self.s.run_dir, "pretrain"), {
+                **self._model_payload(state), "kind": "pretrain", "iter": end})
+        if index + 1 < len(self.s.phases):
+            self.optimizers = {}  # the next phase builds fresh optimizers
+            self._checkpoint(index + 1, 0, end)
+
+    # ------------------------------------------------------------------------ checkpoints
+    def _model_payload(self, model_state: dict[str, Tensor]) -> dict[str, Any]:
+        return {"model": model_state, "config": self.cfg.model_dump(mode="json"),
+                "in_channels": self.s.in_channels, "num_classes": self.s.num_classes}
+
+    def _checkpoint(self, phase_index: int, local: int, iteration: int) -> None:
+        """Save last.pt; refuse to store weights that are already NaN/Inf."""
+        self._flush()
+        fw_state = self.s.framework.state_dict()
+        if not _all_finite(fw_state):
+            self._diverged(f"non-finite weights at iteration {iteration}")
+        payload = {
+            **self._model_payload(self.s.framework.eval_model().state_dict()),
+            "kind": "last", "phase_index": phase_index, "local_iter": local,
+            "global_iter": iteration, "framework": fw_state,
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "lr": self.lr, "rng": ckpt.rng_state(), "sampler": self.s.sampler.state_dict(),
+            "phase_best": self.phase_best, "run_best": self.run_best,
+            "elapsed": self._wall(), "finished": self.finished}
+        ckpt.save_checkpoint(checkpoint_path(self.s.run_dir, "last"), payload)
+        self._write_info()
+
+    def _restore(self, state: dict[str, Any], *, optimizers: bool) -> None:
+        self.s.framework.load_state_dict(state["framework"])
+        if optimizers:
+            for key, opt in self.optimizers.items():
+                opt.load_state_dict(state["optimizers"][key])
+        self.s.sampler.load_state_dict(state["sampler"])
+        ckpt.set_rng_state(state["rng"])
+        self.lr = float(state["lr"])
+        self.phase_best = dict(state["phase_best"])
+
+    def _wall(self) -> float:
+        return self.elapsed + time.perf_counter() - self.started
+
+    def _write_info(self) -> dict[str, Any]:
+        info = {**self.s.run_info(), "finished": self.finished,
+                "wall_seconds": round(self._wall(), 3), "hco_version": __version__,
+                "best": dict(self.run_best)}
+        write_run_info(self.s.run_dir, info)
+        return info
+
+
+__all__ = ["Batch", "ProgressEvent", "RunResult", "resume", "seed_everything", "train"]

@@ -1,0 +1,219 @@
+"""Everything a run is built from before its first step: device, data, framework, validators.
+
+Kept apart from the loop so that the loop reads as the training procedure only. Messages the
+user must see before training (test-set selection, nothing to validate on) are collected in
+``warnings``; the loop reports them through its progress callback.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from hco_cli.config import TrainConfig, validate_config
+from hco_cli.data.dataset import PreparedDataset
+from hco_cli.data.sampling import PatchSampler
+from hco_cli.errors import ConfigError
+from hco_cli.models import build_model
+from hco_cli.ssl.base import Batch, Framework, Phase
+from hco_cli.ssl.registry import build_framework
+from hco_cli.training import checkpoint as ckpt
+from hco_cli.training.validation import Validator
+
+TEST_SELECTION_WARNING = (
+    "best.pt is selected on the TEST split: this inflates the reported results (the BCP and "
+    "UCMT reference code does it); select on val or report the last checkpoint for an honest "
+    "number"
+)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) for weight initialisation and dropout."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is CUDA when available, else CPU; ``cuda`` without a GPU is a ConfigError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' requested but no CUDA device is available; use cpu")
+    return torch.device(name)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return "cpu"
+
+
+@dataclass
+class Validation:
+    """The validators of the logged split and of the selection split (shared when equal)."""
+
+    scored: dict[str, Validator] = field(default_factory=dict)
+
+
+@dataclass
+class RunSetup:
+    config: TrainConfig  # resolved: run_dir filled in
+    run_dir: Path
+    device: torch.device
+    dataset: PreparedDataset
+    splits: dict[str, list[str]]
+    sampler: PatchSampler
+    validation: Validation
+    framework: Framework
+    phases: list[Phase]
+    skipped: set[str]
+    in_channels: int
+    num_classes: int
+    warnings: list[str]
+
+    @property
+    def plan(self) -> dict[str, int]:
+        """Iterations per phase trained in this run (0 for a phase taken from --init-from)."""
+        return {p.name: 0 if p.name in self.skipped else p.iterations for p in self.phases}
+
+    def to_device(self, batch: Batch) -> Batch:
+        fmt = torch.channels_last_3d if self.config.channels_last else torch.contiguous_format
+
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return t.to(self.device, non_blocking=True)
+
+        batch.labeled_image = move(batch.labeled_image).contiguous(memory_format=fmt)
+        batch.labeled_label = move(batch.labeled_label)
+        if batch.unlabeled_image is not None:
+            batch.unlabeled_image = move(batch.unlabeled_image).contiguous(memory_format=fmt)
+        return batch
+
+    def run_info(self) -> dict[str, Any]:
+        """The keys of run.json that do not change while training."""
+        cfg = self.config
+        return {"dataset": self.dataset.info.name, "framework": cfg.framework.name,
+                "optimizer": cfg.optimizer.name, "seed": cfg.seed, "fold": cfg.data.fold,
+                "labeled": len(self.splits["labeled"]),
+                "unlabeled": len(self.splits["unlabeled"]), "iterations": self.plan,
+                "device": device_name(self.device), "select_on": cfg.validation.select_on,
+                "init_from": str(cfg.init_from) if cfg.init_from else None,
+                "warnings": list(self.warnings)}
+
+    def summary(self) -> dict[str, Any]:
+        return {**self.run_info(), "run_dir": str(self.run_dir),
+                "validation_cases": {k: len(v) for k, v in self.validation.scored.items()},
+                "optimizer_hyperparameters": self.config.optimizer.hyperparameters()}
+
+
+def default_run_dir(config: TrainConfig, dataset_name: str) -> Path:
+    """``runs/<dataset>-<framework>-<optimizer>-<fold or N labeled>-seed<seed>``."""
+    part = config.data.fold or (f"{config.data.labeled}lab" if config.data.labeled else "all")
+    fw, opt = config.framework.name, config.optimizer.name
+    return Path("runs") / f"{dataset_name}-{fw}-{opt}-{part}-seed{config.seed}"
+
+
+def resolve_splits(dataset: PreparedDataset, config: TrainConfig) -> dict[str, list[str]]:
+    splits = dataset.splits.resolve(config.data.fold)
+    n = config.data.labeled
+    if n is not None:
+        if n > len(splits["labeled"]):
+            raise ConfigError(f"data.labeled = {n} but {dataset.root} has only "
+                              f"{len(splits['labeled'])} labeled case(s) in this split")
+        splits["labeled"] = splits["labeled"][:n]
+    return splits
+
+
+def build_setup(config: TrainConfig, *, resuming: bool = False) -> RunSetup:
+    """Seed, then build data, framework and validators for ``config``."""
+    device = resolve_device(config.device)
+    data_device = device if config.data.device == "auto" else resolve_device(config.data.device)
+    torch.backends.cudnn.deterministic = config.deterministic
+    torch.backends.cudnn.benchmark = not config.deterministic
+    dataset = PreparedDataset(config.data.path)
+    if config.run_dir is None:
+        data = config.model_dump(mode="json")
+        data["run_dir"] = str(default_run_dir(config, dataset.info.name))
+        config = validate_config(data)
+    assert config.run_dir is not None
+    splits = resolve_splits(dataset, config)
+    d = config.data
+    seed_everything(config.seed)
+    sampler = PatchSampler(
+        dataset, labeled=splits["labeled"], unlabeled=splits["unlabeled"],
+        patch_size=d.patch_size, labeled_batch_size=d.labeled_batch_size,
+        unlabeled_batch_size=d.unlabeled_batch_size, augment=d.augment, seed=config.seed,
+        unlabeled_crop=d.unlabeled_crop, device=data_device)
+    in_channels, num_classes = dataset.info.channels, dataset.num_classes
+    framework = build_framework(config.framework, model_factory=_factory(config, in_channels,
+                                num_classes, device), num_classes=num_classes, device=device)
+    phases = framework.phases()
+    skipped = _init_from(config, framework, phases, num_classes, load=not resuming)
+    validation, warnings = _validation(config, dataset, splits, device, num_classes, phases)
+    return RunSetup(config=config, run_dir=config.run_dir, device=device, dataset=dataset,
+                    splits=splits, sampler=sampler, validation=validation, framework=framework,
+                    phases=phases, skipped=skipped, in_channels=in_channels,
+                    num_classes=num_classes, warnings=warnings)
+
+
+def _factory(config: TrainConfig, in_channels: int, num_classes: int,
+             device: torch.device) -> Any:
+    def make() -> nn.Module:
+        model = build_model(config.model, in_channels=in_channels, num_classes=num_classes)
+        model = model.to(device)
+        if config.channels_last:  # 5-D weights only; Module.to converts nothing else
+            model = model.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
+        return model
+
+    return make
+
+
+def _init_from(config: TrainConfig, framework: Framework, phases: list[Phase],
+               num_classes: int, *, load: bool) -> set[str]:
+    """Load another run's pretrain.pt into the eval model; the pretrain phase is skipped."""
+    if config.init_from is None:
+        return set()
+    if not any(p.name == "pretrain" for p in phases):
+        raise ConfigError(f"--init-from needs a framework with a pretrain phase; "
+                          f"{config.framework.name} has {[p.name for p in phases]}")
+    if load:
+        path = ckpt.resolve_checkpoint(config.init_from, "pretrain")
+        data = ckpt.load_checkpoint(path)
+        theirs = data["config"]
+        if theirs.get("model") != config.model.model_dump(mode="json") or int(
+                data["num_classes"]) != num_classes:
+            raise ConfigError(f"--init-from {config.init_from}: its model or classes differ "
+                              "from this run's")
+        framework.eval_model().load_state_dict(data["model"])
+    return {"pretrain"}
+
+
+def _validation(config: TrainConfig, dataset: PreparedDataset, splits: dict[str, list[str]],
+                device: torch.device, num_classes: int,
+                phases: list[Phase]) -> tuple[Validation, list[str]]:
+    v = config.validation
+    warnings = []
+    if v.select_on == "test":
+        warnings.append(TEST_SELECTION_WARNING)
+    validation = Validation()
+    for split in dict.fromkeys([v.split, v.select_on]):
+        if not splits[split]:
+            what = ("best.pt will not be written; use last.pt" if split == v.select_on
+                    else "no validation Dice is logged for it")
+            warnings.append(f"{dataset.root} has no '{split}' cases: {what}")
+            continue
+        validation.scored[split] = Validator(
+            dataset, splits[split], patch_size=config.data.patch_size, stride=v.stride,
+            num_classes=num_classes, device=device, batch_size=v.batch_size, amp=config.amp)
+    if v.select_on not in validation.scored:
+        for p in phases:
+            if p.restore_best:
+                warnings.append(f"phase {p.name} restores its best validated weights, but "
+                                "nothing is selected: it keeps its last weights")
+    return validation, warnings

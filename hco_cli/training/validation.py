@@ -1,0 +1,93 @@
+"""Validation during training: sliding-window Dice over a split, without post-processing.
+
+As BCP's ``var_all_case_LA``: the argmax of the window-averaged softmax (for two classes the
+same as foreground probability > 0.5), no largest-component filtering, mean foreground Dice
+over classes then over cases. All per-case numbers stay on the device until the end, so one
+validation costs one host synchronisation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from hco_cli.data.dataset import PreparedDataset
+from hco_cli.errors import DataError
+from hco_cli.inference.sliding_window import predict_volume
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    """Mean foreground Dice, and per case (mean over classes) and per class (mean over cases)."""
+
+    dice: float
+    per_case: dict[str, float]
+    per_class: list[float]
+
+
+def dice_per_class(prediction: Tensor, target: Tensor, num_classes: int) -> Tensor:
+    """Dice of classes 1..K-1 as a (K-1,) float tensor; NaN where both masks are empty."""
+    classes = torch.arange(1, num_classes, device=prediction.device).view(-1, 1)
+    pred = prediction.reshape(1, -1) == classes
+    true = target.reshape(1, -1) == classes
+    inter = (pred & true).sum(1).double()
+    total = (pred.sum(1) + true.sum(1)).double()
+    return torch.where(total > 0, 2 * inter / total.clamp_min(1), torch.nan)
+
+
+class Validator:
+    """Scores a network on the cases of one split; the volumes are loaded once, on ``device``."""
+
+    def __init__(
+        self,
+        dataset: PreparedDataset,
+        cases: Sequence[str],
+        *,
+        patch_size: Sequence[int],
+        stride: Sequence[int],
+        num_classes: int,
+        device: torch.device,
+        batch_size: int = 4,
+        amp: bool = False,
+    ) -> None:
+        self.cases = list(cases)
+        for case in self.cases:
+            if not dataset.has_label(case):
+                raise DataError(f"validation case {case} has no label array")
+        self.images = [torch.from_numpy(np.array(dataset.image(c), dtype=np.float32)).to(device)
+                       for c in self.cases]
+        self.labels = [torch.from_numpy(np.array(dataset.label(c), dtype=np.int64)).to(device)
+                       for c in self.cases]
+        self.patch_size = tuple(patch_size)
+        self.stride = tuple(stride)
+        self.num_classes = num_classes
+        self.batch_size = batch_size
+        self.amp = amp
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def evaluate(self, model: nn.Module) -> ValidationResult:
+        scores = []
+        for image, label in zip(self.images, self.labels, strict=True):
+            probs = predict_volume(model, image, patch_size=self.patch_size, stride=self.stride,
+                                   num_classes=self.num_classes, batch_size=self.batch_size,
+                                   amp=self.amp)
+            scores.append(dice_per_class(probs.argmax(0), label, self.num_classes))
+        table = torch.stack(scores).cpu().numpy()  # (cases, K-1): the one synchronisation
+        with np.errstate(all="ignore"):
+            per_case = [_nanmean(row) for row in table]
+            per_class = [_nanmean(col) for col in table.T]
+        return ValidationResult(dice=_nanmean(np.array(per_case)),
+                                per_case=dict(zip(self.cases, per_case, strict=True)),
+                                per_class=per_class)
+
+
+def _nanmean(values: np.ndarray) -> float:
+    finite = values[~np.isnan(values)]
+    return float(finite.mean()) if finite.size else math.nan

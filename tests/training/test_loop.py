@@ -1,0 +1,235 @@
+"""The training loop: exact resume, divergence handling, validation/best, init-from, run files."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from hco_cli.config import TrainConfig, validate_config
+from hco_cli.data.prepare import prepare_synthetic
+from hco_cli.errors import CheckpointError, ConfigError, TrainingDivergedError
+from hco_cli.ssl.base import Batch, Framework, Phase, StepResult, two_source_step
+from hco_cli.training import setup as run_setup
+from hco_cli.training.checkpoint import load_checkpoint
+from hco_cli.training.logging import read_metrics
+from hco_cli.training.loop import ProgressEvent, resume, train
+from hco_cli.training.presets import preset
+from hco_cli.training.run_dir import RUN_INFO_KEYS
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("syn") / "data"
+    prepare_synthetic(out, labeled=4, unlabeled=4, val=1, test=1, shape=(24, 24, 20))
+    return out
+
+
+def tiny_config(data: Path, run_dir: Path, **changes: Any) -> TrainConfig:
+    """BCP with SGD-HCO, 1 + 3 iterations of a 4-filter V-Net on 32x32x16 patches."""
+    raw = preset("synthetic")
+    raw["data"].update(path=str(data), patch_size=[32, 32, 16])
+    raw["model"]["n_filters"] = 4
+    raw["framework"].update(pretrain_iterations=1, selftrain_iterations=3)
+    raw["validation"].update(every=2, stride=[16, 16, 8])
+    raw.update(run_dir=str(run_dir), checkpoint_every=2, log_every=2, device="cpu")
+    for key, value in changes.items():
+        section, _, name = key.partition("__")
+        if name:
+            raw[section][name] = value
+        else:
+            raw[key] = value
+    return validate_config(raw)
+
+
+def _tensors(tree: Any, prefix: str = "") -> dict[str, torch.Tensor]:
+    if isinstance(tree, torch.Tensor):
+        return {prefix: tree}
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items()
+                for k, v in _tensors(sub, f"{prefix}/{key}").items()}
+    if isinstance(tree, (list, tuple)):
+        return {k: v for i, sub in enumerate(tree)
+                for k, v in _tensors(sub, f"{prefix}/{i}").items()}
+    return {}
+
+
+class _Interrupt(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def straight(synthetic: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    """One uninterrupted run, shared by the tests below."""
+    run = tmp_path_factory.mktemp("straight") / "run"
+    return run, train(tiny_config(synthetic, run))
+
+
+def test_interrupted_and_resumed_run_is_bit_identical(synthetic, straight, tmp_path):
+    run_a, result = straight
+    assert result.finished
+
+    def stop(event: ProgressEvent) -> None:
+        if event.kind == "step" and event.phase == "selftrain" and event.iteration == 2:
+            raise _Interrupt  # after global iteration 3; last.pt holds iteration 2
+
+    with pytest.raises(_Interrupt):
+        train(tiny_config(synthetic, tmp_path / "b"), progress=stop)
+    assert load_checkpoint(tmp_path / "b/checkpoints/last.pt")["global_iter"] == 2
+    resume(tmp_path / "b")
+    a = load_checkpoint(run_a / "checkpoints/last.pt")
+    b = load_checkpoint(tmp_path / "b/checkpoints/last.pt")
+    ta, tb = _tensors(a["framework"]), _tensors(b["framework"])
+    assert ta.keys() == tb.keys() and any("teacher" in k for k in ta)
+    for key in ta:
+        assert torch.equal(ta[key], tb[key]), key
+    for key in ("optimizers", "sampler"):
+        oa, ob = _tensors(a[key]), _tensors(b[key])
+        assert oa.keys() == ob.keys() and all(torch.equal(oa[k], ob[k]) for k in oa)
+    # the metrics of the replayed iterations are not duplicated, and match the straight run
+    ma = [r for r in read_metrics(run_a / "metrics.jsonl") if r["phase"] != "val"]
+    mb = [r for r in read_metrics(tmp_path / "b/metrics.jsonl") if r["phase"] != "val"]
+    assert [r["iter"] for r in mb] == list(range(1, 5))
+    assert [r["loss_l"] for r in ma] == [r["loss_l"] for r in mb]
+    assert json.loads((tmp_path / "b/run.json").read_text())["finished"] is True
+    with pytest.raises(CheckpointError, match="already finished"):
+        resume(tmp_path / "b")
+
+
+def test_run_folder_contents_and_records(straight):
+    run, result = straight
+    for name in ("config.yaml", "run.json", "metrics.jsonl", "checkpoints/last.pt",
+                 "checkpoints/best.pt", "checkpoints/pretrain.pt"):
+        assert (run / name).is_file(), name
+    info = json.loads((run / "run.json").read_text())
+    assert set(RUN_INFO_KEYS) <= set(info)
+    assert info["iterations"] == {"pretrain": 1, "selftrain": 3}
+    assert (info["labeled"], info["unlabeled"], info["dataset"]) == (4, 4, "data")
+    records = read_metrics(run / "metrics.jsonl")
+    steps = [r for r in records if r["phase"] != "val"]
+    assert [r["iter"] for r in steps] == list(range(1, 5))
+    for r in steps:
+        assert set(r) == {"phase", "iter", "epoch", "loss_l", "loss_u", "ratio", "admitted",
+                          "lr", "time"}
+    assert all(r["ratio"] is None for r in steps if r["phase"] == "pretrain")
+    sel = [r for r in steps if r["phase"] == "selftrain"]
+    assert all(math.isclose(r["ratio"], r["loss_u"] / r["loss_l"]) for r in sel)
+    assert all(0 <= r["admitted"] <= 1 for r in sel)  # sgd-hco reports its mask
+    assert [r["epoch"] for r in steps] == [1, 1, 2, 2]  # 4 labeled / batch 2
+    vals = [r for r in records if r["phase"] == "val"]
+    # every 2 iterations of a phase, and at the end of a phase
+    assert [(r["train_phase"], r["iter"]) for r in vals] == [
+        ("pretrain", 1), ("selftrain", 3), ("selftrain", 4)]
+    best = load_checkpoint(run / "checkpoints/best.pt")
+    chosen = max((r for r in vals if r["train_phase"] == "selftrain"), key=lambda r: r["score"])
+    assert best["iter"] == chosen["iter"] == result.best_iteration
+    assert best["score"] == pytest.approx(result.best_dice)
+
+
+def test_refuses_a_non_empty_run_dir(synthetic, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="is not empty; continue it with --resume"):
+        train(tiny_config(synthetic, run))
+    with pytest.raises(ConfigError, match="does not hold an hco run"):
+        train(tiny_config(synthetic, run), force=True)
+
+
+def test_test_selection_warns(synthetic, tmp_path, monkeypatch):
+    monkeypatch.setattr(run_setup, "build_framework", lambda cfg, **kw: NaNFramework(bad=99))
+    events: list[ProgressEvent] = []
+    train(tiny_config(synthetic, tmp_path / "t", validation__select_on="test",
+                      optimizer={"name": "sgd", "lr": 0.01}), progress=events.append)
+    warnings = [e.message for e in events if e.kind == "warning"]
+    assert any("TEST split" in w and "inflates" in w for w in warnings)
+    info = json.loads((tmp_path / "t/run.json").read_text())
+    assert any("inflates" in w for w in info["warnings"])
+    assert load_checkpoint(tmp_path / "t/checkpoints/best.pt")["split"] == "test"
+
+
+class NaNFramework(Framework):
+    """A 1x1x1 conv whose loss turns NaN at ``bad`` (or only its weights, if ``weights``)."""
+
+    name = "nan"
+
+    def __init__(self, *, bad: int, weights: bool = False) -> None:
+        torch.manual_seed(0)
+        self.net = nn.Conv3d(1, 3, 1)
+        self.bad, self.weights = bad, weights
+
+    def phases(self) -> list[Phase]:
+        return [Phase("train", 12, needs_unlabeled=False)]
+
+    def trainable(self) -> dict[str, nn.Module]:
+        return {"net": self.net}
+
+    def train_step(self, phase: Phase, batch: Batch, optimizers: dict[str, Any],
+                   iteration: int) -> StepResult:
+        loss = self.net(batch.labeled_image).pow(2).mean()
+        if iteration >= self.bad and not self.weights:
+            loss = loss * torch.tensor(math.nan)
+        two_source_step(optimizers["net"], list(self.net.parameters()), loss, None)
+        if iteration >= self.bad and self.weights:
+            with torch.no_grad():
+                self.net.weight.fill_(math.inf)
+        return StepResult(loss_l=loss.detach(), loss_u=torch.zeros(()))
+
+    def eval_model(self) -> nn.Module:
+        return self.net
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"net": self.net.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.net.load_state_dict(state["net"])
+
+
+@pytest.mark.parametrize("weights", [False, True])
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(synthetic, tmp_path, monkeypatch,
+                                                             weights):
+    monkeypatch.setattr(run_setup, "build_framework",
+                        lambda cfg, **kw: NaNFramework(bad=5, weights=weights))
+    config = tiny_config(synthetic, tmp_path / "n", checkpoint_every=4, log_every=4,
+                         optimizer={"name": "sgd", "lr": 0.01})
+    with pytest.raises(TrainingDivergedError, match="training diverged") as info:
+        train(config)
+    assert "last good checkpoint" in str(info.value)
+    last = load_checkpoint(tmp_path / "n/checkpoints/last.pt")
+    assert last["global_iter"] == 4
+    assert all(t.isfinite().all() for t in _tensors(last["framework"]).values())
+    assert json.loads((tmp_path / "n/run.json").read_text())["finished"] is False
+    if not weights:
+        records = read_metrics(tmp_path / "n/metrics.jsonl")
+        assert records[-1]["iter"] == 6 and records[-1]["loss_l"] is None
+
+
+def test_init_from_skips_pretraining(synthetic, straight, tmp_path):
+    first, _ = straight
+    pre = load_checkpoint(first / "checkpoints/pretrain.pt")
+    second = tmp_path / "second"
+    train(tiny_config(synthetic, second, init_from=str(first), framework__selftrain_iterations=1))
+    info = json.loads((second / "run.json").read_text())
+    assert info["iterations"] == {"pretrain": 0, "selftrain": 1}
+    records = read_metrics(second / "metrics.jsonl")
+    assert [r["phase"] for r in records if r["phase"] != "val"] == ["selftrain"]
+    assert records[0]["iter"] == 2  # global numbering continues after the shared pre-training
+    assert pre["kind"] == "pretrain" and not (second / "checkpoints/pretrain.pt").exists()
+
+
+def test_without_val_cases_no_best_is_written(tmp_path, monkeypatch):
+    data = tmp_path / "noval"
+    prepare_synthetic(data, labeled=2, unlabeled=0, val=0, test=1, shape=(16, 16, 16))
+    monkeypatch.setattr(run_setup, "build_framework", lambda cfg, **kw: NaNFramework(bad=99))
+    events: list[ProgressEvent] = []
+    result = train(tiny_config(data, tmp_path / "r", optimizer={"name": "sgd", "lr": 0.01},
+                               data__unlabeled_batch_size=0), progress=events.append)
+    warnings = [e.message for e in events if e.kind == "warning"]
+    assert any("no 'val' cases: best.pt will not be written" in w for w in warnings)
+    assert result.best_dice is None and not (tmp_path / "r/checkpoints/best.pt").exists()
+    assert (tmp_path / "r/checkpoints/last.pt").is_file()
