@@ -50,6 +50,9 @@ def root(
 from hco_cli.cli import prepare as _prepare  # noqa: E402
 
 app.add_typer(_prepare.app, name="prepare")
+from hco_cli.cli.train import train_command  # noqa: E402
+
+app.command("train")(train_command)
 from hco_cli.cli.predict import predict as predict_command  # noqa: E402
 
 app.command("predict")(predict_command)
