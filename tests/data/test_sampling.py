@@ -187,3 +187,15 @@ def test_center_crop_for_unlabeled_is_fixed(toy):
 def test_too_few_labeled_cases_is_a_data_error(toy):
     with pytest.raises(DataError, match="labeled_batch_size"):
         _sampler(toy, labeled_batch_size=6)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_resident_sampler_draws_the_same_patches(toy):
+    cpu, gpu = _sampler(toy), _sampler(toy, device="cuda")
+    for _ in range(3):
+        a, b = cpu.next_batch(), gpu.next_batch()
+        assert b.labeled_image.is_cuda
+        assert torch.equal(a.labeled_image, b.labeled_image.cpu())
+        assert torch.equal(a.labeled_label, b.labeled_label.cpu())
+        assert torch.equal(a.unlabeled_image, b.unlabeled_image.cpu())
