@@ -61,9 +61,9 @@ def atomic_dir(target: Path, *, force: bool = False) -> Iterator[Path]:
 def write_json(target: Path, data: Any) -> None:
     """Write ``data`` as indented JSON, atomically."""
     with atomic_path(Path(target)) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
 def write_text(target: Path, text: str) -> None:
     with atomic_path(Path(target)) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")

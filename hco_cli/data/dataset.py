@@ -165,7 +165,7 @@ def _load_model(model: type[M], path: Path) -> M:
     if not path.is_file():
         raise DataError(f"missing {path}")
     try:
-        return model.model_validate_json(path.read_text())
+        return model.model_validate_json(path.read_text(encoding="utf-8"))
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])

@@ -73,7 +73,8 @@ def write_case(cases_dir: Path, prepared: PreparedCase) -> CaseStats:
         np.save(cases_dir / f"{case}_label.npy", np.ascontiguousarray(prepared.label),
                 allow_pickle=False)
         counts = np.bincount(prepared.label.ravel()).tolist()
-    (cases_dir / f"{case}.json").write_text(prepared.geometry.model_dump_json(indent=2) + "\n")
+    geometry_json = prepared.geometry.model_dump_json(indent=2) + "\n"
+    (cases_dir / f"{case}.json").write_text(geometry_json, encoding="utf-8")
     grid = prepared.geometry.prepared
     return CaseStats(case=case, shape=grid.shape, spacing=grid.spacing,
                      has_label=prepared.label is not None, label_counts=counts,
@@ -126,5 +127,5 @@ def run_cases(
 
 def write_metadata(root: Path, info: DatasetInfo, splits: Splits) -> None:
     """Write ``dataset.json`` and ``splits.json`` into the (temporary) dataset folder."""
-    (root / "dataset.json").write_text(info.model_dump_json(indent=2) + "\n")
-    (root / "splits.json").write_text(splits.model_dump_json(indent=2) + "\n")
+    (root / "dataset.json").write_text(info.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    (root / "splits.json").write_text(splits.model_dump_json(indent=2) + "\n", encoding="utf-8")

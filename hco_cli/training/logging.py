@@ -38,7 +38,7 @@ class MetricsWriter:
         lines = "".join(json.dumps(_clean(r)) + "\n" for r in records)
         if not lines:
             return
-        with self.path.open("a") as f:
+        with self.path.open("a", encoding="utf-8") as f:
             f.write(lines)
             f.flush()
             os.fsync(f.fileno())
@@ -49,13 +49,13 @@ class MetricsWriter:
             return
         kept = [r for r in read_metrics(self.path) if int(r.get("iter", 0)) <= iteration]
         with atomic_path(self.path) as tmp:
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     """All records of a ``metrics.jsonl`` file; a truncated last line (a crash) is skipped."""
     records = []
-    lines = Path(path).read_text().splitlines()
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue

@@ -89,7 +89,7 @@ def read_list(path: Path) -> list[str]:
     if not path.is_file():
         raise DataError(f"split list not found: {path}")
     try:
-        lines = path.read_text().splitlines()
+        lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read split list {path}: {exc}") from exc
     return [line.strip() for line in lines if line.strip()]

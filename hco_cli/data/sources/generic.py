@@ -145,7 +145,7 @@ def read_dataset_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise DataError(f"not an nnU-Net/MSD folder: {path} not found")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise DataError(f"cannot read {path}: {exc}") from exc
     if not isinstance(data, dict):
