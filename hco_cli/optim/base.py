@@ -25,6 +25,8 @@ Grads = list[Tensor | None]
 VARIANTS: tuple[str, ...] = ("plain", "co", "hco")
 MASK_NORMS: tuple[str, ...] = ("clamp", "mean_eps", "count_plus_one")
 DEFAULT_MASK_EPS = 1e-3
+# Group entries that define the algorithm; load_state_dict keeps the optimizer's own.
+ALGORITHM_KEYS = ("variant", "mask_eps", "mask_norm", "double_decay", "decoupled_weight_decay")
 
 
 class HyperparameterError(ConfigError, ValueError):
@@ -282,6 +284,18 @@ class TwoSourceOptimizer(Optimizer):
         except HyperparameterError:
             self.param_groups.pop()
             raise
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load moments, steps and hyperparameters, keeping this optimizer's algorithm options.
+
+        The variant and mask options define the algorithm, not the training state, so a state
+        saved by another member of the family (e.g. plain Adam in BCP's pre-training) can seed
+        a CO or HCO optimizer without turning it into the saved variant.
+        """
+        keep = [{k: g[k] for k in ALGORITHM_KEYS if k in g} for g in self.param_groups]
+        super().load_state_dict(state_dict)
+        for group, own in zip(self.param_groups, keep, strict=True):
+            group.update(own)
 
     def _use_foreach(self, group: dict[str, Any], params: list[Tensor]) -> bool:
         flag = group["foreach"]

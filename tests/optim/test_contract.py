@@ -199,7 +199,7 @@ def test_caller_gradients_are_not_modified(name: str) -> None:
         copies = [None if g is None else g.clone() for g in (*gl, *gu)]
         opt.step_two_source(gl, gu)
         for g, c in zip((*gl, *gu), copies, strict=True):
-            assert (g is None and c is None) or torch.equal(g, c)
+            assert (g is None and c is None) or (c is not None and torch.equal(g, c))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -232,3 +232,22 @@ def test_cuda_foreach_equals_single_tensor(name: str) -> None:
         torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-14)
     if a.last_alignment is not None:
         assert a.last_alignment == pytest.approx(b.last_alignment, abs=1e-12)
+
+
+@pytest.mark.parametrize(("source", "target"), [("adam", "adam-hco"), ("sgd", "sgd-co"),
+                                                ("adamw-hco", "adamw")])
+def test_state_from_another_variant_keeps_the_target_algorithm(source: str, target: str) -> None:
+    """E.g. BCP-Pancreas restores the pre-training Adam state into the self-training optimizer."""
+    first = _params()
+    saved = _run(source, first, range(3)).state_dict()
+    expected = [p.detach().clone().requires_grad_() for p in first]
+    masked = optimizer_info(target).variant != "plain"
+    extra = {"mask_norm": "mean_eps"} if masked else {}
+    reference = build_optimizer(target, expected, weight_decay=0.01, **extra)
+    reference.load_state_dict(saved)
+    assert reference.param_groups[0]["variant"] == optimizer_info(target).variant
+    assert reference.param_groups[0]["mask_norm"] == ("mean_eps" if masked else None)
+    moments = [v for p in expected for v in reference.state.get(p, {}).values()]
+    assert moments and all(not isinstance(v, torch.Tensor) or v.abs().sum() > 0 for v in moments)
+    _run(target, expected, range(3, 5), opt=reference)
+    assert (reference.last_alignment is None) == (not masked)

@@ -12,7 +12,7 @@ from hco_cli.optim import OPTIMIZER_NAMES, build_optimizer, optimizer_info
 
 SHAPES = [(4, 3, 2), (7,), (3, 5)]
 LRS = [0.05, 0.03, 0.02, 0.01, 0.004, 0.002]
-HYPER = {  # non-default values so that every term matters
+HYPER: dict[str, dict[str, Any]] = {  # non-default values so that every term matters
     "sgd": {"momentum": 0.8, "weight_decay": 0.05},
     "adam": {"betas": (0.8, 0.95), "eps": 1e-6, "weight_decay": 0.05},
     "adamw": {"betas": (0.8, 0.95), "eps": 1e-6, "weight_decay": 0.05},
