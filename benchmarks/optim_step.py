@@ -1,6 +1,6 @@
 """Time of one optimizer step for the nine ``hco`` optimizers on V-Net-sized parameters.
 
-    .venv/bin/python benchmarks/optim_step.py [--device cpu|cuda] [--repeat N] [--json out.json]
+    python benchmarks/optim_step.py [--device cpu|cuda] [--repeat N] [--threads T] [--json out.json]
 
 Parameters have the shapes of the BCP LA V-Net (n_filters=16, BatchNorm, about 9.45 M values):
 those of ``hco_cli.models.vnet.VNet`` when it is importable, else the list computed below from
@@ -141,8 +141,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5, help="steps per optimizer and round")
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds (median reported)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
     result = run(torch.device(args.device), repeat=args.repeat, warmup=args.warmup,
