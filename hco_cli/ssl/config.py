@@ -1,0 +1,106 @@
+"""Configuration of the SSL frameworks: one pydantic model per framework, chosen by ``name``.
+
+Defaults are those of the reference code (PROTOCOLS.md): BCP's ``LA_BCP_train.py``, UCMT's
+``train_3d.py`` with the HCO paper's 200 epochs, and SSL4MIS's ``train_mean_teacher_3D.py`` /
+``train_fully_supervised_3D.py``. Iteration counts live here; the training loop reads them from
+the framework's phases.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+SupervisedLoss = Literal["ce_dice", "dice"]
+LrSchedule = Literal["poly", "constant"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SupervisedConfig(_Strict):
+    """Labeled data only (SSL4MIS fully supervised 3D: 30k iterations, poly LR)."""
+
+    name: Literal["supervised"] = "supervised"
+    iterations: int = Field(default=30000, ge=1)
+    loss: SupervisedLoss = "ce_dice"
+    lr_schedule: LrSchedule = "poly"
+    poly_power: float = Field(default=0.9, gt=0)
+
+
+class MeanTeacherConfig(_Strict):
+    """SSL4MIS mean teacher: MSE of softmaxes, weight 0.1 x sigmoid ramp over iteration // 150."""
+
+    name: Literal["mean-teacher"] = "mean-teacher"
+    iterations: int = Field(default=30000, ge=1)
+    loss: SupervisedLoss = "ce_dice"
+    lr_schedule: LrSchedule = "poly"
+    poly_power: float = Field(default=0.9, gt=0)
+    ema_decay: float = Field(default=0.99, ge=0, le=1)
+    consistency: float = Field(default=0.1, ge=0)
+    # The ramp runs over ``rampup_length`` units of ``iteration // rampup_every`` (200 x 150).
+    rampup_length: float = Field(default=200.0, ge=0)
+    rampup_every: int = Field(default=150, ge=1)
+    # Teacher input noise: clamp(N(0, std^2), -clip, clip).
+    noise_std: float = Field(default=0.1, ge=0)
+    noise_clip: float = Field(default=0.2, ge=0)
+
+
+class BCPConfig(_Strict):
+    """Bidirectional copy-paste (BCP, LA): 2k pre-training + 15k self-training iterations."""
+
+    name: Literal["bcp"] = "bcp"
+    pretrain_iterations: int = Field(default=2000, ge=0)
+    selftrain_iterations: int = Field(default=15000, ge=1)
+    ema_decay: float = Field(default=0.99, ge=0, le=1)
+    mask_ratio: float = Field(default=2 / 3, gt=0, le=1)
+    u_weight: float = Field(default=0.5, ge=0)
+    lr_decay: float = Field(default=0.1, gt=0, le=1)
+    lr_decay_every: int = Field(default=2500, ge=1)
+    # source: L_L = BCP's loss_l, L_U = loss_u; region: L_L = ground-truth regions of both mixed
+    # outputs, L_U = pseudo-label regions (PROTOCOLS 4).
+    grad_split: Literal["source", "region"] = "source"
+    pseudo_lcc: bool = True
+    lcc_connectivity: Literal[6, 18, 26] = 26
+
+
+class CMTConfig(_Strict):
+    """UCMT: two students, a weighted EMA teacher, CPS + MT terms and the UMIX second step."""
+
+    name: Literal["cmt"] = "cmt"
+    epochs: int = Field(default=200, ge=1)
+    # UCMT's epoch is one pass of a labeled loader padded to the whole training set:
+    # ceil(number of training cases / batch size), 80 / 4 = 20 on LA.
+    iterations_per_epoch: int = Field(default=20, ge=1)
+    rampup_epochs: float = Field(default=5.0, ge=0)
+    unsup_weight: float = Field(default=0.1, ge=0)
+    loss: SupervisedLoss = "dice"
+    ema_decay: float = Field(default=0.99, ge=0, le=1)
+    teacher_coefficient: float = Field(default=0.99, ge=0, le=1)
+    umix: bool = True
+    topk: int = Field(default=2, ge=1)
+    blocks_per_axis: int = Field(default=8, ge=1)
+    blur_p: float = Field(default=0.8, ge=0, le=1)
+    blur_sigma_min: float = Field(default=0.1, gt=0)
+    blur_sigma_max: float = Field(default=2.0, gt=0)
+    kaiming_decoder_init: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> CMTConfig:
+        if self.blur_sigma_max < self.blur_sigma_min:
+            raise ValueError("blur_sigma_max must be >= blur_sigma_min")
+        if self.topk * 2 > self.blocks_per_axis**3:
+            raise ValueError("topk is larger than half the number of UMIX blocks")
+        return self
+
+    @property
+    def iterations(self) -> int:
+        return self.epochs * self.iterations_per_epoch
+
+
+FrameworkConfig = Annotated[
+    SupervisedConfig | MeanTeacherConfig | BCPConfig | CMTConfig,
+    Field(discriminator="name"),
+]
