@@ -55,11 +55,15 @@ def keep_largest_per_class(labels: ArrayT, num_classes: int, *, connectivity: in
     Voxels of a class outside that component become background (0). Works on (X, Y, Z) or
     (B, X, Y, Z) integer maps, torch or NumPy.
     """
-    result = labels.copy() if isinstance(labels, np.ndarray) else labels.clone()
+    result = labels
     for c in range(1, num_classes):
         cls = labels == c
         drop = cls & ~largest_connected_component(cls, connectivity=connectivity)
-        result[drop] = 0
+        # where() rather than boolean indexing, which would synchronise a CUDA device.
+        if isinstance(result, np.ndarray):
+            result = np.where(drop, 0, result).astype(labels.dtype, copy=False)
+        else:
+            result = torch.where(drop, torch.zeros_like(result), result)
     return result
 
 

@@ -22,10 +22,12 @@ ENTROPY_EPS = 1e-6
 
 
 def _gaussian_kernel(sigma: float, *, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """scipy's 1-D Gaussian weights, computed on ``device`` (a host copy would synchronise)."""
     radius = int(TRUNCATE * sigma + 0.5)
-    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    work = torch.float64 if dtype == torch.float64 else torch.float32
+    x = torch.arange(-radius, radius + 1, dtype=work, device=device)
     weights = torch.exp(-0.5 * x * x / (sigma * sigma))
-    return (weights / weights.sum()).to(device=device, dtype=dtype)
+    return (weights / weights.sum()).to(dtype)
 
 
 def _reflect_index(size: int, radius: int, device: torch.device) -> Tensor:
