@@ -36,7 +36,7 @@ def prepare_la(dest: Path, cases: int) -> Path:
     la = datasets_dir() / "la"
     subprocess.run([sys.executable, str(la / "unpack"), str(raw), "la-train-00"], check=True,
                    capture_output=True)
-    ids = (raw / "train.list").read_text().split()[:cases]
+    ids = (raw / "train.list").read_text(encoding="utf-8").split()[:cases]
     root = dest / "prepared"
     (root / "cases").mkdir(parents=True)
     for case in ids:
@@ -45,8 +45,9 @@ def prepare_la(dest: Path, cases: int) -> Path:
             np.save(root / "cases" / f"{case}_label.npy", f["label"][()].astype(np.uint8))
     info = {"name": "la", "classes": {"0": "background", "1": "left atrium"},
             "spacing": [0.625] * 3, "source": "benchmark", "hco_version": "0"}
-    (root / "dataset.json").write_text(json.dumps(info))
-    (root / "splits.json").write_text(json.dumps({"labeled": ids, "unlabeled": ids}))
+    (root / "dataset.json").write_text(json.dumps(info), encoding="utf-8")
+    splits = json.dumps({"labeled": ids, "unlabeled": ids})
+    (root / "splits.json").write_text(splits, encoding="utf-8")
     return root
 
 

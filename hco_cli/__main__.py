@@ -1,4 +1,4 @@
-"""``python -m hco_cli`` runs the ``hco`` command (useful where the console script is not installed)."""
+"""``python -m hco_cli`` runs the ``hco`` command, where the console script is not installed."""
 
 from hco_cli.cli.app import main
 

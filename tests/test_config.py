@@ -127,7 +127,7 @@ def test_config_file_or_dataset_exactly_once(tmp_path):
     with pytest.raises(ConfigError, match="unknown dataset preset 'mars'; choose one of: la"):
         build_config(dataset="mars")
     bad = tmp_path / "bad.yaml"
-    bad.write_text("data: [1, 2\n")
+    bad.write_text("data: [1, 2\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="not valid YAML"):
         build_config(config_file=bad)
     with pytest.raises(ConfigError, match="does not exist"):

@@ -53,11 +53,11 @@ def test_table_and_outputs(arms: list[str], tmp_path: Path) -> None:
     p_t = sps.ttest_rel(DICE_B, DICE_A, alternative="greater").pvalue
     assert f"{p_w:.4f} / {p_t:.4f}" in text
     assert "sgd-hco" in text and "4/76" in text
-    records = json.loads((out / "c.json").read_text())
+    records = json.loads((out / "c.json").read_text(encoding="utf-8"))
     assert {r["metric"] for r in records} == {"dice", "jaccard", "hd95", "asd"}
     assert records[0]["arm"] == "hco" and records[0]["reference"] == "sgd-s0"
-    assert (out / "c.csv").read_text().startswith("arm,reference,class,metric")
-    assert "| Arm | Optimizer |" in (out / "c.md").read_text()
+    assert (out / "c.csv").read_text(encoding="utf-8").startswith("arm,reference,class,metric")
+    assert "| Arm | Optimizer |" in (out / "c.md").read_text(encoding="utf-8")
     assert (out / "box.png").stat().st_size > 0
     assert f"wrote {out / 'c.json'}" in text
 
@@ -72,7 +72,7 @@ def test_single_test_holm_and_zero_method(arms: list[str], tmp_path: Path) -> No
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "Holm-adjusted" in result.stdout and "zero_method=pratt" in result.stdout
-    records = json.loads(target.read_text())
+    records = json.loads(target.read_text(encoding="utf-8"))
     assert all(r["p_ttest"] is None and r["p_holm_wilcoxon"] is not None for r in records)
 
 
@@ -80,7 +80,7 @@ def test_dynamics_end_to_end(tmp_path: Path) -> None:
     for name, level in (("sgd", 1.0), ("hco", 1.2)):
         steps = [step(e, 3 * e + k, level + 0.01 * k) for e in range(6) for k in range(3)]
         write_run(tmp_path, name, steps=[step(0, 0, None, phase="pretrain"), *steps])
-    with (tmp_path / "sgd" / "metrics.jsonl").open("a") as f:
+    with (tmp_path / "sgd" / "metrics.jsonl").open("a", encoding="utf-8") as f:
         f.write(json.dumps({"phase": "val", "iter": 18, "epoch": 5, "dice": 0.8}) + "\n")
     out = tmp_path / "dyn"
     result = runner.invoke(
@@ -94,7 +94,7 @@ def test_dynamics_end_to_end(tmp_path: Path) -> None:
     assert "L_U / L_L per epoch" in result.stdout
     assert "1.010 ± 0.006 (n=3)" in result.stdout
     assert "+0.200" in result.stdout and "+19.8%" in result.stdout
-    data = json.loads((out / "d.json").read_text())
+    data = json.loads((out / "d.json").read_text(encoding="utf-8"))
     assert len(data["epochs"]) == 12
     assert data["summary"][0]["mean_diff"] == pytest.approx(0.2)
     assert (out / "d.png").stat().st_size > 0
@@ -123,8 +123,8 @@ def test_errors_are_one_line(tmp_path: Path, argv: list[str], message: str) -> N
     two = {**one_class([0.8] * 4), **one_class([0.7] * 4, cls="2")}
     write_summary(tmp_path / "two.json", cases(4), two)
     write_summary(tmp_path / "short.json", cases(3), one_class([0.8, 0.7, 0.9]))
-    (tmp_path / "bad.json").write_text("{not json")
-    (tmp_path / "shape.json").write_text(json.dumps({"metric_per_case": []}))
+    (tmp_path / "bad.json").write_text("{not json", encoding="utf-8")
+    (tmp_path / "shape.json").write_text(json.dumps({"metric_per_case": []}), encoding="utf-8")
     write_run(tmp_path, "run", evals={"last": (cases(4), one_class([0.8] * 4))})
     write_run(tmp_path, "run2")
     args = [x.format(a=a, tmp=tmp_path) for x in argv]

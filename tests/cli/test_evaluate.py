@@ -53,7 +53,7 @@ def test_table_json_and_csv(dirs: Path) -> None:
     for header in ("Dice %", "Jaccard %", "ASD", "HD95", "excl."):
         assert header in result.stdout
     assert "voxels" in result.stdout
-    data = json.loads(out_json.read_text())
+    data = json.loads(out_json.read_text(encoding="utf-8"))
     for key in ("metric_per_case", "mean", "std", "spacing_unit"):
         assert key in data
     assert data["spacing_unit"] == "voxel"
@@ -76,7 +76,7 @@ def test_table_json_and_csv(dirs: Path) -> None:
                 expected = fn([per_case[f"c{i}"][c][m] for i in range(3)])
                 assert data[stat][c][m] == pytest.approx(expected)
     assert data["mean"]["1"]["dice"] == pytest.approx((1 + 7 / 8 + 6 / 8) / 3)
-    rows = list(csv.DictReader(out_csv.open()))
+    rows = list(csv.DictReader(out_csv.open(encoding="utf-8")))
     assert len(rows) == 6 and set(rows[0]) == {"case", "class", *METRICS}
     assert float(rows[2]["dice"]) == pytest.approx(per_case["c1"]["1"]["dice"])
 
@@ -88,7 +88,8 @@ def test_mm_scales_distances_by_label_spacing(dirs: Path) -> None:
     result = runner.invoke(app, [*args, "--mm", "--json", str(out_mm)])
     assert result.exit_code == 0, result.output
     assert "in mm" in result.stdout
-    vox, mm = json.loads(out_vox.read_text()), json.loads(out_mm.read_text())
+    vox = json.loads(out_vox.read_text(encoding="utf-8"))
+    mm = json.loads(out_mm.read_text(encoding="utf-8"))
     assert mm["spacing_unit"] == "mm"
     # The cubes move along x only, where the spacing is 0.5 mm.
     assert mm["metric_per_case"][2]["metrics"]["1"]["hd95"] == pytest.approx(1.0)
@@ -104,13 +105,13 @@ def test_empty_prediction_policies(dirs: Path) -> None:
     args = ["evaluate", str(dirs / "pred"), str(dirs / "labels"), "--json", str(out)]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    data = json.loads(out.read_text())
+    data = json.loads(out.read_text(encoding="utf-8"))
     assert data["metric_per_case"][0]["metrics"]["2"]["hd95"] is None
     assert data["n_excluded"]["2"]["hd95"] == 1
     assert data["mean"]["2"]["dice"] == pytest.approx((0 + 4 / 5 + 3 / 5) / 3)  # 0 is counted
     assert "0/1" in result.stdout
     assert runner.invoke(app, [*args, "--empty", "bcp"]).exit_code == 0
-    data = json.loads(out.read_text())
+    data = json.loads(out.read_text(encoding="utf-8"))
     assert data["metric_per_case"][0]["metrics"]["2"] == dict.fromkeys(METRICS, 0.0)
     assert data["empty_policy"] == "bcp" and not math.isnan(data["mean"]["2"]["hd95"])
 
@@ -124,7 +125,7 @@ def test_classes_and_allow_missing(dirs: Path) -> None:
     result = runner.invoke(app, [*args, "--allow-missing", "--classes", "2", "--json", str(out)])
     assert result.exit_code == 0, result.output
     assert "dropped 1 unpaired case(s)" in result.stdout
-    data = json.loads(out.read_text())
+    data = json.loads(out.read_text(encoding="utf-8"))
     assert len(data["metric_per_case"]) == 2 and set(data["mean"]) == {"2"}
 
 

@@ -52,14 +52,15 @@ def test_generic_success_table_and_force(tmp_path: Path) -> None:
     code, out, _ = _prepare(tmp_path, "--labeled", "2", "--spacing", "2")
     assert code == 0, out
     assert "labeled cases" in out and "class 2" in out and "2, 2, 2" in out
-    info = json.loads((tmp_path / "data" / "ds" / "dataset.json").read_text())
+    info = json.loads((tmp_path / "data" / "ds" / "dataset.json").read_text(encoding="utf-8"))
     assert info["spacing"] == [2.0, 2.0, 2.0] and info["hco_version"]
     code, _, err = _prepare(tmp_path)
     assert code == 1 and "already exists; use --force" in err
-    assert json.loads((tmp_path / "data" / "ds" / "dataset.json").read_text()) == info
+    written = (tmp_path / "data" / "ds" / "dataset.json").read_text(encoding="utf-8")
+    assert json.loads(written) == info
     code, _, _ = _prepare(tmp_path, "--force")
     assert code == 0
-    info = json.loads((tmp_path / "data" / "ds" / "dataset.json").read_text())
+    info = json.loads((tmp_path / "data" / "ds" / "dataset.json").read_text(encoding="utf-8"))
     assert info["spacing"] == [1.0, 1.0, 1.0]
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["ds"]
 
@@ -140,7 +141,7 @@ def test_empty_label_is_dropped_for_unlabeled_cases(tmp_path: Path) -> None:
     # With seed 3 the empty case c1 falls in the unlabeled split, where it is allowed.
     code, out, err = _prepare(tmp_path, "--labeled", "1", "--seed", "3")
     assert code == 0, err
-    splits = json.loads((tmp_path / "data" / "ds" / "splits.json").read_text())
+    splits = json.loads((tmp_path / "data" / "ds" / "splits.json").read_text(encoding="utf-8"))
     assert "c1" in splits["unlabeled"]
     assert "empty labels dropped" in out
     assert not (tmp_path / "data" / "ds" / "cases" / "c1_label.npy").exists()

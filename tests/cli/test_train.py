@@ -35,7 +35,7 @@ def test_demo_config_end_to_end(data, tmp_path):
     for name in ("config.yaml", "run.json", "metrics.jsonl", "checkpoints/last.pt",
                  "checkpoints/best.pt", "checkpoints/pretrain.pt"):
         assert (run / name).is_file(), name
-    info = json.loads((run / "run.json").read_text())
+    info = json.loads((run / "run.json").read_text(encoding="utf-8"))
     assert info["finished"] is True and info["optimizer"] == "sgd-hco"
     assert info["iterations"] == {"pretrain": 1, "selftrain": 2}  # 3 x 40/200 -> 1
 

@@ -101,7 +101,7 @@ def test_nnunet_folder_with_two_channels(tmp_path: Path) -> None:
     meta = {"channel_names": {"0": "T2", "1": "ADC"}, "labels": {"background": 0, "a": 1, "b": 2},
             "numTraining": 4, "file_ending": ".nii.gz"}
     root.mkdir()
-    (root / "dataset.json").write_text(json.dumps(meta))
+    (root / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
     for i in range(6):
         image, label = _blob_case(i)
         split = "Tr" if i < 4 else "Ts"

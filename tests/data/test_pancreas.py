@@ -26,9 +26,9 @@ def _h5_layout(root: Path, present: list[str]) -> None:
             label = np.zeros((24, 20, 16), np.uint8)
             label[8:14, 6:12, 4:10] = 1
             handle["label"] = label
-    (root / "train_lab.txt").write_text("0001.h5\n0002.h5\n")
-    (root / "train_unlab.txt").write_text("0003.h5\n0004.h5\n0006.h5\n")
-    (root / "test.txt").write_text("0005.h5\n")
+    (root / "train_lab.txt").write_text("0001.h5\n0002.h5\n", encoding="utf-8")
+    (root / "train_unlab.txt").write_text("0003.h5\n0004.h5\n0006.h5\n", encoding="utf-8")
+    (root / "test.txt").write_text("0005.h5\n", encoding="utf-8")
 
 
 def test_h5_layout_follows_the_lists(tmp_path: Path) -> None:

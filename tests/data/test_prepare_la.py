@@ -25,8 +25,8 @@ def la_prepared(la_unpacked: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 def test_splits_follow_the_protocol(la_unpacked: Path, la_prepared: Path) -> None:
-    train = (la_unpacked / "train.list").read_text().split()
-    test = (la_unpacked / "test.list").read_text().split()
+    train = (la_unpacked / "train.list").read_text(encoding="utf-8").split()
+    test = (la_unpacked / "test.list").read_text(encoding="utf-8").split()
     splits = PreparedDataset(la_prepared).splits
     assert splits.labeled == train[:8]
     assert splits.labeled[0] == "06SR5RBREL16DQ6M8LWS"

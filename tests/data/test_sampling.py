@@ -21,9 +21,9 @@ def write_prepared(root: Path, shapes: dict[str, tuple[int, int, int]], *, label
     cases.mkdir(parents=True)
     info = {"name": "toy", "classes": {"0": "background", "1": "fg"}, "spacing": [1, 1, 1],
             "source": "test", "hco_version": "0"}
-    (root / "dataset.json").write_text(json.dumps(info))
+    (root / "dataset.json").write_text(json.dumps(info), encoding="utf-8")
     splits = {"labeled": labeled, "unlabeled": unlabeled, "val": val or [], "test": []}
-    (root / "splits.json").write_text(json.dumps(splits))
+    (root / "splits.json").write_text(json.dumps(splits), encoding="utf-8")
     for n, (case, shape) in enumerate(shapes.items()):
         size = int(np.prod(shape))
         image = (np.arange(size, dtype=np.float32) + 1 + 1000 * n).reshape(1, *shape)
@@ -32,7 +32,7 @@ def write_prepared(root: Path, shapes: dict[str, tuple[int, int, int]], *, label
         np.save(cases / f"{case}_label.npy", label)
         geom = {"shape": list(shape), "spacing": [1, 1, 1]}
         (cases / f"{case}.json").write_text(json.dumps(
-            {"case": case, "prepared": geom, "original": geom}))
+            {"case": case, "prepared": geom, "original": geom}), encoding="utf-8")
     return root
 
 

@@ -44,7 +44,7 @@ def summary_dict(cases: Sequence[str], values: Values, *, unit: str = "voxel") -
 
 def write_summary(path: Path, cases: Sequence[str], values: Values, *, unit: str = "voxel") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(summary_dict(cases, values, unit=unit)))
+    path.write_text(json.dumps(summary_dict(cases, values, unit=unit)), encoding="utf-8")
     return path
 
 
@@ -93,12 +93,12 @@ def write_run(
         "unlabeled": unlabeled,
         "iterations": 100,  # an extra key, to be ignored
     }
-    (run / "run.json").write_text(json.dumps(info))
+    (run / "run.json").write_text(json.dumps(info), encoding="utf-8")
     for checkpoint, (cases, values) in (evals or {}).items():
         write_summary(run / "eval" / checkpoint / "summary.json", cases, values, unit=unit)
     if steps is not None:
         lines = [json.dumps(s) for s in steps]
-        (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+        (run / "metrics.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return run
 
 

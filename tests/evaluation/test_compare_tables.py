@@ -55,7 +55,7 @@ def test_records_json_csv_markdown(runs: list[str], tmp_path: Path) -> None:
     out = tmp_path / "out"
     write_comparison(result, json_path=out / "r.json", csv_path=out / "r.csv",
                      markdown_path=out / "r.md")  # fmt: skip
-    records = json.loads((out / "r.json").read_text())
+    records = json.loads((out / "r.json").read_text(encoding="utf-8"))
     assert len(records) == 4
     assert all(KEYS | {"p_holm_wilcoxon", "p_holm_ttest"} <= set(r) for r in records)
     dice = next(r for r in records if r["metric"] == "dice")
@@ -64,10 +64,10 @@ def test_records_json_csv_markdown(runs: list[str], tmp_path: Path) -> None:
     assert dice["rel_change"] == pytest.approx(DICE_B.mean() / DICE_A.mean() - 1)
     assert dice["p_ttest"] is None  # not requested: null, never NaN, in strict JSON
     assert dice["p_wilcoxon"] == sps.wilcoxon(DICE_B, DICE_A, alternative="greater").pvalue
-    with (out / "r.csv").open() as f:
+    with (out / "r.csv").open(encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 4 and float(rows[0]["p_wilcoxon"]) == records[0]["p_wilcoxon"]
-    md = (out / "r.md").read_text()
+    md = (out / "r.md").read_text(encoding="utf-8")
     assert "### Class 1 (checkpoint best)" in md
     assert "| Arm | Optimizer | L/U |" in md
     assert f"**{100 * DICE_B.mean():.2f}" in md

@@ -82,15 +82,16 @@ def test_tables_and_files(tmp_path: Path) -> None:
     assert [c.text for c in summary.rows[1]][-3:] == ["+1.333", "+53.3%", "2/2"]
     write_dynamics(result, json_path=tmp_path / "d.json", csv_path=tmp_path / "d.csv",
                    markdown_path=tmp_path / "d.md")  # fmt: skip
-    data = json.loads((tmp_path / "d.json").read_text())
+    data = json.loads((tmp_path / "d.json").read_text(encoding="utf-8"))
     assert data["bin_width"] == 1 and len(data["epochs"]) == 4
     hco1 = next(r for r in data["epochs"] if r["arm"] == "hco" and r["epoch"] == 1)
     assert hco1["diff_vs_reference"] == pytest.approx(5 / 3) and hco1["reference"] == "sgd-s0"
     assert data["summary"][0]["rel_diff"] == pytest.approx(0.5333, abs=1e-4)
-    rows = (tmp_path / "d.csv").read_text().splitlines()
+    rows = (tmp_path / "d.csv").read_text(encoding="utf-8").splitlines()
     assert rows[0].startswith("arm,runs,phase,epoch,n_steps,mean_ratio,sem_ratio")
     assert len(rows) == 5
-    assert "| selftrain | 0 | 2.000 ± 0.577 (n=3) |" in (tmp_path / "d.md").read_text()
+    markdown = (tmp_path / "d.md").read_text(encoding="utf-8")
+    assert "| selftrain | 0 | 2.000 ± 0.577 (n=3) |" in markdown
 
 
 def test_errors(tmp_path: Path) -> None:

@@ -133,12 +133,13 @@ def _write_prepared(root: Path, labels: dict[str, np.ndarray], spacing: tuple) -
     info = DatasetInfo(name="demo", classes={"0": "background", "1": "a", "2": "b", "3": "c",
                                              "4": "d"}, spacing=spacing, source="test",
                        hco_version="0")
-    (dataset / "dataset.json").write_text(info.model_dump_json())
-    (dataset / "splits.json").write_text(Splits(labeled=sorted(labels)).model_dump_json())
+    (dataset / "dataset.json").write_text(info.model_dump_json(), encoding="utf-8")
+    splits = Splits(labeled=sorted(labels)).model_dump_json()
+    (dataset / "splits.json").write_text(splits, encoding="utf-8")
     for case, label in labels.items():
         geometry = Geometry(shape=label.shape, spacing=spacing)
         record = CaseGeometry(case=case, prepared=geometry, original=geometry)
-        (dataset / "cases" / f"{case}.json").write_text(record.model_dump_json())
+        (dataset / "cases" / f"{case}.json").write_text(record.model_dump_json(), encoding="utf-8")
         np.save(dataset / "cases" / f"{case}_label.npy", label)
     return dataset
 

@@ -49,7 +49,7 @@ def test_dynamics_png_and_svg(tmp_path: Path) -> None:
     assert png.read_bytes().startswith(PNG_MAGIC) and png.stat().st_size > 10_000
     svg = tmp_path / "dyn.svg"
     plots.plot_dynamics(result, svg)
-    assert "<svg" in svg.read_text()
+    assert "<svg" in svg.read_text(encoding="utf-8")
 
 
 def test_lowess_trend_follows_a_noisy_line() -> None:

@@ -16,7 +16,7 @@ from tests.evaluation.compare_fixtures import cases, one_class, step, summary_di
 
 def _write(tmp_path: Path, data: Any, name: str = "summary.json") -> Path:
     path = tmp_path / name
-    path.write_text(data if isinstance(data, str) else json.dumps(data))
+    path.write_text(data if isinstance(data, str) else json.dumps(data), encoding="utf-8")
     return path
 
 
@@ -63,16 +63,16 @@ def test_run_info_fields_and_errors(tmp_path: Path) -> None:
     run = write_run(tmp_path, "r", optimizer="sgd-hco", seed=3, labeled=8, unlabeled=72)
     info = read_run_info(run)
     assert (info.optimizer, info.seed, info.labeled, info.unlabeled) == ("sgd-hco", 3, 8, 72)
-    data = json.loads((run / "run.json").read_text())
+    data = json.loads((run / "run.json").read_text(encoding="utf-8"))
     data["labeled"] = "8"
-    (run / "run.json").write_text(json.dumps(data))
+    (run / "run.json").write_text(json.dumps(data), encoding="utf-8")
     with pytest.raises(DataError, match="labeled: expected an integer"):
         read_run_info(run)
 
 
 def test_train_steps_skip_other_phases_and_a_partial_last_line(tmp_path: Path) -> None:
     run = write_run(tmp_path, "r", steps=[step(0, 1, None, phase="pretrain"), step(0, 2, 1.5)])
-    with (run / "metrics.jsonl").open("a") as f:
+    with (run / "metrics.jsonl").open("a", encoding="utf-8") as f:
         f.write(json.dumps({"phase": "val", "iter": 2, "dice": 0.8}) + "\n")
         f.write('{"phase": "selftrain", "iter"')  # a write still in progress
     steps = read_train_steps(run)
@@ -84,9 +84,10 @@ def test_train_steps_errors(tmp_path: Path) -> None:
     run = write_run(tmp_path, "r")
     with pytest.raises(DataError, match=r"no metrics\.jsonl"):
         read_train_steps(run)
-    (run / "metrics.jsonl").write_text('{"phase": "train"\n{"phase": "train"}\n')
+    (run / "metrics.jsonl").write_text('{"phase": "train"\n{"phase": "train"}\n', encoding="utf-8")
     with pytest.raises(DataError, match="line 1: invalid JSON"):
         read_train_steps(run)
-    (run / "metrics.jsonl").write_text('{"phase": "train", "iter": 1, "epoch": 0}\n')
+    record = '{"phase": "train", "iter": 1, "epoch": 0}\n'
+    (run / "metrics.jsonl").write_text(record, encoding="utf-8")
     with pytest.raises(DataError, match="line 1: training record lacks loss_l"):
         read_train_steps(run)

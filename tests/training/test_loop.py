@@ -96,7 +96,7 @@ def test_interrupted_and_resumed_run_is_bit_identical(synthetic, straight, tmp_p
     mb = [r for r in read_metrics(tmp_path / "b/metrics.jsonl") if r["phase"] != "val"]
     assert [r["iter"] for r in mb] == list(range(1, 5))
     assert [r["loss_l"] for r in ma] == [r["loss_l"] for r in mb]
-    assert json.loads((tmp_path / "b/run.json").read_text())["finished"] is True
+    assert json.loads((tmp_path / "b/run.json").read_text(encoding="utf-8"))["finished"] is True
     with pytest.raises(CheckpointError, match="already finished"):
         resume(tmp_path / "b")
 
@@ -106,7 +106,7 @@ def test_run_folder_contents_and_records(straight):
     for name in ("config.yaml", "run.json", "metrics.jsonl", "checkpoints/last.pt",
                  "checkpoints/best.pt", "checkpoints/pretrain.pt"):
         assert (run / name).is_file(), name
-    info = json.loads((run / "run.json").read_text())
+    info = json.loads((run / "run.json").read_text(encoding="utf-8"))
     assert set(RUN_INFO_KEYS) <= set(info)
     assert info["iterations"] == {"pretrain": 1, "selftrain": 3}
     assert (info["labeled"], info["unlabeled"], info["dataset"]) == (4, 4, "data")
@@ -134,7 +134,7 @@ def test_run_folder_contents_and_records(straight):
 def test_refuses_a_non_empty_run_dir(synthetic, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    (run / "notes.txt").write_text("mine")
+    (run / "notes.txt").write_text("mine", encoding="utf-8")
     with pytest.raises(ConfigError, match="is not empty; continue it with --resume"):
         train(tiny_config(synthetic, run))
     with pytest.raises(ConfigError, match="does not hold an hco run"):
@@ -148,7 +148,7 @@ def test_test_selection_warns(synthetic, tmp_path, monkeypatch):
                       optimizer={"name": "sgd", "lr": 0.01}), progress=events.append)
     warnings = [e.message for e in events if e.kind == "warning"]
     assert any("TEST split" in w and "inflates" in w for w in warnings)
-    info = json.loads((tmp_path / "t/run.json").read_text())
+    info = json.loads((tmp_path / "t/run.json").read_text(encoding="utf-8"))
     assert any("inflates" in w for w in info["warnings"])
     assert load_checkpoint(tmp_path / "t/checkpoints/best.pt")["split"] == "test"
 
@@ -203,7 +203,7 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(synthetic, tmp_path
     last = load_checkpoint(tmp_path / "n/checkpoints/last.pt")
     assert last["global_iter"] == 4
     assert all(t.isfinite().all() for t in _tensors(last["framework"]).values())
-    assert json.loads((tmp_path / "n/run.json").read_text())["finished"] is False
+    assert json.loads((tmp_path / "n/run.json").read_text(encoding="utf-8"))["finished"] is False
     if not weights:
         records = read_metrics(tmp_path / "n/metrics.jsonl")
         assert records[-1]["iter"] == 6 and records[-1]["loss_l"] is None
@@ -214,7 +214,7 @@ def test_init_from_skips_pretraining(synthetic, straight, tmp_path):
     pre = load_checkpoint(first / "checkpoints/pretrain.pt")
     second = tmp_path / "second"
     train(tiny_config(synthetic, second, init_from=str(first), framework__selftrain_iterations=1))
-    info = json.loads((second / "run.json").read_text())
+    info = json.loads((second / "run.json").read_text(encoding="utf-8"))
     assert info["iterations"] == {"pretrain": 0, "selftrain": 1}
     records = read_metrics(second / "metrics.jsonl")
     assert [r["phase"] for r in records if r["phase"] != "val"] == ["selftrain"]
