@@ -221,7 +221,9 @@ class _Trainer:
         # and use the dtypes autocast chose for the forward ops.
         with torch.autocast(self.s.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp):
             result = self.s.framework.train_step(phase, batch, self.optimizers, i)
-        record = {"phase": phase.name, "iter": offset + i + 1, "epoch": self.s.sampler.epoch,
+        # Epochs count within the phase, so runs that skip pre-training (--init-from) line up.
+        epoch = 1 + i // max(1, self.s.sampler.batches_per_epoch)
+        record = {"phase": phase.name, "iter": offset + i + 1, "epoch": epoch,
                   "lr": self.lr, "time": round(self._wall(), 3),
                   "_unlabeled": phase.needs_unlabeled}
         self.pending.append((record, result))

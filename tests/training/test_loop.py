@@ -120,7 +120,8 @@ def test_run_folder_contents_and_records(straight):
     sel = [r for r in steps if r["phase"] == "selftrain"]
     assert all(math.isclose(r["ratio"], r["loss_u"] / r["loss_l"]) for r in sel)
     assert all(0 <= r["admitted"] <= 1 for r in sel)  # sgd-hco reports its mask
-    assert [r["epoch"] for r in steps] == [1, 1, 2, 2]  # 4 labeled / batch 2
+    # 4 labeled / batch 2 = 2 iterations an epoch, counted within each phase
+    assert [r["epoch"] for r in steps] == [1, 1, 1, 2]
     vals = [r for r in records if r["phase"] == "val"]
     # every 2 iterations of a phase, and at the end of a phase
     assert [(r["train_phase"], r["iter"]) for r in vals] == [
