@@ -121,7 +121,7 @@ class TrainConfig(_Section):
     seed: int = 1337
     device: Device = "auto"
     deterministic: bool = Field(default=False, description="cudnn deterministic, no benchmark")
-    amp: bool = Field(default=False, description="bf16 autocast")
+    amp: bool = Field(default=False, description="bf16 autocast on CUDA (fp32 elsewhere)")
     channels_last: bool = False
     run_dir: Path | None = None
     init_from: Path | None = Field(default=None, description="run whose pretrain.pt is reused")

@@ -219,7 +219,7 @@ class _Trainer:
         batch = self.s.to_device(self.s.sampler.next_batch(with_unlabeled=phase.needs_unlabeled))
         # bf16 needs no gradient scaling; the framework's backward passes run inside autocast
         # and use the dtypes autocast chose for the forward ops.
-        with torch.autocast(self.s.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp):
+        with torch.autocast(self.s.device.type, dtype=torch.bfloat16, enabled=self.s.amp):
             result = self.s.framework.train_step(phase, batch, self.optimizers, i)
         # Epochs count within the phase, so runs that skip pre-training (--init-from) line up.
         epoch = 1 + i // max(1, self.s.sampler.batches_per_epoch)

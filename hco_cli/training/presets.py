@@ -25,6 +25,7 @@ _LA: dict[str, Any] = {
     "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4},
     "validation": {"every": 200, "split": "val", "select_on": "val", "stride": [18, 18, 4]},
     "checkpoint_every": 1000, "seed": 1337,
+    "amp": True, "channels_last": True,
 }
 _PANCREAS: dict[str, Any] = {
     # Study 2: BCP on NIH Pancreas-CT (PROTOCOLS 1.7, Implications 7): 96^3, no augmentation,
@@ -40,6 +41,7 @@ _PANCREAS: dict[str, Any] = {
                   "weight_decay": 0.0},
     "validation": {"every": 500, "split": "val", "select_on": "val", "stride": [18, 18, 4]},
     "checkpoint_every": 1000, "seed": 2020,
+    "amp": True, "channels_last": True,
 }
 _FETAL: dict[str, Any] = {
     # Study 3: CMT on fetal MRI (PROTOCOLS 2, Implications 10; paper 4.3): folds L_i x U_j,
@@ -53,6 +55,7 @@ _FETAL: dict[str, Any] = {
                   "weight_decay": 0.01},
     "validation": {"every": 39, "split": "val", "select_on": "val", "stride": [18, 18, 4]},
     "checkpoint_every": 390, "seed": 1,
+    "amp": True, "channels_last": True,
 }
 _SYNTHETIC: dict[str, Any] = {
     # The quick CPU demo: phantoms from `hco prepare synthetic --out data/synthetic --val 2`.

@@ -79,6 +79,11 @@ class RunSetup:
     warnings: list[str]
 
     @property
+    def amp(self) -> bool:
+        """bf16 autocast is used on CUDA only (CPU bf16 convolutions are slow and fragile)."""
+        return self.config.amp and self.device.type == "cuda"
+
+    @property
     def plan(self) -> dict[str, int]:
         """Iterations per phase trained in this run (0 for a phase taken from --init-from)."""
         return {p.name: 0 if p.name in self.skipped else p.iterations for p in self.phases}
@@ -156,6 +161,9 @@ def build_setup(config: TrainConfig, *, resuming: bool = False) -> RunSetup:
     phases = framework.phases()
     skipped = _init_from(config, framework, phases, num_classes, load=not resuming)
     validation, warnings = _validation(config, dataset, splits, device, num_classes, phases)
+    if config.amp and device.type != "cuda":
+        warnings.append(f"amp (bf16 autocast) applies on CUDA only: this run computes in fp32 "
+                        f"on {device.type}")
     return RunSetup(config=config, run_dir=config.run_dir, device=device, dataset=dataset,
                     splits=splits, sampler=sampler, validation=validation, framework=framework,
                     phases=phases, skipped=skipped, in_channels=in_channels,
@@ -210,7 +218,8 @@ def _validation(config: TrainConfig, dataset: PreparedDataset, splits: dict[str,
             continue
         validation.scored[split] = Validator(
             dataset, splits[split], patch_size=config.data.patch_size, stride=v.stride,
-            num_classes=num_classes, device=device, batch_size=v.batch_size, amp=config.amp)
+            num_classes=num_classes, device=device, batch_size=v.batch_size,
+            amp=config.amp and device.type == "cuda")
     if v.select_on not in validation.scored:
         for p in phases:
             if p.restore_best:
