@@ -95,6 +95,27 @@ def read_list(path: Path) -> list[str]:
     return [line.strip() for line in lines if line.strip()]
 
 
+def collect_h5_cases(
+    files: list[tuple[str, Path]], *, spacing: tuple[float, float, float], named_in: str,
+    allow_missing: bool,
+) -> tuple[list[SourceCase], list[str]]:
+    """h5 cases (id, file) that exist; a missing one is an error unless ``allow_missing``.
+
+    Returns the cases found and the ids skipped.
+    """
+    cases, skipped = [], []
+    for case, path in files:
+        if path.is_file():
+            cases.append(SourceCase(case=case, reader="h5", images=(path,), label=path,
+                                    spacing=spacing))
+        elif allow_missing:
+            skipped.append(case)
+        else:
+            raise DataError(f"case {case}: file not found: {path} (named in {named_in}; use "
+                            "--allow-missing to prepare only the cases present)")
+    return cases, skipped
+
+
 def load_case(source: SourceCase) -> RawCase:
     """Read (or generate) one case; every failure names the case and the file."""
     if source.reader == "h5":

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hco_cli.data.sources import SourceCase, SourceListing, check_case_id, check_unique, read_list
+from hco_cli.data.sources import (
+    SourceListing,
+    check_case_id,
+    check_unique,
+    collect_h5_cases,
+    read_list,
+)
 from hco_cli.errors import DataError
 
 IMAGE_DIR = "2018LA_Seg_Training Set"
@@ -40,18 +46,11 @@ def list_la(root: Path, *, allow_missing: bool = False) -> SourceListing:
         )
     cases, skipped = [], []
     for list_name, ids in (("train.list", train), ("test.list", test)):
-        for case in ids:
-            path = case_file(root, case)
-            if path.is_file():
-                cases.append(SourceCase(case=case, reader="h5", images=(path,), label=path,
-                                        spacing=SPACING))
-            elif allow_missing:
-                skipped.append(case)
-            else:
-                raise DataError(
-                    f"case {case}: file not found: {path} (named in {list_name}; "
-                    "use --allow-missing to prepare only the cases present)"
-                )
+        found, missing = collect_h5_cases([(case, case_file(root, case)) for case in ids],
+                                          spacing=SPACING, named_in=list_name,
+                                          allow_missing=allow_missing)
+        cases += found
+        skipped += missing
     present = {c.case for c in cases}
     if not present:
         raise DataError(f"no LA case of train.list or test.list found under {root / IMAGE_DIR}")

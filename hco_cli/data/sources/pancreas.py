@@ -17,7 +17,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from hco_cli.data.preprocess import PreprocessPlan
-from hco_cli.data.sources import SourceCase, SourceListing, check_case_id, check_unique, read_list
+from hco_cli.data.sources import (
+    SourceListing,
+    check_case_id,
+    check_unique,
+    collect_h5_cases,
+    read_list,
+)
 from hco_cli.errors import DataError
 
 LIST_NAMES = ("train_lab.txt", "train_unlab.txt", "test.txt")
@@ -49,19 +55,9 @@ def list_pancreas_h5(
     if not root.is_dir():
         raise DataError(f"pancreas folder not found: {root}")
     labeled, unlabeled, test = read_split_lists(Path(lists) if lists else root)
-    cases, skipped = [], []
-    for case in labeled + unlabeled + test:
-        path = root / f"{case}.h5"
-        if path.is_file():
-            cases.append(SourceCase(case=case, reader="h5", images=(path,), label=path,
-                                    spacing=SPACING))
-        elif allow_missing:
-            skipped.append(case)
-        else:
-            raise DataError(
-                f"case {case}: file not found: {path} (named in the split lists; "
-                "use --allow-missing to prepare only the cases present)"
-            )
+    cases, skipped = collect_h5_cases(
+        [(case, root / f"{case}.h5") for case in labeled + unlabeled + test],
+        spacing=SPACING, named_in="the split lists", allow_missing=allow_missing)
     present = {c.case for c in cases}
     if not present:
         raise DataError(f"no pancreas case of the split lists found in {root}")
