@@ -39,6 +39,9 @@ class Phase:
     lr_factor: Callable[[int], float] = field(default=lambda i: 1.0)
     # At the end of the phase, load the best validated weights before the next phase starts.
     restore_best: bool = False
+    # Start from the optimizer state the previous phase ended with (with restore_best: the
+    # state saved with the best weights), instead of fresh optimizers (BCP-Pancreas).
+    carry_optimizer: bool = False
 
 
 @dataclass

@@ -78,7 +78,8 @@ class BCPFramework(Framework):
     def phases(self) -> list[Phase]:
         decay, every = self.cfg.lr_decay, self.cfg.lr_decay_every
         phases = [Phase("selftrain", self.cfg.selftrain_iterations, needs_unlabeled=True,
-                        lr_factor=lambda i: decay ** (i // every))]
+                        lr_factor=lambda i: decay ** (i // every),
+                        carry_optimizer=self.cfg.restore_optimizer)]
         if self.cfg.pretrain_iterations:
             pretrain = Phase("pretrain", self.cfg.pretrain_iterations, needs_unlabeled=False,
                              plain_optimizer=True, restore_best=True)

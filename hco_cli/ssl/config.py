@@ -64,6 +64,9 @@ class BCPConfig(_Strict):
     grad_split: Literal["source", "region"] = "source"
     pseudo_lcc: bool = True
     lcc_connectivity: Literal[6, 18, 26] = 26
+    # BCP-Pancreas restores the pre-training optimizer state (saved with the best pre-trained
+    # weights) for self-training; BCP-LA re-creates the optimizer (False).
+    restore_optimizer: bool = False
 
 
 class CMTConfig(_Strict):

@@ -124,6 +124,17 @@ def _cpu_copy(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
 
+def _cpu_tree(tree: Any) -> Any:
+    """A CPU copy of a nested structure of tensors (an optimizer state dict, say)."""
+    if isinstance(tree, Tensor):
+        return tree.detach().to("cpu", copy=True)
+    if isinstance(tree, dict):
+        return {k: _cpu_tree(v) for k, v in tree.items()}
+    if isinstance(tree, list | tuple):
+        return type(tree)(_cpu_tree(v) for v in tree)
+    return tree
+
+
 class _Trainer:
     """State of one run: phases, optimizers, buffered logs, best weights, checkpoints."""
 
@@ -138,6 +149,11 @@ class _Trainer:
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.lr = self.cfg.optimizer.base_lr
         self.elapsed = float(state["elapsed"]) if state else 0.0
+        # Optimizer state handed to the next phase (Phase.carry_optimizer): from the previous
+        # phase's best (or last) step, from a resumed checkpoint, or from --init-from.
+        self.carried: dict[str, Any] | None = (
+            state.get("carried") if state else setup.init_optimizers)
+        self.keep_best_optimizers = any(p.carry_optimizer for p in setup.phases)
         self.started = time.perf_counter()
         self.phase_best: dict[str, Any] = {"score": -math.inf, "iter": None, "state": None}
         self.run_best: dict[str, Any] = {"score": None, "iter": None}
@@ -193,6 +209,10 @@ class _Trainer:
             self._restore(state, optimizers=False)  # saved before start_phase ran
         fw.start_phase(phase)
         self.optimizers = self._build_optimizers(phase)
+        if phase.carry_optimizer and local == 0 and self.carried is not None:
+            for key, opt in self.optimizers.items():
+                opt.load_state_dict(self.carried[key])
+        self.carried = None
         if resuming and local > 0 and state is not None:
             self._restore(state, optimizers=True)
         if local == 0:  # a new phase starts its own best-so-far
@@ -297,6 +317,9 @@ class _Trainer:
         if not _all_finite(state):
             self._diverged(f"non-finite weights at iteration {iteration}")
         self.phase_best = {"score": score, "iter": iteration, "state": _cpu_copy(state)}
+        if self.keep_best_optimizers:  # a later phase starts from this step's optimizer state
+            self.phase_best["optimizers"] = {k: _cpu_tree(o.state_dict())
+                                             for k, o in self.optimizers.items()}
         self.run_best = {"score": score, "iter": iteration}
         ckpt.save_checkpoint(checkpoint_path(self.s.run_dir, "best"), {
             **self._model_payload(self.phase_best["state"]), "kind": "best", "iter": iteration,
@@ -307,12 +330,18 @@ class _Trainer:
         end = offset + phase.iterations
         if phase.iterations % self.cfg.validation.every:
             self._validate(phase, end)
-        if phase.restore_best and self.phase_best["state"] is not None:
+        restored = phase.restore_best and self.phase_best["state"] is not None
+        if restored:
             self.s.framework.eval_model().load_state_dict(self.phase_best["state"])
+        if self.keep_best_optimizers:
+            best = self.phase_best.get("optimizers") if restored else None
+            self.carried = best if best is not None else {
+                k: _cpu_tree(o.state_dict()) for k, o in self.optimizers.items()}
         if phase.name == "pretrain":
             state = _cpu_copy(self.s.framework.eval_model().state_dict())
+            extra = {"optimizers": self.carried} if self.carried is not None else {}
             ckpt.save_checkpoint(checkpoint_path(self.s.run_dir, "pretrain"), {
-                **self._model_payload(state), "kind": "pretrain", "iter": end})
+                **self._model_payload(state), "kind": "pretrain", "iter": end, **extra})
         if index + 1 < len(self.s.phases):
             self.optimizers = {}  # the next phase builds fresh optimizers
             self._checkpoint(index + 1, 0, end)
@@ -333,6 +362,7 @@ class _Trainer:
             "kind": "last", "phase_index": phase_index, "local_iter": local,
             "global_iter": iteration, "framework": fw_state,
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "carried": self.carried,
             "lr": self.lr, "rng": ckpt.rng_state(), "sampler": self.s.sampler.state_dict(),
             "phase_best": self.phase_best, "run_best": self.run_best,
             "elapsed": self._wall(), "finished": self.finished}

@@ -36,7 +36,7 @@ _PANCREAS: dict[str, Any] = {
              "unlabeled_crop": "center"},
     "model": {"name": "vnet", "n_filters": 16, "normalization": "instancenorm", "dropout": False},
     "framework": {"name": "bcp", "pretrain_iterations": 1800, "selftrain_iterations": 5000,
-                  "lr_decay": 1.0, "lcc_connectivity": 18},
+                  "lr_decay": 1.0, "lcc_connectivity": 18, "restore_optimizer": True},
     "optimizer": {"name": "adam", "lr": 1e-3, "betas": [0.9, 0.999], "eps": 1e-8,
                   "weight_decay": 0.0},
     "validation": {"every": 500, "split": "val", "select_on": "val", "stride": [18, 18, 4]},

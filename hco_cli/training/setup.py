@@ -77,6 +77,8 @@ class RunSetup:
     in_channels: int
     num_classes: int
     warnings: list[str]
+    # Optimizer state of --init-from's pre-training, for a phase with carry_optimizer.
+    init_optimizers: dict[str, Any] | None = None
 
     @property
     def amp(self) -> bool:
@@ -159,7 +161,8 @@ def build_setup(config: TrainConfig, *, resuming: bool = False) -> RunSetup:
     framework = build_framework(config.framework, model_factory=_factory(config, in_channels,
                                 num_classes, device), num_classes=num_classes, device=device)
     phases = framework.phases()
-    skipped = _init_from(config, framework, phases, num_classes, load=not resuming)
+    skipped, init_optimizers = _init_from(config, framework, phases, num_classes,
+                                          load=not resuming)
     validation, warnings = _validation(config, dataset, splits, device, num_classes, phases)
     if config.amp and device.type != "cuda":
         warnings.append(f"amp (bf16 autocast) applies on CUDA only: this run computes in fp32 "
@@ -167,7 +170,7 @@ def build_setup(config: TrainConfig, *, resuming: bool = False) -> RunSetup:
     return RunSetup(config=config, run_dir=config.run_dir, device=device, dataset=dataset,
                     splits=splits, sampler=sampler, validation=validation, framework=framework,
                     phases=phases, skipped=skipped, in_channels=in_channels,
-                    num_classes=num_classes, warnings=warnings)
+                    num_classes=num_classes, warnings=warnings, init_optimizers=init_optimizers)
 
 
 def _factory(config: TrainConfig, in_channels: int, num_classes: int,
@@ -183,10 +186,13 @@ def _factory(config: TrainConfig, in_channels: int, num_classes: int,
 
 
 def _init_from(config: TrainConfig, framework: Framework, phases: list[Phase],
-               num_classes: int, *, load: bool) -> set[str]:
-    """Load another run's pretrain.pt into the eval model; the pretrain phase is skipped."""
+               num_classes: int, *, load: bool) -> tuple[set[str], dict[str, Any] | None]:
+    """Load another run's pretrain.pt into the eval model; the pretrain phase is skipped.
+
+    Returns the skipped phases and, for phases that carry the optimizer over, its saved state.
+    """
     if config.init_from is None:
-        return set()
+        return set(), None
     if not any(p.name == "pretrain" for p in phases):
         raise ConfigError(f"--init-from needs a framework with a pretrain phase; "
                           f"{config.framework.name} has {[p.name for p in phases]}")
@@ -199,7 +205,12 @@ def _init_from(config: TrainConfig, framework: Framework, phases: list[Phase],
             raise ConfigError(f"--init-from {config.init_from}: its model or classes differ "
                               "from this run's")
         framework.eval_model().load_state_dict(data["model"])
-    return {"pretrain"}
+        if any(p.carry_optimizer for p in phases):
+            if "optimizers" not in data:
+                raise ConfigError(f"--init-from {config.init_from}: its pretrain.pt holds no "
+                                  "optimizer state, which this run's self-training restores")
+            return {"pretrain"}, data["optimizers"]
+    return {"pretrain"}, None
 
 
 def _validation(config: TrainConfig, dataset: PreparedDataset, splits: dict[str, list[str]],

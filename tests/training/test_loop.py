@@ -234,3 +234,36 @@ def test_without_val_cases_no_best_is_written(tmp_path, monkeypatch):
     assert any("no 'val' cases: best.pt will not be written" in w for w in warnings)
     assert result.best_dice is None and not (tmp_path / "r/checkpoints/best.pt").exists()
     assert (tmp_path / "r/checkpoints/last.pt").is_file()
+
+
+def _steps(optimizer_state: dict[str, Any]) -> set[int]:
+    """The step counts kept in an optimizer state dict (one per parameter with state)."""
+    return {int(s["step"]) for s in optimizer_state["state"].values()}
+
+
+def test_restore_optimizer_carries_the_best_pretraining_state(synthetic, tmp_path):
+    """BCP-Pancreas: self-training starts from the optimizer state saved with the best weights."""
+    changes = {"framework__pretrain_iterations": 4, "framework__selftrain_iterations": 2,
+               "validation__every": 1, "optimizer": {"name": "adam-hco", "lr": 1e-3}}
+    run = tmp_path / "carry"
+    train(tiny_config(synthetic, run, framework__restore_optimizer=True, **changes))
+    pretrain = load_checkpoint(run / "checkpoints" / "pretrain.pt")
+    best_pre = [r for r in read_metrics(run / "metrics.jsonl")
+                if r["phase"] == "val" and r["train_phase"] == "pretrain" and r["best"]][-1]
+    assert _steps(pretrain["optimizers"]["student"]) == {best_pre["iter"]}
+    last = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert _steps(last["optimizers"]["student"]) == {best_pre["iter"] + 2}
+    # Shared pre-training hands the same state on; the LA default re-creates the optimizer.
+    shared = tmp_path / "shared"
+    train(tiny_config(synthetic, shared, framework__restore_optimizer=True,
+                      init_from=str(run), **changes))
+    assert _steps(load_checkpoint(shared / "checkpoints" / "last.pt")["optimizers"]["student"]) \
+        == {best_pre["iter"] + 2}
+    fresh = tmp_path / "fresh"
+    train(tiny_config(synthetic, fresh, **changes))
+    assert "optimizers" not in load_checkpoint(fresh / "checkpoints" / "pretrain.pt")
+    assert _steps(load_checkpoint(fresh / "checkpoints" / "last.pt")["optimizers"]["student"]) \
+        == {2}
+    with pytest.raises(ConfigError, match="holds no optimizer state"):
+        train(tiny_config(synthetic, tmp_path / "bad", framework__restore_optimizer=True,
+                          init_from=str(fresh), **changes))
