@@ -39,6 +39,8 @@ class DataConfig(_Section):
     augment: Literal["bcp", "flip", "none"] = "bcp"
     # BCP-Pancreas center-crops unlabeled volumes (PROTOCOLS 1.7); LA crops them at random.
     unlabeled_crop: Literal["random", "center"] = "random"
+    # UCMT draws its unlabeled stream from every training case, the labeled ones included.
+    unlabeled_includes_labeled: bool = False
     device: Device = Field(default="auto", description="where volumes live; auto = train device")
 
     @field_validator("patch_size")

@@ -47,7 +47,8 @@ _FETAL: dict[str, Any] = {
     # Study 3: CMT on fetal MRI (PROTOCOLS 2, Implications 10; paper 4.3): folds L_i x U_j,
     # 144x144x64 patches, flips, 4 + 4 patches, AdamW 1e-4 (wd 0.01), 200 epochs.
     "data": {"path": "data/fetal", "fold": "L0U0", "patch_size": [144, 144, 64],
-             "labeled_batch_size": 4, "unlabeled_batch_size": 4, "augment": "flip"},
+             "labeled_batch_size": 4, "unlabeled_batch_size": 4, "augment": "flip",
+             "unlabeled_includes_labeled": True},
     "model": {"name": "vnet", "n_filters": 16, "normalization": "batchnorm", "dropout": False},
     # One UCMT epoch = ceil((5 labeled + 150 unlabeled) / 4) = 39 iterations for the paper's folds.
     "framework": {"name": "cmt", "epochs": 200, "iterations_per_epoch": 39},

@@ -152,8 +152,9 @@ def build_setup(config: TrainConfig, *, resuming: bool = False) -> RunSetup:
     splits = resolve_splits(dataset, config)
     d = config.data
     seed_everything(config.seed)
+    unlabeled = splits["unlabeled"] + (splits["labeled"] if d.unlabeled_includes_labeled else [])
     sampler = PatchSampler(
-        dataset, labeled=splits["labeled"], unlabeled=splits["unlabeled"],
+        dataset, labeled=splits["labeled"], unlabeled=unlabeled,
         patch_size=d.patch_size, labeled_batch_size=d.labeled_batch_size,
         unlabeled_batch_size=d.unlabeled_batch_size, augment=d.augment, seed=config.seed,
         unlabeled_crop=d.unlabeled_crop, device=data_device)

@@ -267,3 +267,13 @@ def test_restore_optimizer_carries_the_best_pretraining_state(synthetic, tmp_pat
     with pytest.raises(ConfigError, match="holds no optimizer state"):
         train(tiny_config(synthetic, tmp_path / "bad", framework__restore_optimizer=True,
                           init_from=str(fresh), **changes))
+
+
+def test_unlabeled_stream_can_include_the_labeled_cases(synthetic, tmp_path):
+    """UCMT's unlabeled stream draws from every training case (data.unlabeled_includes_labeled)."""
+    plain = run_setup.build_setup(tiny_config(synthetic, tmp_path / "a"))
+    both = run_setup.build_setup(tiny_config(synthetic, tmp_path / "b",
+                                             data__unlabeled_includes_labeled=True))
+    labeled, unlabeled = plain.splits["labeled"], plain.splits["unlabeled"]
+    assert len(plain.sampler.unlabeled_images) == len(unlabeled)
+    assert len(both.sampler.unlabeled_images) == len(unlabeled) + len(labeled)
