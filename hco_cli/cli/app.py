@@ -62,6 +62,9 @@ app.command("evaluate")(evaluate_command)
 from hco_cli.cli.compare import compare as compare_command  # noqa: E402
 
 app.command("compare")(compare_command)
+from hco_cli.cli.sweep import sweep as sweep_command  # noqa: E402
+
+app.command("sweep")(sweep_command)
 
 
 def main() -> None:

@@ -1,0 +1,400 @@
+"""A grid of training runs (optimizers x seeds x folds) that can be stopped and started again.
+
+Runs live at ``OUT/<optimizer>/<fold or 'all'>-s<seed>``, so ``hco compare 'sgd=OUT/sgd/*'
+'sgd-hco=OUT/sgd-hco/*'`` reads a sweep as it stands. Each run is skipped when its run.json says
+finished, resumed from ``last.pt`` when one exists, and started afresh otherwise. With
+``share_pretraining`` the first optimizer of each (seed, fold) trains first and the others start
+from its ``pretrain.pt`` (``init_from``), as the paper shares BCP's pre-training across
+optimizers. With ``gpus > 1`` runs go to ``python -m hco_cli`` subprocesses, one per GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from hco_cli.config import TrainConfig
+from hco_cli.data.dataset import PreparedDataset
+from hco_cli.errors import ConfigError, HcoError
+from hco_cli.optim import optimizer_info
+from hco_cli.training.presets import Overrides, build_config
+from hco_cli.training.run_dir import checkpoint_path
+
+PlanStatus = Literal["done", "resume", "new"]
+Outcome = Literal["skipped", "resumed", "trained", "failed"]
+LOG_DIR = "_logs"
+
+
+class SweepOptions(BaseModel):
+    """What ``hco sweep`` runs: one config file across optimizers, seeds and folds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    config: Path
+    optimizers: list[str]
+    seeds: list[int]
+    folds: list[str] = Field(default_factory=list, description="empty: the config's data")
+    out: Path
+    share_pretraining: bool = False
+    evaluate: bool = False
+    lcc: bool = False
+    gpus: int = Field(default=1, ge=1)
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """One cell of the grid: where it lives, what it trains, and what the sweep will do."""
+
+    run_dir: Path
+    optimizer: str
+    seed: int
+    fold: str | None
+    status: PlanStatus
+    init_from: Path | None
+    config: TrainConfig
+
+
+@dataclass
+class RunOutcome:
+    """What happened to one run, read back from its run.json and eval summary."""
+
+    run: SweepRun
+    outcome: Outcome
+    message: str = ""
+    best_dice: float | None = None
+    wall_seconds: float | None = None
+    test_dice: float | None = None  # mean over classes of summary.json's mean Dice
+
+
+@dataclass
+class SweepReport:
+    """Every run's outcome and the ``hco compare`` command that reads the sweep."""
+
+    out: Path
+    outcomes: list[RunOutcome]
+    compare_command: str
+
+    @property
+    def failed(self) -> list[RunOutcome]:
+        return [o for o in self.outcomes if o.outcome == "failed"]
+
+
+SweepProgress = Callable[[str, SweepRun], None]
+"""Called as ``progress(action, run)`` before each run is trained, resumed or evaluated."""
+
+
+class Job(Protocol):
+    """A launched run: ``poll()`` is None while it works, then its exit code."""
+
+    def poll(self) -> int | None: ...
+
+
+Launcher = Callable[[SweepRun, int], Job]
+"""Starts ``run`` on worker (GPU) ``index`` and returns its job."""
+
+
+# ------------------------------------------------------------------------------------ plan
+def plan_sweep(options: SweepOptions) -> list[SweepRun]:
+    """Validate the grid and state each run's folder, config and status; trains nothing."""
+    if options.gpus > 1:
+        _check_gpus(options.gpus)
+    optimizers = _unique("--optimizers", options.optimizers)
+    seeds = _unique("--seeds", options.seeds)
+    folds = _unique("--folds", options.folds) if options.folds else []
+    for name in optimizers:
+        optimizer_info(name)  # ConfigError naming the valid optimizers
+    base = build_config(config_file=options.config)
+    if folds:
+        splits = PreparedDataset(base.data.path).splits
+        for fold in folds:
+            splits.resolve(fold)  # DataError naming the dataset's fold grid
+    if options.share_pretraining:
+        _check_shareable(base, optimizers)
+    device = "cuda" if options.gpus > 1 else None
+    runs = []
+    for fold in folds or [base.data.fold]:
+        for seed in seeds:
+            first: Path | None = None
+            for name in optimizers:
+                run_dir = Path(options.out) / name / f"{fold or 'all'}-s{seed}"
+                init_from = first if options.share_pretraining else None
+                config = build_config(config_file=options.config, overrides=Overrides(
+                    optimizer=name, seed=seed, fold=fold, run_dir=run_dir, device=device,
+                    init_from=init_from))
+                runs.append(SweepRun(run_dir=run_dir, optimizer=name, seed=seed, fold=fold,
+                                     status=run_status(run_dir), init_from=init_from,
+                                     config=config))
+                first = first or run_dir
+    return runs
+
+
+def _unique(option: str, values: Sequence[Any]) -> list[Any]:
+    if not values:
+        raise ConfigError(f"{option} is empty; give at least one value")
+    repeated = sorted({str(v) for v in values if list(values).count(v) > 1})
+    if repeated:
+        raise ConfigError(f"{option} repeats {', '.join(repeated)}")
+    return list(values)
+
+
+def _check_shareable(base: TrainConfig, optimizers: list[str]) -> None:
+    """Sharing is sound only where pre-training is identical: BCP, one optimizer family."""
+    if base.framework.name != "bcp":
+        raise ConfigError(f"--share-pretraining needs a BCP config; {base.framework.name} has no "
+                          "pre-training phase to share")
+    if base.init_from is not None:
+        raise ConfigError("--share-pretraining: the config already sets init_from")
+    # BCP pre-trains with the family's plain optimizer, so sgd/sgd-co/sgd-hco share it exactly.
+    families = sorted({optimizer_info(name).family for name in optimizers})
+    if len(families) > 1:
+        raise ConfigError(f"--share-pretraining needs one optimizer family (pre-training uses "
+                          f"its plain member); got {', '.join(families)}")
+
+
+def run_status(run_dir: Path) -> PlanStatus:
+    """``done`` if run.json says finished, ``resume`` if last.pt exists, else ``new``."""
+    info = _read_json(Path(run_dir) / "run.json")
+    if info.get("finished") is True:
+        return "done"
+    return "resume" if checkpoint_path(run_dir, "last").is_file() else "new"
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def compare_command(runs: Sequence[SweepRun], out: Path) -> str:
+    """The ``hco compare`` line that reads the sweep, one arm per optimizer."""
+    names = dict.fromkeys(r.optimizer for r in runs)
+    return "hco compare " + " ".join(f"'{n}={Path(out) / n}/*'" for n in names)
+
+
+def summary_path(run_dir: Path) -> Path:
+    return Path(run_dir) / "eval" / "best" / "summary.json"
+
+
+def needs_evaluation(run: SweepRun, options: SweepOptions) -> bool:
+    return options.evaluate and not summary_path(run.run_dir).is_file()
+
+
+# ------------------------------------------------------------------------------ execute
+def run_sweep(options: SweepOptions, *, progress: SweepProgress | None = None,
+              launch: Launcher | None = None, poll_seconds: float = 5.0) -> SweepReport:
+    """Plan the grid and bring every run to finished (and evaluated, if asked)."""
+    runs = plan_sweep(options)
+    if options.gpus > 1:
+        launcher = launch or SubprocessLauncher(options)
+        codes = schedule(runs, workers=options.gpus, launch=launcher,
+                         needs_work=lambda r: r.status != "done" or needs_evaluation(r, options),
+                         wait=lambda: time.sleep(poll_seconds))
+        outcomes = [_outcome_from_code(r, codes.get(r.run_dir), options) for r in runs]
+    else:
+        outcomes = _run_in_process(runs, options, progress or (lambda action, run: None))
+    return SweepReport(out=Path(options.out), outcomes=outcomes,
+                       compare_command=compare_command(runs, options.out))
+
+
+def _check_gpus(gpus: int) -> None:
+    import torch
+
+    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus > available:
+        raise ConfigError(f"--gpus {gpus}: only {available} CUDA device(s) are available")
+
+
+def _run_in_process(runs: list[SweepRun], options: SweepOptions,
+                    progress: SweepProgress) -> list[RunOutcome]:
+    """Run the grid one after another in this process; a failed base fails its dependents."""
+    from hco_cli.inference.predict import PredictOptions, predict
+    from hco_cli.training.loop import resume, train
+
+    failed: set[Path] = set()
+    outcomes = []
+    done: dict[PlanStatus, Outcome] = {"done": "skipped", "resume": "resumed", "new": "trained"}
+    for run in runs:
+        if run.init_from is not None and run.init_from in failed:
+            outcomes.append(RunOutcome(run, "failed", f"base run {run.init_from} failed"))
+            failed.add(run.run_dir)
+            continue
+        try:
+            if run.status == "resume":
+                progress("resume", run)
+                resume(run.run_dir)
+            elif run.status == "new":
+                progress("train", run)
+                # No last.pt: whatever an earlier attempt left holds nothing to resume.
+                train(run.config, force=True)
+        except HcoError as exc:
+            failed.add(run.run_dir)
+            outcomes.append(_read_outcome(run, "failed", str(exc)))
+            continue
+        try:
+            if needs_evaluation(run, options):
+                progress("evaluate", run)
+                preds = run.run_dir / "eval" / "best" / "preds"
+                predict(run.run_dir, PredictOptions(split="test", evaluate=True, lcc=options.lcc,
+                                                    device=run.config.device,
+                                                    force=preds.exists()))
+        except HcoError as exc:  # trained, so dependents may still use its pretrain.pt
+            outcomes.append(_read_outcome(run, "failed", f"evaluation: {exc}"))
+            continue
+        outcomes.append(_read_outcome(run, done[run.status]))
+    return outcomes
+
+
+def _read_outcome(run: SweepRun, outcome: Outcome, message: str = "") -> RunOutcome:
+    info = _read_json(run.run_dir / "run.json")
+    best = info.get("best") or {}
+    summary = _read_json(summary_path(run.run_dir))
+    means = [v for v in (summary.get("mean") or {}).values() if isinstance(v, dict)]
+    dice = [float(m["dice"]) for m in means if isinstance(m.get("dice"), (int, float))]
+    return RunOutcome(run=run, outcome=outcome, message=message,
+                      best_dice=best.get("score"), wall_seconds=info.get("wall_seconds"),
+                      test_dice=sum(dice) / len(dice) if dice else None)
+
+
+def _outcome_from_code(run: SweepRun, code: int | None, options: SweepOptions) -> RunOutcome:
+    log = log_path(options.out, run)
+    if code is None and run.status == "done" and not needs_evaluation(run, options):
+        return _read_outcome(run, "skipped")
+    if code is None:
+        return _read_outcome(run, "failed", f"not started: base run {run.init_from} failed")
+    if code != 0:
+        return _read_outcome(run, "failed", f"exit code {code}; see {log}")
+    done: dict[PlanStatus, Outcome] = {"done": "skipped", "resume": "resumed", "new": "trained"}
+    return _read_outcome(run, done[run.status])
+
+
+# ---------------------------------------------------------------------- multi-GPU path
+def schedule(runs: Sequence[SweepRun], *, workers: int, launch: Launcher,
+             needs_work: Callable[[SweepRun], bool],
+             wait: Callable[[], None]) -> dict[Path, int | None]:
+    """Run jobs on ``workers`` slots, in grid order, each dependent after its base is ready.
+
+    A dependent is ready once its base's pretrain.pt is there (written in this sweep, or the
+    base was resumed past it) or the base exited 0; if the base fails, the dependent is never
+    started (code None). Returns each launched run's exit code.
+    """
+    by_dir = {r.run_dir: r for r in runs}
+    pending = [r for r in runs if needs_work(r)]
+    codes: dict[Path, int | None] = {}
+    running: dict[int, tuple[SweepRun, Job]] = {}
+    launched_at: dict[Path, float] = {}
+    while pending or running:
+        for slot, (run, job) in list(running.items()):
+            code = job.poll()
+            if code is not None:
+                codes[run.run_dir] = code
+                del running[slot]
+        for run in list(pending):
+            base = by_dir.get(run.init_from) if run.init_from is not None else None
+            state = "ready" if base is None else _base_state(base, codes, launched_at)
+            if state == "failed":
+                pending.remove(run)
+                codes[run.run_dir] = None
+            elif state == "ready":
+                free = [s for s in range(workers) if s not in running]
+                if not free:
+                    break
+                pending.remove(run)
+                launched_at[run.run_dir] = time.time()
+                running[free[0]] = (run, launch(run, free[0]))
+        if running:
+            wait()
+        elif pending:  # cannot happen: every base precedes its dependents in grid order
+            raise HcoError(f"sweep: {pending[0].run_dir} waits for a base that never runs")
+    return codes
+
+
+def _base_state(base: SweepRun, codes: dict[Path, int | None],
+                launched_at: dict[Path, float]) -> Literal["ready", "wait", "failed"]:
+    if base.run_dir in codes:
+        return "ready" if codes[base.run_dir] == 0 else "failed"
+    if base.run_dir not in launched_at:
+        # Not launched in this sweep: ready only if it needs no work (finished earlier).
+        return "ready" if base.status == "done" else "wait"
+    # A new run's folder is replaced at launch, so only a pretrain.pt written since counts.
+    pretrain = checkpoint_path(base.run_dir, "pretrain")
+    # File times come from a coarse clock, hence the second of slack.
+    fresh = pretrain.is_file() and (base.status != "new"
+                                    or pretrain.stat().st_mtime >= launched_at[base.run_dir] - 1)
+    return "ready" if fresh else "wait"
+
+
+def log_path(out: Path, run: SweepRun) -> Path:
+    return Path(out) / LOG_DIR / run.optimizer / f"{run.run_dir.name}.log"
+
+
+def train_argv(run: SweepRun, options: SweepOptions) -> list[list[str]]:
+    """The ``python -m hco_cli`` commands that bring ``run`` to finished and evaluated."""
+    hco = [sys.executable, "-m", "hco_cli"]
+    commands = []
+    if run.status == "resume":
+        commands.append([*hco, "train", "--resume", str(run.run_dir)])
+    elif run.status == "new":
+        cmd = [*hco, "train", "--config", str(options.config), "--optimizer", run.optimizer,
+               "--seed", str(run.seed), "--run-dir", str(run.run_dir), "--device", "cuda",
+               "--force"]
+        cmd += ["--fold", run.fold] if run.fold else []
+        cmd += ["--init-from", str(run.init_from)] if run.init_from else []
+        commands.append(cmd)
+    if needs_evaluation(run, options):
+        commands.append([*hco, "predict", str(run.run_dir), "--split", "test", "--evaluate",
+                         "--device", "cuda", "--force", *(["--lcc"] if options.lcc else [])])
+    return commands
+
+
+class SubprocessLauncher:
+    """Starts a run's commands one after another on one GPU, output appended to its log."""
+
+    def __init__(self, options: SweepOptions) -> None:
+        self.options = options
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        self.devices = visible.split(",") if visible else [str(i) for i in range(options.gpus)]
+
+    def __call__(self, run: SweepRun, index: int) -> Job:
+        log = log_path(self.options.out, run)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": self.devices[index]}
+        return _Chain(train_argv(run, self.options), env=env, log=log)
+
+
+class _Chain:
+    """Sequential subprocesses; the first non-zero exit code ends the chain."""
+
+    def __init__(self, commands: list[list[str]], *, env: dict[str, str], log: Path) -> None:
+        self.commands, self.env, self.log = list(commands), env, log
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._next()
+
+    def _next(self) -> None:
+        command = self.commands.pop(0)
+        with self.log.open("ab") as sink:
+            self.proc = subprocess.Popen(command, env=self.env, stdout=sink,
+                                         stderr=subprocess.STDOUT)
+
+    def poll(self) -> int | None:
+        assert self.proc is not None  # set in __init__
+        code = self.proc.poll()
+        if code == 0 and self.commands:
+            self._next()
+            return None
+        return code
+
+
+__all__ = ["RunOutcome", "SubprocessLauncher", "SweepOptions", "SweepReport", "SweepRun",
+           "compare_command", "plan_sweep", "run_status", "run_sweep", "schedule",
+           "train_argv"]

@@ -1,0 +1,80 @@
+"""``hco sweep`` end to end through the real app: run, rerun, dry run, failures, user errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from hco_cli.cli.app import app
+from tests.training.test_sweep import tiny_dataset, write_tiny_config
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cli-sweep")
+    return write_tiny_config(tiny_dataset(root), root / "tiny.yaml")
+
+
+def sweep(*args: str | Path):
+    return runner.invoke(app, ["sweep", *map(str, args)], env={"COLUMNS": "400"})
+
+
+def test_sweep_runs_then_skips_and_plans(config, tmp_path):
+    out = tmp_path / "sw"
+    dry = sweep("--config", config, "--optimizers", "sgd,sgd-hco", "--seeds", "5",
+                "--out", out, "--share-pretraining", "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert dry.output.count(" new ") == 2 and str(out / "sgd" / "all-s5") in dry.output
+    assert not out.exists()  # a dry run trains nothing
+    result = sweep("--config", config, "--optimizers", "sgd,sgd-hco", "--seeds", "5",
+                   "--out", out, "--share-pretraining")
+    assert result.exit_code == 0, result.output
+    assert result.output.count("trained") == 2
+    assert f"hco compare 'sgd={out}/sgd/*' 'sgd-hco={out}/sgd-hco/*'" in result.output
+    info = json.loads((out / "sgd-hco" / "all-s5" / "run.json").read_text())
+    assert info["finished"] is True and info["init_from"] == str(out / "sgd" / "all-s5")
+    again = sweep("--config", config, "--optimizers", "sgd,sgd-hco", "--seeds", "5",
+                  "--out", out, "--share-pretraining", "--dry-run")
+    assert again.exit_code == 0 and again.output.count(" done ") == 2
+    rerun = sweep("--config", config, "--optimizers", "sgd,sgd-hco", "--seeds", "5",
+                  "--out", out, "--share-pretraining")
+    assert rerun.exit_code == 0 and rerun.output.count("skipped") == 2
+    assert "train " not in rerun.output
+
+
+def test_failed_runs_are_reported_and_exit_1(config, tmp_path):
+    raw = yaml.safe_load(config.read_text())
+    raw["data"]["labeled_batch_size"] = 8
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    result = sweep("--config", bad, "--optimizers", "sgd,sgd-hco", "--seeds", "1",
+                   "--out", tmp_path / "sw", "--share-pretraining")
+    assert result.exit_code == 1
+    assert "cannot fill a labeled batch of 8" in result.output
+    assert "base run" in result.output and "failed" in result.output
+    assert "error: 2 of 2 runs failed" in result.output
+
+
+@pytest.mark.parametrize(("changes", "flags", "message"), [
+    ({"--optimizers": "sgd,lion"}, [], "Unknown optimizer 'lion'"),
+    ({"--optimizers": ","}, [], "--optimizers is empty"),
+    ({"--seeds": "1,x"}, [], "--seeds '1,x': expected integers"),
+    ({"--folds": "L0U0,L9U9"}, [], "fold L9U9 does not exist"),
+    ({}, ["--lcc"], "--lcc applies to --evaluate"),
+    ({"--gpus": "4"}, [], "--gpus 4: only 0 CUDA device(s) are available"),
+    ({"--optimizers": "sgd,adamw"}, ["--share-pretraining"], "one optimizer family"),
+])
+def test_user_errors_are_one_line(config, tmp_path, changes, flags, message):
+    options = {"--config": str(config), "--optimizers": "sgd", "--seeds": "1",
+               "--out": str(tmp_path / "sw"), **changes}
+    result = sweep(*[x for kv in options.items() for x in kv], *flags, "--dry-run")
+    assert result.exit_code == 1, result.output
+    assert message in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "sw").exists()

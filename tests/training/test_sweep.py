@@ -1,0 +1,256 @@
+"""hco sweep library: grid layout, skip/resume/new, shared pre-training, evaluation, scheduling."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from hco_cli.data.prepare import prepare_synthetic
+from hco_cli.errors import ConfigError, DataError, HcoError
+from hco_cli.training.loop import ProgressEvent, train
+from hco_cli.training.sweep import (
+    SweepOptions,
+    SweepRun,
+    plan_sweep,
+    run_status,
+    run_sweep,
+    schedule,
+    train_argv,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write_tiny_config(data: Path, path: Path) -> Path:
+    """sample_configs/synthetic_demo.yaml shrunk to 2 + 2 iterations of a 4-filter V-Net."""
+    raw = yaml.safe_load((ROOT / "sample_configs" / "synthetic_demo.yaml").read_text())
+    raw["data"].update(path=str(data), patch_size=[32, 32, 16])
+    raw["model"]["n_filters"] = 4
+    raw["framework"].update(pretrain_iterations=2, selftrain_iterations=2, lr_decay_every=2)
+    raw["validation"].update(every=2, stride=[16, 16, 8])
+    raw.update(checkpoint_every=1, log_every=1, device="cpu")
+    raw["data"]["device"] = "cpu"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def tiny_dataset(root: Path) -> Path:
+    """Phantoms of 32x32x24 with a 2 x 1 fold grid (L0U0, L1U0) of 2 labeled cases each."""
+    out = root / "data"
+    prepare_synthetic(out, labeled=4, unlabeled=2, val=1, test=1, shape=(32, 32, 24),
+                      folds_labeled=2, folds_unlabeled=1, fold_size=2)
+    return out
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("sweep")
+    return write_tiny_config(tiny_dataset(root), root / "tiny.yaml")
+
+
+@pytest.fixture(scope="module")
+def swept(config: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[SweepOptions, Any]:
+    """A 2 optimizers x 2 seeds sweep, run once for the tests below."""
+    out = tmp_path_factory.mktemp("grid") / "sweep"
+    options = SweepOptions(config=config, optimizers=["sgd", "sgd-hco"], seeds=[1, 2], out=out)
+    return options, run_sweep(options)
+
+
+def test_sweep_trains_every_cell_into_the_compare_layout(swept):
+    options, report = swept
+    dirs = sorted(p.relative_to(options.out).as_posix() for p in options.out.glob("*/*"))
+    assert dirs == ["sgd-hco/all-s1", "sgd-hco/all-s2", "sgd/all-s1", "sgd/all-s2"]
+    for outcome in report.outcomes:
+        info = json.loads((outcome.run.run_dir / "run.json").read_text())
+        assert info["finished"] is True
+        assert (info["optimizer"], info["seed"]) == (outcome.run.optimizer, outcome.run.seed)
+        assert outcome.outcome == "trained"
+        assert outcome.best_dice == info["best"]["score"]
+    assert report.compare_command == (f"hco compare 'sgd={options.out}/sgd/*' "
+                                      f"'sgd-hco={options.out}/sgd-hco/*'")
+
+
+def test_second_invocation_skips_finished_runs(swept):
+    options, _ = swept
+    files = sorted(options.out.glob("*/*/run.json"))
+    before = {p: p.stat().st_mtime_ns for p in files}
+    assert {r.status for r in plan_sweep(options)} == {"done"}
+    again = run_sweep(options)
+    assert [o.outcome for o in again.outcomes] == ["skipped"] * 4
+    assert {p: p.stat().st_mtime_ns for p in files} == before
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_interrupted_run_is_resumed_and_others_started(config, tmp_path):
+    options = SweepOptions(config=config, optimizers=["sgd"], seeds=[3, 4], out=tmp_path / "sw")
+    first = plan_sweep(options)[0]
+
+    def stop(event: ProgressEvent) -> None:
+        if event.kind == "step" and event.phase == "selftrain" and event.iteration == 1:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        train(first.config, progress=stop)
+    assert run_status(first.run_dir) == "resume"
+    assert [r.status for r in plan_sweep(options)] == ["resume", "new"]
+    report = run_sweep(options)
+    assert [o.outcome for o in report.outcomes] == ["resumed", "trained"]
+    metrics = [json.loads(line) for line in (first.run_dir / "metrics.jsonl").open()]
+    assert [m["iter"] for m in metrics if m["phase"] != "val"] == [1, 2, 3, 4]
+    assert {run_status(r.run_dir) for r in plan_sweep(options)} == {"done"}
+
+
+def test_share_pretraining_and_evaluate(config, tmp_path):
+    options = SweepOptions(config=config, optimizers=["sgd", "sgd-hco"], seeds=[1],
+                           folds=["L1U0"], out=tmp_path / "sw", share_pretraining=True,
+                           evaluate=True)
+    report = run_sweep(options)
+    base, dependent = (o.run.run_dir for o in report.outcomes)
+    assert base == tmp_path / "sw" / "sgd" / "L1U0-s1"
+    saved = yaml.safe_load((dependent / "config.yaml").read_text())
+    assert saved["init_from"] == str(base)
+    assert saved["data"]["fold"] == "L1U0"
+    assert not (dependent / "checkpoints" / "pretrain.pt").exists()  # it skipped pre-training
+    for outcome in report.outcomes:
+        summary = json.loads((outcome.run.run_dir / "eval/best/summary.json").read_text())
+        per_class = [summary["mean"][c]["dice"] for c in ("1", "2")]
+        assert outcome.test_dice == pytest.approx(sum(per_class) / 2)  # mean over classes
+    assert [o.outcome for o in run_sweep(options).outcomes] == ["skipped", "skipped"]
+
+
+@pytest.mark.parametrize(("changes", "error", "text"), [
+    ({"optimizers": ["sgd", "lion"]}, ConfigError, "Unknown optimizer 'lion'"),
+    ({"optimizers": []}, ConfigError, "--optimizers is empty"),
+    ({"seeds": []}, ConfigError, "--seeds is empty"),
+    ({"seeds": [1, 1]}, ConfigError, "--seeds repeats 1"),
+    ({"folds": ["L0U0", "L5U0"]}, DataError, "fold L5U0 does not exist"),
+    ({"folds": ["fold1"]}, DataError, "not of the form L<i>U<j>"),
+    ({"optimizers": ["sgd", "adam"], "share_pretraining": True}, ConfigError,
+     "one optimizer family"),
+])
+def test_plan_errors(config, tmp_path, changes, error, text):
+    raw = {"config": config, "optimizers": ["sgd"], "seeds": [1], "out": tmp_path, **changes}
+    with pytest.raises(error, match=text.replace("(", r"\(").replace(")", r"\)")):
+        plan_sweep(SweepOptions(**raw))
+
+
+def test_more_gpus_than_available_is_an_error(config, tmp_path):
+    options = SweepOptions(config=config, optimizers=["sgd"], seeds=[1], out=tmp_path, gpus=64)
+    with pytest.raises(ConfigError, match="--gpus 64: only"):
+        run_sweep(options)
+
+
+# ------------------------------------------------------------------- multi-GPU scheduling
+class _FakeJob:
+    """Finishes after ``ticks`` polls; a base writes pretrain.pt after its first poll."""
+
+    def __init__(self, run: SweepRun, ticks: int, code: int, log: list[str]) -> None:
+        self.run, self.ticks, self.code, self.log = run, ticks, code, log
+
+    def poll(self) -> int | None:
+        self.ticks -= 1
+        if self.run.optimizer == "sgd" and self.code == 0:
+            pretrain = self.run.run_dir / "checkpoints" / "pretrain.pt"
+            pretrain.parent.mkdir(parents=True, exist_ok=True)
+            pretrain.touch()
+        if self.ticks > 0:
+            return None
+        self.log.append(f"end {self.run.run_dir.name}/{self.run.optimizer}")
+        return self.code
+
+
+def _grid(root: Path, *, statuses: dict[str, str] | None = None) -> list[SweepRun]:
+    """2 seeds x (sgd base + sgd-hco, sgd-co dependents), no configs needed by the scheduler."""
+    runs = []
+    for seed in (1, 2):
+        base = root / "sgd" / f"all-s{seed}"
+        for name in ("sgd", "sgd-hco", "sgd-co"):
+            run_dir = root / name / f"all-s{seed}"
+            runs.append(SweepRun(run_dir=run_dir, optimizer=name, seed=seed, fold=None,
+                                 status=(statuses or {}).get(f"{name}-{seed}", "new"),
+                                 init_from=None if name == "sgd" else base,
+                                 config=None))  # type: ignore[arg-type]
+    return runs
+
+
+def _run_schedule(runs: list[SweepRun], *, workers: int, fail: set[str] = frozenset()):
+    log: list[str] = []
+
+    def launch(run: SweepRun, slot: int) -> _FakeJob:
+        log.append(f"start {run.run_dir.name}/{run.optimizer} on {slot}")
+        key = f"{run.optimizer}-{run.seed}"
+        return _FakeJob(run, 3, 1 if key in fail else 0, log)
+
+    codes = schedule(runs, workers=workers, launch=launch,
+                     needs_work=lambda r: r.status != "done", wait=lambda: None)
+    return log, codes
+
+
+def test_schedule_runs_bases_first_and_dependents_once_pretrained(tmp_path):
+    log, codes = _run_schedule(_grid(tmp_path), workers=2)
+    assert log[:2] == ["start all-s1/sgd on 0", "start all-s2/sgd on 1"]
+    # Both slots stay busy until the bases end; then their dependents take them.
+    assert log.index("start all-s1/sgd-hco on 0") > log.index("end all-s1/sgd")
+    assert all(code == 0 for code in codes.values()) and len(codes) == 6
+    starts = [entry for entry in log if entry.startswith("start")]
+    assert len(starts) == 6
+    assert {int(e[-1]) for e in starts} == {0, 1}
+
+
+def test_schedule_dependent_waits_for_pretrain_or_base_exit(tmp_path):
+    runs = _grid(tmp_path)
+    log, _ = _run_schedule(runs, workers=3)
+    # Three slots: the third slot stays free until a base's pretrain.pt is there.
+    assert log[:2] == ["start all-s1/sgd on 0", "start all-s2/sgd on 1"]
+    first_dependent = next(i for i, e in enumerate(log) if "sgd-" in e and "start" in e)
+    assert first_dependent >= 2
+    assert (tmp_path / "sgd" / "all-s1" / "checkpoints" / "pretrain.pt").is_file()
+
+
+def test_schedule_failed_base_cancels_its_dependents(tmp_path):
+    log, codes = _run_schedule(_grid(tmp_path), workers=1, fail={"sgd-1"})
+    assert codes[tmp_path / "sgd" / "all-s1"] == 1
+    assert codes[tmp_path / "sgd-hco" / "all-s1"] is None
+    assert codes[tmp_path / "sgd-co" / "all-s1"] is None
+    assert not any("all-s1/sgd-" in e for e in log)
+    assert codes[tmp_path / "sgd-hco" / "all-s2"] == 0
+
+
+def test_schedule_skips_done_runs_and_their_dependents_start_at_once(tmp_path):
+    runs = _grid(tmp_path, statuses={"sgd-1": "done", "sgd-2": "done", "sgd-co-2": "done"})
+    log, codes = _run_schedule(runs, workers=2)
+    assert log[:2] == ["start all-s1/sgd-hco on 0", "start all-s1/sgd-co on 1"]
+    assert set(codes) == {tmp_path / n / s for n, s in
+                          [("sgd-hco", "all-s1"), ("sgd-co", "all-s1"), ("sgd-hco", "all-s2")]}
+
+
+def test_train_argv_for_new_resumed_and_evaluated_runs(config, tmp_path):
+    options = SweepOptions(config=config, optimizers=["sgd", "sgd-hco"], seeds=[7],
+                           folds=["L0U0"], out=tmp_path / "sw", share_pretraining=True,
+                           evaluate=True, lcc=True)
+    base, dependent = plan_sweep(options)
+    assert base.config.device == "cpu"  # one GPU: the config's device, in process
+    [train_cmd, predict_cmd] = train_argv(dependent, options)
+    assert train_cmd[:3] == [sys.executable, "-m", "hco_cli"]
+    args = train_cmd[3:]
+    assert args[args.index("--optimizer") + 1] == "sgd-hco"
+    assert args[args.index("--seed") + 1] == "7"
+    assert args[args.index("--fold") + 1] == "L0U0"
+    assert args[args.index("--init-from") + 1] == str(base.run_dir)
+    assert args[args.index("--device") + 1] == "cuda"
+    assert predict_cmd[3:] == ["predict", str(dependent.run_dir), "--split", "test",
+                               "--evaluate", "--device", "cuda", "--force", "--lcc"]
+    resumed = replace(dependent, status="resume")
+    assert train_argv(resumed, options)[0][3:] == ["train", "--resume", str(dependent.run_dir)]
+    with pytest.raises(HcoError):
+        plan_sweep(SweepOptions(config=tmp_path / "missing.yaml", optimizers=["sgd"],
+                                seeds=[1], out=tmp_path))
