@@ -120,10 +120,6 @@ def _all_finite(tree: Any) -> bool:
     return bool(torch.stack(flags).all()) if flags else True
 
 
-def _cpu_copy(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
-
-
 def _cpu_tree(tree: Any) -> Any:
     """A CPU copy of a nested structure of tensors (an optimizer state dict, say)."""
     if isinstance(tree, Tensor):
@@ -316,10 +312,9 @@ class _Trainer:
         state = self.s.framework.eval_model().state_dict()
         if not _all_finite(state):
             self._diverged(f"non-finite weights at iteration {iteration}")
-        self.phase_best = {"score": score, "iter": iteration, "state": _cpu_copy(state)}
+        self.phase_best = {"score": score, "iter": iteration, "state": _cpu_tree(state)}
         if self.keep_best_optimizers:  # a later phase starts from this step's optimizer state
-            self.phase_best["optimizers"] = {k: _cpu_tree(o.state_dict())
-                                             for k, o in self.optimizers.items()}
+            self.phase_best["optimizers"] = self._optimizer_snapshot()
         self.run_best = {"score": score, "iter": iteration}
         ckpt.save_checkpoint(checkpoint_path(self.s.run_dir, "best"), {
             **self._model_payload(self.phase_best["state"]), "kind": "best", "iter": iteration,
@@ -335,10 +330,9 @@ class _Trainer:
             self.s.framework.eval_model().load_state_dict(self.phase_best["state"])
         if self.keep_best_optimizers:
             best = self.phase_best.get("optimizers") if restored else None
-            self.carried = best if best is not None else {
-                k: _cpu_tree(o.state_dict()) for k, o in self.optimizers.items()}
+            self.carried = best if best is not None else self._optimizer_snapshot()
         if phase.name == "pretrain":
-            state = _cpu_copy(self.s.framework.eval_model().state_dict())
+            state = _cpu_tree(self.s.framework.eval_model().state_dict())
             extra = {"optimizers": self.carried} if self.carried is not None else {}
             ckpt.save_checkpoint(checkpoint_path(self.s.run_dir, "pretrain"), {
                 **self._model_payload(state), "kind": "pretrain", "iter": end, **extra})
@@ -347,6 +341,10 @@ class _Trainer:
             self._checkpoint(index + 1, 0, end)
 
     # ------------------------------------------------------------------------ checkpoints
+    def _optimizer_snapshot(self) -> dict[str, Any]:
+        """CPU copies of every optimizer's state dict, for a later phase to start from."""
+        return {k: _cpu_tree(o.state_dict()) for k, o in self.optimizers.items()}
+
     def _model_payload(self, model_state: dict[str, Tensor]) -> dict[str, Any]:
         return {"model": model_state, "config": self.cfg.model_dump(mode="json"),
                 "in_channels": self.s.in_channels, "num_classes": self.s.num_classes}
