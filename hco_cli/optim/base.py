@@ -9,7 +9,7 @@ as ordinary torch optimizers (LR schedulers and step hooks included).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -22,6 +22,8 @@ from hco_cli.errors import ConfigError
 Variant = Literal["plain", "co", "hco"]
 MaskNorm = Literal["clamp", "mean_eps", "count_plus_one"]
 Grads = list[Tensor | None]
+# Averages a list of gradient tensors across processes, in place (data-parallel training).
+GradientReducer = Callable[[list[Tensor]], None]
 VARIANTS: tuple[str, ...] = ("plain", "co", "hco")
 MASK_NORMS: tuple[str, ...] = ("clamp", "mean_eps", "count_plus_one")
 DEFAULT_MASK_EPS = 1e-3
@@ -188,6 +190,10 @@ class TwoSourceOptimizer(Optimizer):
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
         self._pending: tuple[Grads, Grads] | None = None
+        # Set by data-parallel training: called once per gradient source (g_L, then g_U) with
+        # that source's present gradients before any update, so that both are averaged over
+        # the processes apart, as the hierarchical step needs them.
+        self.gradient_reducer: GradientReducer | None = None
         self._alignment: Tensor | None = None
         self._layout = LayoutCache()
         super().__init__(params, defaults)
@@ -241,7 +247,16 @@ class TwoSourceOptimizer(Optimizer):
             self._step_sources(*sources)
         return loss
 
+    def _reduce(self, *sources: Grads) -> None:
+        if self.gradient_reducer is None:
+            return
+        for grads in sources:
+            present = [g for g in grads if g is not None]
+            if present:
+                self.gradient_reducer(present)
+
     def _step_sources(self, grads_l: Grads, grads_u: Grads) -> None:
+        self._reduce(grads_l, grads_u)
         counts: list[Tensor] = []
         total = 0
         offset = 0
