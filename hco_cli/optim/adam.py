@@ -16,7 +16,7 @@ from torch import Tensor
 from hco_cli.optim.base import (
     Grads,
     HyperparameterError,
-    LayoutCache,
+    MaskNormaliser,
     MaskSpec,
     TwoSourceOptimizer,
     binary_mask,
@@ -26,12 +26,12 @@ from hco_cli.optim.base import (
     combine,
     foreach_binary_masks,
     foreach_combine,
-    foreach_normalise_masks_,
     mask_spec,
     normalise_mask,
     pick,
     resolve_mask_options,
 )
+from hco_cli.optim.flat import FlatLayout
 
 Alignment = list[tuple[Tensor, int]]
 
@@ -76,6 +76,7 @@ class Adam(TwoSourceOptimizer):
         mask_eps: float | str | None = None,
         mask_norm: str | None = None,
         foreach: bool | None = None,
+        flat: bool | None = None,
     ) -> None:
         check_mask_options(variant, mask_eps, mask_norm, allow_eps_alias=True)
         mask_eps, mask_norm = resolve_mask_options(variant, mask_eps, mask_norm)
@@ -84,7 +85,7 @@ class Adam(TwoSourceOptimizer):
             "decoupled_weight_decay": decoupled_weight_decay, "variant": variant,
             "mask_eps": mask_eps, "mask_norm": mask_norm, "foreach": foreach,
         }
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, flat=flat)
 
     def _check_group(self, group: dict[str, Any]) -> None:
         check_range("learning rate", group["lr"], low=0.0)
@@ -97,6 +98,27 @@ class Adam(TwoSourceOptimizer):
         check_range("weight_decay", group["weight_decay"], low=0.0)
         check_mask_options(group["variant"], group["mask_eps"], group["mask_norm"],
                            allow_eps_alias=True)
+
+    @staticmethod
+    def _hyper(group: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "lr": group["lr"], "beta1": group["betas"][0], "beta2": group["betas"][1],
+            "eps": group["eps"], "weight_decay": group["weight_decay"],
+            "decoupled": group["decoupled_weight_decay"], "variant": group["variant"],
+            "spec": None if group["variant"] == "plain" else mask_spec(group),
+        }
+
+    def _flat_group_step(self, group: dict[str, Any], layout: FlatLayout, grad_l: Tensor | None,
+                         grad_u: Tensor | None) -> Alignment:
+        if not self._flat_state:
+            self._flat_state = {"exp_avg": layout.zeros(), "exp_avg_sq": layout.zeros()}
+        state = self._flat_state
+        return _multi_tensor_adam(
+            [layout.data], [grad_l], [grad_u], [state["exp_avg"]], [state["exp_avg_sq"]],
+            [self._flat_steps], normalise=layout.normalise_masks_, **self._hyper(group))
+
+    def _flat_state_entries(self) -> dict[str, Any]:
+        return {"step": self._flat_steps}
 
     def _group_step(self, group: dict[str, Any], params: list[Tensor], grads_l: Grads,
                     grads_u: Grads) -> Alignment:
@@ -111,12 +133,7 @@ class Adam(TwoSourceOptimizer):
             state["step"] = int(state["step"]) + 1
             steps.append(state["step"])
             moments.append((state["exp_avg"], state["exp_avg_sq"]))
-        hyper: dict[str, Any] = {
-            "lr": group["lr"], "beta1": group["betas"][0], "beta2": group["betas"][1],
-            "eps": group["eps"], "weight_decay": group["weight_decay"],
-            "decoupled": group["decoupled_weight_decay"], "variant": group["variant"],
-            "spec": None if group["variant"] == "plain" else mask_spec(group),
-        }
+        hyper = self._hyper(group)
         m = [a for a, _ in moments]
         v = [b for _, b in moments]
         if not self._use_foreach(group, params):
@@ -125,7 +142,7 @@ class Adam(TwoSourceOptimizer):
         for idx in buckets(params):
             out.extend(_multi_tensor_adam(
                 pick(params, idx), pick(grads_l, idx), pick(grads_u, idx), pick(m, idx),
-                pick(v, idx), pick(steps, idx), cache=self._layout, **hyper))
+                pick(v, idx), pick(steps, idx), normalise=self._normalise, **hyper))
         return out
 
 
@@ -144,9 +161,11 @@ class AdamW(Adam):
         mask_eps: float | str | None = None,
         mask_norm: str | None = None,
         foreach: bool | None = None,
+        flat: bool | None = None,
     ) -> None:
         super().__init__(params, lr, betas, eps, weight_decay, decoupled_weight_decay=True,
-                         variant=variant, mask_eps=mask_eps, mask_norm=mask_norm, foreach=foreach)
+                         variant=variant, mask_eps=mask_eps, mask_norm=mask_norm, foreach=foreach,
+                         flat=flat)
 
 
 def _direction(m: Tensor, v: Tensor, bc1: float, bc2: float, eps: float) -> Tensor:
@@ -195,7 +214,7 @@ def _single_tensor_adam(params: list[Tensor], grads_l: Grads, grads_u: Grads, ms
 def _multi_tensor_adam(params: list[Tensor], grads_l: Grads, grads_u: Grads, ms: list[Tensor],
                        vs: list[Tensor], steps: list[int], *, lr: float, beta1: float,
                        beta2: float, eps: float, weight_decay: float, decoupled: bool,
-                       variant: str, spec: MaskSpec | None, cache: LayoutCache) -> Alignment:
+                       variant: str, spec: MaskSpec | None, normalise: MaskNormaliser) -> Alignment:
     """Foreach path for tensors of one device and dtype.
 
     Kernel-saving rewrites (equal in exact arithmetic): u = c m / (sqrt(v) + eps sqrt(bc2)) with
@@ -224,7 +243,7 @@ def _multi_tensor_adam(params: list[Tensor], grads_l: Grads, grads_u: Grads, ms:
     if variant == "co":
         assert spec is not None
         phi = foreach_binary_masks(ms, g)
-        count = foreach_normalise_masks_(phi, spec, cache)
+        count = normalise(phi, spec)
         torch._foreach_mul_(phi, ms)
         torch._foreach_addcdiv_(params, phi, denom, sizes)
         return [(count, sum(p.numel() for p in params))]
@@ -235,12 +254,12 @@ def _multi_tensor_adam(params: list[Tensor], grads_l: Grads, grads_u: Grads, ms:
     assert spec is not None
     return [_hco_refine(pick(params, idx), pick(grads_u, idx), pick(ms, idx), pick(vs, idx),
                         pick(root_bc2, idx), pick(sizes, idx), beta1=beta1, beta2=beta2,
-                        eps=eps, spec=spec, cache=cache)]
+                        eps=eps, spec=spec, normalise=normalise)]
 
 
 def _hco_refine(params: list[Tensor], grads_u: list[Tensor], ms: list[Tensor], vs: list[Tensor],
                 root_bc2: list[float], sizes: list[float], *, beta1: float, beta2: float,
-                eps: float, spec: MaskSpec, cache: LayoutCache) -> tuple[Tensor, int]:
+                eps: float, spec: MaskSpec, normalise: MaskNormaliser) -> tuple[Tensor, int]:
     """Algorithm 1 lines 11-19 (foreach): mask g_U, refine m and v, add lr phibar u."""
     phi = foreach_binary_masks(ms, grads_u)
     masked = torch._foreach_mul(grads_u, phi)
@@ -248,7 +267,7 @@ def _hco_refine(params: list[Tensor], grads_u: list[Tensor], ms: list[Tensor], v
     torch._foreach_addcmul_(vs, masked, masked, value=1.0 - beta2)
     denom = torch._foreach_sqrt(vs)
     torch._foreach_add_(denom, [eps * r for r in root_bc2])
-    count = foreach_normalise_masks_(phi, spec, cache)
+    count = normalise(phi, spec)
     torch._foreach_mul_(phi, ms)
     torch._foreach_addcdiv_(params, phi, denom, sizes)
     return count, sum(p.numel() for p in params)

@@ -18,10 +18,13 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from hco_cli.errors import ConfigError
+from hco_cli.optim.flat import FlatLayout, flat_supported
 
 Variant = Literal["plain", "co", "hco"]
 MaskNorm = Literal["clamp", "mean_eps", "count_plus_one"]
 Grads = list[Tensor | None]
+# phi -> phibar in place per tensor, returning the admitted count (0-d, no host sync).
+MaskNormaliser = Callable[[list[Tensor], "MaskSpec"], Tensor]
 # Averages a list of gradient tensors across processes, in place (data-parallel training).
 GradientReducer = Callable[[list[Tensor]], None]
 VARIANTS: tuple[str, ...] = ("plain", "co", "hco")
@@ -188,7 +191,8 @@ class TwoSourceOptimizer(Optimizer):
     masked elements) pairs, none when nothing was masked, and :meth:`_check_group`.
     """
 
-    def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
+    def __init__(self, params: Iterable[Any], defaults: dict[str, Any], *,
+                 flat: bool | None = None) -> None:
         self._pending: tuple[Grads, Grads] | None = None
         # Set by data-parallel training: called once per gradient source (g_L, then g_U) with
         # that source's present gradients before any update, so that both are averaged over
@@ -196,7 +200,37 @@ class TwoSourceOptimizer(Optimizer):
         self.gradient_reducer: GradientReducer | None = None
         self._alignment: Tensor | None = None
         self._layout = LayoutCache()
+        self._flat: FlatLayout | None = None
         super().__init__(params, defaults)
+        self._flat_state: dict[str, Tensor] = {}
+        self._flat_steps = 0
+        self._flat_grads: tuple[Tensor, Tensor] | None = None
+        if self._wants_flat(flat):
+            self._flat = FlatLayout(self.param_groups[0]["params"])
+            self._flat_grads = (self._flat.zeros(), self._flat.zeros())
+
+    def _wants_flat(self, flat: bool | None) -> bool:
+        """Flat mode: when asked, or by default on CUDA unless foreach=False was asked for."""
+        params = [p for g in self.param_groups for p in g["params"]]
+        if flat is None:
+            return (len(self.param_groups) == 1 and self.defaults["foreach"] is not False
+                    and flat_supported(params) and params[0].device.type == "cuda")
+        if flat and not (len(self.param_groups) == 1 and flat_supported(params)):
+            raise HyperparameterError(
+                "flat=True needs one parameter group whose tensors share one device and "
+                "floating dtype and are dense in memory (contiguous or channels-last)")
+        if flat and self.defaults["foreach"] is False:
+            raise HyperparameterError("flat=True and foreach=False contradict each other")
+        return bool(flat)
+
+    def _normalise(self, phi: list[Tensor], spec: MaskSpec) -> Tensor:
+        """The foreach mask normaliser (per-tensor counts from one fused norm)."""
+        return foreach_normalise_masks_(phi, spec, self._layout)
+
+    @property
+    def flat(self) -> bool:
+        """True when parameters, state and gradients live in flat buffers (one kernel per op)."""
+        return self._flat is not None
 
     @property
     def variant(self) -> str:
@@ -256,6 +290,9 @@ class TwoSourceOptimizer(Optimizer):
                 self.gradient_reducer(present)
 
     def _step_sources(self, grads_l: Grads, grads_u: Grads) -> None:
+        if self._flat is not None:
+            self._step_flat(self._flat, grads_l, grads_u)
+            return
         self._reduce(grads_l, grads_u)
         counts: list[Tensor] = []
         total = 0
@@ -281,15 +318,70 @@ class TwoSourceOptimizer(Optimizer):
                                      else torch.float32) for c in counts]).sum()
         self._alignment = admitted / total
 
+    def _step_flat(self, layout: FlatLayout, grads_l: Grads, grads_u: Grads) -> None:
+        """Pack both sources into their flat buffers, reduce them, and step all at once.
+
+        A parameter without a gradient in a source takes zeros there (every tensor is stepped;
+        the foreach path skips such a tensor instead). A source absent for every parameter
+        stays absent, so ``step()`` on an hco optimizer is still the labeled step.
+        """
+        assert self._flat_grads is not None
+        flats: list[Tensor | None] = []
+        for grads, buffer in zip((grads_l, grads_u), self._flat_grads, strict=True):
+            if all(g is None for g in grads):
+                flats.append(None)
+                continue
+            layout.pack(grads, buffer)
+            flats.append(buffer)
+        if flats[0] is None and flats[1] is None:
+            self._alignment = None
+            return
+        self._reduce(*([f] for f in flats))
+        self._flat_steps += 1
+        counts = self._flat_group_step(self.param_groups[0], layout, flats[0], flats[1])
+        if not counts:
+            self._alignment = None
+            return
+        admitted = torch.stack([c.to(torch.float64 if c.device.type != "mps" else torch.float32)
+                                for c, _ in counts]).sum()
+        self._alignment = admitted / (layout.numel * len(counts))
+
     def _group_step(self, group: dict[str, Any], params: list[Tensor], grads_l: Grads,
                     grads_u: Grads) -> list[tuple[Tensor, int]]:
         raise NotImplementedError
+
+    def _flat_group_step(self, group: dict[str, Any], layout: FlatLayout, grad_l: Tensor | None,
+                         grad_u: Tensor | None) -> list[tuple[Tensor, int]]:
+        """The flat counterpart of :meth:`_group_step` (state in ``self._flat_state``)."""
+        raise NotImplementedError
+
+    def _flat_state_entries(self) -> dict[str, Any]:
+        """Per-parameter scalar state entries of the flat mode (e.g. Adam's step count)."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """As torch's; in flat mode the per-parameter state entries are views of the buffers."""
+        if self._flat is None:
+            return super().state_dict()
+        for key, flat in self._flat_state.items():
+            for p, view in zip(self._flat.params, self._flat.views(flat), strict=True):
+                self.state[p][key] = view
+        if self._flat_state:
+            for p in self._flat.params:
+                self.state[p].update(self._flat_state_entries())
+        try:
+            return super().state_dict()
+        finally:
+            self.state.clear()
 
     def _check_group(self, group: dict[str, Any]) -> None:
         raise NotImplementedError
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group and validate its hyperparameters (overrides included)."""
+        if getattr(self, "_flat", None) is not None:
+            raise HyperparameterError("an optimizer in flat mode takes no further parameter "
+                                      "groups; build it with all parameters (or flat=False)")
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         try:
@@ -311,6 +403,22 @@ class TwoSourceOptimizer(Optimizer):
         super().load_state_dict(state_dict)
         for group, own in zip(self.param_groups, keep, strict=True):
             group.update(own)
+        if self._flat is not None:
+            self._absorb_state(self._flat)
+
+    def _absorb_state(self, layout: FlatLayout) -> None:
+        """Move loaded per-parameter state into flat buffers (zeros where a tensor has none)."""
+        keys = {k for p in layout.params for k, v in self.state.get(p, {}).items()
+                if isinstance(v, Tensor) and v.shape == p.shape}
+        self._flat_state = {}
+        for key in sorted(keys):
+            buffer = layout.zeros()
+            layout.pack([self.state.get(p, {}).get(key) for p in layout.params], buffer)
+            self._flat_state[key] = buffer
+        steps = [int(self.state[p]["step"]) for p in layout.params
+                 if "step" in self.state.get(p, {})]
+        self._flat_steps = max(steps, default=0)
+        self.state.clear()
 
     def _use_foreach(self, group: dict[str, Any], params: list[Tensor]) -> bool:
         flag = group["foreach"]

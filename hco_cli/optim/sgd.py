@@ -15,7 +15,7 @@ from torch import Tensor
 from hco_cli.optim.base import (
     Grads,
     HyperparameterError,
-    LayoutCache,
+    MaskNormaliser,
     MaskSpec,
     TwoSourceOptimizer,
     binary_mask,
@@ -25,12 +25,12 @@ from hco_cli.optim.base import (
     combine,
     foreach_binary_masks,
     foreach_combine,
-    foreach_normalise_masks_,
     mask_spec,
     normalise_mask,
     pick,
     resolve_mask_options,
 )
+from hco_cli.optim.flat import FlatLayout
 
 Alignment = list[tuple[Tensor, int]]
 
@@ -71,6 +71,7 @@ class SGD(TwoSourceOptimizer):
         mask_norm: str | None = None,
         double_decay: bool | None = None,
         foreach: bool | None = None,
+        flat: bool | None = None,
     ) -> None:
         check_mask_options(variant, mask_eps, mask_norm, allow_eps_alias=False)
         if double_decay is not None and variant != "hco":
@@ -82,7 +83,7 @@ class SGD(TwoSourceOptimizer):
             "double_decay": (True if double_decay is None else double_decay)
             if variant == "hco" else None,
         }
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, flat=flat)
 
     def _check_group(self, group: dict[str, Any]) -> None:
         check_range("learning rate", group["lr"], low=0.0)
@@ -94,6 +95,14 @@ class SGD(TwoSourceOptimizer):
             raise HyperparameterError(f"Invalid double_decay: {group['double_decay']!r} "
                                       "(must be True or False)")
 
+    @staticmethod
+    def _hyper(group: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "lr": group["lr"], "momentum": group["momentum"], "weight_decay": group["weight_decay"],
+            "variant": group["variant"], "double_decay": bool(group["double_decay"]),
+            "spec": None if group["variant"] == "plain" else mask_spec(group),
+        }
+
     def _group_step(self, group: dict[str, Any], params: list[Tensor], grads_l: Grads,
                     grads_u: Grads) -> Alignment:
         bufs = []
@@ -102,22 +111,30 @@ class SGD(TwoSourceOptimizer):
             if "momentum_buffer" not in state:
                 state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             bufs.append(state["momentum_buffer"])
-        hyper: dict[str, Any] = {
-            "lr": group["lr"], "momentum": group["momentum"], "weight_decay": group["weight_decay"],
-            "variant": group["variant"], "double_decay": bool(group["double_decay"]),
-            "spec": None if group["variant"] == "plain" else mask_spec(group),
-        }
+        hyper = self._hyper(group)
         if not self._use_foreach(group, params):
             return _single_tensor_sgd(params, grads_l, grads_u, bufs, **hyper)
         out: Alignment = []
         for idx in buckets(params):
             new_bufs, counts = _multi_tensor_sgd(
                 pick(params, idx), pick(grads_l, idx), pick(grads_u, idx), pick(bufs, idx),
-                cache=self._layout, **hyper)
+                normalise=self._normalise, **hyper)
             for i, buf in zip(idx, new_bufs, strict=True):
                 self.state[params[i]]["momentum_buffer"] = buf
             out.extend(counts)
         return out
+
+
+    def _flat_group_step(self, group: dict[str, Any], layout: FlatLayout, grad_l: Tensor | None,
+                         grad_u: Tensor | None) -> Alignment:
+        buf = self._flat_state.get("momentum_buffer")
+        if buf is None:
+            buf = layout.zeros()
+        new, counts = _multi_tensor_sgd(
+            [layout.data], [grad_l], [grad_u], [buf], normalise=layout.normalise_masks_,
+            **self._hyper(group))
+        self._flat_state["momentum_buffer"] = new[0]
+        return counts
 
 
 def _single_tensor_sgd(params: list[Tensor], grads_l: Grads, grads_u: Grads, bufs: list[Tensor],
@@ -158,7 +175,7 @@ def _single_tensor_sgd(params: list[Tensor], grads_l: Grads, grads_u: Grads, buf
 def _multi_tensor_sgd(params: list[Tensor], grads_l: Grads, grads_u: Grads, bufs: list[Tensor],
                       *, lr: float, momentum: float, weight_decay: float, variant: str,
                       double_decay: bool, spec: MaskSpec | None,
-                      cache: LayoutCache) -> tuple[list[Tensor], Alignment]:
+                      normalise: MaskNormaliser) -> tuple[list[Tensor], Alignment]:
     """Foreach path for tensors of one device and dtype; returns the new momentum buffers.
 
     The new buffer mu b + g is written to fresh tensors (one kernel) rather than updated in
@@ -168,7 +185,7 @@ def _multi_tensor_sgd(params: list[Tensor], grads_l: Grads, grads_u: Grads, bufs
         assert spec is not None
         return _multi_tensor_hco_sgd(params, grads_l, grads_u, bufs, lr=lr, momentum=momentum,
                                      weight_decay=weight_decay, double_decay=double_decay,
-                                     spec=spec, cache=cache)
+                                     spec=spec, normalise=normalise)
     g = foreach_combine(grads_l, grads_u)
     if weight_decay != 0:
         g = list(torch._foreach_add(g, params, alpha=weight_decay))
@@ -177,7 +194,7 @@ def _multi_tensor_sgd(params: list[Tensor], grads_l: Grads, grads_u: Grads, bufs
         torch._foreach_add_(params, new, alpha=-lr)
         return new, []
     phi = foreach_binary_masks(new, g)
-    count = foreach_normalise_masks_(phi, spec, cache)
+    count = normalise(phi, spec)
     torch._foreach_addcmul_(params, new, phi, value=-lr)
     return new, [(count, sum(p.numel() for p in params))]
 
@@ -185,7 +202,7 @@ def _multi_tensor_sgd(params: list[Tensor], grads_l: Grads, grads_u: Grads, bufs
 def _multi_tensor_hco_sgd(params: list[Tensor], grads_l: Grads, grads_u: Grads,
                           bufs: list[Tensor], *, lr: float, momentum: float, weight_decay: float,
                           double_decay: bool, spec: MaskSpec,
-                          cache: LayoutCache) -> tuple[list[Tensor], Alignment]:
+                          normalise: MaskNormaliser) -> tuple[list[Tensor], Alignment]:
     """Algorithm 2 with foreach kernels; the decay after the step is folded in as a factor.
 
     (w - lr U)(1 - lr gamma) = (1 - lr gamma) w - lr (1 - lr gamma) U, so the weights are
@@ -202,7 +219,7 @@ def _multi_tensor_hco_sgd(params: list[Tensor], grads_l: Grads, grads_u: Grads,
         return new, []
     m, g_u, p = pick(new, idx), pick(grads_u, idx), pick(params, idx)
     phi = foreach_binary_masks(m, g_u)
-    count = foreach_normalise_masks_(phi, spec, cache)
+    count = normalise(phi, spec)
     if double_decay:
         torch._foreach_mul_(m, momentum)
     torch._foreach_addcmul_(m, g_u, phi)
