@@ -5,11 +5,13 @@
 Parameters have the shapes of the BCP LA V-Net (n_filters=16, BatchNorm, about 9.45 M values):
 those of ``hco_cli.models.vnet.VNet`` when it is importable, else the list computed below from
 PROTOCOLS 1.2. Gradients g_L and g_U are fixed random tensors. Each of our optimizers steps with
-``step_two_source(g_L, g_U)`` through its foreach path; the baselines, run in the same process,
-are torch's own SGD/Adam/AdamW foreach steps (and fused on CUDA) with ``p.grad = g_L + g_U``
-precomputed, so our plain and CO rows also pay for the sum g_L + g_U. The table gives ms per
-step and the ratio to torch's foreach step of the same family. Target on an H100: every *-hco
-step at most 2x that baseline.
+``step_two_source(g_L, g_U)`` through its foreach path and, in the "(flat)" rows, in flat mode
+(the CUDA default: one kernel per operation over all parameters, the gradients copied into the
+flat buffers included). The baselines, run in the same process, are torch's own SGD/Adam/AdamW
+foreach steps (and fused on CUDA) with ``p.grad = g_L + g_U`` precomputed, so our plain and CO
+rows also pay for the sum g_L + g_U. The table gives ms per step and the ratios to torch's
+foreach and fused steps of the same family. Target on an H100: every *-hco step at most 2x
+torch's fused step.
 """
 
 from __future__ import annotations
@@ -120,9 +122,17 @@ def run(device: torch.device, *, repeat: int, warmup: int, rounds: int) -> dict[
         opt = build_optimizer(name, params, foreach=True)
         steps[name] = partial(opt.step_two_source, grads_l, grads_u)
         family[name] = optimizer_family(name)
+    for name in OPTIMIZER_NAMES:
+        # Flat mode re-homes its parameters in its own buffer: give each its own copy.
+        own = [p.detach().clone().requires_grad_() for p in params]
+        opt = build_optimizer(name, own, flat=True)
+        steps[f"{name} (flat)"] = partial(opt.step_two_source, grads_l, grads_u)
+        family[f"{name} (flat)"] = optimizer_family(name)
     ms = time_interleaved(steps, device, warmup=warmup, repeat=repeat, rounds=rounds)
+    fused = "fused" if device.type == "cuda" else "foreach"
     rows = [{"optimizer": key, "family": family[key], "ms": value,
-             "ratio_to_torch_foreach": value / ms[f"torch {family[key]} (foreach)"]}
+             "ratio_to_torch_foreach": value / ms[f"torch {family[key]} (foreach)"],
+             f"ratio_to_torch_{fused}": value / ms[f"torch {family[key]} ({fused})"]}
             for key, value in ms.items()]
     return {"device": _device_name(device), "torch": torch.__version__, "shapes": source,
             "tensors": len(shapes), "parameters": sum(p.numel() for p in params),
@@ -152,9 +162,11 @@ def main() -> None:
                  rounds=args.rounds)
     print(f"{result['device']}, torch {result['torch']}: {result['parameters']:,} parameters in "
           f"{result['tensors']} tensors ({result['shapes']})")
-    print(f"{'optimizer':<24}{'ms/step':>10}{'x torch foreach':>17}")
+    fused = "fused" if args.device == "cuda" else "foreach"
+    print(f"{'optimizer':<24}{'ms/step':>10}{'x torch foreach':>17}{f'x torch {fused}':>17}")
     for row in result["rows"]:
-        print(f"{row['optimizer']:<24}{row['ms']:>10.3f}{row['ratio_to_torch_foreach']:>17.2f}")
+        print(f"{row['optimizer']:<24}{row['ms']:>10.3f}{row['ratio_to_torch_foreach']:>17.2f}"
+              f"{row[f'ratio_to_torch_{fused}']:>17.2f}")
     if args.json:
         write_json(args.json, result)
 

@@ -3,17 +3,21 @@
     python benchmarks/train_step.py --data data/la [--device cuda] [--iterations 60]
     python benchmarks/train_step.py            # random volumes of LA size when no data is given
 
-For each optimizer (default: sgd, sgd-hco, adamw-hco) the same seeded framework runs
-``--iterations`` pre-training and self-training steps. "total" is the wall time per iteration of
-an uninstrumented run (one synchronisation at the end). The breakdown comes from a second,
-instrumented run that synchronises around each stage, so its stages add up to a little more
-than the total: data (sampler), pseudo-labels (teacher forward + largest component), student
-forward + loss, backward (the gradient pass(es) of two_source_step), optimizer step, EMA.
+For each optimizer (default: sgd, sgd-hco, adamw-hco, and sgd-hco with the foreach step instead
+of the flat one) the same seeded framework runs pre-training and self-training steps. "total" is
+the median wall time per iteration over ``--rounds`` rounds of ``--iterations`` uninstrumented
+iterations (one synchronisation per round); the rounds of all optimizers are interleaved, so the
+ratio to the first optimizer is a controlled same-process comparison (the HCO overhead). The
+breakdown comes from a separate instrumented run that synchronises around each stage, so its
+stages add up to a little more than the total: data (sampler), pseudo-labels (teacher forward +
+largest component), student forward + loss, backward (the gradient pass(es) of
+two_source_step), optimizer step, EMA.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -25,6 +29,7 @@ import torch
 import hco_cli.ssl.bcp as bcp_module
 from hco_cli.data.dataset import PreparedDataset
 from hco_cli.data.sampling import PatchSampler
+from hco_cli.io_utils import write_json
 from hco_cli.models import ModelConfig, build_model
 from hco_cli.optim import build_optimizer, plain_variant
 from hco_cli.ssl.base import Batch
@@ -79,77 +84,127 @@ def batches(args: argparse.Namespace, device: torch.device) -> Callable[[bool], 
     return random_batch
 
 
-def run(name: str, phase_name: str, args: argparse.Namespace, device: torch.device,
-        *, instrument: bool) -> tuple[float, dict[str, float]]:
-    torch.manual_seed(0)
-    cfg = BCPConfig()
-    model_cfg = ModelConfig()
+class Trial:
+    """One seeded BCP framework in one phase with one optimizer, ready to iterate."""
 
-    def factory() -> torch.nn.Module:
-        model = build_model(model_cfg, in_channels=1, num_classes=2).to(device)
-        return model.to(memory_format=torch.channels_last_3d) if device.type == "cuda" else model
-    framework = build_framework(cfg, model_factory=factory, num_classes=2, device=device, seed=0)
-    phase = next(p for p in framework.phases() if p.name == phase_name)
-    framework.start_phase(phase)
-    opt_name = plain_variant(name) if phase.plain_optimizer else name
-    watch = Stopwatch(device, instrument)
-    opt = build_optimizer(opt_name, framework.trainable()["student"].parameters())
-    opt.step_two_source = watch.wrap("optimizer step", opt.step_two_source)  # type: ignore[method-assign]
-    original = (bcp_module.two_source_step, bcp_module.ema_update_, framework.pseudo_label)
-    bcp_module.two_source_step = watch.wrap("backward", original[0])  # type: ignore[assignment]
-    bcp_module.ema_update_ = watch.wrap("ema", original[1])  # type: ignore[assignment]
-    framework.pseudo_label = watch.wrap("pseudo-labels", original[2])  # type: ignore[method-assign]
-    framework.selftrain_losses = watch.wrap(  # type: ignore[method-assign]
-        "forward+loss", framework.selftrain_losses)
-    framework.pretrain_loss = watch.wrap(  # type: ignore[method-assign]
-        "forward+loss", framework.pretrain_loss)
-    next_batch = watch.wrap("data", batches(args, device))
-    amp = device.type == "cuda"
-    try:
-        for i in range(args.warmup + args.iterations):
-            if i == args.warmup:
-                sync(device)
-                watch.seconds.clear()
-                start = time.perf_counter()
-            batch = next_batch(phase.needs_unlabeled)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                framework.train_step(phase, batch, {"student": opt}, i)
-        sync(device)
-        total = (time.perf_counter() - start) / args.iterations
-    finally:
-        bcp_module.two_source_step, bcp_module.ema_update_ = original[0], original[1]
-    stages = {k: v / args.iterations for k, v in watch.seconds.items()}
-    # Nested stages: backward wraps the optimizer step, forward+loss wraps the pseudo-labels.
-    stages["backward"] = stages.get("backward", 0.0) - stages.get("optimizer step", 0.0)
-    stages["forward+loss"] = stages.get("forward+loss", 0.0) - stages.get("pseudo-labels", 0.0)
-    return total, stages
+    def __init__(self, spec: str, phase_name: str, args: argparse.Namespace,
+                 device: torch.device, *, instrument: bool) -> None:
+        name, _, mode = spec.partition(":")  # e.g. "sgd-hco" (default mode) or "sgd-hco:foreach"
+        torch.manual_seed(0)
+        cfg = BCPConfig()
+        model_cfg = ModelConfig()
+
+        def factory() -> torch.nn.Module:
+            model = build_model(model_cfg, in_channels=1, num_classes=2).to(device)
+            if device.type == "cuda":
+                return model.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
+            return model
+        self.device, self.iteration = device, 0
+        self.framework = build_framework(cfg, model_factory=factory, num_classes=2, device=device,
+                                         seed=0)
+        self.phase = next(p for p in self.framework.phases() if p.name == phase_name)
+        self.framework.start_phase(self.phase)
+        opt_name = plain_variant(name) if self.phase.plain_optimizer else name
+        options = {"foreach": True, "flat": False} if mode == "foreach" else {}
+        self.watch = Stopwatch(device, instrument)
+        opt = build_optimizer(opt_name, self.framework.trainable()["student"].parameters(),
+                              **options)
+        opt.step_two_source = self.watch.wrap(  # type: ignore[method-assign]
+            "optimizer step", opt.step_two_source)
+        self.optimizers: dict[str, torch.optim.Optimizer] = {"student": opt}
+        fw: Any = self.framework  # a BCPFramework; its methods are wrapped for the stopwatch
+        fw.pseudo_label = self.watch.wrap("pseudo-labels", fw.pseudo_label)
+        fw.selftrain_losses = self.watch.wrap("forward+loss", fw.selftrain_losses)
+        fw.pretrain_loss = self.watch.wrap("forward+loss", fw.pretrain_loss)
+        self.next_batch = self.watch.wrap("data", batches(args, device))
+
+    def iterate(self, count: int) -> None:
+        """``count`` training iterations (module-level BCP helpers wrapped while they run)."""
+        original = (bcp_module.two_source_step, bcp_module.ema_update_)
+        setattr(bcp_module, "two_source_step", self.watch.wrap("backward", original[0]))  # noqa: B010
+        setattr(bcp_module, "ema_update_", self.watch.wrap("ema", original[1]))  # noqa: B010
+        try:
+            for _ in range(count):
+                batch = self.next_batch(self.phase.needs_unlabeled)
+                with torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                    enabled=self.device.type == "cuda"):
+                    self.framework.train_step(self.phase, batch, self.optimizers, self.iteration)
+                self.iteration += 1
+        finally:
+            bcp_module.two_source_step, bcp_module.ema_update_ = original
+
+    def stages(self, iterations: int) -> dict[str, float]:
+        """Seconds per iteration per stage; nested stages are reported without their inner one."""
+        out = {k: v / iterations for k, v in self.watch.seconds.items()}
+        out["backward"] = out.get("backward", 0.0) - out.get("optimizer step", 0.0)
+        out["forward+loss"] = out.get("forward+loss", 0.0) - out.get("pseudo-labels", 0.0)
+        return out
+
+
+def interleaved_totals(specs: list[str], phase_name: str, args: argparse.Namespace,
+                       device: torch.device) -> dict[str, float]:
+    """Median seconds per iteration; each round runs every optimizer in turn, so that clock and
+    load changes of the GPU touch all of them alike (a controlled same-process comparison)."""
+    trials = {spec: Trial(spec, phase_name, args, device, instrument=False) for spec in specs}
+    for trial in trials.values():
+        trial.iterate(args.warmup)
+    times: dict[str, list[float]] = {spec: [] for spec in specs}
+    for _ in range(args.rounds):
+        for spec, trial in trials.items():
+            sync(device)
+            start = time.perf_counter()
+            trial.iterate(args.iterations)
+            sync(device)
+            times[spec].append((time.perf_counter() - start) / args.iterations)
+    del trials
+    return {spec: statistics.median(values) for spec, values in times.items()}
+
+
+def instrumented_stages(spec: str, phase_name: str, args: argparse.Namespace,
+                        device: torch.device) -> dict[str, float]:
+    trial = Trial(spec, phase_name, args, device, instrument=True)
+    trial.iterate(args.warmup)
+    trial.watch.seconds.clear()
+    trial.iterate(args.iterations)
+    return trial.stages(args.iterations)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", help="prepared LA dataset (default: random volumes)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--optimizers", default="sgd,sgd-hco,adamw-hco")
-    parser.add_argument("--iterations", type=int, default=60)
+    parser.add_argument("--optimizers", default="sgd,sgd-hco,adamw-hco,sgd-hco:foreach",
+                        help="names; ':foreach' forces the foreach step instead of flat mode")
+    parser.add_argument("--iterations", type=int, default=20, help="iterations per round")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved timed rounds")
     parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"{name}, torch {torch.__version__}, BCP V-Net, patch {PATCH}, batch 4+4, "
-          f"{'bf16 + channels_last' if device.type == 'cuda' else 'fp32'}")
-    header = f"{'phase':<10}{'optimizer':<11}{'total ms':>9}" + "".join(f"{s:>15}" for s in STAGES)
-    print(header)
-    base: dict[str, float] = {}
+          f"{'bf16 + channels_last' if device.type == 'cuda' else 'fp32'}, "
+          f"{'LA data ' + args.data if args.data else 'random volumes'}")
+    header = f"{'phase':<10}{'optimizer':<17}{'total ms':>9}" + "".join(f"{s:>15}" for s in STAGES)
+    print(header + f"{'vs first':>10}")
+    specs = args.optimizers.split(",")
+    rows = []
     for phase_name in ("pretrain", "selftrain"):
-        for opt_name in args.optimizers.split(","):
-            total, _ = run(opt_name, phase_name, args, device, instrument=False)
-            _, stages = run(opt_name, phase_name, args, device, instrument=True)
-            base.setdefault(phase_name, total)
-            row = f"{phase_name:<10}{opt_name:<11}{1000 * total:>9.1f}"
+        totals = interleaved_totals(specs, phase_name, args, device)
+        for spec in specs:
+            stages = instrumented_stages(spec, phase_name, args, device)
+            ratio = totals[spec] / totals[specs[0]]
+            rows.append({"phase": phase_name, "optimizer": spec, "ms": 1000 * totals[spec],
+                         "ratio": ratio, "stages_ms": {k: 1000 * v for k, v in stages.items()}})
+            row = f"{phase_name:<10}{spec:<17}{1000 * totals[spec]:>9.1f}"
             row += "".join(f"{1000 * stages.get(s, 0.0):>15.1f}" for s in STAGES)
-            print(row + f"   x{total / base[phase_name]:.3f} vs {args.optimizers.split(',')[0]}")
+            print(row + f"{ratio:>10.3f}", flush=True)
+    if args.json:
+        write_json(args.json, {"device": name, "torch": torch.__version__, "data": args.data,
+                               "iterations": args.iterations, "rounds": args.rounds,
+                               "rows": rows})
 
 
 if __name__ == "__main__":
