@@ -222,7 +222,7 @@ def test_cuda_foreach_equals_single_tensor(name: str) -> None:
     single = [p.detach().cuda().requires_grad_() for p in _params()]
     multi = [p.detach().cuda().requires_grad_() for p in _params()]
     a = build_optimizer(name, single, weight_decay=0.01, foreach=False)
-    b = build_optimizer(name, multi, weight_decay=0.01)  # foreach is the CUDA default
+    b = build_optimizer(name, multi, weight_decay=0.01, foreach=True, flat=False)
     for step in range(6):
         gl, gu = _grads(step, single)
         move = [None if g is None else g.cuda() for g in (*gl, *gu)]

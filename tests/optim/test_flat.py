@@ -190,3 +190,27 @@ def test_flat_mode_refusals() -> None:
         opt.add_param_group({"params": [torch.zeros(2, requires_grad=True)]})
     assert not build_optimizer("sgd", [torch.zeros(3, requires_grad=True)]).flat  # CPU default
     assert not flat_supported([torch.zeros(4, 4).t()[:2]])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("name", OPTIMIZER_NAMES)
+def test_cuda_flat_is_the_default_and_equals_foreach(name: str, dtype: torch.dtype) -> None:
+    ref_params = [p.detach().cuda().to(dtype).requires_grad_() for p in _params()]
+    flat_params = [p.detach().clone().requires_grad_() for p in ref_params]
+    ref = build_optimizer(name, ref_params, weight_decay=0.01, flat=False)
+    flat = build_optimizer(name, flat_params, weight_decay=0.01)
+    assert flat.flat and not ref.flat
+    for step in range(6):
+        gl, gu = _grads(step, _params())
+        gl = [g.cuda().to(dtype) for g in gl]
+        gu = [g.cuda().to(dtype) for g in gu]
+        ref.step_two_source(gl, gu)
+        flat.step_two_source(gl, gu)
+    tol = {"rtol": 1e-12, "atol": 1e-14} if dtype == torch.float64 else {"rtol": 1e-5,
+                                                                         "atol": 1e-6}
+    for x, y in zip(ref_params, flat_params, strict=True):
+        torch.testing.assert_close(x, y, **tol)
+    if ref.last_alignment is not None:
+        assert flat.last_alignment == pytest.approx(ref.last_alignment, abs=1e-9)
