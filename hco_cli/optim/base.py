@@ -204,10 +204,13 @@ class TwoSourceOptimizer(Optimizer):
         super().__init__(params, defaults)
         self._flat_state: dict[str, Tensor] = {}
         self._flat_steps = 0
-        self._flat_grads: tuple[Tensor, Tensor] | None = None
+        # Per source (g_L, g_U): the flat gradient buffer and its per-parameter views, kept.
+        self._flat_grads: list[tuple[Tensor, list[Tensor]]] = []
         if self._wants_flat(flat):
             self._flat = FlatLayout(self.param_groups[0]["params"])
-            self._flat_grads = (self._flat.zeros(), self._flat.zeros())
+            for _ in range(2):
+                buffer = self._flat.zeros()
+                self._flat_grads.append((buffer, self._flat.views(buffer)))
 
     def _wants_flat(self, flat: bool | None) -> bool:
         """Flat mode: when asked, or by default on CUDA unless foreach=False was asked for."""
@@ -325,13 +328,12 @@ class TwoSourceOptimizer(Optimizer):
         the foreach path skips such a tensor instead). A source absent for every parameter
         stays absent, so ``step()`` on an hco optimizer is still the labeled step.
         """
-        assert self._flat_grads is not None
         flats: list[Tensor | None] = []
-        for grads, buffer in zip((grads_l, grads_u), self._flat_grads, strict=True):
+        for grads, (buffer, views) in zip((grads_l, grads_u), self._flat_grads, strict=True):
             if all(g is None for g in grads):
                 flats.append(None)
                 continue
-            layout.pack(grads, buffer)
+            layout.pack(grads, buffer, views)
             flats.append(buffer)
         if flats[0] is None and flats[1] is None:
             self._alignment = None

@@ -88,9 +88,14 @@ class FlatLayout:
         return [flat.as_strided(p.shape, p.stride(), o)
                 for p, o in zip(self.params, self.offsets, strict=True)]
 
-    def pack(self, tensors: Sequence[Tensor | None], out: Tensor) -> None:
-        """Copy per-parameter tensors into ``out`` (None writes zeros), one foreach copy."""
-        views = self.views(out)
+    def pack(self, tensors: Sequence[Tensor | None], out: Tensor,
+             views: Sequence[Tensor] | None = None) -> None:
+        """Copy per-parameter tensors into ``out`` (None writes zeros), one foreach copy.
+
+        ``views`` are ``self.views(out)`` when the caller keeps them (they cost a Python call
+        per tensor to build, more than the copy itself on a GPU).
+        """
+        views = self.views(out) if views is None else views
         present = [(v, t) for v, t in zip(views, tensors, strict=True) if t is not None]
         if present:
             torch._foreach_copy_([v for v, _ in present], [t for _, t in present])
