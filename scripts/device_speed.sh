@@ -22,10 +22,10 @@ if [ "$1" = bench ]; then
   step optim-bench; timeout 150 python3 $SRC/benchmarks/optim_step.py --device cuda --repeat 20 --rounds 7 --json "$OUT/optim_step.json"
 else
   step prepare; hco prepare la /tmp/la --out /tmp/data/la --labeled 8 --val 4 --allow-missing --force | tail -n 3
-  step train-step-bench; timeout 200 python3 $SRC/benchmarks/train_step.py --data /tmp/data/la --json "$OUT/train_step.json"
+  step train-step-bench; timeout 150 python3 $SRC/benchmarks/train_step.py --data /tmp/data/la --json "$OUT/train_step.json"
   CFG=$SRC/sample_configs/la_bcp_sgd_timing.yaml
   step train-sgd; timeout 200 python3 -m hco_cli train --config $CFG --data /tmp/data/la --optimizer sgd --run-dir /tmp/runs/sgd --force | tail -n 4
-  step train-sgd-hco; timeout 130 python3 -m hco_cli train --config $CFG --data /tmp/data/la --optimizer sgd-hco --init-from /tmp/runs/sgd --run-dir /tmp/runs/sgd-hco --force | tail -n 4
+  step train-sgd-hco; timeout 170 python3 -m hco_cli train --config $CFG --data /tmp/data/la --optimizer sgd-hco --init-from /tmp/runs/sgd --run-dir /tmp/runs/sgd-hco --force | tail -n 4
   for arm in sgd sgd-hco; do
     step predict-$arm; /usr/bin/time -f "test evaluation %e s" timeout 60 python3 -m hco_cli predict /tmp/runs/$arm --split test --lcc --evaluate --force | tail -n 3
   done
