@@ -110,6 +110,19 @@ class ValidationConfig(_Section):
     batch_size: int = Field(default=4, ge=1, description="windows per forward pass")
 
 
+class DistributedConfig(_Section):
+    """Data-parallel training: one process per GPU (gloo processes with device cpu).
+
+    Every process draws its own batches of the configured size, so the global batch is
+    ``processes`` times the configured one; the learning rate is not rescaled.
+    """
+
+    processes: int = Field(default=1, ge=1, description="training processes (--gpus)")
+    sync_batchnorm: bool = Field(default=False, description="BatchNorm statistics over all "
+                                 "processes (CUDA only)")
+    bucket_mb: float = Field(default=25.0, gt=0, description="gradient all-reduce bucket size")
+
+
 class TrainConfig(_Section):
     """Everything a training run depends on; saved with the run and in every checkpoint."""
 
@@ -118,6 +131,7 @@ class TrainConfig(_Section):
     framework: FrameworkConfig
     optimizer: OptimizerConfig
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     checkpoint_every: int = Field(default=1000, ge=1)
     log_every: int = Field(default=50, ge=1, description="iterations per metrics flush")
     seed: int = 1337

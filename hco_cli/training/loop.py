@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -25,6 +23,9 @@ from hco_cli.errors import CheckpointError, TrainingDivergedError
 from hco_cli.optim import build_optimizer, optimizer_info, plain_variant
 from hco_cli.ssl.base import Batch, Phase, StepResult
 from hco_cli.training import checkpoint as ckpt
+from hco_cli.training import distributed
+from hco_cli.training.events import ProgressCallback, ProgressEvent, RunResult
+from hco_cli.training.launch import launch
 from hco_cli.training.logging import MetricsWriter
 from hco_cli.training.run_dir import (
     checkpoint_path,
@@ -33,55 +34,52 @@ from hco_cli.training.run_dir import (
     write_config,
     write_run_info,
 )
-from hco_cli.training.setup import RunSetup, build_setup, seed_everything
-
-
-@dataclass
-class ProgressEvent:
-    """What the loop reports to a progress display (the CLI renders it; the library never prints).
-
-    kinds: ``start`` (info: run summary), ``warning`` (message), ``phase`` (phase, total),
-    ``step`` (iteration done within the phase), ``log`` (values: mean losses of the last block),
-    ``val`` (values: dice, score, best), ``end`` (info: run.json).
-    """
-
-    kind: Literal["start", "warning", "phase", "step", "log", "val", "end"]
-    phase: str = ""
-    iteration: int = 0
-    total: int = 0
-    values: dict[str, float | None] = field(default_factory=dict)
-    message: str = ""
-    info: dict[str, Any] = field(default_factory=dict)
-
-
-ProgressCallback = Callable[[ProgressEvent], None]
-
-
-@dataclass
-class RunResult:
-    """Where the run is and how it ended."""
-
-    run_dir: Path
-    best_dice: float | None
-    best_iteration: int | None
-    iterations: dict[str, int]
-    wall_seconds: float
-    warnings: list[str]
-    select_on: str = "val"
-    finished: bool = True
+from hco_cli.training.setup import (
+    RunSetup,
+    build_setup,
+    resolve_device,
+    resolve_run_dir,
+    seed_everything,
+)
+from hco_cli.training.trees import all_finite, cpu_tree
 
 
 def train(config: TrainConfig, *, progress: ProgressCallback | None = None,
           force: bool = False) -> RunResult:
-    """Train from scratch into ``config.run_dir`` (refused if non-empty unless ``force``)."""
-    setup = build_setup(config)
-    prepare_run_dir(setup.run_dir, force=force)
-    write_config(setup.run_dir, setup.config.model_dump(mode="json"))
-    return _Trainer(setup, progress=progress, state=None).run()
+    """Train from scratch into ``config.run_dir`` (refused if non-empty unless ``force``).
+
+    With ``distributed.processes`` > 1 the run is data-parallel: it spawns that many worker
+    processes (:mod:`hco_cli.training.launch`), or, under torchrun, is one of them.
+    """
+    d = config.distributed
+    distributed.check_devices(d.processes, device=config.device, sync_batchnorm=d.sync_batchnorm)
+    if distributed.needs_launch(d.processes):
+        config = resolve_run_dir(config)
+        assert config.run_dir is not None
+        prepare_run_dir(config.run_dir, force=force)  # before spawning: errors come at once
+        return launch(config, processes=d.processes, progress=progress)
+    ctx = distributed.join(resolve_device(config.device))
+    setup = build_setup(distributed.with_processes(config, ctx), ctx=ctx)
+    if ctx.is_main:
+        prepare_run_dir(setup.run_dir, force=force)
+        write_config(setup.run_dir, setup.config.model_dump(mode="json"))
+    return _run(setup, progress=progress, state=None)
 
 
-def resume(run_dir: Path, *, progress: ProgressCallback | None = None) -> RunResult:
-    """Continue the run in ``run_dir`` from its ``last.pt`` exactly where it stopped."""
+def _run(setup: RunSetup, *, progress: ProgressCallback | None,
+         state: dict[str, Any] | None) -> RunResult:
+    result = _Trainer(setup, progress=progress, state=state).run()
+    distributed.leave(setup.ctx)
+    return result
+
+
+def resume(run_dir: Path, *, progress: ProgressCallback | None = None,
+           processes: int | None = None) -> RunResult:
+    """Continue the run in ``run_dir`` from its ``last.pt`` exactly where it stopped.
+
+    It resumes with as many processes as it was saved with (``processes``, if given, must
+    match); a data-parallel run spawns its workers again.
+    """
     run_dir = Path(run_dir)
     last = checkpoint_path(run_dir, "last")
     if not last.is_file():
@@ -94,41 +92,21 @@ def resume(run_dir: Path, *, progress: ProgressCallback | None = None) -> RunRes
     saved = read_config_data(run_dir)
     if saved.get("run_dir") != state["config"].get("run_dir"):
         raise CheckpointError(f"{run_dir}: config.yaml and last.pt disagree; not resuming")
-    setup = build_setup(config, resuming=True)
-    return _Trainer(setup, progress=progress, state=state).run()
+    count = int(state.get("processes", 1))
+    distributed.check_resume_processes(count, requested=processes)
+    distributed.check_devices(count, device=config.device,
+                              sync_batchnorm=config.distributed.sync_batchnorm)
+    if distributed.needs_launch(count):
+        return launch(resume_dir=run_dir, processes=count, progress=progress)
+    ctx = distributed.join(resolve_device(config.device))
+    setup = build_setup(config, resuming=True, ctx=ctx)
+    return _run(setup, progress=progress, state=state)
 
 
 def _set_lr(optimizers: dict[str, torch.optim.Optimizer], lr: float) -> None:
     for opt in optimizers.values():
         for group in opt.param_groups:
             group["lr"] = lr
-
-
-def _tensors(tree: Any) -> list[Tensor]:
-    if isinstance(tree, Tensor):
-        return [tree]
-    if isinstance(tree, dict):
-        return [t for v in tree.values() for t in _tensors(v)]
-    if isinstance(tree, (list, tuple)):
-        return [t for v in tree for t in _tensors(v)]
-    return []
-
-
-def _all_finite(tree: Any) -> bool:
-    """One synchronisation: are all floating tensors of ``tree`` free of NaN and Inf?"""
-    flags = [t.isfinite().all() for t in _tensors(tree) if t.is_floating_point()]
-    return bool(torch.stack(flags).all()) if flags else True
-
-
-def _cpu_tree(tree: Any) -> Any:
-    """A CPU copy of a nested structure of tensors (an optimizer state dict, say)."""
-    if isinstance(tree, Tensor):
-        return tree.detach().to("cpu", copy=True)
-    if isinstance(tree, dict):
-        return {k: _cpu_tree(v) for k, v in tree.items()}
-    if isinstance(tree, list | tuple):
-        return type(tree)(_cpu_tree(v) for v in tree)
-    return tree
 
 
 class _Trainer:
@@ -138,6 +116,7 @@ class _Trainer:
                  state: dict[str, Any] | None) -> None:
         self.s = setup
         self.cfg = setup.config
+        self.ctx = setup.ctx
         self.progress = progress or (lambda event: None)
         self.state = state
         self.metrics = MetricsWriter(setup.run_dir / "metrics.jsonl")
@@ -159,7 +138,8 @@ class _Trainer:
     def run(self) -> RunResult:
         self._announce()
         if self.state is not None:
-            self.metrics.truncate_after(int(self.state["global_iter"]))
+            if self.ctx.is_main:
+                self.metrics.truncate_after(int(self.state["global_iter"]))
             self.run_best = dict(self.state["run_best"])
         else:
             self._write_info()
@@ -203,6 +183,8 @@ class _Trainer:
         local = int(state["local_iter"]) if resuming and state is not None else 0
         if resuming and local == 0 and state is not None:
             self._restore(state, optimizers=False)  # saved before start_phase ran
+        # Every rank starts the phase from rank 0's weights (its restored best, say).
+        self.ctx.broadcast_modules(self._networks())
         fw.start_phase(phase)
         self.optimizers = self._build_optimizers(phase)
         if phase.carry_optimizer and local == 0 and self.carried is not None:
@@ -225,8 +207,12 @@ class _Trainer:
             name = plain_variant(name)
             accepted = set(optimizer_info(name).hyperparameters)
             hp = {k: v for k, v in hp.items() if k in accepted}
-        return {key: build_optimizer(name, module.parameters(), **hp)
-                for key, module in self.s.framework.trainable().items()}
+        optimizers: dict[str, torch.optim.Optimizer] = {}
+        for key, module in self.s.framework.trainable().items():
+            optimizers[key] = opt = build_optimizer(name, module.parameters(), **hp)
+            # Data parallelism: g_L and g_U are averaged over the processes apart.
+            opt.gradient_reducer = self.ctx.reducer(bucket_mb=self.cfg.distributed.bucket_mb)
+        return optimizers
 
     # --------------------------------------------------------------------------- one step
     def _step(self, phase: Phase, i: int, offset: int) -> None:
@@ -269,7 +255,8 @@ class _Trainer:
                 bad = record
                 break
         self.pending = []
-        self.metrics.write(records)
+        if self.ctx.is_main:
+            self.metrics.write(records)
         if bad is not None:
             self._diverged(f"loss is {records[-1]['loss_l']}/{records[-1]['loss_u']} (L/U) at "
                            f"iteration {bad['iter']} ({bad['phase']})")
@@ -285,12 +272,22 @@ class _Trainer:
 
     # ------------------------------------------------------------------ validation, best
     def _validate(self, phase: Phase, iteration: int) -> None:
+        """Rank 0 scores and logs; its record is broadcast so every rank keeps the same best."""
         self._flush()
-        v = self.s.validation
-        if not v.scored:
+        if not self.s.validation.splits:
             return
+        record = self.ctx.broadcast_object(self._score(phase, iteration) if self.ctx.is_main
+                                           else None)
+        score = record["score"]
+        if record["best"] and score is not None:
+            self._save_best(phase, iteration, score)
+        self.progress(ProgressEvent("val", phase=phase.name, values={
+            "dice": record["dice"], "score": score, "best": self.phase_best["score"]}))
+
+    def _score(self, phase: Phase, iteration: int) -> dict[str, Any]:
         model = self.s.framework.eval_model()
-        results = {split: validator.evaluate(model) for split, validator in v.scored.items()}
+        scored = self.s.validation.scored
+        results = {split: validator.evaluate(model) for split, validator in scored.items()}
         shown = results.get(self.cfg.validation.split)
         chosen = results.get(self.cfg.validation.select_on)
         score = chosen.dice if chosen is not None else None
@@ -303,22 +300,21 @@ class _Trainer:
             "select_on": self.cfg.validation.select_on, "score": score, "best": improved,
             "time": round(self._wall(), 3)}
         self.metrics.write([record])
-        if improved and score is not None:
-            self._save_best(phase, iteration, score)
-        self.progress(ProgressEvent("val", phase=phase.name, values={
-            "dice": record["dice"], "score": score, "best": self.phase_best["score"]}))
+        return record
 
     def _save_best(self, phase: Phase, iteration: int, score: float) -> None:
         state = self.s.framework.eval_model().state_dict()
-        if not _all_finite(state):
+        if not all_finite(state):
             self._diverged(f"non-finite weights at iteration {iteration}")
-        self.phase_best = {"score": score, "iter": iteration, "state": _cpu_tree(state)}
+        self.phase_best = {"score": score, "iter": iteration, "state": cpu_tree(state)}
         if self.keep_best_optimizers:  # a later phase starts from this step's optimizer state
             self.phase_best["optimizers"] = self._optimizer_snapshot()
         self.run_best = {"score": score, "iter": iteration}
-        ckpt.save_checkpoint(checkpoint_path(self.s.run_dir, "best"), {
-            **self._model_payload(self.phase_best["state"]), "kind": "best", "iter": iteration,
-            "phase": phase.name, "score": score, "split": self.cfg.validation.select_on})
+        if self.ctx.is_main:
+            ckpt.save_checkpoint(checkpoint_path(self.s.run_dir, "best"), {
+                **self._model_payload(self.phase_best["state"]), "kind": "best",
+                "iter": iteration, "phase": phase.name, "score": score,
+                "split": self.cfg.validation.select_on})
 
     def _end_phase(self, index: int, phase: Phase, offset: int) -> None:
         self._flush()
@@ -331,8 +327,8 @@ class _Trainer:
         if self.keep_best_optimizers:
             best = self.phase_best.get("optimizers") if restored else None
             self.carried = best if best is not None else self._optimizer_snapshot()
-        if phase.name == "pretrain":
-            state = _cpu_tree(self.s.framework.eval_model().state_dict())
+        if phase.name == "pretrain" and self.ctx.is_main:
+            state = cpu_tree(self.s.framework.eval_model().state_dict())
             extra = {"optimizers": self.carried} if self.carried is not None else {}
             ckpt.save_checkpoint(checkpoint_path(self.s.run_dir, "pretrain"), {
                 **self._model_payload(state), "kind": "pretrain", "iter": end, **extra})
@@ -343,37 +339,56 @@ class _Trainer:
     # ------------------------------------------------------------------------ checkpoints
     def _optimizer_snapshot(self) -> dict[str, Any]:
         """CPU copies of every optimizer's state dict, for a later phase to start from."""
-        return {k: _cpu_tree(o.state_dict()) for k, o in self.optimizers.items()}
+        return {k: cpu_tree(o.state_dict()) for k, o in self.optimizers.items()}
 
     def _model_payload(self, model_state: dict[str, Tensor]) -> dict[str, Any]:
         return {"model": model_state, "config": self.cfg.model_dump(mode="json"),
                 "in_channels": self.s.in_channels, "num_classes": self.s.num_classes}
 
     def _checkpoint(self, phase_index: int, local: int, iteration: int) -> None:
-        """Save last.pt; refuse to store weights that are already NaN/Inf."""
+        """Save last.pt (rank 0, with every rank's random streams); refuse NaN/Inf weights."""
         self._flush()
         fw_state = self.s.framework.state_dict()
-        if not _all_finite(fw_state):
+        if not all_finite(fw_state):
             self._diverged(f"non-finite weights at iteration {iteration}")
+        mine = {"sampler": self.s.sampler.state_dict(), "rng": ckpt.rng_state(),
+                "framework_rng": fw_state.get("rng")}
+        extra: dict[str, Any] = {"processes": self.ctx.world_size}
+        if self.ctx.active:
+            replicas = self.ctx.gather_objects(
+                {**mine, "fingerprint": distributed.fingerprint(self._networks())})
+            distributed.check_replicas(replicas, iteration=iteration)
+            extra["replicas"] = replicas
+        if not self.ctx.is_main:
+            return
         payload = {
             **self._model_payload(self.s.framework.eval_model().state_dict()),
             "kind": "last", "phase_index": phase_index, "local_iter": local,
             "global_iter": iteration, "framework": fw_state,
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
-            "carried": self.carried,
-            "lr": self.lr, "rng": ckpt.rng_state(), "sampler": self.s.sampler.state_dict(),
-            "phase_best": self.phase_best, "run_best": self.run_best,
-            "elapsed": self._wall(), "finished": self.finished}
+            "carried": self.carried, "lr": self.lr, "rng": mine["rng"],
+            "sampler": mine["sampler"], "phase_best": self.phase_best,
+            "run_best": self.run_best, "elapsed": self._wall(), "finished": self.finished,
+            **extra}
         ckpt.save_checkpoint(checkpoint_path(self.s.run_dir, "last"), payload)
         self._write_info()
 
+    def _networks(self) -> list[torch.nn.Module]:
+        fw = self.s.framework
+        return [*fw.trainable().values(), fw.eval_model()]
+
     def _restore(self, state: dict[str, Any], *, optimizers: bool) -> None:
-        self.s.framework.load_state_dict(state["framework"])
+        """Load last.pt: shared weights and optimizers, and this rank's own random streams."""
+        mine = state["replicas"][self.ctx.rank] if "replicas" in state else state
+        fw_state = state["framework"]
+        if mine.get("framework_rng") is not None:
+            fw_state = {**fw_state, "rng": mine["framework_rng"]}
+        self.s.framework.load_state_dict(fw_state)
         if optimizers:
             for key, opt in self.optimizers.items():
                 opt.load_state_dict(state["optimizers"][key])
-        self.s.sampler.load_state_dict(state["sampler"])
-        ckpt.set_rng_state(state["rng"])
+        self.s.sampler.load_state_dict(mine["sampler"])
+        ckpt.set_rng_state(mine["rng"])
         self.lr = float(state["lr"])
         self.phase_best = dict(state["phase_best"])
 
@@ -384,8 +399,10 @@ class _Trainer:
         info = {**self.s.run_info(), "finished": self.finished,
                 "wall_seconds": round(self._wall(), 3), "hco_version": __version__,
                 "best": dict(self.run_best)}
-        write_run_info(self.s.run_dir, info)
+        if self.ctx.is_main:
+            write_run_info(self.s.run_dir, info)
         return info
 
 
-__all__ = ["Batch", "ProgressEvent", "RunResult", "resume", "seed_everything", "train"]
+__all__ = ["Batch", "ProgressCallback", "ProgressEvent", "RunResult", "resume", "seed_everything",
+           "train"]

@@ -88,6 +88,8 @@ class Overrides:
     init_from: Path | None = None
     select_on: str | None = None
     deterministic: bool = False
+    processes: int | None = None
+    sync_batchnorm: bool = False
 
 
 def preset(name: str) -> dict[str, Any]:
@@ -121,7 +123,9 @@ def build_config(*, config_file: Path | None = None, dataset: str | None = None,
     o = overrides or Overrides()
     sections: dict[str, dict[str, Any]] = {
         "data": {"labeled": o.labeled, "fold": o.fold, "path": o.data},
-        "optimizer": {"name": o.optimizer}, "validation": {"select_on": o.select_on}}
+        "optimizer": {"name": o.optimizer}, "validation": {"select_on": o.select_on},
+        "distributed": {"processes": o.processes,
+                        "sync_batchnorm": True if o.sync_batchnorm else None}}
     for section, values in sections.items():
         for key, value in values.items():
             if value is not None:

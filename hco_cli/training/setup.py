@@ -22,8 +22,10 @@ from hco_cli.data.sampling import PatchSampler
 from hco_cli.errors import ConfigError
 from hco_cli.models import build_model
 from hco_cli.ssl.base import Batch, Framework, Phase
+from hco_cli.ssl.common import default_seed
 from hco_cli.ssl.registry import build_framework
 from hco_cli.training import checkpoint as ckpt
+from hco_cli.training.distributed import SINGLE_PROCESS, DistributedContext
 from hco_cli.training.validation import Validator
 
 TEST_SELECTION_WARNING = (
@@ -57,9 +59,14 @@ def device_name(device: torch.device) -> str:
 
 @dataclass
 class Validation:
-    """The validators of the logged split and of the selection split (shared when equal)."""
+    """The validators of the logged split and of the selection split (shared when equal).
+
+    ``splits`` names the scored splits on every process; the validators themselves exist on
+    rank 0 only, which validates for all.
+    """
 
     scored: dict[str, Validator] = field(default_factory=dict)
+    splits: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -79,6 +86,7 @@ class RunSetup:
     warnings: list[str]
     # Optimizer state of --init-from's pre-training, for a phase with carry_optimizer.
     init_optimizers: dict[str, Any] | None = None
+    ctx: DistributedContext = SINGLE_PROCESS
 
     @property
     def amp(self) -> bool:
@@ -109,7 +117,8 @@ class RunSetup:
                 "optimizer": cfg.optimizer.name, "seed": cfg.seed, "fold": cfg.data.fold,
                 "labeled": len(self.splits["labeled"]),
                 "unlabeled": len(self.splits["unlabeled"]), "iterations": self.plan,
-                "device": device_name(self.device), "select_on": cfg.validation.select_on,
+                "device": device_name(self.device), "processes": self.ctx.world_size,
+                "select_on": cfg.validation.select_on,
                 "init_from": str(cfg.init_from) if cfg.init_from else None,
                 "warnings": list(self.warnings)}
 
@@ -137,17 +146,30 @@ def resolve_splits(dataset: PreparedDataset, config: TrainConfig) -> dict[str, l
     return splits
 
 
-def build_setup(config: TrainConfig, *, resuming: bool = False) -> RunSetup:
-    """Seed, then build data, framework and validators for ``config``."""
-    device = resolve_device(config.device)
-    data_device = device if config.data.device == "auto" else resolve_device(config.data.device)
+def resolve_run_dir(config: TrainConfig) -> TrainConfig:
+    """``config`` with ``run_dir`` filled in (default: :func:`default_run_dir`)."""
+    if config.run_dir is not None:
+        return config
+    data = config.model_dump(mode="json")
+    data["run_dir"] = str(default_run_dir(config, PreparedDataset(config.data.path).info.name))
+    return validate_config(data)
+
+
+def build_setup(config: TrainConfig, *, resuming: bool = False,
+                ctx: DistributedContext = SINGLE_PROCESS) -> RunSetup:
+    """Seed, then build data, framework and validators for ``config`` on this process.
+
+    Under data parallelism every rank builds identical networks (the run seed), then seeds its
+    sampler, framework and dropout streams from :meth:`DistributedContext.stream_seed`; rank 0
+    alone loads validation data.
+    """
+    device = ctx.device(resolve_device(config.device))
+    data_device = device if config.data.device == "auto" else ctx.device(
+        resolve_device(config.data.device))
     torch.backends.cudnn.deterministic = config.deterministic
     torch.backends.cudnn.benchmark = not config.deterministic
     dataset = PreparedDataset(config.data.path)
-    if config.run_dir is None:
-        data = config.model_dump(mode="json")
-        data["run_dir"] = str(default_run_dir(config, dataset.info.name))
-        config = validate_config(data)
+    config = resolve_run_dir(config)
     assert config.run_dir is not None
     splits = resolve_splits(dataset, config)
     d = config.data
@@ -156,22 +178,39 @@ def build_setup(config: TrainConfig, *, resuming: bool = False) -> RunSetup:
     sampler = PatchSampler(
         dataset, labeled=splits["labeled"], unlabeled=unlabeled,
         patch_size=d.patch_size, labeled_batch_size=d.labeled_batch_size,
-        unlabeled_batch_size=d.unlabeled_batch_size, augment=d.augment, seed=config.seed,
-        unlabeled_crop=d.unlabeled_crop, device=data_device)
+        unlabeled_batch_size=d.unlabeled_batch_size, augment=d.augment,
+        seed=ctx.stream_seed(config.seed), unlabeled_crop=d.unlabeled_crop, device=data_device)
     in_channels, num_classes = dataset.info.channels, dataset.num_classes
     framework = build_framework(config.framework, model_factory=_factory(config, in_channels,
-                                num_classes, device), num_classes=num_classes, device=device)
+                                num_classes, device), num_classes=num_classes, device=device,
+                                seed=ctx.stream_seed(default_seed()))
+    if config.distributed.sync_batchnorm:
+        _sync_batchnorm(framework, device)
     phases = framework.phases()
     skipped, init_optimizers = _init_from(config, framework, phases, num_classes,
                                           load=not resuming)
-    validation, warnings = _validation(config, dataset, splits, device, num_classes, phases)
+    if ctx.stream_seed(config.seed) != config.seed:  # this rank's own dropout streams
+        seed_everything(ctx.stream_seed(config.seed))
+    validation, warnings = _validation(config, dataset, splits, device, num_classes, phases,
+                                       build=ctx.is_main)
     if config.amp and device.type != "cuda":
         warnings.append(f"amp (bf16 autocast) applies on CUDA only: this run computes in fp32 "
                         f"on {device.type}")
     return RunSetup(config=config, run_dir=config.run_dir, device=device, dataset=dataset,
                     splits=splits, sampler=sampler, validation=validation, framework=framework,
                     phases=phases, skipped=skipped, in_channels=in_channels,
-                    num_classes=num_classes, warnings=warnings, init_optimizers=init_optimizers)
+                    num_classes=num_classes, warnings=warnings, init_optimizers=init_optimizers,
+                    ctx=ctx)
+
+
+def _sync_batchnorm(framework: Framework, device: torch.device) -> None:
+    """Turn the trainable networks' BatchNorm layers into SyncBatchNorm (in place)."""
+    if device.type != "cuda":
+        raise ConfigError("distributed.sync_batchnorm needs CUDA devices; this run trains on "
+                          f"{device.type}")
+    for name, module in framework.trainable().items():
+        if nn.SyncBatchNorm.convert_sync_batchnorm(module) is not module:
+            raise ConfigError(f"cannot convert the {name} network to SyncBatchNorm in place")
 
 
 def _factory(config: TrainConfig, in_channels: int, num_classes: int,
@@ -215,8 +254,8 @@ def _init_from(config: TrainConfig, framework: Framework, phases: list[Phase],
 
 
 def _validation(config: TrainConfig, dataset: PreparedDataset, splits: dict[str, list[str]],
-                device: torch.device, num_classes: int,
-                phases: list[Phase]) -> tuple[Validation, list[str]]:
+                device: torch.device, num_classes: int, phases: list[Phase], *,
+                build: bool = True) -> tuple[Validation, list[str]]:
     v = config.validation
     warnings = []
     if v.select_on == "test":
@@ -228,11 +267,14 @@ def _validation(config: TrainConfig, dataset: PreparedDataset, splits: dict[str,
                     else "no validation Dice is logged for it")
             warnings.append(f"{dataset.root} has no '{split}' cases: {what}")
             continue
+        validation.splits.append(split)
+        if not build:
+            continue
         validation.scored[split] = Validator(
             dataset, splits[split], patch_size=config.data.patch_size, stride=v.stride,
             num_classes=num_classes, device=device, batch_size=v.batch_size,
             amp=config.amp and device.type == "cuda")
-    if v.select_on not in validation.scored:
+    if v.select_on not in validation.splits:
         for p in phases:
             if p.restore_best:
                 warnings.append(f"phase {p.name} restores its best validated weights, but "

@@ -1,0 +1,176 @@
+"""``hco train --gpus N``: spawn N training processes and watch them from this one.
+
+Each worker sets the variables torchrun would set (MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE,
+LOCAL_RANK) and calls the ordinary :func:`~hco_cli.training.loop.train` or ``resume``, which
+join the process group (:mod:`hco_cli.training.distributed`). Rank 0's progress events and
+result come back through a queue; the first worker that fails ends the others, and its
+one-line error is raised here.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue as queue_module
+import socket
+import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hco_cli import errors
+from hco_cli.errors import HcoError
+from hco_cli.training.distributed import SAME_STREAMS_ENV
+from hco_cli.training.events import ProgressCallback, ProgressEvent, RunResult
+
+if TYPE_CHECKING:
+    from hco_cli.config import TrainConfig
+
+WorkerHook = Callable[[int, ProgressEvent], None]
+"""Called in every worker process with its rank and each of its progress events."""
+
+
+@dataclass(frozen=True)
+class _Job:
+    config: dict[str, Any] | None
+    resume_dir: Path | None
+    hook: WorkerHook | None
+    same_streams: bool
+
+
+def launch(config: TrainConfig | None = None, *, resume_dir: Path | None = None,
+           processes: int, progress: ProgressCallback | None = None,
+           worker_hook: WorkerHook | None = None, same_streams: bool = False) -> RunResult:
+    """Train ``config`` (or resume ``resume_dir``) in ``processes`` spawned worker processes.
+
+    Rank 0's progress events reach ``progress`` here; the first worker that fails ends the
+    others and its HcoError is raised here with its own class and message. ``worker_hook``
+    (picklable) runs in every worker on each of its events; ``same_streams`` gives every rank
+    rank 0's random streams (a check: the run then equals a one-process run).
+    """
+    if (config is None) == (resume_dir is None):
+        raise ValueError("give exactly one of config or resume_dir")
+    context = mp.get_context("spawn")
+    channel = context.Queue()
+    port = _free_port()
+    job = _Job(config=config.model_dump(mode="json") if config is not None else None,
+               resume_dir=resume_dir, hook=worker_hook, same_streams=same_streams)
+    workers = [context.Process(target=_worker, args=(rank, processes, port, job, channel),
+                               name=f"hco-rank{rank}") for rank in range(processes)]
+    for worker in workers:
+        worker.start()
+    try:
+        return _supervise(workers, channel, progress or (lambda event: None))
+    finally:
+        for worker in workers:
+            if worker.is_alive():
+                worker.terminate()
+        for worker in workers:
+            worker.join(timeout=10)
+            if worker.is_alive():
+                worker.kill()
+                worker.join()
+
+
+def _supervise(workers: list[Any], channel: Any, progress: ProgressCallback) -> RunResult:
+    """Forward rank 0's events until every worker has exited; raise the first failure."""
+    result: list[RunResult] = []
+    while True:
+        message = _get(channel, timeout=0.2)
+        if message is not None:
+            _handle(message, progress, result)
+            continue
+        codes = [w.exitcode for w in workers]
+        failed = [(r, c) for r, c in enumerate(codes) if c not in (None, 0)]
+        if not failed and any(c is None for c in codes):
+            continue
+        # Everyone exited, or one failed: what they put before exiting is still queued.
+        while (message := _get(channel, timeout=1.0)) is not None:
+            _handle(message, progress, result)
+        if failed:
+            rank, code = failed[0]
+            raise HcoError(f"training process {rank} ended with exit code {code}")
+        if not result:
+            raise HcoError("the training processes ended without a result")
+        return result[0]
+
+
+def _get(channel: Any, *, timeout: float) -> tuple[str, Any] | None:
+    try:
+        message: tuple[str, Any] = channel.get(timeout=timeout)
+    except queue_module.Empty:
+        return None
+    return message
+
+
+def _handle(message: tuple[str, Any], progress: ProgressCallback,
+            result: list[RunResult]) -> None:
+    kind, payload = message
+    if kind == "event":
+        progress(payload)
+    elif kind == "result":
+        result.append(payload)
+    else:
+        raise _rebuild(payload)
+
+
+def _rebuild(payload: tuple[int, str, str]) -> HcoError:
+    """The worker's error as an HcoError of the same class where it is one of ours."""
+    _, name, message = payload
+    cls = getattr(errors, name, None)
+    if isinstance(cls, type) and issubclass(cls, HcoError):
+        return cls(message)
+    return HcoError(message)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _worker(rank: int, world: int, port: int, job: _Job, channel: Any) -> None:
+    """One training process: rank ``rank`` of ``world``, reporting through ``channel``."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
+    if job.same_streams:
+        os.environ[SAME_STREAMS_ENV] = "1"
+    from hco_cli.config import validate_config
+    from hco_cli.training.loop import resume, train
+
+    def progress(event: ProgressEvent) -> None:
+        if job.hook is not None:
+            job.hook(rank, event)
+        if rank == 0:
+            channel.put(("event", event))
+
+    try:
+        if job.resume_dir is not None:
+            result = resume(job.resume_dir, progress=progress)
+        else:
+            assert job.config is not None  # launch() passes exactly one of the two
+            result = train(validate_config(job.config), progress=progress)
+        if rank == 0:
+            channel.put(("result", result))
+    except HcoError as exc:
+        _report(channel, (rank, type(exc).__name__, str(exc)))
+    except KeyboardInterrupt:  # Ctrl-C reaches every process; the parent reports it
+        sys.exit(130)
+    except BaseException as exc:  # a bug: its traceback goes to stderr, one line to the parent
+        traceback.print_exc()
+        _report(channel, (rank, "", f"training process {rank} failed: "
+                                    f"{type(exc).__name__}: {exc}".splitlines()[0]))
+    channel.close()
+    channel.join_thread()
+
+
+def _report(channel: Any, payload: tuple[int, str, str]) -> None:
+    channel.put(("error", payload))
+    channel.close()
+    channel.join_thread()
+    sys.exit(1)
+
+
+__all__ = ["WorkerHook", "launch"]
