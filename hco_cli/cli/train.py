@@ -18,6 +18,7 @@ from rich.table import Table
 
 from hco_cli.cli.common import console, err_console, handle_errors
 from hco_cli.errors import ConfigError
+from hco_cli.training.distributed import environment_rank
 from hco_cli.training.loop import ProgressEvent, RunResult, resume, train
 from hco_cli.training.presets import PRESETS, Overrides, build_config
 
@@ -37,7 +38,8 @@ class _Display:
         if e.kind == "start":
             table = Table.grid(padding=(0, 2))
             for key in ("run_dir", "dataset", "framework", "optimizer", "optimizer_hyperparameters",
-                        "labeled", "unlabeled", "iterations", "validation_cases", "device", "seed"):
+                        "labeled", "unlabeled", "iterations", "validation_cases", "device",
+                        "processes", "seed"):
                 table.add_row(f"[bold]{key}[/]", str(e.info.get(key)))
             console.print(table)
         elif e.kind == "warning":
@@ -89,26 +91,36 @@ def train_command(
     select_on: Annotated[Literal["val", "test"] | None, _opt(
         "Split that chooses best.pt (test inflates results).")] = None,
     deterministic: Annotated[bool, _opt("Deterministic cuDNN (slower).")] = False,
+    gpus: Annotated[int | None, _opt(
+        "Data-parallel processes, one per GPU (CPU processes with --device cpu). Each draws "
+        "its own batch of the configured size: the global batch is N times larger and the "
+        "learning rate is unchanged; --iterations still counts steps (divide it by N to see "
+        "the same number of samples). With --resume: must match the saved run.", min=1)] = None,
+    sync_batchnorm: Annotated[bool, _opt("BatchNorm statistics over all GPUs (SyncBatchNorm).")
+                              ] = False,
     force: Annotated[bool, _opt("Replace an existing run folder.")] = False,
 ) -> None:
     """Train a segmentation network with an SSL framework and an (H)CO optimizer."""
     columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/"
                "{task.total}"), TimeElapsedColumn(), TimeRemainingColumn(),
                TextColumn("{task.fields[info]}")]
+    is_main = environment_rank() == 0  # under torchrun, rank 0 alone renders
     if resume_dir is not None:
         given = [config, dataset, optimizer, labeled, seed, iterations, fold, run_dir, data,
                  device, init_from, select_on]
-        if any(v is not None for v in given) or deterministic or force:
+        if any(v is not None for v in given) or deterministic or force or sync_batchnorm:
             raise ConfigError("--resume continues a run with its saved configuration; "
-                              "give no other options")
-        with Progress(*columns, console=console) as bar:
-            result = resume(resume_dir, progress=_Display(bar))
+                              "give no other options (but --gpus)")
+        with Progress(*columns, console=console, disable=not is_main) as bar:
+            result = resume(resume_dir, progress=_Display(bar), processes=gpus)
     else:
         overrides = Overrides(optimizer=optimizer, labeled=labeled, seed=seed,
                               iterations=iterations, fold=fold, run_dir=run_dir, data=data,
                               device=device, init_from=init_from, select_on=select_on,
-                              deterministic=deterministic)
+                              deterministic=deterministic, processes=gpus,
+                              sync_batchnorm=sync_batchnorm)
         cfg = build_config(config_file=config, dataset=dataset, overrides=overrides)
-        with Progress(*columns, console=console) as bar:
+        with Progress(*columns, console=console, disable=not is_main) as bar:
             result = train(cfg, progress=_Display(bar), force=force)
-    _render(result)
+    if is_main:
+        _render(result)
