@@ -113,6 +113,10 @@ def plan_sweep(options: SweepOptions) -> list[SweepRun]:
     for name in optimizers:
         optimizer_info(name)  # ConfigError naming the valid optimizers
     base = build_config(config_file=options.config)
+    if base.distributed.processes > 1:
+        raise ConfigError(f"{options.config}: distributed.processes = "
+                          f"{base.distributed.processes}; a sweep trains one run per GPU, so "
+                          "its config must train on one process")
     if folds:
         splits = PreparedDataset(base.data.path).splits
         for fold in folds:

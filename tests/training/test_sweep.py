@@ -143,6 +143,16 @@ def test_plan_errors(config, tmp_path, changes, error, text):
         plan_sweep(SweepOptions(**raw))
 
 
+def test_config_training_on_several_processes_is_refused(config, tmp_path):
+    raw = yaml.safe_load(config.read_text())
+    raw["distributed"] = {"processes": 2}
+    multi = tmp_path / "multi.yaml"
+    multi.write_text(yaml.safe_dump(raw))
+    options = SweepOptions(config=multi, optimizers=["sgd"], seeds=[1], out=tmp_path / "o")
+    with pytest.raises(ConfigError, match=r"distributed\.processes = 2; a sweep trains one run"):
+        plan_sweep(options)
+
+
 def test_more_gpus_than_available_is_an_error(config, tmp_path):
     options = SweepOptions(config=config, optimizers=["sgd"], seeds=[1], out=tmp_path, gpus=64)
     with pytest.raises(ConfigError, match="--gpus 64: only"):
