@@ -61,6 +61,11 @@ class Adam(TwoSourceOptimizer):
     Missing sources: plain and co add what is present. For hco, g_U None skips the unlabeled
     phase (no mask, no refinement): w <- w - lr u^L, then the decay; g_L None with g_U present
     takes g_L = 0. So ``step()`` on hco is the labeled step.
+
+    Execution: ``foreach`` picks the multi-tensor path; ``flat`` (default on CUDA) keeps
+    parameters, state and gradients in flat buffers; ``fused`` runs the hco step in flat mode as
+    two Triton kernels (default on CUDA for float32 when triton is importable; triton_step.py).
+    Plain and co keep the flat torch path and refuse ``fused=True``.
     """
 
     def __init__(
@@ -77,6 +82,7 @@ class Adam(TwoSourceOptimizer):
         mask_norm: str | None = None,
         foreach: bool | None = None,
         flat: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
         check_mask_options(variant, mask_eps, mask_norm, allow_eps_alias=True)
         mask_eps, mask_norm = resolve_mask_options(variant, mask_eps, mask_norm)
@@ -85,7 +91,7 @@ class Adam(TwoSourceOptimizer):
             "decoupled_weight_decay": decoupled_weight_decay, "variant": variant,
             "mask_eps": mask_eps, "mask_norm": mask_norm, "foreach": foreach,
         }
-        super().__init__(params, defaults, flat=flat)
+        super().__init__(params, defaults, flat=flat, fused=fused)
 
     def _check_group(self, group: dict[str, Any]) -> None:
         check_range("learning rate", group["lr"], low=0.0)
@@ -113,9 +119,14 @@ class Adam(TwoSourceOptimizer):
         if not self._flat_state:
             self._flat_state = {"exp_avg": layout.zeros(), "exp_avg_sq": layout.zeros()}
         state = self._flat_state
+        hyper = self._hyper(group)
+        if self._fused is not None:
+            del hyper["variant"]
+            return self._fused.adam(grad_l, grad_u, state["exp_avg"], state["exp_avg_sq"],
+                                    step=self._flat_steps, **hyper)
         return _multi_tensor_adam(
             [layout.data], [grad_l], [grad_u], [state["exp_avg"]], [state["exp_avg_sq"]],
-            [self._flat_steps], normalise=layout.normalise_masks_, **self._hyper(group))
+            [self._flat_steps], normalise=layout.normalise_masks_, **hyper)
 
     def _flat_state_entries(self) -> dict[str, Any]:
         return {"step": self._flat_steps}
@@ -162,10 +173,11 @@ class AdamW(Adam):
         mask_norm: str | None = None,
         foreach: bool | None = None,
         flat: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
         super().__init__(params, lr, betas, eps, weight_decay, decoupled_weight_decay=True,
                          variant=variant, mask_eps=mask_eps, mask_norm=mask_norm, foreach=foreach,
-                         flat=flat)
+                         flat=flat, fused=fused)
 
 
 def _direction(m: Tensor, v: Tensor, bc1: float, bc2: float, eps: float) -> Tensor:

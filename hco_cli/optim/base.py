@@ -11,14 +11,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
 from hco_cli.errors import ConfigError
-from hco_cli.optim.flat import FlatLayout, flat_supported
+from hco_cli.optim.flat import FlatLayout, flat_supported, fused_obstacle
+
+if TYPE_CHECKING:
+    from hco_cli.optim.triton_step import FusedHcoStep
 
 Variant = Literal["plain", "co", "hco"]
 MaskNorm = Literal["clamp", "mean_eps", "count_plus_one"]
@@ -192,7 +195,7 @@ class TwoSourceOptimizer(Optimizer):
     """
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any], *,
-                 flat: bool | None = None) -> None:
+                 flat: bool | None = None, fused: bool | None = None) -> None:
         self._pending: tuple[Grads, Grads] | None = None
         # Set by data-parallel training: called once per gradient source (g_L, then g_U) with
         # that source's present gradients before any update, so that both are averaged over
@@ -206,11 +209,18 @@ class TwoSourceOptimizer(Optimizer):
         self._flat_steps = 0
         # Per source (g_L, g_U): the flat gradient buffer and its per-parameter views, kept.
         self._flat_grads: list[tuple[Tensor, list[Tensor]]] = []
-        if self._wants_flat(flat):
+        self._fused: FusedHcoStep | None = None
+        flat = self._wants_flat(flat)
+        fused = self._wants_fused(fused, flat)
+        if flat:
             self._flat = FlatLayout(self.param_groups[0]["params"])
             for _ in range(2):
                 buffer = self._flat.zeros()
                 self._flat_grads.append((buffer, self._flat.views(buffer)))
+        if fused:
+            from hco_cli.optim.triton_step import FusedHcoStep
+            assert self._flat is not None  # _wants_fused needs flat mode
+            self._fused = FusedHcoStep(self._flat)
 
     def _wants_flat(self, flat: bool | None) -> bool:
         """Flat mode: when asked, or by default on CUDA unless foreach=False was asked for."""
@@ -226,6 +236,18 @@ class TwoSourceOptimizer(Optimizer):
             raise HyperparameterError("flat=True and foreach=False contradict each other")
         return bool(flat)
 
+    def _wants_fused(self, fused: bool | None, flat: bool) -> bool:
+        """The Triton step: by default in flat mode on CUDA for an fp32 hco optimizer."""
+        if fused is not None and not isinstance(fused, bool):
+            raise HyperparameterError(f"Invalid fused: {fused!r} (must be True, False or None)")
+        device = self.param_groups[0]["params"][0].device
+        if fused is False or (fused is None and not (flat and device.type == "cuda")):
+            return False
+        obstacle = fused_obstacle(self.param_groups[0]["params"], variant=self.variant, flat=flat)
+        if obstacle is not None and fused:
+            raise HyperparameterError(f"fused=True: {obstacle}")
+        return obstacle is None
+
     def _normalise(self, phi: list[Tensor], spec: MaskSpec) -> Tensor:
         """The foreach mask normaliser (per-tensor counts from one fused norm)."""
         return foreach_normalise_masks_(phi, spec, self._layout)
@@ -234,6 +256,11 @@ class TwoSourceOptimizer(Optimizer):
     def flat(self) -> bool:
         """True when parameters, state and gradients live in flat buffers (one kernel per op)."""
         return self._flat is not None
+
+    @property
+    def fused(self) -> bool:
+        """True when the hco step runs as two fused Triton kernels over the flat buffers."""
+        return self._fused is not None
 
     @property
     def variant(self) -> str:
@@ -344,8 +371,9 @@ class TwoSourceOptimizer(Optimizer):
         if not counts:
             self._alignment = None
             return
-        admitted = torch.stack([c.to(torch.float64 if c.device.type != "mps" else torch.float32)
-                                for c, _ in counts]).sum()
+        acc = torch.float64 if layout.device.type != "mps" else torch.float32
+        admitted = (counts[0][0].to(acc) if len(counts) == 1
+                    else torch.stack([c.to(acc) for c, _ in counts]).sum())
         self._alignment = admitted / (layout.numel * len(counts))
 
     def _group_step(self, group: dict[str, Any], params: list[Tensor], grads_l: Grads,

@@ -47,7 +47,7 @@ class OptimInfo:
     @property
     def hyperparameters(self) -> tuple[str, ...]:
         """Every keyword :func:`build_optimizer` accepts for this name."""
-        return (*self.defaults, *self.options, "foreach", "flat")
+        return (*self.defaults, *self.options, "foreach", "flat", "fused")
 
 
 def _info(family: str, variant: str) -> OptimInfo:

@@ -57,6 +57,11 @@ class SGD(TwoSourceOptimizer):
     Missing sources: plain and co add what is present. For hco, g_U None skips the unlabeled
     phase (no mask, no refinement, no second decay): m <- mu m + g_L, w <- w - lr m, then the
     decay; g_L None with g_U present takes g_L = 0. So ``step()`` on hco is the labeled step.
+
+    Execution: ``foreach`` picks the multi-tensor path; ``flat`` (default on CUDA) keeps
+    parameters, state and gradients in flat buffers; ``fused`` runs the hco step in flat mode as
+    two Triton kernels (default on CUDA for float32 when triton is importable; triton_step.py).
+    Plain and co keep the flat torch path and refuse ``fused=True``.
     """
 
     def __init__(
@@ -72,6 +77,7 @@ class SGD(TwoSourceOptimizer):
         double_decay: bool | None = None,
         foreach: bool | None = None,
         flat: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
         check_mask_options(variant, mask_eps, mask_norm, allow_eps_alias=False)
         if double_decay is not None and variant != "hco":
@@ -83,7 +89,7 @@ class SGD(TwoSourceOptimizer):
             "double_decay": (True if double_decay is None else double_decay)
             if variant == "hco" else None,
         }
-        super().__init__(params, defaults, flat=flat)
+        super().__init__(params, defaults, flat=flat, fused=fused)
 
     def _check_group(self, group: dict[str, Any]) -> None:
         check_range("learning rate", group["lr"], low=0.0)
@@ -130,9 +136,14 @@ class SGD(TwoSourceOptimizer):
         buf = self._flat_state.get("momentum_buffer")
         if buf is None:
             buf = layout.zeros()
+        hyper = self._hyper(group)
+        if self._fused is not None:
+            self._flat_state["momentum_buffer"] = buf
+            return self._fused.sgd(grad_l, grad_u, buf, lr=hyper["lr"], momentum=hyper["momentum"],
+                                   weight_decay=hyper["weight_decay"],
+                                   double_decay=hyper["double_decay"], spec=hyper["spec"])
         new, counts = _multi_tensor_sgd(
-            [layout.data], [grad_l], [grad_u], [buf], normalise=layout.normalise_masks_,
-            **self._hyper(group))
+            [layout.data], [grad_l], [grad_u], [buf], normalise=layout.normalise_masks_, **hyper)
         self._flat_state["momentum_buffer"] = new[0]
         return counts
 
