@@ -5,13 +5,14 @@
 Parameters have the shapes of the BCP LA V-Net (n_filters=16, BatchNorm, about 9.45 M values):
 those of ``hco_cli.models.vnet.VNet`` when it is importable, else the list computed below from
 PROTOCOLS 1.2. Gradients g_L and g_U are fixed random tensors. Each of our optimizers steps with
-``step_two_source(g_L, g_U)`` through its foreach path and, in the "(flat)" rows, in flat mode
-(the CUDA default: one kernel per operation over all parameters, the gradients copied into the
-flat buffers included). The baselines, run in the same process, are torch's own SGD/Adam/AdamW
-foreach steps (and fused on CUDA) with ``p.grad = g_L + g_U`` precomputed, so our plain and CO
-rows also pay for the sum g_L + g_U. The table gives ms per step and the ratios to torch's
-foreach and fused steps of the same family. Target on an H100: every *-hco step at most 2x
-torch's fused step.
+``step_two_source(g_L, g_U)`` in three modes: "(foreach)" (flat=False: foreach kernels over the
+parameter list), "(flat)" (flat=True, fused=False: one torch kernel per operation over flat
+buffers) and, on CUDA for the three *-hco names, "(fused)" (flat=True, fused=True: two Triton
+kernels per step, the CUDA default); flat rows include copying the gradients into the flat
+buffers. The baselines, run in the same process, are torch's own SGD/Adam/AdamW foreach steps
+(and fused on CUDA) with ``p.grad = g_L + g_U`` precomputed, so our plain and CO rows also pay
+for the sum g_L + g_U. The table gives ms per step and the ratios to torch's foreach and fused
+steps of the same family. Target on an H100: every *-hco step at most 2x torch's fused step.
 """
 
 from __future__ import annotations
@@ -119,15 +120,19 @@ def run(device: torch.device, *, repeat: int, warmup: int, rounds: int) -> dict[
             steps[key] = cls(params, **TORCH_KWARGS[fam], **{mode: True}).step
             family[key] = fam
     for name in OPTIMIZER_NAMES:
-        opt = build_optimizer(name, params, foreach=True)
-        steps[name] = partial(opt.step_two_source, grads_l, grads_u)
-        family[name] = optimizer_family(name)
-    for name in OPTIMIZER_NAMES:
-        # Flat mode re-homes its parameters in its own buffer: give each its own copy.
-        own = [p.detach().clone().requires_grad_() for p in params]
-        opt = build_optimizer(name, own, flat=True)
-        steps[f"{name} (flat)"] = partial(opt.step_two_source, grads_l, grads_u)
-        family[f"{name} (flat)"] = optimizer_family(name)
+        opt = build_optimizer(name, params, foreach=True, flat=False)
+        steps[f"{name} (foreach)"] = partial(opt.step_two_source, grads_l, grads_u)
+        family[f"{name} (foreach)"] = optimizer_family(name)
+    flat_modes = {"flat": False, "fused": True} if device.type == "cuda" else {"flat": False}
+    for mode, fused in flat_modes.items():
+        for name in OPTIMIZER_NAMES:
+            if fused and not name.endswith("-hco"):
+                continue
+            # Flat mode re-homes its parameters in its own buffer: give each its own copy.
+            own = [p.detach().clone().requires_grad_() for p in params]
+            opt = build_optimizer(name, own, flat=True, fused=fused)
+            steps[f"{name} ({mode})"] = partial(opt.step_two_source, grads_l, grads_u)
+            family[f"{name} ({mode})"] = optimizer_family(name)
     ms = time_interleaved(steps, device, warmup=warmup, repeat=repeat, rounds=rounds)
     fused = "fused" if device.type == "cuda" else "foreach"
     rows = [{"optimizer": key, "family": family[key], "ms": value,
