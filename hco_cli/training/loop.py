@@ -203,9 +203,10 @@ class _Trainer:
         hp = self.cfg.optimizer.hyperparameters()
         if phase.plain_optimizer:
             # The plain member takes the base hyperparameters; the caution options
-            # (mask_eps, ...) have nothing to act on without an unlabeled gradient.
+            # (mask_eps, ...) have nothing to act on without an unlabeled gradient, and the
+            # fused Triton kernels exist for the hco step only.
             name = plain_variant(name)
-            accepted = set(optimizer_info(name).hyperparameters)
+            accepted = set(optimizer_info(name).hyperparameters) - {"fused"}
             hp = {k: v for k, v in hp.items() if k in accepted}
         optimizers: dict[str, torch.optim.Optimizer] = {}
         for key, module in self.s.framework.trainable().items():

@@ -277,3 +277,14 @@ def test_unlabeled_stream_can_include_the_labeled_cases(synthetic, tmp_path):
     labeled, unlabeled = plain.splits["labeled"], plain.splits["unlabeled"]
     assert len(plain.sampler.unlabeled_images) == len(unlabeled)
     assert len(both.sampler.unlabeled_images) == len(unlabeled) + len(labeled)
+
+
+def test_fused_option_is_for_the_hco_phase_only(synthetic, tmp_path):
+    """Pre-training's plain optimizer drops ``fused``; the hco phase applies it (here refused:
+    the fused kernels need CUDA or Triton's interpreter), so the run stops after pre-training."""
+    run = tmp_path / "run"
+    config = tiny_config(synthetic, run, optimizer__options={"fused": True})
+    with pytest.raises(ConfigError, match="fused=True"):
+        train(config)
+    phases = {r["phase"] for r in read_metrics(run / "metrics.jsonl")}
+    assert "pretrain" in phases and "selftrain" not in phases
