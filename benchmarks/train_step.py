@@ -3,11 +3,12 @@
     python benchmarks/train_step.py --data data/la [--device cuda] [--iterations 60]
     python benchmarks/train_step.py            # random volumes of LA size when no data is given
 
-For each optimizer (default: sgd, sgd-hco, adamw-hco, and sgd-hco with the foreach step instead
-of the flat one) the same seeded framework runs pre-training and self-training steps. "total" is
-the median wall time per iteration over ``--rounds`` rounds of ``--iterations`` uninstrumented
-iterations (one synchronisation per round); the rounds of all optimizers are interleaved, so the
-ratio to the first optimizer is a controlled same-process comparison (the HCO overhead). The
+For each optimizer (default: sgd, sgd-hco, adamw-hco in their default CUDA modes, and sgd-hco
+with the torch flat step and with the foreach step) the same seeded framework runs pre-training
+and self-training steps. "total" is the median wall time per iteration over ``--rounds`` rounds
+of ``--iterations`` uninstrumented iterations (one synchronisation per round); the rounds of all
+optimizers are interleaved, so the ratio to the first optimizer is a controlled same-process
+comparison (the HCO overhead). The
 breakdown comes from a separate instrumented run that synchronises around each stage, so its
 stages add up to a little more than the total: data (sampler), pseudo-labels (teacher forward +
 largest component), student forward + loss, backward (the gradient pass(es) of
@@ -37,6 +38,9 @@ from hco_cli.ssl.config import BCPConfig
 from hco_cli.ssl.registry import build_framework
 
 PATCH = (112, 112, 80)
+# ":foreach" forces the foreach step, ":flat" the torch flat step (no Triton kernels).
+MODES: dict[str, dict[str, Any]] = {"": {}, "foreach": {"foreach": True, "flat": False},
+                                    "flat": {"fused": False}}
 STAGES = ("data", "pseudo-labels", "forward+loss", "backward", "optimizer step", "ema")
 
 
@@ -105,7 +109,7 @@ class Trial:
         self.phase = next(p for p in self.framework.phases() if p.name == phase_name)
         self.framework.start_phase(self.phase)
         opt_name = plain_variant(name) if self.phase.plain_optimizer else name
-        options = {"foreach": True, "flat": False} if mode == "foreach" else {}
+        options = MODES[mode]
         self.watch = Stopwatch(device, instrument)
         opt = build_optimizer(opt_name, self.framework.trainable()["student"].parameters(),
                               **options)
@@ -173,8 +177,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", help="prepared LA dataset (default: random volumes)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--optimizers", default="sgd,sgd-hco,adamw-hco,sgd-hco:foreach",
-                        help="names; ':foreach' forces the foreach step instead of flat mode")
+    parser.add_argument("--optimizers",
+                        default="sgd,sgd-hco,adamw-hco,sgd-hco:flat,sgd-hco:foreach",
+                        help="names; ':flat' forces the torch flat step instead of the fused "
+                        "kernels, ':foreach' the foreach step")
     parser.add_argument("--iterations", type=int, default=20, help="iterations per round")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timed rounds")
     parser.add_argument("--warmup", type=int, default=10)

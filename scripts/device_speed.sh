@@ -20,9 +20,25 @@ done
 if [ "$1" = bench ]; then
   step gpu-tests; timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider $SRC/tests/optim
   step optim-bench; timeout 150 python3 $SRC/benchmarks/optim_step.py --device cuda --repeat 20 --rounds 7 --json "$OUT/optim_step.json"
+elif [ "$1" = numerics ]; then
+  # bf16 vs fp32 (amp off; convolutions may still use TF32, torch's default) on seeds given as $2..
+  [ -d /tmp/data/la ] || hco prepare la /tmp/la --out /tmp/data/la --labeled 8 --val 4 --allow-missing | tail -n 2
+  Q=/tmp/quick.yaml
+  sed -e 's/pretrain_iterations: 1000/pretrain_iterations: 300/' -e 's/selftrain_iterations: 2400/selftrain_iterations: 600/' \
+    -e 's/lr_decay_every: 800/lr_decay_every: 250/' -e 's#path: data/la#path: /tmp/data/la#' $SRC/sample_configs/la_bcp_sgd_short.yaml > $Q
+  sed 's/amp: true/amp: false/' $Q > /tmp/quick_fp32.yaml
+  for seed in "${@:2}"; do
+    timeout 400 python3 -m hco_cli train --config $Q --optimizer sgd --seed $seed --run-dir /tmp/runs/bf16-s$seed --force > /tmp/bf16-$seed.log 2>&1 &
+    timeout 400 python3 -m hco_cli train --config /tmp/quick_fp32.yaml --optimizer sgd --seed $seed --run-dir /tmp/runs/fp32-s$seed --force > /tmp/fp32-$seed.log 2>&1 &
+  done
+  wait
+  for seed in "${@:2}"; do for r in bf16 fp32; do
+    tail -n 2 /tmp/$r-$seed.log | head -n 1
+    timeout 60 python3 -m hco_cli predict /tmp/runs/$r-s$seed --split test --lcc --evaluate --force | grep -i "mean dice"
+  done; done
 else
   step prepare; hco prepare la /tmp/la --out /tmp/data/la --labeled 8 --val 4 --allow-missing --force | tail -n 3
-  step train-step-bench; timeout 150 python3 $SRC/benchmarks/train_step.py --data /tmp/data/la --json "$OUT/train_step.json"
+  step train-step-bench; timeout 200 python3 $SRC/benchmarks/train_step.py --data /tmp/data/la --rounds 8 --json "$OUT/train_step.json"
   CFG=$SRC/sample_configs/la_bcp_sgd_timing.yaml
   step train-sgd; timeout 200 python3 -m hco_cli train --config $CFG --data /tmp/data/la --optimizer sgd --run-dir /tmp/runs/sgd --force | tail -n 4
   step train-sgd-hco; timeout 170 python3 -m hco_cli train --config $CFG --data /tmp/data/la --optimizer sgd-hco --init-from /tmp/runs/sgd --run-dir /tmp/runs/sgd-hco --force | tail -n 4
