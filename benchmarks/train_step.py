@@ -117,7 +117,7 @@ class Trial:
             "optimizer step", opt.step_two_source)
         self.optimizers: dict[str, torch.optim.Optimizer] = {"student": opt}
         fw: Any = self.framework  # a BCPFramework; its methods are wrapped for the stopwatch
-        fw.pseudo_label = self.watch.wrap("pseudo-labels", fw.pseudo_label)
+        fw.pseudo_labels = self.watch.wrap("pseudo-labels", fw.pseudo_labels)
         fw.selftrain_losses = self.watch.wrap("forward+loss", fw.selftrain_losses)
         fw.pretrain_loss = self.watch.wrap("forward+loss", fw.pretrain_loss)
         self.next_batch = self.watch.wrap("data", batches(args, device))

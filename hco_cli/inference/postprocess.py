@@ -88,21 +88,38 @@ def _cupy_ndimage() -> Any | None:
 
 
 def _lcc_cupy(volumes: Tensor, connectivity: int) -> Tensor:
-    """CuPy's scipy-compatible labelling on the tensor's own memory (DLPack, no copy)."""
+    """CuPy's scipy-compatible labelling of the whole batch at once, then torch on the labels.
+
+    One ``label`` call labels the (B, X, Y, Z) batch with a structure that connects nothing
+    across volumes, so the only host synchronisation is the component count it returns; the
+    sizes (a histogram over the known label range), the per-volume argmax and the selection
+    stay on the device, on the current stream.
+    """
     cupy = importlib.import_module("cupy")
     cnd = importlib.import_module("cupyx.scipy.ndimage")
-    out = torch.zeros_like(volumes)
     stream = torch.cuda.current_stream(volumes.device).cuda_stream
     with cupy.cuda.Device(volumes.device.index), cupy.cuda.ExternalStream(stream):
-        structure = cupy.asarray(ndimage.generate_binary_structure(3, _RANK[connectivity]))
-        for i in range(volumes.shape[0]):
-            labels, count = cnd.label(cupy.from_dlpack(volumes[i].to(torch.uint8)), structure)
-            if int(count):
-                sizes = cupy.bincount(labels.ravel())
-                sizes[0] = 0
-                keep = (labels == sizes.argmax()).astype(cupy.uint8)
-                out[i] = torch.from_dlpack(keep).bool()
+        structure = cupy.asarray(_batch_structure(connectivity))
+        labels, count = cnd.label(cupy.from_dlpack(volumes.to(torch.uint8).contiguous()),
+                                  structure)
+        labels = torch.from_dlpack(labels)
+    count = int(count)
+    out = torch.zeros_like(volumes)
+    if count == 0:
+        return out
+    for i in range(volumes.shape[0]):
+        sizes = torch.histc(labels[i].float(), bins=count + 1, min=-0.5, max=count + 0.5)
+        sizes[0] = 0  # background
+        best = sizes.argmax()  # the first maximum: ties go to the lowest (raster-first) label
+        out[i] = (labels[i] == best) & (sizes[best] > 0)
     return out
+
+
+def _batch_structure(connectivity: int) -> np.ndarray:
+    """A (3, 3, 3, 3) structure: the 3-D neighbourhood, with no link between batch entries."""
+    structure = np.zeros((3, 3, 3, 3), dtype=bool)
+    structure[1] = ndimage.generate_binary_structure(3, _RANK[connectivity])
+    return structure
 
 
 def lcc_torch(volumes: Tensor, *, connectivity: int = 26) -> Tensor:

@@ -126,21 +126,33 @@ class BCPFramework(Framework):
         return ce_dice_loss(self.student(image), label)
 
     @torch.no_grad()
-    def pseudo_label(self, images: Tensor) -> Tensor:
-        """Teacher pseudo-labels of one unlabeled half: fg prob >= 0.5, then the LCC per volume."""
+    def pseudo_labels(self, *halves: Tensor) -> list[Tensor]:
+        """Teacher pseudo-labels of unlabeled halves: fg prob >= 0.5 (argmax for more classes),
+        then the largest component per volume (per class).
+
+        The teacher sees each half in its own forward pass, as BCP does (in train mode its
+        BatchNorm uses each half's statistics); the components of all halves are found in one
+        call, which costs one host synchronisation for the whole iteration.
+        """
         teacher = self._teacher()
         teacher.train()  # BCP keeps the teacher in train mode (BN batch statistics, dropout)
-        prob = torch.softmax(teacher(images).float(), dim=1)
-        if self.num_classes == 2:
-            label = prob[:, 1] >= 0.5
-            if self.cfg.pseudo_lcc:
-                label = largest_connected_component(label, connectivity=self.cfg.lcc_connectivity)
-            return label.long()
-        label = prob.argmax(dim=1)
+        raw = []
+        for images in halves:
+            prob = torch.softmax(teacher(images).float(), dim=1)
+            raw.append(prob[:, 1] >= 0.5 if self.num_classes == 2 else prob.argmax(dim=1))
+        labels = torch.cat(raw)
         if self.cfg.pseudo_lcc:
-            label = keep_largest_per_class(label, self.num_classes,
-                                           connectivity=self.cfg.lcc_connectivity)
-        return label
+            if self.num_classes == 2:
+                labels = largest_connected_component(labels,
+                                                     connectivity=self.cfg.lcc_connectivity)
+            else:
+                labels = keep_largest_per_class(labels, self.num_classes,
+                                                connectivity=self.cfg.lcc_connectivity)
+        return list(labels.long().split([images.shape[0] for images in halves]))
+
+    def pseudo_label(self, images: Tensor) -> Tensor:
+        """:meth:`pseudo_labels` of one half."""
+        return self.pseudo_labels(images)[0]
 
     def selftrain_losses(self, batch: Batch) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """(L_L, L_U, extras) of one self-training iteration, split per ``grad_split``."""
@@ -148,7 +160,7 @@ class BCPFramework(Framework):
         img_a, img_b = batch.labeled_image.chunk(2)
         lab_a, lab_b = batch.labeled_label.chunk(2)
         unimg_a, unimg_b = unlabeled.chunk(2)
-        plab_a, plab_b = self.pseudo_label(unimg_a), self.pseudo_label(unimg_b)
+        plab_a, plab_b = self.pseudo_labels(unimg_a, unimg_b)
         mask = random_cube_mask(tuple(img_a.shape[2:]), self.cfg.mask_ratio, rng=self.rng,
                                 device=img_a.device)
         region = mask.expand(img_a.shape[0], *mask.shape)  # 1 outside the cube ("image" region)

@@ -108,3 +108,32 @@ def test_keep_largest_per_class() -> None:
     out_t = keep_largest_per_class(torch.from_numpy(labels), 3)
     assert isinstance(out_t, torch.Tensor)
     np.testing.assert_array_equal(out_t.numpy(), expected)
+
+
+def _has_cupy() -> bool:
+    try:
+        import cupyx.scipy.ndimage  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or not _has_cupy(),
+                    reason="needs a CUDA device and CuPy")
+@pytest.mark.parametrize("connectivity", [6, 18, 26])
+def test_cupy_batched_labelling_equals_scipy(connectivity: int) -> None:
+    """One label call for the batch: components never join across volumes, ties go first."""
+    for seed in range(4):
+        batch = random_blobs(seed, (4, 24, 20, 16), 0.5 + 0.01 * seed)
+        batch[2] = False  # an empty volume inside the batch
+        batch[3, :, :, 0] = True  # touches volume 2's border only through the batch axis
+        got = largest_connected_component(torch.from_numpy(batch).cuda(),
+                                          connectivity=connectivity).cpu().numpy()
+        for volume, result in zip(batch, got, strict=True):
+            np.testing.assert_array_equal(result, scipy_reference(volume, connectivity))
+    tie = np.zeros((2, 6, 6, 6), dtype=bool)
+    tie[:, 4:6, 4:6, 4:6] = True
+    tie[:, 0:2, 0:2, 0:2] = True
+    got = largest_connected_component(torch.from_numpy(tie).cuda()).cpu().numpy()
+    assert got[:, 0:2, 0:2, 0:2].all() and not got[:, 4:6, 4:6, 4:6].any()

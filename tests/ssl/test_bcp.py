@@ -224,6 +224,22 @@ def test_multiclass_pseudo_labels_keep_one_component_per_class() -> None:
             assert ndimage.label(volume == c, structure=np.ones((3, 3, 3)))[1] <= 1
 
 
+def test_pseudo_labels_of_two_halves_equal_one_call_per_half() -> None:
+    """Batching the halves' components changes nothing: each half keeps its own forward pass."""
+    fw, _, batch = _selftrain_framework("source")
+    fw.teacher.requires_grad_(False)  # type: ignore[union-attr]
+    for module in fw.teacher.modules():  # type: ignore[union-attr]
+        if isinstance(module, torch.nn.Dropout3d):
+            module.p = 0.0  # deterministic teacher, so the two ways can be compared
+    unlabeled = batch.unlabeled_image
+    assert unlabeled is not None
+    half_a, half_b = unlabeled.chunk(2)
+    together = fw.pseudo_labels(half_a, half_b)
+    apart = [fw.pseudo_label(half_a), fw.pseudo_label(half_b)]
+    for x, y in zip(together, apart, strict=True):
+        assert x.dtype == torch.long and torch.equal(x, y)
+
+
 def test_batch_errors() -> None:
     fw, phase, batch = _selftrain_framework("source")
     odd = Batch(batch.labeled_image[:3], batch.labeled_label[:3], batch.unlabeled_image)
