@@ -184,6 +184,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=20, help="iterations per round")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timed rounds")
     parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--phases", default="pretrain,selftrain", help="which BCP phases")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -197,7 +198,7 @@ def main() -> None:
     print(header + f"{'vs first':>10}")
     specs = args.optimizers.split(",")
     rows = []
-    for phase_name in ("pretrain", "selftrain"):
+    for phase_name in args.phases.split(","):
         totals = interleaved_totals(specs, phase_name, args, device)
         for spec in specs:
             stages = instrumented_stages(spec, phase_name, args, device)
