@@ -10,6 +10,7 @@ as ordinary torch optimizers (LR schedulers and step hooks included).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -19,6 +20,7 @@ from torch.optim import Optimizer
 
 from hco_cli.errors import ConfigError
 from hco_cli.optim.flat import FlatLayout, flat_supported, fused_obstacle
+from hco_cli.optim.overlap import GradientOverlap, overlap_for
 
 if TYPE_CHECKING:
     from hco_cli.optim.triton_step import FusedHcoStep
@@ -197,10 +199,8 @@ class TwoSourceOptimizer(Optimizer):
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any], *,
                  flat: bool | None = None, fused: bool | None = None) -> None:
         self._pending: tuple[Grads, Grads] | None = None
-        # Set by data-parallel training: called once per gradient source (g_L, then g_U) with
-        # that source's present gradients before any update, so that both are averaged over
-        # the processes apart, as the hierarchical step needs them.
-        self.gradient_reducer: GradientReducer | None = None
+        self._gradient_reducer: GradientReducer | None = None
+        self._overlap: GradientOverlap | None = None
         self._alignment: Tensor | None = None
         self._layout = LayoutCache()
         self._flat: FlatLayout | None = None
@@ -251,6 +251,38 @@ class TwoSourceOptimizer(Optimizer):
     def _normalise(self, phi: list[Tensor], spec: MaskSpec) -> Tensor:
         """The foreach mask normaliser (per-tensor counts from one fused norm)."""
         return foreach_normalise_masks_(phi, spec, self._layout)
+
+    @property
+    def gradient_reducer(self) -> GradientReducer | None:
+        """Set by data-parallel training: averages each gradient source over the processes.
+
+        Called once per source (g_L, then g_U) with that source's present gradients before any
+        update, so that both are averaged apart, as the hierarchical step needs them. In flat
+        mode a reducer with a bucket policy (``BucketedAllReduce``) also installs the backward
+        overlap (:mod:`hco_cli.optim.overlap`), used for sources gathered by :meth:`collecting`.
+        """
+        return self._gradient_reducer
+
+    @gradient_reducer.setter
+    def gradient_reducer(self, reducer: GradientReducer | None) -> None:
+        if self._overlap is not None:
+            self._overlap.close()
+            self._overlap = None
+        self._gradient_reducer = reducer
+        if reducer is not None and self._flat is not None:
+            self._overlap = overlap_for(reducer, self._flat, [b for b, _ in self._flat_grads],
+                                        [v for _, v in self._flat_grads])
+
+    def collecting(self, source: int) -> AbstractContextManager[None]:
+        """Gather gradient source ``source`` (0: g_L or the combined g, 1: g_U) as it is
+        computed inside the block, all-reducing it during the backward pass.
+
+        Only a flat optimizer with a data-parallel reducer collects; otherwise the block is
+        a no-op and the step packs and reduces the gradients it is given, as before.
+        """
+        if source not in (0, 1):
+            raise ValueError(f"source must be 0 (g_L) or 1 (g_U), not {source!r}")
+        return nullcontext() if self._overlap is None else self._overlap.collecting(source)
 
     @property
     def flat(self) -> bool:
@@ -353,19 +385,26 @@ class TwoSourceOptimizer(Optimizer):
 
         A parameter without a gradient in a source takes zeros there (every tensor is stepped;
         the foreach path skips such a tensor instead). A source absent for every parameter
-        stays absent, so ``step()`` on an hco optimizer is still the labeled step.
+        stays absent, so ``step()`` on an hco optimizer is still the labeled step. A source
+        gathered by :meth:`collecting` is already in its buffer, averaged: nothing is packed.
         """
+        collected = {} if self._overlap is None else self._overlap.finish((grads_l, grads_u))
         flats: list[Tensor | None] = []
-        for grads, (buffer, views) in zip((grads_l, grads_u), self._flat_grads, strict=True):
-            if all(g is None for g in grads):
+        packed: Grads = []
+        for source, (grads, (buffer, views)) in enumerate(
+                zip((grads_l, grads_u), self._flat_grads, strict=True)):
+            if source in collected:  # gathered and averaged during the backward pass
+                flats.append(collected[source])
+            elif all(g is None for g in grads):
                 flats.append(None)
-                continue
-            layout.pack(grads, buffer, views)
-            flats.append(buffer)
+            else:
+                layout.pack(grads, buffer, views)
+                flats.append(buffer)
+                packed.append(buffer)
         if flats[0] is None and flats[1] is None:
             self._alignment = None
             return
-        self._reduce(*([f] for f in flats))
+        self._reduce(*([f] for f in packed))
         self._flat_steps += 1
         counts = self._flat_group_step(self.param_groups[0], layout, flats[0], flats[1])
         if not counts:

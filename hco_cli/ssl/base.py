@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,10 +124,20 @@ def two_source_step(
     has_u = loss_u is not None and loss_u.requires_grad
     if not is_hierarchical(optimizer) or not has_u:
         total = loss_l + loss_u if has_u and loss_u is not None else loss_l
-        grads = torch.autograd.grad(total, params, allow_unused=True)
+        with collecting(optimizer, source=0):
+            grads = torch.autograd.grad(total, params, allow_unused=True)
         optimizer.step_two_source(list(grads), [None] * len(params))  # type: ignore[attr-defined]
         return
     assert loss_u is not None
-    grads_l = torch.autograd.grad(loss_l, params, retain_graph=True, allow_unused=True)
-    grads_u = torch.autograd.grad(loss_u, params, allow_unused=True)
+    with collecting(optimizer, source=0):
+        grads_l = torch.autograd.grad(loss_l, params, retain_graph=True, allow_unused=True)
+    with collecting(optimizer, source=1):
+        grads_u = torch.autograd.grad(loss_u, params, allow_unused=True)
     optimizer.step_two_source(list(grads_l), list(grads_u))  # type: ignore[attr-defined]
+
+
+def collecting(optimizer: torch.optim.Optimizer, *, source: int) -> AbstractContextManager[Any]:
+    """``optimizer.collecting(source=...)``: under data parallelism a flat optimizer all-reduces
+    the gradient source computed inside the block during the backward pass; otherwise a no-op."""
+    method = getattr(optimizer, "collecting", None)
+    return nullcontext() if method is None else method(source=source)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from hco_cli.errors import ConfigError
-from hco_cli.ssl.base import Batch, alignment_tensor, is_hierarchical
+from hco_cli.ssl.base import Batch, alignment_tensor, collecting, is_hierarchical
 
 
 class FrameworkRng:
@@ -71,20 +72,34 @@ def step_many(optimizers: Sequence[torch.optim.Optimizer], loss_l: Tensor,
     has_u = loss_u is not None and loss_u.requires_grad
     if not has_u or not any(is_hierarchical(opt) for opt in optimizers):
         total = loss_l + loss_u if has_u and loss_u is not None else loss_l
-        grads = _split(torch.autograd.grad(total, flat, allow_unused=True), params)
+        with _collecting(optimizers, source=0):
+            grads = _split(torch.autograd.grad(total, flat, allow_unused=True), params)
         for opt, g in zip(optimizers, grads, strict=True):
             opt.step_two_source(g, [None] * len(g))  # type: ignore[attr-defined]
         return
     assert loss_u is not None
-    grads_l = _split(torch.autograd.grad(loss_l, flat, retain_graph=True, allow_unused=True),
-                     params)
-    grads_u = _split(torch.autograd.grad(loss_u, flat, allow_unused=True), params)
+    # Only the hierarchical optimizers collect here: the others step on g_L + g_U, a sum over
+    # two backward passes, which their step packs and reduces as before.
+    hierarchical = [opt for opt in optimizers if is_hierarchical(opt)]
+    with _collecting(hierarchical, source=0):
+        grads_l = _split(torch.autograd.grad(loss_l, flat, retain_graph=True,
+                                             allow_unused=True), params)
+    with _collecting(hierarchical, source=1):
+        grads_u = _split(torch.autograd.grad(loss_u, flat, allow_unused=True), params)
     for opt, gl, gu in zip(optimizers, grads_l, grads_u, strict=True):
         if is_hierarchical(opt):
             opt.step_two_source(gl, gu)  # type: ignore[attr-defined]
         else:
             summed = [_add(a, b) for a, b in zip(gl, gu, strict=True)]
             opt.step_two_source(summed, [None] * len(summed))  # type: ignore[attr-defined]
+
+
+@contextmanager
+def _collecting(optimizers: Sequence[torch.optim.Optimizer], *, source: int) -> Iterator[None]:
+    with ExitStack() as stack:
+        for opt in optimizers:
+            stack.enter_context(collecting(opt, source=source))
+        yield
 
 
 def _split(grads: Sequence[Tensor | None], params: list[list[Tensor]]) -> list[list[Tensor | None]]:

@@ -4,10 +4,13 @@ Every process trains the same networks on its own batches (its own sampler, fram
 dropout streams, seeded from the run seed and its rank). The two gradient sources g_L and g_U
 are averaged across processes apart, by a bucketed all-reduce that the optimizers call before
 each step (``TwoSourceOptimizer.gradient_reducer``); DDP's reducer, which expects one backward
-per forward, is not used. Identical averaged gradients keep the weights identical, so teachers
-that follow the students by EMA stay identical too. Rank 0 alone validates and writes the run
-folder; the decisions that change the weights (a new best, restored at a phase's end) are
-broadcast, and weights are broadcast from rank 0 at the start of every phase.
+per forward, is not used. Flat-mode optimizers (the CUDA default) take the reducer's bucket
+size and start each bucket's all-reduce during the backward pass instead, as the frameworks
+compute a source inside ``opt.collecting(source=...)`` (:mod:`hco_cli.optim.overlap`).
+Identical averaged gradients keep the weights identical, so teachers that follow the students
+by EMA stay identical too. Rank 0 alone validates and writes the run folder; the decisions
+that change the weights (a new best, restored at a phase's end) are broadcast, and weights are
+broadcast from rank 0 at the start of every phase.
 
 ``hco train --gpus N`` spawns the workers itself (:mod:`hco_cli.training.launch`); under
 ``torchrun`` the ranks come from the environment (:func:`join`).
