@@ -113,6 +113,170 @@ def test_reducer_averages_buckets_chunks_and_both_sources(tmp_path: Path) -> Non
                         start_method="spawn")
 
 
+# ------------------------------------------- all-reduce overlapped with backward (2 ranks)
+def _overlap_main(rank: int, world: int, store: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        for name in ("sgd-hco", "sgd"):
+            _check_overlapped_step_equals_mean_step(name, rank, world)
+        _check_backward_and_step(rank, world)
+        _check_parameter_without_gradient(rank, world)
+        _check_collection_errors(world)
+        # Both ranks past their last collective before the group goes: a gloo group torn
+        # down right after an asynchronous all-reduce can abort the peer still finishing it.
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+# 4-KiB buckets: the tiny networks' tensors (padded to 1024 floats each) fill 1 or 2 per bucket
+TINY_BUCKET_MB = 8192 / 2**20
+HP = {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4}
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 2))
+
+
+def _data(rank: int) -> tuple[Tensor, Tensor]:
+    g = torch.Generator().manual_seed(100 + rank)
+    return torch.randn(8, 6, generator=g), torch.randn(8, 6, generator=g)
+
+
+def _flat_opt(name: str, params: list[nn.Parameter], world: int | None) -> Any:
+    opt = build_optimizer(name, params, flat=True, **HP)
+    if world is not None:
+        opt.gradient_reducer = BucketedAllReduce(world, bucket_mb=TINY_BUCKET_MB)
+    return opt
+
+
+def _mean_grads(loss_of: Any, params: list[nn.Parameter], world: int) -> list[Tensor | None]:
+    """The gradients of ``loss_of(rank)`` averaged over the ranks (None where never used)."""
+    per_rank = [torch.autograd.grad(loss_of(r), params, allow_unused=True) for r in range(world)]
+    return [None if g[0] is None else sum(g) / world for g in zip(*per_rank, strict=True)]
+
+
+def _check_overlapped_step_equals_mean_step(name: str, rank: int, world: int) -> None:
+    net = _net()
+    params = list(net.parameters())
+    opt = _flat_opt(name, params, world)
+    assert all(p._backward_hooks for p in params)  # one hook per parameter
+    x_l, x_u = _data(rank)
+    two_source_step(opt, params, net(x_l).square().mean(), (net(x_u) - 1).abs().mean())
+    # buckets left during the backward pass: g_L and g_U apart for hco, one combined g for sgd
+    sources = {"sgd-hco": [0, 1], "sgd": [0]}[name]
+    assert sorted(opt._overlap.last_overlap) == sources
+    assert all(early == total == opt._overlap.buckets >= 3
+               for early, total in opt._overlap.last_overlap.values())
+
+    ref = _net()
+    ref_params = list(ref.parameters())
+    loss_l = [lambda r: ref(_data(r)[0]).square().mean()]
+    loss_u = [lambda r: (ref(_data(r)[1]) - 1).abs().mean()]
+    ref_opt = _flat_opt(name, ref_params, None)
+    if name == "sgd-hco":
+        ref_opt.step_two_source(_mean_grads(loss_l[0], ref_params, world),
+                                _mean_grads(loss_u[0], ref_params, world))
+    else:
+        total = _mean_grads(lambda r: loss_l[0](r) + loss_u[0](r), ref_params, world)
+        ref_opt.step_two_source(total, [None] * len(total))
+    for p, q in zip(params, ref_params, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+    own = _net()
+    own_params = list(own.parameters())
+    two_source_step(_flat_opt(name, own_params, None), own_params,
+                    own(x_l).square().mean(), (own(x_u) - 1).abs().mean())
+    assert any((p - q).abs().max() > 1e-4 for p, q in zip(own_params, ref_params, strict=True))
+
+
+def _check_backward_and_step(rank: int, world: int) -> None:
+    """``.backward()`` inside the collection, then a plain ``step()``, on the averaged gradient."""
+    net = _net()
+    opt = _flat_opt("sgd", list(net.parameters()), world)
+    with opt.collecting(source=0):
+        net(_data(rank)[0]).square().mean().backward()
+    opt.step()
+    assert opt._overlap.last_overlap == {0: (opt._overlap.buckets, opt._overlap.buckets)}
+    ref = _net()
+    ref_params = list(ref.parameters())
+    mean = _mean_grads(lambda r: ref(_data(r)[0]).square().mean(), ref_params, world)
+    ref_opt = _flat_opt("sgd", ref_params, None)
+    ref_opt.step_two_source(mean, [None] * len(mean))
+    for p, q in zip(net.parameters(), ref_params, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
+def _check_parameter_without_gradient(rank: int, world: int) -> None:
+    """A head only in L_L (no g_U) and a parameter in no loss: zeros, launched at the step.
+
+    Two steps: in the second the head is left out of L_L too, so its slice must be zeroed,
+    not left with the first step's gradient.
+    """
+    def build() -> tuple[list[nn.Parameter], Any]:
+        net, head = _net(), nn.Linear(6, 1)
+        unused = nn.Parameter(torch.ones(3))
+        params = [*net.parameters(), *head.parameters(), unused]
+
+        def losses(r: int, with_head: bool) -> tuple[Tensor, Tensor]:
+            x_l, x_u = _data(r)
+            loss_l = net(x_l).square().mean()
+            if with_head:
+                loss_l = loss_l + head(x_l).square().mean()
+            return loss_l, (net(x_u) - 1).abs().mean()
+        return params, losses
+
+    params, losses = build()
+    ref_params, ref_losses = build()
+    opt = _flat_opt("sgd-hco", params, world)
+    ref_opt = _flat_opt("sgd-hco", ref_params, None)
+    for with_head in (True, False):
+        two_source_step(opt, params, *losses(rank, with_head))
+        early_l, total_l = opt._overlap.last_overlap[0]
+        early_u, total_u = opt._overlap.last_overlap[1]
+        # the first bucket (the unused parameter) waits for the step; g_U lacks the head
+        assert early_l == total_l - (1 if with_head else 2) and early_u == total_u - 2
+        grads_l = _mean_grads(lambda r, h=with_head: ref_losses(r, h)[0], ref_params, world)
+        grads_u = _mean_grads(lambda r, h=with_head: ref_losses(r, h)[1], ref_params, world)
+        assert grads_u[-3:] == [None] * 3 and grads_l[-1] is None
+        ref_opt.step_two_source(grads_l, grads_u)
+        for p, q in zip(params, ref_params, strict=True):
+            torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+    assert not torch.equal(params[-1], torch.ones(3))  # weight decay still steps it
+
+
+def _check_collection_errors(world: int) -> None:
+    net = _net()
+    params = list(net.parameters())
+    opt = _flat_opt("sgd-hco", params, world)
+    x = torch.randn(4, 6)
+    with opt.collecting(source=0):
+        grads = torch.autograd.grad(net(x).sum(), params)
+    with (pytest.raises(RuntimeError, match="source 0 was already collected since the last "
+                                            "step"),
+          opt.collecting(source=0)):
+        pass
+    with pytest.raises(RuntimeError, match="the step got 0 gradients for source 0 but 6 were"):
+        opt.step_two_source([None] * len(params), list(grads))
+    with (pytest.raises(RuntimeError, match="second gradient for source 1 after its bucket"),
+          opt.collecting(source=1)):
+        out = net(x)
+        torch.autograd.grad(out.sum(), params, retain_graph=True)
+        torch.autograd.grad(out.sum(), params)
+    with pytest.raises(ValueError, match="source must be 0"):
+        opt.collecting(source=2)
+    opt.gradient_reducer = None  # hooks removed: back to the plain flat optimizer
+    assert not any(p._backward_hooks for p in params)
+    single = _flat_opt("sgd-hco", params, 1)  # one process: no hooks
+    assert single._overlap is None and not any(p._backward_hooks for p in params)
+
+
+def test_overlapped_reduce_equals_the_step_on_averaged_gradients(tmp_path: Path) -> None:
+    tmp.start_processes(_overlap_main, args=(2, str(tmp_path / "store")), nprocs=2,
+                        start_method="spawn")
+
+
 def test_buckets_group_by_dtype_and_size() -> None:
     reducer = BucketedAllReduce(2, bucket_mb=100 / 2**20)  # 100 bytes = 25 float32
     a, b, c = torch.zeros(20), torch.zeros(10), torch.zeros(30)
@@ -234,6 +398,35 @@ def test_interrupted_two_process_run_resumes_exactly(synthetic: Path, straight: 
     mb = [r for r in read_metrics(run / "metrics.jsonl") if r["phase"] != "val"]
     assert [r["iter"] for r in mb] == [1, 2, 3, 4]
     assert [r["loss_l"] for r in ma] == [r["loss_l"] for r in mb]
+
+
+def _flat(config: TrainConfig, *, processes: int = 2) -> TrainConfig:
+    raw = config.model_dump(mode="json")
+    raw["optimizer"]["options"] = {"flat": True}
+    raw["distributed"]["processes"] = processes
+    return validate_config(raw)
+
+
+def test_flat_optimizers_overlap_the_reduce_and_keep_ranks_identical(synthetic: Path,
+                                                                     tmp_path: Path) -> None:
+    """BCP with flat optimizers (pre-training's sgd, self-training's sgd-hco) all-reduces
+    during the backward pass: ranks on their own data stay identical, and ranks on rank 0's
+    streams train exactly like one process."""
+    result = train(_flat(tiny_config(synthetic, tmp_path / "own")))
+    assert result.finished
+    first, second = load_checkpoint(tmp_path / "own/checkpoints/last.pt")["replicas"]
+    assert not torch.equal(first["sampler"]["generator"], second["sampler"]["generator"])
+    assert first["fingerprint"] == second["fingerprint"]
+
+    one = train(_flat(tiny_config(synthetic, tmp_path / "one"), processes=1))
+    two = launch(_flat(tiny_config(synthetic, tmp_path / "two")), processes=2,
+                 same_streams=True)
+    assert one.best_dice == two.best_dice
+    ta = _networks(load_checkpoint(tmp_path / "one/checkpoints/last.pt"))
+    tb = _networks(load_checkpoint(tmp_path / "two/checkpoints/last.pt"))
+    assert ta.keys() == tb.keys()
+    for key in ta:
+        torch.testing.assert_close(ta[key], tb[key], rtol=1e-6, atol=1e-7, msg=key)
 
 
 # ------------------------------------------------------------------------- CLI errors
