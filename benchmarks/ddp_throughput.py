@@ -58,6 +58,8 @@ def bench_config(args: argparse.Namespace, run_dir: Path, processes: int) -> Tra
     raw["validation"]["every"] = 10 * total + 1  # no validation inside the timed iterations
     raw["checkpoint_every"] = 10 * total + 1
     raw["log_every"] = min(raw["log_every"], args.iterations)
+    if args.bucket_mb is not None:
+        raw["distributed"]["bucket_mb"] = args.bucket_mb
     return validate_config(raw, source="ddp_throughput")
 
 
@@ -94,6 +96,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     parser.add_argument("--iterations", type=int, default=200, help="timed, per phase")
     parser.add_argument("--warmup", type=int, default=20, help="untimed, per phase")
+    parser.add_argument("--bucket-mb", type=float, default=None,
+                        help="all-reduce bucket size (default: the config's, 25 MB)")
     parser.add_argument("--out", type=Path, required=True, help="results JSON")
     args = parser.parse_args()
     if args.gpus < 2 or args.iterations < 1 or args.warmup < 1:
