@@ -47,7 +47,7 @@ class BucketedAllReduce:
     place, in bucket-sized chunks of itself.
     """
 
-    def __init__(self, world_size: int, *, bucket_mb: float = 25.0) -> None:
+    def __init__(self, world_size: int, *, bucket_mb: float = 6.0) -> None:
         if world_size < 1 or bucket_mb <= 0:
             raise ValueError("world_size must be >= 1 and bucket_mb > 0")
         self.world_size = world_size
