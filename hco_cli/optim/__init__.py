@@ -1,7 +1,7 @@
 """Optimizers with the two-gradient contract: sgd, adam, adamw and their -co and -hco variants."""
 
 from hco_cli.optim.adam import Adam, AdamW
-from hco_cli.optim.base import HyperparameterError, TwoSourceOptimizer
+from hco_cli.optim.base import TwoSourceOptimizer
 from hco_cli.optim.factory import (
     OPTIMIZER_NAMES,
     REGISTRY,
@@ -11,6 +11,7 @@ from hco_cli.optim.factory import (
     optimizer_info,
     plain_variant,
 )
+from hco_cli.optim.masks import HyperparameterError
 from hco_cli.optim.sgd import SGD
 
 __all__ = [

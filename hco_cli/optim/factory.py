@@ -12,7 +12,8 @@ from typing import Any
 
 from hco_cli.errors import ConfigError
 from hco_cli.optim.adam import Adam, AdamW
-from hco_cli.optim.base import HyperparameterError, TwoSourceOptimizer
+from hco_cli.optim.base import TwoSourceOptimizer
+from hco_cli.optim.masks import HyperparameterError
 from hco_cli.optim.sgd import SGD
 
 _FAMILY_CLASSES: dict[str, Callable[..., TwoSourceOptimizer]] = {

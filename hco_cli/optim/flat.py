@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
-    from hco_cli.optim.base import MaskSpec
+    from hco_cli.optim.masks import MaskSpec
 
 ALIGN = 1024
 

@@ -12,12 +12,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hco_cli.optim.base import (
+from hco_cli.optim.base import TwoSourceOptimizer
+from hco_cli.optim.flat import FlatLayout
+from hco_cli.optim.masks import (
     Grads,
     HyperparameterError,
     MaskNormaliser,
     MaskSpec,
-    TwoSourceOptimizer,
     binary_mask,
     buckets,
     check_mask_options,
@@ -30,7 +31,6 @@ from hco_cli.optim.base import (
     pick,
     resolve_mask_options,
 )
-from hco_cli.optim.flat import FlatLayout
 
 Alignment = list[tuple[Tensor, int]]
 

@@ -30,8 +30,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from hco_cli.optim.base import MaskSpec
 from hco_cli.optim.flat import ALIGN, FlatLayout
+from hco_cli.optim.masks import MaskSpec
 
 BLOCK = ALIGN
 SEG_BLOCK = 128  # counters summed per iteration by kernel 2's first block

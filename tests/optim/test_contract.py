@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from hco_cli.optim import OPTIMIZER_NAMES, build_optimizer, optimizer_info
-from hco_cli.optim.base import rescale_
+from hco_cli.optim.masks import rescale_
 
 SHAPES = [(5, 4), (6,), (2, 3, 4), (3,)]
 

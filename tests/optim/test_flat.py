@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from hco_cli.optim import OPTIMIZER_NAMES, HyperparameterError, build_optimizer
-from hco_cli.optim.base import MaskSpec, foreach_normalise_masks_
 from hco_cli.optim.flat import ALIGN, FlatLayout, flat_supported
+from hco_cli.optim.masks import MaskSpec, foreach_normalise_masks_
 
 # A channels-last 5-D weight, its bias, a 1-element tensor and a 2-D tensor.
 SHAPES = [(4, 3, 2, 3, 2), (4,), (1,), (7, 5)]
@@ -111,7 +111,7 @@ def test_segment_sums_and_normalisation_match_the_per_tensor_path() -> None:
 
 
 def _cache() -> Any:
-    from hco_cli.optim.base import LayoutCache
+    from hco_cli.optim.masks import LayoutCache
     return LayoutCache()
 
 
