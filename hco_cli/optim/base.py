@@ -221,13 +221,7 @@ class TwoSourceOptimizer(Optimizer):
             for count, numel in result:
                 counts.append(count)
                 total += numel
-        if not counts:
-            self._alignment = None
-            return
-        device = counts[0].device
-        admitted = torch.stack([c.to(device, torch.float64 if device.type != "mps"
-                                     else torch.float32) for c in counts]).sum()
-        self._alignment = admitted / total
+        self._alignment = _admitted_fraction(counts, total)
 
     def _step_flat(self, layout: FlatLayout, grads_l: Grads, grads_u: Grads) -> None:
         """Pack both sources into their flat buffers, reduce them, and step all at once.
@@ -256,13 +250,8 @@ class TwoSourceOptimizer(Optimizer):
         self._reduce(*([f] for f in packed))
         self._flat_steps += 1
         counts = self._flat_group_step(self.param_groups[0], layout, flats[0], flats[1])
-        if not counts:
-            self._alignment = None
-            return
-        acc = torch.float64 if layout.device.type != "mps" else torch.float32
-        admitted = (counts[0][0].to(acc) if len(counts) == 1
-                    else torch.stack([c.to(acc) for c, _ in counts]).sum())
-        self._alignment = admitted / (layout.numel * len(counts))
+        # Each count covers every parameter (gaps admit nothing), whatever the buffer size.
+        self._alignment = _admitted_fraction([c for c, _ in counts], layout.numel * len(counts))
 
     def _group_step(self, group: dict[str, Any], params: list[Tensor], grads_l: Grads,
                     grads_u: Grads) -> list[tuple[Tensor, int]]:
@@ -343,3 +332,17 @@ class TwoSourceOptimizer(Optimizer):
         if flag is None:
             return all(p.device.type == "cuda" for p in params)
         return bool(flag)
+
+
+def _admitted_fraction(counts: list[Tensor], total: int) -> Tensor | None:
+    """Admitted mask elements over ``total`` masked ones, a 0-d tensor (no sync); None if none.
+
+    Accumulated in float64 (float32 on MPS, which has no float64).
+    """
+    if not counts:
+        return None
+    device = counts[0].device
+    acc = torch.float64 if device.type != "mps" else torch.float32
+    admitted = counts[0].to(acc) if len(counts) == 1 else torch.stack(
+        [c.to(device, acc) for c in counts]).sum()
+    return admitted / total

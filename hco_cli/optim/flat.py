@@ -19,13 +19,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from importlib.util import find_spec
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from hco_cli.optim.masks import MaskSpec
+from hco_cli.optim.masks import MaskSpec, mask_scale
 
 ALIGN = 1024
 
@@ -151,12 +149,6 @@ class FlatLayout:
         """
         (flat,) = phi
         counts = self.segment_sums(flat)
-        if spec.norm == "clamp":
-            scale = (counts / self.sizes).clamp_min_(spec.eps)
-        elif spec.norm == "mean_eps":
-            scale = counts / self.sizes + spec.eps
-        else:
-            scale = (counts + 1) / self.sizes
-        inverse = scale.reciprocal_().to(flat.dtype)
+        inverse = mask_scale(counts, self.sizes, spec).reciprocal_().to(flat.dtype)
         flat.mul_(inverse.index_select(0, self._segment))
         return counts.sum()

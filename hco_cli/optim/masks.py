@@ -139,6 +139,15 @@ class LayoutCache:
         return self._entries[key]
 
 
+def mask_scale(counts: Tensor, numels: Tensor, spec: MaskSpec) -> Tensor:
+    """s(phi) per tensor from its admitted counts and sizes (1-D tensors), as ``spec`` reads it."""
+    if spec.norm == "clamp":
+        return (counts / numels).clamp_min_(spec.eps)
+    if spec.norm == "mean_eps":
+        return counts / numels + spec.eps
+    return (counts + 1) / numels
+
+
 def foreach_normalise_masks_(phi: list[Tensor], spec: MaskSpec, cache: LayoutCache) -> Tensor:
     """Turn every 0/1 mask into phibar in place; return the admitted count (0-d, no host sync).
 
@@ -151,13 +160,7 @@ def foreach_normalise_masks_(phi: list[Tensor], spec: MaskSpec, cache: LayoutCac
     """
     acc = _acc_dtype(phi[0])
     counts = torch.stack(torch._foreach_norm(phi, 1, dtype=acc))
-    numels = cache.numels(phi, acc)
-    if spec.norm == "clamp":
-        scale = (counts / numels).clamp_min_(spec.eps)
-    elif spec.norm == "mean_eps":
-        scale = counts / numels + spec.eps
-    else:
-        scale = (counts + 1) / numels
+    scale = mask_scale(counts, cache.numels(phi, acc), spec)
     rescale_(phi, scale.reciprocal_().to(phi[0].dtype), fused=phi[0].device.type == "cuda")
     return counts.sum()
 
