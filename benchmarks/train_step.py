@@ -38,7 +38,9 @@ from hco_cli.ssl.config import BCPConfig
 from hco_cli.ssl.registry import build_framework
 
 PATCH = (112, 112, 80)
-# ":foreach" forces the foreach step, ":flat" the torch flat step (no Triton kernels).
+# ":foreach" forces the foreach step, ":flat" the torch flat step (no Triton kernels);
+# ":diagN" keeps the default mode and asks for optimizer diagnostics every N iterations, as
+# the training loop does with diagnostics_every = N (their overhead is this row vs the plain one).
 MODES: dict[str, dict[str, Any]] = {"": {}, "foreach": {"foreach": True, "flat": False},
                                     "flat": {"fused": False}}
 STAGES = ("data", "pseudo-labels", "forward+loss", "backward", "optimizer step", "ema")
@@ -94,6 +96,8 @@ class Trial:
     def __init__(self, spec: str, phase_name: str, args: argparse.Namespace,
                  device: torch.device, *, instrument: bool) -> None:
         name, _, mode = spec.partition(":")  # e.g. "sgd-hco" (default mode) or "sgd-hco:foreach"
+        self.diagnostics_every = int(mode[4:]) if mode.startswith("diag") else 0
+        mode = "" if self.diagnostics_every else mode
         torch.manual_seed(0)
         cfg = BCPConfig()
         model_cfg = ModelConfig()
@@ -104,6 +108,7 @@ class Trial:
                 return model.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
             return model
         self.device, self.iteration = device, 0
+        self.diagnostics: list[Any] = []
         self.framework = build_framework(cfg, model_factory=factory, num_classes=2, device=device,
                                          seed=0)
         self.phase = next(p for p in self.framework.phases() if p.name == phase_name)
@@ -130,9 +135,16 @@ class Trial:
         try:
             for _ in range(count):
                 batch = self.next_batch(self.phase.needs_unlabeled)
+                every = self.diagnostics_every
+                diagnose = every > 0 and (self.iteration + 1) % every == 0
+                for opt in self.optimizers.values():
+                    opt.diagnose = diagnose  # type: ignore[attr-defined]
                 with torch.autocast(self.device.type, dtype=torch.bfloat16,
                                     enabled=self.device.type == "cuda"):
                     self.framework.train_step(self.phase, batch, self.optimizers, self.iteration)
+                if diagnose:  # kept on the device, as the loop keeps them until its flush
+                    self.diagnostics.extend(o.take_diagnostics()  # type: ignore[attr-defined]
+                                            for o in self.optimizers.values())
                 self.iteration += 1
         finally:
             bcp_module.two_source_step, bcp_module.ema_update_ = original

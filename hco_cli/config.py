@@ -11,12 +11,13 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hco_cli.data.dataset import FOLD_PATTERN
 from hco_cli.errors import ConfigError
 from hco_cli.models import ModelConfig
-from hco_cli.optim import OPTIMIZER_NAMES, optimizer_info
+from hco_cli.optim import OPTIMIZER_NAMES, HyperparameterError, build_optimizer, optimizer_info
 from hco_cli.ssl.config import FrameworkConfig
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -86,6 +87,13 @@ class OptimizerConfig(_Section):
         if refused:
             raise ValueError(f"{', '.join(refused)} do(es) not apply to optimizer {self.name}; "
                              f"it accepts: {', '.join(sorted(accepted))}")
+        # Values and combinations (e.g. a contradictory reading) on a one-element stand-in,
+        # so a bad optimizer fails before any run folder exists.
+        trial = {**self.hyperparameters(), "flat": False, "fused": False}
+        try:
+            build_optimizer(self.name, [torch.zeros(1, requires_grad=True)], **trial)
+        except HyperparameterError as exc:
+            raise ValueError(str(exc)) from None
         return self
 
     def hyperparameters(self) -> dict[str, Any]:
@@ -136,6 +144,8 @@ class TrainConfig(_Section):
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     checkpoint_every: int = Field(default=1000, ge=1)
     log_every: int = Field(default=50, ge=1, description="iterations per metrics flush")
+    diagnostics_every: int = Field(default=50, ge=0, description="iterations between optimizer "
+                                   "diagnostics (step norm, cos(g_L, g_U), ...); 0: none")
     seed: int = 1337
     device: Device = "auto"
     deterministic: bool = Field(default=False, description="cudnn deterministic, no benchmark")
@@ -143,6 +153,9 @@ class TrainConfig(_Section):
     channels_last: bool = False
     run_dir: Path | None = None
     init_from: Path | None = Field(default=None, description="run whose pretrain.pt is reused")
+    phases: list[str] | None = Field(default=None, description="train only these phases of "
+                                     "the framework (e.g. [pretrain] for a shared pre-training "
+                                     "run); None: all")
 
 
 def validate_config(data: Any, *, source: str = "config") -> TrainConfig:

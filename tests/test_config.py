@@ -73,8 +73,13 @@ def test_hyperparameter_of_another_family_is_refused():
 
 def test_extra_options_pass_only_when_accepted():
     ok = validate_config({**preset("la"), "optimizer": {"name": "sgd-hco",
-                                                        "options": {"mask_norm": "mean"}}})
-    assert ok.optimizer.hyperparameters() == {"mask_norm": "mean"}
+                                                        "options": {"mask_norm": "mean_eps"}}})
+    assert ok.optimizer.hyperparameters() == {"mask_norm": "mean_eps"}
+    # Values are checked too, before anything is written.
+    bad = _error({**preset("la"), "optimizer": {"name": "sgd-hco",
+                                                "options": {"mask_norm": "mean"}}})
+    assert bad == ("config: optimizer: Invalid mask_norm: 'mean' (choose one of clamp, "
+                   "mean_eps, count_plus_one)")
     message = _error({**preset("la"), "optimizer": {"name": "sgd", "options": {"mask_norm": 1}}})
     assert "mask_norm" in message and "sgd" in message
 

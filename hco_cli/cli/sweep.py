@@ -33,11 +33,12 @@ def _seeds(text: str) -> list[int]:
 
 def _plan_table(runs: list[lib.SweepRun]) -> Table:
     table = Table(title=f"sweep plan: {len(runs)} runs")
-    for name in ("run dir", "optimizer", "seed", "fold", "status", "init_from"):
+    for name in ("run dir", "arm", "optimizer", "seed", "fold", "status", "init_from"):
         table.add_column(name)
     for r in runs:
-        table.add_row(escape(str(r.run_dir)), r.optimizer, str(r.seed), r.fold or "all",
-                      r.status, escape(str(r.init_from or "-")))
+        table.add_row(escape(str(r.run_dir)), escape(r.arm), r.optimizer,
+                      str(r.config.seed), r.fold or "all", r.status,
+                      escape(str(r.init_from or "-")))
     return table
 
 
@@ -57,35 +58,44 @@ def _summary_table(report: lib.SweepReport) -> Table:
 @handle_errors
 def sweep(
     config: Annotated[Path, _opt("YAML config every run starts from (see sample_configs/).")],
-    optimizers: Annotated[str, _opt("Comma-separated optimizer names, e.g. sgd,sgd-hco.")],
     seeds: Annotated[str, _opt("Comma-separated seeds, e.g. 1,2.")],
-    out: Annotated[Path, _opt("Sweep folder; runs go to OUT/<optimizer>/<fold|all>-s<seed>.")],
+    out: Annotated[Path, _opt("Sweep folder; runs go to OUT/<arm>/<fold|all>-s<seed>.")],
+    optimizers: Annotated[str | None, _opt("Comma-separated optimizer names, one arm each "
+                                           "(e.g. sgd,sgd-hco).")] = None,
+    arms: Annotated[Path | None, _opt(
+        "YAML file of named arms: 'arms: {NAME: {optimizer, lr, options, framework, "
+        "seed_offset}}' (see sample_configs/la_ablation_arms.yaml).")] = None,
     folds: Annotated[str | None, _opt("Comma-separated folds of the dataset grid, e.g. "
                                       "L0U0,L1U1 (default: the config's data).")] = None,
     share_pretraining: Annotated[bool, _opt(
-        "BCP: the first optimizer of each seed/fold pre-trains, the others start from its "
-        "pretrain.pt (init_from), as the paper shares pre-training. One optimizer family.")
+        "BCP: each seed/fold pre-trains once (OUT/_pretrain) with the config's plain "
+        "optimizer, and every arm, the baseline included, starts from that pretrain.pt.")
     ] = False,
     evaluate: Annotated[bool, _opt("Predict the test split with each finished run's best.pt "
                                    "and write RUN/eval/best/summary.json (skipped if present).")
                         ] = False,
     lcc: Annotated[bool, _opt("With --evaluate: keep the largest connected component.")] = False,
-    gpus: Annotated[int, _opt("Runs at a time, one per GPU, as subprocesses (1: one after "
-                              "another in this process, on the config's device).", min=1)] = 1,
+    gpus: Annotated[int, _opt("GPUs to spread runs over, as subprocesses (1 with "
+                              "--runs-per-gpu 1: one after another in this process, on the "
+                              "config's device).", min=1)] = 1,
+    runs_per_gpu: Annotated[int, _opt("Runs sharing each GPU at a time.", min=1)] = 1,
     dry_run: Annotated[bool, _opt("Print the plan (status done / resume / new) and exit.")
                        ] = False,
 ) -> None:
-    """Train every optimizer x seed x fold of a config; rerun to resume or skip finished runs.
+    """Train every arm x seed x fold of a config; rerun to resume or skip finished runs.
 
     Read the result with [bold]hco compare 'sgd=OUT/sgd/*' 'sgd-hco=OUT/sgd-hco/*'[/].
     """
     if lcc and not evaluate:
         raise ConfigError("--lcc applies to --evaluate")
+    if (optimizers is None) == (arms is None):
+        raise ConfigError("give exactly one of --optimizers or --arms FILE")
     try:
         options = lib.SweepOptions(
-            config=config, optimizers=_split(optimizers), seeds=_seeds(seeds),
+            config=config, optimizers=_split(optimizers),
+            arms=lib.load_arms(arms) if arms is not None else {}, seeds=_seeds(seeds),
             folds=_split(folds), out=out, share_pretraining=share_pretraining,
-            evaluate=evaluate, lcc=lcc, gpus=gpus)
+            evaluate=evaluate, lcc=lcc, gpus=gpus, runs_per_gpu=runs_per_gpu)
     except ValidationError as exc:
         raise ConfigError(describe_error(exc)) from None
     if dry_run:

@@ -2,6 +2,7 @@
 
 from hco_cli.optim.adam import Adam, AdamW
 from hco_cli.optim.base import TwoSourceOptimizer
+from hco_cli.optim.diagnostics import DIAGNOSTIC_KEYS
 from hco_cli.optim.factory import (
     OPTIMIZER_NAMES,
     REGISTRY,
@@ -15,6 +16,7 @@ from hco_cli.optim.masks import HyperparameterError
 from hco_cli.optim.sgd import SGD
 
 __all__ = [
+    "DIAGNOSTIC_KEYS",
     "OPTIMIZER_NAMES",
     "REGISTRY",
     "SGD",

@@ -32,6 +32,13 @@ from hco_cli.optim.masks import (
     pick,
     resolve_mask_options,
 )
+from hco_cli.optim.readings import (
+    Reading,
+    check_reading,
+    fused_reading_obstacle,
+    reading_of,
+    resolve_reading,
+)
 
 Alignment = list[tuple[Tensor, int]]
 
@@ -58,6 +65,10 @@ class Adam(TwoSourceOptimizer):
     ``"clamp"`` max(mean, mask_eps) (default), ``"mean_eps"`` mean + mask_eps (Cautious paper),
     ``"count_plus_one"`` (sum + 1) / numel (original C-Optim).
 
+    ``refine_mask``, ``second_term`` and ``persist_refinement`` select the other readings of the
+    hco update (:mod:`hco_cli.optim.readings`; the defaults are the printed Algorithm 1);
+    ``unlabeled_scale`` (any variant) multiplies g_U before the step.
+
     Missing sources: plain and co add what is present. For hco, g_U None skips the unlabeled
     phase (no mask, no refinement): w <- w - lr u^L, then the decay; g_L None with g_U present
     takes g_L = 0. So ``step()`` on hco is the labeled step.
@@ -80,18 +91,31 @@ class Adam(TwoSourceOptimizer):
         variant: str = "plain",
         mask_eps: float | str | None = None,
         mask_norm: str | None = None,
+        refine_mask: str | None = None,
+        second_term: str | None = None,
+        persist_refinement: bool | None = None,
+        unlabeled_scale: float = 1.0,
         foreach: bool | None = None,
         flat: bool | None = None,
         fused: bool | None = None,
     ) -> None:
         check_mask_options(variant, mask_eps, mask_norm, allow_eps_alias=True)
         mask_eps, mask_norm = resolve_mask_options(variant, mask_eps, mask_norm)
+        family = "adamw" if decoupled_weight_decay else "adam"
+        reading = resolve_reading(variant, family, {
+            "refine_mask": refine_mask, "second_term": second_term,
+            "persist_refinement": persist_refinement})
         defaults = {
             "lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
             "decoupled_weight_decay": decoupled_weight_decay, "variant": variant,
             "mask_eps": mask_eps, "mask_norm": mask_norm, "foreach": foreach,
+            "unlabeled_scale": unlabeled_scale, **reading,
         }
         super().__init__(params, defaults, flat=flat, fused=fused)
+
+    def _fused_algorithm_obstacle(self) -> str | None:
+        family = "adamw" if self.defaults["decoupled_weight_decay"] else "adam"
+        return fused_reading_obstacle(self.defaults, family)
 
     def _check_group(self, group: dict[str, Any]) -> None:
         check_range("learning rate", group["lr"], low=0.0)
@@ -104,6 +128,9 @@ class Adam(TwoSourceOptimizer):
         check_range("weight_decay", group["weight_decay"], low=0.0)
         check_mask_options(group["variant"], group["mask_eps"], group["mask_norm"],
                            allow_eps_alias=True)
+        check_range("unlabeled_scale", group["unlabeled_scale"], low=0.0, low_open=True)
+        if group["variant"] == "hco":
+            check_reading(group)
 
     @staticmethod
     def _hyper(group: dict[str, Any]) -> dict[str, Any]:
@@ -112,6 +139,7 @@ class Adam(TwoSourceOptimizer):
             "eps": group["eps"], "weight_decay": group["weight_decay"],
             "decoupled": group["decoupled_weight_decay"], "variant": group["variant"],
             "spec": None if group["variant"] == "plain" else mask_spec(group),
+            "reading": reading_of(group) if group["variant"] == "hco" else None,
         }
 
     def _flat_group_step(self, group: dict[str, Any], layout: FlatLayout, grad_l: Tensor | None,
@@ -120,13 +148,13 @@ class Adam(TwoSourceOptimizer):
             self._flat_state = {"exp_avg": layout.zeros(), "exp_avg_sq": layout.zeros()}
         state = self._flat_state
         hyper = self._hyper(group)
-        if self._fused is not None:
-            del hyper["variant"]
+        if self._fused is not None:  # the printed reading (fused_obstacle refuses the others)
+            del hyper["variant"], hyper["reading"]
             return self._fused.adam(grad_l, grad_u, state["exp_avg"], state["exp_avg_sq"],
                                     step=self._flat_steps, **hyper)
         return _multi_tensor_adam(
             [layout.data], [grad_l], [grad_u], [state["exp_avg"]], [state["exp_avg_sq"]],
-            [self._flat_steps], normalise=layout.normalise_masks_, **hyper)
+            [self._flat_steps], normalise=self._flat_normalise, **hyper)
 
     def _flat_state_entries(self) -> dict[str, Any]:
         return {"step": self._flat_steps}
@@ -171,13 +199,19 @@ class AdamW(Adam):
         variant: str = "plain",
         mask_eps: float | str | None = None,
         mask_norm: str | None = None,
+        refine_mask: str | None = None,
+        second_term: str | None = None,
+        persist_refinement: bool | None = None,
+        unlabeled_scale: float = 1.0,
         foreach: bool | None = None,
         flat: bool | None = None,
         fused: bool | None = None,
     ) -> None:
         super().__init__(params, lr, betas, eps, weight_decay, decoupled_weight_decay=True,
-                         variant=variant, mask_eps=mask_eps, mask_norm=mask_norm, foreach=foreach,
-                         flat=flat, fused=fused)
+                         variant=variant, mask_eps=mask_eps, mask_norm=mask_norm,
+                         refine_mask=refine_mask, second_term=second_term,
+                         persist_refinement=persist_refinement, unlabeled_scale=unlabeled_scale,
+                         foreach=foreach, flat=flat, fused=fused)
 
 
 def _direction(m: Tensor, v: Tensor, bc1: float, bc2: float, eps: float) -> Tensor:
@@ -188,7 +222,7 @@ def _direction(m: Tensor, v: Tensor, bc1: float, bc2: float, eps: float) -> Tens
 def _single_tensor_adam(params: list[Tensor], grads_l: Grads, grads_u: Grads, ms: list[Tensor],
                         vs: list[Tensor], steps: list[int], *, lr: float, beta1: float,
                         beta2: float, eps: float, weight_decay: float, decoupled: bool,
-                        variant: str, spec: MaskSpec | None) -> Alignment:
+                        variant: str, spec: MaskSpec | None, reading: Reading | None) -> Alignment:
     """Readable reference: one tensor at a time, exactly the formulas of :class:`Adam`."""
     out: Alignment = []
     hco = variant == "hco"
@@ -209,13 +243,18 @@ def _single_tensor_adam(params: list[Tensor], grads_l: Grads, grads_u: Grads, ms
             update = update * phibar
             out.append((count, p.numel()))
         elif hco and g_u is not None:
-            assert spec is not None
+            assert spec is not None and reading is not None
             phi = binary_mask(update, g_u)
-            masked = g_u * phi
-            m.add_(masked, alpha=1.0 - beta1)
-            v.addcmul_(masked, masked, value=1.0 - beta2)
             phibar, count = normalise_mask(phi, spec)
-            update = update + phibar * _direction(m, v, bc1, bc2, eps)
+            masked = g_u * (phi if reading.binary_refinement else phibar)
+            m_ref = m + (1.0 - beta1) * masked
+            v_ref = v.addcmul(masked, masked, value=1.0 - beta2)
+            refined = _direction(m_ref, v_ref, bc1, bc2, eps)
+            second = refined - update if reading.increment else refined
+            update = update + phibar * second
+            if reading.persist_refinement:
+                m.copy_(m_ref)
+                v.copy_(v_ref)
             out.append((count, p.numel()))
         p.add_(update, alpha=-lr)
         if weight_decay != 0 and decoupled and hco:
@@ -226,7 +265,8 @@ def _single_tensor_adam(params: list[Tensor], grads_l: Grads, grads_u: Grads, ms
 def _multi_tensor_adam(params: list[Tensor], grads_l: Grads, grads_u: Grads, ms: list[Tensor],
                        vs: list[Tensor], steps: list[int], *, lr: float, beta1: float,
                        beta2: float, eps: float, weight_decay: float, decoupled: bool,
-                       variant: str, spec: MaskSpec | None, normalise: MaskNormaliser) -> Alignment:
+                       variant: str, spec: MaskSpec | None, reading: Reading | None,
+                       normalise: MaskNormaliser) -> Alignment:
     """Foreach path for tensors of one device and dtype.
 
     Kernel-saving rewrites (equal in exact arithmetic): u = c m / (sqrt(v) + eps sqrt(bc2)) with
@@ -263,23 +303,46 @@ def _multi_tensor_adam(params: list[Tensor], grads_l: Grads, grads_u: Grads, ms:
     idx = [i for i, a in enumerate(grads_u) if a is not None] if hco else []
     if not idx:
         return []
-    assert spec is not None
+    assert spec is not None and reading is not None
     return [_hco_refine(pick(params, idx), pick(grads_u, idx), pick(ms, idx), pick(vs, idx),
-                        pick(root_bc2, idx), pick(sizes, idx), beta1=beta1, beta2=beta2,
-                        eps=eps, spec=spec, normalise=normalise)]
+                        pick(denom, idx), pick(root_bc2, idx), pick(sizes, idx), beta1=beta1,
+                        beta2=beta2, eps=eps, spec=spec, reading=reading, normalise=normalise)]
 
 
 def _hco_refine(params: list[Tensor], grads_u: list[Tensor], ms: list[Tensor], vs: list[Tensor],
-                root_bc2: list[float], sizes: list[float], *, beta1: float, beta2: float,
-                eps: float, spec: MaskSpec, normalise: MaskNormaliser) -> tuple[Tensor, int]:
-    """Algorithm 1 lines 11-19 (foreach): mask g_U, refine m and v, add lr phibar u."""
+                denom_l: list[Tensor], root_bc2: list[float], sizes: list[float], *,
+                beta1: float, beta2: float, eps: float, spec: MaskSpec, reading: Reading,
+                normalise: MaskNormaliser) -> tuple[Tensor, int]:
+    """Algorithm 1 lines 11-19 (foreach): mask g_U, refine m and v, add lr phibar u.
+
+    With the printed reading (binary refinement, kept) the moments are refined in place;
+    otherwise the refined moments are new tensors, copied into the state only when kept.
+    """
     phi = foreach_binary_masks(ms, grads_u)
-    masked = torch._foreach_mul(grads_u, phi)
-    torch._foreach_add_(ms, masked, alpha=1.0 - beta1)
-    torch._foreach_addcmul_(vs, masked, masked, value=1.0 - beta2)
-    denom = torch._foreach_sqrt(vs)
+    if reading.binary_refinement:
+        masked = torch._foreach_mul(grads_u, phi)
+        count = None
+    else:
+        count = normalise(phi, spec)  # phi is phibar from here on
+        masked = torch._foreach_mul(grads_u, phi)
+    in_place = reading.persist_refinement and not reading.increment
+    if in_place:
+        m_ref, v_ref = ms, vs
+        torch._foreach_add_(m_ref, masked, alpha=1.0 - beta1)
+        torch._foreach_addcmul_(v_ref, masked, masked, value=1.0 - beta2)
+    else:
+        m_ref = list(torch._foreach_add(ms, masked, alpha=1.0 - beta1))
+        v_ref = list(torch._foreach_addcmul(vs, masked, masked, value=1.0 - beta2))
+    denom = torch._foreach_sqrt(v_ref)
     torch._foreach_add_(denom, [eps * r for r in root_bc2])
-    count = normalise(phi, spec)
-    torch._foreach_mul_(phi, ms)
+    if count is None:
+        count = normalise(phi, spec)
+    if reading.increment:  # phibar (m_ref / denom - m^L / denom^L), before the state changes
+        labeled = torch._foreach_mul(phi, ms)
+        torch._foreach_addcdiv_(params, labeled, denom_l, [-s for s in sizes])
+    torch._foreach_mul_(phi, m_ref)
     torch._foreach_addcdiv_(params, phi, denom, sizes)
+    if reading.persist_refinement and not in_place:
+        torch._foreach_copy_(ms, m_ref)
+        torch._foreach_copy_(vs, v_ref)
     return count, sum(p.numel() for p in params)

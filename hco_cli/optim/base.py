@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from hco_cli.optim import diagnostics as diag
 from hco_cli.optim.flat import FlatLayout, flat_supported, fused_obstacle
 from hco_cli.optim.masks import (
     Grads,
@@ -34,7 +35,8 @@ if TYPE_CHECKING:
 # Averages a list of gradient tensors across processes, in place (data-parallel training).
 GradientReducer = Callable[[list[Tensor]], None]
 # Group entries that define the algorithm; load_state_dict keeps the optimizer's own.
-ALGORITHM_KEYS = ("variant", "mask_eps", "mask_norm", "double_decay", "decoupled_weight_decay")
+ALGORITHM_KEYS = ("variant", "mask_eps", "mask_norm", "double_decay", "decoupled_weight_decay",
+                  "refine_mask", "second_term", "persist_refinement", "unlabeled_scale")
 
 
 class TwoSourceOptimizer(Optimizer):
@@ -43,6 +45,10 @@ class TwoSourceOptimizer(Optimizer):
     Subclasses implement :meth:`_group_step`, which updates one parameter group from the
     parameters that received at least one gradient and returns (admitted mask count, number of
     masked elements) pairs, none when nothing was masked, and :meth:`_check_group`.
+
+    Setting ``diagnose = True`` makes the next step record :attr:`last_diagnostics`
+    (:mod:`hco_cli.optim.diagnostics`) and clears the flag; a training loop sets it once per
+    logging interval, so the extra work (a copy of the weights, a few norms) is rare.
     """
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any], *,
@@ -53,6 +59,10 @@ class TwoSourceOptimizer(Optimizer):
         self._alignment: Tensor | None = None
         self._layout = LayoutCache()
         self._flat: FlatLayout | None = None
+        self.diagnose = False
+        self._diagnostics: dict[str, Tensor] | None = None
+        # Per-tensor (admitted counts, sizes) of the step being diagnosed.
+        self._tensor_counts: list[tuple[Tensor, Tensor]] | None = None
         super().__init__(params, defaults)
         self._flat_state: dict[str, Tensor] = {}
         self._flat_steps = 0
@@ -92,14 +102,34 @@ class TwoSourceOptimizer(Optimizer):
         device = self.param_groups[0]["params"][0].device
         if fused is False or (fused is None and not (flat and device.type == "cuda")):
             return False
-        obstacle = fused_obstacle(self.param_groups[0]["params"], variant=self.variant, flat=flat)
+        obstacle = (self._fused_algorithm_obstacle() if flat else None) or fused_obstacle(
+            self.param_groups[0]["params"], variant=self.variant, flat=flat)
         if obstacle is not None and fused:
             raise HyperparameterError(f"fused=True: {obstacle}")
         return obstacle is None
 
+    def _fused_algorithm_obstacle(self) -> str | None:
+        """Why the fused kernels cannot run this optimizer's algorithm options, or None."""
+        return None
+
     def _normalise(self, phi: list[Tensor], spec: MaskSpec) -> Tensor:
         """The foreach mask normaliser (per-tensor counts from one fused norm)."""
-        return foreach_normalise_masks_(phi, spec, self._layout)
+        return foreach_normalise_masks_(phi, spec, self._layout, record=self._tensor_counts)
+
+    def _flat_normalise(self, phi: list[Tensor], spec: MaskSpec) -> Tensor:
+        """The flat-mode mask normaliser (per-tensor counts from segmented prefix sums)."""
+        assert self._flat is not None
+        return self._flat.normalise_masks_(phi, spec, record=self._tensor_counts)
+
+    @property
+    def last_diagnostics(self) -> dict[str, Tensor] | None:
+        """The diagnostics of the last step taken with ``diagnose`` set (0-d device tensors)."""
+        return self._diagnostics
+
+    def take_diagnostics(self) -> dict[str, Tensor] | None:
+        """:attr:`last_diagnostics`, cleared, so that a later read never sees a stale step."""
+        out, self._diagnostics = self._diagnostics, None
+        return out
 
     @property
     def gradient_reducer(self) -> GradientReducer | None:
@@ -201,13 +231,62 @@ class TwoSourceOptimizer(Optimizer):
                 self.gradient_reducer(present)
 
     def _step_sources(self, grads_l: Grads, grads_u: Grads) -> None:
+        diagnose, self.diagnose = self.diagnose, False
+        self._tensor_counts = [] if diagnose else None
+        params = [p for g in self.param_groups for p in g["params"]]
+        before = [p.detach().clone() for p in params] if diagnose and self._flat is None else None
         if self._flat is not None:
-            self._step_flat(self._flat, grads_l, grads_u)
+            before_flat = self._flat.data.clone() if diagnose else None
+            stats = self._step_flat(self._flat, grads_l, grads_u, diagnose=diagnose)
+            if diagnose and stats is not None and before_flat is not None:
+                self._record(stats, torch.linalg.vector_norm(self._flat.data - before_flat))
             return
         self._reduce(grads_l, grads_u)
+        grad_stats = diag.gradient_statistics(
+            diag.flat_vector(grads_l, params), diag.flat_vector(grads_u, params),
+            float(self.param_groups[0]["lr"]), params[0].device) if diagnose else None
+        grads_u = self._scale_unlabeled(grads_u)
+        self._step_groups(grads_l, grads_u)
+        if grad_stats is not None and before is not None:
+            deltas = torch._foreach_sub([p.detach() for p in params], before)
+            self._record(grad_stats, torch.linalg.vector_norm(
+                torch.stack(torch._foreach_norm(deltas))))
+
+    def _record(self, stats: dict[str, Tensor], step_norm: Tensor) -> None:
+        fractions = None
+        if self._tensor_counts:
+            fractions = torch.cat([c.float() / n.float() for c, n in self._tensor_counts])
+        elif self._tensor_counts is not None and self._fused is not None \
+                and self._alignment is not None:
+            assert self._flat is not None
+            fractions = self._fused.last_counts().float() / self._flat.sizes.float()
+        self._diagnostics = diag.finish(stats, step_norm,
+                                        diag.admitted_spread(fractions, step_norm.device))
+        self._tensor_counts = None
+
+    def _scale_unlabeled(self, grads_u: Grads) -> Grads:
+        """g_U times ``unlabeled_scale`` (one group's factor; new tensors, never in place)."""
+        scales = {float(g.get("unlabeled_scale", 1.0)) for g in self.param_groups}
+        scale = scales.pop() if len(scales) == 1 else None
+        if scale == 1.0:
+            return grads_u
+        if scale is None:
+            raise HyperparameterError("unlabeled_scale must be the same in every parameter group")
+        idx = [i for i, g in enumerate(grads_u) if g is not None]
+        if not idx:
+            return grads_u
+        scaled = torch._foreach_mul([grads_u[i] for i in idx], scale)  # type: ignore[misc]
+        out = list(grads_u)
+        for i, g in zip(idx, scaled, strict=True):
+            out[i] = g
+        return out
+
+    def _step_groups(self, grads_l: Grads, grads_u: Grads) -> None:
         counts: list[Tensor] = []
         total = 0
         offset = 0
+        recorded = self._tensor_counts  # filled by the foreach normaliser, if diagnosing
+        per_tensor: list[tuple[Tensor, int]] = []
         for group in self.param_groups:
             size = len(group["params"])
             keep = [i for i in range(offset, offset + size)
@@ -221,9 +300,16 @@ class TwoSourceOptimizer(Optimizer):
             for count, numel in result:
                 counts.append(count)
                 total += numel
+            per_tensor.extend(result)
+        if recorded is not None and not recorded and per_tensor:
+            # The single-tensor path returns one (count, numel) per tensor.
+            device = per_tensor[0][0].device
+            recorded.append((torch.stack([c.reshape(()).float() for c, _ in per_tensor]),
+                             torch.tensor([n for _, n in per_tensor], device=device)))
         self._alignment = _admitted_fraction(counts, total)
 
-    def _step_flat(self, layout: FlatLayout, grads_l: Grads, grads_u: Grads) -> None:
+    def _step_flat(self, layout: FlatLayout, grads_l: Grads, grads_u: Grads, *,
+                   diagnose: bool = False) -> dict[str, Tensor] | None:
         """Pack both sources into their flat buffers, reduce them, and step all at once.
 
         A parameter without a gradient in a source takes zeros there (every tensor is stepped;
@@ -246,12 +332,18 @@ class TwoSourceOptimizer(Optimizer):
                 packed.append(buffer)
         if flats[0] is None and flats[1] is None:
             self._alignment = None
-            return
+            return None
         self._reduce(*([f] for f in packed))
+        stats = diag.gradient_statistics(flats[0], flats[1], float(self.param_groups[0]["lr"]),
+                                         layout.device) if diagnose else None
+        scale = float(self.param_groups[0]["unlabeled_scale"])
+        if flats[1] is not None and scale != 1.0:
+            flats[1].mul_(scale)  # the optimizer's own buffer
         self._flat_steps += 1
         counts = self._flat_group_step(self.param_groups[0], layout, flats[0], flats[1])
         # Each count covers every parameter (gaps admit nothing), whatever the buffer size.
         self._alignment = _admitted_fraction([c for c, _ in counts], layout.numel * len(counts))
+        return stats
 
     def _group_step(self, group: dict[str, Any], params: list[Tensor], grads_l: Grads,
                     grads_u: Grads) -> list[tuple[Tensor, int]]:

@@ -54,8 +54,13 @@ class OptimInfo:
 def _info(family: str, variant: str) -> OptimInfo:
     name = family if variant == "plain" else f"{family}-{variant}"
     options: tuple[str, ...] = () if variant == "plain" else ("mask_eps", "mask_norm")
+    if variant == "hco":
+        options += ("refine_mask", "second_term", "persist_refinement")
     if name == "sgd-hco":
         options += ("double_decay",)
+    if family == "sgd" and variant != "hco":
+        options += ("decoupled_weight_decay",)
+    options += ("unlabeled_scale",)
     torch_cls = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}[family]
     return OptimInfo(name=name, family=family, variant=variant, cls=_FAMILY_CLASSES[family],
                      defaults=dict(_FAMILY_DEFAULTS[family]),

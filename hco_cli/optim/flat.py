@@ -141,7 +141,8 @@ class FlatLayout:
         at_ends = prefix.index_select(0, self._ends)
         return torch.diff(at_ends, prepend=at_ends.new_zeros(1)).to(self._counts_dtype)
 
-    def normalise_masks_(self, phi: list[Tensor], spec: MaskSpec) -> Tensor:
+    def normalise_masks_(self, phi: list[Tensor], spec: MaskSpec, *,
+                         record: list[tuple[Tensor, Tensor]] | None = None) -> Tensor:
         """phibar = phi / s(phi) per parameter, in place on the flat mask; the admitted count.
 
         The same contract as ``foreach_normalise_masks_`` for a one-element list holding the
@@ -149,6 +150,8 @@ class FlatLayout:
         """
         (flat,) = phi
         counts = self.segment_sums(flat)
+        if record is not None:
+            record.append((counts, self.sizes))
         inverse = mask_scale(counts, self.sizes, spec).reciprocal_().to(flat.dtype)
         flat.mul_(inverse.index_select(0, self._segment))
         return counts.sum()

@@ -148,7 +148,8 @@ def mask_scale(counts: Tensor, numels: Tensor, spec: MaskSpec) -> Tensor:
     return (counts + 1) / numels
 
 
-def foreach_normalise_masks_(phi: list[Tensor], spec: MaskSpec, cache: LayoutCache) -> Tensor:
+def foreach_normalise_masks_(phi: list[Tensor], spec: MaskSpec, cache: LayoutCache, *,
+                             record: list[tuple[Tensor, Tensor]] | None = None) -> Tensor:
     """Turn every 0/1 mask into phibar in place; return the admitted count (0-d, no host sync).
 
     The per-tensor counts come from one fused L1 norm; the factors 1/s stay on the device as 0-d
@@ -156,11 +157,14 @@ def foreach_normalise_masks_(phi: list[Tensor], spec: MaskSpec, cache: LayoutCac
     ``_foreach_addcmul_`` runs as one fused kernel (its 0-d tensor1 fast path; a 0-d
     ``_foreach_mul_`` would launch one kernel per tensor). It is exact for phi in {0, 1}, as
     1/s - 1 is exact for 1/s in [1/2, 2^24]. On CPU, where that broadcast addcmul is slow, a
-    plain multiply is used.
+    plain multiply is used. ``record``, when given, receives the per-tensor (counts, sizes).
     """
     acc = _acc_dtype(phi[0])
     counts = torch.stack(torch._foreach_norm(phi, 1, dtype=acc))
-    scale = mask_scale(counts, cache.numels(phi, acc), spec)
+    numels = cache.numels(phi, acc)
+    if record is not None:
+        record.append((counts.clone(), numels))
+    scale = mask_scale(counts, numels, spec)
     rescale_(phi, scale.reciprocal_().to(phi[0].dtype), fused=phi[0].device.type == "cuda")
     return counts.sum()
 

@@ -31,6 +31,13 @@ from hco_cli.optim.masks import (
     pick,
     resolve_mask_options,
 )
+from hco_cli.optim.readings import (
+    Reading,
+    check_reading,
+    fused_reading_obstacle,
+    reading_of,
+    resolve_reading,
+)
 
 Alignment = list[tuple[Tensor, int]]
 
@@ -48,7 +55,14 @@ class SGD(TwoSourceOptimizer):
       phi = 1[m^L * g_U > 0]; phibar = phi / s(phi); m <- mu m + g_U * phibar (line 14);
       w <- w - lr m^L - lr (m * phibar); then decoupled decay w <- w - lr gamma w.
       ``double_decay=False`` takes the other reading of line 14, m <- m + g_U * phibar, in which
-      the momentum is not decayed a second time within one step.
+      the momentum is not decayed a second time within one step. ``refine_mask``,
+      ``second_term`` and ``persist_refinement`` select the other readings of the update
+      (:mod:`hco_cli.optim.readings`); the defaults are the printed algorithm.
+
+    ``decoupled_weight_decay=True`` (plain and co) applies the decay as w <- w (1 - lr gamma)
+    before the step, the form of sgd-hco, instead of torch's coupled L2; ``unlabeled_scale``
+    (any variant) multiplies g_U before the step (a tiny value keeps only its signs acting
+    through the hco mask: the "signs only" control).
 
     s(phi) is ``max(mean(phi), mask_eps)`` per tensor by default (``mask_norm="clamp"``, as timm
     and C-Optim; the paper's one symbol epsilon is read as this separate clamp, 1e-3), or
@@ -75,6 +89,11 @@ class SGD(TwoSourceOptimizer):
         mask_eps: float | None = None,
         mask_norm: str | None = None,
         double_decay: bool | None = None,
+        refine_mask: str | None = None,
+        second_term: str | None = None,
+        persist_refinement: bool | None = None,
+        decoupled_weight_decay: bool | None = None,
+        unlabeled_scale: float = 1.0,
         foreach: bool | None = None,
         flat: bool | None = None,
         fused: bool | None = None,
@@ -82,14 +101,25 @@ class SGD(TwoSourceOptimizer):
         check_mask_options(variant, mask_eps, mask_norm, allow_eps_alias=False)
         if double_decay is not None and variant != "hco":
             raise HyperparameterError("double_decay applies only to the hco variant (sgd-hco)")
+        if decoupled_weight_decay is not None and variant == "hco":
+            raise HyperparameterError("decoupled_weight_decay applies to sgd and sgd-co; sgd-hco "
+                                      "always decays decoupled, after the step (Algorithm 2)")
         eps, norm = resolve_mask_options(variant, mask_eps, mask_norm)
+        reading = resolve_reading(variant, "sgd", {
+            "refine_mask": refine_mask, "second_term": second_term,
+            "persist_refinement": persist_refinement})
         defaults = {
             "lr": lr, "momentum": momentum, "weight_decay": weight_decay, "variant": variant,
             "mask_eps": eps, "mask_norm": norm, "foreach": foreach,
             "double_decay": (True if double_decay is None else double_decay)
             if variant == "hco" else None,
+            "decoupled_weight_decay": bool(decoupled_weight_decay),
+            "unlabeled_scale": unlabeled_scale, **reading,
         }
         super().__init__(params, defaults, flat=flat, fused=fused)
+
+    def _fused_algorithm_obstacle(self) -> str | None:
+        return fused_reading_obstacle(self.defaults, "sgd")
 
     def _check_group(self, group: dict[str, Any]) -> None:
         check_range("learning rate", group["lr"], low=0.0)
@@ -97,9 +127,12 @@ class SGD(TwoSourceOptimizer):
         check_range("weight_decay", group["weight_decay"], low=0.0)
         check_mask_options(group["variant"], group["mask_eps"], group["mask_norm"],
                            allow_eps_alias=False)
-        if group["variant"] == "hco" and not isinstance(group["double_decay"], bool):
-            raise HyperparameterError(f"Invalid double_decay: {group['double_decay']!r} "
-                                      "(must be True or False)")
+        check_range("unlabeled_scale", group["unlabeled_scale"], low=0.0, low_open=True)
+        if group["variant"] == "hco":
+            if not isinstance(group["double_decay"], bool):
+                raise HyperparameterError(f"Invalid double_decay: {group['double_decay']!r} "
+                                          "(must be True or False)")
+            check_reading(group)
 
     @staticmethod
     def _hyper(group: dict[str, Any]) -> dict[str, Any]:
@@ -107,6 +140,8 @@ class SGD(TwoSourceOptimizer):
             "lr": group["lr"], "momentum": group["momentum"], "weight_decay": group["weight_decay"],
             "variant": group["variant"], "double_decay": bool(group["double_decay"]),
             "spec": None if group["variant"] == "plain" else mask_spec(group),
+            "decoupled": bool(group["decoupled_weight_decay"]),
+            "reading": reading_of(group) if group["variant"] == "hco" else None,
         }
 
     def _group_step(self, group: dict[str, Any], params: list[Tensor], grads_l: Grads,
@@ -139,39 +174,47 @@ class SGD(TwoSourceOptimizer):
         hyper = self._hyper(group)
         if self._fused is not None:
             self._flat_state["momentum_buffer"] = buf
+            # The kernels implement the printed reading (fused_obstacle refuses the others).
             return self._fused.sgd(grad_l, grad_u, buf, lr=hyper["lr"], momentum=hyper["momentum"],
                                    weight_decay=hyper["weight_decay"],
                                    double_decay=hyper["double_decay"], spec=hyper["spec"])
         new, counts = _multi_tensor_sgd(
-            [layout.data], [grad_l], [grad_u], [buf], normalise=layout.normalise_masks_, **hyper)
+            [layout.data], [grad_l], [grad_u], [buf], normalise=self._flat_normalise, **hyper)
         self._flat_state["momentum_buffer"] = new[0]
         return counts
 
 
 def _single_tensor_sgd(params: list[Tensor], grads_l: Grads, grads_u: Grads, bufs: list[Tensor],
                        *, lr: float, momentum: float, weight_decay: float, variant: str,
-                       double_decay: bool, spec: MaskSpec | None) -> Alignment:
+                       double_decay: bool, spec: MaskSpec | None, decoupled: bool,
+                       reading: Reading | None) -> Alignment:
     """Readable reference: one tensor at a time, exactly the formulas of :class:`SGD`."""
     out: Alignment = []
     for p, g_l, g_u, buf in zip(params, grads_l, grads_u, bufs, strict=True):
         if variant == "hco":
-            assert spec is not None
+            assert spec is not None and reading is not None
             g_l = torch.zeros_like(p) if g_l is None else g_l
             buf.mul_(momentum).add_(g_l)
             m_l = buf.clone()
             update = m_l
             if g_u is not None:
-                phibar, count = normalise_mask(binary_mask(m_l, g_u), spec)
-                if double_decay:
-                    buf.mul_(momentum)
-                buf.add_(g_u * phibar)
-                update = m_l + buf * phibar
+                phi = binary_mask(m_l, g_u)
+                phibar, count = normalise_mask(phi, spec)
+                gate = phi if reading.binary_refinement else phibar
+                m = m_l * momentum if double_decay else m_l.clone()
+                m.add_(g_u * gate)
+                second = g_u * gate if reading.increment else m  # = m - m^L without 2nd decay
+                update = m_l + second * phibar
+                if reading.persist_refinement:
+                    buf.copy_(m)
                 out.append((count, p.numel()))
             p.add_(update, alpha=-lr)
             p.mul_(1.0 - lr * weight_decay)
             continue
         g = combine(g_l, g_u)
-        if weight_decay != 0:
+        if weight_decay != 0 and decoupled:
+            p.mul_(1.0 - lr * weight_decay)
+        elif weight_decay != 0:
             g = g.add(p, alpha=weight_decay)
         buf.mul_(momentum).add_(g)
         if spec is None:
@@ -185,7 +228,8 @@ def _single_tensor_sgd(params: list[Tensor], grads_l: Grads, grads_u: Grads, buf
 
 def _multi_tensor_sgd(params: list[Tensor], grads_l: Grads, grads_u: Grads, bufs: list[Tensor],
                       *, lr: float, momentum: float, weight_decay: float, variant: str,
-                      double_decay: bool, spec: MaskSpec | None,
+                      double_decay: bool, spec: MaskSpec | None, decoupled: bool,
+                      reading: Reading | None,
                       normalise: MaskNormaliser) -> tuple[list[Tensor], Alignment]:
     """Foreach path for tensors of one device and dtype; returns the new momentum buffers.
 
@@ -193,12 +237,14 @@ def _multi_tensor_sgd(params: list[Tensor], grads_l: Grads, grads_u: Grads, bufs
     place (two kernels); the caller stores them in the state.
     """
     if variant == "hco":
-        assert spec is not None
+        assert spec is not None and reading is not None
         return _multi_tensor_hco_sgd(params, grads_l, grads_u, bufs, lr=lr, momentum=momentum,
                                      weight_decay=weight_decay, double_decay=double_decay,
-                                     spec=spec, normalise=normalise)
+                                     spec=spec, reading=reading, normalise=normalise)
     g = foreach_combine(grads_l, grads_u)
-    if weight_decay != 0:
+    if weight_decay != 0 and decoupled:
+        torch._foreach_mul_(params, 1.0 - lr * weight_decay)
+    elif weight_decay != 0:
         g = list(torch._foreach_add(g, params, alpha=weight_decay))
     new = list(torch._foreach_add(g, bufs, alpha=momentum))
     if spec is None:
@@ -212,12 +258,13 @@ def _multi_tensor_sgd(params: list[Tensor], grads_l: Grads, grads_u: Grads, bufs
 
 def _multi_tensor_hco_sgd(params: list[Tensor], grads_l: Grads, grads_u: Grads,
                           bufs: list[Tensor], *, lr: float, momentum: float, weight_decay: float,
-                          double_decay: bool, spec: MaskSpec,
+                          double_decay: bool, spec: MaskSpec, reading: Reading,
                           normalise: MaskNormaliser) -> tuple[list[Tensor], Alignment]:
     """Algorithm 2 with foreach kernels; the decay after the step is folded in as a factor.
 
     (w - lr U)(1 - lr gamma) = (1 - lr gamma) w - lr (1 - lr gamma) U, so the weights are
-    scaled first and every update term carries the factor: one pass over w fewer.
+    scaled first and every update term carries the factor: one pass over w fewer. With the
+    printed reading the refined momentum is written into the new buffers in place.
     """
     g_l = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads_l, strict=True)]
     new = list(torch._foreach_add(g_l, bufs, alpha=momentum))  # m^L = mu m + g_L
@@ -228,12 +275,23 @@ def _multi_tensor_hco_sgd(params: list[Tensor], grads_l: Grads, grads_u: Grads,
     idx = [i for i, g in enumerate(grads_u) if g is not None]
     if not idx:
         return new, []
-    m, g_u, p = pick(new, idx), pick(grads_u, idx), pick(params, idx)
-    phi = foreach_binary_masks(m, g_u)
-    count = normalise(phi, spec)
-    if double_decay:
-        torch._foreach_mul_(m, momentum)
-    torch._foreach_addcmul_(m, g_u, phi)
+    m_l, g_u, p = pick(new, idx), pick(grads_u, idx), pick(params, idx)
+    phi = foreach_binary_masks(m_l, g_u)
+    binary = list(torch._foreach_mul(phi, 1.0)) if reading.binary_refinement else None
+    count = normalise(phi, spec)  # phi is phibar from here on
+    gate = phi if binary is None else binary
+    if reading.increment:  # double_decay is False here (check_reading)
+        increment = torch._foreach_mul(g_u, gate)
+        torch._foreach_addcmul_(p, increment, phi, value=-lr * decay)
+        if reading.persist_refinement:
+            torch._foreach_add_(m_l, increment)
+        return new, [(count, sum(t.numel() for t in p))]
+    if reading.persist_refinement:
+        m = m_l
+        if double_decay:
+            torch._foreach_mul_(m, momentum)
+    else:
+        m = list(torch._foreach_mul(m_l, momentum if double_decay else 1.0))
+    torch._foreach_addcmul_(m, g_u, gate)
     torch._foreach_addcmul_(p, m, phi, value=-lr * decay)
     return new, [(count, sum(t.numel() for t in p))]
-

@@ -244,6 +244,10 @@ class FusedHcoStep:
             return torch.cuda.device(device)
         return nullcontext()
 
+    def last_counts(self) -> Tensor:
+        """Per-tensor admitted counts of the last step with g_U (valid until the next step)."""
+        return self.counts[1 - self._row, :len(self.layout.params)]
+
     def _result(self, has_u: bool) -> list[tuple[Tensor, int]]:
         return [(self.total, self.layout.numel)] if has_u else []
 

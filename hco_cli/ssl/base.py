@@ -102,6 +102,12 @@ def is_hierarchical(optimizer: torch.optim.Optimizer) -> bool:
     return bool(getattr(optimizer, "hierarchical", False))
 
 
+def needs_split(optimizer: torch.optim.Optimizer) -> bool:
+    """True when the optimizer must get g_L and g_U apart this step: hierarchical ones always,
+    the others on a step whose diagnostics (cos(g_L, g_U)) were asked for."""
+    return is_hierarchical(optimizer) or bool(getattr(optimizer, "diagnose", False))
+
+
 def alignment_tensor(optimizer: torch.optim.Optimizer) -> Tensor | None:
     """The admitted fraction of the optimizer's last masked step, as a 0-d tensor (no sync)."""
     value = getattr(optimizer, "last_alignment_tensor", None)
@@ -118,11 +124,12 @@ def two_source_step(
 
     Only hierarchical optimizers need the two gradients apart. For the others (plain and CO,
     which use g = g_L + g_U) one backward pass of L_L + L_U gives the same step, so it is used:
-    the plain arms then train exactly like the reference code and pay for no extra backward.
+    the plain arms then train exactly like the reference code and pay for no extra backward,
+    except on a diagnosed step, where they too get the two gradients (and add them).
     """
     params = list(params)
     has_u = loss_u is not None and loss_u.requires_grad
-    if not is_hierarchical(optimizer) or not has_u:
+    if not needs_split(optimizer) or not has_u:
         total = loss_l + loss_u if has_u and loss_u is not None else loss_l
         with collecting(optimizer, source=0):
             grads = torch.autograd.grad(total, params, allow_unused=True)

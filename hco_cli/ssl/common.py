@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from hco_cli.errors import ConfigError
-from hco_cli.ssl.base import Batch, alignment_tensor, collecting, is_hierarchical
+from hco_cli.ssl.base import Batch, alignment_tensor, collecting, needs_split
 
 
 class FrameworkRng:
@@ -64,13 +64,13 @@ def step_many(optimizers: Sequence[torch.optim.Optimizer], loss_l: Tensor,
               loss_u: Tensor | None) -> None:
     """:func:`two_source_step` for several optimizers whose parameters share one graph.
 
-    One backward pass of L_L + L_U when no optimizer is hierarchical; otherwise two (g_L with the
-    graph retained, then g_U), handing g_L + g_U to the non-hierarchical optimizers.
+    One backward pass of L_L + L_U when no optimizer is hierarchical (or diagnosed); otherwise
+    two (g_L with the graph retained, then g_U), handing g_L + g_U to the other optimizers.
     """
     params = [optimizer_params(opt) for opt in optimizers]
     flat = [p for group in params for p in group]
     has_u = loss_u is not None and loss_u.requires_grad
-    if not has_u or not any(is_hierarchical(opt) for opt in optimizers):
+    if not has_u or not any(needs_split(opt) for opt in optimizers):
         total = loss_l + loss_u if has_u and loss_u is not None else loss_l
         with _collecting(optimizers, source=0):
             grads = _split(torch.autograd.grad(total, flat, allow_unused=True), params)
@@ -80,14 +80,14 @@ def step_many(optimizers: Sequence[torch.optim.Optimizer], loss_l: Tensor,
     assert loss_u is not None
     # Only the hierarchical optimizers collect here: the others step on g_L + g_U, a sum over
     # two backward passes, which their step packs and reduces as before.
-    hierarchical = [opt for opt in optimizers if is_hierarchical(opt)]
+    hierarchical = [opt for opt in optimizers if needs_split(opt)]
     with _collecting(hierarchical, source=0):
         grads_l = _split(torch.autograd.grad(loss_l, flat, retain_graph=True,
                                              allow_unused=True), params)
     with _collecting(hierarchical, source=1):
         grads_u = _split(torch.autograd.grad(loss_u, flat, allow_unused=True), params)
     for opt, gl, gu in zip(optimizers, grads_l, grads_u, strict=True):
-        if is_hierarchical(opt):
+        if needs_split(opt):
             opt.step_two_source(gl, gu)  # type: ignore[attr-defined]
         else:
             summed = [_add(a, b) for a, b in zip(gl, gu, strict=True)]

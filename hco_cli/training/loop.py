@@ -20,7 +20,7 @@ from torch import Tensor
 from hco_cli import __version__
 from hco_cli.config import TrainConfig, validate_config
 from hco_cli.errors import CheckpointError, TrainingDivergedError
-from hco_cli.optim import build_optimizer, optimizer_info, plain_variant
+from hco_cli.optim import DIAGNOSTIC_KEYS, build_optimizer, optimizer_info, plain_variant
 from hco_cli.ssl.base import Batch, Phase, StepResult
 from hco_cli.training import checkpoint as ckpt
 from hco_cli.training import distributed
@@ -101,6 +101,15 @@ def resume(run_dir: Path, *, progress: ProgressCallback | None = None,
     ctx = distributed.join(resolve_device(config.device))
     setup = build_setup(config, resuming=True, ctx=ctx)
     return _run(setup, progress=progress, state=state)
+
+
+def _mean_diagnostics(optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, Tensor] | None:
+    """The diagnosed step's values, averaged over the optimizers that report them."""
+    taken = [d for d in (getattr(o, "take_diagnostics", lambda: None)()
+                         for o in optimizers.values()) if d]
+    if not taken:
+        return None
+    return {k: torch.stack([d[k] for d in taken]).mean() for k in DIAGNOSTIC_KEYS}
 
 
 def _set_lr(optimizers: dict[str, torch.optim.Optimizer], lr: float) -> None:
@@ -220,6 +229,11 @@ class _Trainer:
         self.lr = self.cfg.optimizer.base_lr * phase.lr_factor(i)
         _set_lr(self.optimizers, self.lr)
         batch = self.s.to_device(self.s.sampler.next_batch(with_unlabeled=phase.needs_unlabeled))
+        every = self.cfg.diagnostics_every
+        diagnose = every > 0 and (offset + i + 1) % every == 0
+        if diagnose:
+            for opt in self.optimizers.values():
+                opt.diagnose = True  # type: ignore[attr-defined]
         # bf16 needs no gradient scaling; the framework's backward passes run inside autocast
         # and use the dtypes autocast chose for the forward ops.
         with torch.autocast(self.s.device.type, dtype=torch.bfloat16, enabled=self.s.amp):
@@ -228,7 +242,8 @@ class _Trainer:
         epoch = 1 + i // max(1, self.s.sampler.batches_per_epoch)
         record = {"phase": phase.name, "iter": offset + i + 1, "epoch": epoch,
                   "lr": self.lr, "time": round(self._wall(), 3),
-                  "_unlabeled": phase.needs_unlabeled}
+                  "_unlabeled": phase.needs_unlabeled,
+                  "_diag": _mean_diagnostics(self.optimizers) if diagnose else None}
         self.pending.append((record, result))
         self.progress(ProgressEvent("step", phase=phase.name, iteration=i + 1,
                                     total=phase.iterations))
@@ -240,18 +255,27 @@ class _Trainer:
         if not self.pending:
             return
         device_values = []
-        for _, r in self.pending:
+        for record, r in self.pending:
             admitted = r.admitted if r.admitted is not None else r.loss_l.new_tensor(math.nan)
+            diag = record["_diag"] or {}
+            nan = r.loss_l.new_tensor(math.nan, dtype=torch.float32)
             device_values.append(torch.stack([r.loss_l.float(), r.loss_u.float(),
-                                              admitted.float()]))
+                                              admitted.float(),
+                                              *(diag.get(k, nan).to(nan.device).float()
+                                                for k in DIAGNOSTIC_KEYS)]))
         values = torch.stack(device_values).cpu().tolist()
         records = []
         bad = None
-        for (record, result), (loss_l, loss_u, admitted) in zip(self.pending, values, strict=True):
+        for (record, result), row in zip(self.pending, values, strict=True):
+            loss_l, loss_u, admitted = row[:3]
             unlabeled = record.pop("_unlabeled")
+            diagnosed = record.pop("_diag") is not None
             ratio = loss_u / loss_l if unlabeled and loss_l != 0 else None
             records.append({**record, "loss_l": loss_l, "loss_u": loss_u, "ratio": ratio,
                             "admitted": admitted if result.admitted is not None else None})
+            if diagnosed:
+                records[-1].update({k: (v if math.isfinite(v) else None)
+                                    for k, v in zip(DIAGNOSTIC_KEYS, row[3:], strict=True)})
             if not (math.isfinite(loss_l) and math.isfinite(loss_u)):
                 bad = record
                 break

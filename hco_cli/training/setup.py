@@ -189,6 +189,7 @@ def build_setup(config: TrainConfig, *, resuming: bool = False,
     phases = framework.phases()
     skipped, init_optimizers = _init_from(config, framework, phases, num_classes,
                                           load=not resuming)
+    skipped |= _unselected(config, phases)
     if ctx.stream_seed(config.seed) != config.seed:  # this rank's own dropout streams
         seed_everything(ctx.stream_seed(config.seed))
     validation, warnings = _validation(config, dataset, splits, device, num_classes, phases,
@@ -223,6 +224,18 @@ def _factory(config: TrainConfig, in_channels: int, num_classes: int,
         return model
 
     return make
+
+
+def _unselected(config: TrainConfig, phases: list[Phase]) -> set[str]:
+    """The phases that ``config.phases`` leaves out (none when it is not set)."""
+    if config.phases is None:
+        return set()
+    names = [p.name for p in phases]
+    unknown = [n for n in config.phases if n not in names]
+    if unknown or not config.phases:
+        raise ConfigError(f"phases: {config.phases} is not a non-empty selection of the "
+                          f"{config.framework.name} phases {names}")
+    return {n for n in names if n not in config.phases}
 
 
 def _init_from(config: TrainConfig, framework: Framework, phases: list[Phase],

@@ -30,21 +30,21 @@ def test_sweep_runs_then_skips_and_plans(config, tmp_path):
     dry = sweep("--config", config, "--optimizers", "sgd,sgd-hco", "--seeds", "5",
                 "--out", out, "--share-pretraining", "--dry-run")
     assert dry.exit_code == 0, dry.output
-    assert dry.output.count(" new ") == 2 and str(out / "sgd" / "all-s5") in dry.output
+    assert dry.output.count(" new ") == 3 and str(out / "sgd" / "all-s5") in dry.output
     assert not out.exists()  # a dry run trains nothing
     result = sweep("--config", config, "--optimizers", "sgd,sgd-hco", "--seeds", "5",
                    "--out", out, "--share-pretraining")
     assert result.exit_code == 0, result.output
-    assert result.output.count("trained") == 2
+    assert result.output.count("trained") == 3
     assert f"hco compare 'sgd={out}/sgd/*' 'sgd-hco={out}/sgd-hco/*'" in result.output
     info = json.loads((out / "sgd-hco" / "all-s5" / "run.json").read_text())
-    assert info["finished"] is True and info["init_from"] == str(out / "sgd" / "all-s5")
+    assert info["finished"] is True and info["init_from"] == str(out / "_pretrain" / "all-s5")
     again = sweep("--config", config, "--optimizers", "sgd,sgd-hco", "--seeds", "5",
                   "--out", out, "--share-pretraining", "--dry-run")
-    assert again.exit_code == 0 and again.output.count(" done ") == 2
+    assert again.exit_code == 0 and again.output.count(" done ") == 3
     rerun = sweep("--config", config, "--optimizers", "sgd,sgd-hco", "--seeds", "5",
                   "--out", out, "--share-pretraining")
-    assert rerun.exit_code == 0 and rerun.output.count("skipped") == 2
+    assert rerun.exit_code == 0 and rerun.output.count("skipped") == 3
     assert "train " not in rerun.output
 
 
@@ -58,7 +58,7 @@ def test_failed_runs_are_reported_and_exit_1(config, tmp_path):
     assert result.exit_code == 1
     assert "cannot fill a labeled batch of 8" in result.output
     assert "base run" in result.output and "failed" in result.output
-    assert "error: 2 of 2 runs failed" in result.output
+    assert "error: 3 of 3 runs failed" in result.output
 
 
 @pytest.mark.parametrize(("changes", "flags", "message"), [
@@ -68,7 +68,7 @@ def test_failed_runs_are_reported_and_exit_1(config, tmp_path):
     ({"--folds": "L0U0,L9U9"}, [], "fold L9U9 does not exist"),
     ({}, ["--lcc"], "--lcc applies to --evaluate"),
     ({"--gpus": "4"}, [], "--gpus 4: only 0 CUDA device(s) are available"),
-    ({"--optimizers": "sgd,adamw"}, ["--share-pretraining"], "one optimizer family"),
+    ({"--optimizers": "sgd,adamw"}, ["--share-pretraining"], "use another optimizer family"),
 ])
 def test_user_errors_are_one_line(config, tmp_path, changes, flags, message):
     options = {"--config": str(config), "--optimizers": "sgd", "--seeds": "1",

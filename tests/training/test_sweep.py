@@ -15,8 +15,10 @@ from hco_cli.data.prepare import prepare_synthetic
 from hco_cli.errors import ConfigError, DataError, HcoError
 from hco_cli.training.loop import ProgressEvent, train
 from hco_cli.training.sweep import (
+    Arm,
     SweepOptions,
     SweepRun,
+    load_arms,
     plan_sweep,
     run_status,
     run_sweep,
@@ -64,8 +66,12 @@ def swept(config: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Sweep
 
 def test_sweep_trains_every_cell_into_the_compare_layout(swept):
     options, report = swept
-    dirs = sorted(p.relative_to(options.out).as_posix() for p in options.out.glob("*/*"))
+    dirs = sorted(p.relative_to(options.out).as_posix() for p in options.out.glob("[!_]*/*"))
     assert dirs == ["sgd-hco/all-s1", "sgd-hco/all-s2", "sgd/all-s1", "sgd/all-s2"]
+    # Each run trained the resolved config file the plan wrote.
+    for outcome in report.outcomes:
+        planned = yaml.safe_load(outcome.run.config_file.read_text())
+        assert planned == yaml.safe_load((outcome.run.run_dir / "config.yaml").read_text())
     for outcome in report.outcomes:
         info = json.loads((outcome.run.run_dir / "run.json").read_text())
         assert info["finished"] is True
@@ -78,7 +84,7 @@ def test_sweep_trains_every_cell_into_the_compare_layout(swept):
 
 def test_second_invocation_skips_finished_runs(swept):
     options, _ = swept
-    files = sorted(options.out.glob("*/*/run.json"))
+    files = sorted(options.out.glob("[!_]*/*/run.json"))
     before = {p: p.stat().st_mtime_ns for p in files}
     assert {r.status for r in plan_sweep(options)} == {"done"}
     again = run_sweep(options)
@@ -110,21 +116,71 @@ def test_interrupted_run_is_resumed_and_others_started(config, tmp_path):
 
 
 def test_share_pretraining_and_evaluate(config, tmp_path):
+    """Every arm, the baseline included, starts from one pre-training-only run."""
     options = SweepOptions(config=config, optimizers=["sgd", "sgd-hco"], seeds=[1],
                            folds=["L1U0"], out=tmp_path / "sw", share_pretraining=True,
                            evaluate=True)
     report = run_sweep(options)
-    base, dependent = (o.run.run_dir for o in report.outcomes)
-    assert base == tmp_path / "sw" / "sgd" / "L1U0-s1"
-    saved = yaml.safe_load((dependent / "config.yaml").read_text())
-    assert saved["init_from"] == str(base)
-    assert saved["data"]["fold"] == "L1U0"
-    assert not (dependent / "checkpoints" / "pretrain.pt").exists()  # it skipped pre-training
-    for outcome in report.outcomes:
+    shared, *arms = (o.run.run_dir for o in report.outcomes)
+    assert shared == tmp_path / "sw" / "_pretrain" / "L1U0-s1"
+    info = json.loads((shared / "run.json").read_text())
+    assert info["finished"] is True and info["iterations"]["selftrain"] == 0
+    assert (shared / "checkpoints" / "pretrain.pt").is_file()
+    assert not (shared / "eval").exists()  # nothing to evaluate in a pre-training run
+    assert arms == [tmp_path / "sw" / "sgd" / "L1U0-s1", tmp_path / "sw" / "sgd-hco" / "L1U0-s1"]
+    for arm in arms:
+        saved = yaml.safe_load((arm / "config.yaml").read_text())
+        assert saved["init_from"] == str(shared) and saved["data"]["fold"] == "L1U0"
+        assert not (arm / "checkpoints" / "pretrain.pt").exists()  # it skipped pre-training
+    for outcome in report.outcomes[1:]:
         summary = json.loads((outcome.run.run_dir / "eval/best/summary.json").read_text())
         per_class = [summary["mean"][c]["dice"] for c in ("1", "2")]
         assert outcome.test_dice == pytest.approx(sum(per_class) / 2)  # mean over classes
-    assert [o.outcome for o in run_sweep(options).outcomes] == ["skipped", "skipped"]
+    assert [o.outcome for o in run_sweep(options).outcomes] == ["skipped"] * 3
+    assert "_pretrain/" not in report.compare_command.replace(str(tmp_path), "")
+
+
+def test_arms_with_options_lr_and_an_a_a_control(config, tmp_path):
+    arms = tmp_path / "arms.yaml"
+    arms.write_text(yaml.safe_dump({"arms": {
+        "sgd": {"optimizer": "sgd"},
+        "sgd-aa": {"optimizer": "sgd", "seed_offset": 1000},
+        "r1": {"optimizer": "sgd-hco", "lr": 0.005, "options": {"refine_mask": "binary"}},
+        "region": {"optimizer": "sgd", "framework": {"grad_split": "region"}},
+    }}, sort_keys=False))
+    options = SweepOptions(config=config, arms=load_arms(arms), seeds=[3], out=tmp_path / "sw",
+                           share_pretraining=True)
+    runs = {r.arm: r for r in plan_sweep(options)}
+    assert list(runs) == ["_pretrain", "sgd", "sgd-aa", "r1", "region"]
+    assert runs["_pretrain"].config.phases == ["pretrain"]
+    assert runs["_pretrain"].config.seed == 3 and runs["sgd-aa"].config.seed == 1003
+    assert {runs[a].init_from for a in ("sgd", "sgd-aa", "r1", "region")} == {
+        runs["_pretrain"].run_dir}
+    r1 = runs["r1"].config.optimizer
+    assert (r1.name, r1.lr, r1.options["refine_mask"]) == ("sgd-hco", 0.005, "binary")
+    assert r1.momentum == 0.9  # the config's hyperparameters are kept
+    assert runs["region"].config.framework.grad_split == "region"  # type: ignore[union-attr]
+    assert runs["sgd"].config.framework.grad_split == "source"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("arms", "text"), [
+    ({"arms": {"x": {"optimizer": "sgd", "momentum": 0.5}}}, r"arms\.x\.momentum: unknown"),
+    ({"arms": {"_x": {"optimizer": "sgd"}}}, "must be a non-empty folder name"),
+    ({"arms": {}}, "expected one mapping 'arms'"),
+    ({"arm": {"x": {"optimizer": "sgd"}}}, "expected one mapping 'arms'"),
+])
+def test_bad_arms_files(tmp_path, arms, text):
+    path = tmp_path / "arms.yaml"
+    path.write_text(yaml.safe_dump(arms))
+    with pytest.raises(ConfigError, match=text):
+        load_arms(path)
+
+
+def test_a_reading_refused_by_its_optimizer_fails_at_plan_time(config, tmp_path):
+    options = SweepOptions(config=config, seeds=[1], out=tmp_path / "sw", arms={
+        "bad": Arm(optimizer="sgd-hco", options={"second_term": "increment"})})
+    with pytest.raises(ConfigError, match="needs double_decay=False"):
+        plan_sweep(options)
 
 
 @pytest.mark.parametrize(("changes", "error", "text"), [
@@ -135,7 +191,7 @@ def test_share_pretraining_and_evaluate(config, tmp_path):
     ({"folds": ["L0U0", "L5U0"]}, DataError, "fold L5U0 does not exist"),
     ({"folds": ["fold1"]}, DataError, "not of the form L<i>U<j>"),
     ({"optimizers": ["sgd", "adam"], "share_pretraining": True}, ConfigError,
-     "one optimizer family"),
+     "arm(s) adam use another optimizer family"),
 ])
 def test_plan_errors(config, tmp_path, changes, error, text):
     raw = {"config": config, "optimizers": ["sgd"], "seeds": [1], "out": tmp_path, **changes}
@@ -161,34 +217,31 @@ def test_more_gpus_than_available_is_an_error(config, tmp_path):
 
 # ------------------------------------------------------------------- multi-GPU scheduling
 class _FakeJob:
-    """Finishes after ``ticks`` polls; a base writes pretrain.pt after its first poll."""
+    """Finishes after ``ticks`` polls with ``code``."""
 
     def __init__(self, run: SweepRun, ticks: int, code: int, log: list[str]) -> None:
         self.run, self.ticks, self.code, self.log = run, ticks, code, log
 
     def poll(self) -> int | None:
         self.ticks -= 1
-        if self.run.optimizer == "sgd" and self.code == 0:
-            pretrain = self.run.run_dir / "checkpoints" / "pretrain.pt"
-            pretrain.parent.mkdir(parents=True, exist_ok=True)
-            pretrain.touch()
         if self.ticks > 0:
             return None
-        self.log.append(f"end {self.run.run_dir.name}/{self.run.optimizer}")
+        self.log.append(f"end {self.run.run_dir.name}/{self.run.arm}")
         return self.code
 
 
 def _grid(root: Path, *, statuses: dict[str, str] | None = None) -> list[SweepRun]:
-    """2 seeds x (sgd base + sgd-hco, sgd-co dependents), no configs needed by the scheduler."""
+    """2 seeds x (a pre-training base + sgd, sgd-hco dependents); no configs needed."""
     runs = []
     for seed in (1, 2):
-        base = root / "sgd" / f"all-s{seed}"
-        for name in ("sgd", "sgd-hco", "sgd-co"):
+        base = root / "_pretrain" / f"all-s{seed}"
+        for name in ("_pretrain", "sgd", "sgd-hco"):
             run_dir = root / name / f"all-s{seed}"
-            runs.append(SweepRun(run_dir=run_dir, optimizer=name, seed=seed, fold=None,
+            runs.append(SweepRun(run_dir=run_dir, arm=name, optimizer=name, seed=seed, fold=None,
                                  status=(statuses or {}).get(f"{name}-{seed}", "new"),
-                                 init_from=None if name == "sgd" else base,
-                                 config=None))  # type: ignore[arg-type]
+                                 init_from=None if name == "_pretrain" else base,
+                                 config=None,  # type: ignore[arg-type]
+                                 config_file=root / "_configs" / name / f"all-s{seed}.yaml"))
     return runs
 
 
@@ -196,8 +249,8 @@ def _run_schedule(runs: list[SweepRun], *, workers: int, fail: set[str] = frozen
     log: list[str] = []
 
     def launch(run: SweepRun, slot: int) -> _FakeJob:
-        log.append(f"start {run.run_dir.name}/{run.optimizer} on {slot}")
-        key = f"{run.optimizer}-{run.seed}"
+        log.append(f"start {run.run_dir.name}/{run.arm} on {slot}")
+        key = f"{run.arm}-{run.seed}"
         return _FakeJob(run, 3, 1 if key in fail else 0, log)
 
     codes = schedule(runs, workers=workers, launch=launch,
@@ -205,60 +258,56 @@ def _run_schedule(runs: list[SweepRun], *, workers: int, fail: set[str] = frozen
     return log, codes
 
 
-def test_schedule_runs_bases_first_and_dependents_once_pretrained(tmp_path):
+def test_schedule_runs_bases_first_and_dependents_once_their_base_ended(tmp_path):
     log, codes = _run_schedule(_grid(tmp_path), workers=2)
-    assert log[:2] == ["start all-s1/sgd on 0", "start all-s2/sgd on 1"]
-    # Both slots stay busy until the bases end; then their dependents take them.
-    assert log.index("start all-s1/sgd-hco on 0") > log.index("end all-s1/sgd")
+    assert log[:2] == ["start all-s1/_pretrain on 0", "start all-s2/_pretrain on 1"]
+    assert log.index("start all-s1/sgd on 0") > log.index("end all-s1/_pretrain")
     assert all(code == 0 for code in codes.values()) and len(codes) == 6
     starts = [entry for entry in log if entry.startswith("start")]
     assert len(starts) == 6
     assert {int(e[-1]) for e in starts} == {0, 1}
 
 
-def test_schedule_dependent_waits_for_pretrain_or_base_exit(tmp_path):
-    runs = _grid(tmp_path)
-    log, _ = _run_schedule(runs, workers=3)
-    # Three slots: the third slot stays free until a base's pretrain.pt is there.
-    assert log[:2] == ["start all-s1/sgd on 0", "start all-s2/sgd on 1"]
-    first_dependent = next(i for i, e in enumerate(log) if "sgd-" in e and "start" in e)
-    assert first_dependent >= 2
-    assert (tmp_path / "sgd" / "all-s1" / "checkpoints" / "pretrain.pt").is_file()
+def test_schedule_dependents_wait_for_the_base_exit(tmp_path):
+    log, _ = _run_schedule(_grid(tmp_path), workers=3)
+    # Three slots: the third stays free until a base has ended.
+    assert log[:2] == ["start all-s1/_pretrain on 0", "start all-s2/_pretrain on 1"]
+    first_dependent = next(i for i, e in enumerate(log) if "/sgd" in e and "start" in e)
+    assert first_dependent > log.index("end all-s1/_pretrain")
 
 
 def test_schedule_failed_base_cancels_its_dependents(tmp_path):
-    log, codes = _run_schedule(_grid(tmp_path), workers=1, fail={"sgd-1"})
-    assert codes[tmp_path / "sgd" / "all-s1"] == 1
+    log, codes = _run_schedule(_grid(tmp_path), workers=1, fail={"_pretrain-1"})
+    assert codes[tmp_path / "_pretrain" / "all-s1"] == 1
     assert codes[tmp_path / "sgd-hco" / "all-s1"] is None
-    assert codes[tmp_path / "sgd-co" / "all-s1"] is None
-    assert not any("all-s1/sgd-" in e for e in log)
+    assert codes[tmp_path / "sgd" / "all-s1"] is None
+    assert not any("all-s1/sgd" in e for e in log)
     assert codes[tmp_path / "sgd-hco" / "all-s2"] == 0
 
 
 def test_schedule_skips_done_runs_and_their_dependents_start_at_once(tmp_path):
-    runs = _grid(tmp_path, statuses={"sgd-1": "done", "sgd-2": "done", "sgd-co-2": "done"})
+    runs = _grid(tmp_path, statuses={"_pretrain-1": "done", "_pretrain-2": "done",
+                                     "sgd-2": "done"})
     log, codes = _run_schedule(runs, workers=2)
-    assert log[:2] == ["start all-s1/sgd-hco on 0", "start all-s1/sgd-co on 1"]
+    assert log[:2] == ["start all-s1/sgd on 0", "start all-s1/sgd-hco on 1"]
     assert set(codes) == {tmp_path / n / s for n, s in
-                          [("sgd-hco", "all-s1"), ("sgd-co", "all-s1"), ("sgd-hco", "all-s2")]}
+                          [("sgd", "all-s1"), ("sgd-hco", "all-s1"), ("sgd-hco", "all-s2")]}
 
 
 def test_train_argv_for_new_resumed_and_evaluated_runs(config, tmp_path):
     options = SweepOptions(config=config, optimizers=["sgd", "sgd-hco"], seeds=[7],
                            folds=["L0U0"], out=tmp_path / "sw", share_pretraining=True,
                            evaluate=True, lcc=True)
-    base, dependent = plan_sweep(options)
+    base, _, dependent = plan_sweep(options)
     assert base.config.device == "cpu"  # one GPU: the config's device, in process
     [train_cmd, predict_cmd] = train_argv(dependent, options)
-    assert train_cmd[:3] == [sys.executable, "-m", "hco_cli"]
-    args = train_cmd[3:]
-    assert args[args.index("--optimizer") + 1] == "sgd-hco"
-    assert args[args.index("--seed") + 1] == "7"
-    assert args[args.index("--fold") + 1] == "L0U0"
-    assert args[args.index("--init-from") + 1] == str(base.run_dir)
-    assert args[args.index("--device") + 1] == "cuda"
+    assert train_cmd == [sys.executable, "-m", "hco_cli", "train", "--config",
+                         str(dependent.config_file), "--force"]
+    assert (dependent.config.optimizer.name, dependent.config.seed) == ("sgd-hco", 7)
+    assert dependent.config.init_from == base.run_dir
     assert predict_cmd[3:] == ["predict", str(dependent.run_dir), "--split", "test",
                                "--evaluate", "--device", "cuda", "--force", "--lcc"]
+    assert train_argv(base, options) == [train_argv(base, options)[0]]  # never evaluated
     resumed = replace(dependent, status="resume")
     assert train_argv(resumed, options)[0][3:] == ["train", "--resume", str(dependent.run_dir)]
     with pytest.raises(HcoError):

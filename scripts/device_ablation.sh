@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# GPU machine: one round of the "Which HCO" ablation (README) on the whole Left Atrium set,
+# started in the background so that it outlives the device call, then collected.
+#   device_ablation.sh stage DIR          unpack the LA parts carried in DIR/parts into /tmp/la
+#   device_ablation.sh bench              GPU tests of the optimizers + diagnostics overhead
+#                                         benchmark, in the background (results in /tmp/bench)
+#   device_ablation.sh start ARMS SEEDS [GPUS] [RUNS_PER_GPU]
+#                                         prepare LA (all 100 cases), then hco sweep in the
+#                                         background (setsid), runs in /tmp/ablation
+#   device_ablation.sh wait SECONDS       print progress every minute until done or SECONDS
+#   device_ablation.sh collect            last-iterate evaluations, then logs/summaries to $OUT
+# Needs .carry/wheels (the GPU image lacks pydantic and nibabel) from the first call on.
+set -uo pipefail
+export PYTHONUNBUFFERED=1 COLUMNS=160
+SITE=/tmp/site RUNS=/tmp/ablation DATA=data/la
+[ -d $SITE/pydantic ] || python3 -m pip install -q --no-index --no-deps --no-compile \
+  --no-cache-dir --upgrade --target $SITE .carry/wheels/*.whl || exit 1
+export PYTHONPATH=$SITE:$PWD
+hco() { python3 -m hco_cli "$@"; }
+progress() {
+  date +%T
+  for m in $RUNS/*/*/metrics.jsonl; do
+    [ -f "$m" ] && printf '%-34s %s\n' "${m#$RUNS/}" "$(tail -n 1 "$m" | cut -c1-90)"
+  done
+  nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv,noheader
+}
+case "${1:-}" in
+stage)
+  python3 "$2/unpack" /tmp/la "$2"/parts/*.tar.xz ;;
+bench)
+  mkdir -p /tmp/bench
+  setsid nohup bash -c "CUDA_VISIBLE_DEVICES=1 python3 -m pytest -q -m gpu tests/optim \
+      > /tmp/bench/gpu-tests.txt 2>&1; \
+    CUDA_VISIBLE_DEVICES=0 python3 benchmarks/train_step.py --phases selftrain \
+      --optimizers sgd,sgd:diag50,sgd-hco,sgd-hco:diag50 --iterations 50 --rounds 6 \
+      --json /tmp/bench/diagnostics-overhead.json > /tmp/bench/diagnostics-overhead.txt 2>&1" \
+    > /dev/null 2>&1 < /dev/null &
+  echo "bench started" ;;
+start)
+  ARMS=$2 SEEDS=$3 GPUS=${4:-2} PER=${5:-3}
+  nvidia-smi --query-gpu=name --format=csv,noheader
+  [ -d $DATA ] || hco prepare la /tmp/la --out $DATA --val 4 || exit 1
+  mkdir -p $RUNS
+  setsid nohup python3 -m hco_cli sweep --config sample_configs/la_bcp_sgd_screen.yaml \
+    --arms "$ARMS" --seeds "$SEEDS" --out $RUNS --share-pretraining --evaluate --lcc \
+    --gpus "$GPUS" --runs-per-gpu "$PER" > $RUNS/sweep.log 2>&1 < /dev/null &
+  sleep 20; cat $RUNS/sweep.log; progress ;;
+wait)
+  end=$((SECONDS + $2))
+  while [ $SECONDS -lt $end ]; do
+    pgrep -f "hco_cli sweep" > /dev/null || break
+    progress; sleep 60
+  done
+  progress; tail -n 30 $RUNS/sweep.log ;;
+collect)
+  for run in $RUNS/[!_]*/*/; do
+    [ -f "$run/checkpoints/last.pt" ] && [ ! -f "$run/eval/last/summary.json" ] && \
+      hco predict "$run" --checkpoint last --split test --lcc --evaluate --force > /dev/null &
+  done
+  wait
+  tail -n 40 $RUNS/sweep.log
+  tar czf "$OUT/ablation.tar.gz" --exclude='*.pt' --exclude='*.nii.gz' -C "$RUNS" .
+  [ -d /tmp/bench ] && cp /tmp/bench/* "$OUT/" 2>/dev/null
+  ls -la "$OUT" ;;
+*) echo "usage: $0 stage DIR | bench | start ARMS SEEDS [GPUS PER] | wait S | collect"; exit 2 ;;
+esac
