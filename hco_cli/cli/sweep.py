@@ -64,7 +64,7 @@ def sweep(
                                            "(e.g. sgd,sgd-hco).")] = None,
     arms: Annotated[Path | None, _opt(
         "YAML file of named arms: 'arms: {NAME: {optimizer, lr, options, framework, "
-        "seed_offset}}' (see sample_configs/la_ablation_arms.yaml).")] = None,
+        "seed_offset}}' (see sample_configs/arms/la_ablation.yaml).")] = None,
     folds: Annotated[str | None, _opt("Comma-separated folds of the dataset grid, e.g. "
                                       "L0U0,L1U1 (default: the config's data).")] = None,
     share_pretraining: Annotated[bool, _opt(

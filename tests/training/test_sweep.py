@@ -313,3 +313,12 @@ def test_train_argv_for_new_resumed_and_evaluated_runs(config, tmp_path):
     with pytest.raises(HcoError):
         plan_sweep(SweepOptions(config=tmp_path / "missing.yaml", optimizers=["sgd"],
                                 seeds=[1], out=tmp_path))
+
+
+def test_sample_arms_files_load_and_plan(config, tmp_path):
+    """Every arms file in sample_configs/arms is valid, and its optimizers accept the options."""
+    for path in sorted((ROOT / "sample_configs" / "arms").glob("*.yaml")):
+        arms = load_arms(path)
+        runs = plan_sweep(SweepOptions(config=config, arms=arms, seeds=[1], out=tmp_path / "p",
+                                       share_pretraining=True))
+        assert [r.arm for r in runs] == ["_pretrain", *arms], path.name
