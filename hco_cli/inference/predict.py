@@ -34,7 +34,7 @@ from hco_cli.data.plan import PLAN_FILE, DataPlan, read_plan
 from hco_cli.errors import CheckpointError, ConfigError, DataError
 from hco_cli.inference.inputs import InputCase, dataset_cases, image_cases
 from hco_cli.inference.postprocess import keep_largest_per_class
-from hco_cli.inference.resample import to_original_grid
+from hco_cli.inference.resample import same_grid, to_original_grid
 from hco_cli.inference.sliding_window import predict_volume
 from hco_cli.io_utils import atomic_dir, write_json
 
@@ -259,7 +259,8 @@ def _check_labels(run_dir: Path | None, dataset: PreparedDataset) -> None:
 
 def reference_labels(dataset: PreparedDataset, cases: list[str],
                      split: str | None) -> dict[str, Any]:
-    """Each case's original label file (or, without one, its prepared label)."""
+    """Each case's original label file; its prepared label where that is the same (neither
+    cropped nor resampled: generated cases, or a source file no longer there)."""
     from hco_cli.evaluation.references import LabelSource
 
     out = {}
@@ -267,15 +268,16 @@ def reference_labels(dataset: PreparedDataset, cases: list[str],
         if not dataset.has_label(case):
             raise DataError(f"--evaluate: case {case} of split {split!r} has no label "
                             f"in {dataset.root}")
-        source = dataset.geometry(case).source_label
-        if source is None:  # generated cases: the prepared grid is the original one
+        geometry = dataset.geometry(case)
+        path = Path(geometry.source_label) if geometry.source_label else None
+        if path is not None and path.exists():
+            out[case] = LabelSource("volume" if volume_suffix(path) else "h5", path, case)
+        elif geometry.crop is None and same_grid(geometry.prepared, geometry.original):
             out[case] = LabelSource("prepared", dataset.root, case)
-            continue
-        path = Path(source)
-        if not path.exists():
+        else:
             raise DataError(f"--evaluate: case {case}: original label file {path} not found "
-                            "(evaluation reads the original labels, uncropped)")
-        out[case] = LabelSource("volume" if volume_suffix(path) else "h5", path, case)
+                            "(the case was cropped or resampled, and evaluation reads the "
+                            "original, uncropped labels)")
     return out
 
 

@@ -152,3 +152,19 @@ def test_raw_scan_without_the_dataset_equals_its_prepared_twin(tmp_path: Path) -
     with pytest.raises(DataError, match=r"prepared dataset .* not found"):
         predict(run, PredictOptions(device="cpu", checkpoint="last", out=tmp_path / "x"))
     assert len(prepared.cases) == 2
+
+
+def test_evaluation_needs_the_original_labels_of_cropped_cases(tmp_path: Path) -> None:
+    dataset = _prepare(tmp_path, norm="none", crop="nonzero")
+    plain = PreparedDataset(prepare_generic(
+        tmp_path / "plain", root=tmp_path / "raw", images="images/*.nii.gz",
+        labels="labels/*.nii.gz", split=SplitOptions(labeled=2, test=2)).out)
+    test = dataset.split("test")
+    for case in test:
+        (tmp_path / "raw" / "labels" / f"{case}_T2_gt.nii.gz").unlink()
+    with pytest.raises(DataError, match=rf"case {test[0]}: original label file .* not found "
+                                        r"\(the case was cropped or resampled"):
+        reference_labels(dataset, test, "test")
+    kept = [c for c in plain.split("test") if c in test]  # neither cropped nor resampled
+    assert kept == test
+    assert all(r.kind == "prepared" for r in reference_labels(plain, kept, "test").values())
