@@ -59,6 +59,9 @@ Missing = Annotated[bool, _opt("Skip cases named in the lists but absent.", "--a
 Workers = Annotated[int, _opt("Worker processes.", min=1)]
 Test = Annotated[int | None, _opt("N seeded labeled cases as test (no test lists).", min=1)]
 Images = Annotated[str | None, _opt(f"Image glob; {ID_RULE}.")]
+CtImages = Annotated[str | None, _opt("Raw CT glob; the case id is the text matched by its first "
+                                      "path component holding a wildcard (PANCREAS_0001 -> "
+                                      "0001), as the split lists name cases.")]
 Labels = Annotated[str | None, _opt("Label glob, paired with images by case id.")]
 Root = Annotated[Path | None, typer.Argument(help="nnU-Net/MSD folder or base of the globs.")]
 Lists = Annotated[Path | None, _opt("Folder of train_lab.txt, train_unlab.txt, test.txt.")]
@@ -83,7 +86,7 @@ def la(root: Annotated[Path, typer.Argument(help="Folder with train.list, test.l
 @handle_errors
 def pancreas(root: Annotated[Path, typer.Argument(help="Folder of NNNN.h5 files, or the base "
                                                   "of the raw --images/--labels globs.")],
-             out: Out, images: Images = None, labels: Labels = None, lists: Lists = None,
+             out: Out, images: CtImages = None, labels: Labels = None, lists: Lists = None,
              labeled: Labeled = None, val: Val = 0, test: Test = None, seed: Seed = 0,
              allow_missing: Missing = False, folds_labeled: FoldsL = 0,
              folds_unlabeled: FoldsU = 0, fold_size: FoldSize = None, workers: Workers = 1,
