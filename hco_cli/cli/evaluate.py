@@ -52,6 +52,13 @@ def evaluate(
             "value in the labels, plus the dataset.json classes)."
         ),
     ] = None,
+    ignore_label: Annotated[
+        int | None,
+        typer.Option(
+            help="Reference value of unannotated voxels: they count as background in both maps "
+            "(default: a prepared dataset's ignore label).", min=1,
+        ),
+    ] = None,
     allow_missing: Annotated[
         bool,
         typer.Option(
@@ -80,6 +87,7 @@ def evaluate(
         pred_dir,
         label_dir,
         classes=parse_classes(classes) if classes is not None else None,
+        ignore=ignore_label,
         mm=mm,
         empty=empty,
         allow_missing=allow_missing,

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from hco_cli.cli.common import console, handle_errors
+from hco_cli.cli.common import console, err_console, handle_errors
 from hco_cli.config import describe_error
 from hco_cli.errors import ConfigError
 from hco_cli.inference import predict as lib
@@ -65,8 +65,9 @@ def predict(
     fold: Annotated[str | None, _opt("Fold L<i>U<j> for labeled/unlabeled splits "
                                      "(default: the run's).")] = None,
     images: Annotated[list[Path] | None, _opt(
-        "Raw image file or folder (NIfTI, NRRD, MHA); repeat for several. Preprocessed as the "
-        "run's dataset was, instead of --data/--split.")] = None,
+        "Raw image file or folder (NIfTI, NRRD, MHA); repeat for several. Preprocessed by the "
+        "run's plans.json (as its training cases were; no --data needed), instead of "
+        "--data/--split.")] = None,
     out: Annotated[Path | None, _opt("Output folder (default: RUN/eval/<checkpoint>/preds).")]
     = None,
     checkpoint: Annotated[Checkpoint | None, _opt("Checkpoint of a run folder (default: best).")]
@@ -113,6 +114,9 @@ def _render(report: lib.PredictionReport) -> None:
         table.add_row(c.case, "x".join(map(str, c.prepared_shape)),
                       "x".join(map(str, c.original_shape)), f"{c.seconds:.2f}")
     console.print(table)
+    for c in report.cases:
+        if c.note:
+            err_console.print(f"[bold yellow]warning:[/] case {c.case}: {c.note}", soft_wrap=True)
     w = report.window
     mean = sum(c.seconds for c in report.cases) / max(1, len(report.cases))
     patch = "x".join(map(str, w.patch_size))

@@ -35,13 +35,18 @@ class Norm(str, Enum):
     none = "none"
 
 
+class Crop(str, Enum):
+    none = "none"
+    nonzero = "nonzero"
+    otsu = "otsu"
+
+
 def _opt(text: str, *names: str, **kwargs: Any) -> Any:
     return typer.Option(*names, help=text, **kwargs)
 
 
-ID_RULE = ("the case id is the text matched from the first to the last wildcard of the "
-           "pattern's first path component holding one, extension removed")
-CROP = "--crop-foreground"
+ID_RULE = ("case ids are the file names without extension, the suffix all of them share and "
+           "_0000 (folder names in front where names repeat)")
 Out = Annotated[Path, _opt("Dataset folder to create, e.g. data/la.")]
 Force = Annotated[bool, _opt("Replace an existing dataset.", "--force")]
 Labeled = Annotated[int | None, _opt("Labeled cases N (default: the source's protocol).")]
@@ -54,6 +59,9 @@ Missing = Annotated[bool, _opt("Skip cases named in the lists but absent.", "--a
 Workers = Annotated[int, _opt("Worker processes.", min=1)]
 Test = Annotated[int | None, _opt("N seeded labeled cases as test (no test lists).", min=1)]
 Images = Annotated[str | None, _opt(f"Image glob; {ID_RULE}.")]
+CtImages = Annotated[str | None, _opt("Raw CT glob; the case id is the text matched by its first "
+                                      "path component holding a wildcard (PANCREAS_0001 -> "
+                                      "0001), as the split lists name cases.")]
 Labels = Annotated[str | None, _opt("Label glob, paired with images by case id.")]
 Root = Annotated[Path | None, typer.Argument(help="nnU-Net/MSD folder or base of the globs.")]
 Lists = Annotated[Path | None, _opt("Folder of train_lab.txt, train_unlab.txt, test.txt.")]
@@ -78,7 +86,7 @@ def la(root: Annotated[Path, typer.Argument(help="Folder with train.list, test.l
 @handle_errors
 def pancreas(root: Annotated[Path, typer.Argument(help="Folder of NNNN.h5 files, or the base "
                                                   "of the raw --images/--labels globs.")],
-             out: Out, images: Images = None, labels: Labels = None, lists: Lists = None,
+             out: Out, images: CtImages = None, labels: Labels = None, lists: Lists = None,
              labeled: Labeled = None, val: Val = 0, test: Test = None, seed: Seed = 0,
              allow_missing: Missing = False, folds_labeled: FoldsL = 0,
              folds_unlabeled: FoldsU = 0, fold_size: FoldSize = None, workers: Workers = 1,
@@ -97,14 +105,27 @@ def pancreas(root: Annotated[Path, typer.Argument(help="Folder of NNNN.h5 files,
 def generic(
     root: Root = None, *, out: Out, images: Images = None, labels: Labels = None,
     unlabeled: Annotated[str | None, _opt("Glob of label-less images.")] = None,
-    classes: Annotated[str | None, _opt("'1=white matter,2=ventricles' (default: "
-                                        "dataset.json, else the values found).")] = None,
+    classes: Annotated[str | None, _opt("'1=white matter,2=ventricles' or '200=myo,500=lv' "
+                                        "(any values; trained as 0..K, predicted back as the "
+                                        "values). Default: dataset.json, else the values "
+                                        "found.")] = None,
+    ignore_label: Annotated[int | None, _opt("Label value of unannotated voxels (scribbles): "
+                                             "no class, left out of every loss and metric.",
+                                             min=1)] = None,
     spacing: Annotated[str | None, _opt("Resample to X,Y,Z mm (or one number).")] = None,
     norm: Annotated[Norm | None, _opt("zscore (MR default) | ct (CT default) | none.")] = None,
     ct_window: Annotated[str, _opt("HU window mapped onto [0, 1] by --norm ct.")] = "-125,275",
-    crop_foreground: Annotated[bool, _opt("Crop around the label (label-less cases: voxels "
-                                          "above the image minimum).", CROP)] = False,
+    crop: Annotated[Crop, _opt("Crop every case to a box from its image alone: nonzero "
+                               "voxels, or the Otsu foreground (the body).")] = Crop.none,
+    crop_foreground: Annotated[bool, _opt("Same as --crop otsu.", "--crop-foreground")] = False,
+    crop_train_by_label: Annotated[bool, _opt(
+        "Crop training cases that have labels around their label instead (val, test and "
+        "label-less cases keep --crop).", "--crop-train-by-label")] = False,
     crop_margin: Annotated[int, _opt("Crop margin in voxels.", min=0)] = 0,
+    group: Annotated[str | None, _opt(
+        "Regex whose first group (or match) names a case's patient: a patient's cases share "
+        "one split. Default: the text before _frame or _t<digits>; '.+' groups nothing.")]
+    = None,
     labeled: Labeled = None, val: Val = 0, test: Test = None,
     test_list: Annotated[Path | None, _opt("File of test case ids, one a line.")] = None,
     seed: Seed = 0, folds_labeled: FoldsL = 0, folds_unlabeled: FoldsU = 0,
@@ -112,17 +133,20 @@ def generic(
 ) -> None:
     """Image/label globs or an nnU-Net/MSD folder (NIfTI, NRRD, MHA/MHD, DICOM series)."""
     split = lib.SplitOptions(labeled=labeled, val=val, test=test, test_list=test_list,
-                             seed=seed, folds_labeled=folds_labeled,
+                             seed=seed, folds_labeled=folds_labeled, group=group,
                              folds_unlabeled=folds_unlabeled, fold_size=fold_size)
     grid = _numbers(spacing, "--spacing", 3) if spacing else None
     low, high = _numbers(ct_window, "--ct-window", 2)
+    if crop_foreground and crop not in (Crop.none, Crop.otsu):
+        raise ConfigError(f"--crop-foreground is --crop otsu; it contradicts --crop {crop.value}")
     with _progress() as step:
         _render(lib.prepare_generic(
             out, root=root, images=images, labels=labels, unlabeled=unlabeled,
-            classes=parse_classes(classes) if classes else None,
+            classes=parse_classes(classes) if classes else None, ignore_label=ignore_label,
             spacing=(grid[0], grid[1], grid[2]) if grid else None,
             norm=norm.value if norm else None, ct_window=(low, high),
-            crop_foreground=crop_foreground, crop_margin=crop_margin, split=split,
+            crop="otsu" if crop_foreground else crop.value,
+            crop_train_by_label=crop_train_by_label, crop_margin=crop_margin, split=split,
             force=force, workers=workers, progress=step))
 
 
@@ -177,6 +201,8 @@ def _render(summary: lib.PrepareSummary) -> None:
     table.add_row("spacing (mm)", ", ".join(f"{v:g}" for v in summary.info.spacing))
     for name, share in summary.class_fractions().items():
         table.add_row(f"voxels: {name}", f"{100 * share:.2f} %")
+    if summary.info.ignore_label is not None:
+        table.add_row("ignore label", str(summary.info.ignore_label))
     folds = summary.splits.folds
     if folds.labeled:
         table.add_row("fold grid", f"{len(folds.labeled)} labeled x {len(folds.unlabeled)} "

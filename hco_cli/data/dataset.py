@@ -4,10 +4,11 @@ Layout of ``DATA_DIR/NAME``::
 
     dataset.json            DatasetInfo
     splits.json             Splits
+    plans.json              DataPlan: the preprocessing to apply to new scans
     cases/<ID>.json         CaseGeometry
     cases/<ID>_image.npy    float32, shape (C, X, Y, Z), memory-mappable
-    cases/<ID>_label.npy    uint8 (uint16 when a label value exceeds 255), shape (X, Y, Z);
-                            absent for unlabeled-only cases
+    cases/<ID>_label.npy    training indices 0..K-1 (K: ignored voxels) as uint8 (uint16
+                            above 255), shape (X, Y, Z); absent for unlabeled-only cases
 
 Conventions:
 - Arrays are indexed (x, y, z), as nibabel and the UA-MT h5 files index them; SimpleITK's
@@ -25,8 +26,10 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from hco_cli.data.labels import LabelMap, identity_map
+from hco_cli.data.plan import DataPlan, read_plan
 from hco_cli.errors import DataError
 
 FOLD_PATTERN = re.compile(r"^L(\d+)U(\d+)$")
@@ -64,7 +67,12 @@ class DatasetInfo(_Model):
     """``dataset.json``: what the prepared dataset is."""
 
     name: str
-    classes: dict[str, str] = Field(description="label value (as a string) -> class name")
+    classes: dict[str, str] = Field(description="training index (as a string) -> class name")
+    # Original label value of each training index (None: datasets prepared before label maps,
+    # whose indices are the values) and the value that is no class (stored as index K).
+    label_values: list[int] | None = None
+    ignore_label: int | None = None
+    # The per-axis median of the prepared spacings (what the cases have, for reports).
     spacing: tuple[float, float, float]
     modality: str = "MR"
     channels: int = 1
@@ -73,6 +81,21 @@ class DatasetInfo(_Model):
     ct_window: tuple[float, float] | None = None
     source: str
     hco_version: str
+
+    @model_validator(mode="after")
+    def _indexed_classes(self) -> DatasetInfo:
+        expected = [str(i) for i in range(len(self.label_values or []))]
+        if self.label_values is not None and sorted(self.classes, key=int) != expected:
+            raise ValueError("classes must be keyed 0..K-1, one per label value")
+        return self
+
+    def label_map(self) -> LabelMap:
+        """Training index <-> original label value."""
+        if self.label_values is None:
+            return identity_map(self.classes)
+        names = tuple(self.classes[str(i)] for i in range(len(self.label_values)))
+        return LabelMap(values=tuple(self.label_values), names=names,
+                        ignore_value=self.ignore_label)
 
 
 class Folds(_Model):
@@ -88,6 +111,9 @@ class Splits(_Model):
     val: list[str] = Field(default_factory=list)
     test: list[str] = Field(default_factory=list)
     folds: Folds = Field(default_factory=Folds)
+    # Case id -> group (the patient), where several cases share one; every split holds whole
+    # groups (see :mod:`hco_cli.data.splits`).
+    groups: dict[str, str] = Field(default_factory=dict)
 
     def resolve(self, fold: str | None = None) -> dict[str, list[str]]:
         """Labeled/unlabeled/val/test ids, with ``fold`` (``L{i}U{j}``) replacing the first two."""
@@ -121,6 +147,11 @@ class PreparedDataset:
             )
         self.info = _load_model(DatasetInfo, self.root / "dataset.json")
         self.splits = _load_model(Splits, self.root / "splits.json")
+        try:
+            self.labels = self.info.label_map()
+        except ValueError as exc:
+            raise DataError(f"{self.root / 'dataset.json'}: invalid label map: "
+                            f"{str(exc).splitlines()[-1].strip()}") from None
 
     @property
     def cases_dir(self) -> Path:
@@ -128,8 +159,17 @@ class PreparedDataset:
 
     @property
     def num_classes(self) -> int:
-        """Number of output channels: the largest label value plus one."""
-        return max(int(k) for k in self.info.classes) + 1
+        """Number of output channels: the number of training indices (ignore excluded)."""
+        return self.labels.num_classes
+
+    @property
+    def ignore_index(self) -> int | None:
+        """Stored index of ignored voxels (None: every voxel is a class)."""
+        return self.labels.ignore_index
+
+    def plan(self) -> DataPlan:
+        """The preprocessing plan of ``plans.json`` (datasets prepared since label maps)."""
+        return read_plan(self.root)
 
     def case_ids(self) -> list[str]:
         return sorted(p.name[: -len(".json")] for p in self.cases_dir.glob("*.json"))

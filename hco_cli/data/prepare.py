@@ -2,7 +2,10 @@
 
 Every function lists the source's cases, fixes the splits (:mod:`hco_cli.data.splits`),
 then loads, checks, preprocesses and writes each case into a temporary folder that becomes
-``out`` only when complete (:mod:`hco_cli.data.writer`).
+``out`` only when complete (:mod:`hco_cli.data.writer`), with ``dataset.json``,
+``splits.json`` and the plan that new scans get at prediction (``plans.json``,
+:mod:`hco_cli.data.plan`). Label values that no source declares are discovered from the cases
+and mapped to training indices once all are written (:mod:`hco_cli.data.labels`).
 """
 
 from __future__ import annotations
@@ -16,18 +19,29 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hco_cli import __version__
 from hco_cli.data.dataset import DatasetInfo, Splits
-from hco_cli.data.preprocess import Norm, PreprocessPlan
+from hco_cli.data.labels import LabelMap, build_label_map
+from hco_cli.data.plan import CropRule, DataPlan, Norm, PreprocessPlan
 from hco_cli.data.sources import SourceListing, read_list
 from hco_cli.data.sources import la as la_source
 from hco_cli.data.sources import pancreas as pancreas_source
 from hco_cli.data.sources import synthetic as synthetic_source
 from hco_cli.data.sources.generic import list_globs, list_nnunet
-from hco_cli.data.splits import fold_grid, labeled_first_order, ordered_splits, pick_test
+from hco_cli.data.splits import (
+    DEFAULT_GROUP,
+    Groups,
+    case_groups,
+    fold_grid,
+    labeled_capacity,
+    labeled_first_order,
+    ordered_splits,
+    pick_test,
+)
 from hco_cli.data.writer import (
     CaseJob,
     CaseStats,
     Progress,
     dataset_output,
+    remap_labels,
     run_cases,
     write_metadata,
 )
@@ -47,6 +61,8 @@ class SplitOptions(BaseModel):
     folds_labeled: int = Field(default=0, ge=0)
     folds_unlabeled: int = Field(default=0, ge=0)
     fold_size: int | None = Field(default=None, ge=1, description="default: N labeled")
+    group: str | None = Field(default=None, description="generic folders only; default: "
+                              "splits.DEFAULT_GROUP")
 
 
 @dataclass
@@ -67,14 +83,19 @@ class PrepareSummary:
         return tuple(int(v) for v in shapes.min(0)), tuple(int(v) for v in shapes.max(0))
 
     def class_fractions(self) -> dict[str, float]:
-        """Fraction of labeled voxels per class name, over every stored label."""
+        """Fraction of labeled voxels per class (named, with its value where that differs
+        from its index), over every stored label; ignored voxels are not counted."""
+        labels = self.info.label_map()
         width = max((len(c.label_counts) for c in self.cases), default=0)
-        totals = np.zeros(width)
+        totals = np.zeros(max(width, labels.num_classes))
         for stats in self.cases:
             totals[: len(stats.label_counts)] += stats.label_counts
+        totals = totals[: labels.num_classes]
         grand = totals.sum() or 1.0
-        return {name: float(totals[int(v)] / grand) if int(v) < width else 0.0
-                for v, name in self.info.classes.items()}
+        out = {}
+        for index, (value, name) in enumerate(zip(labels.values, labels.names, strict=True)):
+            out[name if value == index else f"{name} (value {value})"] = totals[index] / grand
+        return out
 
 
 def prepare_la(
@@ -85,9 +106,10 @@ def prepare_la(
     split = split or SplitOptions()
     _refuse_generic_only(split, "la")
     listing = la_source.list_la(root, allow_missing=allow_missing)
-    return _prepare(listing, PreprocessPlan(norm="none", classes=frozenset(la_source.CLASSES)),
-                    out, split=split.model_copy(update={"labeled": split.labeled or 8}),
-                    normalization="zscore", force=force, workers=workers, progress=progress)
+    listing.upstream = la_source.UPSTREAM
+    return _prepare(listing, PreprocessPlan(norm="none", labels=_declared(listing)), out,
+                    split=split.model_copy(update={"labeled": split.labeled or 8}),
+                    force=force, workers=workers, progress=progress)
 
 
 def prepare_pancreas(
@@ -98,39 +120,46 @@ def prepare_pancreas(
     """Pancreas-CT: BCP h5 files with their lists, or raw scans (``images``/``labels`` globs)."""
     split = split or SplitOptions()
     root = Path(root)
-    window = pancreas_source.CT_WINDOW
     if images is None and labels is None:
         _refuse_generic_only(split, "pancreas h5")
         listing = pancreas_source.list_pancreas_h5(root, lists=lists, allow_missing=allow_missing)
+        listing.upstream = pancreas_source.UPSTREAM
         labeled = split.labeled or pancreas_source.default_labeled(Path(lists) if lists else root)
-        return _prepare(listing, PreprocessPlan(norm="none", classes=frozenset({0, 1})), out,
-                        split=split.model_copy(update={"labeled": labeled}), normalization="ct",
-                        ct_window=window, force=force, workers=workers, progress=progress)
+        return _prepare(listing, PreprocessPlan(norm="none", labels=_declared(listing)), out,
+                        split=split.model_copy(update={"labeled": labeled}), force=force,
+                        workers=workers, progress=progress)
     if images is None or labels is None:
         raise ConfigError("raw pancreas scans need both --images and --labels patterns")
     if allow_missing:
         raise ConfigError("--allow-missing applies to the h5 layout only")
-    listing = list_globs(images=images, labels=labels, base=root)
+    if split.group is not None:
+        raise ConfigError("--group applies to generic folders")
+    listing = list_globs(images=images, labels=labels, base=root, by_wildcard=True)
     listing.classes, listing.modality = dict(pancreas_source.CLASSES), "CT"
     listing.source = f"pancreas-raw:{root.resolve()}"
     if lists is not None:
         listing = _apply_lists(listing, Path(lists))
         split = split.model_copy(update={"labeled": split.labeled or
                                          pancreas_source.default_labeled(Path(lists))})
-    return _prepare(listing, pancreas_source.RAW_PLAN, out, split=split, normalization="ct",
-                    ct_window=window, shuffle=lists is None, force=force, workers=workers,
-                    progress=progress)
+    return _prepare(listing, pancreas_source.RAW_PLAN, out, split=split, shuffle=lists is None,
+                    force=force, workers=workers, progress=progress)
 
 
 def prepare_generic(
     out: Path, *, root: Path | None = None, images: str | None = None,
     labels: str | None = None, unlabeled: str | None = None,
-    classes: dict[int, str] | None = None, spacing: tuple[float, float, float] | None = None,
-    norm: Norm | None = None, ct_window: tuple[float, float] = (-125.0, 275.0),
-    crop_foreground: bool = False, crop_margin: int = 0, split: SplitOptions | None = None,
-    force: bool = False, workers: int = 1, progress: Progress | None = None,
+    classes: dict[int, str] | None = None, ignore_label: int | None = None,
+    spacing: tuple[float, float, float] | None = None, norm: Norm | None = None,
+    ct_window: tuple[float, float] = (-125.0, 275.0), crop: CropRule = "none",
+    crop_train_by_label: bool = False, crop_margin: int = 0,
+    split: SplitOptions | None = None, force: bool = False, workers: int = 1,
+    progress: Progress | None = None,
 ) -> PrepareSummary:
-    """Image/label globs (relative to ``root`` if given) or an nnU-Net/MSD folder ``root``."""
+    """Image/label globs (relative to ``root`` if given) or an nnU-Net/MSD folder ``root``.
+
+    ``classes`` (value -> name) fixes the label values; otherwise they are discovered.
+    ``ignore_label`` marks unannotated voxels (no class; skipped by losses and metrics).
+    """
     split = split or SplitOptions()
     if images is None:
         if labels is not None or unlabeled is not None or root is None:
@@ -142,15 +171,21 @@ def prepare_generic(
         listing = list_globs(images=images, labels=labels, unlabeled=unlabeled, base=root)
     if classes is not None:
         listing.classes = {0: "background", **classes}
+    if ignore_label is not None:
+        if listing.ignore_label not in (None, ignore_label):
+            raise ConfigError(f"--ignore-label {ignore_label}: dataset.json names "
+                              f"{listing.ignore_label} as its ignore label")
+        listing.ignore_label = ignore_label
     norm = norm or ("ct" if listing.modality == "CT" else "zscore")
     listing.modality = "CT" if norm == "ct" else listing.modality
     if crop_margin < 0:
         raise ConfigError(f"--crop-margin must be >= 0, got {crop_margin}")
-    plan = PreprocessPlan(spacing=spacing, norm=norm, ct_window=ct_window,
-                          crop_foreground=crop_foreground, crop_margin=crop_margin,
-                          classes=frozenset(listing.classes) if listing.classes else None)
-    return _prepare(listing, plan, out, split=split, normalization=norm,
-                    ct_window=ct_window if norm == "ct" else None, shuffle=True, force=force,
+    plan = PreprocessPlan(spacing=spacing, norm=norm, ct_window=ct_window, crop=crop,
+                          crop_train_by_label=crop_train_by_label, crop_margin=crop_margin,
+                          labels=_declared(listing) if listing.classes else None,
+                          ignore_label=listing.ignore_label)
+    group = split.group if split.group is not None else DEFAULT_GROUP
+    return _prepare(listing, plan, out, split=split, shuffle=True, group=group, force=force,
                     workers=workers, progress=progress)
 
 
@@ -166,43 +201,58 @@ def prepare_synthetic(
                                               test=test, classes=classes, shape=shape, seed=seed)
     split = SplitOptions(labeled=labeled, seed=seed, folds_labeled=folds_labeled,
                          folds_unlabeled=folds_unlabeled, fold_size=fold_size)
-    return _prepare(listing, PreprocessPlan(norm="zscore", classes=frozenset(listing.classes)),
-                    out, split=split, normalization="zscore", force=force, workers=workers,
-                    progress=progress)
+    return _prepare(listing, PreprocessPlan(norm="zscore", labels=_declared(listing)), out,
+                    split=split, force=force, workers=workers, progress=progress)
 
 
 def _prepare(
     listing: SourceListing, plan: PreprocessPlan, out: Path, *, split: SplitOptions,
-    normalization: str, ct_window: tuple[float, float] | None = None, shuffle: bool = False,
-    force: bool, workers: int, progress: Progress | None,
+    shuffle: bool = False, group: str | None = None, force: bool, workers: int,
+    progress: Progress | None,
 ) -> PrepareSummary:
     start = time.perf_counter()
-    splits = _main_splits(listing, split, shuffle=shuffle)
+    groups = case_groups([c.case for c in listing.cases], group) if group else None
+    splits = _main_splits(listing, split, shuffle=shuffle, groups=groups)
     unlabeled = set(splits.unlabeled)
+    training = set(splits.labeled) | unlabeled
     by_id = {c.case: c for c in listing.cases}
     order = [*splits.labeled, *splits.unlabeled, *splits.val, *splits.test]
-    jobs = [CaseJob(by_id[case], allow_empty_label=case in unlabeled) for case in order]
+    jobs = [CaseJob(by_id[case], allow_empty_label=case in unlabeled,
+                    crop_by_label=plan.crop_train_by_label and case in training)
+            for case in order]
     with dataset_output(out, force=force) as tmp:
         stats = run_cases(jobs, plan, tmp / "cases", workers=workers, progress=progress)
+        labels = plan.labels or _discovered(stats, plan.ignore_label)
+        if plan.labels is None and not labels.is_identity:
+            remap_labels(tmp / "cases", stats, labels)
         with_label = {s.case for s in stats if s.has_label}
         splits.folds = fold_grid(splits, labeled_folds=split.folds_labeled,
                                  unlabeled_folds=split.folds_unlabeled, seed=split.seed,
-                                 has_label=with_label, size=split.fold_size)
+                                 has_label=with_label, size=split.fold_size, groups=groups)
+        if groups and any(k != c for c, k in groups.items()):
+            splits.groups = {c: groups[c] for c in order}
+        spacings = np.array([s.spacing for s in stats])
         info = DatasetInfo(
-            name=Path(out).name, classes=_class_names(listing, stats),
-            spacing=plan.spacing or _common_spacing(stats), modality=listing.modality,
-            channels=int(max(len(c.images) for c in listing.cases) or 1),
-            normalization=normalization, ct_window=ct_window, source=listing.source,
-            hco_version=__version__,
+            name=Path(out).name, classes=labels.class_names(), label_values=list(labels.values),
+            ignore_label=labels.ignore_value, spacing=plan.spacing or _triple(np.median(
+                spacings, axis=0)), modality=listing.modality, channels=_channels(listing),
+            normalization=plan.norm, ct_window=plan.ct_window if plan.norm == "ct" else None,
+            source=listing.source, hco_version=__version__,
         )
-        write_metadata(tmp, info, splits)
+        data_plan = DataPlan(
+            preprocess=plan.model_copy(update={"labels": labels}), channels=info.channels,
+            spacing_min=_triple(spacings.min(0)), spacing_max=_triple(spacings.max(0)),
+            spacing_median=_triple(np.median(spacings, axis=0)), upstream=listing.upstream,
+            source=listing.source)
+        write_metadata(tmp, info, splits, data_plan)
     return PrepareSummary(out=Path(out), info=info, splits=splits, cases=stats,
                           skipped=list(listing.skipped),
                           dropped_empty_labels=[s.case for s in stats if s.dropped_empty_label],
                           seconds=time.perf_counter() - start)
 
 
-def _main_splits(listing: SourceListing, split: SplitOptions, *, shuffle: bool) -> Splits:
+def _main_splits(listing: SourceListing, split: SplitOptions, *, shuffle: bool,
+                 groups: Groups | None) -> Splits:
     has_label = {c.case for c in listing.cases if c.has_label}
     known = {c.case for c in listing.cases}
     test = list(listing.test)
@@ -220,13 +270,15 @@ def _main_splits(listing: SourceListing, split: SplitOptions, *, shuffle: bool) 
             if case not in has_label:
                 raise DataError(f"case {case}: test case without label ({split.test_list})")
     elif split.test is not None:
-        test = pick_test(listing.train_order, split.test, seed=split.seed, has_label=has_label)
+        test = pick_test(listing.train_order, split.test, seed=split.seed, has_label=has_label,
+                         groups=groups)
+    _check_test_groups(test, listing.train_order, groups)
     train = [c for c in listing.train_order if c not in set(test)]
     if shuffle:
-        train = labeled_first_order(train, seed=split.seed, has_label=has_label)
-    labeled = split.labeled or sum(c in has_label for c in train)
+        train = labeled_first_order(train, seed=split.seed, has_label=has_label, groups=groups)
+    labeled = split.labeled or labeled_capacity(train, has_label=has_label, groups=groups)
     splits = ordered_splits(train, test, labeled=labeled, val=split.val, seed=split.seed,
-                            has_label=has_label)
+                            has_label=has_label, groups=groups)
     splits.val = splits.val or list(listing.val)
     return splits
 
@@ -243,20 +295,37 @@ def _apply_lists(listing: SourceListing, lists: Path) -> SourceListing:
     return listing
 
 
+def _check_test_groups(test: list[str], train: list[str], groups: Groups | None) -> None:
+    """Refuse a test list that leaves cases of its groups in training (a leak)."""
+    if not groups:
+        return
+    held, tested = {groups[c] for c in test if c in groups}, set(test)
+    leaked = next((c for c in train if c not in tested and groups.get(c) in held), None)
+    if leaked is not None:
+        raise DataError(f"case {leaked}: its group {groups[leaked]!r} has test cases, so it "
+                        "must be a test case too (--group sets the groups)")
+
+
 def _refuse_generic_only(split: SplitOptions, kind: str) -> None:
-    if split.test is not None or split.test_list is not None:
+    if split.test is not None or split.test_list is not None or split.group is not None:
         raise ConfigError(f"{kind}: the test split comes from the source's lists; "
-                          "--test and --test-list apply to generic folders")
+                          "--test, --test-list and --group apply to generic folders")
 
 
-def _class_names(listing: SourceListing, stats: list[CaseStats]) -> dict[str, str]:
-    if listing.classes:
-        return {str(v): name for v, name in sorted(listing.classes.items())}
-    values = sorted({v for s in stats for v, n in enumerate(s.label_counts) if n} | {0})
-    return {str(v): "background" if v == 0 else f"class {v}" for v in values}
+def _declared(listing: SourceListing) -> LabelMap:
+    """The label map of the classes the source (or --classes) declares."""
+    return build_label_map(listing.classes, names=listing.classes, ignore=listing.ignore_label)
 
 
-def _common_spacing(stats: list[CaseStats]) -> tuple[float, float, float]:
-    """The spacing shared by all cases, or the per-axis median when they differ."""
-    median = np.median(np.array([s.spacing for s in stats]), axis=0)
-    return (float(median[0]), float(median[1]), float(median[2]))
+def _discovered(stats: list[CaseStats], ignore: int | None) -> LabelMap:
+    """The label map of every value found in the stored labels."""
+    values = {v for s in stats for v, n in enumerate(s.label_counts) if n}
+    return build_label_map(values, ignore=ignore)
+
+
+def _channels(listing: SourceListing) -> int:
+    return int(max(len(c.images) for c in listing.cases) or 1)
+
+
+def _triple(values: np.ndarray) -> tuple[float, float, float]:
+    return (float(values[0]), float(values[1]), float(values[2]))

@@ -1,7 +1,9 @@
 """Checks and preprocessing of one case: validation, resampling, normalisation, cropping.
 
-Order (as in CoraNet's pancreas preprocessing): check → resample → normalise (statistics over
-the whole resampled volume, as UA-MT z-scores the whole scan) → crop and pad.
+Order (as in CoraNet's pancreas preprocessing): check (and map label values to training
+indices) → resample → crop box from the resampled raw image (or, for labeled training cases
+when asked, from the label) → normalise (statistics over the whole resampled volume, as UA-MT
+z-scores the whole scan) → crop and pad.
 
 Resampling keeps the origin (the centre of voxel 0) and the direction; the new shape is
 ``round(shape * spacing / new_spacing)`` per axis (at least 1), so that the physical extent
@@ -13,34 +15,22 @@ the border.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 from scipy import ndimage
 
 from hco_cli.data.dataset import CaseGeometry, Geometry
+from hco_cli.data.plan import CropRule, Norm, PreprocessPlan
 from hco_cli.data.sources import RawCase, SourceCase
 from hco_cli.errors import DataError
 
-Norm = Literal["zscore", "ct", "none"]
 Box = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
 SPACING_RTOL = 1e-3
 ORIGIN_ATOL_MM = 1e-2
 DIRECTION_ATOL = 1e-3
-
-
-@dataclass(frozen=True)
-class PreprocessPlan:
-    """How every case of a dataset is transformed (the same for all cases)."""
-
-    spacing: tuple[float, float, float] | None = None
-    norm: Norm = "zscore"
-    ct_window: tuple[float, float] = (-125.0, 275.0)
-    crop_foreground: bool = False
-    crop_margin: int = 0
-    crop_min_size: tuple[int, int, int] | None = None
-    # Allowed label values (0 included); None accepts any non-negative integer.
-    classes: frozenset[int] | None = None
+# Otsu foreground components smaller than this fraction of the largest one are noise.
+OTSU_MIN_COMPONENT = 0.1
+_OTSU_BINS = 256
 
 
 @dataclass
@@ -54,26 +44,20 @@ class PreparedCase:
 
 
 def preprocess_case(
-    source: SourceCase, raw: RawCase, plan: PreprocessPlan, *, allow_empty_label: bool
+    source: SourceCase, raw: RawCase, plan: PreprocessPlan, *, allow_empty_label: bool,
+    crop_by_label: bool = False,
 ) -> PreparedCase:
-    """Check and transform one loaded case; errors name the case and the file."""
+    """Check and transform one loaded case; errors name the case and the file.
+
+    Labels become training indices when ``plan.labels`` is known (otherwise they keep their
+    values, to be mapped once every case is seen). The crop box comes from the image
+    (``plan.crop``), or from the label with ``crop_by_label`` (labeled training cases only).
+    """
     image_path = str(source.images[0].absolute()) if source.images else None
     label_path = str(source.label.absolute()) if source.label else image_path
     image = checked_image(raw.image, case=source.case, path=image_path or "synthetic")
-    label = raw.label
-    dropped = False
-    if label is not None:
-        where = label_path or "synthetic"
-        label = checked_label(label, case=source.case, path=where, allowed=plan.classes)
-        check_same_grid(raw.geometry, raw.label_geometry or raw.geometry, case=source.case,
-                        image=image_path or "synthetic", label=where)
-        if not label.any():
-            if not allow_empty_label:
-                raise DataError(
-                    f"case {source.case}: label {where} is empty (no foreground voxel); "
-                    "empty labels are allowed only for unlabeled cases"
-                )
-            label, dropped = None, True
+    label, dropped = _checked_case_label(source, raw, plan, allow_empty_label=allow_empty_label,
+                                         image_path=image_path, label_path=label_path)
     geometry = raw.geometry
     if plan.spacing is not None and not np.allclose(geometry.spacing, plan.spacing,
                                                     rtol=SPACING_RTOL, atol=0.0):
@@ -81,11 +65,15 @@ def preprocess_case(
         if label is not None:
             label = resample(label[None], geometry, plan.spacing, order=0)[0][0]
         geometry = new_geometry
-    image = normalize(image, plan.norm, window=plan.ct_window)
     box = None
-    if plan.crop_foreground:
-        mask = label > 0 if label is not None else image[0] > image[0].min()
-        box = crop_box(mask, margin=plan.crop_margin, min_size=plan.crop_min_size)
+    if crop_by_label and label is not None:
+        box = crop_box(_foreground(label, plan), margin=plan.crop_margin,
+                       min_size=plan.crop_min_size)
+    elif plan.crop != "none":
+        box = crop_box(image_mask(image, plan.crop), margin=plan.crop_margin,
+                       min_size=plan.crop_min_size)
+    image = normalize(image, plan.norm, window=plan.ct_window)
+    if box is not None:
         image = apply_box(image, box, fill=image.reshape(image.shape[0], -1).min(axis=1))
         if label is not None:
             label = apply_box(label[None], box, fill=np.zeros(1))[0]
@@ -96,6 +84,83 @@ def preprocess_case(
     )
     return PreparedCase(image=np.ascontiguousarray(image, dtype=np.float32),
                         label=label, geometry=case_geometry, dropped_empty_label=dropped)
+
+
+def _checked_case_label(
+    source: SourceCase, raw: RawCase, plan: PreprocessPlan, *, allow_empty_label: bool,
+    image_path: str | None, label_path: str | None,
+) -> tuple[np.ndarray | None, bool]:
+    """The checked (and, with a known map, indexed) label; None and True when dropped."""
+    if raw.label is None:
+        return None, False
+    where = label_path or "synthetic"
+    allowed = plan.labels.allowed() if plan.labels is not None else None
+    label = checked_label(raw.label, case=source.case, path=where, allowed=allowed)
+    check_same_grid(raw.geometry, raw.label_geometry or raw.geometry, case=source.case,
+                    image=image_path or "synthetic", label=where)
+    if plan.labels is not None and not plan.labels.is_identity:
+        label = plan.labels.to_indices(label)
+    if not _foreground(label, plan).any():
+        if not allow_empty_label:
+            raise DataError(
+                f"case {source.case}: label {where} is empty (no foreground voxel); "
+                "empty labels are allowed only for unlabeled cases"
+            )
+        return None, True
+    return label, False
+
+
+def _foreground(label: np.ndarray, plan: PreprocessPlan) -> np.ndarray:
+    """Voxels of a class other than background (ignored voxels excluded)."""
+    ignore = plan.labels.ignore_index if plan.labels is not None else plan.ignore_label
+    mask = label > 0
+    return mask & (label != ignore) if ignore is not None else mask
+
+
+def image_mask(image: np.ndarray, rule: CropRule) -> np.ndarray:
+    """Foreground of a (C, X, Y, Z) image (raw intensities) that a crop box encloses.
+
+    ``nonzero``: voxels where any channel is non-zero (nnU-Net's rule; right for skull-stripped
+    or zero-padded scans). ``otsu``: voxels above any channel's Otsu threshold, keeping the
+    connected components of at least a tenth of the largest one's size (the body, not noise).
+    Labels are never used, so a case is cropped the same with or without its label.
+    """
+    if rule == "nonzero":
+        return np.asarray((image != 0).any(axis=0))
+    mask = np.zeros(image.shape[1:], dtype=bool)
+    for channel in image:
+        mask |= channel > otsu_threshold(channel)
+    components, count = ndimage.label(mask)
+    if count > 1:
+        sizes = np.bincount(components.ravel())
+        sizes[0] = 0
+        mask = (sizes >= OTSU_MIN_COMPONENT * sizes.max())[components]
+    return mask
+
+
+def otsu_threshold(values: np.ndarray) -> float:
+    """Otsu's threshold over a 256-bin histogram (the maximum for a constant array): the cut
+    that maximises the between-class variance."""
+    low, high = float(values.min()), float(values.max())
+    if high <= low:
+        return high
+    counts, edges = np.histogram(values, bins=_OTSU_BINS, range=(low, high))
+    centres = (edges[:-1] + edges[1:]) / 2
+    weight = np.cumsum(counts, dtype=np.float64)
+    mass = np.cumsum(counts * centres, dtype=np.float64)
+    total, total_mass = weight[-1], mass[-1]
+    below = weight[:-1]
+    above = total - below
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean_below = mass[:-1] / below
+        mean_above = (total_mass - mass[:-1]) / above
+        between = below * above * (mean_below - mean_above) ** 2
+    between = np.where((below > 0) & (above > 0), between, -1.0)
+    # Every cut in an empty stretch of the histogram scores the same: take the middle of the
+    # first run of maxima, not its low end (which would hug the background's tail).
+    ties = np.flatnonzero(between >= between.max() * (1 - 1e-9))
+    run = ties[: int(np.argmax(np.diff(ties) > 1)) + 1] if np.any(np.diff(ties) > 1) else ties
+    return float(edges[int(run[len(run) // 2]) + 1])
 
 
 def checked_image(image: np.ndarray, *, case: str, path: str) -> np.ndarray:

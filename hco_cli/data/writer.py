@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from hco_cli.data.dataset import DatasetInfo, Splits
-from hco_cli.data.preprocess import PreparedCase, PreprocessPlan, preprocess_case
+from hco_cli.data.labels import LabelMap
+from hco_cli.data.plan import DataPlan, PreprocessPlan, write_plan
+from hco_cli.data.preprocess import PreparedCase, preprocess_case
 from hco_cli.data.sources import SourceCase, load_case
 from hco_cli.errors import DatasetExistsError
 from hco_cli.io_utils import atomic_dir
@@ -27,10 +29,12 @@ Progress = Callable[[int, int, str], None]
 
 @dataclass(frozen=True)
 class CaseJob:
-    """One case to prepare, and whether an empty label may be dropped (unlabeled split)."""
+    """One case to prepare: whether an empty label may be dropped (unlabeled split) and
+    whether it is cropped around its label (labeled training cases, when asked)."""
 
     source: SourceCase
     allow_empty_label: bool = False
+    crop_by_label: bool = False
 
 
 @dataclass
@@ -41,7 +45,7 @@ class CaseStats:
     shape: tuple[int, int, int]
     spacing: tuple[float, float, float]
     has_label: bool
-    # Voxel count per label value (index = value); empty without label.
+    # Voxel count per stored label value (index = value); empty without label.
     label_counts: list[int] = field(default_factory=list)
     dropped_empty_label: bool = False
 
@@ -84,7 +88,8 @@ def write_case(cases_dir: Path, prepared: PreparedCase) -> CaseStats:
 def process_case(job: CaseJob, plan: PreprocessPlan, cases_dir: Path) -> CaseStats:
     """Load, check, preprocess and write one case (runs in a worker process too)."""
     raw = load_case(job.source)
-    prepared = preprocess_case(job.source, raw, plan, allow_empty_label=job.allow_empty_label)
+    prepared = preprocess_case(job.source, raw, plan, allow_empty_label=job.allow_empty_label,
+                               crop_by_label=job.crop_by_label)
     return write_case(cases_dir, prepared)
 
 
@@ -125,7 +130,19 @@ def run_cases(
     return [results[i] for i in range(total)]
 
 
-def write_metadata(root: Path, info: DatasetInfo, splits: Splits) -> None:
-    """Write ``dataset.json`` and ``splits.json`` into the (temporary) dataset folder."""
+def remap_labels(cases_dir: Path, stats: list[CaseStats], labels: LabelMap) -> None:
+    """Rewrite stored label values as training indices (labels discovered after the cases)."""
+    for case in stats:
+        if not case.has_label:
+            continue
+        path = cases_dir / f"{case.case}_label.npy"
+        indices = np.ascontiguousarray(labels.to_indices(np.load(path)))
+        np.save(path, indices, allow_pickle=False)
+        case.label_counts = np.bincount(indices.ravel()).tolist()
+
+
+def write_metadata(root: Path, info: DatasetInfo, splits: Splits, plan: DataPlan) -> None:
+    """Write ``dataset.json``, ``splits.json`` and ``plans.json`` into the (temporary) folder."""
     (root / "dataset.json").write_text(info.model_dump_json(indent=2) + "\n", encoding="utf-8")
     (root / "splits.json").write_text(splits.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    write_plan(root, plan)

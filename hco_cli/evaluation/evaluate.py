@@ -6,7 +6,8 @@ Predictions are volume files (NIfTI, NRRD, MHA/MHD) named by case id. References
 - the Left Atrium (UA-MT) layout: ``<CASE>/mri_norm2.h5`` with the key ``label``, given as the
   ``2018LA_Seg_Training Set`` folder or its parent; these files store no spacing (voxels only);
 - a prepared dataset (a folder with ``dataset.json``): the labels of the cases that have
-  predictions, on the prepared grid, with the prepared spacing.
+  predictions, on the prepared grid, with the prepared spacing, in their original values
+  (:mod:`hco_cli.evaluation.references`).
 
 A plain folder of label files must match the predictions one to one. The two other sources are
 pools of references: a label without a prediction is simply not evaluated.
@@ -31,26 +32,16 @@ from typing import Any, Literal
 
 import numpy as np
 
-from hco_cli.data.dataset import Geometry, PreparedDataset
+from hco_cli.data.dataset import Geometry
 from hco_cli.data.io import case_id_from_path, read_volume, volume_suffix
 from hco_cli.errors import ConfigError, DataError
 from hco_cli.evaluation.metrics import METRICS, EmptyPolicy, check_empty_policy, evaluate_pair
+from hco_cli.evaluation.references import LabelSource, add_unique, find_labels, read_label
 
-LA_FOLDER = "2018LA_Seg_Training Set"
-LA_FILE = "mri_norm2.h5"
 SpacingUnit = Literal["voxel", "mm"]
 _SPACING_RTOL = 1e-4
 _ORIGIN_ATOL_MM = 1e-3
 _DIRECTION_ATOL = 1e-4
-
-
-@dataclass(frozen=True)
-class LabelSource:
-    """Where the reference of one case is read from."""
-
-    kind: Literal["volume", "h5", "prepared"]
-    path: Path  # the file, or the prepared dataset's root
-    case: str
 
 
 @dataclass(frozen=True)
@@ -63,6 +54,7 @@ class CaseTask:
     classes: tuple[int, ...] | None
     mm: bool
     empty: EmptyPolicy
+    ignore: int | None = None
 
 
 @dataclass(frozen=True)
@@ -122,6 +114,7 @@ def evaluate_folders(
     label_dir: Path,
     *,
     classes: Sequence[int] | None = None,
+    ignore: int | None = None,
     mm: bool = False,
     empty: EmptyPolicy = "nan",
     allow_missing: bool = False,
@@ -130,15 +123,39 @@ def evaluate_folders(
     """Pair predictions with references by case id and evaluate every case (in parallel).
 
     ``classes`` defaults to every non-zero value found in the references (union over cases),
-    plus the classes of ``dataset.json`` for a prepared dataset. Distances are in voxels, or in
-    millimetres (reference spacing) with ``mm``. Results do not depend on ``jobs``.
+    plus the classes of ``dataset.json`` for a prepared dataset. Reference voxels of value
+    ``ignore`` (default: a prepared dataset's ignore label) count as background in both maps.
+    Distances are in voxels, or in millimetres (reference spacing) with ``mm``. Results do
+    not depend on ``jobs``.
     """
+    predictions = _find_predictions(Path(pred_dir))
+    refs = find_labels(Path(label_dir))
+    cases, dropped = _pair(predictions, refs.sources, pool=refs.pool,
+                           allow_missing=allow_missing)
+    return evaluate_cases({c: predictions[c] for c in cases},
+                          {c: refs.sources[c] for c in cases}, classes=classes,
+                          default_classes=refs.classes,
+                          ignore=ignore if ignore is not None else refs.ignore, mm=mm,
+                          empty=empty, dropped=dropped, jobs=jobs)
+
+
+def evaluate_cases(
+    predictions: dict[str, Path],
+    labels: dict[str, LabelSource],
+    *,
+    classes: Sequence[int] | None = None,
+    default_classes: Sequence[int] = (),
+    ignore: int | None = None,
+    mm: bool = False,
+    empty: EmptyPolicy = "nan",
+    dropped: Sequence[str] = (),
+    jobs: int | None = None,
+) -> EvaluationSummary:
+    """Evaluate paired predictions and references (the same case ids), in parallel."""
     check_empty_policy(empty)
     wanted = _check_classes(classes)
     n_jobs = _check_jobs(jobs)
-    predictions = _find_predictions(Path(pred_dir))
-    labels, pool, dataset_classes = _find_labels(Path(label_dir))
-    cases, dropped = _pair(predictions, labels, pool=pool, allow_missing=allow_missing)
+    cases = sorted(predictions)
     if mm:
         h5_case = next((c for c in cases if labels[c].kind == "h5"), None)
         if h5_case is not None:
@@ -146,13 +163,13 @@ def evaluate_folders(
                 f"--mm needs the voxel spacing, but h5 labels store none (case {h5_case}); "
                 "evaluate in voxels"
             )
-    tasks = [CaseTask(c, predictions[c], labels[c], wanted, mm, empty) for c in cases]
+    tasks = [CaseTask(c, predictions[c], labels[c], wanted, mm, empty, ignore) for c in cases]
     results = _run(tasks, n_jobs)
-    final = list(wanted) if wanted is not None else _found_classes(results, dataset_classes)
+    final = list(wanted) if wanted is not None else _found_classes(results, default_classes)
     filled = [_fill_missing_classes(r, final, empty) for r in results]
     summary = EvaluationSummary(
         cases=filled, classes=final, spacing_unit="mm" if mm else "voxel",
-        empty_policy=empty, dropped=dropped,
+        empty_policy=empty, dropped=list(dropped),
     )
     _aggregate(summary)
     return summary
@@ -173,7 +190,7 @@ def parse_classes(text: str) -> list[int]:
 def evaluate_case(task: CaseTask) -> CaseResult:
     """Read, check and evaluate one case; runs in a worker process."""
     pred, pred_geometry = read_volume(task.pred)
-    gt, gt_geometry = _read_label(task.label)
+    gt, gt_geometry = read_label(task.label)
     pred, gt = _as_labels(pred, task.pred), _as_labels(gt, task.label.path)
     if pred.shape != gt.shape:
         raise DataError(
@@ -182,6 +199,9 @@ def evaluate_case(task: CaseTask) -> CaseResult:
         )
     if gt_geometry is not None:
         _check_geometry(task.case, pred_geometry, gt_geometry)
+    if task.ignore is not None:
+        ignored = gt == task.ignore
+        gt, pred = np.where(ignored, 0, gt), np.where(ignored, 0, pred)
     label_values = _present_values(gt)
     if task.classes is not None:
         classes: tuple[int, ...] = task.classes
@@ -215,47 +235,10 @@ def _find_predictions(folder: Path) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
         if path.is_file() and volume_suffix(path):
-            _add_unique(found, case_id_from_path(path), path)
+            add_unique(found, case_id_from_path(path), path)
     if not found:
         raise DataError(f"{folder}: no prediction volumes (.nii.gz, .nii, .nrrd, .mha, .mhd)")
     return found
-
-
-def _find_labels(folder: Path) -> tuple[dict[str, LabelSource], bool, list[int]]:
-    """Label sources by case id, whether they form a pool, and dataset.json classes."""
-    if not folder.is_dir():
-        raise DataError(f"label folder not found: {folder}")
-    if (folder / "dataset.json").is_file():
-        dataset = PreparedDataset(folder)
-        sources = {c: LabelSource("prepared", folder, c)
-                   for c in dataset.case_ids() if dataset.has_label(c)}
-        if not sources:
-            raise DataError(f"{folder}: the prepared dataset has no labeled cases")
-        return sources, True, sorted(int(k) for k in dataset.info.classes if int(k) != 0)
-    if (folder / LA_FOLDER).is_dir():
-        folder = folder / LA_FOLDER
-    found: dict[str, LabelSource] = {}
-    paths: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if path.is_dir() and (path / LA_FILE).is_file():
-            _add_unique(paths, path.name, path / LA_FILE)
-            found[path.name] = LabelSource("h5", path / LA_FILE, path.name)
-        elif path.is_file() and volume_suffix(path):
-            case = case_id_from_path(path)
-            _add_unique(paths, case, path)
-            found[case] = LabelSource("volume", path, case)
-    if not found:
-        raise DataError(
-            f"{folder}: no label volumes (.nii.gz, .nrrd, .mha), no <CASE>/{LA_FILE} "
-            "folders and no dataset.json"
-        )
-    return found, any(s.kind == "h5" for s in found.values()), []
-
-
-def _add_unique(found: dict[str, Path], case: str, path: Path) -> None:
-    if case in found:
-        raise DataError(f"case {case} appears twice: {found[case].name} and {path.name}")
-    found[case] = path
 
 
 def _pair(
@@ -281,23 +264,6 @@ def _pair(
 def _names(cases: list[str], limit: int = 8) -> str:
     shown = ", ".join(cases[:limit])
     return shown + (f" and {len(cases) - limit} more" if len(cases) > limit else "")
-
-
-def _read_label(source: LabelSource) -> tuple[np.ndarray, Geometry | None]:
-    if source.kind == "volume":
-        return read_volume(source.path)
-    if source.kind == "prepared":
-        dataset = PreparedDataset(source.path)
-        return dataset.label(source.case, mmap=False), dataset.geometry(source.case).prepared
-    import h5py
-
-    try:
-        with h5py.File(source.path, "r") as handle:
-            if "label" not in handle:
-                raise DataError(f"{source.path}: no 'label' dataset (keys: {sorted(handle)})")
-            return np.asarray(handle["label"][...]), None
-    except OSError as exc:
-        raise DataError(f"cannot read {source.path}: {exc}") from exc
 
 
 def _as_labels(array: np.ndarray, path: Path) -> np.ndarray:
@@ -338,7 +304,7 @@ def _check_geometry(case: str, pred: Geometry, label: Geometry) -> None:
         raise DataError(f"case {case}: prediction and label axis directions differ")
 
 
-def _found_classes(results: list[CaseResult], dataset_classes: list[int]) -> list[int]:
+def _found_classes(results: list[CaseResult], dataset_classes: Sequence[int]) -> list[int]:
     found = set(dataset_classes)
     for result in results:
         found.update(result.label_values)

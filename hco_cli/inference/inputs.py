@@ -1,9 +1,16 @@
 """What ``hco predict`` reads: cases of a prepared split, or raw image files preprocessed alike.
 
-Raw images go through the same checks, resampling and normalisation as ``hco prepare``
-(:func:`hco_cli.data.preprocess.preprocess_case`) with the dataset's spacing and
-normalisation from ``dataset.json``; they are not cropped (there is no label to crop around),
-so the network sees the whole scan. Every case is loaded only when it is predicted.
+Raw images go through the same checks, resampling, cropping and normalisation as ``hco
+prepare`` (:func:`hco_cli.data.preprocess.preprocess_case`) with the plan the dataset was
+prepared with (``plans.json``, copied into the run folder by ``hco train``), applied verbatim:
+a raw scan and its prepared twin give the network the same input. Cropping follows the plan's
+image rule (a label-based crop of training cases never applies: scans come without labels).
+
+Spacing: a plan with a target spacing resamples every scan to it. A native-spacing plan takes
+a scan as it is when each axis's spacing lies within :data:`~hco_cli.data.plan.SPACING_TOLERANCE`
+of the range the training cases had; otherwise the scan is resampled to their median spacing
+and the case's ``note`` says so (the prediction is still written on the scan's own grid).
+Every case is loaded only when it is predicted.
 """
 
 from __future__ import annotations
@@ -12,18 +19,26 @@ import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import get_args
 
 import numpy as np
 
-from hco_cli.data.dataset import CaseGeometry, DatasetInfo, PreparedDataset, SplitName
+from hco_cli.data.dataset import CaseGeometry, PreparedDataset, SplitName
 from hco_cli.data.io import case_id_from_path, volume_suffix
-from hco_cli.data.preprocess import Norm, PreprocessPlan, preprocess_case
+from hco_cli.data.plan import SPACING_TOLERANCE, DataPlan
+from hco_cli.data.preprocess import preprocess_case
 from hco_cli.data.sources import SourceCase, check_case_id, load_case
 from hco_cli.errors import DataError
 
-DEFAULT_CT_WINDOW = (-125.0, 275.0)
 FORMATS = ".nii, .nii.gz, .nrrd, .nhdr, .mha or .mhd"
+
+
+@dataclass(frozen=True)
+class LoadedCase:
+    """A preprocessed image (C, X, Y, Z), its geometry, and what was done beyond the plan."""
+
+    image: np.ndarray
+    geometry: CaseGeometry
+    note: str | None = None
 
 
 @dataclass(frozen=True)
@@ -31,7 +46,7 @@ class InputCase:
     """A case to predict: its id and how to load its prepared image and geometry."""
 
     case: str
-    load: Callable[[], tuple[np.ndarray, CaseGeometry]]
+    load: Callable[[], LoadedCase]
 
 
 def dataset_cases(dataset: PreparedDataset, split: SplitName, *,
@@ -48,25 +63,14 @@ def dataset_cases(dataset: PreparedDataset, split: SplitName, *,
     return [InputCase(case, functools.partial(_load_prepared, dataset, case)) for case in ids]
 
 
-def image_cases(paths: Sequence[Path], info: DatasetInfo) -> list[InputCase]:
+def image_cases(paths: Sequence[Path], plan: DataPlan) -> list[InputCase]:
     """Raw image files (or folders of them), one case per id (``_0000`` channel tags grouped)."""
-    plan = preprocess_plan(info)
-    groups = group_images(paths, channels=info.channels)
+    groups = group_images(paths, channels=plan.channels)
     return [
         InputCase(case, functools.partial(_load_raw, SourceCase(case, "volume", images=files),
                                           plan))
         for case, files in groups.items()
     ]
-
-
-def preprocess_plan(info: DatasetInfo) -> PreprocessPlan:
-    """The resampling and normalisation that made the dataset, for new images."""
-    if info.normalization not in get_args(Norm):
-        raise DataError(f"dataset {info.name}: unknown normalization {info.normalization!r} "
-                        f"(expected one of {', '.join(get_args(Norm))})")
-    norm: Norm = info.normalization  # type: ignore[assignment]
-    return PreprocessPlan(spacing=info.spacing, norm=norm,
-                          ct_window=info.ct_window or DEFAULT_CT_WINDOW)
 
 
 def group_images(paths: Sequence[Path], *, channels: int) -> dict[str, tuple[Path, ...]]:
@@ -99,15 +103,38 @@ def group_images(paths: Sequence[Path], *, channels: int) -> dict[str, tuple[Pat
     return {case: tuple(sorted(members, key=lambda p: p.name)) for case, members in groups.items()}
 
 
-def _load_prepared(dataset: PreparedDataset, case: str) -> tuple[np.ndarray, CaseGeometry]:
+def target_spacing(plan: DataPlan, spacing: Sequence[float]) -> tuple[float, float, float] | None:
+    """The spacing a scan is resampled to: the plan's, else the median training spacing when
+    the scan's lies outside the training range (by :data:`SPACING_TOLERANCE`), else None."""
+    if plan.preprocess.spacing is not None:
+        return plan.preprocess.spacing
+    low = np.asarray(plan.spacing_min) / SPACING_TOLERANCE
+    high = np.asarray(plan.spacing_max) * SPACING_TOLERANCE
+    values = np.asarray(spacing, dtype=float)
+    return None if bool(np.all((values >= low) & (values <= high))) else plan.spacing_median
+
+
+def _load_prepared(dataset: PreparedDataset, case: str) -> LoadedCase:
     image = dataset.image(case)
     geometry = dataset.geometry(case)
     if tuple(image.shape[1:]) != tuple(geometry.prepared.shape):
         raise DataError(f"case {case}: image shape {tuple(image.shape[1:])} does not match "
                         f"its geometry {tuple(geometry.prepared.shape)} in {dataset.cases_dir}")
-    return image, geometry
+    return LoadedCase(image, geometry)
 
 
-def _load_raw(source: SourceCase, plan: PreprocessPlan) -> tuple[np.ndarray, CaseGeometry]:
-    prepared = preprocess_case(source, load_case(source), plan, allow_empty_label=True)
-    return prepared.image, prepared.geometry
+def _load_raw(source: SourceCase, plan: DataPlan) -> LoadedCase:
+    raw = load_case(source)
+    spacing = target_spacing(plan, raw.geometry.spacing)
+    steps = plan.preprocess.model_copy(update={"spacing": spacing, "crop_train_by_label": False})
+    prepared = preprocess_case(source, raw, steps, allow_empty_label=True)
+    note = None
+    if spacing is not None and plan.preprocess.spacing is None:
+        note = (f"spacing {_mm(raw.geometry.spacing)} mm is outside the training range "
+                f"{_mm(plan.spacing_min)} to {_mm(plan.spacing_max)} mm: resampled to "
+                f"{_mm(spacing)} mm for the network")
+    return LoadedCase(prepared.image, prepared.geometry, note)
+
+
+def _mm(values: Sequence[float]) -> str:
+    return "x".join(f"{v:.3g}" for v in values)

@@ -1,17 +1,21 @@
 """``hco predict``: segment whole volumes with a trained run and write them on the original grid.
 
 Inputs are a split of a prepared dataset (by default the run's own, test split) or raw image
-files, which are preprocessed as the run's dataset was (:mod:`hco_cli.inference.inputs`).
-Each case goes through the sliding window of the run's validation (patch and stride from its
-config), softmax averaged over windows, then labels as BCP's test code makes them (foreground
-probability > 0.5 for two classes, argmax otherwise), optionally the largest connected
-component per class, and finally back onto the case's original grid
-(:mod:`hco_cli.inference.resample`). The output folder appears whole or not at all.
+files, which are preprocessed by the plan the run was trained with (the run's ``plans.json``;
+no prepared dataset needed, :mod:`hco_cli.inference.inputs`). Each case goes through the
+sliding window of the run's validation (patch and stride from its config), softmax averaged
+over windows, then labels as BCP's test code makes them (foreground probability > 0.5 for two
+classes, argmax otherwise), optionally the largest connected component per class, and finally
+back onto the case's original grid (:mod:`hco_cli.inference.resample`; cropped-away parts are
+background) in the original label values (the label map). The output folder appears whole or
+not at all.
+
+``--evaluate`` scores these files against the original label files, in original geometry
+(never against the prepared, possibly cropped labels).
 """
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -24,11 +28,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from torch import Tensor, nn
 
 from hco_cli.data.dataset import CaseGeometry, PreparedDataset, SplitName
-from hco_cli.data.io import write_volume
+from hco_cli.data.io import volume_suffix, write_volume
+from hco_cli.data.labels import LabelMap
+from hco_cli.data.plan import PLAN_FILE, DataPlan, read_plan
 from hco_cli.errors import CheckpointError, ConfigError, DataError
 from hco_cli.inference.inputs import InputCase, dataset_cases, image_cases
 from hco_cli.inference.postprocess import keep_largest_per_class
-from hco_cli.inference.resample import to_original_grid
+from hco_cli.inference.resample import same_grid, to_original_grid
 from hco_cli.inference.sliding_window import predict_volume
 from hco_cli.io_utils import atomic_dir, write_json
 
@@ -95,6 +101,7 @@ class CasePrediction:
     prepared_shape: tuple[int, int, int]
     original_shape: tuple[int, int, int]
     seconds: float
+    note: str | None = None
 
 
 @dataclass
@@ -106,7 +113,7 @@ class PredictionReport:
     device: str
     window: Window
     cases: list[CasePrediction]
-    dataset: Path
+    dataset: Path | None
     split: str | None
     summary: Path | None = None
     mean_dice: dict[str, float] | None = None
@@ -139,34 +146,30 @@ def segment(model: nn.Module, image: np.ndarray, window: Window, *,
     return labels
 
 
-def write_prediction(labels: np.ndarray, geometry: CaseGeometry, path: Path) -> None:
-    """Write a prepared-grid label map as NIfTI in the case's original geometry (atomically)."""
+def write_prediction(labels: np.ndarray, geometry: CaseGeometry, path: Path,
+                     label_map: LabelMap) -> None:
+    """Write a prepared-grid map of class indices as NIfTI in the case's original geometry and
+    original label values (atomically)."""
     original = to_original_grid(labels, prepared=geometry.prepared, original=geometry.original)
-    write_volume(path, original, geometry.original)
+    write_volume(path, label_map.to_values(original), geometry.original)
 
 
 def predict_cases(
     model: nn.Module, cases: Sequence[InputCase], out_dir: Path, window: Window, *,
-    device: torch.device, progress: Progress | None = None, prepared_dir: Path | None = None,
+    labels: LabelMap, device: torch.device, progress: Progress | None = None,
 ) -> list[CasePrediction]:
-    """Predict and write ``<case>.nii.gz`` for every case into ``out_dir``.
-
-    With ``prepared_dir``, each label map is also written there on the prepared grid
-    (``<case>.nii``), to be scored against the prepared labels.
-    """
+    """Predict and write ``<case>.nii.gz`` for every case into ``out_dir``."""
     done: list[CasePrediction] = []
     for i, case in enumerate(cases):
         start = time.perf_counter()
-        image, geometry = case.load()
-        labels = segment(model, image, window, device=device)
+        loaded = case.load()
+        indices = segment(model, loaded.image, window, device=device)
         path = Path(out_dir) / f"{case.case}.nii.gz"
-        write_prediction(labels, geometry, path)
-        if prepared_dir is not None:
-            write_volume(Path(prepared_dir) / f"{case.case}.nii", labels, geometry.prepared)
+        write_prediction(indices, loaded.geometry, path, labels)
         done.append(CasePrediction(case=case.case, path=path,
-                                   prepared_shape=geometry.prepared.shape,
-                                   original_shape=geometry.original.shape,
-                                   seconds=time.perf_counter() - start))
+                                   prepared_shape=loaded.geometry.prepared.shape,
+                                   original_shape=loaded.geometry.original.shape,
+                                   seconds=time.perf_counter() - start, note=loaded.note))
         if progress is not None:
             progress(i + 1, len(cases), case.case)
     return done
@@ -197,51 +200,98 @@ def predict(run: Path, options: PredictOptions, *,
     device = resolve_device(options.device)
     model, config = load_model_for_inference(run, which=options.checkpoint or "best",
                                              device=device)
-    dataset = _open_dataset(options.data, config.data.path)
-    window = _window(model, dataset, config, options, device)
-    split = None if options.images else (options.split or "test")
-    if split is None:
-        cases = image_cases(options.images, dataset.info)
+    dataset, split = None, None
+    if options.images:
+        plan = run_plan(run_dir, options.data or config.data.path)
+        labels, channels = plan.labels, plan.channels
+        cases = image_cases(options.images, plan)
     else:
+        dataset = _open_dataset(options.data, config.data.path)
+        labels, channels = dataset.labels, dataset.info.channels
+        _check_labels(run_dir, dataset)
+        split = options.split or "test"
         # The run's fold names cases of the run's dataset only.
         fold = options.fold or (config.data.fold if options.data is None else None)
         cases = dataset_cases(dataset, split, fold=fold)
+    window = _window(model, channels, labels.num_classes, config, options, device)
     out = options.out or (run_dir / "eval" / name / "preds" if run_dir else None)
     if out is None:
         raise ConfigError(f"{run} is not inside a run folder; choose where to write with --out")
     _check_output(out, force=options.force,
-                  keep=[p for p in (run_dir, run, dataset.root, *options.images) if p])
-    if options.evaluate:
-        unlabeled = [c.case for c in cases if not dataset.has_label(c.case)]
-        if unlabeled:
-            raise DataError(f"--evaluate: case {unlabeled[0]} of split {split!r} has no label "
-                            f"in {dataset.root}")
-    with tempfile.TemporaryDirectory(prefix=".hco-predict-") as scratch:
-        prepared_dir = Path(scratch) if options.evaluate else None
-        with atomic_dir(out, force=options.force) as tmp:
-            written = predict_cases(model, cases, tmp, window, device=device,
-                                    progress=progress, prepared_dir=prepared_dir)
-        report = PredictionReport(
-            out=out, checkpoint=name, device=str(device), window=window, dataset=dataset.root,
-            split=split, cases=[replace(c, path=out / c.path.name) for c in written])
-        if prepared_dir is not None:
-            eval_dir = run_dir / "eval" / name if run_dir else out.parent
-            _evaluate(report, prepared_dir, eval_dir / "summary.json")
+                  keep=[p for p in (run_dir, run, dataset and dataset.root, *options.images) if p])
+    references = reference_labels(dataset, [c.case for c in cases], split) if (
+        options.evaluate and dataset is not None) else None
+    with atomic_dir(out, force=options.force) as tmp:
+        written = predict_cases(model, cases, tmp, window, labels=labels, device=device,
+                                progress=progress)
+    report = PredictionReport(
+        out=out, checkpoint=name, device=str(device), window=window,
+        dataset=dataset.root if dataset else None, split=split,
+        cases=[replace(c, path=out / c.path.name) for c in written])
+    if references is not None:
+        eval_dir = run_dir / "eval" / name if run_dir else out.parent
+        _evaluate(report, references, labels, eval_dir / "summary.json")
     return report
 
 
-def _evaluate(report: PredictionReport, prepared_dir: Path, target: Path) -> None:
-    """Score the prepared-grid predictions against the dataset's labels; write summary.json.
+def run_plan(run_dir: Path | None, dataset: Path) -> DataPlan:
+    """The plan a run was trained with: ``RUN/plans.json``, else its dataset's."""
+    if run_dir is not None and (run_dir / PLAN_FILE).is_file():
+        return read_plan(run_dir / PLAN_FILE)
+    if (Path(dataset) / PLAN_FILE).is_file():
+        return read_plan(Path(dataset) / PLAN_FILE)
+    where = f"{run_dir} nor in " if run_dir is not None else ""
+    raise DataError(f"no {PLAN_FILE} in {where}{dataset}: --images needs the preprocessing "
+                    "plan, which hco prepare records since label maps; prepare the dataset "
+                    "again and retrain, or predict its prepared split")
 
-    Scoring happens on the prepared grid, where the labels live and where validation during
-    training scored (BCP scores its cropped h5 volumes the same way).
-    """
-    from hco_cli.evaluation.evaluate import evaluate_folders
 
-    summary = evaluate_folders(prepared_dir, report.dataset)
+def _check_labels(run_dir: Path | None, dataset: PreparedDataset) -> None:
+    """Refuse a dataset whose label map differs from the one the run trained with."""
+    if run_dir is None or not (run_dir / PLAN_FILE).is_file():
+        return
+    trained = read_plan(run_dir / PLAN_FILE).labels
+    if trained.values != dataset.labels.values or (
+            trained.ignore_value != dataset.labels.ignore_value):
+        raise DataError(f"dataset {dataset.root} has label values {list(dataset.labels.values)} "
+                        f"but run {run_dir} trained on {list(trained.values)}")
+
+
+def reference_labels(dataset: PreparedDataset, cases: list[str],
+                     split: str | None) -> dict[str, Any]:
+    """Each case's original label file; its prepared label where that is the same (neither
+    cropped nor resampled: generated cases, or a source file no longer there)."""
+    from hco_cli.evaluation.references import LabelSource
+
+    out = {}
+    for case in cases:
+        if not dataset.has_label(case):
+            raise DataError(f"--evaluate: case {case} of split {split!r} has no label "
+                            f"in {dataset.root}")
+        geometry = dataset.geometry(case)
+        path = Path(geometry.source_label) if geometry.source_label else None
+        if path is not None and path.exists():
+            out[case] = LabelSource("volume" if volume_suffix(path) else "h5", path, case)
+        elif geometry.crop is None and same_grid(geometry.prepared, geometry.original):
+            out[case] = LabelSource("prepared", dataset.root, case)
+        else:
+            raise DataError(f"--evaluate: case {case}: original label file {path} not found "
+                            "(the case was cropped or resampled, and evaluation reads the "
+                            "original, uncropped labels)")
+    return out
+
+
+def _evaluate(report: PredictionReport, references: dict[str, Any], labels: LabelMap,
+              target: Path) -> None:
+    """Score the written predictions against the original labels; write summary.json."""
+    from hco_cli.evaluation.evaluate import evaluate_cases
+
+    predictions = {c.case: c.path for c in report.cases}
+    summary = evaluate_cases(predictions, references, classes=labels.values[1:] or None,
+                             ignore=labels.ignore_value)
     data = summary.to_json_dict()
     data.update(predictions=str(report.out), checkpoint=report.checkpoint, split=report.split,
-                dataset=str(report.dataset), grid="prepared", lcc=report.window.lcc,
+                dataset=str(report.dataset), grid="original", lcc=report.window.lcc,
                 stride=list(report.window.stride))
     write_json(target, data)
     report.summary = target
@@ -272,20 +322,19 @@ def _open_dataset(given: Path | None, configured: Path) -> PreparedDataset:
     return PreparedDataset(Path(path))
 
 
-def _window(model: nn.Module, dataset: PreparedDataset, config: Any, options: PredictOptions,
-            device: torch.device) -> Window:
-    """Sliding-window settings; refuses a dataset whose channels or classes the model lacks."""
+def _window(model: nn.Module, channels: int, num_classes: int, config: Any,
+            options: PredictOptions, device: torch.device) -> Window:
+    """Sliding-window settings; refuses data whose channels or classes the model lacks."""
     shape = model_channels(model)
-    if shape is not None and shape != (dataset.info.channels, dataset.num_classes):
+    if shape is not None and shape != (channels, num_classes):
         raise DataError(
-            f"dataset {dataset.root} has {dataset.info.channels} channel(s) and "
-            f"{dataset.num_classes} classes but the model takes {shape[0]} and predicts "
-            f"{shape[1]}"
+            f"the data has {channels} channel(s) and {num_classes} classes but the model "
+            f"takes {shape[0]} and predicts {shape[1]}"
         )
     amp = options.amp if options.amp is not None else bool(config.amp and device.type == "cuda")
     return Window(patch_size=tuple(config.data.patch_size),
                   stride=options.stride or tuple(config.validation.stride),
-                  num_classes=dataset.num_classes,
+                  num_classes=num_classes,
                   batch_size=options.batch_size or config.validation.batch_size,
                   amp=amp, lcc=options.lcc)
 

@@ -17,6 +17,8 @@ from torch import Tensor, nn
 
 Normalization = Literal["batchnorm", "instancenorm", "groupnorm", "none"]
 GROUPNORM_GROUPS = 16  # BCP/UA-MT use GroupNorm(16, C)
+# Four stride-2 stages: every input size must be a multiple of 2^4 for the skips to line up.
+SIZE_MULTIPLE = 16
 
 
 def _norm(kind: Normalization, channels: int) -> list[nn.Module]:

@@ -29,6 +29,7 @@ from hco_cli.training.launch import launch
 from hco_cli.training.logging import MetricsWriter
 from hco_cli.training.run_dir import (
     checkpoint_path,
+    copy_plan,
     prepare_run_dir,
     read_config_data,
     write_config,
@@ -37,6 +38,7 @@ from hco_cli.training.run_dir import (
 from hco_cli.training.setup import (
     RunSetup,
     build_setup,
+    check_config,
     resolve_device,
     resolve_run_dir,
     seed_everything,
@@ -56,6 +58,7 @@ def train(config: TrainConfig, *, progress: ProgressCallback | None = None,
     if distributed.needs_launch(d.processes):
         config = resolve_run_dir(config)
         assert config.run_dir is not None
+        check_config(config)
         prepare_run_dir(config.run_dir, force=force)  # before spawning: errors come at once
         return launch(config, processes=d.processes, progress=progress)
     ctx = distributed.join(resolve_device(config.device))
@@ -63,6 +66,7 @@ def train(config: TrainConfig, *, progress: ProgressCallback | None = None,
     if ctx.is_main:
         prepare_run_dir(setup.run_dir, force=force)
         write_config(setup.run_dir, setup.config.model_dump(mode="json"))
+        copy_plan(setup.run_dir, setup.config.data.path, setup.config.data.patch_size)
     return _run(setup, progress=progress, state=None)
 
 

@@ -1,8 +1,12 @@
 """Segmentation losses of the reference code: BCP's masked soft Dice and region cross-entropy.
 
 The arithmetic follows BCP's ``mask_DiceLoss`` and ``mix_loss`` operation by operation (same
-reductions in the same order), so that our losses reproduce theirs bit for bit in float64.
-Logits in half precision (autocast) are promoted to float32 first.
+reductions in the same order), so that our losses reproduce theirs in float64. Logits in half
+precision (autocast) are promoted to float32 first.
+
+Target values at or above the number of classes C (the logits' channel count) are *ignored*
+voxels (a dataset's ignore label, stored as index C): they take no part in any term, as if
+outside the region mask, so the losses do not change when their predictions change.
 """
 
 from __future__ import annotations
@@ -30,13 +34,14 @@ def soft_dice_loss(logits: Tensor, target: Tensor, *, mask: Tensor | None = None
     logits = _full_precision(logits)
     n, c = logits.shape[0], logits.shape[1]
     prob = torch.softmax(logits.reshape(n, c, -1), dim=1)
-    onehot = torch.zeros_like(prob).scatter_(1, target.reshape(n, 1, -1).long(), 1.0)
-    inter = prob * onehot
-    union = prob + onehot
+    flat = target.reshape(n, 1, -1).long()
+    valid = flat < c
+    onehot = torch.zeros_like(prob).scatter_(1, torch.where(valid, flat, 0), 1.0)
+    weight = valid.to(prob.dtype)
     if mask is not None:
-        weight = mask.reshape(n, 1, -1).to(prob.dtype)
-        inter = inter * weight
-        union = union * weight
+        weight = weight * mask.reshape(n, 1, -1).to(prob.dtype)
+    inter = prob * onehot * weight
+    union = (prob + onehot) * weight
     dice = (2 * inter.sum(2) + smooth) / (union.sum(2) + smooth)
     return 1 - dice.mean()
 
@@ -45,18 +50,24 @@ def region_cross_entropy(logits: Tensor, target: Tensor, region: Tensor, *,
                          weight: float = 1.0) -> Tensor:
     """Weighted voxel-mean cross-entropy over a region, over the batch.
 
-    (w sum(CE R)) / (sum(R) + 1e-16), associated as in BCP's ``mix_loss``.
+    (w sum(CE R)) / (sum(R) + 1e-16), associated as in BCP's ``mix_loss``; R excludes ignored
+    voxels.
     """
-    ce = F.cross_entropy(_full_precision(logits), target.long(), reduction="none")
-    region = region.to(ce.dtype)
+    classes = logits.shape[1]
+    ce = F.cross_entropy(_full_precision(logits), target.long(), reduction="none",
+                         ignore_index=classes)
+    region = region.to(ce.dtype) * (target < classes).to(ce.dtype)
     return weight * (ce * region).sum() / (region.sum() + REGION_EPS)
 
 
 def ce_dice_loss(logits: Tensor, target: Tensor) -> Tensor:
-    """BCP's pre-training loss (and SSL4MIS's supervised loss): (mean CE + soft Dice) / 2."""
+    """BCP's pre-training loss (and SSL4MIS's supervised loss): (mean CE + soft Dice) / 2.
+
+    The CE mean runs over the voxels that are not ignored; a patch with none left adds 0.
+    """
     dice = soft_dice_loss(logits, target)
-    ce = F.cross_entropy(_full_precision(logits), target.long())
-    return (ce + dice) / 2
+    ce = F.cross_entropy(_full_precision(logits), target.long(), ignore_index=logits.shape[1])
+    return (torch.nan_to_num(ce, nan=0.0) + dice) / 2
 
 
 def mix_loss(logits: Tensor, image_label: Tensor, patch_label: Tensor, image_region: Tensor,

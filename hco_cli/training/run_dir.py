@@ -1,6 +1,7 @@
 """The run folder: what a training run leaves behind, and the rules for (re)using one.
 
     RUN/config.yaml              the resolved TrainConfig
+    RUN/plans.json               the dataset's preprocessing plan, with the run's patch size
     RUN/run.json                 summary read by ``hco compare`` (keys in RUN_INFO_KEYS)
     RUN/metrics.jsonl            per-iteration and validation records
     RUN/checkpoints/last.pt      everything needed to resume exactly
@@ -17,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from hco_cli.data.plan import PLAN_FILE, read_plan, write_plan
 from hco_cli.errors import CheckpointError, ConfigError
 from hco_cli.io_utils import write_json, write_text
 
@@ -51,6 +53,14 @@ def prepare_run_dir(run_dir: Path, *, force: bool = False) -> None:
 
 def write_config(run_dir: Path, config: dict[str, Any]) -> None:
     write_text(Path(run_dir) / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+
+
+def copy_plan(run_dir: Path, dataset: Path, patch_size: tuple[int, int, int]) -> None:
+    """Copy the dataset's ``plans.json`` into the run, adding the patch size; ``hco predict
+    --images`` reads it there. Datasets prepared before plans existed have none to copy."""
+    if (Path(dataset) / PLAN_FILE).is_file():
+        plan = read_plan(Path(dataset) / PLAN_FILE)
+        write_plan(Path(run_dir), plan.model_copy(update={"patch_size": tuple(patch_size)}))
 
 
 def read_config_data(run_dir: Path) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from hco_cli.ssl.base import Batch, Framework, Phase
 from hco_cli.ssl.common import default_seed
 from hco_cli.ssl.registry import build_framework
 from hco_cli.training import checkpoint as ckpt
+from hco_cli.training.checks import check_against_dataset
 from hco_cli.training.distributed import SINGLE_PROCESS, DistributedContext
 from hco_cli.training.validation import Validator
 
@@ -146,6 +147,18 @@ def resolve_splits(dataset: PreparedDataset, config: TrainConfig) -> dict[str, l
     return splits
 
 
+def training_cases(splits: dict[str, list[str]], config: TrainConfig) -> list[str]:
+    """The cases patches are drawn from (labeled, and unlabeled when batches take them)."""
+    return splits["labeled"] + (splits["unlabeled"] if config.data.unlabeled_batch_size else [])
+
+
+def check_config(config: TrainConfig) -> None:
+    """:func:`check_against_dataset` for a config alone (before spawning workers)."""
+    dataset = PreparedDataset(config.data.path)
+    check_against_dataset(config, dataset, training_cases(resolve_splits(dataset, config),
+                                                          config))
+
+
 def resolve_run_dir(config: TrainConfig) -> TrainConfig:
     """``config`` with ``run_dir`` filled in (default: :func:`default_run_dir`)."""
     if config.run_dir is not None:
@@ -173,6 +186,7 @@ def build_setup(config: TrainConfig, *, resuming: bool = False,
     assert config.run_dir is not None
     splits = resolve_splits(dataset, config)
     d = config.data
+    check_against_dataset(config, dataset, training_cases(splits, config), resuming=resuming)
     seed_everything(config.seed)
     unlabeled = splits["unlabeled"] + (splits["labeled"] if d.unlabeled_includes_labeled else [])
     sampler = PatchSampler(

@@ -31,9 +31,12 @@ class ValidationResult:
 
 
 def dice_per_class(prediction: Tensor, target: Tensor, num_classes: int) -> Tensor:
-    """Dice of classes 1..K-1 as a (K-1,) float tensor; NaN where both masks are empty."""
+    """Dice of classes 1..K-1 as a (K-1,) float tensor; NaN where both masks are empty.
+
+    Voxels whose target is K or more (the ignore label) count in neither mask.
+    """
     classes = torch.arange(1, num_classes, device=prediction.device).view(-1, 1)
-    pred = prediction.reshape(1, -1) == classes
+    pred = (prediction.reshape(1, -1) == classes) & (target.reshape(1, -1) < num_classes)
     true = target.reshape(1, -1) == classes
     inter = (pred & true).sum(1).double()
     total = (pred.sum(1) + true.sum(1)).double()

@@ -167,3 +167,28 @@ def test_synthetic_and_bad_options(tmp_path: Path) -> None:
     result = runner.invoke(app, ["prepare", "synthetic", "--out", str(tmp_path / "x"),
                                  "--shape", "24,24"])
     assert result.exit_code == 1 and "--shape: expected 3 numbers" in result.stderr
+
+
+def test_label_values_ignore_label_and_crop_options(tmp_path: Path) -> None:
+    root = tmp_path / "src"
+    for i in range(3):
+        label = np.full(SHAPE, 255, np.uint16)
+        label[:2] = 0
+        label[4:10, 3:9, 2:8] = 200
+        label[6:8, 5:7, 4:6] = 600
+        _save(root / f"c{i}" / "img.nii.gz", np.ones(SHAPE, np.float32))
+        _save(root / f"c{i}" / "seg.nii.gz", label)
+    code, out, err = _prepare(tmp_path, "--classes", "200=scar,600=cavity", "--ignore-label",
+                              "255", "--crop-foreground")
+    assert code == 0, err
+    assert "scar (value 200)" in out and "cavity (value 600)" in out
+    assert re.search(r"ignore label\s+\S\s+255", out)
+    info = json.loads((tmp_path / "data" / "ds" / "dataset.json").read_text(encoding="utf-8"))
+    assert info["label_values"] == [0, 200, 600] and info["ignore_label"] == 255
+    plan = json.loads((tmp_path / "data" / "ds" / "plans.json").read_text(encoding="utf-8"))
+    assert plan["preprocess"]["crop"] == "otsu"
+    code, _, err = _prepare(tmp_path, "--crop-foreground", "--crop", "nonzero", "--force")
+    assert code == 1 and "--crop-foreground is --crop otsu" in err
+    code, _, err = _prepare(tmp_path, "--classes", "200=scar", "--ignore-label", "255",
+                            "--force")
+    assert code == 1 and re.search(r"values \[600\] that are not classes", err)

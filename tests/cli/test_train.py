@@ -60,3 +60,26 @@ def test_user_errors_are_one_line(data, tmp_path):
     assert missing.exit_code == 1 and "not a prepared dataset" in missing.output
     nothing = _train("--resume", str(tmp_path))
     assert nothing.exit_code == 1 and "no checkpoints/last.pt" in nothing.output
+
+
+@pytest.mark.parametrize(("patch", "message"), [
+    ("32,32,8", "error: data.patch_size [32, 32, 8]: z = 8 is not a multiple of 16 (the V-Net "
+                "halves each axis 4 times); use 16, for example"),
+    ("64,32,16", "error: data.patch_size [64, 32, 16]: x = 64 is larger than the largest "
+                 "training case of"),
+])
+def test_patch_sizes_the_model_or_data_cannot_take_fail_before_the_run_folder(
+    data, tmp_path, patch, message
+):
+    config = tmp_path / "bad.yaml"
+    text = Path(DEMO).read_text(encoding="utf-8")
+    sizes = ", ".join(patch.split(","))
+    config.write_text(text.replace("patch_size: [32, 32, 16]", f"patch_size: [{sizes}]"),
+                      encoding="utf-8")
+    run = tmp_path / "run"
+    result = _train("--config", str(config), "--data", str(data), "--run-dir", str(run),
+                    "--device", "cpu")
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 1 and len(lines) == 1, result.output
+    assert lines[0].startswith(message) and "Traceback" not in result.output
+    assert not run.exists()

@@ -1,4 +1,5 @@
-"""Generic folders: glob case ids, the fetal atlas (real NIfTI), nnU-Net/MSD folders."""
+"""Generic folders: glob case ids, the fetal atlas (real NIfTI), nnU-Net/MSD folders, label
+maps and ignore labels, image-only cropping, several frames a patient (grouped splits)."""
 
 from __future__ import annotations
 
@@ -11,24 +12,47 @@ import pytest
 
 from hco_cli.data.dataset import PreparedDataset
 from hco_cli.data.prepare import SplitOptions, prepare_generic
-from hco_cli.data.sources.generic import match_cases, parse_classes, pattern_regex
+from hco_cli.data.sources.generic import case_ids, match_cases, parse_classes, pattern_regex
 from hco_cli.errors import ConfigError, DataError
 
 FETAL_IMAGES = "*GA2[12]_*/srr.nii.gz"
 FETAL_LABELS = "*GA2[12]_*/parcellation.nii.gz"
 
 
-@pytest.mark.parametrize(("pattern", "path", "case"), [
-    ("dir/*/srr.nii.gz", "dir/fetal_GA21/srr.nii.gz", "fetal_GA21"),
-    ("imagesTr/*_0000.nii.gz", "imagesTr/case_001_0000.nii.gz", "case_001"),
-    ("img_*.nii.gz", "img_017.nii.gz", "017"),
-    ("a/GA2[12]_*/x.nrrd", "a/GA21_op/x.nrrd", "1_op"),
-    ("P_*/*/*", "P_0001/study/series", "0001"),
-    ("labels/*", "labels/case_9.nii.gz", "case_9.nii.gz"),
+@pytest.mark.parametrize(("pattern", "paths", "ids"), [
+    ("images/subject[1-4]*_DE.nii.gz",
+     ["images/subject1_DE.nii.gz", "images/subject10_DE.nii.gz", "images/subject11_DE.nii.gz"],
+     ["subject1", "subject10", "subject11"]),
+    ("labels/subject1*_DE_manual.nii.gz", ["labels/subject1_DE_manual.nii.gz"], ["subject1"]),
+    ("labels/*.nii.gz", ["labels/s1_DE_manual.nii.gz", "labels/s11_DE_manual.nii.gz"],
+     ["s1", "s11"]),
+    ("patient*/patient*_frame??.nii.gz",
+     ["patient001/patient001_frame01.nii.gz", "patient001/patient001_frame12.nii.gz",
+      "patient002/patient002_frame01.nii.gz"],
+     ["patient001_frame01", "patient001_frame12", "patient002_frame01"]),
+    ("imagesTr/*_0000.nii.gz", ["imagesTr/case_001_0000.nii.gz", "imagesTr/case_002_0000.nii.gz"],
+     ["case_001", "case_002"]),
+    ("imagesTr/*.nii.gz", ["imagesTr/case_001_0000.nii.gz"], ["case_001"]),
+    ("img_*.nii.gz", ["img_017.nii.gz", "img_101.nii.gz"], ["img_017", "img_101"]),
+    ("dir/*/srr.nii.gz", ["dir/fetal_GA21/srr.nii.gz", "dir/fetal_GA22/srr.nii.gz"],
+     ["fetal_GA21", "fetal_GA22"]),
+    ("P_*/*/*", ["P_0001/study/series", "P_0002/study/series"],
+     ["P_0001_study_series", "P_0002_study_series"]),
+    ("*/*/img.nii.gz", ["a/x/img.nii.gz", "b/x/img.nii.gz", "b/y/img.nii.gz"],
+     ["a_x", "b_x", "b_y"]),
 ])
-def test_case_id_is_the_text_of_the_first_wildcard_component(
-    pattern: str, path: str, case: str
+def test_case_ids_are_file_stems_without_their_shared_suffix(
+    pattern: str, paths: list[str], ids: list[str]
 ) -> None:
+    assert case_ids(pattern, paths) == ids
+
+
+@pytest.mark.parametrize(("pattern", "path", "case"), [
+    ("PANCREAS_*/*/*", "PANCREAS_0001/study/series", "0001"),
+    ("label*.nii.gz", "label0001.nii.gz", "0001"),
+    ("a/GA2[12]_*/x.nrrd", "a/GA21_op/x.nrrd", "1_op"),
+])
+def test_wildcard_ids_of_the_pancreas_layout(pattern: str, path: str, case: str) -> None:
     match = pattern_regex(pattern).match(path)
     assert match is not None and match.group("id") == case
 
@@ -122,23 +146,43 @@ def test_nnunet_folder_with_two_channels(tmp_path: Path) -> None:
         prepare_generic(tmp_path / "out2", root=root, split=SplitOptions(test=1))
 
 
-def test_crop_unlabeled_and_test_selection(tmp_path: Path) -> None:
+def _body_case(seed: int, shape: tuple[int, int, int] = (20, 18, 16)) -> tuple[np.ndarray, ...]:
+    """A bright body [4:16, 3:15, 2:14] on a dark noisy background, a label inside it."""
+    rng = np.random.default_rng(seed)
+    image = rng.normal(0.0, 5.0, shape).astype(np.float32)
+    image[4:16, 3:15, 2:14] += 100.0
+    label = np.zeros(shape, np.uint8)
+    label[5:12, 4:10, 3:9] = 1
+    label[8:10, 6:8, 5:7] = 2
+    return image, label
+
+
+def test_crop_boxes_come_from_the_image_except_for_labeled_training_cases(
+    tmp_path: Path,
+) -> None:
     for i in range(5):
-        image, label = _blob_case(i)
+        image, label = _body_case(i)
         _nifti(tmp_path / "src" / f"img_{i}.nii.gz", image, (2.0, 2.0, 2.0))
         _nifti(tmp_path / "src" / f"seg_{i}.nii.gz", label, (2.0, 2.0, 2.0))
-    image, _ = _blob_case(9)
-    image[:2] = 0.0
+    image, _ = _body_case(9)
     _nifti(tmp_path / "src" / "extra" / "u_9.nii.gz", image, (2.0, 2.0, 2.0))
     summary = prepare_generic(
         tmp_path / "out", root=tmp_path / "src", images="img_*.nii.gz", labels="seg_*.nii.gz",
-        unlabeled="extra/u_*.nii.gz", crop_foreground=True, crop_margin=2,
+        unlabeled="extra/u_*.nii.gz", crop="otsu", crop_train_by_label=True, crop_margin=2,
         split=SplitOptions(labeled=2, test=1, seed=0))
     data = PreparedDataset(tmp_path / "out")
-    assert len(summary.splits.test) == 1 and "9" in data.splits.unlabeled
-    geometry = data.geometry("0")
-    assert geometry.crop == ((3, 14), (2, 12), (1, 11))
-    assert geometry.prepared.origin == pytest.approx((-6.0, -4.0, 2.0))  # LPS of RAS (6, 4, 2)
-    assert not data.has_label("9")
-    assert data.geometry("9").crop == ((0, 20), (0, 18), (0, 16))
+    assert len(summary.splits.test) == 1 and "u_9" in data.splits.unlabeled
+    body = ((2, 18), (1, 17), (0, 16))  # the body box grown by 2, clipped at the volume
+    training = [c for c in data.splits.labeled + data.splits.unlabeled if data.has_label(c)]
+    assert len(training) == 4  # labeled and unlabeled cases with labels (folds may use both)
+    for case in training:
+        geometry = data.geometry(case)
+        assert geometry.crop == ((3, 14), (2, 12), (1, 11))  # the label box grown by 2
+        assert geometry.prepared.origin == pytest.approx((-6.0, -4.0, 2.0))  # LPS of RAS
+    for case in [*data.splits.test, "u_9"]:
+        assert data.geometry(case).crop == body, case
+    assert not data.has_label("u_9")
     assert data.info.classes == {"0": "background", "1": "class 1", "2": "class 2"}
+    plan = data.plan()
+    assert plan.preprocess.crop == "otsu" and plan.preprocess.crop_train_by_label
+    assert plan.labels.values == (0, 1, 2)

@@ -40,7 +40,9 @@ def test_h5_layout_follows_the_lists(tmp_path: Path) -> None:
     data = PreparedDataset(tmp_path / "out")
     assert data.splits.labeled == ["0001", "0002"]  # all of train_lab.txt by default
     assert data.splits.unlabeled == ["0003", "0004"] and data.splits.test == ["0005"]
-    assert data.info.normalization == "ct" and data.info.ct_window == (-125.0, 275.0)
+    # hco applies no normalisation (the files are windowed upstream), and says so.
+    assert data.info.normalization == "none" and data.info.ct_window is None
+    assert "windowed to [-125, 275] HU" in str(data.plan().upstream)
     assert data.info.modality == "CT" and data.info.spacing == (1.0, 1.0, 1.0)
     with h5py.File(tmp_path / "src" / "0003.h5", "r") as handle:
         np.testing.assert_array_equal(data.image("0003")[0], handle["image"][()])

@@ -12,7 +12,9 @@ from hco_cli.data.preprocess import (
     checked_label,
     crop_box,
     cropped_geometry,
+    image_mask,
     normalize,
+    otsu_threshold,
     resample,
     resampled_geometry,
 )
@@ -88,3 +90,19 @@ def test_label_checks() -> None:
         checked_label(np.array([[[0, 3]]]), case="a", path="l", allowed=frozenset({0, 1}))
     with pytest.raises(DataError, match=r"case b: image i\.nii has 1 NaN or Inf"):
         checked_image(np.array([[[[np.nan, 1.0]]]]), case="b", path="i.nii")
+
+
+def test_image_masks_and_otsu_threshold() -> None:
+    rng = np.random.default_rng(0)
+    image = rng.normal(0.0, 3.0, (1, 30, 20, 10)).astype(np.float32)
+    image[0, 5:25, 4:16, 2:8] += 100.0
+    image[0, 0, 0, 0] = 60.0  # one bright noise voxel: not part of the body
+    mask = image_mask(image, "otsu")
+    assert crop_box(mask, margin=0, min_size=None) == ((5, 25), (4, 16), (2, 8))
+    assert 20.0 < otsu_threshold(image[0]) < 80.0
+    zero_padded = np.zeros((2, 12, 12, 12), np.float32)
+    zero_padded[1, 3:7, 2:9, 5:6] = -4.0  # any channel counts
+    assert crop_box(image_mask(zero_padded, "nonzero"), margin=1, min_size=None) == (
+        (2, 8), (1, 10), (4, 7))
+    assert otsu_threshold(np.full((3, 3), 2.0)) == 2.0
+    assert not image_mask(np.full((1, 3, 3, 3), 2.0, np.float32), "otsu").any()

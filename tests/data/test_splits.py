@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from hco_cli.data.dataset import Splits
-from hco_cli.data.splits import fold_grid, labeled_first_order, ordered_splits, pick_test
+from hco_cli.data.splits import (
+    case_groups,
+    fold_grid,
+    labeled_first_order,
+    ordered_splits,
+    pick_test,
+)
 from hco_cli.errors import ConfigError
 
 IDS = [f"c{i:02d}" for i in range(30)]
@@ -68,3 +74,44 @@ def test_fold_grid_errors() -> None:
         fold_grid(splits, labeled_folds=2, unlabeled_folds=0, seed=0, has_label=set(IDS))
     with pytest.raises(ConfigError, match="need 15 labeled training cases, but only 10"):
         fold_grid(splits, labeled_folds=3, unlabeled_folds=1, seed=0, has_label=set(IDS))
+
+
+GROUPED = [f"p{p}_frame{f:02d}" for p in range(6) for f in (1, 12)] + ["lone"]
+
+
+def test_default_groups_take_the_text_before_frame_or_t() -> None:
+    groups = case_groups(["p1_frame01", "p1_frame12", "s2_t3", "s2_t10", "solo", "x_total"])
+    assert groups == {"p1_frame01": "p1", "p1_frame12": "p1", "s2_t3": "s2", "s2_t10": "s2",
+                      "solo": "solo", "x_total": "x_total"}
+    assert case_groups(["a-1", "a-2", "b-1"], r"^([a-z]+)-") == {"a-1": "a", "a-2": "a",
+                                                                  "b-1": "b"}
+    with pytest.raises(ConfigError, match="--group '\\(' is not a regular expression"):
+        case_groups(["a"], "(")
+
+
+def test_grouped_selections_take_whole_groups() -> None:
+    groups = case_groups(GROUPED)
+    test = pick_test(GROUPED, 5, seed=0, has_label=set(GROUPED), groups=groups)
+    assert len(test) == 5 and "lone" in test  # four frames of two patients plus the lone case
+    order = labeled_first_order(GROUPED, seed=1, has_label=set(GROUPED), groups=groups)
+    for case in GROUPED[:12]:  # the two frames of a patient are next to each other
+        first = order.index(case.split("_")[0] + "_frame01")
+        assert order[first + 1] == case.split("_")[0] + "_frame12"
+    with pytest.raises(ConfigError, match="--labeled 3 splits the cases of group"):
+        ordered_splits(GROUPED[:12], [], labeled=3, val=0, seed=0, has_label=set(GROUPED),
+                       groups=groups)
+    splits = ordered_splits(GROUPED[:12], [], labeled=4, val=4, seed=0,
+                            has_label=set(GROUPED), groups=groups)
+    assert {groups[c] for c in splits.val}.isdisjoint({groups[c] for c in splits.unlabeled})
+    assert len(splits.val) == 4 and len({groups[c] for c in splits.val}) == 2
+
+
+def test_groups_of_one_reproduce_the_ungrouped_choices() -> None:
+    has_label = set(IDS[:24])
+    alone = {c: c for c in IDS}
+    assert pick_test(IDS, 5, seed=4, has_label=has_label, groups=alone) == pick_test(
+        IDS, 5, seed=4, has_label=has_label)
+    splits = Splits(labeled=IDS[:3], unlabeled=IDS[3:28], test=IDS[28:])
+    assert fold_grid(splits, labeled_folds=3, unlabeled_folds=2, seed=1, has_label=has_label,
+                     groups=alone) == fold_grid(splits, labeled_folds=3, unlabeled_folds=2,
+                                                seed=1, has_label=has_label)

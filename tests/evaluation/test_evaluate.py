@@ -234,3 +234,36 @@ def test_h5_label_without_label_key(tmp_path: Path) -> None:
                  Geometry(shape=(4, 4, 4), spacing=SPACING))
     with pytest.raises(DataError, match="no 'label' dataset"):
         evaluate_folders(tmp_path / "pred", tmp_path / "la", jobs=1)
+
+
+def test_ignored_reference_voxels_count_in_neither_map(folders: Path) -> None:
+    pred, gt = make_case(0)
+    scribble = gt.copy()
+    scribble[:, :8] = 255  # unannotated: whatever is predicted there does not count
+    noisy = pred.copy()
+    noisy[:, :8] = np.random.default_rng(5).integers(0, 4, noisy[:, :8].shape)
+    write_pair(folders, "case0", noisy, scribble)
+    summary = evaluate_folders(folders / "pred", folders / "labels", ignore=255, jobs=1,
+                               classes=[1, 2, 3])
+    kept_pred, kept_gt = np.where(scribble == 255, 0, pred), np.where(scribble == 255, 0, gt)
+    assert summary.cases[0].metrics == evaluate_pair(kept_pred, kept_gt, classes=[1, 2, 3])
+
+
+def test_prepared_references_come_back_in_original_values(tmp_path: Path) -> None:
+    pred, gt = make_case(6)
+    values = np.array([0, 200, 500, 600, 255], np.uint16)  # index 4: the ignore label
+    stored = gt.copy()
+    stored[:2] = 4
+    dataset = _write_prepared(tmp_path, {"p1": stored}, SPACING)
+    info = json.loads((dataset / "dataset.json").read_text(encoding="utf-8"))
+    info.update(classes={"0": "bg", "1": "a", "2": "b", "3": "c"}, label_values=[0, 200, 500, 600],
+                ignore_label=255)
+    (dataset / "dataset.json").write_text(json.dumps(info), encoding="utf-8")
+    write_volume(tmp_path / "pred" / "p1.nii.gz", values[pred],
+                 Geometry(shape=pred.shape, spacing=SPACING))
+    summary = evaluate_folders(tmp_path / "pred", dataset, jobs=1)
+    assert summary.classes == [200, 500, 600]
+    want = evaluate_pair(np.where(stored == 4, 0, pred), np.where(stored == 4, 0, gt),
+                         classes=[1, 2, 3])
+    assert [summary.cases[0].metrics[str(v)] for v in (200, 500, 600)] == [
+        want[str(c)] for c in (1, 2, 3)]

@@ -14,10 +14,11 @@ from torch import nn
 
 from hco_cli.data.dataset import CaseGeometry, Geometry, PreparedDataset
 from hco_cli.data.io import read_volume, write_volume
+from hco_cli.data.labels import build_label_map
 from hco_cli.data.prepare import SplitOptions, prepare_generic
 from hco_cli.errors import ConfigError, DataError
 from hco_cli.evaluation.saved_results import read_summary
-from hco_cli.inference.inputs import InputCase, dataset_cases, group_images
+from hco_cli.inference.inputs import InputCase, LoadedCase, dataset_cases, group_images
 from hco_cli.inference.predict import (
     PredictOptions,
     Window,
@@ -29,6 +30,7 @@ from hco_cli.inference.predict import (
 from tests.inference.tiny_run import PATCH, tiny_dataset, tiny_run
 
 CPU = torch.device("cpu")
+BINARY = build_label_map([0, 1])
 
 
 class Threshold(nn.Module):
@@ -65,17 +67,18 @@ def _oblique_affine() -> np.ndarray:
 
 
 def _raw_case(folder: Path, name: str) -> np.ndarray:
-    """An oblique NIfTI scan with a labeled box and a bright unlabeled spot far from it."""
+    """An oblique NIfTI scan with a labeled box and a bright unlabeled spot far from it;
+    returns what a threshold at 0 segments (the box and the spot)."""
     shape = (40, 36, 20)
     label = np.zeros(shape, np.uint8)
     # Odd bounds on the x/y axes that are resampled by 2: nearest neighbour maps them back exactly.
     label[11:25, 9:21, 5:12] = 1
-    image = np.where(label > 0, 50.0, -1.0).astype(np.float32)
-    image[36:39, 31:34, 15:18] = 50.0  # outside the crop: must come back as background
+    image = np.where(label > 0, 50.0, 0.0).astype(np.float32)
+    image[35:39, 31:35, 15:18] = 50.0  # far from the label box: the image crop keeps it
     for sub, array in (("images", image), ("labels", label)):
         (folder / sub).mkdir(exist_ok=True)
         nib.save(nib.Nifti1Image(array, _oblique_affine()), str(folder / sub / f"{name}.nii.gz"))
-    return label
+    return (image > 0).astype(np.uint8)
 
 
 def test_crop_and_resample_come_back_on_the_original_scan(tmp_path: Path) -> None:
@@ -84,16 +87,17 @@ def test_crop_and_resample_come_back_on_the_original_scan(tmp_path: Path) -> Non
     labels = {name: _raw_case(raw, name) for name in ("a", "b")}
     prepare_generic(tmp_path / "ds", root=raw, images="images/*.nii.gz",
                     labels="labels/*.nii.gz", classes={1: "box"}, spacing=(1.0, 1.0, 1.5),
-                    crop_foreground=True, crop_margin=3, split=SplitOptions(test=1))
+                    crop="nonzero", crop_margin=3, split=SplitOptions(test=1), norm="none")
     dataset = PreparedDataset(tmp_path / "ds")
     case = dataset.split("test")[0]
     geometry = dataset.geometry(case)
-    assert geometry.crop is not None and geometry.prepared.shape != geometry.original.shape
+    # The box of the non-zero voxels (label box and spot) grown by 3, not the label's box.
+    assert geometry.crop == ((3, 20), (2, 18), (2, 20))
     window = Window(patch_size=(8, 8, 8), stride=(4, 4, 4), num_classes=2)
     out = tmp_path / "preds"
     out.mkdir()
     [result] = predict_cases(Threshold(), dataset_cases(dataset, "test"), out, window,
-                             device=CPU)
+                             labels=BINARY, device=CPU)
     written: Any = nib.load(str(result.path))
     source: Any = nib.load(str(raw / "images" / f"{case}.nii.gz"))
     assert np.allclose(written.affine, source.affine, atol=1e-5)
@@ -112,14 +116,14 @@ def _blob_case(shape: tuple[int, int, int]) -> InputCase:
     image[0, 12:14, 12:14, 12:14] = 1.0  # 8 voxels, not touching the first
     geometry = Geometry(shape=shape, spacing=(1.0, 1.0, 1.0))
     case_geometry = CaseGeometry(case="blobs", prepared=geometry, original=geometry)
-    return InputCase("blobs", lambda: (image, case_geometry))
+    return InputCase("blobs", lambda: LoadedCase(image, case_geometry))
 
 
 @pytest.mark.parametrize("lcc", [False, True])
 def test_lcc_keeps_only_the_largest_component(tmp_path: Path, lcc: bool) -> None:
     window = Window(patch_size=(16, 16, 16), stride=(8, 8, 8), num_classes=2, lcc=lcc)
     [result] = predict_cases(Threshold(), [_blob_case((16, 16, 16))], tmp_path, window,
-                             device=CPU)
+                             labels=BINARY, device=CPU)
     labels, _ = read_volume(result.path)
     assert labels[2:7, 2:7, 2:7].all()
     assert int(labels.sum()) == (125 if lcc else 133)
@@ -232,7 +236,7 @@ def test_real_scan_resampled_and_cropped_overlays_its_source(
             link.symlink_to(mask.resolve())
     prepare_generic(tmp_path / "ds", root=raw, images="images/*.nii.gz",
                     labels="labels/*.nii.gz", classes={1: "brain"}, spacing=(1.6, 1.6, 1.6),
-                    crop_foreground=True, crop_margin=4, split=SplitOptions(test=1))
+                    crop="nonzero", crop_margin=4, split=SplitOptions(test=1))
     dataset = PreparedDataset(tmp_path / "ds")
     case = dataset.split("test")[0]
     assert dataset.geometry(case).crop is not None
@@ -240,7 +244,7 @@ def test_real_scan_resampled_and_cropped_overlays_its_source(
     out = tmp_path / "preds"
     out.mkdir()
     [result] = predict_cases(Threshold(), dataset_cases(dataset, "test"), out, window,
-                             device=CPU)
+                             labels=BINARY, device=CPU)
     written: Any = nib.load(str(result.path))
     source: Any = nib.load(str(refs / f"{case}.nii.gz"))
     assert written.shape == source.shape

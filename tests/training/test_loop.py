@@ -225,7 +225,7 @@ def test_init_from_skips_pretraining(synthetic, straight, tmp_path):
 
 def test_without_val_cases_no_best_is_written(tmp_path, monkeypatch):
     data = tmp_path / "noval"
-    prepare_synthetic(data, labeled=2, unlabeled=0, val=0, test=1, shape=(16, 16, 16))
+    prepare_synthetic(data, labeled=2, unlabeled=0, val=0, test=1, shape=(32, 32, 16))
     monkeypatch.setattr(run_setup, "build_framework", lambda cfg, **kw: NaNFramework(bad=99))
     events: list[ProgressEvent] = []
     result = train(tiny_config(data, tmp_path / "r", optimizer={"name": "sgd", "lr": 0.01},

@@ -134,3 +134,61 @@ def test_half_precision_logits_are_promoted(case: tuple[torch.Tensor, ...]) -> N
     assert out.dtype == torch.float32
     full = soft_dice_loss(logits, target, mask=region).item()
     assert math.isclose(out.item(), full, rel_tol=2e-2)
+
+
+def _with_ignored(case: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor,
+                                                            torch.Tensor, torch.Tensor]:
+    """The case with a quarter of the voxels ignored (target = C = 3), and changed logits there."""
+    logits, target, region = case
+    g = torch.Generator().manual_seed(7)
+    ignored = torch.rand(target.shape, generator=g) < 0.25
+    target = torch.where(ignored, 3, target)
+    noise = torch.randn(logits.shape, generator=g, dtype=logits.dtype) * 5
+    changed = torch.where(ignored.unsqueeze(1), logits + noise, logits)
+    return logits, changed, target, region
+
+
+def test_ignored_voxels_leave_every_loss_unchanged(case: tuple[torch.Tensor, ...]) -> None:
+    logits, changed, target, region = _with_ignored(case)
+    pseudo = torch.randint(0, 3, target.shape, generator=torch.Generator().manual_seed(2))
+    losses = {
+        "dice": lambda x: soft_dice_loss(x, target),
+        "masked dice": lambda x: soft_dice_loss(x, target, mask=region),
+        "region ce": lambda x: region_cross_entropy(x, target, region),
+        "ce + dice": lambda x: ce_dice_loss(x, target),
+    }
+    for name, loss in losses.items():
+        assert loss(changed).item() == loss(logits).item(), name
+    # Mixed images: the ground truth counts in its own region only; elsewhere the pseudo-label
+    # (never ignored) does, so only the ignored voxels of the ground truth's region may change.
+    for name, weights, gt_region in (("mix", (1.0, 0.5), region),
+                                     ("mix (pasted gt)", (0.5, 1.0), 1 - region)):
+        inside = (gt_region > 0).unsqueeze(1)
+        moved = torch.where(inside, changed, logits)
+        labels = (target, pseudo) if gt_region is region else (pseudo, target)
+        def mixed(x: torch.Tensor, labels: tuple[torch.Tensor, ...] = labels,
+                  weights: tuple[float, float] = weights) -> float:
+            return mix_loss(x, *labels, region, image_weight=weights[0],
+                            patch_weight=weights[1]).item()
+        assert mixed(moved) == mixed(logits), name
+        assert mixed(changed) != mixed(logits), name
+    # And each equals the loss with the ignored voxels outside the region mask.
+    valid = (target < 3).double()
+    clean = torch.where(target < 3, target, 0)
+    ref = dice_reference(logits.numpy(), clean.numpy(), valid.numpy())
+    assert soft_dice_loss(logits, target).item() == pytest.approx(ref, rel=1e-12)
+    ce = ce_map(logits.numpy(), clean.numpy())
+    r = (region * valid).numpy()
+    assert region_cross_entropy(logits, target, region).item() == pytest.approx(
+        np.sum(ce * r) / np.sum(r), rel=1e-12)
+    mean_ce = float(np.sum(ce * valid.numpy()) / valid.sum().item())
+    assert ce_dice_loss(logits, target).item() == pytest.approx((mean_ce + ref) / 2, rel=1e-12)
+
+
+def test_a_patch_with_every_voxel_ignored_adds_nothing() -> None:
+    logits = torch.randn(1, 2, 4, 4, 4, dtype=torch.float64, requires_grad=True)
+    target = torch.full((1, 4, 4, 4), 2)
+    loss = ce_dice_loss(logits, target)
+    loss.backward()
+    assert loss.item() == 0.0
+    assert logits.grad is not None and torch.equal(logits.grad, torch.zeros_like(logits))

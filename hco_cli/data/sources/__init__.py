@@ -53,6 +53,10 @@ class SourceListing:
     val: list[str] = field(default_factory=list)
     # Ids named by the source but absent on disk (left out only with --allow-missing).
     skipped: list[str] = field(default_factory=list)
+    # The label value that marks unannotated voxels (nnU-Net's "ignore"), if any.
+    ignore_label: int | None = None
+    # Preprocessing the files already had before hco (recorded in the plan).
+    upstream: str | None = None
 
 
 @dataclass

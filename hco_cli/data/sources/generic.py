@@ -1,16 +1,22 @@
 """Generic folders: image/label pairs found by glob patterns, or an nnU-Net/MSD raw folder.
 
-Case ids from glob patterns (``--images``, ``--labels``, ``--unlabeled``): take the first
-path component of the pattern that holds a wildcard (``*``, ``?``, ``[...]``, ``**``); the
-case id is the text of the matched path from the start of that component's first wildcard
-match to the end of its last one (literal text in between included), with a trailing volume
-extension (``.nii.gz``, ``.nrrd``, ...) removed. So ``dir/*/srr.nii.gz`` names a case by its
-folder, ``imagesTr/*_0000.nii.gz`` and ``labelsTr/*.nii.gz`` both give ``case_001``, and
-``img_*.nii.gz`` pairs with ``seg_*.nii.gz``. Images and labels pair by case id.
+Case ids from glob patterns (``--images``, ``--labels``, ``--unlabeled``) come from file names:
+the whole stem (the name without its volume extension, ``.nii.gz``, ``.nrrd``, ...) minus the
+suffix that every matched stem shares (the pattern's literal text after its last wildcard, or
+a longer shared suffix that starts at ``_``, ``-`` or ``.``) and minus nnU-Net's ``_0000``
+channel tag. So ``images/subject*_DE.nii.gz`` gives ``subject1``, ``subject10``, ...,
+``labels/subject1*_DE_manual.nii.gz`` the same ids, ``imagesTr/*_0000.nii.gz`` and
+``labelsTr/*.nii.gz`` both ``case_001``, and ``patient*/patient*_frame??.nii.gz`` (ACDC: two
+frames a folder) ``patient001_frame01`` and ``patient001_frame12``. Where the file name holds
+no wildcard (``*/srr.nii.gz``), the nearest folder's name is the id; while ids repeat across
+folders, every id gets the name of its next folder up in front (up to the pattern's literal
+leading folders). Images and labels pair by case id; when the two sides differ only by a
+shared leading text (``img_*`` and ``seg_*``), they pair by the rest and take the image's id.
 
 nnU-Net v2 folders (``dataset.json`` with ``channel_names``) name channel files
 ``<case>_<XXXX><ext>``; MSD folders (``modality``) use ``<case><ext>``, one channel.
-``imagesTs`` cases form the test split, with labels from ``labelsTs`` when it exists.
+``imagesTs`` cases form the test split, with labels from ``labelsTs`` when it exists. A label
+named ``ignore`` in ``dataset.json`` (nnU-Net's convention) is the ignore label.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from __future__ import annotations
 import glob
 import json
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from hco_cli.data.io import volume_suffix
@@ -27,6 +33,64 @@ from hco_cli.errors import ConfigError, DataError
 
 _WILDCARD = re.compile(r"\*\*|\*|\?|\[[^\]]+\]")
 _CHANNEL = re.compile(r"^(.+)_(\d{4})$")
+_SEPARATORS = "_-."
+NNUNET_CHANNEL_TAG = "_0000"
+
+
+def case_ids(pattern: str, paths: list[str]) -> list[str]:
+    """Case id of each of ``paths`` (as ``pattern`` matched them), by the rule above."""
+    parts = pattern.split("/")
+    if not any(_WILDCARD.search(part) for part in parts):
+        raise ConfigError(f"pattern {pattern!r} has no wildcard (*, ?, [...]) to take ids from")
+    literal_dirs = next(i for i, part in enumerate(parts) if _WILDCARD.search(part))
+    pieces = [PurePosixPath(p).parts for p in paths]
+    folders = [list(reversed(q[literal_dirs:-1])) for q in pieces]
+    if _WILDCARD.search(parts[-1]):
+        tail = _literal_tail(parts[-1])
+        ids = strip_common_suffix([_stem(q[-1]) for q in pieces], tail)
+    else:
+        ids = [f.pop(0) if f else _stem(q[-1]) for f, q in zip(folders, pieces, strict=True)]
+    while len(set(ids)) < len(ids) and any(folders):
+        ids = [f"{f.pop(0)}_{i}" if f else i for f, i in zip(folders, ids, strict=True)]
+    return ids
+
+
+def strip_common_suffix(stems: list[str], tail: str = "") -> list[str]:
+    """``stems`` without their longest shared suffix that starts at a separator (or equals the
+    pattern's literal ``tail``) and leaves every stem non-empty; then without ``_0000``."""
+    common = _common_suffix(stems) if len(stems) > 1 else tail
+    cut = 0
+    for k in range(len(common), 0, -1):
+        suffix = common[-k:]
+        if (suffix == tail or suffix[0] in _SEPARATORS) and all(
+                len(s) > k and s.endswith(suffix) for s in stems):
+            cut = k
+            break
+    out = [s[: len(s) - cut] for s in stems]
+    tag = NNUNET_CHANNEL_TAG
+    if all(s.endswith(tag) and len(s) > len(tag) for s in out):
+        out = [s[: -len(tag)] for s in out]
+    return out
+
+
+def _common_suffix(texts: list[str]) -> str:
+    first = texts[0]
+    n = 0
+    while n < len(first) and all(len(t) > n and t[-1 - n] == first[-1 - n] for t in texts):
+        n += 1
+    return first[len(first) - n:]
+
+
+def _literal_tail(component: str) -> str:
+    """The literal text after the last wildcard of a pattern component, extension removed."""
+    tail = component[list(_WILDCARD.finditer(component))[-1].end():]
+    suffix = volume_suffix(Path(tail)) if tail else ""
+    return tail[: len(tail) - len(suffix)] if suffix and tail.lower().endswith(suffix) else tail
+
+
+def _stem(name: str) -> str:
+    suffix = volume_suffix(Path(name))
+    return name[: len(name) - len(suffix)] if suffix and name != suffix else name
 
 
 def pattern_regex(pattern: str) -> re.Pattern[str]:
@@ -66,48 +130,82 @@ def _translate(text: str) -> str:
     return "".join(out)
 
 
-def match_cases(pattern: str, *, base: Path | None, option: str) -> dict[str, Path]:
-    """Case id -> path for every file (or DICOM folder) that ``pattern`` matches."""
+def match_cases(pattern: str, *, base: Path | None, option: str,
+                by_wildcard: bool = False) -> dict[str, Path]:
+    """Case id -> path for every file (or DICOM folder) that ``pattern`` matches.
+
+    Ids follow the file-name rule above, or with ``by_wildcard`` the text that the first path
+    component holding a wildcard matched (:func:`pattern_regex`; the NIH pancreas layout,
+    ``PANCREAS_*/*/*`` and ``label*.nii.gz``, is named so).
+    """
     root = None if base is None or Path(pattern).is_absolute() else Path(base)
-    regex = pattern_regex(pattern)
+    rels = sorted(glob.glob(pattern, root_dir=root, recursive=True))
+    if not rels:
+        raise DataError(f"{option} {pattern!r} matches no file")
+    ids = [_wildcard_id(pattern, rel, root, option) for rel in rels] if by_wildcard else (
+        case_ids(pattern, rels))
     found: dict[str, Path] = {}
-    for rel in sorted(glob.glob(pattern, root_dir=root, recursive=True)):
+    for case, rel in zip(ids, rels, strict=True):
         path = root / rel if root is not None else Path(rel)
-        match = regex.match(rel)
-        if match is None:  # glob and the regex disagree only on exotic patterns
-            raise ConfigError(f"{option} {pattern!r}: cannot take a case id from {path}")
-        case = match.group("id")
-        suffix = volume_suffix(Path(case))
-        case = case[: -len(suffix)] if suffix and case != suffix else case
-        check_case_id(case.replace("/", "_"), str(path))
-        case = case.replace("/", "_")
+        check_case_id(case, str(path))
         if case in found:
             raise DataError(
                 f"case {case}: duplicate case id: {option} {pattern!r} matches both "
                 f"{found[case]} and {path}"
             )
         found[case] = path
-    if not found:
-        raise DataError(f"{option} {pattern!r} matches no file")
     return found
 
 
+def _wildcard_id(pattern: str, rel: str, root: Path | None, option: str) -> str:
+    match = pattern_regex(pattern).match(rel)
+    if match is None:  # glob and the regex disagree only on exotic patterns
+        raise ConfigError(f"{option} {pattern!r}: cannot take a case id from {rel} in {root}")
+    case = match.group("id")
+    suffix = volume_suffix(Path(case))
+    case = case[: -len(suffix)] if suffix and case != suffix else case
+    return case.replace("/", "_")
+
+
+def pair_labels(images: dict[str, Path], labels: dict[str, Path], *,
+                pattern: str) -> dict[str, Path]:
+    """Label path per image case id: by id, or by the ids without each side's shared prefix."""
+    if set(labels) != set(images) and len(images) > 1 and len(labels) > 1:
+        image_keys = dict(zip(_strip_common_prefix(list(images)), images, strict=True))
+        label_keys = dict(zip(_strip_common_prefix(list(labels)), labels, strict=True))
+        if set(image_keys) == set(label_keys):
+            return {image_keys[k]: labels[label_keys[k]] for k in image_keys}
+    for case, path in images.items():
+        if case not in labels:
+            raise DataError(f"case {case}: no label for image {path} (--labels {pattern!r})")
+    for case, path in labels.items():
+        if case not in images:
+            raise DataError(f"case {case}: no image for label {path} (--images ids such as "
+                            f"{next(iter(images))})")
+    return labels
+
+
+def _strip_common_prefix(ids: list[str]) -> list[str]:
+    """``ids`` without their longest shared prefix (each keeps at least one character)."""
+    shared = 0
+    while all(len(i) > shared + 1 and i[shared] == ids[0][shared] for i in ids):
+        shared += 1
+    return [i[shared:] for i in ids]
+
+
 def list_globs(
-    *, images: str, labels: str, unlabeled: str | None = None, base: Path | None = None
+    *, images: str, labels: str, unlabeled: str | None = None, base: Path | None = None,
+    by_wildcard: bool = False,
 ) -> SourceListing:
     """Labeled pairs from ``images``/``labels`` plus label-less cases from ``unlabeled``."""
-    image_paths = match_cases(images, base=base, option="--images")
-    label_paths = match_cases(labels, base=base, option="--labels")
-    for case, path in image_paths.items():
-        if case not in label_paths:
-            raise DataError(f"case {case}: no label for image {path} (--labels {labels!r})")
-    for case, path in label_paths.items():
-        if case not in image_paths:
-            raise DataError(f"case {case}: no image for label {path} (--images {images!r})")
+    image_paths = match_cases(images, base=base, option="--images", by_wildcard=by_wildcard)
+    label_paths = pair_labels(image_paths, match_cases(labels, base=base, option="--labels",
+                                                       by_wildcard=by_wildcard), pattern=labels)
     cases = [SourceCase(case=c, reader="volume", images=(p,), label=label_paths[c])
              for c, p in image_paths.items()]
     if unlabeled is not None:
-        for case, path in match_cases(unlabeled, base=base, option="--unlabeled").items():
+        more = match_cases(unlabeled, base=base, option="--unlabeled", by_wildcard=by_wildcard)
+        for case, path in more.items():
             if case in image_paths:
                 raise DataError(
                     f"case {case}: duplicate case id: {path} (--unlabeled) and "
@@ -134,10 +232,13 @@ def list_nnunet(root: Path) -> SourceListing:
                              labels_required=(root / "labelsTs").is_dir())
     check_unique([c.case for c in train + test], f"{root} (imagesTr and imagesTs)")
     ct = any(str(name).upper() == "CT" for name in channel_names.values())
+    classes = classes_from_json(meta, root / "dataset.json")
+    ignore = next((v for v, name in classes.items() if name == "ignore"), None)
     return SourceListing(
         cases=train + test, source=f"nnunet:{root.resolve()}",
-        classes=classes_from_json(meta, root / "dataset.json"), modality="CT" if ct else "MR",
-        train_order=[c.case for c in train], test=[c.case for c in test],
+        classes={v: n for v, n in classes.items() if v != ignore},
+        modality="CT" if ct else "MR", train_order=[c.case for c in train],
+        test=[c.case for c in test], ignore_label=ignore,
     )
 
 

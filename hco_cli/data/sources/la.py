@@ -22,6 +22,8 @@ IMAGE_DIR = "2018LA_Seg_Training Set"
 FILE_NAME = "mri_norm2.h5"
 SPACING = (0.625, 0.625, 0.625)
 CLASSES = {0: "background", 1: "left atrium"}
+UPSTREAM = ("UA-MT: each volume z-scored (whole volume) and cropped around the atrium; "
+            "hco stores the images unchanged")
 
 
 def case_file(root: Path, case: str) -> Path:

@@ -7,16 +7,20 @@ already windowed to [-125, 275] HU, mapped to [0, 1], resampled to 1 mm and crop
 folder. The labeled cases are the first N of train_lab followed by train_unlab.
 
 Raw scans go through the generic path with :data:`RAW_PLAN`: window [-125, 275] HU onto
-[0, 1], linear resampling to 1 mm, crop around the label with a 25-voxel margin and at least
-96 voxels per axis. CoraNet takes the in-plane spacing as the spacing of every axis when it
-resamples; we use each axis's own spacing from the header, which keeps the anatomy's shape.
+[0, 1], linear resampling to 1 mm, crop with a 25-voxel margin and at least 96 voxels per
+axis: training cases with labels around their label (CoraNet's rule), every other case around
+the body (Otsu foreground of the HU image). CoraNet crops its test cases around their labels too,
+which tells the network where the pancreas is; we do not. CoraNet takes the in-plane spacing
+as the spacing of every axis when it resamples; we use each axis's own spacing from the
+header, which keeps the anatomy's shape.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from hco_cli.data.preprocess import PreprocessPlan
+from hco_cli.data.labels import build_label_map
+from hco_cli.data.plan import PreprocessPlan
 from hco_cli.data.sources import (
     SourceListing,
     check_case_id,
@@ -30,9 +34,12 @@ LIST_NAMES = ("train_lab.txt", "train_unlab.txt", "test.txt")
 SPACING = (1.0, 1.0, 1.0)
 CLASSES = {0: "background", 1: "pancreas"}
 CT_WINDOW = (-125.0, 275.0)
-RAW_PLAN = PreprocessPlan(spacing=SPACING, norm="ct", ct_window=CT_WINDOW, crop_foreground=True,
-                          crop_margin=25, crop_min_size=(96, 96, 96),
-                          classes=frozenset(CLASSES))
+UPSTREAM = ("BCP/CoraNet: CT windowed to [-125, 275] HU onto [0, 1], resampled to 1 mm and "
+            "cropped around the pancreas; hco stores the images unchanged")
+LABELS = build_label_map(CLASSES, names=CLASSES)
+RAW_PLAN = PreprocessPlan(spacing=SPACING, norm="ct", ct_window=CT_WINDOW, crop="otsu",
+                          crop_train_by_label=True, crop_margin=25, crop_min_size=(96, 96, 96),
+                          labels=LABELS)
 
 
 def read_split_lists(folder: Path) -> tuple[list[str], list[str], list[str]]:

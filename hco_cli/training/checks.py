@@ -1,0 +1,73 @@
+"""Checks of a training configuration against its dataset, made before anything is written.
+
+Each failure is one ConfigError line that names the value and what would work, so a config
+that the network or the data cannot take never leaves a half-made run folder behind.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hco_cli.config import TrainConfig
+from hco_cli.data.dataset import PreparedDataset
+from hco_cli.data.plan import PLAN_FILE, read_plan
+from hco_cli.errors import ConfigError
+from hco_cli.models.vnet import SIZE_MULTIPLE
+
+AXES = "xyz"
+
+
+def check_against_dataset(config: TrainConfig, dataset: PreparedDataset,
+                          training: list[str], *, resuming: bool = False) -> None:
+    """Patch size, classes and label map of ``config`` against ``dataset``'s ``training``
+    cases (and, when ``resuming``, against the label map the run started with)."""
+    check_patch_size(config.data.patch_size)
+    if dataset.num_classes < 2:
+        raise ConfigError(f"dataset {dataset.root} has no foreground class (label values "
+                          f"{list(dataset.labels.values)}); prepare it with its labels")
+    check_patch_fits(config.data.patch_size, dataset, training)
+    runs = [("--init-from", config.init_from), ("--resume", config.run_dir if resuming else None)]
+    for option, run in runs:
+        if run is not None:
+            check_run_labels(Path(run), dataset, option=option)
+
+
+def check_patch_size(patch: tuple[int, int, int]) -> None:
+    """Every axis a multiple of :data:`SIZE_MULTIPLE` (the V-Net's four down-samplings)."""
+    for axis, size in zip(AXES, patch, strict=True):
+        if size % SIZE_MULTIPLE:
+            fit = max(SIZE_MULTIPLE, round(size / SIZE_MULTIPLE) * SIZE_MULTIPLE)
+            raise ConfigError(
+                f"data.patch_size {list(patch)}: {axis} = {size} is not a multiple of "
+                f"{SIZE_MULTIPLE} (the V-Net halves each axis 4 times); use {fit}, for example")
+
+
+def check_patch_fits(patch: tuple[int, int, int], dataset: PreparedDataset,
+                     training: list[str]) -> None:
+    """Refuse a patch axis longer than every training case padded to the network's multiple:
+    its patches would hold only padding there."""
+    if not training:
+        return
+    largest = [max(dataset.geometry(case).prepared.shape[a] for case in training)
+               for a in range(3)]
+    for axis, size, extent in zip(AXES, patch, largest, strict=True):
+        padded = -(-extent // SIZE_MULTIPLE) * SIZE_MULTIPLE
+        if size > padded:
+            raise ConfigError(
+                f"data.patch_size {list(patch)}: {axis} = {size} is larger than the largest "
+                f"training case of {dataset.root} ({extent} voxels, {padded} padded to a "
+                f"multiple of {SIZE_MULTIPLE}); use at most {padded}")
+
+
+def check_run_labels(run: Path, dataset: PreparedDataset, *, option: str) -> None:
+    """Refuse a run (``--init-from`` or the run resumed) trained on another label map."""
+    path = run / PLAN_FILE
+    if not path.is_file():
+        return
+    trained = read_plan(path).labels
+    if trained.values != dataset.labels.values or (
+            trained.ignore_value != dataset.labels.ignore_value):
+        raise ConfigError(
+            f"{option} {run} was trained on label values {list(trained.values)} (ignore "
+            f"{trained.ignore_value}) but {dataset.root} has {list(dataset.labels.values)} "
+            f"(ignore {dataset.labels.ignore_value})")
