@@ -28,6 +28,12 @@ from hco_cli.evaluation.compare_tables import (
     write_markdown,
     write_records,
 )
+from hco_cli.evaluation.diagnostics_report import (
+    ArmDiagnostics,
+    arm_diagnostics,
+    diagnostics_table,
+    summary_records,
+)
 from hco_cli.evaluation.saved_results import TRAIN_PHASES, TrainStep, read_train_steps
 from hco_cli.evaluation.stats import mean_sem
 
@@ -75,6 +81,8 @@ class Dynamics:
     summaries: list[DynamicsSummary]
     bin_width: int
     diffs: dict[tuple[str, EpochKey], tuple[float, float]] = field(default_factory=dict)
+    # The optimizer diagnostics of the arms whose runs logged them (hco >= the readings).
+    diagnostics: list[ArmDiagnostics] = field(default_factory=list)
 
     def epoch_records(self) -> list[dict[str, Any]]:
         """One record per (arm, phase, epoch bin), with the difference to the reference."""
@@ -173,6 +181,8 @@ def compare_dynamics(specs: Sequence[str], *, bin_width: int = 1) -> Dynamics:
     arms = [_arm_dynamics(n, runs, offsets, bin_width) for n, runs in steps.items()]
     result = Dynamics(arms=arms, summaries=[], bin_width=bin_width)
     result.summaries = [_against_reference(arms[0], a, result.diffs) for a in arms[1:]]
+    found = (arm_diagnostics(s.name, list(s.members), offsets) for s in sources)
+    result.diagnostics = [d for d in found if d is not None]
     return result
 
 
@@ -238,8 +248,12 @@ def _summary_table(result: Dynamics) -> ReportTable:
 
 
 def dynamics_tables(result: Dynamics) -> list[ReportTable]:
-    """Per-epoch table (mean ± SEM per arm, differences to the first arm) and a summary."""
-    return [_epoch_table(result), _summary_table(result)]
+    """Per-epoch table (mean ± SEM per arm, differences to the first arm), a summary and,
+    where runs logged them, the optimizer diagnostics."""
+    tables = [_epoch_table(result), _summary_table(result)]
+    if result.diagnostics:
+        tables.append(diagnostics_table(result.diagnostics))
+    return tables
 
 
 def write_dynamics(
@@ -249,13 +263,14 @@ def write_dynamics(
     csv_path: Path | None = None,
     markdown_path: Path | None = None,
 ) -> None:
-    """JSON: ``{"bin_width", "epochs": [...], "summary": [...]}``; CSV: the per-epoch records;
-    Markdown: the tables."""
+    """JSON: ``{"bin_width", "epochs": [...], "summary": [...], "diagnostics": [...]}``;
+    CSV: the per-epoch records; Markdown: the tables."""
     epochs = result.epoch_records()
     payload = {
         "bin_width": result.bin_width,
         "epochs": [clean_record(r) for r in epochs],
         "summary": [clean_record(vars(s)) for s in result.summaries],
+        "diagnostics": summary_records(result.diagnostics) if result.diagnostics else [],
     }
     write_records(epochs, json_path=json_path, csv_path=csv_path, json_payload=payload)
     if markdown_path is not None:

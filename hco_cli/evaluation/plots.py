@@ -106,13 +106,20 @@ def plot_dynamics(result: Dynamics, path: Path, *, frac: float = 0.3) -> None:
 
     The trend is fitted to the raw step-wise ratios (as in the paper's Figure 3); the band at
     each epoch is the trend value ± the SEM of that epoch's steps. ``frac`` is the LOWESS
-    span (fraction of the points used for each local fit).
+    span (fraction of the points used for each local fit). Where runs logged optimizer
+    diagnostics, three more panels show their LOWESS trends: the step norm, cos(g_L, g_U) and
+    the admitted fraction.
     """
     if not 0.0 < frac <= 1.0:
         raise ConfigError(f"--lowess-frac must be in (0, 1], got {frac}")
     check_plot_target(path)
-    fig = _figure(8.0, 4.5)
-    ax = fig.subplots()
+    if result.diagnostics:
+        fig = _figure(12.0, 8.0)
+        axes = fig.subplots(2, 2).ravel()
+    else:
+        fig = _figure(8.0, 4.5)
+        axes = [fig.subplots()]
+    ax = axes[0]
     for i, arm in enumerate(result.arms):
         colour = f"C{i}"
         xs, ys = _trend(arm.step_x, arm.step_ratio, frac)
@@ -127,4 +134,20 @@ def plot_dynamics(result: Dynamics, path: Path, *, frac: float = 0.3) -> None:
     ax.set_title("Unlabeled-to-labeled loss ratio (LOWESS trend ± SEM)")
     ax.grid(alpha=0.3)
     ax.legend()
+    colours = {arm.name: f"C{i}" for i, arm in enumerate(result.arms)}
+    for ax, key, label in zip(axes[1:], ("step_norm", "cos_lu", "admitted"),
+                              ("step norm ||dw||", "cos(g_L, g_U)", "admitted fraction"),
+                              strict=False):
+        for diag in result.diagnostics:
+            y = diag.values[key]
+            keep = np.isfinite(y)
+            if keep.sum() < 2:
+                continue
+            xs, ys = _trend(diag.x[keep], y[keep], frac)
+            ax.plot(xs, ys, color=colours.get(diag.name, "k"), label=diag.name)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.set_yscale("log" if key == "step_norm" else "linear")
+        ax.set_title(f"{label} (LOWESS trend of the diagnosed steps)")
+        ax.grid(alpha=0.3)
     _save(fig, path)
