@@ -75,18 +75,23 @@ def run_case(key: str, *, fused: bool, device: str = "cpu",
 
     opt = build()
     alignment = []
+    diagnostics: dict[str, float] = {}
     for step in range(6):
         if resume and step == 3:
             saved = opt.state_dict()
             opt = build()
             opt.load_state_dict(saved)
         opt.param_groups[0]["lr"] = 0.05 / (1 + step)
+        opt.diagnose = step == 1  # a step with both sources: the per-tensor counts too
         opt.step_two_source(*_sources(step, params))
         alignment.append(opt.last_alignment)
+        if step == 1:
+            diagnostics = {k: float(v) for k, v in opt.take_diagnostics().items()}
     layout = opt._flat
     assert layout is not None
     state = opt.state_dict()["state"]
     return {"params": [p.detach().cpu() for p in params], "alignment": alignment,
+            "diagnostics": diagnostics,
             "state": {f"{i}.{k}": v.cpu() for i in state for k, v in state[i].items()
                       if isinstance(v, torch.Tensor)},
             "buffers": [layout.data.cpu(), *(b.cpu() for b in opt._flat_state.values())]}
@@ -109,6 +114,9 @@ def _compare(ref: dict[str, Any], got: dict[str, Any], shapes: list[tuple[int, .
         torch.testing.assert_close(got["state"][key], value, **TOL)
     assert got["alignment"][4] is None and ref["alignment"][4] is None  # no g_U: no mask
     assert got["alignment"] == pytest.approx(ref["alignment"], abs=1e-12)
+    assert ref["diagnostics"].keys() == got["diagnostics"].keys()
+    for key, value in ref["diagnostics"].items():  # the fused per-tensor counts included
+        assert got["diagnostics"][key] == pytest.approx(value, rel=1e-5), key
     gaps = _gaps(shapes)
     for buffer in got["buffers"]:
         assert not buffer[gaps].any()
