@@ -44,7 +44,8 @@ def test_diagnostics_match_hand_computed_values(name: str, mode: str) -> None:
     assert list(diag) == list(DIAGNOSTIC_KEYS)
     flat_l = np.concatenate([g.numpy().ravel() for g in gl])
     flat_u = np.concatenate([g.numpy().ravel() for g in gu])
-    step = np.concatenate([(p.detach() - b).numpy().ravel() for p, b in zip(params, before)])
+    step = np.concatenate([(p.detach() - b).numpy().ravel() for p, b in
+                           zip(params, before, strict=True)])
     assert diag["step_norm"] == pytest.approx(np.linalg.norm(step), rel=1e-5)
     assert diag["grad_norm_l"] == pytest.approx(np.linalg.norm(flat_l), rel=1e-5)
     assert diag["grad_norm_u"] == pytest.approx(np.linalg.norm(flat_u), rel=1e-5)  # unscaled
