@@ -8,7 +8,6 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pytest
-import SimpleITK as sitk
 import torch
 from torch import nn
 
@@ -28,6 +27,9 @@ from hco_cli.inference.predict import (
     predict_cases,
 )
 from tests.inference.tiny_run import PATCH, tiny_dataset, tiny_run
+
+# A reference only; the GPU image has no SimpleITK, so there this module is skipped.
+sitk = pytest.importorskip("SimpleITK")
 
 CPU = torch.device("cpu")
 BINARY = build_label_map([0, 1])
