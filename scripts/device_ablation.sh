@@ -7,7 +7,9 @@
 #   device_ablation.sh start ARMS SEEDS [GPUS] [RUNS_PER_GPU]
 #                                         prepare LA (all 100 cases), then hco sweep in the
 #                                         background (setsid), runs in /tmp/ablation
-#   device_ablation.sh wait SECONDS       print progress every minute until done or SECONDS
+#   device_ablation.sh wait SECONDS       wait until the sweep ends or SECONDS pass, then print a
+#                                         short progress summary (keep polling calls back to
+#                                         back: a machine idle for 30 s is given back, runs and all)
 #   device_ablation.sh collect            last-iterate evaluations, then logs/summaries to $OUT
 # Needs .carry/wheels (the GPU image lacks pydantic and nibabel) from the first call on.
 set -uo pipefail
@@ -17,12 +19,12 @@ SITE=/tmp/site RUNS=/tmp/ablation DATA=data/la
   --no-cache-dir --upgrade --target $SITE .carry/wheels/*.whl || exit 1
 export PYTHONPATH=$SITE:$PWD
 hco() { python3 -m hco_cli "$@"; }
-progress() {
+progress() {  # one short line per run: its last logged iteration
   date +%T
   for m in $RUNS/*/*/metrics.jsonl; do
-    [ -f "$m" ] && printf '%-34s %s\n' "${m#$RUNS/}" "$(tail -n 1 "$m" | cut -c1-90)"
+    [ -f "$m" ] && printf '%s %s\n' "${m#$RUNS/}" \
+      "$(grep -o '"iter": [0-9]*' "$m" | tail -n 1 | cut -d' ' -f2)"
   done
-  nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv,noheader
 }
 case "${1:-}" in
 stage)
@@ -49,9 +51,9 @@ wait)
   end=$((SECONDS + $2))
   while [ $SECONDS -lt $end ]; do
     pgrep -f "hco_cli sweep" > /dev/null || break
-    progress; sleep 60
+    sleep 10
   done
-  progress; tail -n 30 $RUNS/sweep.log ;;
+  progress; tail -n 5 $RUNS/sweep.log ;;
 collect)
   for run in $RUNS/[!_]*/*/; do
     [ -f "$run/checkpoints/last.pt" ] && [ ! -f "$run/eval/last/summary.json" ] && \
