@@ -228,3 +228,39 @@ def test_decoupled_weight_decay_for_plain_sgd(name: str) -> None:
             scale = phi / max(phi.mean(), 1e-3)
         ref = ref - lr * buf * scale
     np.testing.assert_allclose(w.detach().numpy(), ref, rtol=1e-13)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ["sgd-hco", "adam-hco", "adamw-hco"])
+def test_cuda_readings_in_flat_mode_match_reference(name: str) -> None:
+    """Every reading of the family on CUDA (flat float64, the default mode there) against the
+    NumPy reference; diagnostics on a step come out finite."""
+    readings = SGD_READINGS if name == "sgd-hco" else ADAM_READINGS
+    hyper = ({"momentum": 0.8, "weight_decay": 0.05} if name == "sgd-hco" else
+             {"betas": (0.8, 0.95), "eps": 1e-6, "weight_decay": 0.05})
+    for reading in readings:
+        gen = torch.Generator().manual_seed(5)
+        params = [torch.randn(s, generator=gen, dtype=torch.float64).cuda().requires_grad_()
+                  for s in SHAPES]
+        ref = [p.detach().cpu().numpy().copy() for p in params]
+        opt = build_optimizer(name, params, **hyper, **reading)
+        assert opt.flat
+        states: list[dict[str, Any]] = [{} for _ in params]
+        for k, (gls, gus) in enumerate(_grads(5, 4)):
+            lr = LRS[k % len(LRS)]
+            opt.param_groups[0]["lr"] = lr
+            opt.diagnose = k == 2
+            opt.step_two_source([g.cuda() for g in gls], [g.cuda() for g in gus])
+            for i, (gl, gu) in enumerate(zip(gls, gus, strict=True)):
+                if name == "sgd-hco":
+                    ref[i] = sgd_hco_reference(ref[i], gl.numpy(), gu.numpy(), states[i], lr,
+                                               hyper["momentum"], hyper["weight_decay"], reading)
+                else:
+                    ref[i] = adam_hco_reference(ref[i], gl.numpy(), gu.numpy(), states[i], lr,
+                                                name == "adamw-hco", hyper, reading)
+            if k == 2:
+                diag = opt.take_diagnostics()
+                assert diag is not None and all(torch.isfinite(v) for v in diag.values())
+        for p, w in zip(params, ref, strict=True):
+            np.testing.assert_allclose(p.detach().cpu().numpy(), w, rtol=1e-10, atol=1e-12)
