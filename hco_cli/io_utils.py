@@ -1,4 +1,8 @@
-"""Atomic writes: outputs appear whole under their final name or not at all."""
+"""Atomic writes: outputs appear whole under their final name or not at all.
+
+Temporaries get the modes of the user's umask before they are renamed into place, so outputs
+are as readable to a lab's group as any other tool's (:mod:`hco_cli.outputs`).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,16 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from hco_cli.locks import hold
+from hco_cli.outputs import (
+    Kind,
+    check_replaceable,
+    dir_mode,
+    file_mode,
+    remove_stale,
+    write_marker,
+)
 
 
 @contextlib.contextmanager
@@ -24,6 +38,7 @@ def atomic_path(target: Path, *, suffix: str = ".tmp") -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
+        os.chmod(tmp, file_mode())
         yield tmp
         os.replace(tmp, target)
     finally:
@@ -32,30 +47,45 @@ def atomic_path(target: Path, *, suffix: str = ".tmp") -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_dir(target: Path, *, force: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder beside ``target``; move it onto ``target`` on success.
+def atomic_dir(target: Path, *, kind: Kind, force: bool = False,
+               option: str = "--out") -> Iterator[Path]:
+    """Yield a temporary folder beside ``target``, marked as hco's ``kind``; move it onto
+    ``target`` on success.
 
-    An existing ``target`` is replaced only after the new folder is complete.
+    Holds ``target``'s lock (:func:`hco_cli.locks.hold`) and first removes what killed earlier
+    writes of ``target`` left. An existing ``target`` is replaced only with ``force``, only if
+    it is hco's folder of the same ``kind`` (checked again just before the move), and only
+    after the new folder is complete.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
-        yield tmp
-        if target.exists():
-            if not force:
-                raise FileExistsError(target)
-            old = target.with_name(f".{target.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+    with hold(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale(target)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp",
+                                    dir=target.parent))
+        try:
+            os.chmod(tmp, dir_mode())
+            write_marker(tmp, kind)
+            yield tmp
+            _move_into_place(tmp, target, kind=kind, force=force, option=option)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+
+
+def _move_into_place(tmp: Path, target: Path, *, kind: Kind, force: bool, option: str) -> None:
+    if not (target.exists() or target.is_symlink()):
+        os.replace(tmp, target)
+        return
+    if not force:
+        raise FileExistsError(target)
+    check_replaceable(target, kind, option=option)
+    old = target.with_name(f".{target.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    os.replace(target, old)
+    os.replace(tmp, target)
+    shutil.rmtree(old)
 
 
 def write_json(target: Path, data: Any) -> None:

@@ -22,6 +22,8 @@ from hco_cli.data.preprocess import PreparedCase, preprocess_case
 from hco_cli.data.sources import SourceCase, load_case
 from hco_cli.errors import DatasetExistsError
 from hco_cli.io_utils import atomic_dir
+from hco_cli.locks import hold
+from hco_cli.outputs import check_output_folder, check_replaceable
 
 Progress = Callable[[int, int, str], None]
 """Called after each case as ``progress(done, total, case_id)``."""
@@ -54,18 +56,23 @@ class CaseStats:
 def dataset_output(out: Path, *, force: bool) -> Iterator[Path]:
     """Yield a temporary dataset folder (with ``cases/``) that becomes ``out`` on success.
 
-    Refuses an existing ``out`` up front unless ``force``; with ``force`` the old dataset is
-    replaced only once the new one is complete.
+    Holds ``out``'s lock throughout. Refuses an existing ``out`` up front unless ``force``, and
+    with ``force`` anything but a dataset that hco wrote; the old dataset is replaced only once
+    the new one is complete.
     """
     out = Path(out)
-    if out.exists() and not force:
-        raise DatasetExistsError(f"{out} already exists; use --force to replace it")
-    try:
-        with atomic_dir(out, force=force) as tmp:
-            (tmp / "cases").mkdir()
-            yield tmp
-    except FileExistsError as exc:
-        raise DatasetExistsError(f"{out} already exists; use --force to replace it") from exc
+    check_output_folder(out, option="--out")
+    with hold(out):
+        if out.exists() and not force:
+            raise DatasetExistsError(f"{out} already exists; use --force to replace it")
+        if force:
+            check_replaceable(out, "dataset", option="--out")
+        try:
+            with atomic_dir(out, kind="dataset", force=force) as tmp:
+                (tmp / "cases").mkdir()
+                yield tmp
+        except FileExistsError as exc:
+            raise DatasetExistsError(f"{out} already exists; use --force to replace it") from exc
 
 
 def write_case(cases_dir: Path, prepared: PreparedCase) -> CaseStats:

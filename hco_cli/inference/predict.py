@@ -16,6 +16,7 @@ not at all.
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -37,6 +38,8 @@ from hco_cli.inference.postprocess import keep_largest_per_class
 from hco_cli.inference.resample import same_grid, to_original_grid
 from hco_cli.inference.sliding_window import predict_volume
 from hco_cli.io_utils import atomic_dir, write_json
+from hco_cli.locks import hold
+from hco_cli.outputs import check_output_folder, check_replaceable, is_empty
 
 Progress = Callable[[int, int, str], None]
 """Called after each case as ``progress(done, total, case_id)``."""
@@ -217,20 +220,22 @@ def predict(run: Path, options: PredictOptions, *,
     out = options.out or (run_dir / "eval" / name / "preds" if run_dir else None)
     if out is None:
         raise ConfigError(f"{run} is not inside a run folder; choose where to write with --out")
-    _check_output(out, force=options.force,
-                  keep=[p for p in (run_dir, run, dataset and dataset.root, *options.images) if p])
-    references = reference_labels(dataset, [c.case for c in cases], split) if (
-        options.evaluate and dataset is not None) else None
-    with atomic_dir(out, force=options.force) as tmp:
-        written = predict_cases(model, cases, tmp, window, labels=labels, device=device,
-                                progress=progress)
-    report = PredictionReport(
-        out=out, checkpoint=name, device=str(device), window=window,
-        dataset=dataset.root if dataset else None, split=split,
-        cases=[replace(c, path=out / c.path.name) for c in written])
-    if references is not None:
-        eval_dir = run_dir / "eval" / name if run_dir else out.parent
-        _evaluate(report, references, labels, eval_dir / "summary.json")
+    summary = (run_dir / "eval" / name if run_dir else out.parent) / "summary.json"
+    with hold(out):  # one writer of ``out`` for the whole prediction
+        _check_output(out, force=options.force, summary=summary if options.evaluate else None,
+                      keep=[p for p in (run_dir, run, dataset and dataset.root, *options.images)
+                            if p])
+        references = reference_labels(dataset, [c.case for c in cases], split) if (
+            options.evaluate and dataset is not None) else None
+        with atomic_dir(out, kind="predictions", force=options.force) as tmp:
+            written = predict_cases(model, cases, tmp, window, labels=labels, device=device,
+                                    progress=progress)
+        report = PredictionReport(
+            out=out, checkpoint=name, device=str(device), window=window,
+            dataset=dataset.root if dataset else None, split=split,
+            cases=[replace(c, path=out / c.path.name) for c in written])
+        if references is not None:
+            _evaluate(report, references, labels, summary)
     return report
 
 
@@ -339,19 +344,22 @@ def _window(model: nn.Module, channels: int, num_classes: int, config: Any,
                   amp=amp, lcc=options.lcc)
 
 
-def _check_output(out: Path, *, force: bool, keep: list[Path]) -> None:
-    """Refuse an existing, non-empty ``out`` without ``force``, and any ``out`` holding inputs."""
+def _check_output(out: Path, *, force: bool, keep: list[Path], summary: Path | None) -> None:
+    """Refuse an existing, non-empty ``out`` without ``force`` and, with it, anything but
+    predictions that hco wrote; any ``out`` holding inputs; an existing ``summary`` (the
+    evaluation that ``--evaluate`` writes) without ``force``."""
     target = Path(out).resolve()
     for path in keep:
         inside = Path(path).resolve()
         if inside == target or target in inside.parents:
             raise ConfigError(f"--out {out} would replace {path}; choose another folder")
-    if Path(out).is_file():
-        raise ConfigError(f"--out {out} is a file; choose a folder")
-    if Path(out).is_dir():
-        if any(Path(out).iterdir()):
-            if not force:
-                raise DataError(f"output folder {out} already exists and is not empty; "
-                                "use --force to replace it")
-        else:
-            Path(out).rmdir()
+    check_output_folder(out, option="--out")
+    if summary is not None and summary.exists() and not force:
+        raise DataError(f"--evaluate would replace {summary}; use --force to replace it")
+    if Path(out).is_dir() and not is_empty(Path(out)):
+        if not force:
+            raise DataError(f"output folder {out} already exists and is not empty; "
+                            "use --force to replace it")
+        check_replaceable(Path(out), "predictions", option="--out")
+    elif Path(out).is_dir():
+        shutil.rmtree(out)  # empty, or hco's marker alone

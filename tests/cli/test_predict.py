@@ -45,7 +45,8 @@ def test_predict_and_evaluate_print_a_summary(tiny: tuple[Path, Path], tmp_path:
     assert "16x16x16" in result.stdout and "stride 8/8/4" in result.stdout
     assert "mean Dice" in result.stdout
     preds = run_copy / "eval" / "best" / "preds"
-    assert sorted(p.name for p in preds.iterdir()) == ["syn_002.nii.gz", "syn_003.nii.gz"]
+    assert sorted(p.name for p in preds.iterdir()) == [".hco.json", "syn_002.nii.gz",
+                                                       "syn_003.nii.gz"]
     summary = json.loads((run_copy / "eval" / "best" / "summary.json").read_text(encoding="utf-8"))
     assert summary["lcc"] is True and summary["stride"] == [8, 8, 4]
     again = runner.invoke(app, ["predict", str(run_copy), "--device", "cpu"])

@@ -15,7 +15,7 @@ from hco_cli.data.dataset import CaseGeometry, Geometry, PreparedDataset
 from hco_cli.data.io import read_volume, write_volume
 from hco_cli.data.labels import build_label_map
 from hco_cli.data.prepare import SplitOptions, prepare_generic
-from hco_cli.errors import ConfigError, DataError
+from hco_cli.errors import ConfigError, DataError, OutputError
 from hco_cli.evaluation.saved_results import read_summary
 from hco_cli.inference.inputs import InputCase, LoadedCase, dataset_cases, group_images
 from hco_cli.inference.predict import (
@@ -201,8 +201,15 @@ def test_existing_output_needs_force(tiny: tuple[Path, Path, nn.Module], tmp_pat
     (out / "old.nii.gz").write_bytes(b"x")
     with pytest.raises(DataError, match="already exists and is not empty; use --force"):
         predict(run, PredictOptions(device="cpu", out=out))
-    predict(run, PredictOptions(device="cpu", out=out, force=True))
-    assert not (out / "old.nii.gz").exists()
+    # --force replaces only predictions that hco wrote: the user's folder stays as it was.
+    with pytest.raises(OutputError, match="was not written by hco"):
+        predict(run, PredictOptions(device="cpu", out=out, force=True))
+    assert [p.name for p in out.iterdir()] == ["old.nii.gz"]
+    mine = tmp_path / "mine"
+    predict(run, PredictOptions(device="cpu", out=mine))
+    (mine / "syn_002.nii.gz").write_bytes(b"stale")
+    predict(run, PredictOptions(device="cpu", out=mine, force=True))
+    assert (mine / "syn_002.nii.gz").stat().st_size > 5
 
 
 def test_output_may_not_replace_the_inputs(tiny: tuple[Path, Path, nn.Module]) -> None:
