@@ -16,7 +16,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from hco_cli.cli.common import console, handle_errors
+from hco_cli.cli.common import OneLineErrors, console, handle_errors
 from hco_cli.data import prepare as lib
 from hco_cli.data.sources.generic import parse_classes
 from hco_cli.errors import ConfigError
@@ -25,7 +25,7 @@ app = typer.Typer(
     help="Prepare a dataset from a source: [bold]la[/], [bold]pancreas[/], [bold]generic[/] "
     "(globs or an nnU-Net/MSD folder) or [bold]synthetic[/] phantoms. Writes --out "
     "atomically (dataset.json, splits.json, cases/); run `hco prepare KIND --help`.",
-    no_args_is_help=True, rich_markup_mode="rich",
+    no_args_is_help=True, rich_markup_mode="rich", cls=OneLineErrors,
 )
 
 
@@ -49,7 +49,8 @@ ID_RULE = ("case ids are the file names without extension, the suffix all of the
            "_0000 (folder names in front where names repeat)")
 Out = Annotated[Path, _opt("Dataset folder to create, e.g. data/la.")]
 Force = Annotated[bool, _opt("Replace an existing dataset.", "--force")]
-Labeled = Annotated[int | None, _opt("Labeled cases N (default: the source's protocol).")]
+Labeled = Annotated[int | None, _opt("Labeled cases N (default: the source's protocol).",
+                                     min=1)]
 Val = Annotated[int, _opt("Hold K seeded cases with labels out of the unlabeled pool.", min=0)]
 Seed = Annotated[int, _opt("Seed of every random choice.")]
 FoldsL = Annotated[int, _opt("K disjoint labeled folds (L0, L1, ...) of --fold-size.", min=0)]
