@@ -6,55 +6,18 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
-from rich.progress import (
-    BarColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
 from hco_cli.cli.common import console, err_console, handle_errors
+from hco_cli.cli.train_display import Display, training_progress
 from hco_cli.errors import ConfigError
 from hco_cli.training.distributed import environment_rank
-from hco_cli.training.loop import ProgressEvent, RunResult, resume, train
-from hco_cli.training.presets import PRESETS, Overrides, build_config
+from hco_cli.training.loop import RunResult, resume, train
+from hco_cli.training.presets import PRESETS, Overrides, build_config, check_prepared
 
 
 def _opt(text: str, *names: str, **kwargs: Any) -> Any:
     return typer.Option(*names, help=text, **kwargs)
-
-
-class _Display:
-    """Renders the loop's progress events: summary, warnings, one bar per phase with losses."""
-
-    def __init__(self, bar: Progress) -> None:
-        self.bar, self.losses = bar, ""
-        self.task: TaskID | None = None
-
-    def __call__(self, e: ProgressEvent) -> None:
-        if e.kind == "start":
-            table = Table.grid(padding=(0, 2))
-            for key in ("run_dir", "dataset", "framework", "optimizer", "optimizer_hyperparameters",
-                        "labeled", "unlabeled", "iterations", "validation_cases", "device",
-                        "processes", "seed"):
-                table.add_row(f"[bold]{key}[/]", str(e.info.get(key)))
-            console.print(table)
-        elif e.kind == "warning":
-            err_console.print(f"[bold yellow]warning:[/] {e.message}", soft_wrap=True)
-        elif e.kind == "phase":
-            self.task = self.bar.add_task(e.phase, total=e.total, completed=e.iteration, info="")
-        elif e.kind == "step" and self.task is not None:
-            self.bar.update(self.task, completed=e.iteration)
-        elif e.kind == "log" and self.task is not None:
-            v = e.values
-            self.losses = f"L {v['loss_l']:.4f}  U {v['loss_u']:.4f}  lr {v['lr']:.2g}"
-            self.bar.update(self.task, info=self.losses)
-        elif e.kind == "val" and self.task is not None and e.values.get("score") is not None:
-            self.bar.update(self.task, info=f"{self.losses}  val {e.values['score']:.4f} "
-                                            f"(best {e.values['best']:.4f})")
 
 
 def _render(result: RunResult) -> None:
@@ -98,29 +61,38 @@ def train_command(
         "the same number of samples). With --resume: must match the saved run.", min=1)] = None,
     sync_batchnorm: Annotated[bool, _opt("BatchNorm statistics over all GPUs (SyncBatchNorm).")
                               ] = False,
-    force: Annotated[bool, _opt("Replace an existing run folder.")] = False,
+    force: Annotated[bool, _opt("Replace an existing run folder that hco wrote (a run; "
+                                "nothing else).")] = False,
+    accept_config_changes: Annotated[bool, _opt(
+        "With --resume: continue with the values edited into RUN/config.yaml since the last "
+        "checkpoint (e.g. a longer schedule), recorded in run.json; without it an edited "
+        "config.yaml is refused.")] = False,
 ) -> None:
     """Train a segmentation network with an SSL framework and an (H)CO optimizer."""
-    columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/"
-               "{task.total}"), TimeElapsedColumn(), TimeRemainingColumn(),
-               TextColumn("{task.fields[info]}")]
     is_main = environment_rank() == 0  # under torchrun, rank 0 alone renders
     if resume_dir is not None:
         given = [config, dataset, optimizer, labeled, seed, iterations, fold, run_dir, data,
                  device, init_from, select_on]
         if any(v is not None for v in given) or deterministic or force or sync_batchnorm:
             raise ConfigError("--resume continues a run with its saved configuration; "
-                              "give no other options (but --gpus)")
-        with Progress(*columns, console=console, disable=not is_main) as bar:
-            result = resume(resume_dir, progress=_Display(bar), processes=gpus)
+                              "give no other options (but --gpus, --accept-config-changes)")
+        with training_progress(console, disable=not is_main) as bar:
+            result = resume(resume_dir, progress=Display(bar, console=console,
+                                                         err_console=err_console),
+                            processes=gpus, accept_config_changes=accept_config_changes)
     else:
+        if accept_config_changes:
+            raise ConfigError("--accept-config-changes applies to --resume")
         overrides = Overrides(optimizer=optimizer, labeled=labeled, seed=seed,
                               iterations=iterations, fold=fold, run_dir=run_dir, data=data,
                               device=device, init_from=init_from, select_on=select_on,
                               deterministic=deterministic, processes=gpus,
                               sync_batchnorm=sync_batchnorm)
         cfg = build_config(config_file=config, dataset=dataset, overrides=overrides)
-        with Progress(*columns, console=console, disable=not is_main) as bar:
-            result = train(cfg, progress=_Display(bar), force=force)
+        if data is None:  # the dataset the preset or config names: say how to make it
+            check_prepared(cfg, preset=dataset, config_file=config)
+        with training_progress(console, disable=not is_main) as bar:
+            result = train(cfg, progress=Display(bar, console=console, err_console=err_console),
+                           force=force)
     if is_main:
         _render(result)

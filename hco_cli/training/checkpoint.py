@@ -18,15 +18,21 @@ from torch import nn
 
 from hco_cli.errors import CheckpointError, ConfigError
 from hco_cli.io_utils import atomic_path
-from hco_cli.training.run_dir import checkpoint_path
+from hco_cli.training.run_dir import checkpoint_path, config_hash
 
 CHECKPOINT_FORMAT = 1
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` atomically (temporary file, then rename)."""
+    """Write ``payload`` atomically (temporary file, then rename), with the hash of its
+    ``config`` (compared with config.yaml on resume)."""
+    if "config" in payload:
+        payload = {**payload, "config_hash": config_hash(payload["config"])}
     with atomic_path(Path(path), suffix=".pt") as tmp:
-        torch.save({"format": CHECKPOINT_FORMAT, **payload}, tmp)
+        try:
+            torch.save({"format": CHECKPOINT_FORMAT, **payload}, tmp)
+        except RuntimeError as exc:  # torch reports a failed write (a full disk) this way
+            raise CheckpointError(f"cannot write checkpoint {path}: {exc}") from exc
 
 
 def load_checkpoint(path: Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -6,6 +6,7 @@ that the network or the data cannot take never leaves a half-made run folder beh
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from hco_cli.config import TrainConfig
@@ -13,6 +14,8 @@ from hco_cli.data.dataset import PreparedDataset
 from hco_cli.data.plan import PLAN_FILE, read_plan
 from hco_cli.errors import ConfigError
 from hco_cli.models.vnet import SIZE_MULTIPLE
+from hco_cli.ssl.config import CMTConfig
+from hco_cli.ssl.umix import check_divisible
 
 AXES = "xyz"
 
@@ -22,6 +25,7 @@ def check_against_dataset(config: TrainConfig, dataset: PreparedDataset,
     """Patch size, classes and label map of ``config`` against ``dataset``'s ``training``
     cases (and, when ``resuming``, against the label map the run started with)."""
     check_patch_size(config.data.patch_size)
+    check_batches(config)
     if dataset.num_classes < 2:
         raise ConfigError(f"dataset {dataset.root} has no foreground class (label values "
                           f"{list(dataset.labels.values)}); prepare it with its labels")
@@ -40,6 +44,40 @@ def check_patch_size(patch: tuple[int, int, int]) -> None:
             raise ConfigError(
                 f"data.patch_size {list(patch)}: {axis} = {size} is not a multiple of "
                 f"{SIZE_MULTIPLE} (the V-Net halves each axis 4 times); use {fit}, for example")
+
+
+def check_batches(config: TrainConfig) -> None:
+    """Batch sizes the framework can pair up, and BatchNorm's need for more than one value per
+    channel at the bottleneck of the smallest batch a network sees in training."""
+    d, fw, name = config.data, config.framework, config.framework.name
+    if name == "bcp":
+        if d.labeled_batch_size % 2:
+            raise ConfigError(f"framework bcp pastes one half of each labeled batch into the "
+                              f"other: data.labeled_batch_size must be even (got "
+                              f"{d.labeled_batch_size})")
+        self_training = config.phases is None or "selftrain" in config.phases
+        if self_training and d.unlabeled_batch_size != d.labeled_batch_size:
+            raise ConfigError(f"framework bcp mixes each labeled half with an unlabeled half: "
+                              f"data.unlabeled_batch_size must equal data.labeled_batch_size "
+                              f"({d.labeled_batch_size}), got {d.unlabeled_batch_size}")
+    elif name in ("mean-teacher", "cmt") and d.unlabeled_batch_size < 1:
+        raise ConfigError(f"framework {name} learns from unlabeled images in every step: "
+                          "data.unlabeled_batch_size must be at least 1")
+    if isinstance(fw, CMTConfig) and fw.umix and not check_divisible(d.patch_size,
+                                                                      fw.blocks_per_axis):
+        raise ConfigError(f"data.patch_size {list(d.patch_size)}: cmt umix cuts patches into "
+                          f"{fw.blocks_per_axis} blocks per axis; use multiples of "
+                          f"{fw.blocks_per_axis}")
+    if config.model.normalization == "batchnorm":
+        smallest = (d.labeled_batch_size // 2 if name == "bcp"
+                    else min(d.labeled_batch_size, d.unlabeled_batch_size or d.labeled_batch_size))
+        values = smallest * math.prod(p // SIZE_MULTIPLE for p in d.patch_size)
+        if values < 2:
+            raise ConfigError(
+                f"BatchNorm needs more than one value per channel at the V-Net's bottleneck "
+                f"(patch / {SIZE_MULTIPLE} per axis, times the batch): a batch of {smallest} "
+                f"patch(es) of {list(d.patch_size)} gives {values}; use a larger patch or "
+                "batch, or model.normalization instancenorm")
 
 
 def check_patch_fits(patch: tuple[int, int, int], dataset: PreparedDataset,

@@ -38,11 +38,13 @@ class _Job:
     resume_dir: Path | None
     hook: WorkerHook | None
     same_streams: bool
+    accept_config_changes: bool = False
 
 
 def launch(config: TrainConfig | None = None, *, resume_dir: Path | None = None,
            processes: int, progress: ProgressCallback | None = None,
-           worker_hook: WorkerHook | None = None, same_streams: bool = False) -> RunResult:
+           worker_hook: WorkerHook | None = None, same_streams: bool = False,
+           accept_config_changes: bool = False) -> RunResult:
     """Train ``config`` (or resume ``resume_dir``) in ``processes`` spawned worker processes.
 
     Rank 0's progress events reach ``progress`` here; the first worker that fails ends the
@@ -56,7 +58,8 @@ def launch(config: TrainConfig | None = None, *, resume_dir: Path | None = None,
     channel = context.Queue()
     port = _free_port()
     job = _Job(config=config.model_dump(mode="json") if config is not None else None,
-               resume_dir=resume_dir, hook=worker_hook, same_streams=same_streams)
+               resume_dir=resume_dir, hook=worker_hook, same_streams=same_streams,
+               accept_config_changes=accept_config_changes)
     workers = [context.Process(target=_worker, args=(rank, processes, port, job, channel),
                                name=f"hco-rank{rank}") for rank in range(processes)]
     for worker in workers:
@@ -148,7 +151,8 @@ def _worker(rank: int, world: int, port: int, job: _Job, channel: Any) -> None:
 
     try:
         if job.resume_dir is not None:
-            result = resume(job.resume_dir, progress=progress)
+            result = resume(job.resume_dir, progress=progress,
+                            accept_config_changes=job.accept_config_changes)
         else:
             assert job.config is not None  # launch() passes exactly one of the two
             result = train(validate_config(job.config), progress=progress)

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from hco_cli import __version__
-from hco_cli.config import TrainConfig, validate_config
+from hco_cli.config import TrainConfig
 from hco_cli.errors import CheckpointError, TrainingDivergedError
 from hco_cli.optim import DIAGNOSTIC_KEYS, build_optimizer, optimizer_info, plain_variant
 from hco_cli.ssl.base import Batch, Phase, StepResult
@@ -31,9 +31,14 @@ from hco_cli.training.run_dir import (
     checkpoint_path,
     copy_plan,
     prepare_run_dir,
-    read_config_data,
     write_config,
     write_run_info,
+)
+from hco_cli.training.run_guard import (
+    change_history,
+    check_resumable,
+    resume_config,
+    run_session,
 )
 from hco_cli.training.setup import (
     RunSetup,
@@ -55,19 +60,21 @@ def train(config: TrainConfig, *, progress: ProgressCallback | None = None,
     """
     d = config.distributed
     distributed.check_devices(d.processes, device=config.device, sync_batchnorm=d.sync_batchnorm)
-    if distributed.needs_launch(d.processes):
-        config = resolve_run_dir(config)
-        assert config.run_dir is not None
-        check_config(config)
-        prepare_run_dir(config.run_dir, force=force)  # before spawning: errors come at once
-        return launch(config, processes=d.processes, progress=progress)
-    ctx = distributed.join(resolve_device(config.device))
-    setup = build_setup(distributed.with_processes(config, ctx), ctx=ctx)
-    if ctx.is_main:
-        prepare_run_dir(setup.run_dir, force=force)
-        write_config(setup.run_dir, setup.config.model_dump(mode="json"))
-        copy_plan(setup.run_dir, setup.config.data.path, setup.config.data.patch_size)
-    return _run(setup, progress=progress, state=None)
+    config = resolve_run_dir(config)
+    assert config.run_dir is not None
+    with run_session(config.run_dir, main=distributed.environment_rank() == 0):
+        if distributed.needs_launch(d.processes):
+            check_config(config)
+            prepare_run_dir(config.run_dir, force=force)  # before spawning: errors come at once
+            return launch(config, processes=d.processes, progress=progress)
+        ctx = distributed.join(resolve_device(config.device))
+        setup = build_setup(distributed.with_processes(config, ctx), ctx=ctx)
+        if ctx.is_main:
+            note = prepare_run_dir(setup.run_dir, force=force)
+            setup.warnings += [note] if note else []
+            write_config(setup.run_dir, setup.config.model_dump(mode="json"))
+            copy_plan(setup.run_dir, setup.config.data.path, setup.config.data.patch_size)
+        return _run(setup, progress=progress, state=None)
 
 
 def _run(setup: RunSetup, *, progress: ProgressCallback | None,
@@ -78,33 +85,31 @@ def _run(setup: RunSetup, *, progress: ProgressCallback | None,
 
 
 def resume(run_dir: Path, *, progress: ProgressCallback | None = None,
-           processes: int | None = None) -> RunResult:
+           processes: int | None = None, accept_config_changes: bool = False) -> RunResult:
     """Continue the run in ``run_dir`` from its ``last.pt`` exactly where it stopped.
 
     It resumes with as many processes as it was saved with (``processes``, if given, must
-    match); a data-parallel run spawns its workers again.
+    match); a data-parallel run spawns its workers again. An edited ``config.yaml`` is refused
+    unless ``accept_config_changes`` (:func:`~hco_cli.training.run_guard.resume_config`).
     """
     run_dir = Path(run_dir)
-    last = checkpoint_path(run_dir, "last")
-    if not last.is_file():
-        raise CheckpointError(f"{run_dir} has no checkpoints/last.pt to resume from; "
-                              "start it again with --force")
-    state = ckpt.load_checkpoint(last)
-    if state.get("finished"):
-        raise CheckpointError(f"run {run_dir} already finished; nothing to resume")
-    config = validate_config(state["config"], source=str(last))
-    saved = read_config_data(run_dir)
-    if saved.get("run_dir") != state["config"].get("run_dir"):
-        raise CheckpointError(f"{run_dir}: config.yaml and last.pt disagree; not resuming")
-    count = int(state.get("processes", 1))
-    distributed.check_resume_processes(count, requested=processes)
-    distributed.check_devices(count, device=config.device,
-                              sync_batchnorm=config.distributed.sync_batchnorm)
-    if distributed.needs_launch(count):
-        return launch(resume_dir=run_dir, processes=count, progress=progress)
-    ctx = distributed.join(resolve_device(config.device))
-    setup = build_setup(config, resuming=True, ctx=ctx)
-    return _run(setup, progress=progress, state=state)
+    with run_session(run_dir, main=distributed.environment_rank() == 0):
+        check_resumable(run_dir)
+        state = ckpt.load_checkpoint(checkpoint_path(run_dir, "last"))
+        if state.get("finished"):
+            raise CheckpointError(f"run {run_dir} already finished; nothing to resume")
+        config, changes = resume_config(run_dir, state["config"], accept=accept_config_changes)
+        count = int(state.get("processes", 1))
+        distributed.check_resume_processes(count, requested=processes)
+        distributed.check_devices(count, device=config.device,
+                                  sync_batchnorm=config.distributed.sync_batchnorm)
+        if distributed.needs_launch(count):
+            return launch(resume_dir=run_dir, processes=count, progress=progress,
+                          accept_config_changes=accept_config_changes)
+        ctx = distributed.join(resolve_device(config.device))
+        setup = build_setup(config, resuming=True, ctx=ctx)
+        setup.config_changes = change_history(run_dir, changes, int(state["global_iter"]))
+        return _run(setup, progress=progress, state=state)
 
 
 def _mean_diagnostics(optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, Tensor] | None:

@@ -71,6 +71,15 @@ _SYNTHETIC: dict[str, Any] = {
 }
 PRESETS: dict[str, dict[str, Any]] = {
     "la": _LA, "pancreas": _PANCREAS, "fetal": _FETAL, "synthetic": _SYNTHETIC}
+# The `hco prepare` line that makes each preset's dataset at its default path.
+FETAL_ATLAS = "'<atlas>/*/srr.nii.gz' --labels '<atlas>/*/parcellation.nii.gz'"
+PREPARE_LINES: dict[str, str] = {
+    "la": "hco prepare la <UA-MT LA root with train.list> --out data/la --val 4",
+    "pancreas": "hco prepare pancreas <BCP Pancreas h5 folder> --out data/pancreas",
+    "fetal": (f"hco prepare generic --images {FETAL_ATLAS} --test 5 --val 2 --labeled 4 "
+              "--folds-labeled 2 --folds-unlabeled 2 --fold-size 2 --out data/fetal"),
+    "synthetic": "hco prepare synthetic --out data/synthetic --val 2 --classes 1",
+}
 
 
 @dataclass(frozen=True)
@@ -164,3 +173,36 @@ def with_iterations(config: TrainConfig, total: int) -> TrainConfig:
     data = config.model_dump(mode="json")
     data["framework"] = fw
     return validate_config(data, source="--iterations")
+
+
+def prepare_line(config_file: Path) -> str | None:
+    """The ``# Prepare:`` line of a config file's comments (continued over lines that end in
+    a backslash), as the sample configs state it."""
+    try:
+        lines = Path(config_file).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return None
+    found: list[str] = []
+    for line in lines:
+        text = line.lstrip("#").strip()
+        if not found and line.startswith("#") and text.startswith("Prepare:"):
+            found.append(text.removeprefix("Prepare:").strip())
+        elif found and found[-1].endswith("\\") and line.startswith("#"):
+            found[-1] = found[-1].removesuffix("\\").strip()
+            found.append(text)
+        elif found:
+            break
+    return " ".join(found) or None
+
+
+def check_prepared(config: TrainConfig, *, preset: str | None = None,
+                   config_file: Path | None = None) -> None:
+    """One line naming the ``hco prepare`` command when ``config``'s dataset is not prepared
+    yet: the preset's line, or the ``# Prepare:`` line of the config file."""
+    path = Path(config.data.path)
+    if (path / "dataset.json").is_file():
+        return
+    line = PREPARE_LINES.get(preset or "") or (prepare_line(config_file) if config_file
+                                                else None)
+    if line is not None:
+        raise ConfigError(f"{path} holds no prepared dataset; make it first with: {line}")

@@ -1,5 +1,6 @@
 """The run folder: what a training run leaves behind, and the rules for (re)using one.
 
+    RUN/.hco.json                marks the folder as an hco run (what --force may replace)
     RUN/config.yaml              the resolved TrainConfig
     RUN/plans.json               the dataset's preprocessing plan, with the run's patch size
     RUN/run.json                 summary read by ``hco compare`` (keys in RUN_INFO_KEYS)
@@ -11,6 +12,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -21,34 +23,58 @@ import yaml
 from hco_cli.data.plan import PLAN_FILE, read_plan, write_plan
 from hco_cli.errors import CheckpointError, ConfigError
 from hco_cli.io_utils import write_json, write_text
+from hco_cli.outputs import (
+    check_output_folder,
+    check_replaceable,
+    is_empty,
+    read_marker,
+    write_marker,
+)
 
 RUN_INFO_KEYS = ("dataset", "framework", "optimizer", "seed", "fold", "labeled", "unlabeled",
                  "iterations", "finished", "hco_version", "device", "wall_seconds")
-_RUN_MARKERS = ("run.json", "config.yaml", "metrics.jsonl", "checkpoints")
 
 
 def checkpoint_path(run_dir: Path, which: str) -> Path:
     return Path(run_dir) / "checkpoints" / f"{which}.pt"
 
 
-def prepare_run_dir(run_dir: Path, *, force: bool = False) -> None:
-    """Create ``run_dir``; refuse a non-empty one unless ``force`` and it holds an hco run."""
+def config_hash(config: dict[str, Any]) -> str:
+    """A short digest of a resolved config (as JSON data), stored in every checkpoint."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def is_stub(run_dir: Path) -> bool:
+    """An hco run folder without last.pt: a first attempt that failed or was killed before
+    its first checkpoint, holding nothing to resume."""
+    return read_marker(run_dir) == "run" and not checkpoint_path(run_dir, "last").is_file()
+
+
+def prepare_run_dir(run_dir: Path, *, force: bool = False) -> str | None:
+    """Create ``run_dir``, marked as an hco run, under its lock (held by the caller).
+
+    A non-empty folder is refused unless ``force``, and with ``force`` unless hco wrote it as
+    a run; a stub (:func:`is_stub`) is replaced without ``force``. Returns a note for the user
+    when a stub was replaced.
+    """
     run_dir = Path(run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"run dir {run_dir} exists and is not a folder")
-    if run_dir.is_dir() and any(run_dir.iterdir()):
-        if not force:
+    check_output_folder(run_dir, option="--run-dir")
+    note = None
+    if run_dir.is_dir() and not is_empty(run_dir):
+        if is_stub(run_dir):
+            note = (f"replaced {run_dir}: an earlier attempt stopped before its first "
+                    "checkpoint and left nothing to resume")
+        elif not force:
             raise ConfigError(
                 f"run dir {run_dir} is not empty; continue it with --resume {run_dir}, "
                 "overwrite it with --force, or choose another --run-dir"
             )
-        if not any((run_dir / m).exists() for m in _RUN_MARKERS):
-            raise ConfigError(
-                f"run dir {run_dir} is not empty and does not hold an hco run; "
-                "--force only replaces earlier runs"
-            )
+        check_replaceable(run_dir, "run", option="--run-dir")
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    write_marker(run_dir, "run")
+    return note
 
 
 def write_config(run_dir: Path, config: dict[str, Any]) -> None:

@@ -88,6 +88,8 @@ class RunSetup:
     # Optimizer state of --init-from's pre-training, for a phase with carry_optimizer.
     init_optimizers: dict[str, Any] | None = None
     ctx: DistributedContext = SINGLE_PROCESS
+    # config.yaml edits accepted on resume (--accept-config-changes), kept in run.json.
+    config_changes: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def amp(self) -> bool:
@@ -121,7 +123,8 @@ class RunSetup:
                 "device": device_name(self.device), "processes": self.ctx.world_size,
                 "select_on": cfg.validation.select_on,
                 "init_from": str(cfg.init_from) if cfg.init_from else None,
-                "warnings": list(self.warnings)}
+                "warnings": list(self.warnings),
+                **({"config_changes": self.config_changes} if self.config_changes else {})}
 
     def summary(self) -> dict[str, Any]:
         return {**self.run_info(), "run_dir": str(self.run_dir),

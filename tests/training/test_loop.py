@@ -13,7 +13,7 @@ from torch import nn
 
 from hco_cli.config import TrainConfig, validate_config
 from hco_cli.data.prepare import prepare_synthetic
-from hco_cli.errors import CheckpointError, ConfigError, TrainingDivergedError
+from hco_cli.errors import CheckpointError, ConfigError, OutputError, TrainingDivergedError
 from hco_cli.ssl.base import Batch, Framework, Phase, StepResult, two_source_step
 from hco_cli.training import setup as run_setup
 from hco_cli.training.checkpoint import load_checkpoint
@@ -138,7 +138,7 @@ def test_refuses_a_non_empty_run_dir(synthetic, tmp_path):
     (run / "notes.txt").write_text("mine", encoding="utf-8")
     with pytest.raises(ConfigError, match="is not empty; continue it with --resume"):
         train(tiny_config(synthetic, run))
-    with pytest.raises(ConfigError, match="does not hold an hco run"):
+    with pytest.raises(OutputError, match="was not written by hco"):
         train(tiny_config(synthetic, run), force=True)
 
 
@@ -228,7 +228,9 @@ def test_without_val_cases_no_best_is_written(tmp_path, monkeypatch):
     prepare_synthetic(data, labeled=2, unlabeled=0, val=0, test=1, shape=(32, 32, 16))
     monkeypatch.setattr(run_setup, "build_framework", lambda cfg, **kw: NaNFramework(bad=99))
     events: list[ProgressEvent] = []
+    # No unlabeled cases: a labeled-only framework (bcp would need unlabeled batches).
     result = train(tiny_config(data, tmp_path / "r", optimizer={"name": "sgd", "lr": 0.01},
+                               framework={"name": "supervised", "iterations": 12},
                                data__unlabeled_batch_size=0), progress=events.append)
     warnings = [e.message for e in events if e.kind == "warning"]
     assert any("no 'val' cases: best.pt will not be written" in w for w in warnings)

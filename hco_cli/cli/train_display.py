@@ -1,0 +1,81 @@
+"""What ``hco train`` shows while it works: the run summary, warnings, one bar per phase.
+
+The bar is laid out for the console's width: at 80 columns it drops the bar itself (the count
+and percentage remain) so that elapsed time, time remaining and the losses stay readable; the
+losses and validation scores come last and are the part cut when space runs out.
+"""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    Progress,
+    ProgressColumn,
+    TaskID,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Column, Table
+
+from hco_cli.training.events import ProgressEvent
+
+WIDE = 110  # below this many columns the bar itself is left out
+SUMMARY_KEYS = ("run_dir", "dataset", "framework", "optimizer", "optimizer_hyperparameters",
+                "labeled", "unlabeled", "iterations", "validation_cases", "device", "processes",
+                "seed")
+
+
+def progress_columns(width: int) -> list[ProgressColumn]:
+    """Columns of the training bar for a console ``width`` characters wide."""
+    whole = Column(no_wrap=True)
+    columns: list[ProgressColumn] = [
+        TextColumn("{task.description}", table_column=whole),
+        TextColumn("{task.completed}/{task.total}", table_column=Column(no_wrap=True)),
+        TaskProgressColumn(table_column=Column(no_wrap=True)),
+        TimeElapsedColumn(table_column=Column(no_wrap=True, min_width=7)),
+        TextColumn("eta", table_column=Column(no_wrap=True)),
+        TimeRemainingColumn(table_column=Column(no_wrap=True, min_width=7)),
+        TextColumn("{task.fields[info]}",
+                   table_column=Column(no_wrap=True, overflow="ellipsis", ratio=3)),
+    ]
+    if width >= WIDE:
+        columns.insert(1, BarColumn(bar_width=None, table_column=Column(ratio=1, min_width=10)))
+    return columns
+
+
+def training_progress(console: Console, *, disable: bool = False) -> Progress:
+    """The Progress of one ``hco train`` command on ``console``."""
+    return Progress(*progress_columns(console.width), console=console, disable=disable,
+                    expand=True)
+
+
+class Display:
+    """Renders the loop's progress events: summary, warnings, one bar per phase with losses."""
+
+    def __init__(self, bar: Progress, *, console: Console, err_console: Console) -> None:
+        self.bar, self.console, self.err_console = bar, console, err_console
+        self.losses = ""
+        self.task: TaskID | None = None
+
+    def __call__(self, e: ProgressEvent) -> None:
+        if e.kind == "start":
+            table = Table.grid(padding=(0, 2))
+            for key in SUMMARY_KEYS:
+                table.add_row(f"[bold]{key}[/]", str(e.info.get(key)))
+            self.console.print(table)
+        elif e.kind == "warning":
+            self.err_console.print(f"[bold yellow]warning:[/] {e.message}", soft_wrap=True)
+        elif e.kind == "phase":
+            self.task = self.bar.add_task(e.phase, total=e.total, completed=e.iteration, info="")
+        elif e.kind == "step" and self.task is not None:
+            self.bar.update(self.task, completed=e.iteration)
+        elif e.kind == "log" and self.task is not None:
+            v = e.values
+            self.losses = f"L {v['loss_l']:.4f} U {v['loss_u']:.4f}"
+            self.bar.update(self.task, info=f"{self.losses} lr {v['lr']:.2g}")
+        elif e.kind == "val" and self.task is not None and e.values.get("score") is not None:
+            self.bar.update(self.task, info=f"{self.losses} val {e.values['score']:.4f} "
+                                            f"best {e.values['best']:.4f}")

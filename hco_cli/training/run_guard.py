@@ -1,0 +1,145 @@
+"""Guards around a run folder while ``hco train`` works in it.
+
+One writer at a time (the folder's lock, held for the command's life), the temporaries of
+checkpoints that a killed run was writing removed, Ctrl-C turned into a line that says how to
+continue, and a resumed run's configuration compared with its ``config.yaml``: a user who
+edits the file and resumes gets either a refusal naming the changed keys or, with
+``--accept-config-changes``, the edited values, recorded in ``run.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from hco_cli.config import TrainConfig, validate_config
+from hco_cli.errors import CheckpointError, ConfigError, Interrupted
+from hco_cli.locks import hold
+from hco_cli.outputs import remove_stale_in
+from hco_cli.training.run_dir import (
+    checkpoint_path,
+    config_hash,
+    read_config_data,
+    read_run_info,
+)
+
+# Keys a run cannot change half-way: they define its networks, data streams or identity.
+FIXED_KEYS = ("model", "framework.name", "optimizer.name", "data.path", "data.fold",
+              "data.labeled", "data.labeled_batch_size", "data.unlabeled_batch_size",
+              "data.unlabeled_includes_labeled", "distributed.processes", "run_dir",
+              "init_from", "seed", "phases")
+_SHOWN = 4
+
+
+@contextlib.contextmanager
+def run_session(run_dir: Path, *, main: bool = True) -> Iterator[None]:
+    """Hold ``run_dir``'s lock (on the main process) and explain Ctrl-C on the way out."""
+    run_dir = Path(run_dir)
+    with hold(run_dir, enabled=main):
+        if main:
+            for folder in (run_dir, run_dir / "checkpoints"):
+                remove_stale_in(folder)
+        try:
+            yield
+        except Interrupted:
+            raise
+        except KeyboardInterrupt as exc:
+            if not main:
+                raise
+            raise Interrupted(interrupted_message(run_dir)) from exc
+
+
+def interrupted_message(run_dir: Path) -> str:
+    """What Ctrl-C left: a resumable run, or nothing to resume."""
+    if checkpoint_path(run_dir, "last").is_file():
+        return (f"interrupted; continue from the last checkpoint with: "
+                f"hco train --resume {run_dir}")
+    return (f"interrupted before the first checkpoint of {run_dir}, so there is nothing to "
+            "resume; the same hco train command starts it again")
+
+
+def check_resumable(run_dir: Path) -> None:
+    """One line for a ``--resume`` path that holds no run to continue."""
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise CheckpointError(f"run folder {run_dir} does not exist; start a run there with "
+                              f"hco train --run-dir {run_dir}")
+    if not (run_dir / "config.yaml").is_file():
+        raise CheckpointError(f"{run_dir} is not a run folder (no config.yaml, no "
+                              "checkpoints/last.pt)")
+    if not checkpoint_path(run_dir, "last").is_file():
+        raise CheckpointError(
+            f"run {run_dir} has no checkpoints/last.pt: it stopped before its first checkpoint "
+            "and holds nothing to resume; the hco train command that started it starts it "
+            "again (no --force needed)")
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"data": {"path": x}}`` -> ``{"data.path": x}`` (lists are values)."""
+    if not isinstance(data, dict):
+        return {prefix: data}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def config_changes(before: dict[str, Any], after: dict[str, Any]) -> dict[str, list[Any]]:
+    """Dotted keys whose values differ, as ``[before, after]`` (None where a key is absent)."""
+    old, new = flatten(before), flatten(after)
+    return {k: [old.get(k), new.get(k)] for k in sorted(old.keys() | new.keys())
+            if old.get(k) != new.get(k)}
+
+
+def _fixed(key: str) -> bool:
+    return any(key == f or key.startswith(f + ".") for f in FIXED_KEYS)
+
+
+def _describe(changes: dict[str, list[Any]]) -> str:
+    shown = [f"{k} {a!r} -> {b!r}" for k, (a, b) in list(changes.items())[:_SHOWN]]
+    more = len(changes) - _SHOWN
+    return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
+
+
+def resume_config(run_dir: Path, saved: dict[str, Any], *,
+                  accept: bool) -> tuple[TrainConfig, dict[str, list[Any]]]:
+    """The configuration to resume with, and what the user changed in ``config.yaml``.
+
+    The checkpoint's configuration when ``config.yaml`` resolves to the same (their hashes
+    agree); otherwise the edited one if ``accept`` and no key of :data:`FIXED_KEYS` changed,
+    else a one-line refusal that lists the changed keys.
+    """
+    run_dir = Path(run_dir)
+    source = str(checkpoint_path(run_dir, "last"))
+    stored = validate_config(saved, source=source)
+    yaml_path = run_dir / "config.yaml"
+    edited = validate_config(read_config_data(run_dir), source=str(yaml_path))
+    before, after = stored.model_dump(mode="json"), edited.model_dump(mode="json")
+    if config_hash(before) == config_hash(after):
+        return stored, {}
+    changes = config_changes(before, after)
+    fixed = [k for k in changes if _fixed(k)]
+    if fixed:
+        raise CheckpointError(
+            f"{yaml_path} differs from last.pt in {_describe(changes)}; "
+            f"{', '.join(fixed)} cannot change within a run: restore config.yaml or start a "
+            "new run")
+    if not accept:
+        raise ConfigError(
+            f"{yaml_path} was edited since last.pt ({_describe(changes)}); restore it, or "
+            f"resume with the edit: hco train --resume {run_dir} --accept-config-changes")
+    return edited, changes
+
+
+def change_history(run_dir: Path, changes: dict[str, list[Any]],
+                   iteration: int) -> list[dict[str, Any]]:
+    """run.json's ``config_changes`` with this resume's accepted changes appended."""
+    try:
+        history = list(read_run_info(run_dir).get("config_changes") or [])
+    except CheckpointError:
+        history = []
+    if changes:
+        history.append({"iteration": iteration, "changes": changes})
+    return history
