@@ -7,11 +7,12 @@ from typing import Annotated
 
 import typer
 
-from hco_cli.cli.common import console, handle_errors
+from hco_cli.cli.common import console, err_console, handle_errors
 from hco_cli.evaluation.evaluate import evaluate_folders, parse_classes
 from hco_cli.evaluation.metrics import EmptyPolicy
 from hco_cli.evaluation.report import summary_table
 from hco_cli.io_utils import write_json, write_text
+from hco_cli.outputs import check_output_file
 
 
 @handle_errors
@@ -83,6 +84,9 @@ def evaluate(
 
     Values equal medpy 0.5.2's dc, jc, hd95 and asd, as in UA-MT, BCP and the HCO paper.
     """
+    for option, target in (("--csv", csv), ("--json", json)):
+        if target is not None:
+            check_output_file(target, option=option)  # before the work, not after it
     summary = evaluate_folders(
         pred_dir,
         label_dir,
@@ -96,6 +100,9 @@ def evaluate(
     console.print(summary_table(summary, title=f"{len(summary.cases)} cases: {pred_dir}"))
     if summary.dropped:
         console.print(f"dropped {len(summary.dropped)} unpaired case(s): {summary.dropped}")
+    if summary.absent:
+        err_console.print(f"[bold yellow]warning:[/] class(es) {summary.absent} appear in no "
+                          "reference and no prediction: their values are NaN", soft_wrap=True)
     if csv is not None:
         write_text(csv, summary.to_csv_text())
         console.print(f"per-case metrics: {csv}")

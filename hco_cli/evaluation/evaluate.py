@@ -59,11 +59,12 @@ class CaseTask:
 
 @dataclass(frozen=True)
 class CaseResult:
-    """Metrics of one case, and the label values found in its reference."""
+    """Metrics of one case, and the values found in its reference and its prediction."""
 
     case: str
     metrics: dict[str, dict[str, float]]
     label_values: tuple[int, ...] = ()
+    pred_values: tuple[int, ...] = ()
 
 
 @dataclass
@@ -79,6 +80,8 @@ class EvaluationSummary:
     n: dict[str, dict[str, int]] = field(default_factory=dict)
     n_excluded: dict[str, dict[str, int]] = field(default_factory=dict)
     dropped: list[str] = field(default_factory=list)
+    # Classes in no reference and no prediction: nothing was scored for them (NaN).
+    absent: list[int] = field(default_factory=list)
 
     def to_json_dict(self) -> dict[str, Any]:
         """``summary.json`` content: required keys first; NaN becomes null."""
@@ -95,6 +98,7 @@ class EvaluationSummary:
             "empty_policy": self.empty_policy,
             "std_ddof": 0,
             "dropped_cases": self.dropped,
+            "absent_classes": [str(c) for c in self.absent],
         }
 
     def to_csv_text(self) -> str:
@@ -132,11 +136,15 @@ def evaluate_folders(
     refs = find_labels(Path(label_dir))
     cases, dropped = _pair(predictions, refs.sources, pool=refs.pool,
                            allow_missing=allow_missing)
-    return evaluate_cases({c: predictions[c] for c in cases},
-                          {c: refs.sources[c] for c in cases}, classes=classes,
-                          default_classes=refs.classes,
-                          ignore=ignore if ignore is not None else refs.ignore, mm=mm,
-                          empty=empty, dropped=dropped, jobs=jobs)
+    summary = evaluate_cases({c: predictions[c] for c in cases},
+                             {c: refs.sources[c] for c in cases}, classes=classes,
+                             default_classes=refs.classes,
+                             ignore=ignore if ignore is not None else refs.ignore, mm=mm,
+                             empty=empty, dropped=dropped, jobs=jobs)
+    if classes is not None and summary.absent:
+        raise DataError(f"--classes: {_names([str(c) for c in summary.absent])} appear(s) in no "
+                        "reference and no prediction; nothing to score")
+    return summary
 
 
 def evaluate_cases(
@@ -166,10 +174,17 @@ def evaluate_cases(
     tasks = [CaseTask(c, predictions[c], labels[c], wanted, mm, empty, ignore) for c in cases]
     results = _run(tasks, n_jobs)
     final = list(wanted) if wanted is not None else _found_classes(results, default_classes)
+    if wanted is None:
+        _refuse_stray_values(results, final)
+    seen = {v for r in results for v in (*r.label_values, *r.pred_values)}
+    absent = [c for c in final if c not in seen]
+    if len(absent) == len(final):
+        raise DataError(f"class(es) {_names([str(c) for c in absent])} appear in no reference "
+                        "and no prediction; nothing to score")
     filled = [_fill_missing_classes(r, final, empty) for r in results]
     summary = EvaluationSummary(
         cases=filled, classes=final, spacing_unit="mm" if mm else "voxel",
-        empty_policy=empty, dropped=list(dropped),
+        empty_policy=empty, dropped=list(dropped), absent=absent,
     )
     _aggregate(summary)
     return summary
@@ -209,7 +224,7 @@ def evaluate_case(task: CaseTask) -> CaseResult:
         classes = tuple(sorted(set(label_values) | set(_present_values(pred))))
     spacing = gt_geometry.spacing if task.mm and gt_geometry is not None else None
     values = evaluate_pair(pred, gt, classes=classes, spacing=spacing, empty=task.empty)
-    return CaseResult(task.case, values, label_values)
+    return CaseResult(task.case, values, label_values, _present_values(pred))
 
 
 def _run(tasks: list[CaseTask], jobs: int) -> list[CaseResult]:
@@ -321,7 +336,18 @@ def _fill_missing_classes(
     metrics = {
         str(c): result.metrics.get(str(c), dict.fromkeys(METRICS, both_empty)) for c in classes
     }
-    return CaseResult(result.case, metrics, result.label_values)
+    return CaseResult(result.case, metrics, result.label_values, result.pred_values)
+
+
+def _refuse_stray_values(results: list[CaseResult], classes: list[int]) -> None:
+    """A prediction value that is no class means another label map: refuse, never drop it."""
+    for result in results:
+        stray = sorted(set(result.pred_values) - set(classes))
+        if stray:
+            raise DataError(
+                f"case {result.case}: the prediction holds value(s) {stray} that are no class "
+                f"of the references ({', '.join(map(str, classes))}); the label maps differ "
+                "(choose the classes to score with --classes)")
 
 
 def _aggregate(summary: EvaluationSummary) -> None:

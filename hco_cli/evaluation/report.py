@@ -33,8 +33,9 @@ def format_mean_std(mean: float, std: float, *, scale: float = 1.0, digits: int 
 def summary_table(summary: EvaluationSummary, *, title: str | None = None) -> Table:
     """One row per class: n, mean (std) of each metric, and the excluded counts."""
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, caption_justify="left")
+    # Cells wrap between mean and (std) when the console is narrow; numbers are never cut.
     for header in ("class", "n", *(h for _, h, _ in COLUMNS), "excl."):
-        table.add_column(header, justify="right", no_wrap=True)
+        table.add_column(header, justify="right", overflow="fold")
     for c in summary.classes:
         key = str(c)
         cells = [
