@@ -7,13 +7,17 @@ from pathlib import Path
 from typing import Annotated, Any, cast
 
 import typer
+from rich import box
+from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from hco_cli.cli.common import console, handle_errors
+from hco_cli.cli.common import UNBOUNDED_WIDTH, console, handle_errors
 from hco_cli.errors import ConfigError
 from hco_cli.evaluation import compare_tables, dynamics, plots
 from hco_cli.evaluation.compare import compare_runs
+from hco_cli.outputs import check_output_file
 
 
 class CheckpointChoice(str, Enum):
@@ -57,13 +61,26 @@ Plot = Annotated[Path | None, _opt("--plot", dir_okay=False, help="Box plots of 
                  "metrics (--dynamics: ratio trends); .png/.pdf/.svg; plot extra.")]  # fmt: skip
 
 
-def _rich(table: compare_tables.ReportTable) -> Table:
-    out = Table(title=table.title, caption=table.caption, caption_justify="left")
+def _rich(table: compare_tables.ReportTable, *, lines: box.Box = box.HEAVY_HEAD) -> Table:
+    """A rich table whose cells wrap (or fold) but are never cut short with an ellipsis."""
+    out = Table(title=table.title, caption=table.caption, caption_justify="left", box=lines,
+                pad_edge=lines is not box.SIMPLE_HEAD)
     for column in table.columns:
-        out.add_column(column)
+        out.add_column(column, overflow="fold")
     for row in table.rows:
         out.add_row(*(Text(c.text, style="bold" if c.bold else "") for c in row))
     return out
+
+
+def render(full: list[compare_tables.ReportTable], compact: list[compare_tables.ReportTable],
+           console: Console) -> list[Table]:
+    """The paper-layout tables where each fits the console on one line per row; otherwise the
+    narrow layout (short arm labels, legend, split tables)."""
+    tables = [_rich(t) for t in full]
+    unbounded = console.options.update_width(UNBOUNDED_WIDTH)  # the natural width of a table
+    if all(Measurement.get(console, unbounded, t).maximum <= console.width for t in tables):
+        return tables
+    return [_rich(t, lines=box.SIMPLE_HEAD) for t in compact]  # no vertical rules: narrower
 
 
 def _reject(mode: str, **given: object) -> None:
@@ -83,6 +100,10 @@ def compare(
     """Compare arms with one-sided paired Wilcoxon / t-tests per case, or their loss dynamics."""
     if plot_path is not None:
         plots.check_plot_target(plot_path)
+    for option, target in (("--json", json_path), ("--csv", csv_path),
+                           ("--markdown", markdown_path), ("--plot", plot_path)):
+        if target is not None:
+            check_output_file(target, option=option)  # before the work, not after it
     outputs = {"json_path": json_path, "csv_path": csv_path, "markdown_path": markdown_path}
     notes: list[str] = []
     if dynamics_mode:
@@ -91,7 +112,8 @@ def compare(
         if lowess_frac is not None and plot_path is None:
             raise ConfigError("--lowess-frac needs --plot")
         dyn = dynamics.compare_dynamics(arms, bin_width=bin_width or 1)
-        tables = dynamics.dynamics_tables(dyn)
+        tables = render(dynamics.dynamics_tables(dyn),
+                        dynamics.dynamics_tables(dyn, compact=True), console)
         dynamics.write_dynamics(dyn, **outputs)
         if plot_path is not None:
             plots.plot_dynamics(dyn, plot_path, frac=0.3 if lowess_frac is None else lowess_frac)
@@ -106,13 +128,14 @@ def compare(
             holm=holm,
             intersect=intersect,
         )
-        tables = compare_tables.comparison_tables(result)
+        tables = render(compare_tables.comparison_tables(result),
+                        compare_tables.comparison_tables(result, compact=True), console)
         notes = compare_tables.comparison_notes(result)
         compare_tables.write_comparison(result, **outputs)
         if plot_path is not None:
             plots.plot_boxplots(result, plot_path)
     for table in tables:
-        console.print(_rich(table))
+        console.print(table)
     written = [p for p in (json_path, csv_path, markdown_path, plot_path) if p is not None]
     for line in [*notes, *(f"wrote {p}" for p in written)]:
         console.print(Text(line))

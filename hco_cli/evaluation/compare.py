@@ -51,6 +51,7 @@ class Arm:
     cases: tuple[str, ...]
     values: dict[tuple[str, str], np.ndarray]  # (class, metric) -> one value per case
     n_dropped: int = 0
+    source: str = ""  # the path or glob it was read from (the legend of narrow tables)
 
 
 @dataclass(frozen=True)
@@ -180,7 +181,9 @@ def _member(path: Path, checkpoint: Checkpoint) -> tuple[Summary, RunInfo | None
     target = path / "eval" / checkpoint / "summary.json"
     if not target.is_file():
         found = sorted(p.parent.name for p in (path / "eval").glob("*/summary.json"))
-        have = f"available: {', '.join(found)}" if found else "no evaluations (run hco evaluate)"
+        which = " --checkpoint last" if checkpoint == "last" else ""
+        have = (f"available: {', '.join(found)}" if found else
+                f"write it with hco predict {path}{which} --evaluate")
         raise CheckpointError(f"run {path} has no {checkpoint!r} evaluation ({target}); {have}")
     run = read_run_info(path) if (path / "run.json").is_file() else None
     return read_summary(target), run
@@ -256,6 +259,7 @@ def load_arm(source: ArmSource, *, checkpoint: Checkpoint = "best", intersect: b
         cases=cases,
         values=values,
         n_dropped=max(dropped.values()),
+        source=_split_name(source.spec)[1],
     )
 
 

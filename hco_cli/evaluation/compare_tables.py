@@ -107,30 +107,60 @@ def _test_caption(result: Comparison) -> str:
     )
 
 
-def _class_table(result: Comparison, cls: str) -> ReportTable:
-    unit = "vox" if result.spacing_unit == "voxel" else "mm"
-    heads = [f"{LABELS[m]} (%)" if m in PERCENT else f"{LABELS[m]} ({unit})" for m in TABLE_METRICS]
-    p_heads = [f"p {LABELS[m]}" for m in TABLE_METRICS]
-    table = ReportTable(
-        title=f"Class {cls} (checkpoint {result.checkpoint})",
-        columns=["Arm", "Optimizer", "L/U", "Runs", *heads, *p_heads],
-        caption=_test_caption(result),
-    )
+def arm_labels(names: Sequence[str], *, short: int = 10) -> dict[str, str]:
+    """Table labels of arms: the names where all are short, else A, B, C, ... (a legend then
+    maps each letter to its arm)."""
+    if all(len(n) <= short for n in names):
+        return {n: n for n in names}
+    return {n: _letter(i) for i, n in enumerate(names)}
+
+
+def _letter(index: int) -> str:
+    letters = ""
+    index += 1
+    while index:
+        index, rest = divmod(index - 1, 26)
+        letters = chr(ord("A") + rest) + letters
+    return letters
+
+
+def _legend(result: Comparison, labels: dict[str, str]) -> ReportTable:
+    table = ReportTable(title="Arms", columns=["Arm", "Runs of"],
+                        caption="Optimizer; labeled/unlabeled cases; runs averaged per case.")
+    for arm in result.arms:
+        named = "" if labels[arm.name] == arm.name else f"{arm.name}: "
+        text = (f"{named}{arm.source or arm.name}; {arm.optimizer}; {arm.labeled_unlabeled}; "
+                f"{arm.n_runs} run{'s' if arm.n_runs != 1 else ''}")
+        table.rows.append([Cell(labels[arm.name]), Cell(text)])
+    return table
+
+
+def _mean_cells(result: Comparison, cls: str) -> dict[str, list[Cell]]:
+    """Per arm, the ``mean (std)`` cell of each metric; the best mean of a column in bold."""
     means = {m: [result.summary(a, cls, m)[0] for a in result.arms] for m in TABLE_METRICS}
     best = {}
     for m, values in means.items():
         finite = [v for v in values if math.isfinite(v)]
         pick = max if stats.HIGHER_IS_BETTER[m] else min
         best[m] = pick(finite) if finite else math.nan
-    by_arm = {(r.arm, r.metric): r for r in result.records if r.class_ == cls}
+    cells: dict[str, list[Cell]] = {}
     for arm in result.arms:
-        texts = (arm.name, arm.optimizer, arm.labeled_unlabeled, str(arm.n_runs))
-        row = [Cell(t) for t in texts]
+        row = []
         for m in TABLE_METRICS:
             mean, std, _ = result.summary(arm, cls, m)
             scale = 100.0 if m in PERCENT else 1.0
             text = f"{fmt(mean, scale=scale)} ({fmt(std, scale=scale)})"
             row.append(Cell(text, bold=math.isfinite(mean) and mean == best[m]))
+        cells[arm.name] = row
+    return cells
+
+
+def _p_cells(result: Comparison, cls: str) -> dict[str, list[Cell]]:
+    """Per arm, the p-value cell(s) of each metric (``ref`` for the reference)."""
+    by_arm = {(r.arm, r.metric): r for r in result.records if r.class_ == cls}
+    cells: dict[str, list[Cell]] = {}
+    for arm in result.arms:
+        row = []
         for m in TABLE_METRICS:
             rec = by_arm.get((arm.name, m))
             if rec is None:
@@ -142,40 +172,95 @@ def _class_table(result: Comparison, cls: str) -> ReportTable:
                 else {"wilcoxon": rec.result.p_wilcoxon, "ttest": rec.result.p_ttest}
             )
             row.append(Cell(" / ".join(fmt_p(ps[t]) for t in result.tests)))
-        table.rows.append(row)
+        cells[arm.name] = row
+    return cells
+
+
+def _heads(result: Comparison) -> list[str]:
+    unit = "vox" if result.spacing_unit == "voxel" else "mm"
+    return [f"{LABELS[m]} (%)" if m in PERCENT else f"{LABELS[m]} ({unit})"
+            for m in TABLE_METRICS]
+
+
+def _class_table(result: Comparison, cls: str) -> ReportTable:
+    p_heads = [f"p {LABELS[m]}" for m in TABLE_METRICS]
+    table = ReportTable(
+        title=f"Class {cls} (checkpoint {result.checkpoint})",
+        columns=["Arm", "Optimizer", "L/U", "Runs", *_heads(result), *p_heads],
+        caption=_test_caption(result),
+    )
+    means, ps = _mean_cells(result, cls), _p_cells(result, cls)
+    for arm in result.arms:
+        texts = (arm.name, arm.optimizer, arm.labeled_unlabeled, str(arm.n_runs))
+        table.rows.append([*(Cell(t) for t in texts), *means[arm.name], *ps[arm.name]])
     return table
 
 
-def _details_table(result: Comparison) -> ReportTable:
+def _compact_class_tables(result: Comparison, cls: str,
+                          labels: dict[str, str]) -> list[ReportTable]:
+    """The class table as two narrow ones: means (std), then p-values."""
+    means, ps = _mean_cells(result, cls), _p_cells(result, cls)
+    tests = " / ".join(TEST_LABELS[t] for t in result.tests)
+    first = ReportTable(title=f"Class {cls} (checkpoint {result.checkpoint}): mean (std)",
+                        columns=["Arm", *_heads(result)])
+    second = ReportTable(title=f"Class {cls}: one-sided p ({tests})",
+                         columns=["Arm", *(LABELS[m] for m in TABLE_METRICS)],
+                         caption=_test_caption(result))
+    for arm in result.arms:
+        first.rows.append([Cell(labels[arm.name]), *means[arm.name]])
+        second.rows.append([Cell(labels[arm.name]), *ps[arm.name]])
+    return [first, second]
+
+
+def _details_table(result: Comparison, labels: dict[str, str] | None = None) -> ReportTable:
+    """Every paired test; with ``labels`` (narrow layout) arms by label and p-values of the
+    tests in one column."""
     tests = [TEST_LABELS[t] for t in result.tests]
-    holm = [f"Holm {t}" for t in tests] if result.holm else []
+    compact = labels is not None
+    if compact:
+        p_columns = [f"p {' / '.join(tests)}"] + (["Holm p"] if result.holm else [])
+        head = ["Arm", "Class", "Metric", "n", "NaN", "Diff", "Rel."]
+    else:
+        p_columns = [f"p {t}" for t in tests] + ([f"Holm {t}" for t in tests]
+                                                  if result.holm else [])
+        head = ["Arm", "vs", "Class", "Metric", "n", "NaN excl.", "Diff (B-A)", "Rel. change"]
     table = ReportTable(
         title="Paired tests (each arm vs the reference)",
-        columns=["Arm", "vs", "Class", "Metric", "n", "NaN excl.", "Diff (B-A)", "Rel. change"]
-        + [f"p {t}" for t in tests]
-        + holm,
+        columns=head + p_columns,
         caption="Diff: mean paired difference over the n cases (Dice/Jaccard in % points); "
-        "rel. change = diff / reference mean.",
+        "rel. change = diff / reference mean." + (" NaN: cases excluded." if compact else ""),
     )
     for rec in result.records:
         r = rec.result
         scale = 100.0 if rec.metric in PERCENT else 1.0
         rel = "-" if not math.isfinite(r.rel_change) else f"{r.rel_change * 100:+.1f}%"
-        row = [Cell(rec.arm), Cell(rec.reference), Cell(rec.class_), Cell(LABELS[rec.metric])]
-        row += [Cell(str(r.n)), Cell(str(r.n_excluded))]
-        row += [Cell(f"{r.mean_diff * scale:+.2f}" if math.isfinite(r.mean_diff) else "-")]
-        row += [Cell(rel)]
-        raw = {"wilcoxon": r.p_wilcoxon, "ttest": r.p_ttest}
-        adj = {"wilcoxon": rec.p_holm_wilcoxon, "ttest": rec.p_holm_ttest}
-        row += [Cell(fmt_p(raw[t])) for t in result.tests]
-        row += [Cell(fmt_p(adj[t])) for t in result.tests] if result.holm else []
-        table.rows.append(row)
+        diff = f"{r.mean_diff * scale:+.2f}" if math.isfinite(r.mean_diff) else "-"
+        raw = [fmt_p({"wilcoxon": r.p_wilcoxon, "ttest": r.p_ttest}[t]) for t in result.tests]
+        adj = [fmt_p({"wilcoxon": rec.p_holm_wilcoxon, "ttest": rec.p_holm_ttest}[t])
+               for t in result.tests] if result.holm else []
+        if compact:
+            assert labels is not None
+            texts = [labels[rec.arm], rec.class_, LABELS[rec.metric], str(r.n),
+                     str(r.n_excluded), diff, rel, " / ".join(raw)]
+            texts += [" / ".join(adj)] if result.holm else []
+        else:
+            texts = [rec.arm, rec.reference, rec.class_, LABELS[rec.metric], str(r.n),
+                     str(r.n_excluded), diff, rel, *raw, *adj]
+        table.rows.append([Cell(t) for t in texts])
     return table
 
 
-def comparison_tables(result: Comparison) -> list[ReportTable]:
-    """One paper-layout table per class, then the table of paired tests."""
-    return [*(_class_table(result, c) for c in result.classes), _details_table(result)]
+def comparison_tables(result: Comparison, *, compact: bool = False) -> list[ReportTable]:
+    """One paper-layout table per class, then the table of paired tests; ``compact``: for
+    narrow consoles, a legend of short arm labels, then per class a table of means and one
+    of p-values, then the paired tests in fewer columns."""
+    if not compact:
+        return [*(_class_table(result, c) for c in result.classes), _details_table(result)]
+    labels = arm_labels([a.name for a in result.arms])
+    tables = [_legend(result, labels)]
+    for cls in result.classes:
+        tables += _compact_class_tables(result, cls, labels)
+    return [*tables, _details_table(result, labels)]
 
 
 def comparison_notes(result: Comparison) -> list[str]:

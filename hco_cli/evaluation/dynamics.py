@@ -23,6 +23,7 @@ from hco_cli.evaluation.compare import ArmSource, resolve_arms
 from hco_cli.evaluation.compare_tables import (
     Cell,
     ReportTable,
+    arm_labels,
     clean_record,
     fmt,
     write_markdown,
@@ -190,13 +191,14 @@ def _phase_order(key: EpochKey) -> tuple[int, int]:
     return TRAIN_PHASES.index(key[0]), key[1]
 
 
-def _epoch_table(result: Dynamics) -> ReportTable:
+def _epoch_table(result: Dynamics, labels: dict[str, str]) -> ReportTable:
     ref = result.arms[0].name
     others = [a.name for a in result.arms[1:]]
     unit = "Epoch" if result.bin_width == 1 else f"Epochs (bins of {result.bin_width})"
     table = ReportTable(
         title="L_U / L_L per epoch (mean ± SEM across steps)",
-        columns=["Phase", unit, *[a.name for a in result.arms], *[f"{o} - {ref}" for o in others]],
+        columns=["Phase", unit, *[labels[a.name] for a in result.arms],
+                 *[f"{labels[o]} - {labels[ref]}" for o in others]],
         caption="Only steps with a finite ratio count; runs of an arm are pooled per epoch.",
     )
     by_arm = {a.name: {(e.phase, e.epoch): e for e in a.epochs} for a in result.arms}
@@ -215,10 +217,10 @@ def _epoch_table(result: Dynamics) -> ReportTable:
     return table
 
 
-def _summary_table(result: Dynamics) -> ReportTable:
+def _summary_table(result: Dynamics, labels: dict[str, str]) -> ReportTable:
     first = result.arms[0]
     table = ReportTable(
-        title=f"Loss-ratio difference vs {first.name}",
+        title=f"Loss-ratio difference vs {labels[first.name]}",
         columns=[
             "Arm",
             "Runs",
@@ -234,7 +236,7 @@ def _summary_table(result: Dynamics) -> ReportTable:
     )
     vs: list[DynamicsSummary | None] = [None, *result.summaries]
     for arm, s in zip(result.arms, vs, strict=True):
-        texts = [arm.name, str(arm.n_runs), str(arm.step_ratio.size)]
+        texts = [labels[arm.name], str(arm.n_runs), str(arm.step_ratio.size)]
         texts.append(fmt(float(np.mean([e.mean for e in arm.epochs])), digits=3))
         if s is None:
             texts += ["ref", "-", "-", "-"]
@@ -247,13 +249,20 @@ def _summary_table(result: Dynamics) -> ReportTable:
     return table
 
 
-def dynamics_tables(result: Dynamics) -> list[ReportTable]:
+def dynamics_tables(result: Dynamics, *, compact: bool = False) -> list[ReportTable]:
     """Per-epoch table (mean ± SEM per arm, differences to the first arm), a summary and,
-    where runs logged them, the optimizer diagnostics."""
-    tables = [_epoch_table(result), _summary_table(result)]
+    where runs logged them, the optimizer diagnostics; ``compact``: arms by short labels
+    (:func:`arm_labels`), with a legend first."""
+    names = [a.name for a in result.arms]
+    labels = arm_labels(names) if compact else {n: n for n in names}
+    tables = [_epoch_table(result, labels), _summary_table(result, labels)]
     if result.diagnostics:
         tables.append(diagnostics_table(result.diagnostics))
-    return tables
+    if labels == {n: n for n in names}:
+        return tables
+    legend = ReportTable(title="Arms", columns=["Arm", "Runs of"],
+                         rows=[[Cell(labels[n]), Cell(n)] for n in names])
+    return [legend, *tables]
 
 
 def write_dynamics(

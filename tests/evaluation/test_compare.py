@@ -163,7 +163,7 @@ def test_checkpoint_choice_and_missing_checkpoint(tmp_path: Path) -> None:
     (rec,) = _records(result, "dice")
     assert rec.result.mean_diff == 0.0  # both read eval/last: identical values
     write_run(tmp_path, "c")
-    with pytest.raises(CheckpointError, match="no evaluations"):
+    with pytest.raises(CheckpointError, match=r"write it with hco predict .*c --evaluate"):
         compare_runs([str(tmp_path / "a"), str(tmp_path / "c")])
 
 
