@@ -8,10 +8,10 @@ from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from hco_cli.cli.common import console, err_console, handle_errors
+from hco_cli.cli.progress import case_progress
 from hco_cli.config import describe_error
 from hco_cli.errors import ConfigError
 from hco_cli.inference import predict as lib
@@ -94,9 +94,7 @@ def predict(
             lcc=lcc, evaluate=evaluate, force=force)
     except ValidationError as exc:
         raise ConfigError(describe_error(exc)) from None
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
+    with case_progress(console) as bar:
         task = bar.add_task("predicting", total=None)
 
         def step(done: int, total: int, case: str) -> None:

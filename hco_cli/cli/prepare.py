@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from hco_cli.cli.common import OneLineErrors, console, handle_errors
+from hco_cli.cli.progress import case_progress
 from hco_cli.data import prepare as lib
 from hco_cli.data.sources.generic import parse_classes
 from hco_cli.errors import ConfigError
@@ -185,9 +185,7 @@ def _numbers(text: str, option: str, count: int) -> tuple[float, ...]:
 
 @contextmanager
 def _progress() -> Iterator[Callable[[int, int, str], None]]:
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
+    with case_progress(console) as bar:
         task = bar.add_task("preparing", total=None)
         yield lambda done, total, case: bar.update(task, completed=done, total=total,
                                                    description=f"case {case}")

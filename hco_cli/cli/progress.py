@@ -1,8 +1,10 @@
-"""What ``hco train`` shows while it works: the run summary, warnings, one bar per phase.
+"""Progress displays laid out for the console's width.
 
-The bar is laid out for the console's width: at 80 columns it drops the bar itself (the count
-and percentage remain) so that elapsed time, time remaining and the losses stay readable; the
-losses and validation scores come last and are the part cut when space runs out.
+``hco train`` shows the run summary, warnings and one bar per phase: at 80 columns the bar
+itself is left out (count and percentage remain) so that elapsed time, time remaining and the
+losses stay readable; losses and validation scores come last and are what is cut when space
+runs out. ``hco prepare`` and ``hco predict`` show one bar over the cases, whose description
+(the case id) is what gives way.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.progress import (
     BarColumn,
+    MofNCompleteColumn,
     Progress,
     ProgressColumn,
     TaskID,
@@ -79,3 +82,12 @@ class Display:
         elif e.kind == "val" and self.task is not None and e.values.get("score") is not None:
             self.bar.update(self.task, info=f"{self.losses} val {e.values['score']:.4f} "
                                             f"best {e.values['best']:.4f}")
+
+
+def case_progress(console: Console, *, transient: bool = True) -> Progress:
+    """One bar over the cases of ``hco prepare`` or ``hco predict``; times stay whole."""
+    columns = (TextColumn("{task.description}",
+                          table_column=Column(no_wrap=True, overflow="ellipsis", ratio=1)),
+               BarColumn(bar_width=20), MofNCompleteColumn(table_column=Column(no_wrap=True)),
+               TimeElapsedColumn(table_column=Column(no_wrap=True, min_width=7)))
+    return Progress(*columns, console=console, transient=transient)

@@ -12,7 +12,9 @@ from rich.table import Table
 
 from hco_cli.cli.common import console, fail, handle_errors
 from hco_cli.config import describe_error
-from hco_cli.errors import ConfigError
+from hco_cli.errors import ConfigError, Interrupted
+from hco_cli.locks import hold
+from hco_cli.outputs import check_output_folder
 from hco_cli.training import sweep as lib
 
 
@@ -98,6 +100,7 @@ def sweep(
             evaluate=evaluate, lcc=lcc, gpus=gpus, runs_per_gpu=runs_per_gpu)
     except ValidationError as exc:
         raise ConfigError(describe_error(exc)) from None
+    check_output_folder(out, option="--out")
     if dry_run:
         runs = lib.plan_sweep(options)
         console.print(_plan_table(runs))
@@ -107,7 +110,12 @@ def sweep(
     def show(action: str, run: lib.SweepRun) -> None:
         console.print(f"[bold]{action}[/] {escape(str(run.run_dir))}")
 
-    report = lib.run_sweep(options, progress=show)
+    with hold(out):  # one sweep writes OUT at a time (each run also locks its own folder)
+        try:
+            report = lib.run_sweep(options, progress=show)
+        except KeyboardInterrupt as exc:
+            raise Interrupted("interrupted; the same hco sweep command continues: it skips "
+                              "finished runs and resumes interrupted ones") from exc
     console.print(_summary_table(report))
     console.print(f"compare with: {escape(report.compare_command)}")
     if report.failed:

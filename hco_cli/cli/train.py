@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from hco_cli.cli.common import console, err_console, handle_errors
-from hco_cli.cli.train_display import Display, training_progress
+from hco_cli.cli.progress import Display, training_progress
 from hco_cli.errors import ConfigError
 from hco_cli.training.distributed import environment_rank
 from hco_cli.training.loop import RunResult, resume, train

@@ -7,6 +7,7 @@ user must see before training (test-set selection, nothing to validate on) are c
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,9 @@ from hco_cli.training.checks import check_against_dataset
 from hco_cli.training.distributed import SINGLE_PROCESS, DistributedContext
 from hco_cli.training.validation import Validator
 
+# Patch voxels x batch x iterations above which a CPU run gets a warning: about 75 times the
+# synthetic demo, which takes two minutes on a 2-core CPU.
+CPU_VOXEL_BUDGET = 10**9
 TEST_SELECTION_WARNING = (
     "best.pt is selected on the TEST split: this inflates the reported results (the BCP and "
     "UCMT reference code does it); select on val or report the last checkpoint for an honest "
@@ -214,11 +218,25 @@ def build_setup(config: TrainConfig, *, resuming: bool = False,
     if config.amp and device.type != "cuda":
         warnings.append(f"amp (bf16 autocast) applies on CUDA only: this run computes in fp32 "
                         f"on {device.type}")
+    warnings += _cpu_warning(config, device, [p for p in phases if p.name not in skipped])
     return RunSetup(config=config, run_dir=config.run_dir, device=device, dataset=dataset,
                     splits=splits, sampler=sampler, validation=validation, framework=framework,
                     phases=phases, skipped=skipped, in_channels=in_channels,
                     num_classes=num_classes, warnings=warnings, init_optimizers=init_optimizers,
                     ctx=ctx)
+
+
+def _cpu_warning(config: TrainConfig, device: torch.device, phases: list[Phase]) -> list[str]:
+    """Say so up front when a schedule is far beyond what a CPU trains in minutes."""
+    d = config.data
+    iterations = sum(p.iterations for p in phases)
+    voxels = iterations * math.prod(d.patch_size) * (d.labeled_batch_size + d.unlabeled_batch_size)
+    if device.type != "cpu" or voxels <= CPU_VOXEL_BUDGET:
+        return []
+    patch = "x".join(map(str, d.patch_size))
+    return [f"training on the CPU: {iterations} iterations of {patch} patches may take many "
+            "hours here (a CUDA GPU takes minutes); for a first try on a CPU use --iterations "
+            "200, or sample_configs/synthetic_demo.yaml"]
 
 
 def _sync_batchnorm(framework: Framework, device: torch.device) -> None:
