@@ -109,13 +109,16 @@ def resume_config(run_dir: Path, saved: dict[str, Any], *,
 
     The checkpoint's configuration when ``config.yaml`` resolves to the same (their hashes
     agree); otherwise the edited one if ``accept`` and no key of :data:`FIXED_KEYS` changed,
-    else a one-line refusal that lists the changed keys.
+    else a one-line refusal that lists the changed keys. ``run_dir`` is the folder resumed:
+    a copied or moved run writes where it is.
     """
     run_dir = Path(run_dir)
     source = str(checkpoint_path(run_dir, "last"))
-    stored = validate_config(saved, source=source)
+    # A run continues where its folder is now (copied or moved), not where it was started.
+    here = {"run_dir": str(run_dir)}
+    stored = validate_config({**saved, **here}, source=source)
     yaml_path = run_dir / "config.yaml"
-    edited = validate_config(read_config_data(run_dir), source=str(yaml_path))
+    edited = validate_config({**read_config_data(run_dir), **here}, source=str(yaml_path))
     before, after = stored.model_dump(mode="json"), edited.model_dump(mode="json")
     if config_hash(before) == config_hash(after):
         return stored, {}

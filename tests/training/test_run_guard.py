@@ -1,0 +1,146 @@
+"""Run folders across interruptions: edited configs on resume, stubs, Ctrl-C, moved runs."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+import yaml
+from typer.testing import CliRunner
+
+from hco_cli.cli.common import handle_errors
+from hco_cli.config import validate_config
+from hco_cli.data.prepare import prepare_synthetic
+from hco_cli.errors import CheckpointError, ConfigError, Interrupted
+from hco_cli.training.checkpoint import load_checkpoint
+from hco_cli.training.events import ProgressEvent
+from hco_cli.training.loop import resume, train
+from hco_cli.training.run_dir import config_hash
+from hco_cli.training.run_guard import config_changes, flatten
+from tests.cli.world import Stop, tiny_raw
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("guard") / "syn"
+    prepare_synthetic(out, labeled=2, unlabeled=1, val=1, test=1, classes=1, shape=(32, 32, 16))
+    return out
+
+
+def _stop_at(iteration: int, error: type[BaseException] = Stop) -> Any:
+    def stop(event: ProgressEvent) -> None:
+        if event.kind == "step" and event.iteration == iteration:
+            raise error
+
+    return stop
+
+
+def _interrupted(data: Path, run: Path) -> Path:
+    with contextlib.suppress(Stop):
+        train(validate_config(tiny_raw(data, run)), progress=_stop_at(2))
+    return run
+
+
+def _edit(run: Path, **framework: Any) -> None:
+    path = run / "config.yaml"
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    raw["framework"].update(framework)
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+
+
+def test_flatten_and_changes() -> None:
+    assert flatten({"a": {"b": 1, "c": [1, 2]}, "d": None}) == {"a.b": 1, "a.c": [1, 2],
+                                                                 "d": None}
+    assert config_changes({"a": {"b": 1}, "x": 2}, {"a": {"b": 2}, "y": 3}) == {
+        "a.b": [1, 2], "x": [2, None], "y": [None, 3]}
+
+
+def test_checkpoints_store_the_hash_of_their_config(data: Path, tmp_path: Path) -> None:
+    run = _interrupted(data, tmp_path / "run")
+    last = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert last["config_hash"] == config_hash(last["config"])
+
+
+def test_an_edited_config_is_refused_then_applied_and_recorded(data: Path,
+                                                               tmp_path: Path) -> None:
+    run = _interrupted(data, tmp_path / "run")
+    _edit(run, iterations=5)
+    with pytest.raises(ConfigError, match=r"framework.iterations 3 -> 5\); restore it"):
+        resume(run)
+    result = resume(run, accept_config_changes=True)
+    assert result.iterations == {"train": 5}  # the schedule was extended
+    info = json.loads((run / "run.json").read_text(encoding="utf-8"))
+    assert info["config_changes"] == [
+        {"iteration": 1, "changes": {"framework.iterations": [3, 5]}}]
+    last = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert last["config"]["framework"]["iterations"] == 5 and last["global_iter"] == 5
+    steps = [json.loads(line)["iter"] for line in (run / "metrics.jsonl").open()
+             if json.loads(line)["phase"] != "val"]
+    assert steps == [1, 2, 3, 4, 5]
+
+
+def test_keys_that_define_the_run_cannot_change(data: Path, tmp_path: Path) -> None:
+    run = _interrupted(data, tmp_path / "run")
+    path = run / "config.yaml"
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    raw["model"]["n_filters"] = 4
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    with pytest.raises(CheckpointError, match=r"model\.n_filters cannot change within a run"):
+        resume(run, accept_config_changes=True)
+
+
+def test_a_stub_is_replaced_by_the_same_command(data: Path, tmp_path: Path) -> None:
+    """A first iteration that fails leaves a run folder without last.pt; rerunning the same
+    command replaces it (no --force), and --resume says there is nothing to resume."""
+    run = tmp_path / "run"
+    with pytest.raises(Stop):
+        train(validate_config(tiny_raw(data, run)), progress=_stop_at(1))
+    assert (run / "config.yaml").is_file() and not (run / "checkpoints" / "last.pt").exists()
+    with pytest.raises(CheckpointError, match="stopped before its first checkpoint"):
+        resume(run)
+    events: list[ProgressEvent] = []
+    train(validate_config(tiny_raw(data, run)), progress=events.append)
+    assert any("left nothing to resume" in (e.message or "") for e in events
+               if e.kind == "warning")
+    assert json.loads((run / "run.json").read_text(encoding="utf-8"))["finished"] is True
+
+
+def test_ctrl_c_says_how_to_continue(data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    with pytest.raises(Interrupted, match=f"hco train --resume {run}"):
+        train(validate_config(tiny_raw(data, run)), progress=_stop_at(2, KeyboardInterrupt))
+    early = tmp_path / "early"
+    with pytest.raises(Interrupted, match="before the first checkpoint"):
+        train(validate_config(tiny_raw(data, early)), progress=_stop_at(1, KeyboardInterrupt))
+
+
+def test_a_moved_run_resumes_where_it_is(data: Path, tmp_path: Path) -> None:
+    first = _interrupted(data, tmp_path / "first")
+    moved = tmp_path / "moved"
+    shutil.move(first, moved)
+    resume(moved)
+    assert not first.exists()
+    assert json.loads((moved / "run.json").read_text(encoding="utf-8"))["finished"] is True
+
+
+def test_interrupted_is_one_line_with_exit_code_130() -> None:
+    demo = typer.Typer()
+
+    @demo.command()
+    @handle_errors
+    def work() -> None:
+        raise Interrupted("interrupted; continue from the last checkpoint with: hco train "
+                          "--resume runs/x")
+
+    result = runner.invoke(demo, [])
+    assert result.exit_code == 130
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == ["error: interrupted; continue from the last checkpoint with: hco train "
+                     "--resume runs/x"]
