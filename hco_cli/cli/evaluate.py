@@ -97,6 +97,10 @@ def evaluate(
         allow_missing=allow_missing,
         jobs=jobs,
     )
+    if csv is not None:  # files first: a failed write leaves no half-reported result
+        write_text(csv, summary.to_csv_text())
+    if json is not None:
+        write_json(json, summary.to_json_dict())
     console.print(summary_table(summary, title=f"{len(summary.cases)} cases: {pred_dir}"))
     if summary.dropped:
         console.print(f"dropped {len(summary.dropped)} unpaired case(s): {summary.dropped}")
@@ -104,8 +108,6 @@ def evaluate(
         err_console.print(f"[bold yellow]warning:[/] class(es) {summary.absent} appear in no "
                           "reference and no prediction: their values are NaN", soft_wrap=True)
     if csv is not None:
-        write_text(csv, summary.to_csv_text())
         console.print(f"per-case metrics: {csv}")
     if json is not None:
-        write_json(json, summary.to_json_dict())
         console.print(f"summary: {json}")
