@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +14,8 @@ import pytest
 from typer.testing import CliRunner
 
 from hco_cli.cli.app import app
+from hco_cli.training.presets import Overrides, build_config, prepare_line
+from hco_cli.training.setup import check_config
 
 runner = CliRunner()
 SHAPE = (16, 14, 12)
@@ -192,3 +195,18 @@ def test_label_values_ignore_label_and_crop_options(tmp_path: Path) -> None:
     code, _, err = _prepare(tmp_path, "--classes", "200=scar", "--ignore-label", "255",
                             "--force")
     assert code == 1 and re.search(r"values \[600\] that are not classes", err)
+
+
+@pytest.mark.parametrize("config", ["fetal_cmt_adamw.yaml", "fetal_cmt_adamw_short.yaml"])
+def test_sample_config_prepare_line_runs(fetal_source: Path, tmp_path: Path, config: str) -> None:
+    """The `# Prepare:` line of a sample config, run as written on the real atlas, prepares a
+    dataset that its config trains on (the fetal config's own line used to fail)."""
+    path = Path(__file__).resolve().parents[2] / "sample_configs" / config
+    line = prepare_line(path)
+    assert line is not None and line.startswith("hco prepare ")
+    out = tmp_path / "fetal"
+    words = shlex.split(line.replace("<atlas>", str(fetal_source)))
+    words[words.index("--out") + 1] = str(out)
+    result = runner.invoke(app, [*words[1:], "--workers", "2"])
+    assert result.exit_code == 0, result.output
+    check_config(build_config(config_file=path, overrides=Overrides(data=out)))
