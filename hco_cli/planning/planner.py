@@ -221,7 +221,7 @@ def plan_dataset(root: Path, options: PlanOptions | None = None) -> PlanResult:
     network = NetworkPlan(
         framework=framework, preset=_preset_name(preset) if preset else None,
         target_spacing=target, spacing=spacing,
-        median_shape=tuple(int(round(v)) for v in median),  # type: ignore[arg-type]
+        median_shape=(round(median[0]), round(median[1]), round(median[2])),
         patch_size=patch, strides=layout[0], kernels=layout[1], n_filters=options.n_filters,
         labeled_batch_size=batches[0], unlabeled_batch_size=batches[1],
         umix_blocks=rules.umix_blocks(patch), amp=options.amp,
