@@ -11,7 +11,8 @@ the reference code was tuned with; ``gpu_memory_gb`` uses more (or less) of a GP
 GPU-resident dataset is reported apart and not counted against the target (``data.device:
 cpu`` keeps it on the host).
 
-Batch sizes start at the framework's reference (4 + 4; supervised 4). When that leaves a
+Batch sizes start at the framework's reference (4 + 4; supervised 4), at most the number of
+labeled cases (BCP: rounded down to even). When that leaves a
 patch below a quarter of the data-capped one, both are halved (BCP keeps them even and equal)
 and the larger patch wins. Paper presets (:data:`PRESETS`) pin the patch and batch sizes of
 today's study configs; ``la`` and ``pancreas`` are chosen automatically for datasets prepared
@@ -110,8 +111,10 @@ def _median(values: list[tuple[float, ...]]) -> tuple[float, float, float]:
     return (x, y, z)
 
 
-def _batches(framework: str, options: PlanOptions) -> tuple[int, int]:
-    labeled = options.labeled_batch_size or 4
+def _batches(framework: str, options: PlanOptions, labeled_cases: int) -> tuple[int, int]:
+    """The reference 4 (+ 4), at most the labeled cases (each batch draws distinct ones)."""
+    fill = min(4, labeled_cases) // 2 * 2 if framework == "bcp" else min(4, labeled_cases)
+    labeled = options.labeled_batch_size or max(fill, 1)
     unlabeled = options.unlabeled_batch_size
     if unlabeled is None:
         unlabeled = 0 if framework == "supervised" else labeled
@@ -214,7 +217,7 @@ def plan_dataset(root: Path, options: PlanOptions | None = None) -> PlanResult:
         notes.append(f"paper preset {_preset_name(preset)}: patch and batch sizes of "
                      f"sample_configs/{preset.config}")
     else:
-        batches = _batches(framework, options)
+        batches = _batches(framework, options, len(dataset.splits.labeled))
         pinned = options.labeled_batch_size is not None
         patch, layout, batches = planner.choose(batches, pinned)
     estimate = planner.estimate(patch, layout, batches)

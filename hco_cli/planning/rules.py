@@ -15,8 +15,10 @@
   of its pooling (so no axis is padded beyond the data); while the memory estimate exceeds the
   target, shrink the axis that is longest in millimetres (ties: the one covering more of the
   median case) by one multiple, dropping that axis' last pooling when fewer than
-  :data:`MIN_FEATURE` voxels would remain at the bottleneck. Longest-first keeps the patch
-  close to a cube in millimetres, nnU-Net's starting shape.
+  :data:`MIN_FEATURE` voxels would remain at the bottleneck, and never below
+  :data:`MIN_PATCH` voxels (an axis shorter than that keeps its whole extent, e.g. the 12
+  slices of a thick-slice scan). Longest-first keeps the patch close to a cube in
+  millimetres, nnU-Net's starting shape.
 - **UMIX blocks**: per axis, the largest divisor of the patch size not above 8 (UCMT's
   8 x 8 x 8 blocks wherever the patch allows).
 """
@@ -36,6 +38,7 @@ Spacing = tuple[float, float, float]
 Layout = tuple[list[Triple], list[Triple]]  # strides (4), kernels (5)
 ANISOTROPY = 2.0
 MIN_FEATURE = 3
+MIN_PATCH = 16  # no patch axis shrinks below this (or below its whole extent when shorter)
 UMIX_BLOCKS = 8
 Fits = Callable[[Triple, Layout], bool]
 
@@ -90,11 +93,11 @@ def data_cap(spacing: Spacing, median_shape: Sequence[float]) -> Triple:
     return (x, y, z)
 
 
-def _smaller(size: int, multiple: int) -> int | None:
+def _smaller(size: int, multiple: int, floor: int) -> int | None:
     """The next patch size below ``size`` on this axis, or None at the smallest."""
     while multiple >= 1:
         candidate = size - multiple
-        if candidate >= max(MIN_FEATURE * multiple, 1) and candidate > 0:
+        if candidate >= max(MIN_FEATURE * multiple, floor, 1):
             return candidate
         if multiple == 1:
             return None
@@ -106,6 +109,7 @@ def plan_patch(spacing: Spacing, median_shape: Sequence[float], fits: Fits) -> t
         Triple, Layout]:
     """The largest patch (and its layout) like the median case for which ``fits`` holds."""
     patch = data_cap(spacing, median_shape)
+    floors = [min(size, MIN_PATCH) for size in patch]
     while True:
         plan = layout(spacing, patch)
         if fits(patch, plan):
@@ -114,7 +118,7 @@ def plan_patch(spacing: Spacing, median_shape: Sequence[float], fits: Fits) -> t
         order = sorted(range(3), key=lambda a: (patch[a] * spacing[a],
                                                 patch[a] / median_shape[a]), reverse=True)
         for axis in order:
-            smaller = _smaller(patch[axis], m[axis])
+            smaller = _smaller(patch[axis], m[axis], floors[axis])
             if smaller is not None:
                 as_list = list(patch)
                 as_list[axis] = smaller

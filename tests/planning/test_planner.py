@@ -11,16 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from hco_cli.data.fingerprint import FINGERPRINT_FILE, read_fingerprint
+from hco_cli.data.dataset import PreparedDataset
+from hco_cli.data.fingerprint import FINGERPRINT_FILE, load_fingerprint, read_fingerprint
 from hco_cli.data.plan import NetworkPlan, read_plan
-from hco_cli.data.prepare import SplitOptions, prepare_generic, prepare_la
 from hco_cli.errors import ConfigError
 from hco_cli.models import DEFAULT_KERNELS, DEFAULT_STRIDES, ModelConfig, build_model
 from hco_cli.planning.memory import GIB
 from hco_cli.planning.planner import PlanOptions, plan_dataset, save_network_plan
 from tests.planning import anisotropic
-
-FETAL_CLASSES = {i: f"class {i}" for i in range(1, 9)}
 
 
 def _runs_forward_and_backward(plan: NetworkPlan, classes: int) -> None:
@@ -50,13 +48,25 @@ def test_thick_slices_keep_their_slices_and_pool_z_late(aniso_data: Path) -> Non
     _runs_forward_and_backward(plan, classes=2)
 
 
-def test_smaller_memory_target_shrinks_the_patch_and_batches(aniso_data: Path) -> None:
-    small = plan_dataset(aniso_data, PlanOptions(gpu_memory_gb=0.3)).network
-    assert math.prod(small.patch_size) < 64 * 64 * 12
-    assert small.memory_estimate_bytes <= 0.3 * GIB
+def test_smaller_memory_target_shrinks_the_patch_not_the_slices(aniso_data: Path) -> None:
+    small = plan_dataset(aniso_data, PlanOptions(gpu_memory_gb=0.25)).network
+    assert small.patch_size == (48, 64, 12)  # x (longest in mm after z, which is whole) first
+    assert small.memory_estimate_bytes <= 0.25 * GIB
     _runs_forward_and_backward(small, classes=2)
     with pytest.raises(ConfigError, match="no patch fits the memory target"):
         plan_dataset(aniso_data, PlanOptions(gpu_memory_gb=0.01))
+
+
+def test_batches_are_halved_when_the_patch_would_be_tiny(aniso_data: Path) -> None:
+    roomy = plan_dataset(aniso_data, PlanOptions(framework="cmt")).network
+    tight = plan_dataset(aniso_data, PlanOptions(framework="cmt", gpu_memory_gb=0.25)).network
+    assert (roomy.labeled_batch_size, roomy.unlabeled_batch_size) == (2, 2)
+    assert (tight.labeled_batch_size, tight.unlabeled_batch_size) == (1, 1)
+    assert tight.memory_estimate_bytes <= 0.25 * GIB
+    pinned = plan_dataset(aniso_data, PlanOptions(framework="cmt", gpu_memory_gb=0.25,
+                                                  labeled_batch_size=2)).network
+    assert pinned.labeled_batch_size == 2  # a batch size asked for is kept
+    assert math.prod(pinned.patch_size) < math.prod(tight.patch_size)
 
 
 def test_cmt_plan_and_bad_options(aniso_data: Path) -> None:
@@ -83,6 +93,16 @@ def test_fingerprint_is_written_at_prepare(aniso_data: Path) -> None:
     assert sum(fractions) == pytest.approx(1.0) and 0 < fractions[1] < 0.5
 
 
+def test_datasets_without_a_fingerprint_get_one_computed(aniso_data: Path,
+                                                         tmp_path: Path) -> None:
+    old = tmp_path / "old"
+    shutil.copytree(aniso_data, old)
+    (old / FINGERPRINT_FILE).unlink()
+    dataset = PreparedDataset(old)
+    assert load_fingerprint(dataset) == read_fingerprint(aniso_data)
+    assert plan_dataset(old).network == plan_dataset(aniso_data).network
+
+
 def test_native_spacings_that_differ_are_noted(tmp_path: Path) -> None:
     raw = anisotropic.write_scans(tmp_path / "raw", cases=6)
     first = raw / "images" / "case00.nii.gz"
@@ -105,13 +125,6 @@ def test_plan_is_saved_into_plans_json(aniso_data: Path, tmp_path: Path) -> None
     assert stored.network == plan and stored.preprocess == read_plan(aniso_data).preprocess
 
 
-@pytest.fixture(scope="module")
-def la_prepared(la_unpacked: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("la-plan") / "la"
-    prepare_la(la_unpacked, out, split=SplitOptions(labeled=8), allow_missing=True)
-    return out
-
-
 @pytest.mark.parametrize("preset", ["auto", "none"])
 def test_la_plan_is_todays_config(la_prepared: Path, preset: str) -> None:
     """With or without the LA preset, BCP on LA plans 112 x 112 x 80, 4 + 4, today's V-Net."""
@@ -124,21 +137,15 @@ def test_la_plan_is_todays_config(la_prepared: Path, preset: str) -> None:
     _runs_forward_and_backward(plan, classes=2)
 
 
-def test_fetal_plan_is_todays_config(fetal_source: Path, tmp_path: Path) -> None:
+def test_fetal_plan_is_todays_config(fetal_prepared: Path) -> None:
     """The fetal atlas at 1.2 mm: the short CMT study's 64 x 64 x 48 at 2 + 2 (preset fetal);
     the rule alone gives isotropic pooling too, and a BCP plan that fits the median case."""
-    out = tmp_path / "fetal"
-    prepare_generic(out, root=fetal_source, images="*/srr.nii.gz",
-                    labels="*/parcellation.nii.gz", classes=FETAL_CLASSES,
-                    spacing=(1.2, 1.2, 1.2), crop="otsu", crop_margin=4,
-                    split=SplitOptions(test=5, val=2, labeled=4, folds_labeled=2,
-                                       folds_unlabeled=2, fold_size=2))
-    plan = plan_dataset(out, PlanOptions(preset="fetal")).network
+    plan = plan_dataset(fetal_prepared, PlanOptions(preset="fetal")).network
     assert (plan.framework, plan.patch_size) == ("cmt", (64, 64, 48))
     assert (plan.labeled_batch_size, plan.unlabeled_batch_size) == (2, 2)
     assert tuple(plan.strides) == DEFAULT_STRIDES and tuple(plan.kernels) == DEFAULT_KERNELS
     _runs_forward_and_backward(plan, classes=9)
-    bcp = plan_dataset(out).network
+    bcp = plan_dataset(fetal_prepared).network
     assert tuple(bcp.strides) == DEFAULT_STRIDES and bcp.preset is None
     assert all(p <= m for p, m in zip(bcp.patch_size, bcp.median_shape, strict=True))
     _runs_forward_and_backward(bcp, classes=9)

@@ -66,6 +66,19 @@ def test_patch_search_drops_a_pooling_to_go_below_three_bottleneck_voxels() -> N
         rules.plan_patch((1.0, 1.0, 1.0), (48.0, 48.0, 48.0), lambda p, _: False)
 
 
+def test_no_axis_shrinks_below_sixteen_or_its_whole_extent() -> None:
+    tried: list[tuple[int, int, int]] = []
+
+    def never(patch: tuple[int, int, int], layout: rules.Layout) -> bool:
+        tried.append(patch)
+        return False
+
+    with pytest.raises(DataError):
+        rules.plan_patch((0.8, 0.8, 6.0), (64.0, 64.0, 12.0), never)
+    assert all(p[2] == 12 for p in tried)  # thick-slice scans keep every slice
+    assert tried[-1] == (16, 16, 12)
+
+
 @pytest.mark.parametrize(("patch", "blocks"), [
     ((112, 112, 80), (8, 8, 8)), ((64, 64, 12), (8, 8, 6)), ((48, 64, 10), (8, 8, 5)),
 ])
