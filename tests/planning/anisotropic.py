@@ -17,8 +17,9 @@ SPACING = (0.8, 0.8, 6.0)
 SLICES = 12
 
 
-def write_scans(root: Path, *, cases: int = 8, seed: int = 0) -> Path:
-    """NIfTI images and labels under ``root/images`` and ``root/labels``."""
+def write_scans(root: Path, *, cases: int = 8, seed: int = 0, contrast: float = 80.0) -> Path:
+    """NIfTI images and labels under ``root/images`` and ``root/labels``; the organ is
+    ``contrast`` brighter than the body (noise standard deviation 20)."""
     rng = np.random.default_rng(seed)
     for folder in ("images", "labels"):
         (root / folder).mkdir(parents=True, exist_ok=True)
@@ -30,7 +31,7 @@ def write_scans(root: Path, *, cases: int = 8, seed: int = 0) -> Path:
         centre = [n * s / 2 + rng.uniform(-4, 4) for n, s in zip(shape, SPACING, strict=True)]
         radii = (rng.uniform(12, 18), rng.uniform(12, 18), rng.uniform(15, 24))
         inside = sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii, strict=True)) <= 1
-        image = 100 + 20 * rng.standard_normal(shape) + 80 * inside
+        image = 100 + 20 * rng.standard_normal(shape) + contrast * inside
         nib.save(nib.Nifti1Image(image.astype(np.float32), affine),
                  str(root / "images" / f"case{i:02d}.nii.gz"))
         nib.save(nib.Nifti1Image(inside.astype(np.uint8), affine),
