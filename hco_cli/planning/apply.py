@@ -17,6 +17,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
+from hco_cli.data.dataset import PreparedDataset
 from hco_cli.data.plan import NetworkPlan, read_plan
 from hco_cli.models.vnet import DEFAULT_KERNELS, DEFAULT_STRIDES
 from hco_cli.planning.memory import GIB
@@ -28,6 +29,7 @@ AUTO = "auto"
 
 def network_plan_for(data: Path, framework: str) -> NetworkPlan:
     """The stored plan of dataset ``data`` for ``framework``, or a new one."""
+    PreparedDataset(Path(data))  # one clear error for a folder that is no prepared dataset
     stored = read_plan(Path(data)).network
     if stored is not None and stored.framework == framework:
         return stored

@@ -44,6 +44,8 @@ def test_plan_prints_and_writes(data: Path, tmp_path: Path) -> None:
     (["plan", "{data}", "--gpu-memory", "0.01"], "no patch fits the memory target"),
     (["plan", "{data}", "--labeled-batch", "3"], "bcp pairs batch halves"),
     (["train", "--config", "auto"], "--config auto needs --data DIR"),
+    (["train", "--dataset", "synthetic", "--data", "{missing}", "--plan", "auto"],
+     "is not a prepared dataset"),
     (["train", "--dataset", "synthetic", "--data", "{data}", "--plan", "best"],
      "--plan 'best': the only plan is 'auto'"),
 ])
