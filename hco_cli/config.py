@@ -156,6 +156,9 @@ class TrainConfig(_Section):
     phases: list[str] | None = Field(default=None, description="train only these phases of "
                                      "the framework (e.g. [pretrain] for a shared pre-training "
                                      "run); None: all")
+    plan: Literal["auto"] | None = Field(default=None, description="auto: patch, batch sizes "
+                                         "and network layout from the dataset's plan (hco "
+                                         "plan), filled in when the config is built")
 
 
 def validate_config(data: Any, *, source: str = "config") -> TrainConfig:

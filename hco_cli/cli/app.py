@@ -51,6 +51,9 @@ def root(
 from hco_cli.cli import prepare as _prepare  # noqa: E402
 
 app.add_typer(_prepare.app, name="prepare")
+from hco_cli.cli.plan import plan as plan_command  # noqa: E402
+
+app.command("plan")(plan_command)
 from hco_cli.cli.train import train_command  # noqa: E402
 
 app.command("train")(train_command)

@@ -35,7 +35,9 @@ def _render(result: RunResult) -> None:
 
 @handle_errors
 def train_command(
-    config: Annotated[Path | None, _opt("YAML config (see sample_configs/).")] = None,
+    config: Annotated[Path | None, _opt(
+        "YAML config (see sample_configs/), or 'auto' with --data: sizes from the dataset's "
+        "plan.")] = None,
     dataset: Annotated[str | None, _opt(f"Study preset: {', '.join(PRESETS)}.")] = None,
     optimizer: Annotated[str | None, _opt("Optimizer name, e.g. sgd-hco.")] = None,
     labeled: Annotated[int | None, _opt("Use the first N labeled cases.", min=1)] = None,
@@ -61,6 +63,9 @@ def train_command(
         "the same number of samples). With --resume: must match the saved run.", min=1)] = None,
     sync_batchnorm: Annotated[bool, _opt("BatchNorm statistics over all GPUs (SyncBatchNorm).")
                               ] = False,
+    plan: Annotated[str | None, _opt(
+        "auto: patch size, batch sizes and network layout from the dataset's plan (hco plan; "
+        "planned now for the config's framework if the dataset has none).")] = None,
     force: Annotated[bool, _opt("Replace an existing run folder that hco wrote (a run; "
                                 "nothing else).")] = False,
     accept_config_changes: Annotated[bool, _opt(
@@ -72,7 +77,7 @@ def train_command(
     is_main = environment_rank() == 0  # under torchrun, rank 0 alone renders
     if resume_dir is not None:
         given = [config, dataset, optimizer, labeled, seed, iterations, fold, run_dir, data,
-                 device, init_from, select_on]
+                 device, init_from, select_on, plan]
         if any(v is not None for v in given) or deterministic or force or sync_batchnorm:
             raise ConfigError("--resume continues a run with its saved configuration; "
                               "give no other options (but --gpus, --accept-config-changes)")
@@ -87,7 +92,7 @@ def train_command(
                               iterations=iterations, fold=fold, run_dir=run_dir, data=data,
                               device=device, init_from=init_from, select_on=select_on,
                               deterministic=deterministic, processes=gpus,
-                              sync_batchnorm=sync_batchnorm)
+                              sync_batchnorm=sync_batchnorm, plan=plan)
         cfg = build_config(config_file=config, dataset=dataset, overrides=overrides)
         if data is None:  # the dataset the preset or config names: say how to make it
             check_prepared(cfg, preset=dataset, config_file=config)

@@ -4,7 +4,9 @@ Layout of ``DATA_DIR/NAME``::
 
     dataset.json            DatasetInfo
     splits.json             Splits
-    plans.json              DataPlan: the preprocessing to apply to new scans
+    plans.json              DataPlan: the preprocessing to apply to new scans (and, after
+                            ``hco plan``, the network plan)
+    fingerprint.json        DatasetFingerprint: spacings, shapes, classes, intensities
     cases/<ID>.json         CaseGeometry
     cases/<ID>_image.npy    float32, shape (C, X, Y, Z), memory-mappable
     cases/<ID>_label.npy    training indices 0..K-1 (K: ignored voxels) as uint8 (uint16

@@ -19,7 +19,10 @@ What it fixes:
   statistics are per image, recomputed on every scan), ``ct`` a fixed HU window, ``none``
   nothing (``upstream`` then says what was done before hco, e.g. UA-MT's z-scoring);
 - label map (:mod:`hco_cli.data.labels`) and ignore value;
-- patch size: empty in a dataset's plan, the run's ``data.patch_size`` in a run's copy.
+- patch size: empty in a dataset's plan, the run's ``data.patch_size`` in a run's copy;
+- network plan (``network``, written by ``hco plan``, :mod:`hco_cli.planning`): target
+  spacing, patch size, per-stage strides and kernels, batch sizes and the memory estimate
+  they were chosen with; ``hco train --plan auto`` applies it.
 """
 
 from __future__ import annotations
@@ -68,6 +71,29 @@ class PreprocessPlan(BaseModel):
         return self
 
 
+class NetworkPlan(BaseModel):
+    """What ``hco plan`` chose for training on this dataset (see :mod:`hco_cli.planning`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    framework: str
+    preset: str | None = Field(default=None, description="paper preset that pinned the patch")
+    target_spacing: Spacing = Field(description="planned from the source spacings")
+    spacing: Spacing = Field(description="median spacing of the stored training cases")
+    median_shape: tuple[int, int, int]
+    patch_size: tuple[int, int, int]
+    strides: list[tuple[int, int, int]]
+    kernels: list[tuple[int, int, int]]
+    n_filters: int = Field(ge=1)
+    labeled_batch_size: int = Field(ge=1)
+    unlabeled_batch_size: int = Field(ge=0)
+    umix_blocks: tuple[int, int, int]
+    amp: bool
+    memory_target_bytes: int = Field(ge=0)
+    memory_estimate_bytes: int = Field(ge=0, description="one iteration, dataset excluded")
+    dataset_bytes: int = Field(ge=0, description="training cases resident on the GPU")
+
+
 class DataPlan(BaseModel):
     """``plans.json``: the preprocessing plan plus what prediction needs to check scans."""
 
@@ -83,6 +109,7 @@ class DataPlan(BaseModel):
     upstream: str | None = Field(default=None, description="preprocessing done before hco")
     patch_size: tuple[int, int, int] | None = None
     source: str
+    network: NetworkPlan | None = None
 
     @model_validator(mode="after")
     def _labels_fixed(self) -> DataPlan:

@@ -3,8 +3,9 @@
 Every function lists the source's cases, fixes the splits (:mod:`hco_cli.data.splits`),
 then loads, checks, preprocesses and writes each case into a temporary folder that becomes
 ``out`` only when complete (:mod:`hco_cli.data.writer`), with ``dataset.json``,
-``splits.json`` and the plan that new scans get at prediction (``plans.json``,
-:mod:`hco_cli.data.plan`). Label values that no source declares are discovered from the cases
+``splits.json``, the plan that new scans get at prediction (``plans.json``,
+:mod:`hco_cli.data.plan`) and the fingerprint that ``hco plan`` reads (``fingerprint.json``,
+:mod:`hco_cli.data.fingerprint`). Label values that no source declares are discovered from the cases
 and mapped to training indices once all are written (:mod:`hco_cli.data.labels`).
 """
 
@@ -18,7 +19,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from hco_cli import __version__
-from hco_cli.data.dataset import DatasetInfo, Splits
+from hco_cli.data.dataset import DatasetInfo, PreparedDataset, Splits
+from hco_cli.data.fingerprint import fingerprint_dataset, write_fingerprint
 from hco_cli.data.labels import LabelMap, build_label_map
 from hco_cli.data.plan import CropRule, DataPlan, Norm, PreprocessPlan
 from hco_cli.data.sources import SourceListing, read_list
@@ -245,6 +247,7 @@ def _prepare(
             spacing_median=_triple(np.median(spacings, axis=0)), upstream=listing.upstream,
             source=listing.source)
         write_metadata(tmp, info, splits, data_plan)
+        write_fingerprint(tmp, fingerprint_dataset(PreparedDataset(tmp)))
     return PrepareSummary(out=Path(out), info=info, splits=splits, cases=stats,
                           skipped=list(listing.skipped),
                           dropped_empty_labels=[s.case for s in stats if s.dropped_empty_label],

@@ -7,14 +7,24 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from hco_cli.models.vnet import GROUPNORM_GROUPS, VNet
+from hco_cli.models.vnet import (
+    DEFAULT_KERNELS,
+    DEFAULT_STRIDES,
+    GROUPNORM_GROUPS,
+    STAGES,
+    Triple,
+    VNet,
+    size_multiples,
+)
 
 
 class ModelConfig(BaseModel):
     """The network of a run. Defaults are BCP's LA V-Net (BatchNorm, Dropout3d(0.5)).
 
     BCP's Pancreas network is ``normalization="instancenorm", dropout=False``; UCMT's is
-    ``dropout=False`` with BatchNorm.
+    ``dropout=False`` with BatchNorm. ``strides`` (4 down-samplings, 1 or 2 per axis) and
+    ``kernels`` (5 scales, 1 or 3 per axis) come from a plan (``hco plan``) for anisotropic
+    data; unset, the network is today's V-Net exactly.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -24,6 +34,8 @@ class ModelConfig(BaseModel):
     normalization: Literal["batchnorm", "instancenorm", "groupnorm", "none"] = "batchnorm"
     dropout: bool = True
     dropout_p: float = Field(default=0.5, gt=0.0, lt=1.0)
+    strides: list[Triple] | None = Field(default=None, description="per down-sampling, per axis")
+    kernels: list[Triple] | None = Field(default=None, description="per scale, per axis")
 
     @model_validator(mode="after")
     def _groupnorm_divides(self) -> ModelConfig:
@@ -33,11 +45,37 @@ class ModelConfig(BaseModel):
                 f"multiple of {GROUPNORM_GROUPS} (got {self.n_filters})")
         return self
 
+    @model_validator(mode="after")
+    def _layout(self) -> ModelConfig:
+        for key, rows, count, allowed in (("strides", self.strides, STAGES - 1, {1, 2}),
+                                          ("kernels", self.kernels, STAGES, {1, 3})):
+            if rows is None:
+                continue
+            if len(rows) != count:
+                raise ValueError(f"{key}: expected {count} [x, y, z] entries, got {len(rows)}")
+            bad = next((v for row in rows for v in row if v not in allowed), None)
+            if bad is not None:
+                raise ValueError(f"{key}: {bad} is not one of {sorted(allowed)}")
+        return self
+
+    @property
+    def size_multiples(self) -> Triple:
+        """Per axis, what every patch size must be a multiple of (16 by default)."""
+        return size_multiples(self.strides)
+
+    @property
+    def is_default_layout(self) -> bool:
+        """True when the network is today's V-Net (isotropic 3x3x3 kernels, 2x2x2 strides)."""
+        return (tuple(self.strides or DEFAULT_STRIDES) == DEFAULT_STRIDES
+                and tuple(self.kernels or DEFAULT_KERNELS) == DEFAULT_KERNELS)
+
 
 def build_model(cfg: ModelConfig, *, in_channels: int, num_classes: int) -> nn.Module:
     """A freshly initialised network (PyTorch default initialisation, as BCP)."""
     return VNet(in_channels=in_channels, num_classes=num_classes, n_filters=cfg.n_filters,
-                normalization=cfg.normalization, dropout_p=cfg.dropout_p if cfg.dropout else 0.0)
+                normalization=cfg.normalization, dropout_p=cfg.dropout_p if cfg.dropout else 0.0,
+                strides=cfg.strides, kernels=cfg.kernels)
 
 
-__all__ = ["ModelConfig", "VNet", "build_model"]
+__all__ = ["DEFAULT_KERNELS", "DEFAULT_STRIDES", "ModelConfig", "VNet", "build_model",
+           "size_multiples"]

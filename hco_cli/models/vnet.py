@@ -7,10 +7,19 @@ transposed convolutions whose output is *added* to the encoder feature of the sa
 acts on the bottleneck and before the classifier (train mode only). Module names follow BCP
 (``encoder.block_one.conv.0.weight`` ...) so that its state dicts map onto ours; BCP's unused
 projection/selector heads are left out (they never receive a gradient).
+
+Per-stage layout (a plan for anisotropic data, :mod:`hco_cli.planning`): ``strides`` gives
+each of the four down-samplings per axis (1 or 2; the transposed convolution of the same scale
+mirrors it) and ``kernels`` each of the five scales' convolution kernel per axis (1 or 3; the
+decoder stage of a scale uses that scale's kernel, as nnU-Net does). Left unset, the network
+is built exactly as before (scalar kernel 3 and stride 2, the same modules in the same order,
+so the same parameters from the same seed).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Literal
 
 from torch import Tensor, nn
@@ -19,6 +28,33 @@ Normalization = Literal["batchnorm", "instancenorm", "groupnorm", "none"]
 GROUPNORM_GROUPS = 16  # BCP/UA-MT use GroupNorm(16, C)
 # Four stride-2 stages: every input size must be a multiple of 2^4 for the skips to line up.
 SIZE_MULTIPLE = 16
+STAGES = 5  # scales; STAGES - 1 down-samplings
+ENCODER_CONVS = (1, 2, 3, 3, 3)
+DECODER_CONVS = (1, 2, 3, 3)  # per scale, finest first (block_nine, eight, seven, six)
+Triple = tuple[int, int, int]
+DEFAULT_STRIDES: tuple[Triple, ...] = ((2, 2, 2),) * (STAGES - 1)
+DEFAULT_KERNELS: tuple[Triple, ...] = ((3, 3, 3),) * STAGES
+# What the modules get: an int where every axis agrees (today's modules), else a triple.
+_Size = int | Triple
+
+
+def size_multiples(strides: Sequence[Sequence[int]] | None) -> Triple:
+    """Per axis, the product of the strides: every input size must be a multiple of it."""
+    rows = strides or DEFAULT_STRIDES
+    x, y, z = (math.prod(int(s[a]) for s in rows) for a in range(3))
+    return (x, y, z)
+
+
+def _size(value: Sequence[int] | None, default: int) -> _Size:
+    if value is None:
+        return default
+    x, y, z = (int(v) for v in value)
+    return x if x == y == z else (x, y, z)
+
+
+def _padding(kernel: _Size) -> _Size:
+    return kernel // 2 if isinstance(kernel, int) else (kernel[0] // 2, kernel[1] // 2,
+                                                        kernel[2] // 2)
 
 
 def _norm(kind: Normalization, channels: int) -> list[nn.Module]:
@@ -34,13 +70,16 @@ def _norm(kind: Normalization, channels: int) -> list[nn.Module]:
 
 
 class ConvBlock(nn.Module):
-    """``stages`` x (3x3x3 conv, norm, ReLU); the first conv maps ``c_in`` to ``c_out``."""
+    """``stages`` x (conv, norm, ReLU); the first conv maps ``c_in`` to ``c_out``. The kernel
+    is 3x3x3 unless given per axis (1 or 3, 'same' padding)."""
 
-    def __init__(self, stages: int, c_in: int, c_out: int, normalization: Normalization) -> None:
+    def __init__(self, stages: int, c_in: int, c_out: int, normalization: Normalization,
+                 *, kernel: _Size = 3) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         for i in range(stages):
-            layers.append(nn.Conv3d(c_in if i == 0 else c_out, c_out, kernel_size=3, padding=1))
+            layers.append(nn.Conv3d(c_in if i == 0 else c_out, c_out, kernel_size=kernel,
+                                    padding=_padding(kernel)))
             layers.extend(_norm(normalization, c_out))
             layers.append(nn.ReLU(inplace=True))
         self.conv = nn.Sequential(*layers)
@@ -50,13 +89,15 @@ class ConvBlock(nn.Module):
 
 
 class Resample(nn.Module):
-    """2x2x2 stride-2 conv (down) or transposed conv (up), then norm and ReLU."""
+    """2x2x2 stride-2 conv (down) or transposed conv (up), then norm and ReLU; with a stride
+    per axis, kernel = stride (an axis of stride 1 is not resampled)."""
 
-    def __init__(self, c_in: int, c_out: int, normalization: Normalization, *, up: bool) -> None:
+    def __init__(self, c_in: int, c_out: int, normalization: Normalization, *, up: bool,
+                 stride: _Size = 2) -> None:
         super().__init__()
         conv_type = nn.ConvTranspose3d if up else nn.Conv3d
         self.conv = nn.Sequential(
-            conv_type(c_in, c_out, kernel_size=2, stride=2, padding=0),
+            conv_type(c_in, c_out, kernel_size=stride, stride=stride, padding=0),
             *_norm(normalization, c_out),
             nn.ReLU(inplace=True),
         )
@@ -69,17 +110,19 @@ class Encoder(nn.Module):
     """Five stages; returns the feature of every scale (finest first)."""
 
     def __init__(self, in_channels: int, n: int, normalization: Normalization,
-                 *, dropout_p: float) -> None:
+                 *, dropout_p: float, strides: Sequence[_Size] = (2,) * 4,
+                 kernels: Sequence[_Size] = (3,) * STAGES) -> None:
         super().__init__()
-        self.block_one = ConvBlock(1, in_channels, n, normalization)
-        self.block_one_dw = Resample(n, 2 * n, normalization, up=False)
-        self.block_two = ConvBlock(2, 2 * n, 2 * n, normalization)
-        self.block_two_dw = Resample(2 * n, 4 * n, normalization, up=False)
-        self.block_three = ConvBlock(3, 4 * n, 4 * n, normalization)
-        self.block_three_dw = Resample(4 * n, 8 * n, normalization, up=False)
-        self.block_four = ConvBlock(3, 8 * n, 8 * n, normalization)
-        self.block_four_dw = Resample(8 * n, 16 * n, normalization, up=False)
-        self.block_five = ConvBlock(3, 16 * n, 16 * n, normalization)
+        s, k = strides, kernels
+        self.block_one = ConvBlock(1, in_channels, n, normalization, kernel=k[0])
+        self.block_one_dw = Resample(n, 2 * n, normalization, up=False, stride=s[0])
+        self.block_two = ConvBlock(2, 2 * n, 2 * n, normalization, kernel=k[1])
+        self.block_two_dw = Resample(2 * n, 4 * n, normalization, up=False, stride=s[1])
+        self.block_three = ConvBlock(3, 4 * n, 4 * n, normalization, kernel=k[2])
+        self.block_three_dw = Resample(4 * n, 8 * n, normalization, up=False, stride=s[2])
+        self.block_four = ConvBlock(3, 8 * n, 8 * n, normalization, kernel=k[3])
+        self.block_four_dw = Resample(8 * n, 16 * n, normalization, up=False, stride=s[3])
+        self.block_five = ConvBlock(3, 16 * n, 16 * n, normalization, kernel=k[4])
         self.dropout = nn.Dropout3d(p=dropout_p) if dropout_p > 0 else nn.Identity()
 
     def forward(self, x: Tensor) -> list[Tensor]:
@@ -95,16 +138,18 @@ class Decoder(nn.Module):
     """Upsample, add the skip, convolve; then the 1x1x1 classifier."""
 
     def __init__(self, num_classes: int, n: int, normalization: Normalization,
-                 *, dropout_p: float) -> None:
+                 *, dropout_p: float, strides: Sequence[_Size] = (2,) * 4,
+                 kernels: Sequence[_Size] = (3,) * STAGES) -> None:
         super().__init__()
-        self.block_five_up = Resample(16 * n, 8 * n, normalization, up=True)
-        self.block_six = ConvBlock(3, 8 * n, 8 * n, normalization)
-        self.block_six_up = Resample(8 * n, 4 * n, normalization, up=True)
-        self.block_seven = ConvBlock(3, 4 * n, 4 * n, normalization)
-        self.block_seven_up = Resample(4 * n, 2 * n, normalization, up=True)
-        self.block_eight = ConvBlock(2, 2 * n, 2 * n, normalization)
-        self.block_eight_up = Resample(2 * n, n, normalization, up=True)
-        self.block_nine = ConvBlock(1, n, n, normalization)
+        s, k = strides, kernels
+        self.block_five_up = Resample(16 * n, 8 * n, normalization, up=True, stride=s[3])
+        self.block_six = ConvBlock(3, 8 * n, 8 * n, normalization, kernel=k[3])
+        self.block_six_up = Resample(8 * n, 4 * n, normalization, up=True, stride=s[2])
+        self.block_seven = ConvBlock(3, 4 * n, 4 * n, normalization, kernel=k[2])
+        self.block_seven_up = Resample(4 * n, 2 * n, normalization, up=True, stride=s[1])
+        self.block_eight = ConvBlock(2, 2 * n, 2 * n, normalization, kernel=k[1])
+        self.block_eight_up = Resample(2 * n, n, normalization, up=True, stride=s[0])
+        self.block_nine = ConvBlock(1, n, n, normalization, kernel=k[0])
         self.dropout = nn.Dropout3d(p=dropout_p) if dropout_p > 0 else nn.Identity()
         self.out_conv = nn.Conv3d(n, num_classes, kernel_size=1, padding=0)
 
@@ -118,13 +163,24 @@ class Decoder(nn.Module):
 
 
 class VNet(nn.Module):
-    """V-Net mapping (B, C, X, Y, Z) images to (B, K, X, Y, Z) logits; X, Y, Z divisible by 16."""
+    """V-Net mapping (B, C, X, Y, Z) images to (B, K, X, Y, Z) logits; each of X, Y, Z divisible
+    by its :func:`size_multiples` (16 without per-stage strides)."""
 
     def __init__(self, *, in_channels: int, num_classes: int, n_filters: int = 16,
-                 normalization: Normalization = "batchnorm", dropout_p: float = 0.5) -> None:
+                 normalization: Normalization = "batchnorm", dropout_p: float = 0.5,
+                 strides: Sequence[Sequence[int]] | None = None,
+                 kernels: Sequence[Sequence[int]] | None = None) -> None:
         super().__init__()
-        self.encoder = Encoder(in_channels, n_filters, normalization, dropout_p=dropout_p)
-        self.decoder = Decoder(num_classes, n_filters, normalization, dropout_p=dropout_p)
+        if strides is not None and len(strides) != STAGES - 1:
+            raise ValueError(f"strides: expected {STAGES - 1} stages, got {len(strides)}")
+        if kernels is not None and len(kernels) != STAGES:
+            raise ValueError(f"kernels: expected {STAGES} stages, got {len(kernels)}")
+        s = [_size(None if strides is None else strides[i], 2) for i in range(STAGES - 1)]
+        k = [_size(None if kernels is None else kernels[i], 3) for i in range(STAGES)]
+        self.encoder = Encoder(in_channels, n_filters, normalization, dropout_p=dropout_p,
+                               strides=s, kernels=k)
+        self.decoder = Decoder(num_classes, n_filters, normalization, dropout_p=dropout_p,
+                               strides=s, kernels=k)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.decoder(self.encoder(x))

@@ -41,13 +41,18 @@ from hco_cli.training.ema import ema_update_, make_teacher
 from hco_cli.training.losses import ce_dice_loss, mix_loss, mix_loss_parts
 
 
-def cube_size(shape: tuple[int, ...], ratio: float) -> tuple[int, ...]:
-    """int(ratio * dim) per axis: 74 x 74 x 53 for a 112 x 112 x 80 patch and ratio 2/3."""
-    return tuple(int(d * ratio) for d in shape)
+def cube_size(shape: tuple[int, ...], ratio: float | tuple[float, ...]) -> tuple[int, ...]:
+    """int(ratio * dim) per axis: 74 x 74 x 53 for a 112 x 112 x 80 patch and ratio 2/3.
+
+    ``ratio`` may differ per axis; either way the cube is sized per axis, so an anisotropic
+    patch of 160 x 160 x 12 gets a 106 x 106 x 8 cube at 2/3.
+    """
+    ratios = (ratio,) * len(shape) if isinstance(ratio, int | float) else tuple(ratio)
+    return tuple(int(d * r) for d, r in zip(shape, ratios, strict=True))
 
 
-def random_cube_mask(shape: tuple[int, ...], ratio: float, *, rng: FrameworkRng,
-                     device: torch.device) -> Tensor:
+def random_cube_mask(shape: tuple[int, ...], ratio: float | tuple[float, ...], *,
+                     rng: FrameworkRng, device: torch.device) -> Tensor:
     """BCP ``context_mask``: ones with one zero cube of ``cube_size`` at a uniform corner.
 
     The corner is uniform over [0, dim - size) per axis (NumPy's exclusive ``randint`` bound, not

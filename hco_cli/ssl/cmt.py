@@ -110,7 +110,7 @@ class CMTFramework(Framework):
         shape = tuple(batch.labeled_image.shape[2:])
         if self.cfg.umix and not check_divisible(shape, self.cfg.blocks_per_axis):
             raise ConfigError(f"cmt umix needs patch sizes divisible by {self.cfg.blocks_per_axis}"
-                              f" (got {shape})")
+                              f" (blocks_per_axis; got {shape})")
         for net in (self.student1, self.student2, self.teacher):
             net.train()
         weight = self.cfg.unsup_weight * self.rampup(iteration)

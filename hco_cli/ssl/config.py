@@ -55,7 +55,8 @@ class BCPConfig(_Strict):
     pretrain_iterations: int = Field(default=2000, ge=0)
     selftrain_iterations: int = Field(default=15000, ge=1)
     ema_decay: float = Field(default=0.99, ge=0, le=1)
-    mask_ratio: float = Field(default=2 / 3, gt=0, le=1)
+    # Cube side as a fraction of the patch, per axis when given as [x, y, z].
+    mask_ratio: float | tuple[float, float, float] = 2 / 3
     u_weight: float = Field(default=0.5, ge=0)
     lr_decay: float = Field(default=0.1, gt=0, le=1)
     lr_decay_every: int = Field(default=2500, ge=1)
@@ -67,6 +68,14 @@ class BCPConfig(_Strict):
     # BCP-Pancreas restores the pre-training optimizer state (saved with the best pre-trained
     # weights) for self-training; BCP-LA re-creates the optimizer (False).
     restore_optimizer: bool = False
+
+
+    @model_validator(mode="after")
+    def _ratio(self) -> BCPConfig:
+        ratios = self.mask_ratio if isinstance(self.mask_ratio, tuple) else (self.mask_ratio,)
+        if not all(0 < r <= 1 for r in ratios):
+            raise ValueError("mask_ratio must be in (0, 1] on every axis")
+        return self
 
 
 class CMTConfig(_Strict):
@@ -84,7 +93,8 @@ class CMTConfig(_Strict):
     teacher_coefficient: float = Field(default=0.99, ge=0, le=1)
     umix: bool = True
     topk: int = Field(default=2, ge=1)
-    blocks_per_axis: int = Field(default=8, ge=1)
+    # UCMT's 8 x 8 x 8 UMIX blocks; [x, y, z] for anisotropic patches (hco plan chooses them).
+    blocks_per_axis: int | tuple[int, int, int] = 8
     blur_p: float = Field(default=0.8, ge=0, le=1)
     blur_sigma_min: float = Field(default=0.1, gt=0)
     blur_sigma_max: float = Field(default=2.0, gt=0)
@@ -94,7 +104,11 @@ class CMTConfig(_Strict):
     def _check(self) -> CMTConfig:
         if self.blur_sigma_max < self.blur_sigma_min:
             raise ValueError("blur_sigma_max must be >= blur_sigma_min")
-        if self.topk * 2 > self.blocks_per_axis**3:
+        blocks = self.blocks_per_axis
+        per_axis = (blocks,) * 3 if isinstance(blocks, int) else blocks
+        if min(per_axis) < 1:
+            raise ValueError("blocks_per_axis must be >= 1 on every axis")
+        if self.topk * 2 > per_axis[0] * per_axis[1] * per_axis[2]:
             raise ValueError("topk is larger than half the number of UMIX blocks")
         return self
 

@@ -4,7 +4,9 @@ UCMT (``data/dataset_3d.py``) makes each strong view with ``scipy.ndimage.gaussi
 sigma ~ U(0.1, 2.0), applied with probability 0.8; :func:`gaussian_blur` reproduces scipy's
 filter (truncate 4, 'reflect' borders) in torch so the views are made on the training device.
 UMIX (``train_3d.py`` step 2) cuts a volume into 8 x 8 x 8 blocks, and for each sample moves the
-least-uncertain blocks of one student's map onto the most-uncertain blocks of the other's.
+least-uncertain blocks of one student's map onto the most-uncertain blocks of the other's. The
+number of blocks may differ per axis (an anisotropic patch of 12 slices takes 8 x 8 x 6 blocks,
+see :func:`hco_cli.planning.rules.umix_blocks`); one number means the same on every axis.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from torch import Tensor
 
 from hco_cli.ssl.common import FrameworkRng
 
+Blocks = int | tuple[int, int, int]
 TRUNCATE = 4.0  # scipy.ndimage.gaussian_filter's default
 ENTROPY_EPS = 1e-6
 
@@ -67,27 +70,36 @@ def mean_entropy(prob_a: Tensor, prob_b: Tensor) -> Tensor:
     return -torch.sum(mean * torch.log(mean + ENTROPY_EPS), dim=1, keepdim=True)
 
 
-def _to_blocks(t: Tensor, n: int) -> Tensor:
-    """(B, C, X, Y, Z) -> (B, n^3, C, X/n, Y/n, Z/n), blocks in raster order."""
+def per_axis(blocks: Blocks) -> tuple[int, int, int]:
+    """Blocks per axis: one number stands for all three."""
+    if isinstance(blocks, int):
+        return (blocks, blocks, blocks)
+    return (int(blocks[0]), int(blocks[1]), int(blocks[2]))
+
+
+def _to_blocks(t: Tensor, blocks: Blocks) -> Tensor:
+    """(B, C, X, Y, Z) -> (B, nx ny nz, C, X/nx, Y/ny, Z/nz), blocks in raster order."""
+    nx, ny, nz = per_axis(blocks)
     b, c, x, y, z = t.shape
-    blocks = t.reshape(b, c, n, x // n, n, y // n, n, z // n).permute(0, 2, 4, 6, 1, 3, 5, 7)
-    return blocks.reshape(b, n**3, c, x // n, y // n, z // n)
+    parts = t.reshape(b, c, nx, x // nx, ny, y // ny, nz, z // nz).permute(0, 2, 4, 6, 1, 3, 5, 7)
+    return parts.reshape(b, nx * ny * nz, c, x // nx, y // ny, z // nz)
 
 
-def _from_blocks(blocks: Tensor, n: int) -> Tensor:
-    b, _, c, bx, by, bz = blocks.shape
-    t = blocks.reshape(b, n, n, n, c, bx, by, bz).permute(0, 4, 1, 5, 2, 6, 3, 7)
-    return t.reshape(b, c, n * bx, n * by, n * bz)
+def _from_blocks(parts: Tensor, blocks: Blocks) -> Tensor:
+    nx, ny, nz = per_axis(blocks)
+    b, _, c, bx, by, bz = parts.shape
+    t = parts.reshape(b, nx, ny, nz, c, bx, by, bz).permute(0, 4, 1, 5, 2, 6, 3, 7)
+    return t.reshape(b, c, nx * bx, ny * by, nz * bz)
 
 
-def block_order(uncertainty: Tensor, n: int) -> Tensor:
-    """Block indices per sample sorted by decreasing mean uncertainty, (B, n^3)."""
-    scores = _to_blocks(uncertainty, n).flatten(2).mean(dim=2)
+def block_order(uncertainty: Tensor, blocks: Blocks) -> Tensor:
+    """Block indices per sample sorted by decreasing mean uncertainty, (B, nx ny nz)."""
+    scores = _to_blocks(uncertainty, blocks).flatten(2).mean(dim=2)
     return scores.argsort(dim=1, descending=True, stable=True)
 
 
 def umix(tensors: list[Tensor], uncertainty1: Tensor, uncertainty2: Tensor, *, topk: int,
-         blocks_per_axis: int) -> list[Tensor]:
+         blocks_per_axis: Blocks) -> list[Tensor]:
     """Swap blocks of every (B, C, X, Y, Z) tensor by two students' uncertainty maps.
 
     In UCMT's order: the top-k most uncertain blocks of map 1 receive the k least uncertain blocks
@@ -108,6 +120,7 @@ def umix(tensors: list[Tensor], uncertainty1: Tensor, uncertainty2: Tensor, *, t
     return mixed
 
 
-def check_divisible(shape: tuple[int, ...], n: int) -> bool:
-    """True when every spatial size is a multiple of ``n`` (UMIX needs whole blocks)."""
-    return all(s % n == 0 for s in shape) and math.prod(shape) > 0
+def check_divisible(shape: tuple[int, ...], blocks: Blocks) -> bool:
+    """True when every spatial size is a multiple of its blocks (UMIX needs whole blocks)."""
+    return (all(s % n == 0 for s, n in zip(shape, per_axis(blocks), strict=True))
+            and math.prod(shape) > 0)

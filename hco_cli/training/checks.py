@@ -13,7 +13,7 @@ from hco_cli.config import TrainConfig
 from hco_cli.data.dataset import PreparedDataset
 from hco_cli.data.plan import PLAN_FILE, read_plan
 from hco_cli.errors import ConfigError
-from hco_cli.models.vnet import SIZE_MULTIPLE
+from hco_cli.models.vnet import SIZE_MULTIPLE, Triple
 from hco_cli.ssl.config import CMTConfig
 from hco_cli.ssl.umix import check_divisible
 
@@ -24,26 +24,30 @@ def check_against_dataset(config: TrainConfig, dataset: PreparedDataset,
                           training: list[str], *, resuming: bool = False) -> None:
     """Patch size, classes and label map of ``config`` against ``dataset``'s ``training``
     cases (and, when ``resuming``, against the label map the run started with)."""
-    check_patch_size(config.data.patch_size)
+    multiples = config.model.size_multiples
+    check_patch_size(config.data.patch_size, multiples)
     check_batches(config)
     if dataset.num_classes < 2:
         raise ConfigError(f"dataset {dataset.root} has no foreground class (label values "
                           f"{list(dataset.labels.values)}); prepare it with its labels")
-    check_patch_fits(config.data.patch_size, dataset, training)
+    check_patch_fits(config.data.patch_size, dataset, training, multiples)
     runs = [("--init-from", config.init_from), ("--resume", config.run_dir if resuming else None)]
     for option, run in runs:
         if run is not None:
             check_run_labels(Path(run), dataset, option=option)
 
 
-def check_patch_size(patch: tuple[int, int, int]) -> None:
-    """Every axis a multiple of :data:`SIZE_MULTIPLE` (the V-Net's four down-samplings)."""
-    for axis, size in zip(AXES, patch, strict=True):
-        if size % SIZE_MULTIPLE:
-            fit = max(SIZE_MULTIPLE, round(size / SIZE_MULTIPLE) * SIZE_MULTIPLE)
+def check_patch_size(patch: tuple[int, int, int],
+                     multiples: Triple = (SIZE_MULTIPLE,) * 3) -> None:
+    """Every axis a multiple of its product of strides (16: the V-Net's four halvings)."""
+    for axis, size, multiple in zip(AXES, patch, multiples, strict=True):
+        if size % multiple:
+            fit = max(multiple, round(size / multiple) * multiple)
+            why = ("the V-Net halves each axis 4 times" if multiples == (SIZE_MULTIPLE,) * 3
+                   else f"model.strides halve {axis} {multiple.bit_length() - 1} times")
             raise ConfigError(
                 f"data.patch_size {list(patch)}: {axis} = {size} is not a multiple of "
-                f"{SIZE_MULTIPLE} (the V-Net halves each axis 4 times); use {fit}, for example")
+                f"{multiple} ({why}); use {fit}, for example")
 
 
 def check_batches(config: TrainConfig) -> None:
@@ -71,30 +75,32 @@ def check_batches(config: TrainConfig) -> None:
     if config.model.normalization == "batchnorm":
         smallest = (d.labeled_batch_size // 2 if name == "bcp"
                     else min(d.labeled_batch_size, d.unlabeled_batch_size or d.labeled_batch_size))
-        values = smallest * math.prod(p // SIZE_MULTIPLE for p in d.patch_size)
+        multiples = config.model.size_multiples
+        values = smallest * math.prod(p // m for p, m in zip(d.patch_size, multiples,
+                                                              strict=True))
         if values < 2:
             raise ConfigError(
                 f"BatchNorm needs more than one value per channel at the V-Net's bottleneck "
-                f"(patch / {SIZE_MULTIPLE} per axis, times the batch): a batch of {smallest} "
+                f"(patch / {list(multiples)} per axis, times the batch): a batch of {smallest} "
                 f"patch(es) of {list(d.patch_size)} gives {values}; use a larger patch or "
                 "batch, or model.normalization instancenorm")
 
 
 def check_patch_fits(patch: tuple[int, int, int], dataset: PreparedDataset,
-                     training: list[str]) -> None:
+                     training: list[str], multiples: Triple = (SIZE_MULTIPLE,) * 3) -> None:
     """Refuse a patch axis longer than every training case padded to the network's multiple:
     its patches would hold only padding there."""
     if not training:
         return
     largest = [max(dataset.geometry(case).prepared.shape[a] for case in training)
                for a in range(3)]
-    for axis, size, extent in zip(AXES, patch, largest, strict=True):
-        padded = -(-extent // SIZE_MULTIPLE) * SIZE_MULTIPLE
+    for axis, size, extent, multiple in zip(AXES, patch, largest, multiples, strict=True):
+        padded = -(-extent // multiple) * multiple
         if size > padded:
             raise ConfigError(
                 f"data.patch_size {list(patch)}: {axis} = {size} is larger than the largest "
                 f"training case of {dataset.root} ({extent} voxels, {padded} padded to a "
-                f"multiple of {SIZE_MULTIPLE}); use at most {padded}")
+                f"multiple of {multiple}); use at most {padded}")
 
 
 def check_run_labels(run: Path, dataset: PreparedDataset, *, option: str) -> None:

@@ -2,6 +2,11 @@
 
 ``hco train --dataset la --optimizer sgd-hco`` is Study 1 of the paper (BCP on Left Atrium);
 each preset equals one YAML file in ``sample_configs/`` apart from the data path.
+
+``--config auto --data DIR`` trains a dataset nobody tuned hco for: the LA study's BCP recipe
+(or the fetal study's CMT recipe when the dataset was planned for CMT) with ``plan: auto``,
+so patch, batch sizes and network layout come from the dataset's plan
+(:mod:`hco_cli.planning`).
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ from typing import Any
 import yaml
 
 from hco_cli.config import TrainConfig, validate_config
+from hco_cli.data.plan import PLAN_FILE, read_plan
 from hco_cli.errors import ConfigError
+from hco_cli.planning.apply import AUTO, resolve_plan
 
 _LA: dict[str, Any] = {
     # Study 1: BCP on LA (PROTOCOLS 1.1-1.6): 8 labeled, 112x112x80, SGD 0.01, 2K + 15K.
@@ -99,6 +106,7 @@ class Overrides:
     deterministic: bool = False
     processes: int | None = None
     sync_batchnorm: bool = False
+    plan: str | None = None
 
 
 def preset(name: str) -> dict[str, Any]:
@@ -127,9 +135,12 @@ def build_config(*, config_file: Path | None = None, dataset: str | None = None,
     if (config_file is None) == (dataset is None):
         raise ConfigError("give exactly one of --config FILE or --dataset "
                           f"({', '.join(PRESETS)})")
-    raw = load_yaml(config_file) if config_file is not None else preset(str(dataset))
-    source = str(config_file) if config_file is not None else f"preset {dataset}"
     o = overrides or Overrides()
+    if config_file is not None and str(config_file) == AUTO and not Path(AUTO).is_file():
+        raw, source = auto_config(o.data), "--config auto"
+    else:
+        raw = load_yaml(config_file) if config_file is not None else preset(str(dataset))
+        source = str(config_file) if config_file is not None else f"preset {dataset}"
     sections: dict[str, dict[str, Any]] = {
         "data": {"labeled": o.labeled, "fold": o.fold, "path": o.data},
         "optimizer": {"name": o.optimizer}, "validation": {"select_on": o.select_on},
@@ -143,10 +154,27 @@ def build_config(*, config_file: Path | None = None, dataset: str | None = None,
     raw.update({k: str(v) if isinstance(v, Path) else v for k, v in top.items() if v is not None})
     if o.deterministic:
         raw["deterministic"] = True
-    config = validate_config(raw, source=source)
+    if o.plan is not None:
+        if o.plan != AUTO:
+            raise ConfigError(f"--plan {o.plan!r}: the only plan is 'auto' (the dataset's)")
+        raw["plan"] = AUTO
+    config = validate_config(resolve_plan(raw), source=source)
     if o.iterations is not None:
         config = with_iterations(config, o.iterations)
     return config
+
+
+def auto_config(data: Path | None) -> dict[str, Any]:
+    """The raw config of ``--config auto``: a study recipe whose sizes come from the plan."""
+    if data is None:
+        raise ConfigError("--config auto needs --data DIR (a prepared dataset)")
+    stored = read_plan(Path(data)).network if (Path(data) / PLAN_FILE).is_file() else None
+    raw = preset("fetal" if stored is not None and stored.framework == "cmt" else "la")
+    for key in ("labeled", "fold"):
+        raw["data"].pop(key, None)
+    raw["data"]["path"] = str(data)
+    raw["plan"] = AUTO
+    return raw
 
 
 def with_iterations(config: TrainConfig, total: int) -> TrainConfig:

@@ -8,6 +8,7 @@ from pydantic import ValidationError
 from torch import nn
 
 from hco_cli.models import ModelConfig, build_model
+from tests.models.reference_vnet import VNet as ReferenceVNet
 
 
 def _conv(c_in: int, c_out: int, k: int) -> int:
@@ -128,3 +129,57 @@ def test_cuda_channels_last_bf16_training_step() -> None:
     assert out.dtype == torch.bfloat16 and out.shape == (2, 2, 112, 112, 80)
     out.float().mean().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+ANISOTROPIC_STRIDES = [(2, 2, 1), (2, 2, 1), (2, 2, 2), (2, 2, 2)]
+ANISOTROPIC_KERNELS = [(3, 3, 1), (3, 3, 1), (3, 3, 3), (3, 3, 3), (3, 3, 3)]
+
+
+@pytest.mark.parametrize("explicit", [False, True])
+def test_default_layout_is_the_reference_network_exactly(explicit: bool) -> None:
+    """Same parameters (count, names, values from one seed) and outputs as the pre-layout
+    V-Net, whether the layout is left unset or spelled out as 2x2x2 strides, 3x3x3 kernels."""
+    torch.manual_seed(7)
+    reference = ReferenceVNet(in_channels=1, num_classes=2)
+    torch.manual_seed(7)
+    layout = ({"strides": [(2, 2, 2)] * 4, "kernels": [(3, 3, 3)] * 5} if explicit else {})
+    model = build_model(ModelConfig(**layout), in_channels=1, num_classes=2)
+    assert _count(model) == _count(reference) == 9_448_866
+    assert str(model) == str(reference)
+    ref_state, state = reference.state_dict(), model.state_dict()
+    assert list(state) == list(ref_state)
+    assert all(torch.equal(state[k], ref_state[k]) for k in state)
+    x = torch.randn(1, 1, 32, 32, 16)
+    reference.eval()
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), reference(x))
+
+
+def test_anisotropic_layout_shapes_and_parameters() -> None:
+    cfg = ModelConfig(n_filters=4, strides=ANISOTROPIC_STRIDES, kernels=ANISOTROPIC_KERNELS)
+    assert cfg.size_multiples == (16, 16, 4) and not cfg.is_default_layout
+    model = build_model(cfg, in_channels=1, num_classes=3)
+    conv = model.encoder.block_one.conv[0]
+    assert conv.kernel_size == (3, 3, 1) and conv.padding == (1, 1, 0)
+    assert model.encoder.block_one_dw.conv[0].stride == (2, 2, 1)
+    assert model.decoder.block_eight_up.conv[0].stride == (2, 2, 1)
+    assert model.decoder.block_five_up.conv[0].stride == (2, 2, 2)
+    x = torch.randn(2, 1, 32, 48, 12, requires_grad=True)
+    out = model(x)
+    assert out.shape == (2, 3, 32, 48, 12)
+    out.mean().backward()
+    assert x.grad is not None and all(p.grad is not None for p in model.parameters())
+    # Parameters: kernels 3x3x1 at the two finest scales, 2x2x1 (de)convs between them.
+    assert _count(model) < expected_params(4, classes=3)
+
+
+@pytest.mark.parametrize(("layout", "message"), [
+    ({"strides": [(2, 2, 2)] * 3}, "strides: expected 4"),
+    ({"kernels": [(3, 3, 3)] * 4}, "kernels: expected 5"),
+    ({"strides": [(2, 2, 3)] * 4}, "strides: 3 is not one of \\[1, 2\\]"),
+    ({"kernels": [(3, 3, 5)] * 5}, "kernels: 5 is not one of \\[1, 3\\]"),
+])
+def test_invalid_layouts_are_refused(layout: dict, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        ModelConfig(**layout)

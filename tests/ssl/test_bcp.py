@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from pydantic import ValidationError
 from scipy import ndimage
 from torch import Tensor
 
@@ -23,6 +24,18 @@ SMALL = (16, 16, 16)  # float64 tests: the smallest V-Net input
 def test_cube_size_of_the_la_patch() -> None:
     assert cube_size((112, 112, 80), 2 / 3) == (74, 74, 53)
     assert cube_size((96, 96, 96), 2 / 3) == (64, 64, 64)
+
+
+def test_cube_is_sized_per_axis_on_anisotropic_patches() -> None:
+    assert cube_size((64, 64, 12), 2 / 3) == (42, 42, 8)
+    assert cube_size((64, 64, 12), (2 / 3, 2 / 3, 0.5)) == (42, 42, 6)
+    mask = random_cube_mask((64, 64, 12), (2 / 3, 2 / 3, 0.5), rng=FrameworkRng(3, CPU),
+                            device=CPU)
+    zeros = (mask == 0).nonzero()
+    assert (zeros.max(0).values - zeros.min(0).values + 1).tolist() == [42, 42, 6]
+    assert BCPConfig(mask_ratio=(0.5, 0.5, 1.0)).mask_ratio == (0.5, 0.5, 1.0)
+    with pytest.raises(ValidationError, match="mask_ratio must be in"):
+        BCPConfig(mask_ratio=(0.5, 0.5, 1.5))
 
 
 def test_random_cube_mask_size_and_uniform_corner() -> None:

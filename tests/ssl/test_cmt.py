@@ -138,3 +138,15 @@ def test_state_round_trip_and_errors() -> None:
         odd.train_step(odd.phases()[0], batch, opts, 0)
     with pytest.raises(ConfigError, match="student2"):
         fw.train_step(fw.phases()[0], batch, {"student1": opts["student1"]}, 0)
+
+
+def test_umix_with_blocks_per_axis_trains_a_step() -> None:
+    """Per-axis UMIX blocks (as planned for anisotropic patches) in a full CMT iteration."""
+    fw = _framework(blocks_per_axis=(8, 8, 4))
+    batch = synthetic_batch(0, dtype=torch.float64, shape=SMALL)
+    opts = {"student1": Recorder(list(fw.student1.parameters())),
+            "student2": Recorder(list(fw.student2.parameters()))}
+    result = fw.train_step(fw.phases()[0], batch, opts, 0)
+    assert "loss_l_umix" in result.extra and torch.isfinite(result.extra["loss_l_umix"])
+    with pytest.raises(ValueError, match="topk is larger"):
+        CMTConfig(blocks_per_axis=(1, 1, 3))

@@ -8,7 +8,14 @@ import torch
 from scipy import ndimage
 
 from hco_cli.ssl.common import FrameworkRng
-from hco_cli.ssl.umix import block_order, gaussian_blur, mean_entropy, strong_view, umix
+from hco_cli.ssl.umix import (
+    block_order,
+    check_divisible,
+    gaussian_blur,
+    mean_entropy,
+    strong_view,
+    umix,
+)
 
 
 @pytest.mark.parametrize("sigma", [0.1, 0.7, 2.0])
@@ -33,21 +40,26 @@ def test_strong_view_blurs_some_samples_reproducibly() -> None:
     assert torch.equal(none, images)
 
 
-def _blocks_reference(t: np.ndarray, n: int) -> list[np.ndarray]:
+def _blocks_reference(t: np.ndarray, n: int | tuple[int, int, int]) -> list[np.ndarray]:
     """Blocks of one (C, X, Y, Z) sample in raster order, as UCMT's unfold enumerates them."""
+    nx, ny, nz = (n, n, n) if isinstance(n, int) else n
     x, y, z = t.shape[1:]
-    bx, by, bz = x // n, y // n, z // n
+    bx, by, bz = x // nx, y // ny, z // nz
     return [t[:, i * bx:(i + 1) * bx, j * by:(j + 1) * by, k * bz:(k + 1) * bz].copy()
-            for i in range(n) for j in range(n) for k in range(n)]
+            for i in range(nx) for j in range(ny) for k in range(nz)]
 
 
-def test_umix_swaps_blocks_like_ucmt() -> None:
-    n, k = 4, 2
+@pytest.mark.parametrize(("n", "shape"), [(4, (8, 8, 4)), ((4, 4, 3), (8, 8, 6)),
+                                          ((2, 4, 6), (8, 8, 12))])
+def test_umix_swaps_blocks_like_ucmt(n: int | tuple[int, int, int],
+                                     shape: tuple[int, int, int]) -> None:
+    """Cubic blocks as UCMT; per-axis blocks (anisotropic patches) by the same rule."""
+    k = 2
     g = torch.Generator().manual_seed(0)
-    image = torch.rand(2, 1, 8, 8, 4, generator=g, dtype=torch.float64)
-    label = torch.randint(0, 3, (2, 1, 8, 8, 4), generator=g)
-    unc1 = torch.rand(2, 1, 8, 8, 4, generator=g, dtype=torch.float64)
-    unc2 = torch.rand(2, 1, 8, 8, 4, generator=g, dtype=torch.float64)
+    image = torch.rand(2, 1, *shape, generator=g, dtype=torch.float64)
+    label = torch.randint(0, 3, (2, 1, *shape), generator=g)
+    unc1 = torch.rand(2, 1, *shape, generator=g, dtype=torch.float64)
+    unc2 = torch.rand(2, 1, *shape, generator=g, dtype=torch.float64)
     mixed_image, mixed_label = umix([image, label], unc1, unc2, topk=k, blocks_per_axis=n)
     for i in range(2):
         means1 = [b.mean() for b in _blocks_reference(unc1[i].numpy(), n)]
@@ -57,10 +69,12 @@ def test_umix_swaps_blocks_like_ucmt() -> None:
         for source, mixed in ((image, mixed_image), (label, mixed_label)):
             blocks = _blocks_reference(source[i].numpy(), n)
             new = list(blocks)
-            for dst, src in zip(order1[:k], order2[-k:], strict=True):
-                new[dst] = new[src].copy()
-            for dst, src in zip(order2[:k], order1[-k:], strict=True):
-                new[dst] = new[src].copy()
+            # Each assignment gathers its sources first (torch's a[i] = a[j]); the second
+            # reads the result of the first.
+            for dsts, srcs in ((order1[:k], order2[-k:]), (order2[:k], order1[-k:])):
+                before = [b.copy() for b in new]
+                for dst, src in zip(dsts, srcs, strict=True):
+                    new[dst] = before[src]
             got = _blocks_reference(mixed[i].numpy(), n)
             for a, b in zip(got, new, strict=True):
                 np.testing.assert_array_equal(a, b)
@@ -71,6 +85,9 @@ def test_block_order_and_entropy() -> None:
     unc = torch.zeros(1, 1, 4, 4, 4)
     unc[0, 0, 2:4, 0:2, 2:4] = 1.0  # block (1, 0, 1) -> raster index 1*4 + 0*2 + 1 = 5
     assert int(block_order(unc, 2)[0, 0]) == 5
+    assert int(block_order(unc, (2, 2, 2))[0, 0]) == 5
+    assert int(block_order(unc, (2, 1, 2))[0, 0]) == 3  # (1, 0, 1) -> 1*2 + 0*2 + 1
+    assert check_divisible((64, 64, 12), (8, 8, 6)) and not check_divisible((64, 64, 12), 8)
     p = torch.tensor([0.5, 0.5]).reshape(1, 2, 1, 1, 1)
     q = torch.tensor([1.0, 0.0]).reshape(1, 2, 1, 1, 1)
     mean = torch.tensor([0.75, 0.25])

@@ -1,0 +1,80 @@
+"""A network plan applied to a training config (``hco train --plan auto`` / ``plan: auto``).
+
+The plan replaces ``data.patch_size``, both batch sizes and the network layout
+(``model.strides`` and ``model.kernels``, left unset where the plan is today's isotropic
+V-Net, so that such configs stay as they were) and, for CMT, the UMIX blocks where UCMT's
+8 x 8 x 8 do not divide the patch. The resolved config saved with the run holds these values,
+so a run never re-plans (``--resume`` reads the saved config).
+
+The dataset's stored plan (``hco plan``) is used when it was made for the config's
+framework; otherwise the dataset is planned now for that framework, with the stored plan's
+memory target.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+from hco_cli.data.dataset import PreparedDataset
+from hco_cli.data.plan import NetworkPlan, read_plan
+from hco_cli.models.vnet import DEFAULT_KERNELS, DEFAULT_STRIDES
+from hco_cli.planning.memory import GIB
+from hco_cli.planning.planner import PRESETS, PlanOptions, plan_dataset
+from hco_cli.planning.rules import UMIX_BLOCKS
+
+AUTO = "auto"
+
+
+def network_plan_for(data: Path, framework: str) -> NetworkPlan:
+    """The stored plan of dataset ``data`` for ``framework``, or a new one."""
+    PreparedDataset(Path(data))  # one clear error for a folder that is no prepared dataset
+    stored = read_plan(Path(data)).network
+    if stored is not None and stored.framework == framework:
+        return stored
+    source = read_plan(Path(data)).source.split(":", 1)[0]
+    preset = next((p for p in PRESETS.values() if p.source == source), None)
+    gpu = stored.memory_target_bytes / GIB if stored is not None else None
+    options = PlanOptions(framework=framework,  # type: ignore[arg-type]
+                          preset="auto" if preset and preset.framework == framework else "none",
+                          gpu_memory_gb=gpu)
+    return plan_dataset(Path(data), options).network
+
+
+def apply_plan(raw: dict[str, Any], network: NetworkPlan) -> dict[str, Any]:
+    """A copy of the raw config ``raw`` with the plan's patch, batches and layout."""
+    out = copy.deepcopy(raw)
+    data = out.setdefault("data", {})
+    data["patch_size"] = list(network.patch_size)
+    data["labeled_batch_size"] = network.labeled_batch_size
+    data["unlabeled_batch_size"] = network.unlabeled_batch_size
+    model = out.setdefault("model", {})
+    for key, rows, default in (("strides", network.strides, DEFAULT_STRIDES),
+                               ("kernels", network.kernels, DEFAULT_KERNELS)):
+        if tuple(tuple(r) for r in rows) == default:
+            model.pop(key, None)
+        else:
+            model[key] = [list(r) for r in rows]
+    framework = out.get("framework")
+    if isinstance(framework, dict) and framework.get("name") == "cmt":
+        if tuple(network.umix_blocks) == (UMIX_BLOCKS,) * 3:
+            framework.pop("blocks_per_axis", None)
+        else:
+            framework["blocks_per_axis"] = list(network.umix_blocks)
+    return out
+
+
+def resolve_plan(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` with its dataset's plan applied when it asks for one (``plan: auto``).
+
+    Left unchanged when the framework or the data path is missing: validation reports those.
+    """
+    if raw.get("plan") != AUTO:
+        return raw
+    framework = raw.get("framework")
+    data = raw.get("data")
+    if not (isinstance(framework, dict) and isinstance(framework.get("name"), str)
+            and isinstance(data, dict) and data.get("path")):
+        return raw
+    return apply_plan(raw, network_plan_for(Path(str(data["path"])), framework["name"]))

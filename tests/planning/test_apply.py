@@ -1,0 +1,75 @@
+"""Plans applied to training configs: today's study configs come back unchanged."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hco_cli.config import TrainConfig
+from hco_cli.planning.apply import apply_plan, resolve_plan
+from hco_cli.planning.planner import PlanOptions, plan_dataset, save_network_plan
+from hco_cli.training.presets import Overrides, build_config
+
+CONFIGS = Path(__file__).resolve().parents[2] / "sample_configs"
+
+
+def _without_plan(config: TrainConfig) -> dict[str, Any]:
+    data = config.model_dump(mode="json")
+    data.pop("plan")
+    return data
+
+
+def test_la_preset_with_plan_auto_is_unchanged(la_prepared: Path) -> None:
+    today = build_config(dataset="la", overrides=Overrides(data=la_prepared))
+    planned = build_config(dataset="la", overrides=Overrides(data=la_prepared, plan="auto"))
+    assert planned.plan == "auto" and today.plan is None
+    assert _without_plan(planned) == _without_plan(today)
+    assert planned.model.strides is None and planned.model.kernels is None
+
+
+def test_fetal_short_config_with_its_preset_plan_is_unchanged(fetal_prepared: Path,
+                                                               tmp_path: Path) -> None:
+    data = tmp_path / "fetal"
+    shutil.copytree(fetal_prepared, data)
+    save_network_plan(data, plan_dataset(data, PlanOptions(preset="fetal")).network)
+    config = CONFIGS / "fetal_cmt_adamw_short.yaml"
+    today = build_config(config_file=config, overrides=Overrides(data=data))
+    planned = build_config(config_file=config, overrides=Overrides(data=data, plan="auto"))
+    assert _without_plan(planned) == _without_plan(today)
+
+
+def test_anisotropic_plan_sets_layout_and_umix_blocks(aniso_data: Path) -> None:
+    network = plan_dataset(aniso_data, PlanOptions(framework="cmt")).network
+    raw = {"data": {"path": str(aniso_data), "patch_size": [16, 16, 16]},
+           "model": {"name": "vnet", "strides": [[2, 2, 2]] * 4},
+           "framework": {"name": "cmt"}}
+    out = apply_plan(raw, network)
+    assert raw["data"]["patch_size"] == [16, 16, 16]  # a copy: the input is left alone
+    assert out["data"]["patch_size"] == list(network.patch_size)
+    assert out["model"]["strides"][0] == [2, 2, 1]
+    assert out["framework"]["blocks_per_axis"] == list(network.umix_blocks)
+    resolved = resolve_plan({**raw, "plan": "auto"})
+    assert resolved["data"]["patch_size"] == out["data"]["patch_size"]
+    assert resolve_plan({"plan": "auto"}) == {"plan": "auto"}  # validation reports the rest
+
+
+def test_config_auto_follows_the_stored_framework(aniso_data: Path, tmp_path: Path) -> None:
+    bcp = build_config(config_file=Path("auto"), overrides=Overrides(data=aniso_data))
+    assert bcp.framework.name == "bcp" and bcp.data.patch_size == (64, 64, 12)
+    assert bcp.model.size_multiples == (16, 16, 4) and bcp.data.labeled is None
+    data = tmp_path / "data"
+    shutil.copytree(aniso_data, data)
+    save_network_plan(data, plan_dataset(data, PlanOptions(framework="cmt")).network)
+    cmt = build_config(config_file=Path("auto"), overrides=Overrides(data=data))
+    assert cmt.framework.name == "cmt" and cmt.data.fold is None
+    assert cmt.framework.blocks_per_axis == (8, 8, 6)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("framework", ["supervised", "mean-teacher"])
+def test_other_frameworks_plan_too(aniso_data: Path, framework: str) -> None:
+    network = plan_dataset(aniso_data, PlanOptions(framework=framework)).network  # type: ignore[arg-type]
+    assert network.framework == framework
+    assert network.unlabeled_batch_size == (0 if framework == "supervised" else 2)
