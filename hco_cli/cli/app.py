@@ -56,6 +56,9 @@ app.command("train")(train_command)
 from hco_cli.cli.predict import predict as predict_command  # noqa: E402
 
 app.command("predict")(predict_command)
+from hco_cli.cli.export import export as export_command  # noqa: E402
+
+app.command("export")(export_command)
 from hco_cli.cli.evaluate import evaluate as evaluate_command  # noqa: E402
 
 app.command("evaluate")(evaluate_command)
