@@ -33,7 +33,7 @@ def test_torchscript_export_prints_the_check(run: Path, tmp_path: Path) -> None:
     result = runner.invoke(app, ["export", str(run), "--format", "torchscript", "--out",
                                  str(out)])
     assert result.exit_code == 0, result.output
-    assert f"wrote {out} (torchscript)" in result.stdout.replace("\n", "")
+    assert f"wrote{out}(torchscript)" in "".join(result.stdout.split())
     assert "checked on a random 2x1x16x16x16 batch: max abs diff" in result.stdout
     assert out.is_file() and (tmp_path / "model.json").is_file()
     line = _error([str(run), "--format", "torchscript", "--out", str(out)])
