@@ -50,6 +50,9 @@ def root(
 from hco_cli.cli import prepare as _prepare  # noqa: E402
 
 app.add_typer(_prepare.app, name="prepare")
+from hco_cli.cli.nnunet import export_nnunet as export_nnunet_command  # noqa: E402
+
+_prepare.app.command("export-nnunet")(export_nnunet_command)
 from hco_cli.cli.train import train_command  # noqa: E402
 
 app.command("train")(train_command)
