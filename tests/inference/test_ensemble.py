@@ -200,3 +200,12 @@ def test_runs_must_agree_on_patch_and_plan(setup: dict[str, Path], tmp_path: Pat
     with pytest.raises(ConfigError, match="is given twice"):
         expand_runs([setup["a"], setup["a"].parent / "." / "a"])
     assert expand_runs([setup["a"].parent / "*"]) == [setup["a"], setup["b"]]
+
+
+def test_quoted_image_globs_are_expanded(setup: dict[str, Path], tmp_path: Path) -> None:
+    report = predict(setup["a"], PredictOptions(
+        device="cpu", out=tmp_path / "g", images=[setup["raw"] / "images" / "p[01].nii.gz"]))
+    assert [c.case for c in report.cases] == ["p0", "p1"]
+    with pytest.raises(DataError, match=r"--images .*nothing\*.nii.gz matches no file"):
+        predict(setup["a"], PredictOptions(device="cpu", out=tmp_path / "h",
+                                           images=[tmp_path / "nothing*.nii.gz"]))
