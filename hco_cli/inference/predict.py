@@ -43,6 +43,7 @@ from hco_cli.inference.inputs import dataset_cases, image_cases
 from hco_cli.inference.runs import (
     LoadedRun,
     check_labels,
+    check_plans,
     load_runs,
     model_channels,
     open_dataset,
@@ -150,6 +151,7 @@ def predict(runs: Path | Sequence[Path], options: PredictOptions, *,
     dataset, split = None, None
     if options.images:
         plans = [run_plan(r, options.data) for r in loaded]
+        check_plans(plans, [r.path for r in loaded])
         labels, channels = plans[0].labels, plans[0].channels
         cases = image_cases(options.images, plans[0])
     else:

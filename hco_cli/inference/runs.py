@@ -124,6 +124,15 @@ def check_agreement(runs: Sequence[LoadedRun]) -> None:
             raise DataError(f"runs disagree on the plan ({PLAN_FILE}): {pair} differ in {where}")
 
 
+def check_plans(plans: Sequence[DataPlan], paths: Sequence[Path]) -> None:
+    """Refuse resolved plans (a run's own or its dataset's) that differ."""
+    for plan, path in zip(plans[1:], paths[1:], strict=True):
+        where = plan_difference(plans[0], plan)
+        if where is not None:
+            raise DataError(f"runs disagree on the plan ({PLAN_FILE}): {paths[0]} and {path} "
+                            f"differ in {where}")
+
+
 def plan_difference(a: DataPlan | None, b: DataPlan | None) -> str | None:
     """The first field in which two plans differ (the data source and patch aside), or None."""
     if a is None or b is None:

@@ -105,12 +105,8 @@ def predict_volume(
     mirrors = mirror_sets(mirror_axes)
     device = device or image.device
     stitch_device = stitch_device or image.device
-    image = image.to(stitch_device)
     shape = image.shape[-3:]
-    pads = [max(p - d, 0) for d, p in zip(shape, patch_size, strict=True)]
-    # F.pad takes (z_lo, z_hi, y_lo, y_hi, x_lo, x_hi); BCP puts the odd voxel after the volume.
-    pad_arg = [v for p in reversed(pads) for v in (p // 2, p - p // 2)]
-    padded = F.pad(image, pad_arg) if any(pads) else image
+    padded, pads = _pad(image.to(stitch_device), patch_size)
     size = padded.shape[-3:]
     starts = list(itertools.product(
         *(window_starts(s, p, st) for s, p, st in zip(size, patch_size, strides, strict=True))
@@ -140,3 +136,11 @@ def predict_volume(
     scores /= counts
     crop = tuple(slice(p // 2, p // 2 + d) for p, d in zip(pads, shape, strict=True))
     return scores[(slice(None), *crop)]
+
+
+def _pad(image: Tensor, patch_size: Sequence[int]) -> tuple[Tensor, list[int]]:
+    """``image`` zero-padded to at least the patch, and the padding per axis."""
+    pads = [max(p - d, 0) for d, p in zip(image.shape[-3:], patch_size, strict=True)]
+    # F.pad takes (z_lo, z_hi, y_lo, y_hi, x_lo, x_hi); BCP puts the odd voxel after the volume.
+    pad_arg = [v for p in reversed(pads) for v in (p // 2, p - p // 2)]
+    return (F.pad(image, pad_arg) if any(pads) else image), pads

@@ -209,3 +209,20 @@ def test_quoted_image_globs_are_expanded(setup: dict[str, Path], tmp_path: Path)
     with pytest.raises(DataError, match=r"--images .*nothing\*.nii.gz matches no file"):
         predict(setup["a"], PredictOptions(device="cpu", out=tmp_path / "h",
                                            images=[tmp_path / "nothing*.nii.gz"]))
+
+
+def test_runs_without_their_own_plan_are_compared_by_their_datasets_plans(
+    setup: dict[str, Path], tmp_path: Path,
+) -> None:
+    other = tmp_path / "ds2"
+    shutil.copytree(setup["ds"], other)
+    plan = json.loads((other / "plans.json").read_text(encoding="utf-8"))
+    plan["preprocess"]["norm"] = "none"
+    (other / "plans.json").write_text(json.dumps(plan), encoding="utf-8")
+    first, _ = tiny_run(tmp_path, setup["ds"], classes=3, name="old1")
+    second, _ = tiny_run(tmp_path, other, classes=3, name="old2")
+    for run in (first, second):
+        (run / "plans.json").unlink()  # runs trained before plans were copied
+    scan = setup["raw"] / "images" / "p0.nii.gz"
+    with pytest.raises(DataError, match=r"differ in preprocess.norm \(zscore vs none\)"):
+        predict([first, second], PredictOptions(device="cpu", out=tmp_path / "o", images=[scan]))
