@@ -11,7 +11,7 @@ import pytest
 from hco_cli.data.dataset import PreparedDataset
 from hco_cli.data.io import read_volume
 from hco_cli.data.nnunet import export_nnunet
-from hco_cli.data.prepare import prepare_synthetic
+from hco_cli.data.prepare import SplitOptions, prepare_la, prepare_synthetic
 from hco_cli.errors import DataError
 
 NNUNET_KEYS = {"channel_names", "labels", "numTraining", "file_ending"}
@@ -92,3 +92,18 @@ def test_refusals(tmp_path: Path) -> None:
         export_nnunet(tmp_path / "ok", tmp_path / "taken")
     export_nnunet(tmp_path / "ok", tmp_path / "taken", force=True)
     assert not (tmp_path / "taken" / "x").exists()
+
+
+def test_left_atrium_export_keeps_the_bcp_split(la_unpacked: Path, tmp_path: Path) -> None:
+    prepare_la(la_unpacked, tmp_path / "la", split=SplitOptions(labeled=8), allow_missing=True)
+    data = PreparedDataset(tmp_path / "la")
+    result = export_nnunet(tmp_path / "la", tmp_path / "Dataset501_LA")
+    found = _check_structure(tmp_path / "Dataset501_LA")
+    assert result.val_is_test and found["fold"] == {"train": data.splits.labeled,
+                                                    "val": data.splits.test}
+    assert len(found["cases"]) == 18  # type: ignore[arg-type]
+    assert found["meta"]["labels"] == {"background": 0, "left atrium": 1}  # type: ignore[index]
+    case = data.splits.test[0]
+    label, geometry = read_volume(tmp_path / "Dataset501_LA" / "labelsTr" / f"{case}.nii.gz")
+    np.testing.assert_array_equal(label, data.label(case))
+    assert geometry.spacing == (0.625, 0.625, 0.625) and geometry == data.geometry(case).original
