@@ -196,7 +196,10 @@ def _evaluate(report: PredictionReport, references: dict[str, object], labels: L
                "split": report.split, "dataset": str(report.dataset), "grid": "original",
                "lcc": report.window.lcc, "stride": list(report.window.stride),
                "runs": [str(r) for r in report.runs],
-               "tta_axes": list(report.window.mirror_axes)})
+               "tta_axes": list(report.window.mirror_axes),
+               "prediction_per_case": {c.case: {"seconds": c.seconds, "stitched_on": c.stitched_on,
+                                                "peak_gpu_mib": c.peak_gpu_mib}
+                                       for c in report.cases}})
     write_json(target, data)
     report.summary = target
     report.mean_dice = dice

@@ -144,6 +144,9 @@ def test_ensemble_with_tta_probabilities_and_uncertainty(pair: tuple[Path, Path]
     summary = json.loads((out.parent / "summary.json").read_text(encoding="utf-8"))
     assert summary["runs"] == [str(runs / "s1"), str(runs / "s2")]
     assert summary["tta_axes"] == [0, 1, 2]
+    timing = summary["prediction_per_case"]["syn_002"]
+    assert timing["stitched_on"] == "cpu" and timing["peak_gpu_mib"] is None
+    assert timing["seconds"] > 0
     again = runner.invoke(app, ["evaluate", str(out), str(pair[0])])
     assert again.exit_code == 0, again.output  # the extra outputs do not disturb evaluate
 
