@@ -22,7 +22,7 @@ from hco_cli import __version__
 from hco_cli.errors import OutputError
 
 MARKER = ".hco.json"
-Kind = Literal["dataset", "run", "predictions"]
+Kind = Literal["dataset", "run", "predictions", "nnunet-export"]
 # tempfile's names: the prefix, 8 characters of [a-z0-9_], the suffix (atomic_path, atomic_dir).
 _RANDOM = r"[a-z0-9_]{8}"
 

@@ -54,12 +54,18 @@ app.add_typer(_prepare.app, name="prepare")
 from hco_cli.cli.plan import plan as plan_command  # noqa: E402
 
 app.command("plan")(plan_command)
+from hco_cli.cli.nnunet import export_nnunet as export_nnunet_command  # noqa: E402
+
+_prepare.app.command("export-nnunet")(export_nnunet_command)
 from hco_cli.cli.train import train_command  # noqa: E402
 
 app.command("train")(train_command)
 from hco_cli.cli.predict import predict as predict_command  # noqa: E402
 
 app.command("predict")(predict_command)
+from hco_cli.cli.export import export as export_command  # noqa: E402
+
+app.command("export")(export_command)
 from hco_cli.cli.evaluate import evaluate as evaluate_command  # noqa: E402
 
 app.command("evaluate")(evaluate_command)

@@ -1,4 +1,5 @@
-"""``hco predict RUN``: segment a prepared split or raw scans, written on the original grid."""
+"""``hco predict RUN [RUN ...]``: segment a prepared split or raw scans with one run or an
+ensemble, written on the original grid."""
 
 from __future__ import annotations
 
@@ -35,6 +36,12 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
+class Stitch(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    gpu = "gpu"
+
+
 def _opt(text: str, *names: str, **kwargs: Any) -> Any:
     return typer.Option(*names, help=text, **kwargs)
 
@@ -58,7 +65,9 @@ def parse_stride(text: str | None) -> tuple[int, int, int] | None:
 
 @handle_errors
 def predict(
-    run: Annotated[Path, typer.Argument(help="Run folder, or a .pt checkpoint file.")],
+    runs: Annotated[list[Path], typer.Argument(
+        help="Run folder or .pt checkpoint; several (or a quoted glob such as "
+        "'runs/sgd-hco/*') form an ensemble that averages their probabilities.")],
     data: Annotated[Path | None, _opt("Prepared dataset (default: the run's).")] = None,
     split: Annotated[Split | None, _opt("Split of the dataset to predict (default: test).")]
     = None,
@@ -80,6 +89,17 @@ def predict(
                                      "the device is CUDA).",
                                      "--amp/--no-amp")] = None,
     device: Annotated[Device, _opt("auto (CUDA if available), cpu or cuda.")] = Device.auto,
+    tta: Annotated[bool, _opt("Test-time mirroring: average each window's probabilities over "
+                              "its 8 copies mirrored along x, y, z (8x the forward passes; "
+                              "off by default, as in the literature's numbers).")] = False,
+    stitch: Annotated[Stitch, _opt("Where the probability map is stitched: auto (the GPU when "
+                                   "it fits into half its free memory), cpu (for small GPUs "
+                                   "and large scans) or gpu.")] = Stitch.auto,
+    save_probabilities: Annotated[bool, _opt(
+        "Also write CASE.npz: float32 class probabilities (K, X, Y, Z) on the original grid.")]
+    = False,
+    uncertainty: Annotated[bool, _opt("Also write uncertainty/CASE.nii.gz: the predictive "
+                                      "entropy / log K (0 certain, 1 uniform).")] = False,
     lcc: Annotated[bool, _opt("Keep the largest connected component of each class.")] = False,
     evaluate: Annotated[bool, _opt("Score the predictions against the split's labels and write "
                                    "RUN/eval/<checkpoint>/summary.json.")] = False,
@@ -91,26 +111,34 @@ def predict(
             checkpoint=checkpoint.value if checkpoint else None, data=data,
             split=split.value if split else None, fold=fold, images=images or [], out=out,
             stride=parse_stride(stride), batch_size=batch_size, amp=amp, device=device.value,
-            lcc=lcc, evaluate=evaluate, force=force)
+            tta=tta, stitch=stitch.value, save_probabilities=save_probabilities,
+            uncertainty=uncertainty, lcc=lcc, evaluate=evaluate, force=force)
     except ValidationError as exc:
         raise ConfigError(describe_error(exc)) from None
     with case_progress(console) as bar:
         task = bar.add_task("predicting", total=None)
+        windows = bar.add_task("windows", total=None)
 
         def step(done: int, total: int, case: str) -> None:
             bar.update(task, completed=done, total=total, description=f"predicted {case}")
 
-        report = lib.predict(run, options, progress=step)
+        def window_step(done: int, total: int, case: str) -> None:
+            bar.update(windows, completed=done, total=total, description=f"{case}: windows")
+
+        report = lib.predict(runs, options, progress=step, window_progress=window_step)
     _render(report)
 
 
 def _render(report: lib.PredictionReport) -> None:
+    gpu = any(c.peak_gpu_mib is not None for c in report.cases)
     table = Table(title=f"{len(report.cases)} cases -> {report.out}")
-    for name in ("case", "prepared shape", "original shape", "seconds"):
+    names = ["case", "prepared shape", "original shape", "seconds"]
+    for name in names + (["stitched on", "peak GPU MiB"] if gpu else []):
         table.add_column(name, justify="left" if name == "case" else "right")
     for c in report.cases:
-        table.add_row(c.case, "x".join(map(str, c.prepared_shape)),
-                      "x".join(map(str, c.original_shape)), f"{c.seconds:.2f}")
+        row = [c.case, "x".join(map(str, c.prepared_shape)), "x".join(map(str, c.original_shape)),
+               f"{c.seconds:.2f}"]
+        table.add_row(*row, *([c.stitched_on, f"{c.peak_gpu_mib or 0:.0f}"] if gpu else []))
     console.print(table)
     for c in report.cases:
         if c.note:
@@ -123,6 +151,17 @@ def _render(report: lib.PredictionReport) -> None:
         f"stride {'/'.join(map(str, w.stride))}, batch {w.batch_size}, amp {w.amp}, "
         f"lcc {w.lcc}; {mean:.2f} s per case"
     )
+    if len(report.runs) > 1 or w.mirror_axes:
+        mirrors = 2 ** len(w.mirror_axes)
+        console.print(
+            f"ensemble of {len(report.runs)} run(s) x {mirrors} mirrored cop"
+            f"{'ies' if mirrors > 1 else 'y'}: {report.passes_per_window} forward passes per "
+            f"window ({report.passes_per_window}x a single run without --tta)")
+    if report.outputs.probabilities or report.outputs.uncertainty:
+        extra = [name for name, on in (("CASE.npz probabilities", report.outputs.probabilities),
+                                       ("uncertainty/CASE.nii.gz entropy",
+                                        report.outputs.uncertainty)) if on]
+        console.print(f"also written: {', '.join(extra)}")
     if report.summary is not None:
         if report.mean_dice:
             dice = ", ".join(f"{k} {v:.4f}" for k, v in report.mean_dice.items())

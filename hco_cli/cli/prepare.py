@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from hco_cli.cli import nnunet
 from hco_cli.cli.common import OneLineErrors, console, handle_errors
 from hco_cli.cli.progress import case_progress
 from hco_cli.data import prepare as lib
@@ -49,6 +50,8 @@ ID_RULE = ("case ids are the file names without extension, the suffix all of the
            "_0000 (folder names in front where names repeat)")
 Out = Annotated[Path, _opt("Dataset folder to create, e.g. data/la.")]
 Force = Annotated[bool, _opt("Replace an existing dataset.", "--force")]
+Nnunet = Annotated[Path | None, _opt("Also write the labeled cases as an nnU-Net v2 raw dataset "
+                                     "with this split (see hco prepare export-nnunet).")]
 Labeled = Annotated[int | None, _opt("Labeled cases N (default: the source's protocol).",
                                      min=1)]
 Val = Annotated[int, _opt("Hold K seeded cases with labels out of the unlabeled pool.", min=0)]
@@ -74,13 +77,15 @@ def la(root: Annotated[Path, typer.Argument(help="Folder with train.list, test.l
                                               "'2018LA_Seg_Training Set/'.")],
        out: Out, labeled: Labeled = None, val: Val = 0, seed: Seed = 0,
        allow_missing: Missing = False, folds_labeled: FoldsL = 0, folds_unlabeled: FoldsU = 0,
-       fold_size: FoldSize = None, workers: Workers = 1, force: Force = False) -> None:
+       fold_size: FoldSize = None, workers: Workers = 1, force: Force = False,
+       export_nnunet: Nnunet = None) -> None:
     """Left Atrium h5 (UA-MT/BCP layout): labeled = first N of train.list (default 8)."""
     split = lib.SplitOptions(labeled=labeled, val=val, seed=seed, folds_labeled=folds_labeled,
                              folds_unlabeled=folds_unlabeled, fold_size=fold_size)
     with _progress() as step:
-        _render(lib.prepare_la(root, out, split=split, allow_missing=allow_missing,
-                               force=force, workers=workers, progress=step))
+        summary = lib.prepare_la(root, out, split=split, allow_missing=allow_missing,
+                                 force=force, workers=workers, progress=step)
+    _render(summary, nnunet_out=export_nnunet, force=force)
 
 
 @app.command("pancreas")
@@ -91,14 +96,15 @@ def pancreas(root: Annotated[Path, typer.Argument(help="Folder of NNNN.h5 files,
              labeled: Labeled = None, val: Val = 0, test: Test = None, seed: Seed = 0,
              allow_missing: Missing = False, folds_labeled: FoldsL = 0,
              folds_unlabeled: FoldsU = 0, fold_size: FoldSize = None, workers: Workers = 1,
-             force: Force = False) -> None:
+             force: Force = False, export_nnunet: Nnunet = None) -> None:
     """NIH Pancreas-CT: BCP h5 + 12/50/18 lists, or raw CT with CoraNet's preprocessing."""
     split = lib.SplitOptions(labeled=labeled, val=val, test=test, seed=seed, fold_size=fold_size,
                              folds_labeled=folds_labeled, folds_unlabeled=folds_unlabeled)
     with _progress() as step:
-        _render(lib.prepare_pancreas(root, out, split=split, lists=lists, images=images,
-                                     labels=labels, allow_missing=allow_missing, force=force,
-                                     workers=workers, progress=step))
+        summary = lib.prepare_pancreas(root, out, split=split, lists=lists, images=images,
+                                       labels=labels, allow_missing=allow_missing, force=force,
+                                       workers=workers, progress=step)
+    _render(summary, nnunet_out=export_nnunet, force=force)
 
 
 @app.command("generic")
@@ -131,6 +137,7 @@ def generic(
     test_list: Annotated[Path | None, _opt("File of test case ids, one a line.")] = None,
     seed: Seed = 0, folds_labeled: FoldsL = 0, folds_unlabeled: FoldsU = 0,
     fold_size: FoldSize = None, workers: Workers = 1, force: Force = False,
+    export_nnunet: Nnunet = None,
 ) -> None:
     """Image/label globs or an nnU-Net/MSD folder (NIfTI, NRRD, MHA/MHD, DICOM series)."""
     split = lib.SplitOptions(labeled=labeled, val=val, test=test, test_list=test_list,
@@ -141,14 +148,15 @@ def generic(
     if crop_foreground and crop not in (Crop.none, Crop.otsu):
         raise ConfigError(f"--crop-foreground is --crop otsu; it contradicts --crop {crop.value}")
     with _progress() as step:
-        _render(lib.prepare_generic(
+        summary = lib.prepare_generic(
             out, root=root, images=images, labels=labels, unlabeled=unlabeled,
             classes=parse_classes(classes) if classes else None, ignore_label=ignore_label,
             spacing=(grid[0], grid[1], grid[2]) if grid else None,
             norm=norm.value if norm else None, ct_window=(low, high),
             crop="otsu" if crop_foreground else crop.value,
             crop_train_by_label=crop_train_by_label, crop_margin=crop_margin, split=split,
-            force=force, workers=workers, progress=step))
+            force=force, workers=workers, progress=step)
+    _render(summary, nnunet_out=export_nnunet, force=force)
 
 
 @app.command("synthetic")
@@ -160,15 +168,17 @@ def synthetic(out: Out, labeled: Annotated[int, _opt("Labeled cases.", min=1)] =
               classes: Annotated[int, _opt("Foreground classes.", min=1)] = 2,
               shape: Annotated[str, _opt("Volume size X,Y,Z in 1 mm voxels.")] = "64,64,48",
               seed: Seed = 0, folds_labeled: FoldsL = 0, folds_unlabeled: FoldsU = 0,
-              fold_size: FoldSize = None, workers: Workers = 1, force: Force = False) -> None:
+              fold_size: FoldSize = None, workers: Workers = 1, force: Force = False,
+              export_nnunet: Nnunet = None) -> None:
     """Seeded 3D phantoms (organ-like blobs, texture, bias field, noise): the quick demo."""
     size = [int(v) for v in _numbers(shape, "--shape", 3)]
     with _progress() as step:
-        _render(lib.prepare_synthetic(
+        summary = lib.prepare_synthetic(
             out, labeled=labeled, unlabeled=unlabeled, val=val, test=test, classes=classes,
             shape=(size[0], size[1], size[2]), seed=seed, folds_labeled=folds_labeled,
             folds_unlabeled=folds_unlabeled, fold_size=fold_size, force=force,
-            workers=workers, progress=step))
+            workers=workers, progress=step)
+    _render(summary, nnunet_out=export_nnunet, force=force)
 
 
 def _numbers(text: str, option: str, count: int) -> tuple[float, ...]:
@@ -191,7 +201,8 @@ def _progress() -> Iterator[Callable[[int, int, str], None]]:
                                                    description=f"case {case}")
 
 
-def _render(summary: lib.PrepareSummary) -> None:
+def _render(summary: lib.PrepareSummary, *, nnunet_out: Path | None = None,
+            force: bool = False) -> None:
     low, high = summary.shape_range()
     table = Table(title=f"{summary.out} ({summary.seconds:.1f} s)", show_header=False)
     for name in ("labeled", "unlabeled", "val", "test"):
@@ -211,3 +222,5 @@ def _render(summary: lib.PrepareSummary) -> None:
     if summary.dropped_empty_labels:
         table.add_row("empty labels dropped (unlabeled)", str(len(summary.dropped_empty_labels)))
     console.print(table)
+    if nnunet_out is not None:
+        nnunet.write(summary.out, nnunet_out, force=force)

@@ -16,6 +16,7 @@ Every case is loaded only when it is predicted.
 from __future__ import annotations
 
 import functools
+import glob
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,7 +77,7 @@ def image_cases(paths: Sequence[Path], plan: DataPlan) -> list[InputCase]:
 def group_images(paths: Sequence[Path], *, channels: int) -> dict[str, tuple[Path, ...]]:
     """Case id -> channel files (sorted by name, so ``_0000`` comes before ``_0001``)."""
     files: list[Path] = []
-    for path in map(Path, paths):
+    for path in expand_globs(paths):
         if not path.exists():
             raise DataError(f"image path not found: {path}")
         if path.is_dir():
@@ -101,6 +102,21 @@ def group_images(paths: Sequence[Path], *, channels: int) -> dict[str, tuple[Pat
                 f"{channels} channel(s); name channels {case}_0000, {case}_0001, ..."
             )
     return {case: tuple(sorted(members, key=lambda p: p.name)) for case, members in groups.items()}
+
+
+def expand_globs(paths: Sequence[Path]) -> list[Path]:
+    """Paths as given; a quoted pattern (``'scans/*.nii.gz'``) that names no existing path
+    becomes the paths it matches, sorted."""
+    out: list[Path] = []
+    for path in map(Path, paths):
+        if path.exists() or not set("*?[") & set(str(path)):
+            out.append(path)
+            continue
+        matches = sorted(glob.glob(str(path)))
+        if not matches:
+            raise DataError(f"--images {path} matches no file")
+        out.extend(Path(m) for m in matches)
+    return out
 
 
 def target_spacing(plan: DataPlan, spacing: Sequence[float]) -> tuple[float, float, float] | None:

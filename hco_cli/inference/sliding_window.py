@@ -4,23 +4,43 @@ The volume is zero-padded symmetrically where it is smaller than the patch; wind
 ``stride * i`` clamped to ``dim - patch``; softmax probabilities are summed and divided by the
 number of windows covering each voxel, and the padding is cut off again. Windows are batched
 so the GPU sees a few patches per forward pass instead of one.
+
+Several networks (an ensemble of runs) and test-time mirroring share one pass over the
+windows: each window's probability is the mean over every network and every mirrored copy of
+the window (nnU-Net mirrors each patch, not the volume), so one probability map is kept. As
+window averaging is linear, this equals the mean of the networks' (or mirrors') own maps.
+
+Where the map lives is a choice apart from where the networks run: ``stitch_device`` holds the
+padded image and the probability map, and only each batch of windows travels to ``device``.
+With the CPU as ``stitch_device`` a small GPU predicts volumes whose probability map would not
+fit into its memory.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+Models = nn.Module | Sequence[nn.Module]
 
 
 def window_starts(size: int, patch: int, stride: int) -> list[int]:
     """Starts ``stride * i`` for i < ceil((size - patch) / stride) + 1, clamped to size - patch."""
     count = math.ceil((size - patch) / stride) + 1
     return [min(stride * i, size - patch) for i in range(count)]
+
+
+def mirror_sets(axes: Sequence[int]) -> list[tuple[int, ...]]:
+    """Every subset of the spatial ``axes`` (0, 1, 2), the empty one (no mirroring) first."""
+    if any(a not in (0, 1, 2) for a in axes) or len(set(axes)) != len(axes):
+        raise ValueError(f"mirror axes must be distinct values of 0, 1, 2; got {tuple(axes)}")
+    ordered = sorted(axes)
+    return [c for r in range(len(ordered) + 1) for c in itertools.combinations(ordered, r)]
 
 
 def logits_of(output: object) -> Tensor:
@@ -34,9 +54,29 @@ def logits_of(output: object) -> Tensor:
     raise TypeError(f"cannot find logits in a network output of type {type(output).__name__}")
 
 
+def window_probabilities(models: Sequence[nn.Module], windows: Tensor, *,
+                         mirrors: Sequence[tuple[int, ...]] = ((),),
+                         amp: bool = False) -> Tensor:
+    """Softmax probabilities (N, K, ...) of a batch of windows (N, C, ...), averaged over the
+    networks and the mirrored copies (each flipped back before it is added)."""
+    total: Tensor | None = None
+    for model in models:
+        for axes in mirrors:
+            dims = [a + 2 for a in axes]
+            batch = torch.flip(windows, dims) if dims else windows
+            with torch.autocast(windows.device.type, dtype=torch.bfloat16, enabled=amp):
+                logits = logits_of(model(batch))
+            probs = torch.softmax(logits.float(), dim=1)
+            probs = torch.flip(probs, dims) if dims else probs
+            total = probs if total is None else total.add_(probs)
+    if total is None:
+        raise ValueError("no network to predict with")
+    return total.div_(len(models) * len(mirrors))
+
+
 @torch.inference_mode()
 def predict_volume(
-    model: nn.Module,
+    model: Models,
     image: Tensor,
     *,
     patch_size: Sequence[int],
@@ -44,44 +84,63 @@ def predict_volume(
     num_classes: int,
     batch_size: int = 4,
     amp: bool = False,
+    mirror_axes: Sequence[int] = (),
+    device: torch.device | None = None,
+    stitch_device: torch.device | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Tensor:
     """Softmax probabilities (K, X, Y, Z), float32, averaged over overlapping windows.
 
-    ``image`` is (C, X, Y, Z) on the model's device. The model is run in eval mode and its
-    previous mode is restored afterwards. ``amp`` runs the forward passes under bf16 autocast.
+    ``image`` is (C, X, Y, Z). ``model`` is one network or several (their probabilities are
+    averaged); each is run in eval mode and its previous mode restored afterwards. ``amp`` runs
+    the forward passes under bf16 autocast; ``mirror_axes`` adds the window mirrored along
+    every subset of these spatial axes. The networks run on ``device`` and the map is built on
+    ``stitch_device`` (both default to the image's device) and returned there. ``progress``
+    is called as ``progress(windows done, windows in all)`` after each batch.
     """
+    models = [model] if isinstance(model, nn.Module) else list(model)
     strides = [stride] * 3 if isinstance(stride, int) else list(stride)
     if len(patch_size) != 3 or len(strides) != 3 or min(strides) < 1:
         raise ValueError(f"need 3 patch sizes and 3 positive strides, got {patch_size}, {stride}")
+    mirrors = mirror_sets(mirror_axes)
+    device = device or image.device
+    stitch_device = stitch_device or image.device
     shape = image.shape[-3:]
-    pads = [max(p - d, 0) for d, p in zip(shape, patch_size, strict=True)]
-    # F.pad takes (z_lo, z_hi, y_lo, y_hi, x_lo, x_hi); BCP puts the odd voxel after the volume.
-    pad_arg = [v for p in reversed(pads) for v in (p // 2, p - p // 2)]
-    padded = F.pad(image, pad_arg) if any(pads) else image
+    padded, pads = _pad(image.to(stitch_device), patch_size)
     size = padded.shape[-3:]
-    starts = itertools.product(
+    starts = list(itertools.product(
         *(window_starts(s, p, st) for s, p, st in zip(size, patch_size, strides, strict=True))
-    )
-    scores = torch.zeros((num_classes, *size), dtype=torch.float32, device=image.device)
-    counts = torch.zeros(size, dtype=torch.float32, device=image.device)
-    was_training = model.training
-    model.eval()
+    ))
+    scores = torch.zeros((num_classes, *size), dtype=torch.float32, device=stitch_device)
+    counts = torch.zeros(size, dtype=torch.float32, device=stitch_device)
+    was_training = [m.training for m in models]
+    for m in models:
+        m.eval()
     try:
-        pending = list(starts)
-        for first in range(0, len(pending), batch_size):
+        for first in range(0, len(starts), batch_size):
             boxes = [
                 tuple(slice(s, s + p) for s, p in zip(start, patch_size, strict=True))
-                for start in pending[first : first + batch_size]
+                for start in starts[first : first + batch_size]
             ]
-            windows = torch.stack([padded[(slice(None), *box)] for box in boxes])
-            with torch.autocast(image.device.type, dtype=torch.bfloat16, enabled=amp):
-                logits = logits_of(model(windows))
-            probs = torch.softmax(logits.float(), dim=1)
+            windows = torch.stack([padded[(slice(None), *box)] for box in boxes]).to(device)
+            probs = window_probabilities(models, windows, mirrors=mirrors, amp=amp)
+            probs = probs.to(stitch_device)
             for box, prob in zip(boxes, probs, strict=True):
                 scores[(slice(None), *box)] += prob
                 counts[box] += 1
+            if progress is not None:
+                progress(min(first + batch_size, len(starts)), len(starts))
     finally:
-        model.train(was_training)
+        for m, mode in zip(models, was_training, strict=True):
+            m.train(mode)
     scores /= counts
     crop = tuple(slice(p // 2, p // 2 + d) for p, d in zip(pads, shape, strict=True))
     return scores[(slice(None), *crop)]
+
+
+def _pad(image: Tensor, patch_size: Sequence[int]) -> tuple[Tensor, list[int]]:
+    """``image`` zero-padded to at least the patch, and the padding per axis."""
+    pads = [max(p - d, 0) for d, p in zip(image.shape[-3:], patch_size, strict=True)]
+    # F.pad takes (z_lo, z_hi, y_lo, y_hi, x_lo, x_hi); BCP puts the odd voxel after the volume.
+    pad_arg = [v for p in reversed(pads) for v in (p // 2, p - p // 2)]
+    return (F.pad(image, pad_arg) if any(pads) else image), pads

@@ -115,3 +115,62 @@ def test_parse_stride_forms() -> None:
     assert parse_stride("1,2,3") == (1, 2, 3)
     with pytest.raises(ConfigError):
         parse_stride("0,4")
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("cli-ensemble")
+    dataset = tiny_dataset(root)
+    for name, seed in (("s1", 1), ("s2", 2)):
+        tiny_run(root / "runs", dataset, seed=seed, name=name, which=("best",))
+    return dataset, root / "runs"
+
+
+def test_ensemble_with_tta_probabilities_and_uncertainty(pair: tuple[Path, Path],
+                                                         tmp_path: Path) -> None:
+    _, runs = pair
+    out = tmp_path / "ens" / "preds"
+    result = runner.invoke(app, ["predict", str(runs / "*"), "--device", "cpu", "--tta",
+                                 "--save-probabilities", "--uncertainty", "--evaluate",
+                                 "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "ensemble of 2 run(s) x 8 mirrored copies: 16 forward passes per window (16x" in (
+        result.stdout)
+    assert "also written: CASE.npz probabilities, uncertainty/CASE.nii.gz entropy" in (
+        result.stdout)
+    assert sorted(p.name for p in out.iterdir()) == [  # with hco's marker of the folder kind
+        ".hco.json", "syn_002.nii.gz", "syn_002.npz", "syn_003.nii.gz", "syn_003.npz",
+        "uncertainty"]
+    assert sorted(p.name for p in (out / "uncertainty").iterdir()) == [
+        "syn_002.nii.gz", "syn_003.nii.gz"]
+    summary = json.loads((out.parent / "summary.json").read_text(encoding="utf-8"))
+    assert summary["runs"] == [str(runs / "s1"), str(runs / "s2")]
+    assert summary["tta_axes"] == [0, 1, 2]
+    timing = summary["prediction_per_case"]["syn_002"]
+    assert timing["stitched_on"] == "cpu" and timing["peak_gpu_mib"] is None
+    assert timing["seconds"] > 0
+    again = runner.invoke(app, ["evaluate", str(out), str(pair[0])])
+    assert again.exit_code == 0, again.output  # the extra outputs do not disturb evaluate
+
+
+def test_ensemble_needs_out(pair: tuple[Path, Path]) -> None:
+    _, runs = pair
+    line = _error([str(runs / "s1"), str(runs / "s2"), "--device", "cpu"])
+    assert "2 runs form an ensemble: choose where to write it with --out" in line
+
+
+def test_ensemble_of_different_patches(pair: tuple[Path, Path], tmp_path: Path) -> None:
+    dataset, runs = pair
+    other, _ = tiny_run(tmp_path, dataset, name="big", patch=(32, 32, 16), which=("best",))
+    line = _error([str(runs / "s1"), str(other), "--out", str(tmp_path / "o")])
+    assert "runs disagree on the patch" in line and "16x16x16 and 32x32x16" in line
+
+
+def test_glob_matching_no_run(tmp_path: Path) -> None:
+    assert "matches no run folder" in _error([str(tmp_path / "nothing-*")])
+
+
+def test_gpu_stitching_on_the_cpu(pair: tuple[Path, Path], tmp_path: Path) -> None:
+    _, runs = pair
+    line = _error([str(runs / "s1"), "--device", "cpu", "--stitch", "gpu"])
+    assert "--stitch gpu needs a CUDA device" in line

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from hco_cli.inference.sliding_window import logits_of, predict_volume, window_starts
+from hco_cli.inference.sliding_window import logits_of, mirror_sets, predict_volume, window_starts
 
 
 class TinyNet(nn.Module):
@@ -81,3 +81,74 @@ def test_logits_of_accepts_common_outputs():
     assert logits_of(t) is t and logits_of((t, 1)) is t and logits_of({"out": t}) is t
     with pytest.raises(TypeError):
         logits_of("nope")
+
+
+class Mirrored(nn.Module):
+    """``model`` applied to the input flipped along ``axes`` (spatial), its logits flipped back:
+    the manual mirrored copy of a network."""
+
+    def __init__(self, model: nn.Module, axes: tuple[int, ...]) -> None:
+        super().__init__()
+        self.model, self.dims = model, [a + 2 for a in axes]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.dims:
+            return logits_of(self.model(x))
+        return torch.flip(logits_of(self.model(torch.flip(x, self.dims))), self.dims)
+
+
+def _volume(model, image, **kwargs):
+    return predict_volume(model, image, patch_size=(6, 5, 4), stride=(3, 3, 2), num_classes=3,
+                          batch_size=3, **kwargs)
+
+
+def test_ensemble_equals_the_average_of_each_networks_map():
+    image = torch.from_numpy(np.random.default_rng(2).normal(size=(1, 13, 11, 9))).float()
+    first, second = TinyNet(), TinyNet()
+    with torch.no_grad():
+        second.conv.weight.mul_(-2.0)
+    both = _volume([first, second], image)
+    manual = (_volume(first, image).double() + _volume(second, image).double()) / 2
+    assert first.training and second.training  # both modes restored
+    np.testing.assert_allclose(both.double().numpy(), manual.numpy(), rtol=0, atol=1e-6)
+    assert float((both - _volume(first, image)).abs().max()) > 0.05  # the second one counts
+
+
+def test_mirroring_equals_the_manual_mirrored_average():
+    image = torch.from_numpy(np.random.default_rng(3).normal(size=(1, 13, 11, 9))).float()
+    model = TinyNet()
+    got = _volume(model, image, mirror_axes=(0, 1, 2))
+    subsets = mirror_sets((0, 1, 2))
+    assert len(subsets) == 8 and subsets[0] == () and subsets[-1] == (0, 1, 2)
+    manual = sum(_volume(Mirrored(model, axes), image).double() for axes in subsets) / 8
+    np.testing.assert_allclose(got.double().numpy(), manual.numpy(), rtol=0, atol=1e-6)
+    assert float((got - _volume(model, image)).abs().max()) > 1e-3  # mirroring changes it
+    np.testing.assert_allclose(got.sum(0).numpy(), 1.0, atol=1e-5)
+
+
+def test_mirroring_one_window_equals_flipping_the_volume():
+    """A volume of exactly one patch: each mirrored window is the mirrored volume."""
+    image = torch.from_numpy(np.random.default_rng(4).normal(size=(1, 6, 5, 4))).float()
+    model = TinyNet()
+    got = _volume(model, image, mirror_axes=(1,))
+    flipped = torch.flip(_volume(model, torch.flip(image, [2])), [2])  # y: dim 2 of both
+    manual = (_volume(model, image).double() + flipped.double()) / 2
+    np.testing.assert_allclose(got.double().numpy(), manual.numpy(), rtol=0, atol=1e-6)
+
+
+def test_stitching_device_and_progress():
+    image = torch.from_numpy(np.random.default_rng(5).normal(size=(1, 13, 11, 9))).float()
+    calls: list[tuple[int, int]] = []
+    cpu = torch.device("cpu")
+    got = _volume(TinyNet(), image, device=cpu, stitch_device=cpu,
+                  progress=lambda done, total: calls.append((done, total)))
+    np.testing.assert_array_equal(got.numpy(), _volume(TinyNet(), image).numpy())
+    windows = 4 * 3 * 4  # ceil((13-6)/3)+1 x ceil((11-5)/3)+1 x ceil((9-4)/2)+1
+    assert calls == [(min(n, windows), windows) for n in range(3, windows + 3, 3)]
+
+
+def test_mirror_axes_are_checked():
+    with pytest.raises(ValueError, match="distinct values of 0, 1, 2"):
+        mirror_sets((0, 3))
+    with pytest.raises(ValueError, match="distinct"):
+        mirror_sets((1, 1))

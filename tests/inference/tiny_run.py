@@ -11,7 +11,7 @@ from hco_cli.config import TrainConfig, validate_config
 from hco_cli.data.prepare import prepare_synthetic
 from hco_cli.models import build_model
 from hco_cli.training.checkpoint import save_checkpoint
-from hco_cli.training.run_dir import checkpoint_path, write_config
+from hco_cli.training.run_dir import checkpoint_path, copy_plan, write_config
 
 SHAPE = (16, 16, 16)
 PATCH = (16, 16, 16)
@@ -36,14 +36,17 @@ def tiny_config(dataset: Path, *, patch: tuple[int, int, int] = PATCH) -> TrainC
 
 
 def tiny_run(root: Path, dataset: Path, *, classes: int = 2, seed: int = 0,
-             which: tuple[str, ...] = ("best", "last")) -> tuple[Path, torch.nn.Module]:
-    """A run folder with config.yaml and checkpoints of one randomly initialised V-Net."""
-    run = root / "run"
-    config = tiny_config(dataset)
+             which: tuple[str, ...] = ("best", "last"), name: str = "run",
+             patch: tuple[int, int, int] = PATCH) -> tuple[Path, torch.nn.Module]:
+    """A run folder with config.yaml, the dataset's plans.json (as ``hco train`` copies it)
+    and checkpoints of one randomly initialised V-Net."""
+    run = root / name
+    config = tiny_config(dataset, patch=patch)
     torch.manual_seed(seed)
     model = build_model(config.model, in_channels=1, num_classes=classes).eval()
     run.mkdir(parents=True)
     write_config(run, config.model_dump(mode="json"))
+    copy_plan(run, dataset, patch)
     for name in which:
         save_checkpoint(checkpoint_path(run, name), {
             "model": model.state_dict(), "config": config.model_dump(mode="json"),

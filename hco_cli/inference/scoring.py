@@ -1,0 +1,54 @@
+"""``hco predict --evaluate``: the written label maps scored against the original label files,
+in original geometry (never against the prepared, possibly cropped labels)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hco_cli.data.dataset import PreparedDataset
+from hco_cli.data.io import volume_suffix
+from hco_cli.data.labels import LabelMap
+from hco_cli.errors import DataError
+from hco_cli.evaluation.evaluate import evaluate_cases
+from hco_cli.evaluation.references import LabelSource
+from hco_cli.inference.resample import same_grid
+
+
+def reference_labels(dataset: PreparedDataset, cases: list[str],
+                     split: str | None) -> dict[str, Any]:
+    """Each case's original label file; its prepared label where that is the same (neither
+    cropped nor resampled: generated cases, or a source file no longer there)."""
+    out = {}
+    for case in cases:
+        if not dataset.has_label(case):
+            raise DataError(f"--evaluate: case {case} of split {split!r} has no label "
+                            f"in {dataset.root}")
+        geometry = dataset.geometry(case)
+        path = Path(geometry.source_label) if geometry.source_label else None
+        if path is not None and path.exists():
+            out[case] = LabelSource("volume" if volume_suffix(path) else "h5", path, case)
+        elif geometry.crop is None and same_grid(geometry.prepared, geometry.original):
+            out[case] = LabelSource("prepared", dataset.root, case)
+        else:
+            raise DataError(f"--evaluate: case {case}: original label file {path} not found "
+                            "(the case was cropped or resampled, and evaluation reads the "
+                            "original, uncropped labels)")
+    return out
+
+
+def score_predictions(predictions: dict[str, Path], references: dict[str, Any],
+                      labels: LabelMap, *, extra: dict[str, Any]) -> tuple[dict[str, Any],
+                                                                            dict[str, float]]:
+    """summary.json's content (``extra`` added) and the mean Dice per class."""
+    summary = evaluate_cases(predictions, references, classes=labels.values[1:] or None,
+                             ignore=labels.ignore_value)
+    data = summary.to_json_dict()
+    data.update(extra)
+    return data, {c: summary.mean[c]["dice"] for c in summary.mean}
+
+
+def checkpoint_label(names: Sequence[str]) -> str:
+    """One name for the checkpoints of an ensemble ('best', or 'best+last' where they differ)."""
+    return "+".join(dict.fromkeys(names))
