@@ -57,6 +57,10 @@ class _Display:
                                             f"(best {e.values['best']:.4f})")
 
 
+def _sinks(values: list[str]) -> tuple[str, ...]:
+    return tuple(v.strip() for text in values for v in text.split(",") if v.strip())
+
+
 def _render(result: RunResult) -> None:
     table = Table(title="training finished")
     table.add_column("run dir")
@@ -98,6 +102,10 @@ def train_command(
         "the same number of samples). With --resume: must match the saved run.", min=1)] = None,
     sync_batchnorm: Annotated[bool, _opt("BatchNorm statistics over all GPUs (SyncBatchNorm).")
                               ] = False,
+    log: Annotated[list[str] | None, _opt(
+        "Also log to tensorboard (RUN/tensorboard) or mlflow ($MLFLOW_TRACKING_URI, else "
+        "./mlruns); repeat or comma-separate. Needs the extra: pip install 'hco-cli[NAME]'.")
+    ] = None,
     force: Annotated[bool, _opt("Replace an existing run folder.")] = False,
 ) -> None:
     """Train a segmentation network with an SSL framework and an (H)CO optimizer."""
@@ -107,7 +115,7 @@ def train_command(
     is_main = environment_rank() == 0  # under torchrun, rank 0 alone renders
     if resume_dir is not None:
         given = [config, dataset, optimizer, labeled, seed, iterations, fold, run_dir, data,
-                 device, init_from, select_on]
+                 device, init_from, select_on, log]
         if any(v is not None for v in given) or deterministic or force or sync_batchnorm:
             raise ConfigError("--resume continues a run with its saved configuration; "
                               "give no other options (but --gpus)")
@@ -118,7 +126,8 @@ def train_command(
                               iterations=iterations, fold=fold, run_dir=run_dir, data=data,
                               device=device, init_from=init_from, select_on=select_on,
                               deterministic=deterministic, processes=gpus,
-                              sync_batchnorm=sync_batchnorm)
+                              sync_batchnorm=sync_batchnorm,
+                              sinks=_sinks(log) if log is not None else None)
         cfg = build_config(config_file=config, dataset=dataset, overrides=overrides)
         with Progress(*columns, console=console, disable=not is_main) as bar:
             result = train(cfg, progress=_Display(bar), force=force)
