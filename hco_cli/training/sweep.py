@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
-from hco_cli.errors import HcoError
+from hco_cli.errors import ConfigError, HcoError
 from hco_cli.training.presets import build_config
 from hco_cli.training.sweep_plan import (
     Arm,
@@ -86,7 +86,10 @@ Launcher = Callable[[SweepRun, int], Job]
 # ------------------------------------------------------------------------------ execute
 def run_sweep(options: SweepOptions, *, progress: SweepProgress | None = None,
               launch: Launcher | None = None, poll_seconds: float = 5.0) -> SweepReport:
-    """Plan the grid and bring every run to finished (and evaluated, if asked)."""
+    """Plan the grid and bring every run to finished (and evaluated, if asked), here."""
+    if options.executor != "local":
+        raise ConfigError(f"run_sweep runs the local executor; --executor {options.executor} "
+                          "jobs are submitted by sweep_submit.submit_sweep")
     runs = plan_sweep(options)
     write_plan(runs)
     if options.workers > 1:
