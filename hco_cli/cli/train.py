@@ -120,7 +120,7 @@ def train_command(
             raise ConfigError("--resume continues a run with its saved configuration; "
                               "give no other options (but --gpus)")
         with Progress(*columns, console=console, disable=not is_main) as bar:
-            result = resume(resume_dir, progress=_Display(bar), processes=gpus)
+            result = resume(resume_dir, progress=_Display(bar) if is_main else None, processes=gpus)
     else:
         overrides = Overrides(optimizer=optimizer, labeled=labeled, seed=seed,
                               iterations=iterations, fold=fold, run_dir=run_dir, data=data,
@@ -130,6 +130,6 @@ def train_command(
                               sinks=_sinks(log) if log is not None else None)
         cfg = build_config(config_file=config, dataset=dataset, overrides=overrides)
         with Progress(*columns, console=console, disable=not is_main) as bar:
-            result = train(cfg, progress=_Display(bar), force=force)
+            result = train(cfg, progress=_Display(bar) if is_main else None, force=force)
     if is_main:
         _render(result)

@@ -84,9 +84,20 @@ def _networks(run_dir: Path) -> dict[str, torch.Tensor]:
     return {f"{n}/{k}": v for n, sd in nets.items() for k, v in sd.items()}
 
 
+@pytest.fixture
+def one_thread(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """One CPU thread here and in every job: results equal by construction, and no threads
+    spinning against each other on a loaded machine."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.slow
-def test_interrupted_submitit_sweep_resumes_to_the_uninterrupted_results(config: Path,
-                                                                         tmp_path: Path) -> None:
+def test_interrupted_submitit_sweep_resumes_to_the_uninterrupted_results(
+        config: Path, tmp_path: Path, one_thread: None) -> None:
     reference = run_sweep(_grid(config, tmp_path / "ref"))  # in this process, uninterrupted
     options = _grid(config, tmp_path / "sw", executor="submitit-local")
     folder = tmp_path / "sw" / "_logs" / "submitit"
