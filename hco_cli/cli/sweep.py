@@ -71,10 +71,10 @@ def sweep(
                                      "D-HH:MM:SS.")] = None,
     mem: Annotated[str | None, _opt("Slurm memory per job, e.g. 64G.")] = None,
     log: Annotated[list[str] | None, _opt("Tracking sinks of every run: tensorboard, mlflow "
-                                          "(repeat or comma-separate).")] = None,
+                                          "(repeat or comma-separate).", metavar="SINK")] = None,
     status: Annotated[Path | None, _opt(
-        "Show each run of the sweep folder STATUS (pending, running, done, failed with the "
-        "log's last line) from its files, and exit.")] = None,
+        "Show each run of the sweep folder OUT (pending, running, done, failed with the "
+        "log's last line) from its files, and exit.", metavar="OUT")] = None,
     dry_run: Annotated[bool, _opt("Print the plan (status done / resume / new) and exit.")
                        ] = False,
 ) -> None:

@@ -104,7 +104,8 @@ def train_command(
                               ] = False,
     log: Annotated[list[str] | None, _opt(
         "Also log to tensorboard (RUN/tensorboard) or mlflow ($MLFLOW_TRACKING_URI, else "
-        "./mlruns); repeat or comma-separate. Needs the extra: pip install 'hco-cli[NAME]'.")
+        "./mlruns); repeat or comma-separate. Needs the extra: pip install 'hco-cli[NAME]'.",
+        metavar="SINK")
     ] = None,
     force: Annotated[bool, _opt("Replace an existing run folder.")] = False,
 ) -> None:

@@ -121,14 +121,16 @@ def test_slurm_without_srun_is_one_line(config, tmp_path, monkeypatch):
 def test_submitit_local_executor_end_to_end(config, tmp_path):
     out = tmp_path / "sw"
     result = sweep("--config", config, "--optimizers", "sgd-hco", "--seeds", "3", "--out", out,
-                   "--executor", "submitit-local", "--time", "10")
+                   "--executor", "submitit-local", "--time", "10", "--evaluate")
     assert result.exit_code == 0, result.output
     assert "1 done\ncompare with:" in result.output and " submitted " in result.output
     info = json.loads((out / "sgd-hco" / "all-s3" / "run.json").read_text())
     assert info["finished"] is True
+    assert (out / "sgd-hco" / "all-s3" / "eval" / "best" / "summary.json").is_file()
     log = (out / "_logs" / "sgd-hco" / "all-s3.log").read_text().splitlines()
-    assert "val dice" in log[-3] and log[-2].endswith("training finished")
+    assert "val dice" in log[-4] and log[-3].endswith("training finished")
+    assert log[-2].endswith("evaluate the test split with best.pt")
     assert log[-1].endswith("done (trained)")
     again = sweep("--config", config, "--optimizers", "sgd-hco", "--seeds", "3", "--out", out,
-                  "--executor", "submitit-local")
+                  "--executor", "submitit-local", "--evaluate")
     assert again.exit_code == 0 and " done " in again.output and "submitted" not in again.output
