@@ -127,7 +127,7 @@ def test_submitit_local_executor_end_to_end(config, tmp_path):
     info = json.loads((out / "sgd-hco" / "all-s3" / "run.json").read_text())
     assert info["finished"] is True
     assert (out / "sgd-hco" / "all-s3" / "eval" / "best" / "summary.json").is_file()
-    log = (out / "_logs" / "sgd-hco" / "all-s3.log").read_text().splitlines()
+    log = (out / "_logs" / "sgd-hco" / "all-s3.log").read_text(encoding="utf-8").splitlines()
     assert "val dice" in log[-4] and log[-3].endswith("training finished")
     assert log[-2].endswith("evaluate the test split with best.pt")
     assert log[-1].endswith("done (trained)")

@@ -66,7 +66,8 @@ def test_two_torchrun_nodes_equal_one_process(synthetic: Path, tmp_path: Path) -
     config.write_text(json.dumps(tiny_config(synthetic, tmp_path / "two", processes=1)
                                  .model_dump(mode="json")), encoding="utf-8")
     codes = _torchrun_two_nodes(config, tmp_path)
-    logs = [(tmp_path / f"node{n}.log").read_text() for n in range(2)]
+    logs = [(tmp_path / f"node{n}.log").read_text(encoding="utf-8", errors="replace")
+            for n in range(2)]
     assert codes == [0, 0], logs[0][-3000:]
     assert sorted("training finished" in log for log in logs) == [False, True]  # rank 0 alone
     info = json.loads((tmp_path / "two" / "run.json").read_text())
