@@ -7,6 +7,7 @@ them.
 
 from __future__ import annotations
 
+import re
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -133,6 +134,82 @@ class DistributedConfig(_Section):
     bucket_mb: float = Field(default=6.0, gt=0, description="gradient all-reduce bucket size")
 
 
+TRACKING_SINKS = ("tensorboard", "mlflow")
+_TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d{1,2}))?(?::(\d{1,2}))?$")
+_MEM = re.compile(r"^\d+[KMGT]?$")
+
+
+class TrackingConfig(_Section):
+    """Where rank 0 also sends the records it writes to ``metrics.jsonl``."""
+
+    sinks: list[str] = Field(default_factory=list, description="tensorboard (RUN/tensorboard), "
+                             "mlflow ($MLFLOW_TRACKING_URI, else ./mlruns)")
+    images: int = Field(default=2, ge=0, description="validation cases drawn per validation as "
+                        "mid-slice image/label/prediction overlays (TensorBoard)")
+    mlflow_uri: str | None = Field(default=None, description="MLflow tracking URI (default: "
+                                   "$MLFLOW_TRACKING_URI, else file:<working dir>/mlruns)")
+    experiment: str = Field(default="hco", min_length=1, description="MLflow experiment name")
+
+    @field_validator("sinks")
+    @classmethod
+    def _known_sinks(cls, value: list[str]) -> list[str]:
+        unknown = [v for v in value if v not in TRACKING_SINKS]
+        if unknown:
+            raise ValueError(f"unknown sink {unknown[0]!r}; choose from: "
+                             + ", ".join(TRACKING_SINKS))
+        return list(dict.fromkeys(value))
+
+
+class SlurmConfig(_Section):
+    """The Slurm job of one run when ``hco sweep --executor slurm`` submits it (``hco train``
+    ignores this section)."""
+
+    partition: str | None = Field(default=None, description="default: the cluster's")
+    gpus_per_run: int = Field(default=1, ge=0, description="GPUs per job; more than 1 trains "
+                              "the run data-parallel on them; 0: a CPU job")
+    cpus_per_run: int = Field(default=8, ge=1, description="CPU cores per job")
+    time: str = Field(default="24:00:00", description="time limit: MINUTES, HH:MM:SS or "
+                      "D-HH:MM:SS")
+    mem: str | None = Field(default=None, description="memory per job, e.g. 64G")
+    setup: list[str] = Field(default_factory=list, description="shell lines run before the job "
+                             "(module load ..., source .venv/bin/activate)")
+    options: dict[str, str | int] = Field(default_factory=dict, description="further sbatch "
+                                          "options, e.g. account: lab, qos: high")
+
+    @field_validator("time")
+    @classmethod
+    def _time(cls, value: str) -> str:
+        if not _TIME.match(value.strip()) or slurm_minutes(value) < 1:
+            raise ValueError(f"{value!r} is not a Slurm time limit (MINUTES, HH:MM:SS or "
+                             "D-HH:MM:SS, at least one minute)")
+        return value.strip()
+
+    @field_validator("mem")
+    @classmethod
+    def _mem(cls, value: str | None) -> str | None:
+        if value is not None and not _MEM.match(value.strip().upper()):
+            raise ValueError(f"{value!r} is not a memory size like 64G or 32000M")
+        return None if value is None else value.strip().upper()
+
+    @property
+    def minutes(self) -> int:
+        return slurm_minutes(self.time)
+
+
+def slurm_minutes(text: str) -> int:
+    """Minutes of a Slurm time limit (seconds round up): ``90``, ``4:00:00``, ``1-12:00:00``."""
+    match = _TIME.match(text.strip())
+    if match is None:
+        raise ValueError(f"not a Slurm time limit: {text!r}")
+    days, first, second, third = match.groups()
+    if days is None and second is None:  # MINUTES
+        return int(first)
+    if third is None and days is None:  # MINUTES:SECONDS, as sbatch reads two fields
+        return int(first) + (int(second) > 0)
+    hours, minutes, seconds = int(first), int(second or 0), int(third or 0)
+    return int(days or 0) * 1440 + hours * 60 + minutes + (seconds > 0)
+
+
 class TrainConfig(_Section):
     """Everything a training run depends on; saved with the run and in every checkpoint."""
 
@@ -142,6 +219,8 @@ class TrainConfig(_Section):
     optimizer: OptimizerConfig
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    slurm: SlurmConfig = Field(default_factory=SlurmConfig)
     checkpoint_every: int = Field(default=1000, ge=1)
     log_every: int = Field(default=50, ge=1, description="iterations per metrics flush")
     diagnostics_every: int = Field(default=50, ge=0, description="iterations between optimizer "

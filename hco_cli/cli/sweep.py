@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from pydantic import ValidationError
 from rich.markup import escape
-from rich.table import Table
 
+from hco_cli.cli import sweep_tables as tables
 from hco_cli.cli.common import console, fail, handle_errors
 from hco_cli.config import describe_error
 from hco_cli.errors import ConfigError, Interrupted
 from hco_cli.locks import hold
 from hco_cli.outputs import check_output_folder
 from hco_cli.training import sweep as lib
+from hco_cli.training.sweep_status import sweep_status
+from hco_cli.training.sweep_submit import submit_sweep
 
 
 def _opt(text: str, *names: str, **kwargs: Any) -> Any:
@@ -33,35 +35,13 @@ def _seeds(text: str) -> list[int]:
         raise ConfigError(f"--seeds {text!r}: expected integers like 1,2,3") from None
 
 
-def _plan_table(runs: list[lib.SweepRun]) -> Table:
-    table = Table(title=f"sweep plan: {len(runs)} runs")
-    for name in ("run dir", "arm", "optimizer", "seed", "fold", "status", "init_from"):
-        table.add_column(name)
-    for r in runs:
-        table.add_row(escape(str(r.run_dir)), escape(r.arm), r.optimizer,
-                      str(r.config.seed), r.fold or "all", r.status,
-                      escape(str(r.init_from or "-")))
-    return table
-
-
-def _summary_table(report: lib.SweepReport) -> Table:
-    table = Table(title=f"sweep {report.out}")
-    for name in ("run dir", "status", "best val dice", "test dice", "wall time"):
-        table.add_column(name)
-    for o in report.outcomes:
-        status = o.outcome + (f": {o.message}" if o.message else "")
-        table.add_row(escape(str(o.run.run_dir)), escape(status),
-                      "-" if o.best_dice is None else f"{o.best_dice:.4f}",
-                      "-" if o.test_dice is None else f"{o.test_dice:.4f}",
-                      "-" if o.wall_seconds is None else f"{o.wall_seconds / 60:.1f} min")
-    return table
-
-
 @handle_errors
 def sweep(
-    config: Annotated[Path, _opt("YAML config every run starts from (see sample_configs/).")],
-    seeds: Annotated[str, _opt("Comma-separated seeds, e.g. 1,2.")],
-    out: Annotated[Path, _opt("Sweep folder; runs go to OUT/<arm>/<fold|all>-s<seed>.")],
+    config: Annotated[Path | None, _opt("YAML config every run starts from (see "
+                                        "sample_configs/).")] = None,
+    seeds: Annotated[str | None, _opt("Comma-separated seeds, e.g. 1,2.")] = None,
+    out: Annotated[Path | None, _opt("Sweep folder; runs go to OUT/<arm>/<fold|all>-s<seed>.")
+                   ] = None,
     optimizers: Annotated[str | None, _opt("Comma-separated optimizer names, one arm each "
                                            "(e.g. sgd,sgd-hco).")] = None,
     arms: Annotated[Path | None, _opt(
@@ -81,6 +61,22 @@ def sweep(
                               "--runs-per-gpu 1: one after another in this process, on the "
                               "config's device).", min=1)] = 1,
     runs_per_gpu: Annotated[int, _opt("Runs sharing each GPU at a time.", min=1)] = 1,
+    executor: Annotated[Literal["local", "slurm", "submitit-local"], _opt(
+        "local: here (in this process, or --gpus subprocesses); slurm: one Slurm job per run "
+        "through submitit, returning once submitted; submitit-local: the same jobs on this "
+        "machine through submitit's local executor, waiting for them.")] = "local",
+    partition: Annotated[str | None, _opt("Slurm partition (else the config's slurm "
+                                          "section).")] = None,
+    gpus_per_run: Annotated[int | None, _opt("GPUs per Slurm job; more than 1 trains the run "
+                                             "data-parallel; 0: a CPU job.", min=0)] = None,
+    time: Annotated[str | None, _opt("Slurm time limit per job: MINUTES, HH:MM:SS or "
+                                     "D-HH:MM:SS.")] = None,
+    mem: Annotated[str | None, _opt("Slurm memory per job, e.g. 64G.")] = None,
+    log: Annotated[list[str] | None, _opt("Tracking sinks of every run: tensorboard, mlflow "
+                                          "(repeat or comma-separate).", metavar="SINK")] = None,
+    status: Annotated[Path | None, _opt(
+        "Show each run of the sweep folder OUT (pending, running, done, failed with the "
+        "log's last line) from its files, and exit.", metavar="OUT")] = None,
     dry_run: Annotated[bool, _opt("Print the plan (status done / resume / new) and exit.")
                        ] = False,
 ) -> None:
@@ -88,6 +84,16 @@ def sweep(
 
     Read the result with [bold]hco compare 'sgd=OUT/sgd/*' 'sgd-hco=OUT/sgd-hco/*'[/].
     """
+    if status is not None:
+        if config is not None or seeds is not None or out is not None:
+            raise ConfigError("--status OUT reads a sweep folder; give no --config, --seeds "
+                              "or --out with it")
+        states = sweep_status(status)
+        console.print(tables.status_table(states, title=f"sweep {escape(str(status))}"))
+        console.print(tables.status_counts(states))
+        return
+    if config is None or seeds is None or out is None:
+        raise ConfigError("give --config, --seeds and --out (or --status OUT)")
     if lcc and not evaluate:
         raise ConfigError("--lcc applies to --evaluate")
     if (optimizers is None) == (arms is None):
@@ -97,14 +103,20 @@ def sweep(
             config=config, optimizers=_split(optimizers),
             arms=lib.load_arms(arms) if arms is not None else {}, seeds=_seeds(seeds),
             folds=_split(folds), out=out, share_pretraining=share_pretraining,
-            evaluate=evaluate, lcc=lcc, gpus=gpus, runs_per_gpu=runs_per_gpu)
+            evaluate=evaluate, lcc=lcc, gpus=gpus, runs_per_gpu=runs_per_gpu,
+            executor=executor, log=[v for t in log for v in _split(t)] if log else None,
+            slurm={k: v for k, v in {"partition": partition, "gpus_per_run": gpus_per_run,
+                                     "time": time, "mem": mem}.items() if v is not None})
     except ValidationError as exc:
         raise ConfigError(describe_error(exc)) from None
     check_output_folder(out, option="--out")
     if dry_run:
         runs = lib.plan_sweep(options)
-        console.print(_plan_table(runs))
+        console.print(tables.plan_table(runs))
         console.print(f"compare with: {escape(lib.compare_command(runs, out))}")
+        return
+    if executor != "local":
+        _submit(options)
         return
 
     def show(action: str, run: lib.SweepRun) -> None:
@@ -116,7 +128,24 @@ def sweep(
         except KeyboardInterrupt as exc:
             raise Interrupted("interrupted; the same hco sweep command continues: it skips "
                               "finished runs and resumes interrupted ones") from exc
-    console.print(_summary_table(report))
+    console.print(tables.summary_table(report))
     console.print(f"compare with: {escape(report.compare_command)}")
     if report.failed:
         raise fail(f"{len(report.failed)} of {len(report.outcomes)} runs failed")
+
+
+def _submit(options: lib.SweepOptions) -> None:
+    """Submit the sweep's jobs; with submitit-local they have ended when this returns."""
+    submissions = submit_sweep(options)
+    console.print(tables.submission_table(submissions))
+    out = escape(str(options.out))
+    compare = escape(lib.compare_command([s.run for s in submissions], options.out))
+    if options.executor == "slurm":
+        console.print(f"follow with: hco sweep --status {out}\ncompare with: {compare}")
+        return
+    states = sweep_status(options.out)
+    console.print(tables.status_table(states, title=f"sweep {out}"))
+    console.print(f"{tables.status_counts(states)}\ncompare with: {compare}")
+    failed = [s for s in states if s.state != "done"]
+    if failed:
+        raise fail(f"{len(failed)} of {len(states)} runs did not finish")

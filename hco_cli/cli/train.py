@@ -20,6 +20,10 @@ def _opt(text: str, *names: str, **kwargs: Any) -> Any:
     return typer.Option(*names, help=text, **kwargs)
 
 
+def _sinks(values: list[str]) -> tuple[str, ...]:
+    return tuple(v.strip() for text in values for v in text.split(",") if v.strip())
+
+
 def _render(result: RunResult) -> None:
     table = Table(title="training finished")
     table.add_column("run dir")
@@ -66,6 +70,11 @@ def train_command(
     plan: Annotated[str | None, _opt(
         "auto: patch size, batch sizes and network layout from the dataset's plan (hco plan; "
         "planned now for the config's framework if the dataset has none).")] = None,
+    log: Annotated[list[str] | None, _opt(
+        "Also log to tensorboard (RUN/tensorboard) or mlflow ($MLFLOW_TRACKING_URI, else "
+        "./mlruns); repeat or comma-separate. Needs the extra: pip install 'hco-cli[NAME]'.",
+        metavar="SINK")
+    ] = None,
     force: Annotated[bool, _opt("Replace an existing run folder that hco wrote (a run; "
                                 "nothing else).")] = False,
     accept_config_changes: Annotated[bool, _opt(
@@ -77,13 +86,13 @@ def train_command(
     is_main = environment_rank() == 0  # under torchrun, rank 0 alone renders
     if resume_dir is not None:
         given = [config, dataset, optimizer, labeled, seed, iterations, fold, run_dir, data,
-                 device, init_from, select_on, plan]
+                 device, init_from, select_on, plan, log]
         if any(v is not None for v in given) or deterministic or force or sync_batchnorm:
             raise ConfigError("--resume continues a run with its saved configuration; "
                               "give no other options (but --gpus, --accept-config-changes)")
         with training_progress(console, disable=not is_main) as bar:
-            result = resume(resume_dir, progress=Display(bar, console=console,
-                                                         err_console=err_console),
+            display = Display(bar, console=console, err_console=err_console)
+            result = resume(resume_dir, progress=display if is_main else None,
                             processes=gpus, accept_config_changes=accept_config_changes)
     else:
         if accept_config_changes:
@@ -92,12 +101,13 @@ def train_command(
                               iterations=iterations, fold=fold, run_dir=run_dir, data=data,
                               device=device, init_from=init_from, select_on=select_on,
                               deterministic=deterministic, processes=gpus,
-                              sync_batchnorm=sync_batchnorm, plan=plan)
+                              sync_batchnorm=sync_batchnorm, plan=plan,
+                              sinks=_sinks(log) if log is not None else None)
         cfg = build_config(config_file=config, dataset=dataset, overrides=overrides)
         if data is None:  # the dataset the preset or config names: say how to make it
             check_prepared(cfg, preset=dataset, config_file=config)
         with training_progress(console, disable=not is_main) as bar:
-            result = train(cfg, progress=Display(bar, console=console, err_console=err_console),
-                           force=force)
+            display = Display(bar, console=console, err_console=err_console)
+            result = train(cfg, progress=display if is_main else None, force=force)
     if is_main:
         _render(result)

@@ -15,7 +15,7 @@ import queue as queue_module
 import socket
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +24,7 @@ from hco_cli import errors
 from hco_cli.errors import HcoError
 from hco_cli.training.distributed import SAME_STREAMS_ENV
 from hco_cli.training.events import ProgressCallback, ProgressEvent, RunResult
+from hco_cli.training.tracking import Sink
 
 if TYPE_CHECKING:
     from hco_cli.config import TrainConfig
@@ -39,18 +40,20 @@ class _Job:
     hook: WorkerHook | None
     same_streams: bool
     accept_config_changes: bool = False
+    sinks: tuple[Sink, ...] = ()  # rank 0's extra tracking sinks
 
 
 def launch(config: TrainConfig | None = None, *, resume_dir: Path | None = None,
            processes: int, progress: ProgressCallback | None = None,
            worker_hook: WorkerHook | None = None, same_streams: bool = False,
-           accept_config_changes: bool = False) -> RunResult:
+           accept_config_changes: bool = False, sinks: Sequence[Sink] = ()) -> RunResult:
     """Train ``config`` (or resume ``resume_dir``) in ``processes`` spawned worker processes.
 
     Rank 0's progress events reach ``progress`` here; the first worker that fails ends the
     others and its HcoError is raised here with its own class and message. ``worker_hook``
     (picklable) runs in every worker on each of its events; ``same_streams`` gives every rank
-    rank 0's random streams (a check: the run then equals a one-process run).
+    rank 0's random streams (a check: the run then equals a one-process run). ``sinks``
+    (picklable) are handed to rank 0's loop.
     """
     if (config is None) == (resume_dir is None):
         raise ValueError("give exactly one of config or resume_dir")
@@ -59,7 +62,7 @@ def launch(config: TrainConfig | None = None, *, resume_dir: Path | None = None,
     port = _free_port()
     job = _Job(config=config.model_dump(mode="json") if config is not None else None,
                resume_dir=resume_dir, hook=worker_hook, same_streams=same_streams,
-               accept_config_changes=accept_config_changes)
+               accept_config_changes=accept_config_changes, sinks=tuple(sinks))
     workers = [context.Process(target=_worker, args=(rank, processes, port, job, channel),
                                name=f"hco-rank{rank}") for rank in range(processes)]
     for worker in workers:
@@ -149,13 +152,14 @@ def _worker(rank: int, world: int, port: int, job: _Job, channel: Any) -> None:
         if rank == 0:
             channel.put(("event", event))
 
+    sinks = job.sinks if rank == 0 else ()
     try:
         if job.resume_dir is not None:
             result = resume(job.resume_dir, progress=progress,
-                            accept_config_changes=job.accept_config_changes)
+                            accept_config_changes=job.accept_config_changes, sinks=sinks)
         else:
             assert job.config is not None  # launch() passes exactly one of the two
-            result = train(validate_config(job.config), progress=progress)
+            result = train(validate_config(job.config), progress=progress, sinks=sinks)
         if rank == 0:
             channel.put(("result", result))
     except HcoError as exc:

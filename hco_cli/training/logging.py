@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +28,17 @@ def _clean(value: Any) -> Any:
 
 
 class MetricsWriter:
-    """Appends records to ``metrics.jsonl`` and flushes them to disk at once."""
+    """Appends records to ``metrics.jsonl`` and flushes them to disk at once, then hands the
+    same records to ``fanout`` (the run's tracking sinks), the one path every record takes."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *,
+                 fanout: Callable[[list[dict[str, Any]]], None] | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fanout = fanout
 
     def write(self, records: Iterable[dict[str, Any]]) -> None:
+        records = list(records)
         lines = "".join(json.dumps(_clean(r)) + "\n" for r in records)
         if not lines:
             return
@@ -42,6 +46,8 @@ class MetricsWriter:
             f.write(lines)
             f.flush()
             os.fsync(f.fileno())
+        if self.fanout is not None:
+            self.fanout(records)
 
     def truncate_after(self, iteration: int) -> None:
         """Drop records past ``iteration`` (written after the checkpoint a resume starts from)."""

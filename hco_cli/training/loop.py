@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,16 +49,21 @@ from hco_cli.training.setup import (
     resolve_run_dir,
     seed_everything,
 )
+from hco_cli.training.tracking import Sink, Status, Tracker, TrackingStart, build_sinks
+from hco_cli.training.tracking import check_available as check_sinks
 from hco_cli.training.trees import all_finite, cpu_tree
 
 
 def train(config: TrainConfig, *, progress: ProgressCallback | None = None,
-          force: bool = False) -> RunResult:
+          force: bool = False, sinks: Sequence[Sink] = ()) -> RunResult:
     """Train from scratch into ``config.run_dir`` (refused if non-empty unless ``force``).
 
     With ``distributed.processes`` > 1 the run is data-parallel: it spawns that many worker
-    processes (:mod:`hco_cli.training.launch`), or, under torchrun, is one of them.
+    processes (:mod:`hco_cli.training.launch`), or, under torchrun, is one of them. ``sinks``
+    receive rank 0's records besides those ``config.tracking`` names (picklable with
+    processes > 1).
     """
+    check_sinks(config.tracking.sinks)
     d = config.distributed
     distributed.check_devices(d.processes, device=config.device, sync_batchnorm=d.sync_batchnorm)
     config = resolve_run_dir(config)
@@ -66,7 +72,7 @@ def train(config: TrainConfig, *, progress: ProgressCallback | None = None,
         if distributed.needs_launch(d.processes):
             check_config(config)
             prepare_run_dir(config.run_dir, force=force)  # before spawning: errors come at once
-            return launch(config, processes=d.processes, progress=progress)
+            return launch(config, processes=d.processes, progress=progress, sinks=sinks)
         ctx = distributed.join(resolve_device(config.device))
         setup = build_setup(distributed.with_processes(config, ctx), ctx=ctx)
         if ctx.is_main:
@@ -74,18 +80,19 @@ def train(config: TrainConfig, *, progress: ProgressCallback | None = None,
             setup.warnings += [note] if note else []
             write_config(setup.run_dir, setup.config.model_dump(mode="json"))
             copy_plan(setup.run_dir, setup.config.data.path, setup.config.data.patch_size)
-        return _run(setup, progress=progress, state=None)
+        return _run(setup, progress=progress, state=None, sinks=sinks)
 
 
 def _run(setup: RunSetup, *, progress: ProgressCallback | None,
-         state: dict[str, Any] | None) -> RunResult:
-    result = _Trainer(setup, progress=progress, state=state).run()
+         state: dict[str, Any] | None, sinks: Sequence[Sink]) -> RunResult:
+    result = _Trainer(setup, progress=progress, state=state, sinks=sinks).run()
     distributed.leave(setup.ctx)
     return result
 
 
 def resume(run_dir: Path, *, progress: ProgressCallback | None = None,
-           processes: int | None = None, accept_config_changes: bool = False) -> RunResult:
+           processes: int | None = None, accept_config_changes: bool = False,
+           sinks: Sequence[Sink] = ()) -> RunResult:
     """Continue the run in ``run_dir`` from its ``last.pt`` exactly where it stopped.
 
     It resumes with as many processes as it was saved with (``processes``, if given, must
@@ -99,17 +106,18 @@ def resume(run_dir: Path, *, progress: ProgressCallback | None = None,
         if state.get("finished"):
             raise CheckpointError(f"run {run_dir} already finished; nothing to resume")
         config, changes = resume_config(run_dir, state["config"], accept=accept_config_changes)
+        check_sinks(config.tracking.sinks)
         count = int(state.get("processes", 1))
         distributed.check_resume_processes(count, requested=processes)
         distributed.check_devices(count, device=config.device,
                                   sync_batchnorm=config.distributed.sync_batchnorm)
         if distributed.needs_launch(count):
             return launch(resume_dir=run_dir, processes=count, progress=progress,
-                          accept_config_changes=accept_config_changes)
+                          accept_config_changes=accept_config_changes, sinks=sinks)
         ctx = distributed.join(resolve_device(config.device))
         setup = build_setup(config, resuming=True, ctx=ctx)
         setup.config_changes = change_history(run_dir, changes, int(state["global_iter"]))
-        return _run(setup, progress=progress, state=state)
+        return _run(setup, progress=progress, state=state, sinks=sinks)
 
 
 def _mean_diagnostics(optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, Tensor] | None:
@@ -131,13 +139,16 @@ class _Trainer:
     """State of one run: phases, optimizers, buffered logs, best weights, checkpoints."""
 
     def __init__(self, setup: RunSetup, *, progress: ProgressCallback | None,
-                 state: dict[str, Any] | None) -> None:
+                 state: dict[str, Any] | None, sinks: Sequence[Sink] = ()) -> None:
         self.s = setup
         self.cfg = setup.config
         self.ctx = setup.ctx
         self.progress = progress or (lambda event: None)
         self.state = state
-        self.metrics = MetricsWriter(setup.run_dir / "metrics.jsonl")
+        # Rank 0 alone writes, to metrics.jsonl and to every sink through it.
+        self.tracker = Tracker([*build_sinks(self.cfg.tracking), *sinks] if self.ctx.is_main
+                               else [], warn=self._warn)
+        self.metrics = MetricsWriter(setup.run_dir / "metrics.jsonl", fanout=self.tracker.write)
         self.pending: list[tuple[dict[str, Any], StepResult]] = []
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.lr = self.cfg.optimizer.base_lr
@@ -154,7 +165,24 @@ class _Trainer:
 
     # ----------------------------------------------------------------------------- driving
     def run(self) -> RunResult:
+        """Train every phase; the sinks are told how the run ended, however it ends."""
         self._announce()
+        resumed_at = int(self.state["global_iter"]) if self.state is not None else None
+        self.tracker.open(TrackingStart(run_dir=self.s.run_dir, resumed_at=resumed_at,
+                                        config=self.cfg.model_dump(mode="json"),
+                                        info=self.s.summary()))
+        status: Status = "failed"
+        try:
+            result = self._run_phases()
+            status = "finished"
+        except KeyboardInterrupt:
+            status = "killed"
+            raise
+        finally:
+            self.tracker.close(status)
+        return result
+
+    def _run_phases(self) -> RunResult:
         if self.state is not None:
             if self.ctx.is_main:
                 self.metrics.truncate_after(int(self.state["global_iter"]))
@@ -188,6 +216,11 @@ class _Trainer:
                          best_iteration=self.run_best["iter"], iterations=self.s.plan,
                          wall_seconds=self._wall(), warnings=list(self.s.warnings),
                          select_on=self.cfg.validation.select_on)
+
+    def _warn(self, message: str) -> None:
+        """A warning at run time (a failed sink): shown, and kept in run.json."""
+        self.s.warnings.append(message)
+        self.progress(ProgressEvent("warning", message=message))
 
     def _announce(self) -> None:
         self.progress(ProgressEvent("start", info=self.s.summary()))
@@ -320,9 +353,11 @@ class _Trainer:
 
     def _score(self, phase: Phase, iteration: int) -> dict[str, Any]:
         model = self.s.framework.eval_model()
-        scored = self.s.validation.scored
-        results = {split: validator.evaluate(model) for split, validator in scored.items()}
-        shown = results.get(self.cfg.validation.split)
+        shown_split = self.cfg.validation.split
+        slices = self.cfg.tracking.images if self.tracker.wants_images else 0
+        results = {split: validator.evaluate(model, slices=slices if split == shown_split else 0)
+                   for split, validator in self.s.validation.scored.items()}
+        shown = results.get(shown_split)
         chosen = results.get(self.cfg.validation.select_on)
         score = chosen.dice if chosen is not None else None
         improved = score is not None and math.isfinite(score) and score > self.phase_best["score"]
@@ -334,6 +369,8 @@ class _Trainer:
             "select_on": self.cfg.validation.select_on, "score": score, "best": improved,
             "time": round(self._wall(), 3)}
         self.metrics.write([record])
+        if shown is not None:
+            self.tracker.images(iteration, shown.slices)
         return record
 
     def _save_best(self, phase: Phase, iteration: int, score: float) -> None:

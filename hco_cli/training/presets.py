@@ -107,6 +107,7 @@ class Overrides:
     processes: int | None = None
     sync_batchnorm: bool = False
     plan: str | None = None
+    sinks: tuple[str, ...] | None = None  # --log: tracking sinks besides metrics.jsonl
 
 
 def preset(name: str) -> dict[str, Any]:
@@ -150,6 +151,8 @@ def build_config(*, config_file: Path | None = None, dataset: str | None = None,
         for key, value in values.items():
             if value is not None:
                 raw.setdefault(section, {})[key] = str(value) if isinstance(value, Path) else value
+    if o.sinks is not None:
+        raw.setdefault("tracking", {})["sinks"] = list(o.sinks)
     top = {"seed": o.seed, "run_dir": o.run_dir, "device": o.device, "init_from": o.init_from}
     raw.update({k: str(v) if isinstance(v, Path) else v for k, v in top.items() if v is not None})
     if o.deterministic:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -22,12 +22,24 @@ from hco_cli.inference.sliding_window import predict_volume
 
 
 @dataclass(frozen=True)
+class MidSlice:
+    """The middle axial slice (last axis) of a case: image channel 0, label and prediction."""
+
+    case: str
+    image: np.ndarray  # float32 (X, Y)
+    label: np.ndarray  # int64 (X, Y)
+    prediction: np.ndarray  # int64 (X, Y)
+    num_classes: int
+
+
+@dataclass(frozen=True)
 class ValidationResult:
     """Mean foreground Dice, and per case (mean over classes) and per class (mean over cases)."""
 
     dice: float
     per_case: dict[str, float]
     per_class: list[float]
+    slices: list[MidSlice] = field(default_factory=list)
 
 
 def dice_per_class(prediction: Tensor, target: Tensor, num_classes: int) -> Tensor:
@@ -75,20 +87,28 @@ class Validator:
     def __len__(self) -> int:
         return len(self.cases)
 
-    def evaluate(self, model: nn.Module) -> ValidationResult:
-        scores = []
-        for image, label in zip(self.images, self.labels, strict=True):
+    def evaluate(self, model: nn.Module, *, slices: int = 0) -> ValidationResult:
+        """Score every case; ``slices`` > 0 also returns the mid-slices of the first cases."""
+        scores, kept = [], []
+        for index, (image, label) in enumerate(zip(self.images, self.labels, strict=True)):
             probs = predict_volume(model, image, patch_size=self.patch_size, stride=self.stride,
                                    num_classes=self.num_classes, batch_size=self.batch_size,
                                    amp=self.amp)
-            scores.append(dice_per_class(probs.argmax(0), label, self.num_classes))
+            prediction = probs.argmax(0)
+            scores.append(dice_per_class(prediction, label, self.num_classes))
+            if index < slices:  # small device slices, copied with the scores below
+                z = image.shape[-1] // 2
+                kept.append((self.cases[index], image[0, :, :, z], label[:, :, z],
+                             prediction[:, :, z]))
         table = torch.stack(scores).cpu().numpy()  # (cases, K-1): the one synchronisation
+        mid = [MidSlice(case, i.float().cpu().numpy(), lab.cpu().numpy(), p.cpu().numpy(),
+                        self.num_classes) for case, i, lab, p in kept]
         with np.errstate(all="ignore"):
             per_case = [_nanmean(row) for row in table]
             per_class = [_nanmean(col) for col in table.T]
         return ValidationResult(dice=_nanmean(np.array(per_case)),
                                 per_case=dict(zip(self.cases, per_case, strict=True)),
-                                per_class=per_class)
+                                per_class=per_class, slices=mid)
 
 
 def _nanmean(values: np.ndarray) -> float:

@@ -69,6 +69,11 @@ def test_failed_runs_are_reported_and_exit_1(config, tmp_path):
     ({}, ["--lcc"], "--lcc applies to --evaluate"),
     ({"--gpus": "4"}, [], "--gpus 4: only 0 CUDA device(s) are available"),
     ({"--optimizers": "sgd,adamw"}, ["--share-pretraining"], "use another optimizer family"),
+    ({"--partition": "gpu"}, [], "--partition applies to --executor slurm"),
+    ({"--executor": "slurm", "--time": "4h"}, [], "'4h' is not a Slurm time limit"),
+    ({"--executor": "slurm", "--gpus": "2"}, [], "--gpus and --runs-per-gpu apply to"),
+    ({"--log": "wandb"}, [], "unknown sink 'wandb'"),
+    ({"--status": "x"}, [], "--status OUT reads a sweep folder; give no --config"),
 ])
 def test_user_errors_are_one_line(config, tmp_path, changes, flags, message):
     options = {"--config": str(config), "--optimizers": "sgd", "--seeds": "1",
@@ -78,3 +83,54 @@ def test_user_errors_are_one_line(config, tmp_path, changes, flags, message):
     assert message in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "sw").exists()
+
+
+def test_status_of_a_sweep_folder(config, tmp_path):
+    out = tmp_path / "sw"
+    missing = sweep("--status", out)
+    assert missing.exit_code == 1
+    assert missing.output.strip().splitlines() == [
+        f"error: {out} holds no sweep plan (_configs/<arm>/<run>.yaml); start the sweep with "
+        "hco sweep --config ... --out OUT"]
+    assert sweep("--seeds", "1", "--out", out).output.startswith(
+        "error: give --config, --seeds and --out (or --status OUT)")
+    ran = sweep("--config", config, "--optimizers", "sgd", "--seeds", "1,2", "--out", out)
+    assert ran.exit_code == 0, ran.output
+    (out / "sgd" / "all-s2" / "run.json").unlink()  # its job said done, its files disagree
+    shown = sweep("--status", out)
+    assert shown.exit_code == 0, shown.output
+    rows = [[c.strip() for c in line.split("│")[1:5]] for line in shown.output.splitlines()
+            if "sgd/all" in line]
+    best = json.loads((out / "sgd" / "all-s1" / "run.json").read_text())["best"]["score"]
+    assert [[row[0], row[1], row[3]] for row in rows] == [
+        ["sgd/all-s1", "done", f"best dice {best:.4f}"],
+        ["sgd/all-s2", "failed", "ended before finishing"]]
+    assert shown.output.strip().splitlines()[-1] == "1 done, 1 failed"
+
+
+def test_slurm_without_srun_is_one_line(config, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    result = sweep("--config", config, "--optimizers", "sgd", "--seeds", "1", "--out",
+                   tmp_path / "sw", "--executor", "slurm", "--partition", "gpu")
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        "error: --executor slurm: 'srun' is not on PATH; submit from a Slurm login node, or "
+        "run the jobs here with --executor submitit-local"]
+
+
+def test_submitit_local_executor_end_to_end(config, tmp_path):
+    out = tmp_path / "sw"
+    result = sweep("--config", config, "--optimizers", "sgd-hco", "--seeds", "3", "--out", out,
+                   "--executor", "submitit-local", "--time", "10", "--evaluate")
+    assert result.exit_code == 0, result.output
+    assert "1 done\ncompare with:" in result.output and " submitted " in result.output
+    info = json.loads((out / "sgd-hco" / "all-s3" / "run.json").read_text())
+    assert info["finished"] is True
+    assert (out / "sgd-hco" / "all-s3" / "eval" / "best" / "summary.json").is_file()
+    log = (out / "_logs" / "sgd-hco" / "all-s3.log").read_text(encoding="utf-8").splitlines()
+    assert "val dice" in log[-4] and log[-3].endswith("training finished")
+    assert log[-2].endswith("evaluate the test split with best.pt")
+    assert log[-1].endswith("done (trained)")
+    again = sweep("--config", config, "--optimizers", "sgd-hco", "--seeds", "3", "--out", out,
+                  "--executor", "submitit-local", "--evaluate")
+    assert again.exit_code == 0 and " done " in again.output and "submitted" not in again.output

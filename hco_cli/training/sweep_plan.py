@@ -1,0 +1,292 @@
+"""A sweep's plan: a grid of training runs (arms x seeds x folds), each a resolved config file.
+
+An *arm* is what a study compares: an optimizer with its options, a learning rate, framework
+settings, or the same optimizer with other random streams (an A/A control). Runs live at
+``OUT/<arm>/<fold or 'all'>-s<seed>``, so ``hco compare 'sgd=OUT/sgd/*' 'sgd-hco=OUT/sgd-hco/*'``
+reads a sweep as it stands. The plan writes each run's resolved config to
+``OUT/_configs/<arm>/<fold>-s<seed>.yaml`` (its tracking sinks and Slurm resources included),
+the single source every executor trains (:mod:`hco_cli.training.sweep` on this machine,
+:mod:`hco_cli.training.sweep_submit` through submitit). Each run is skipped when its run.json
+says finished, resumed from ``last.pt`` when one exists, and started afresh otherwise.
+
+With ``share_pretraining`` (BCP) each (seed, fold) first trains a pre-training-only run at
+``OUT/_pretrain/<fold>-s<seed>`` with the config's plain optimizer; every arm, the baseline
+included, starts from its ``pretrain.pt`` by the same path (``init_from``), and starts only once
+that run has finished.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from hco_cli.config import TrainConfig, describe_error, validate_config
+from hco_cli.data.dataset import PreparedDataset
+from hco_cli.errors import ConfigError
+from hco_cli.io_utils import write_text
+from hco_cli.optim import optimizer_info
+from hco_cli.training.presets import Overrides, build_config, load_yaml
+from hco_cli.training.run_dir import checkpoint_path
+from hco_cli.training.sweep_status import CONFIG_DIR, PRETRAIN_ARM, read_json, summary_path
+from hco_cli.training.tracking import check_available as check_sinks
+
+PlanStatus = Literal["done", "resume", "new"]
+Executor = Literal["local", "slurm", "submitit-local"]
+# The Slurm resources a sweep's options may change in every run's config (--partition, ...).
+SLURM_OPTIONS = ("partition", "gpus_per_run", "time", "mem")
+
+
+class Arm(BaseModel):
+    """One arm of a study: what its runs change in the sweep's config."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    optimizer: str
+    lr: float | None = Field(default=None, gt=0, description="learning rate (default: config's)")
+    options: dict[str, float | int | bool | str] = Field(
+        default_factory=dict, description="optimizer keywords, e.g. refine_mask: binary")
+    framework: dict[str, Any] = Field(
+        default_factory=dict, description="framework settings, e.g. grad_split: region")
+    seed_offset: int = Field(default=0, description="streams of seed + offset (A/A control); "
+                             "the shared pre-training stays that of the seed")
+
+
+class SweepOptions(BaseModel):
+    """What ``hco sweep`` runs: one config file across arms, seeds and folds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    config: Path
+    optimizers: list[str] = Field(default_factory=list, description="one arm per optimizer")
+    arms: dict[str, Arm] = Field(default_factory=dict, description="named arms (--arms FILE)")
+    seeds: list[int]
+    folds: list[str] = Field(default_factory=list, description="empty: the config's data")
+    out: Path
+    share_pretraining: bool = False
+    evaluate: bool = False
+    lcc: bool = False
+    gpus: int = Field(default=1, ge=1)
+    runs_per_gpu: int = Field(default=1, ge=1)
+    executor: Executor = "local"
+    log: list[str] | None = Field(default=None, description="tracking sinks of every run "
+                                  "(None: the config's)")
+    slurm: dict[str, Any] = Field(default_factory=dict, description="changes to the config's "
+                                  "slurm section: " + ", ".join(SLURM_OPTIONS))
+
+    def arm_table(self) -> dict[str, Arm]:
+        """The named arms, or one arm per optimizer named after it."""
+        if self.arms and self.optimizers:
+            raise ConfigError("give --optimizers or --arms, not both")
+        if self.arms:
+            return dict(self.arms)
+        return {name: Arm(optimizer=name) for name in _unique("--optimizers", self.optimizers)}
+
+    @property
+    def workers(self) -> int:
+        return self.gpus * self.runs_per_gpu
+
+
+def load_arms(path: Path) -> dict[str, Arm]:
+    """Read an arms file: ``arms: {NAME: {optimizer: ..., lr: ..., options: {...}}, ...}``."""
+    raw = load_yaml(path)
+    arms = raw.get("arms") if isinstance(raw, dict) else None
+    if not isinstance(arms, dict) or not arms or set(raw) != {"arms"}:
+        raise ConfigError(f"{path}: expected one mapping 'arms' of NAME: {{optimizer: ...}}")
+    out = {}
+    for name, spec in arms.items():
+        if not isinstance(name, str) or not name or name.startswith("_") or "/" in name:
+            raise ConfigError(f"{path}: arm name {name!r} must be a non-empty folder name not "
+                              "starting with '_'")
+        try:
+            out[name] = Arm.model_validate(spec)
+        except ValidationError as exc:
+            raise ConfigError(f"{path}: arms.{name}.{describe_error(exc)}") from None
+    return out
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """One cell of the grid: where it lives, what it trains, and what the sweep will do."""
+
+    run_dir: Path
+    arm: str
+    optimizer: str
+    seed: int
+    fold: str | None
+    status: PlanStatus
+    init_from: Path | None
+    config: TrainConfig
+    config_file: Path
+
+
+
+# ------------------------------------------------------------------------------------ plan
+def plan_sweep(options: SweepOptions) -> list[SweepRun]:
+    """Validate the grid and state each run's folder, config and status; trains nothing."""
+    _check_executor(options)
+    if options.gpus > 1:
+        _check_gpus(options.gpus)
+    arms = options.arm_table()
+    seeds = _unique("--seeds", options.seeds)
+    folds = _unique("--folds", options.folds) if options.folds else []
+    for arm in arms.values():
+        optimizer_info(arm.optimizer)  # ConfigError naming the valid optimizers
+    base = build_config(config_file=options.config)
+    if base.distributed.processes > 1:
+        raise ConfigError(f"{options.config}: distributed.processes = "
+                          f"{base.distributed.processes}; a sweep trains one run per GPU, so "
+                          "its config must train on one process")
+    if folds:
+        splits = PreparedDataset(base.data.path).splits
+        for fold in folds:
+            splits.resolve(fold)  # DataError naming the dataset's fold grid
+    if options.share_pretraining:
+        _check_shareable(base, arms)
+    check_sinks(options.log if options.log is not None else base.tracking.sinks)
+    device = "cuda" if options.gpus > 1 else None
+    sinks = tuple(options.log) if options.log is not None else None
+    runs = []
+    for fold in folds or [base.data.fold]:
+        for seed in seeds:
+            shared: Path | None = None
+            if options.share_pretraining:
+                shared = _cell_dir(options.out, PRETRAIN_ARM, fold, seed)
+                config = _resolve(options, base.optimizer.model_dump(mode="json"),
+                                  Overrides(seed=seed, fold=fold, run_dir=shared, device=device,
+                                            sinks=sinks), phases=["pretrain"])
+                runs.append(_run(options.out, PRETRAIN_ARM, seed, fold, config, None))
+            for name, arm in arms.items():
+                run_dir = _cell_dir(options.out, name, fold, seed)
+                config = _resolve(options, _optimizer_section(base, arm), Overrides(
+                    seed=seed + arm.seed_offset, fold=fold, run_dir=run_dir, device=device,
+                    init_from=shared, sinks=sinks), framework=arm.framework)
+                runs.append(_run(options.out, name, seed, fold, config, shared))
+    return runs
+
+
+def _cell_dir(out: Path, arm: str, fold: str | None, seed: int) -> Path:
+    return Path(out) / arm / f"{fold or 'all'}-s{seed}"
+
+
+def _run(out: Path, arm: str, seed: int, fold: str | None, config: TrainConfig,
+         init_from: Path | None) -> SweepRun:
+    assert config.run_dir is not None
+    run_dir = config.run_dir
+    return SweepRun(run_dir=run_dir, arm=arm, optimizer=config.optimizer.name, seed=seed,
+                    fold=fold, status=run_status(run_dir), init_from=init_from, config=config,
+                    config_file=Path(out) / CONFIG_DIR / arm / f"{run_dir.name}.yaml")
+
+
+def _optimizer_section(base: TrainConfig, arm: Arm) -> dict[str, Any]:
+    """The config's optimizer section changed by the arm (hyperparameters kept when the arm's
+    optimizer accepts them: an arm of another family starts from its own defaults)."""
+    section = base.optimizer.model_dump(mode="json", exclude_none=True)
+    accepted = set(optimizer_info(arm.optimizer).hyperparameters)
+    section = {k: v for k, v in section.items() if k in accepted}
+    options = {k: v for k, v in section.pop("options", {}).items() if k in accepted}
+    section.update(name=arm.optimizer, options={**options, **arm.options})
+    if arm.lr is not None:
+        section["lr"] = arm.lr
+    return section
+
+
+def _resolve(options: SweepOptions, optimizer: dict[str, Any], overrides: Overrides, *,
+             framework: dict[str, Any] | None = None,
+             phases: list[str] | None = None) -> TrainConfig:
+    """The config file with the sweep's overrides, the arm's optimizer and framework keys and
+    the sweep's Slurm resources (a job of several GPUs trains its run data-parallel)."""
+    config = build_config(config_file=options.config, overrides=overrides)
+    raw = config.model_dump(mode="json")
+    raw["optimizer"] = optimizer
+    raw["framework"] = {**raw["framework"], **(framework or {})}
+    raw["slurm"] = {**raw["slurm"], **options.slurm}
+    if options.executor != "local" and raw["slurm"]["gpus_per_run"] > 1:
+        raw["distributed"]["processes"] = raw["slurm"]["gpus_per_run"]
+    if phases is not None:
+        raw["phases"] = phases
+    return validate_config(raw, source=str(options.config))
+
+
+def _check_executor(options: SweepOptions) -> None:
+    """Options of one executor are refused with another."""
+    unknown = sorted(set(options.slurm) - set(SLURM_OPTIONS))
+    if unknown:
+        raise ConfigError(f"unknown Slurm option(s) {', '.join(unknown)}; the sweep sets: "
+                          + ", ".join(SLURM_OPTIONS))
+    if options.executor == "local" and options.slurm:
+        name = next(iter(options.slurm)).replace("_", "-")
+        raise ConfigError(f"--{name} applies to --executor slurm (or submitit-local)")
+    if options.executor != "local" and options.workers > 1:
+        raise ConfigError("--gpus and --runs-per-gpu apply to --executor local; a Slurm job's "
+                          "GPUs are --gpus-per-run")
+
+
+def _check_gpus(gpus: int) -> None:
+    import torch
+
+    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus > available:
+        raise ConfigError(f"--gpus {gpus}: only {available} CUDA device(s) are available")
+
+
+def write_plan(runs: Sequence[SweepRun]) -> None:
+    """Write every run's resolved config (atomically), the file each executor trains."""
+    for run in runs:
+        run.config_file.parent.mkdir(parents=True, exist_ok=True)
+        text = yaml.safe_dump(run.config.model_dump(mode="json"), sort_keys=False)
+        if not run.config_file.is_file() or run.config_file.read_text(encoding="utf-8") != text:
+            write_text(run.config_file, text)
+
+
+def _unique(option: str, values: Sequence[Any]) -> list[Any]:
+    if not values:
+        raise ConfigError(f"{option} is empty; give at least one value")
+    repeated = sorted({str(v) for v in values if list(values).count(v) > 1})
+    if repeated:
+        raise ConfigError(f"{option} repeats {', '.join(repeated)}")
+    return list(values)
+
+
+def _check_shareable(base: TrainConfig, arms: dict[str, Arm]) -> None:
+    """Sharing is sound only where pre-training is identical: BCP, the config's family."""
+    if base.framework.name != "bcp":
+        raise ConfigError(f"--share-pretraining needs a BCP config; {base.framework.name} has no "
+                          "pre-training phase to share")
+    if base.init_from is not None:
+        raise ConfigError("--share-pretraining: the config already sets init_from")
+    # BCP pre-trains with the family's plain optimizer: the config's, for every arm.
+    family = optimizer_info(base.optimizer.name).family
+    others = sorted({name for name, arm in arms.items()
+                     if optimizer_info(arm.optimizer).family != family})
+    if others:
+        raise ConfigError(f"--share-pretraining pre-trains with the config's {family}; arm(s) "
+                          f"{', '.join(others)} use another optimizer family")
+
+
+def run_status(run_dir: Path) -> PlanStatus:
+    """``done`` if run.json says finished, ``resume`` if last.pt exists, else ``new``."""
+    info = read_json(Path(run_dir) / "run.json")
+    if info.get("finished") is True:
+        return "done"
+    return "resume" if checkpoint_path(run_dir, "last").is_file() else "new"
+
+
+def compare_command(runs: Sequence[SweepRun], out: Path) -> str:
+    """The ``hco compare`` line that reads the sweep, one group per arm."""
+    names = dict.fromkeys(r.arm for r in runs if r.arm != PRETRAIN_ARM)
+    return "hco compare " + " ".join(f"'{n}={Path(out) / n}/*'" for n in names)
+
+
+def needs_evaluation(run: SweepRun, options: SweepOptions) -> bool:
+    return (options.evaluate and run.arm != PRETRAIN_ARM
+            and not summary_path(run.run_dir).is_file())
+
+
+__all__ = ["SLURM_OPTIONS", "Arm", "Executor", "PlanStatus", "SweepOptions", "SweepRun",
+           "compare_command", "load_arms", "needs_evaluation", "plan_sweep", "run_status",
+           "write_plan"]
