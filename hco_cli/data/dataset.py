@@ -25,17 +25,17 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hco_cli.data.labels import LabelMap, identity_map
 from hco_cli.data.plan import DataPlan, read_plan
 from hco_cli.errors import DataError
+from hco_cli.io_utils import read_json_model
 
 FOLD_PATTERN = re.compile(r"^L(\d+)U(\d+)$")
-M = TypeVar("M", bound="_Model")
 SplitName = Literal["labeled", "unlabeled", "val", "test"]
 
 
@@ -147,8 +147,8 @@ class PreparedDataset:
             raise DataError(
                 f"{self.root} is not a prepared dataset (no dataset.json); run `hco prepare` first"
             )
-        self.info = _load_model(DatasetInfo, self.root / "dataset.json")
-        self.splits = _load_model(Splits, self.root / "splits.json")
+        self.info = read_json_model(DatasetInfo, self.root / "dataset.json")
+        self.splits = read_json_model(Splits, self.root / "splits.json")
         try:
             self.labels = self.info.label_map()
         except ValueError as exc:
@@ -188,7 +188,7 @@ class PreparedDataset:
         return self._array(case, "label", mmap)
 
     def geometry(self, case: str) -> CaseGeometry:
-        return _load_model(CaseGeometry, self.cases_dir / f"{case}.json")
+        return read_json_model(CaseGeometry, self.cases_dir / f"{case}.json")
 
     def split(self, name: SplitName, *, fold: str | None = None) -> list[str]:
         return self.splits.resolve(fold)[name]
@@ -202,13 +202,3 @@ class PreparedDataset:
         except (OSError, ValueError) as exc:
             raise DataError(f"case {case}: cannot read {path}: {exc}") from exc
 
-
-def _load_model(model: type[M], path: Path) -> M:
-    if not path.is_file():
-        raise DataError(f"missing {path}")
-    try:
-        return model.model_validate_json(path.read_text(encoding="utf-8"))
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise DataError(f"{path}: invalid field {where!r}: {first['msg']}") from exc

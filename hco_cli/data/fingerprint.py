@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from hco_cli.data.dataset import CaseGeometry, PreparedDataset
 from hco_cli.errors import DataError
-from hco_cli.io_utils import write_text
+from hco_cli.io_utils import read_json_model, write_text
 
 FINGERPRINT_FILE = "fingerprint.json"
 SAMPLES_PER_CASE = 10_000
@@ -155,14 +155,7 @@ def read_fingerprint(path: Path) -> DatasetFingerprint:
     """Read a ``fingerprint.json`` file (or the one in a folder)."""
     path = Path(path)
     path = path / FINGERPRINT_FILE if path.is_dir() else path
-    try:
-        return DatasetFingerprint.model_validate_json(path.read_text(encoding="utf-8"))
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise DataError(f"{path}: invalid field {where!r}: {first['msg']}") from None
-    except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc}") from exc
+    return read_json_model(DatasetFingerprint, path)
 
 
 def load_fingerprint(dataset: PreparedDataset) -> DatasetFingerprint:

@@ -30,11 +30,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hco_cli.data.labels import LabelMap
-from hco_cli.errors import DataError
-from hco_cli.io_utils import write_text
+from hco_cli.io_utils import read_json_model, write_text
 
 PLAN_FILE = "plans.json"
 Norm = Literal["zscore", "ct", "none"]
@@ -134,14 +133,5 @@ def read_plan(path: Path) -> DataPlan:
     """Read a ``plans.json`` file (or the one in a folder)."""
     path = Path(path)
     path = path / PLAN_FILE if path.is_dir() else path
-    if not path.is_file():
-        raise DataError(f"{path} not found: prepare the dataset again with this hco version "
-                        "to record its preprocessing plan")
-    try:
-        return DataPlan.model_validate_json(path.read_text(encoding="utf-8"))
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise DataError(f"{path}: invalid field {where!r}: {first['msg']}") from None
-    except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc}") from exc
+    return read_json_model(DataPlan, path, missing="prepare the dataset again with this hco "
+                           "version to record its preprocessing plan")
