@@ -26,6 +26,7 @@ from hco_cli.optim.masks import (
     LayoutCache,
     MaskSpec,
     foreach_normalise_masks_,
+    foreach_scaled,
 )
 from hco_cli.optim.overlap import GradientOverlap, overlap_for
 
@@ -265,21 +266,11 @@ class TwoSourceOptimizer(Optimizer):
         self._tensor_counts = None
 
     def _scale_unlabeled(self, grads_u: Grads) -> Grads:
-        """g_U times ``unlabeled_scale`` (one group's factor; new tensors, never in place)."""
+        """g_U times ``unlabeled_scale`` (one factor for all groups; never in place)."""
         scales = {float(g.get("unlabeled_scale", 1.0)) for g in self.param_groups}
-        scale = scales.pop() if len(scales) == 1 else None
-        if scale == 1.0:
-            return grads_u
-        if scale is None:
+        if len(scales) > 1:
             raise HyperparameterError("unlabeled_scale must be the same in every parameter group")
-        idx = [i for i, g in enumerate(grads_u) if g is not None]
-        if not idx:
-            return grads_u
-        scaled = torch._foreach_mul([grads_u[i] for i in idx], scale)  # type: ignore[misc]
-        out = list(grads_u)
-        for i, g in zip(idx, scaled, strict=True):
-            out[i] = g
-        return out
+        return foreach_scaled(grads_u, scales.pop())
 
     def _step_groups(self, grads_l: Grads, grads_u: Grads) -> None:
         counts: list[Tensor] = []

@@ -208,3 +208,12 @@ def foreach_combine(grads_l: Grads, grads_u: Grads) -> list[Tensor]:
     both = [i for i, (a, b) in enumerate(pairs) if a is not None and b is not None]
     sums = iter(torch._foreach_add(pick(grads_l, both), pick(grads_u, both)) if both else ())
     return [next(sums) if a is not None and b is not None else combine(a, b) for a, b in pairs]
+
+
+def foreach_scaled(grads: Grads, scale: float) -> Grads:
+    """``scale`` times each present gradient (one foreach kernel, new tensors); as given if 1."""
+    idx = [i for i, g in enumerate(grads) if g is not None]
+    if scale == 1.0 or not idx:
+        return grads
+    scaled = iter(torch._foreach_mul([grads[i] for i in idx], scale))  # type: ignore[misc]
+    return [None if g is None else next(scaled) for g in grads]
