@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from hco_cli.data.labels import LabelMap, identity_map
 from hco_cli.data.plan import DataPlan, read_plan
 from hco_cli.errors import DataError
-from hco_cli.io_utils import read_json_model
+from hco_cli.json_models import read_json_model
 
 FOLD_PATTERN = re.compile(r"^L(\d+)U(\d+)$")
 SplitName = Literal["labeled", "unlabeled", "val", "test"]

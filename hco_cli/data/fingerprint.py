@@ -23,7 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hco_cli.data.dataset import CaseGeometry, PreparedDataset
 from hco_cli.errors import DataError
-from hco_cli.io_utils import read_json_model, write_text
+from hco_cli.io_utils import write_text
+from hco_cli.json_models import read_json_model
 
 FINGERPRINT_FILE = "fingerprint.json"
 SAMPLES_PER_CASE = 10_000

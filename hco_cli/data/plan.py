@@ -33,7 +33,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hco_cli.data.labels import LabelMap
-from hco_cli.io_utils import read_json_model, write_text
+from hco_cli.io_utils import write_text
+from hco_cli.json_models import read_json_model
 
 PLAN_FILE = "plans.json"
 Norm = Literal["zscore", "ct", "none"]
