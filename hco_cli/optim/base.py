@@ -234,24 +234,25 @@ class TwoSourceOptimizer(Optimizer):
     def _step_sources(self, grads_l: Grads, grads_u: Grads) -> None:
         diagnose, self.diagnose = self.diagnose, False
         self._tensor_counts = [] if diagnose else None
-        params = [p for g in self.param_groups for p in g["params"]]
-        before = [p.detach().clone() for p in params] if diagnose and self._flat is None else None
         if self._flat is not None:
             before_flat = self._flat.data.clone() if diagnose else None
             stats = self._step_flat(self._flat, grads_l, grads_u, diagnose=diagnose)
-            if diagnose and stats is not None and before_flat is not None:
+            if stats is not None and before_flat is not None:
                 self._record(stats, torch.linalg.vector_norm(self._flat.data - before_flat))
             return
         self._reduce(grads_l, grads_u)
+        if not diagnose:
+            self._step_groups(grads_l, self._scale_unlabeled(grads_u))
+            return
+        params = [p for g in self.param_groups for p in g["params"]]
+        before = [p.detach().clone() for p in params]
         grad_stats = diag.gradient_statistics(
             diag.flat_vector(grads_l, params), diag.flat_vector(grads_u, params),
-            float(self.param_groups[0]["lr"]), params[0].device) if diagnose else None
-        grads_u = self._scale_unlabeled(grads_u)
-        self._step_groups(grads_l, grads_u)
-        if grad_stats is not None and before is not None:
-            deltas = torch._foreach_sub([p.detach() for p in params], before)
-            self._record(grad_stats, torch.linalg.vector_norm(
-                torch.stack(torch._foreach_norm(deltas))))
+            float(self.param_groups[0]["lr"]), params[0].device)
+        self._step_groups(grads_l, self._scale_unlabeled(grads_u))
+        deltas = torch._foreach_sub([p.detach() for p in params], before)
+        self._record(grad_stats, torch.linalg.vector_norm(
+            torch.stack(torch._foreach_norm(deltas))))
 
     def _record(self, stats: dict[str, Tensor], step_norm: Tensor) -> None:
         fractions = None
@@ -266,11 +267,8 @@ class TwoSourceOptimizer(Optimizer):
         self._tensor_counts = None
 
     def _scale_unlabeled(self, grads_u: Grads) -> Grads:
-        """g_U times ``unlabeled_scale`` (one factor for all groups; never in place)."""
-        scales = {float(g.get("unlabeled_scale", 1.0)) for g in self.param_groups}
-        if len(scales) > 1:
-            raise HyperparameterError("unlabeled_scale must be the same in every parameter group")
-        return foreach_scaled(grads_u, scales.pop())
+        """g_U times ``unlabeled_scale`` (one factor for all groups, see add_param_group)."""
+        return foreach_scaled(grads_u, float(self.param_groups[0]["unlabeled_scale"]))
 
     def _step_groups(self, grads_l: Grads, grads_u: Grads) -> None:
         counts: list[Tensor] = []
@@ -377,6 +375,9 @@ class TwoSourceOptimizer(Optimizer):
         try:
             if group["variant"] != self.defaults["variant"]:
                 raise HyperparameterError("A parameter group cannot change the optimizer's variant")
+            if group["unlabeled_scale"] != self.defaults["unlabeled_scale"]:
+                raise HyperparameterError("unlabeled_scale must be the same in every parameter "
+                                          "group (g_U is scaled before the step)")
             self._check_group(group)
         except HyperparameterError:
             self.param_groups.pop()

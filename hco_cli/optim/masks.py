@@ -163,7 +163,7 @@ def foreach_normalise_masks_(phi: list[Tensor], spec: MaskSpec, cache: LayoutCac
     counts = torch.stack(torch._foreach_norm(phi, 1, dtype=acc))
     numels = cache.numels(phi, acc)
     if record is not None:
-        record.append((counts.clone(), numels))
+        record.append((counts, numels))  # not changed in place below
     scale = mask_scale(counts, numels, spec)
     rescale_(phi, scale.reciprocal_().to(phi[0].dtype), fused=phi[0].device.type == "cuda")
     return counts.sum()

@@ -297,27 +297,34 @@ class _Trainer:
         if not self.pending:
             return
         device_values = []
+        diagnosed = []  # the diagnosed records' values, appended after the losses
         for record, r in self.pending:
             admitted = r.admitted if r.admitted is not None else r.loss_l.new_tensor(math.nan)
-            diag = record["_diag"] or {}
-            nan = r.loss_l.new_tensor(math.nan, dtype=torch.float32)
             device_values.append(torch.stack([r.loss_l.float(), r.loss_u.float(),
-                                              admitted.float(),
-                                              *(diag.get(k, nan).to(nan.device).float()
-                                                for k in DIAGNOSTIC_KEYS)]))
-        values = torch.stack(device_values).cpu().tolist()
+                                              admitted.float()]))
+            if record["_diag"] is not None:
+                diagnosed.append(torch.stack([record["_diag"][k].to(r.loss_l.device).float()
+                                              for k in DIAGNOSTIC_KEYS]))
+        flat = torch.stack(device_values).flatten()
+        if diagnosed:
+            flat = torch.cat([flat, torch.stack(diagnosed).flatten()])
+        values = flat.cpu().tolist()  # one transfer for losses and diagnostics
+        losses, extra = values[:3 * len(self.pending)], values[3 * len(self.pending):]
+        width = len(DIAGNOSTIC_KEYS)
+        diag_rows = iter([extra[j:j + width] for j in range(0, len(extra), width)])
         records = []
         bad = None
-        for (record, result), row in zip(self.pending, values, strict=True):
-            loss_l, loss_u, admitted = row[:3]
+        for i, (record, result) in enumerate(self.pending):
+            loss_l, loss_u, admitted = losses[3 * i:3 * i + 3]
             unlabeled = record.pop("_unlabeled")
-            diagnosed = record.pop("_diag") is not None
+            was_diagnosed = record.pop("_diag") is not None
             ratio = loss_u / loss_l if unlabeled and loss_l != 0 else None
             records.append({**record, "loss_l": loss_l, "loss_u": loss_u, "ratio": ratio,
                             "admitted": admitted if result.admitted is not None else None})
-            if diagnosed:
+            if was_diagnosed:
                 records[-1].update({k: (v if math.isfinite(v) else None)
-                                    for k, v in zip(DIAGNOSTIC_KEYS, row[3:], strict=True)})
+                                    for k, v in zip(DIAGNOSTIC_KEYS, next(diag_rows),
+                                                    strict=True)})
             if not (math.isfinite(loss_l) and math.isfinite(loss_u)):
                 bad = record
                 break

@@ -290,3 +290,26 @@ def test_fused_option_is_for_the_hco_phase_only(synthetic, tmp_path):
         train(config)
     phases = {r["phase"] for r in read_metrics(run / "metrics.jsonl")}
     assert "pretrain" in phases and "selftrain" not in phases
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "sgd-hco"])
+def test_diagnosed_steps_carry_the_optimizer_diagnostics(synthetic, tmp_path, optimizer):
+    """Every diagnostics_every-th step (counted over the run) gets the diagnostics, the others
+    none; a plain optimizer gets g_L and g_U apart on those steps (a finite cosine)."""
+    config = tiny_config(synthetic, tmp_path / "run", diagnostics_every=2,
+                         optimizer__name=optimizer)
+    train(config)
+    steps = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["phase"] != "val"]
+    diagnosed = [r["iter"] for r in steps if "step_norm" in r]
+    assert diagnosed == [2, 4]
+    for r in steps:
+        if r["iter"] not in diagnosed:
+            assert not {"step_norm", "cos_lu", "admitted_std"} & set(r)
+            continue
+        assert r["step_norm"] > 0 and r["grad_norm_l"] > 0 and r["grad_norm_u"] > 0
+        assert -1.0 <= r["cos_lu"] <= 1.0
+        assert r["step_ratio"] > 0
+        masked = optimizer == "sgd-hco"
+        assert (r["admitted_std"] is not None) == masked
+        if masked:
+            assert r["admitted_min"] <= r["admitted"] <= r["admitted_max"]
