@@ -10,16 +10,13 @@ ratio to the first arm: the factor r by which an arm's steps are longer, the one
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from hco_cli.errors import DataError
 from hco_cli.evaluation.compare_tables import Cell, ReportTable
-from hco_cli.evaluation.saved_results import TRAIN_PHASES
+from hco_cli.evaluation.saved_results import TrainStep
 
 FIELDS: tuple[str, ...] = ("step_norm", "step_ratio", "cos_lu", "admitted", "admitted_std")
 LABELS = {"step_norm": "||dw||", "step_ratio": "||dw|| / (lr ||g||)", "cos_lu": "cos(g_L, g_U)",
@@ -45,38 +42,17 @@ class ArmDiagnostics:
         return float(np.median(v)) if v.size else math.nan
 
 
-def read_diagnosed_steps(run_dir: Path) -> list[dict[str, float | int | str]]:
-    """Training-phase records of ``RUN/metrics.jsonl`` that carry diagnostics."""
-    path = Path(run_dir) / "metrics.jsonl"
-    out = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # read_train_steps has already refused a bad line; a last partial one
-        if (isinstance(record, dict) and record.get("phase") in TRAIN_PHASES
-                and record.get("step_norm") is not None):
-            out.append(record)
-    return out
-
-
-def arm_diagnostics(name: str, run_dirs: list[Path],
+def arm_diagnostics(name: str, runs: list[list[TrainStep]],
                     offsets: dict[str, int]) -> ArmDiagnostics | None:
-    """Pool the diagnosed steps of an arm's runs; None when no run logged diagnostics."""
-    records = [r for run in run_dirs for r in read_diagnosed_steps(run)]
-    if not records:
+    """Pool the diagnosed steps of an arm's runs (as read for the loss ratio); None when no
+    run logged diagnostics."""
+    steps = [s for run in runs for s in run if s.diagnostics is not None]
+    if not steps:
         return None
-    x = np.array([float(r["epoch"]) + offsets.get(str(r["phase"]), 0) for r in records])
-    values = {k: np.array([_number(r.get(k)) for r in records]) for k in FIELDS}
-    return ArmDiagnostics(name=name, n_runs=len(run_dirs), x=x, values=values)
-
-
-def _number(value: object) -> float:
-    return float(value) if isinstance(value, int | float) else math.nan
+    x = np.array([float(s.epoch) + offsets.get(s.phase, 0) for s in steps])
+    values = {k: np.array([s.diagnostics[k] for s in steps if s.diagnostics is not None])
+              for k in FIELDS}
+    return ArmDiagnostics(name=name, n_runs=len(runs), x=x, values=values)
 
 
 def diagnostics_table(arms: list[ArmDiagnostics]) -> ReportTable:

@@ -182,7 +182,7 @@ def compare_dynamics(specs: Sequence[str], *, bin_width: int = 1) -> Dynamics:
     arms = [_arm_dynamics(n, runs, offsets, bin_width) for n, runs in steps.items()]
     result = Dynamics(arms=arms, summaries=[], bin_width=bin_width)
     result.summaries = [_against_reference(arms[0], a, result.diffs) for a in arms[1:]]
-    found = (arm_diagnostics(s.name, list(s.members), offsets) for s in sources)
+    found = (arm_diagnostics(name, runs, offsets) for name, runs in steps.items())
     result.diagnostics = [d for d in found if d is not None]
     return result
 

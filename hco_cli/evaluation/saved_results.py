@@ -44,9 +44,20 @@ class RunInfo:
     unlabeled: int
 
 
+# The optimizer diagnostics ``hco train`` adds to a step record every diagnostics_every steps
+# (hco_cli.optim.diagnostics), with the mask's admitted fraction of every masked step.
+DIAGNOSED_FIELDS: tuple[str, ...] = (
+    "step_norm", "step_ratio", "grad_norm_l", "grad_norm_u", "cos_lu", "admitted",
+    "admitted_std", "admitted_min", "admitted_max")
+
+
 @dataclass(frozen=True)
 class TrainStep:
-    """One training-step record of ``metrics.jsonl`` (``ratio`` null -> NaN)."""
+    """One training-step record of ``metrics.jsonl`` (``ratio`` null -> NaN).
+
+    ``diagnostics``: the diagnosed step's :data:`DIAGNOSED_FIELDS` (null -> NaN); None on the
+    steps without diagnostics.
+    """
 
     phase: str
     iter: int
@@ -54,6 +65,7 @@ class TrainStep:
     loss_l: float
     loss_u: float
     ratio: float
+    diagnostics: dict[str, float] | None = None
 
 
 def read_json(path: Path) -> Any:
@@ -184,6 +196,8 @@ def _train_step(record: dict[str, Any], where: str) -> TrainStep:
         loss_l=_number(record["loss_l"], f"{where}: loss_l"),
         loss_u=_number(record["loss_u"], f"{where}: loss_u"),
         ratio=_number(record["ratio"], f"{where}: ratio"),
+        diagnostics=None if record.get("step_norm") is None else {
+            k: _number(record.get(k), f"{where}: {k}") for k in DIAGNOSED_FIELDS},
     )
 
 
