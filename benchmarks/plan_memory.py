@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from hco_cli.data.dataset import PreparedDataset
 from hco_cli.io_utils import write_json
 from hco_cli.models import ModelConfig, build_model
 from hco_cli.optim import build_optimizer
@@ -158,9 +159,10 @@ def dataset_plans(folders: list[str]) -> list[Plan]:
     plans = []
     for folder in folders:
         network = plan_dataset(Path(folder), PlanOptions()).network
+        classes = PreparedDataset(Path(folder)).num_classes  # the output channels it trains
         plans.append(Plan(f"plan of {Path(folder).name}", network.framework, network.patch_size,
                           network.labeled_batch_size, network.unlabeled_batch_size,
-                          network.spacing))
+                          network.spacing, classes))
     return plans
 
 

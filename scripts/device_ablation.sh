@@ -8,9 +8,16 @@
 #                                         prepare LA (all 100 cases), then hco sweep in the
 #                                         background (setsid), runs in /tmp/ablation
 #   device_ablation.sh wait SECONDS       wait until the sweep ends or SECONDS pass, then print a
-#                                         short progress summary (keep polling calls back to
-#                                         back: a machine idle for 30 s is given back, runs and all)
+#                                         short progress summary; when the sweep has ended it
+#                                         collects in the same call (keep polling calls back to
+#                                         back: a machine idle for 30 s is given back, runs and
+#                                         all, and a separate collect call can come too late)
 #   device_ablation.sh collect            last-iterate evaluations, then logs/summaries to $OUT
+# Staging: the parts of datasets/la in four carry folders of at most ~45 MB each (the repo
+# travels too, 64 MiB per call), e.g. .carry/la1 (la-train-04,05,07, with .carry/wheels),
+# .carry/la2 (la-train-00,01,02), .carry/la3 (la-train-03,06, la-test-00), .carry/la4
+# (la-test-01, staged in the call that starts); each also holds unpack, manifest.json,
+# train.list and test.list.
 # Needs .carry/wheels (the GPU image lacks pydantic and nibabel) from the first call on.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 COLUMNS=160
@@ -53,7 +60,8 @@ wait)
     pgrep -f "hco_cli sweep" > /dev/null || break
     sleep 10
   done
-  progress; tail -n 5 $RUNS/sweep.log ;;
+  progress; tail -n 5 $RUNS/sweep.log
+  pgrep -f "hco_cli sweep" > /dev/null || exec bash "$0" collect ;;
 collect)
   for run in $RUNS/[!_]*/*/; do
     [ -f "$run/checkpoints/last.pt" ] && [ ! -f "$run/eval/last/summary.json" ] && \

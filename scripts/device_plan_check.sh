@@ -2,7 +2,8 @@
 # GPU machine (issue 19): the planner's memory estimate against measured peak memory, and
 # planned BCP runs (hco plan + hco train --config auto) on the fetal atlas at 1.2 mm and on a
 # synthetic thick-slice dataset (0.8 x 0.8 x 6 mm, 12 slices), scored on their test splits.
-# Needs .carry/wheels and .carry/fetal (a copy of datasets/fetal-sb-atlas). NOT RUN YET.
+# Needs .carry/wheels and .carry/fetal (a copy of datasets/fetal-sb-atlas). Its steps ran on
+# 2 x H200 on 2026-11-30 as two shorter calls (results/planning/, README "Planning any dataset").
 set -uo pipefail
 export PYTHONUNBUFFERED=1 COLUMNS=160 OUT=${OUT:-/tmp/out}
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
