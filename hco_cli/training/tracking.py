@@ -232,7 +232,10 @@ class MlflowSink(Sink):
     folder's summary files as artifacts when the run ends.
 
     The MLflow run's id is kept in ``RUN/mlflow.json``, so a resume continues the same MLflow
-    run (the iterations between its checkpoint and the interruption are then logged twice).
+    run. MLflow cannot delete logged points, so a resume reads each metric's last logged step
+    once and skips the steps that the interrupted attempt already logged (the iterations
+    between its checkpoint and the interruption): every step appears once, with the value of
+    its first attempt (identical where the resume is bit-exact, as on CPU).
     Calls are synchronous: a slow server slows the loop at each log interval.
     """
 
@@ -242,6 +245,7 @@ class MlflowSink(Sink):
         self.config = config
         self.client: Any = None
         self.run_id = ""
+        self.logged: dict[str, int] = {}  # a resumed run: each metric's last step logged
 
     def open(self, start: TrackingStart) -> None:
         from mlflow.entities import Param
@@ -258,6 +262,9 @@ class MlflowSink(Sink):
         if start.resumed_at is not None and saved.get("tracking_uri") == uri:
             self.run_id = str(saved["run_id"])
             self.client.update_run(self.run_id, status="RUNNING")
+            for key in self.client.get_run(self.run_id).data.metrics:
+                steps = [m.step for m in self.client.get_metric_history(self.run_id, key)]
+                self.logged[key] = max(steps, default=-1)
             return
         run = self.client.create_run(self._experiment(), run_name=_run_name(start.run_dir),
                                      tags={"hco.run_dir": str(start.run_dir.resolve()),
@@ -288,7 +295,7 @@ class MlflowSink(Sink):
 
         now = int(time.time() * 1000)
         metrics = [Metric(tag, value, now, step) for step, values in map(scalars, records)
-                   for tag, value in values.items()]
+                   for tag, value in values.items() if step > self.logged.get(tag, -1)]
         for i in range(0, len(metrics), 1000):  # MLflow takes 1000 metrics per batch
             self.client.log_batch(self.run_id, metrics=metrics[i:i + 1000])
 

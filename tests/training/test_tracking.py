@@ -161,6 +161,33 @@ def test_mlflow_local_store_holds_params_metrics_and_artifacts(
     assert json.loads(Path(saved).read_text()) == json.loads((run / "run.json").read_text())
 
 
+def test_resumed_mlflow_run_has_each_step_once(
+        synthetic: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow.tracking import MlflowClient
+
+    store = (tmp_path / "mlruns").as_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    run = tmp_path / "run"
+
+    def stop(event: ProgressEvent) -> None:
+        if event.kind == "step" and event.phase == "selftrain" and event.iteration == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(synthetic, run, ["mlflow"], checkpoint_every=2), progress=stop)
+    client = MlflowClient(tracking_uri=store)
+    run_id = json.loads((run / "mlflow.json").read_text())["run_id"]
+    # Iteration 3 reached MLflow after last.pt (iteration 2): the resume runs it again.
+    assert [m.step for m in client.get_metric_history(run_id, "train/loss_l")] == [1, 2, 3]
+    resume(run)
+    assert client.get_run(run_id).info.status == "FINISHED"
+    for tag, steps in _expected(run).items():
+        history = sorted((m.step, m.value) for m in client.get_metric_history(run_id, tag))
+        assert [step for step, _ in history] == sorted(steps), tag
+        if not tag.endswith("/time"):  # wall clock: the first attempt's, by design
+            assert history == sorted(steps.items()), tag
+
+
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
