@@ -115,8 +115,24 @@ class ValidationConfig(_Section):
     every: int = Field(default=200, ge=1, description="iterations between validations")
     split: Split = Field(default="val", description="split scored and logged as 'dice'")
     select_on: Split = Field(default="val", description="split that chooses best.pt")
+    also_select_on: list[Split] = Field(
+        default_factory=list,
+        description="more splits scored at each validation of the final phase "
+        "(self-training), each keeping its own best weights as checkpoints/best-<split>.pt; "
+        "[test] is the reference code's test-set selection, to be reported as such, never as "
+        "a held-out result (scoring the test split costs its sliding windows at every "
+        "validation)")
     stride: tuple[int, int, int] = (18, 18, 4)
     batch_size: int = Field(default=4, ge=1, description="windows per forward pass")
+
+    @model_validator(mode="after")
+    def _distinct_selections(self) -> ValidationConfig:
+        if len(set(self.also_select_on)) < len(self.also_select_on):
+            raise ValueError("also_select_on names a split twice")
+        if self.select_on in self.also_select_on:
+            raise ValueError(f"also_select_on repeats select_on ({self.select_on}), which "
+                             "already keeps best.pt")
+        return self
 
 
 class DistributedConfig(_Section):

@@ -23,6 +23,8 @@ from hco_cli.outputs import check_output_file
 class CheckpointChoice(str, Enum):
     best = "best"
     last = "last"
+    best_val = "best-val"  # validation.also_select_on: [val]
+    best_test = "best-test"  # validation.also_select_on: [test] (test-selected)
 
 
 class TestChoice(str, Enum):

@@ -24,6 +24,8 @@ class Format(str, Enum):
 class Checkpoint(str, Enum):
     best = "best"
     last = "last"
+    best_val = "best-val"  # validation.also_select_on: [val]
+    best_test = "best-test"  # validation.also_select_on: [test] (test-selected)
 
 
 def _opt(text: str, *names: str, **kwargs: Any) -> Any:

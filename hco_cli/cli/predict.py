@@ -21,6 +21,8 @@ from hco_cli.inference import predict as lib
 class Checkpoint(str, Enum):
     best = "best"
     last = "last"
+    best_val = "best-val"  # validation.also_select_on: [val]
+    best_test = "best-test"  # validation.also_select_on: [test] (test-selected)
 
 
 class Split(str, Enum):

@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -25,7 +25,7 @@ from hco_cli.evaluation import stats
 from hco_cli.evaluation.saved_results import RunInfo, Summary, read_run_info, read_summary
 
 METRICS: tuple[str, ...] = ("dice", "jaccard", "asd", "hd95")  # the paper's column order
-Checkpoint = Literal["best", "last"]
+Checkpoint = Literal["best", "last", "best-val", "best-test"]
 _GLOB_CHARS = frozenset("*?[")
 
 
@@ -181,7 +181,7 @@ def _member(path: Path, checkpoint: Checkpoint) -> tuple[Summary, RunInfo | None
     target = path / "eval" / checkpoint / "summary.json"
     if not target.is_file():
         found = sorted(p.parent.name for p in (path / "eval").glob("*/summary.json"))
-        which = " --checkpoint last" if checkpoint == "last" else ""
+        which = "" if checkpoint == "best" else f" --checkpoint {checkpoint}"
         have = (f"available: {', '.join(found)}" if found else
                 f"write it with hco predict {path}{which} --evaluate")
         raise CheckpointError(f"run {path} has no {checkpoint!r} evaluation ({target}); {have}")
@@ -316,8 +316,9 @@ def compare_runs(
     intersect: bool = False,
 ) -> Comparison:
     """Load, group, pair and test the arms given as command-line specs (first = reference)."""
-    if checkpoint not in ("best", "last"):
-        raise ConfigError(f"unknown checkpoint {checkpoint!r}; expected 'best' or 'last'")
+    if checkpoint not in get_args(Checkpoint):
+        raise ConfigError(f"unknown checkpoint {checkpoint!r}; expected one of "
+                          f"{', '.join(get_args(Checkpoint))}")
     if not tests:
         raise ConfigError("no statistical test selected")
     sources = resolve_arms(specs)

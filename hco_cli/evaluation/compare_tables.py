@@ -264,12 +264,16 @@ def comparison_tables(result: Comparison, *, compact: bool = False) -> list[Repo
 
 
 def comparison_notes(result: Comparison) -> list[str]:
-    """Short remarks to print under the tables (cases dropped by --intersect)."""
+    """Short remarks to print under the tables (test-set selection, --intersect drops)."""
+    notes = []
+    if result.checkpoint == "best-test":
+        notes.append("best-test: each run's weights chosen on these test cases (the reference "
+                     "code's selection), an optimistic figure, not a held-out result")
     dropped = {k: v for k, v in result.dropped_cases.items() if v}
-    if not dropped:
-        return []
-    detail = ", ".join(f"{k}: {v}" for k, v in dropped.items())
-    return [f"--intersect: paired {result.n_cases} common cases; dropped {detail}"]
+    if dropped:
+        detail = ", ".join(f"{k}: {v}" for k, v in dropped.items())
+        notes.append(f"--intersect: paired {result.n_cases} common cases; dropped {detail}")
+    return notes
 
 
 def write_comparison(

@@ -54,7 +54,7 @@ class ExportOptions(BaseModel):
 
     format: Format
     out: Path
-    checkpoint: Literal["best", "last"] | None = None
+    checkpoint: Literal["best", "last", "best-val", "best-test"] | None = None
     tolerance: float = Field(default=1e-4, gt=0, description="max abs logit difference")
     opset: int | None = Field(default=None, ge=7, description="ONNX opset; default: torch's")
     force: bool = False

@@ -58,7 +58,7 @@ from hco_cli.locks import hold
 from hco_cli.outputs import check_output_folder, check_replaceable, is_empty
 
 Device = Literal["auto", "cpu", "cuda"]
-Which = Literal["best", "last"]
+Which = Literal["best", "last", "best-val", "best-test"]
 # Mirroring along x, y and z: 8 passes per window.
 TTA_AXES = (0, 1, 2)
 

@@ -76,14 +76,17 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
-def resolve_checkpoint(path: Path, which: Literal["best", "last", "pretrain"]) -> Path:
+def resolve_checkpoint(path: Path, which: Literal["best", "last", "pretrain", "best-val",
+                                                  "best-test"]) -> Path:
     """A ``.pt`` file as given, or ``RUN/checkpoints/<which>.pt`` for a run folder."""
     path = Path(path)
     if path.is_dir():
         target = checkpoint_path(path, which)
         if not target.is_file():
             hint = (" (best.pt exists only when validation ran on a non-empty split)"
-                    if which == "best" else "")
+                    if which == "best" else
+                    f" (written only by runs with validation.also_select_on: "
+                    f"[{which.removeprefix('best-')}])" if which.startswith("best-") else "")
             raise CheckpointError(f"run {path} has no checkpoints/{which}.pt{hint}")
         return target
     return path
@@ -92,7 +95,7 @@ def resolve_checkpoint(path: Path, which: Literal["best", "last", "pretrain"]) -
 def load_model_for_inference(
     path: Path,
     *,
-    which: Literal["best", "last"] = "best",
+    which: Literal["best", "last", "best-val", "best-test"] = "best",
     device: str | torch.device = "cpu",
 ) -> tuple[nn.Module, Any]:
     """The evaluation network of a run (or a .pt file), in eval mode, and its TrainConfig."""

@@ -161,6 +161,8 @@ class _Trainer:
         self.started = time.perf_counter()
         self.phase_best: dict[str, Any] = {"score": -math.inf, "iter": None, "state": None}
         self.run_best: dict[str, Any] = {"score": None, "iter": None}
+        # validation.also_select_on: each split's best of the current phase (best-<split>.pt)
+        self.also_best: dict[str, dict[str, Any]] = {}
         self.finished = False
 
     # ----------------------------------------------------------------------------- driving
@@ -246,6 +248,7 @@ class _Trainer:
             self._restore(state, optimizers=True)
         if local == 0:  # a new phase starts its own best-so-far
             self.phase_best = {"score": -math.inf, "iter": None, "state": None}
+            self.also_best = {}
         self.state = None
         return local
 
@@ -355,6 +358,10 @@ class _Trainer:
         score = record["score"]
         if record["best"] and score is not None:
             self._save_best(phase, iteration, score)
+        for split, value in record.get("also", {}).items():
+            if value is not None and math.isfinite(value) and value > self.also_best.get(
+                    split, {}).get("score", -math.inf):
+                self._save_also_best(phase, iteration, split, value)
         self.progress(ProgressEvent("val", phase=phase.name, values={
             "dice": record["dice"], "score": score, "best": self.phase_best["score"]}))
 
@@ -362,8 +369,13 @@ class _Trainer:
         model = self.s.framework.eval_model()
         shown_split = self.cfg.validation.split
         slices = self.cfg.tracking.images if self.tracker.wants_images else 0
+        # also_select_on keeps the best of the run's final phase (self-training), as the
+        # reference selects its reported weights: earlier phases need not score those splits.
+        v = self.cfg.validation
+        extra = v.also_select_on if phase is self.s.phases[-1] else []
         results = {split: validator.evaluate(model, slices=slices if split == shown_split else 0)
-                   for split, validator in self.s.validation.scored.items()}
+                   for split, validator in self.s.validation.scored.items()
+                   if split in (v.split, v.select_on) or split in extra}
         shown = results.get(shown_split)
         chosen = results.get(self.cfg.validation.select_on)
         score = chosen.dice if chosen is not None else None
@@ -375,6 +387,9 @@ class _Trainer:
             "dice_per_class": shown.per_class if shown is not None else None,
             "select_on": self.cfg.validation.select_on, "score": score, "best": improved,
             "time": round(self._wall(), 3)}
+        also = {split: results[split].dice for split in v.also_select_on if split in results}
+        if also:
+            record["also"] = also
         self.metrics.write([record])
         if shown is not None:
             self.tracker.images(iteration, shown.slices)
@@ -393,6 +408,15 @@ class _Trainer:
                 **self._model_payload(self.phase_best["state"]), "kind": "best",
                 "iter": iteration, "phase": phase.name, "score": score,
                 "split": self.cfg.validation.select_on})
+
+    def _save_also_best(self, phase: Phase, iteration: int, split: str, score: float) -> None:
+        """``best-<split>.pt``: the weights of this phase's best score on ``split``."""
+        self.also_best[split] = {"score": score, "iter": iteration}
+        if self.ctx.is_main:
+            state = self.s.framework.eval_model().state_dict()
+            ckpt.save_checkpoint(checkpoint_path(self.s.run_dir, f"best-{split}"), {
+                **self._model_payload(cpu_tree(state)), "kind": f"best-{split}",
+                "iter": iteration, "phase": phase.name, "score": score, "split": split})
 
     def _end_phase(self, index: int, phase: Phase, offset: int) -> None:
         self._flush()
@@ -446,7 +470,8 @@ class _Trainer:
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             "carried": self.carried, "lr": self.lr, "rng": mine["rng"],
             "sampler": mine["sampler"], "phase_best": self.phase_best,
-            "run_best": self.run_best, "elapsed": self._wall(), "finished": self.finished,
+            "run_best": self.run_best, "also_best": self.also_best,
+            "elapsed": self._wall(), "finished": self.finished,
             **extra}
         ckpt.save_checkpoint(checkpoint_path(self.s.run_dir, "last"), payload)
         self._write_info()
@@ -469,6 +494,7 @@ class _Trainer:
         ckpt.set_rng_state(mine["rng"])
         self.lr = float(state["lr"])
         self.phase_best = dict(state["phase_best"])
+        self.also_best = {k: dict(v) for k, v in state.get("also_best", {}).items()}
 
     def _wall(self) -> float:
         return self.elapsed + time.perf_counter() - self.started
@@ -476,7 +502,9 @@ class _Trainer:
     def _write_info(self) -> dict[str, Any]:
         info = {**self.s.run_info(), "finished": self.finished,
                 "wall_seconds": round(self._wall(), 3), "hco_version": __version__,
-                "best": dict(self.run_best)}
+                "best": dict(self.run_best),
+                **({"also_best": {k: dict(v) for k, v in self.also_best.items()}}
+                   if self.also_best else {})}
         if self.ctx.is_main:
             write_run_info(self.s.run_dir, info)
         return info

@@ -309,9 +309,13 @@ def _validation(config: TrainConfig, dataset: PreparedDataset, splits: dict[str,
     if v.select_on == "test":
         warnings.append(TEST_SELECTION_WARNING)
     validation = Validation()
-    for split in dict.fromkeys([v.split, v.select_on]):
+    if "test" in v.also_select_on:
+        warnings.append("also_select_on: [test] keeps checkpoints/best-test.pt, chosen on the "
+                        "test set as the reference code does; report it as test-selected")
+    for split in dict.fromkeys([v.split, v.select_on, *v.also_select_on]):
         if not splits[split]:
             what = ("best.pt will not be written; use last.pt" if split == v.select_on
+                    else f"best-{split}.pt will not be written" if split in v.also_select_on
                     else "no validation Dice is logged for it")
             warnings.append(f"{dataset.root} has no '{split}' cases: {what}")
             continue

@@ -32,7 +32,8 @@ Status = Literal["finished", "failed", "killed"]
 # The import each sink needs, and the extra that installs it.
 _NEEDS = {"tensorboard": ("tensorboard", "PIL"), "mlflow": ("mlflow",)}
 # Record fields that are labels, not measurements.
-_NOT_SCALARS = {"phase", "iter", "train_phase", "split", "select_on", "best", "dice_per_class"}
+_NOT_SCALARS = {"phase", "iter", "train_phase", "split", "select_on", "best", "dice_per_class",
+                "also"}
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,9 @@ def scalars(record: dict[str, Any]) -> tuple[int, dict[str, float]]:
         for c, value in enumerate(record.get("dice_per_class") or [], start=1):
             if isinstance(value, (int, float)):
                 out[f"val/dice_class_{c}"] = float(value)
+        for split, value in (record.get("also") or {}).items():  # also_select_on
+            if isinstance(value, (int, float)):
+                out[f"val/dice_{split}"] = float(value)
     return int(record["iter"]), {k: v for k, v in out.items() if math.isfinite(v)}
 
 
