@@ -22,6 +22,9 @@
 set -uo pipefail
 export PYTHONUNBUFFERED=1 COLUMNS=160
 SITE=/tmp/site RUNS=/tmp/ablation DATA=data/la
+# The screening schedule by default; CONFIG=sample_configs/la_bcp_study1.yaml (or _4l) runs
+# issue 15's full protocol with the same verbs (one or two runs per GPU fit one lease).
+CONFIG=${CONFIG:-sample_configs/la_bcp_sgd_screen.yaml}
 [ -d $SITE/pydantic ] || python3 -m pip install -q --no-index --no-deps --no-compile \
   --no-cache-dir --upgrade --target $SITE .carry/wheels/*.whl || exit 1
 export PYTHONPATH=$SITE:$PWD
@@ -50,7 +53,7 @@ start)
   nvidia-smi --query-gpu=name --format=csv,noheader
   [ -d $DATA ] || hco prepare la /tmp/la --out $DATA --val 4 || exit 1
   mkdir -p $RUNS
-  setsid nohup python3 -m hco_cli sweep --config sample_configs/la_bcp_sgd_screen.yaml \
+  setsid nohup python3 -m hco_cli sweep --config "$CONFIG" \
     --arms "$ARMS" --seeds "$SEEDS" --out $RUNS --share-pretraining --evaluate --lcc \
     --gpus "$GPUS" --runs-per-gpu "$PER" > $RUNS/sweep.log 2>&1 < /dev/null &
   sleep 20; cat $RUNS/sweep.log; progress ;;
@@ -64,8 +67,11 @@ wait)
   pgrep -f "hco_cli sweep" > /dev/null || exec bash "$0" collect ;;
 collect)
   for run in $RUNS/[!_]*/*/; do
-    [ -f "$run/checkpoints/last.pt" ] && [ ! -f "$run/eval/last/summary.json" ] && \
-      hco predict "$run" --checkpoint last --split test --lcc --evaluate --force > /dev/null &
+    for which in last best-test; do
+      [ -f "$run/checkpoints/$which.pt" ] && [ ! -f "$run/eval/$which/summary.json" ] && \
+        hco predict "$run" --checkpoint $which --split test --lcc --evaluate --force \
+          > /dev/null &
+    done
   done
   wait
   tail -n 40 $RUNS/sweep.log
