@@ -18,6 +18,7 @@ broadcast from rank 0 at the start of every phase.
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -253,6 +254,9 @@ def with_processes(config: TrainConfig, ctx: DistributedContext) -> TrainConfig:
 def leave(ctx: DistributedContext) -> None:
     """End the process group after a run that finished on every rank."""
     if ctx.active and dist.is_initialized():
+        # Free unreachable optimizers and their gloo work handles while the group exists:
+        # left to interpreter exit, such a handle can abort the process (seen in the tests).
+        gc.collect()
         dist.barrier()
         dist.destroy_process_group()
 
