@@ -8,6 +8,10 @@ import copy
 import pytest
 import torch
 
+# Imported at collection: inductor reads its kernel templates with the locale's encoding, and
+# later in a full run something leaves an ASCII locale behind (UnicodeDecodeError there).
+import torch._inductor.compile_fx
+
 from hco_cli.config import validate_config
 from hco_cli.errors import ConfigError
 from hco_cli.models import ModelConfig, build_model, compile_forward
