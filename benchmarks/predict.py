@@ -1,54 +1,76 @@
-"""Time ``hco predict`` per case: plain, with ``--tta``, and with CPU vs GPU stitching.
+"""Time ``hco predict``: the whole test evaluation (serial vs pipelined path), per case,
+per stage, warm and cold; with ``--tta`` and with CPU vs GPU stitching.
 
-    .venv/bin/python benchmarks/predict.py --data data/la [--run RUN] [--cases 5] [--json F]
-    .venv/bin/python benchmarks/predict.py --synthetic --cases 2 --patch 32,32,16 \
+    .venv/bin/python benchmarks/predict.py --data data/la [--run RUN] [--cases 20] [--json F]
+    .venv/bin/python benchmarks/predict.py --synthetic --cases 4 --patch 32,32,16 \
         --stride 16,16,8 --filters 4                           # a CPU check of the script
 
-Every arm goes through the library call of ``hco predict`` (reading each prepared case,
-sliding window, writing NIfTI in original geometry) on the first ``--cases`` test cases.
-Without ``--run``, a randomly initialised V-Net with the LA protocol's window (patch
-112x112x80, stride 18/18/4, batch 4, bf16 on CUDA) is written to a temporary run folder: the
-time does not depend on the weights. Arms, interleaved over ``--rounds`` after one warm-up
-call: ``plain`` (``--stitch auto``, which is the GPU for LA volumes), ``tta`` (8 mirrored
-copies), ``stitch-cpu`` and ``stitch-gpu``. Reported per arm: median seconds per case,
-the ratio to ``plain`` from the same run, and the peak GPU memory of a case
-(``torch.cuda.max_memory_allocated``, reset per case; model weights included). On a CPU,
-``stitch-cpu`` is the plain path again (its ratio shows the timing noise) and ``stitch-gpu``
-is left out.
+Every arm goes through the library call of ``hco predict --split test --lcc --evaluate``
+(reading each prepared case, sliding window, writing NIfTI in original geometry, scoring it
+against the original labels) on the first ``--cases`` test cases (``--no-evaluate``,
+``--no-lcc`` leave those out). Without ``--run``, a randomly initialised V-Net with the LA
+protocol's window (patch 112x112x80, stride 18/18/4, batch 4, bf16 on CUDA) is written to a
+temporary run folder: the time does not depend on the weights (LCC and metrics a little).
 
-Measured so far only as a check of the script, on the shared 2-core CPU this project is
-developed on (load average about 4.6, so noise dominates): ``--synthetic --cases 2 --rounds 3
---patch 32,32,16 --stride 16,16,8 --filters 4`` gave plain 0.46 s, tta 1.98 s (4.3x; 8x the
-forward passes plus the same reading and writing) and stitch-cpu 0.26 s (the plain path
-again). The LA numbers on an H200 (time per case with and without ``--tta``, CPU vs GPU
-stitching, peak GPU memory) are not measured yet.
+Arms, interleaved over ``--rounds`` after one cold call per path: ``serial`` (the path before
+issue 20, ``pipeline=False``: one case after another, labels and components on the host,
+writing and scoring after each other), ``pipelined`` (the default), ``pipelined-b16`` (16
+windows per forward), ``tta`` (8 mirrored copies, pipelined), ``stitch-cpu`` and
+``stitch-gpu``. Reported per arm: median wall seconds of the whole call and its ratio to
+``serial`` from the same run, median seconds per case, stage seconds per call (forward,
+labels + LCC, writing, scoring; in the pipelined arms writing and scoring run beside the
+device work, so stages add up to more than the wall time), and the peak GPU memory of a case.
+Cold: the first call of each path in this process (CUDA context, cuDNN autotuning), after
+the imports (their seconds are printed); ``--cli`` also times one fresh ``hco predict``
+process, imports included.
+
+Measured so far only as a check of the script on the shared 2-core CPU this project is
+developed on (noise dominates there). The LA numbers on an H200 are not measured yet.
 """
 
 from __future__ import annotations
 
-import argparse
-import statistics
-import tempfile
-from pathlib import Path
-from typing import Any
+import time
 
-import torch
+_START = time.perf_counter()
 
-from hco_cli.config import validate_config
-from hco_cli.data.dataset import PreparedDataset
-from hco_cli.data.prepare import prepare_synthetic
-from hco_cli.inference.predict import PredictOptions, predict
-from hco_cli.io_utils import write_json
-from hco_cli.models import build_model
-from hco_cli.training.checkpoint import save_checkpoint
-from hco_cli.training.run_dir import checkpoint_path, copy_plan, write_config
+import argparse  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+from collections import defaultdict  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
+import torch  # noqa: E402
+
+import hco_cli.inference.cases as cases_module  # noqa: E402
+import hco_cli.inference.predict as predict_module  # noqa: E402
+from hco_cli.config import validate_config  # noqa: E402
+from hco_cli.data.dataset import PreparedDataset  # noqa: E402
+from hco_cli.data.prepare import prepare_synthetic  # noqa: E402
+from hco_cli.inference.predict import PredictionReport, PredictOptions, predict  # noqa: E402
+from hco_cli.io_utils import write_json  # noqa: E402
+from hco_cli.models import build_model  # noqa: E402
+from hco_cli.training.checkpoint import save_checkpoint  # noqa: E402
+from hco_cli.training.run_dir import checkpoint_path, copy_plan, write_config  # noqa: E402
+
+IMPORT_SECONDS = time.perf_counter() - _START
 ARMS: dict[str, dict[str, Any]] = {
-    "plain": {},
+    "serial": {"pipeline": False},
+    "pipelined": {},
+    "pipelined-b16": {"batch_size": 16},
     "tta": {"tta": True},
     "stitch-cpu": {"stitch": "cpu"},
     "stitch-gpu": {"stitch": "gpu"},
 }
+# The serial path's stages, timed by wrapping what it calls (module globals, as train_step.py).
+SERIAL_STAGES = {"forward": (cases_module, "case_probabilities"),
+                 "labels": (cases_module, "labels_of"),
+                 "write": (cases_module, "write_prediction"),
+                 "score": (predict_module, "score_predictions")}
 
 
 def random_run(folder: Path, dataset: Path, *, patch: list[int], stride: list[int],
@@ -88,20 +110,116 @@ def one_subset(dataset: Path, cases: int, folder: Path) -> Path:
     return folder
 
 
-def time_arms(run: Path, data: Path, arms: list[str], rounds: int, device: str,
+class SerialStages:
+    """Seconds per stage of the serial path in one call (synchronised after the forward)."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.seconds: dict[str, float] = defaultdict(float)
+        self._saved: list[tuple[Any, str, Any]] = []
+
+    def __enter__(self) -> SerialStages:
+        for stage, (module, name) in SERIAL_STAGES.items():
+            original = getattr(module, name)
+            self._saved.append((module, name, original))
+            setattr(module, name, self._timed(stage, original))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for module, name, original in self._saved:
+            setattr(module, name, original)
+
+    def _timed(self, stage: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            out = fn(*args, **kwargs)
+            if stage == "forward" and self.device == "cuda":
+                torch.cuda.synchronize()
+            self.seconds[stage] += time.perf_counter() - start
+            return out
+        return timed
+
+
+def one_call(run: Path, data: Path, out: Path, device: str, options: dict[str, Any],
+             lcc: bool, evaluate: bool) -> tuple[float, PredictionReport, dict[str, float]]:
+    """Wall seconds of one ``predict`` call, its report and its stage seconds."""
+    serial = options.get("pipeline") is False
+    watch = SerialStages(device) if serial else None
+    opts = PredictOptions(device=device, data=data, out=out, split="test", lcc=lcc,  # type: ignore[arg-type]
+                          evaluate=evaluate, force=True, **options)
+    if watch is not None:
+        watch.__enter__()
+    try:
+        start = time.perf_counter()
+        report = predict(run, opts)
+        wall = time.perf_counter() - start
+    finally:
+        if watch is not None:
+            watch.__exit__()
+    stages: dict[str, float] = dict(watch.seconds) if watch else defaultdict(float)
+    if watch is None:
+        for case in report.cases:
+            for stage, seconds in case.stages.items():
+                stages[stage] += seconds
+    return wall, report, dict(stages)
+
+
+def time_arms(run: Path, data: Path, arms: list[str], args: argparse.Namespace,
               out: Path) -> dict[str, dict[str, Any]]:
-    """Per arm: seconds of every case over all rounds and the largest peak GPU memory."""
-    results: dict[str, dict[str, Any]] = {a: {"seconds": [], "peak_gpu_mib": None} for a in arms}
-    predict(run, PredictOptions(device=device, data=data, out=out / "warmup"))  # type: ignore[arg-type]
-    for r in range(rounds):
+    """Per arm: wall seconds per call, seconds per case, stage seconds, cold call, peak."""
+    results: dict[str, dict[str, Any]] = {
+        a: {"wall": [], "seconds": [], "stages": defaultdict(list), "peak_gpu_mib": None}
+        for a in arms}
+    for arm in ("serial", "pipelined"):  # cold: the first call of each path in this process
+        wall, _, stages = one_call(run, data, out / f"cold-{arm}", args.device, ARMS[arm],
+                                   args.lcc, args.evaluate)
+        results[arm]["cold_s"], results[arm]["cold_stages_s"] = wall, stages
+    for r in range(args.rounds):
         for arm in arms:
-            report = predict(run, PredictOptions(device=device, data=data,  # type: ignore[arg-type]
-                                                 out=out / f"{arm}-{r}", **ARMS[arm]))
-            results[arm]["seconds"] += [c.seconds for c in report.cases]
+            wall, report, stages = one_call(run, data, out / f"{arm}-{r}", args.device,
+                                            ARMS[arm], args.lcc, args.evaluate)
+            result = results[arm]
+            result["wall"].append(wall)
+            result["seconds"] += [c.seconds for c in report.cases]
+            for stage, seconds in stages.items():
+                result["stages"][stage].append(seconds)
             peaks = [c.peak_gpu_mib for c in report.cases if c.peak_gpu_mib is not None]
             if peaks:
-                results[arm]["peak_gpu_mib"] = max([*peaks, results[arm]["peak_gpu_mib"] or 0])
+                result["peak_gpu_mib"] = max([*peaks, result["peak_gpu_mib"] or 0])
     return results
+
+
+def cli_cold(run: Path, data: Path, out: Path, args: argparse.Namespace) -> float:
+    """Seconds of one fresh ``hco predict`` process (imports, CUDA start-up, everything)."""
+    command = [sys.executable, "-m", "hco_cli", "predict", str(run), "--data", str(data),
+               "--split", "test", "--out", str(out), "--force", "--device", args.device,
+               *(["--lcc"] if args.lcc else []), *(["--evaluate"] if args.evaluate else [])]
+    start = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def report_rows(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Medians and ratios to ``serial``; prints one line per arm."""
+    base = statistics.median(results["serial"]["wall"])
+    rows = {}
+    for arm, result in results.items():
+        wall = statistics.median(result["wall"])
+        stages = {k: statistics.median(v) for k, v in result["stages"].items()}
+        rows[arm] = {"median_wall_s": wall, "ratio_to_serial": wall / base,
+                     "median_s_per_case": statistics.median(result["seconds"]),
+                     "stages_s": stages, "cold_s": result.get("cold_s"),
+                     "cold_stages_s": result.get("cold_stages_s"),
+                     "peak_gpu_mib": result["peak_gpu_mib"], "calls": len(result["wall"])}
+        peak = result["peak_gpu_mib"]
+        cold = result.get("cold_s")
+        print(f"{arm:>14}: {wall:7.3f} s per call ({wall / base:5.2f} x serial, "
+              f"{base / wall:5.2f}x faster), {rows[arm]['median_s_per_case']:6.3f} s per case"
+              + (f", cold {cold:6.2f} s" if cold is not None else "")
+              + (f", peak GPU {peak:6.0f} MiB" if peak is not None else ""))
+        print(" " * 16 + "stages per call: " + ", ".join(f"{k} {v:.3f} s"
+                                                         for k, v in stages.items()))
+    return rows
 
 
 def main() -> None:
@@ -110,17 +228,27 @@ def main() -> None:
     parser.add_argument("--synthetic", action="store_true",
                         help="prepare a small synthetic dataset instead (a CPU check)")
     parser.add_argument("--run", type=Path, help="trained run (default: random V-Net)")
-    parser.add_argument("--cases", type=int, default=5, help="test cases per arm and round")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--cases", type=int, default=20, help="test cases per call")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--patch", default="112,112,80")
     parser.add_argument("--stride", default="18,18,4")
     parser.add_argument("--filters", type=int, default=16)
+    parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated subset")
+    parser.add_argument("--lcc", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--evaluate", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--cli", action="store_true", help="also time a fresh hco process")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     if (args.data is None) == (not args.synthetic):
         parser.error("give --data or --synthetic")
-    arms = [a for a in ARMS if a != "stitch-gpu" or args.device == "cuda"]
+    if args.device == "cuda":
+        torch.backends.cudnn.benchmark = True
+    arms = [a for a in args.arms.split(",") if a != "stitch-gpu" or args.device == "cuda"]
+    arms = ["serial", *[a for a in arms if a != "serial"]]
+    name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    print(f"{name}, torch {torch.__version__}, imports {IMPORT_SECONDS:.2f} s, "
+          f"{args.cases} cases, lcc {args.lcc}, evaluate {args.evaluate}")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         data = args.data
@@ -133,21 +261,17 @@ def main() -> None:
             root / "run", Path(data), patch=[int(v) for v in args.patch.split(",")],
             stride=[int(v) for v in args.stride.split(",")], filters=args.filters,
             amp=args.device == "cuda")
-        results = time_arms(run, subset, arms, args.rounds, args.device, root / "preds")
-    name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
-    base = statistics.median(results["plain"]["seconds"])
-    rows = {}
-    for arm, result in results.items():
-        median = statistics.median(result["seconds"])
-        rows[arm] = {"median_s_per_case": median, "ratio_to_plain": median / base,
-                     "peak_gpu_mib": result["peak_gpu_mib"], "cases": len(result["seconds"])}
-        peak = result["peak_gpu_mib"]
-        print(f"{arm:>10}: {median:7.3f} s per case ({median / base:5.2f} x plain)"
-              + (f", peak GPU {peak:7.0f} MiB" if peak is not None else ""))
+        results = time_arms(run, subset, arms, args, root / "preds")
+        fresh = cli_cold(run, subset, root / "cli", args) if args.cli else None
+    rows = report_rows(results)
+    if fresh is not None:
+        print(f"fresh hco predict process (imports included): {fresh:.2f} s")
     if args.json:
         write_json(args.json, {"device": name, "torch": torch.__version__,
                                "data": str(args.data or "synthetic"),
                                "run": str(args.run) if args.run else None,
+                               "cases": args.cases, "lcc": args.lcc, "evaluate": args.evaluate,
+                               "import_s": IMPORT_SECONDS, "fresh_process_s": fresh,
                                "rounds": args.rounds, "arms": rows})
 
 

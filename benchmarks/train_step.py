@@ -13,6 +13,18 @@ breakdown comes from a separate instrumented run that synchronises around each s
 stages add up to a little more than the total: data (sampler), pseudo-labels (teacher forward +
 largest component), student forward + loss, backward (the gradient pass(es) of
 two_source_step), optimizer step, EMA.
+
+Candidates of issue 20 are suffixes of an optimizer name, combinable: ``+batched`` runs the
+teacher once over both unlabeled halves (``teacher_forward: batched``; with the LA V-Net's
+BatchNorm that changes the teacher's statistics, so the row measures the potential only),
+``+compile`` the V-Net through ``torch.compile`` (``compile: true``), ``+compile-ro`` with
+CUDA graphs (``compile: reduce-overhead``); e.g. ``--optimizers
+sgd,sgd+batched,sgd+compile,sgd+compile-ro``: ratios to the first name are same-process
+comparisons. Compilation happens in the warm-up iterations (give ``--warmup`` enough).
+
+A roofline estimate is printed per phase (:mod:`hco_cli.models.roofline`): the network's
+FLOPs and unfused bytes per iteration, the time the H200's datasheet peaks (989 TFLOP/s dense
+bf16, 4.8 TB/s HBM3e) would allow, and how many times that each row's time is.
 """
 
 from __future__ import annotations
@@ -31,7 +43,8 @@ import hco_cli.ssl.bcp as bcp_module
 from hco_cli.data.dataset import PreparedDataset
 from hco_cli.data.sampling import PatchSampler
 from hco_cli.io_utils import write_json
-from hco_cli.models import ModelConfig, build_model
+from hco_cli.models import ModelConfig, build_model, compile_forward
+from hco_cli.models.roofline import bcp_iteration_cost
 from hco_cli.optim import build_optimizer, plain_variant
 from hco_cli.ssl.base import Batch
 from hco_cli.ssl.config import BCPConfig
@@ -95,18 +108,25 @@ class Trial:
 
     def __init__(self, spec: str, phase_name: str, args: argparse.Namespace,
                  device: torch.device, *, instrument: bool) -> None:
+        spec, *features = spec.split("+")  # e.g. "sgd+batched+compile"
         name, _, mode = spec.partition(":")  # e.g. "sgd-hco" (default mode) or "sgd-hco:foreach"
+        unknown = set(features) - {"batched", "compile", "compile-ro"}
+        if unknown:
+            raise SystemExit(f"unknown candidate(s) {sorted(unknown)}: batched, compile, "
+                             "compile-ro")
+        compile_mode = ("reduce-overhead" if "compile-ro" in features
+                        else "default" if "compile" in features else None)
         self.diagnostics_every = int(mode[4:]) if mode.startswith("diag") else 0
         mode = "" if self.diagnostics_every else mode
         torch.manual_seed(0)
-        cfg = BCPConfig()
+        cfg = BCPConfig(teacher_forward="batched" if "batched" in features else "auto")
         model_cfg = ModelConfig()
 
         def factory() -> torch.nn.Module:
             model = build_model(model_cfg, in_channels=1, num_classes=2).to(device)
             if device.type == "cuda":
-                return model.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
-            return model
+                model = model.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
+            return compile_forward(model, compile_mode) if compile_mode else model
         self.device, self.iteration = device, 0
         self.diagnostics: list[Any] = []
         self.framework = build_framework(cfg, model_factory=factory, num_classes=2, device=device,
@@ -206,24 +226,35 @@ def main() -> None:
     print(f"{name}, torch {torch.__version__}, BCP V-Net, patch {PATCH}, batch 4+4, "
           f"{'bf16 + channels_last' if device.type == 'cuda' else 'fp32'}, "
           f"{'LA data ' + args.data if args.data else 'random volumes'}")
-    header = f"{'phase':<10}{'optimizer':<17}{'total ms':>9}" + "".join(f"{s:>15}" for s in STAGES)
-    print(header + f"{'vs first':>10}")
+    header = f"{'phase':<10}{'optimizer':<24}{'total ms':>9}" + "".join(f"{s:>15}" for s in STAGES)
+    print(header + f"{'vs first':>10}{'x roofline':>11}")
     specs = args.optimizers.split(",")
     rows = []
+    roofline = {}
     for phase_name in args.phases.split(","):
+        cost = bcp_iteration_cost(build_model(ModelConfig(), in_channels=1, num_classes=2),
+                                  PATCH, phase=phase_name,
+                                  activation_bytes=2 if device.type == "cuda" else 4)
+        roofline[phase_name] = {"tflop": cost.flops / 1e12, "gbyte": cost.bytes / 1e9,
+                                "ms": 1000 * cost.roofline_seconds()}
+        print(f"{phase_name}: roofline {cost.flops / 1e12:.3f} TFLOP, {cost.bytes / 1e9:.2f} GB "
+              f"per iteration -> {1000 * cost.roofline_seconds():.2f} ms at the H200's peaks "
+              "(989 TFLOP/s bf16 dense, 4.8 TB/s)")
         totals = interleaved_totals(specs, phase_name, args, device)
         for spec in specs:
             stages = instrumented_stages(spec, phase_name, args, device)
             ratio = totals[spec] / totals[specs[0]]
+            over = totals[spec] / cost.roofline_seconds()
             rows.append({"phase": phase_name, "optimizer": spec, "ms": 1000 * totals[spec],
-                         "ratio": ratio, "stages_ms": {k: 1000 * v for k, v in stages.items()}})
-            row = f"{phase_name:<10}{spec:<17}{1000 * totals[spec]:>9.1f}"
+                         "ratio": ratio, "x_roofline": over,
+                         "stages_ms": {k: 1000 * v for k, v in stages.items()}})
+            row = f"{phase_name:<10}{spec:<24}{1000 * totals[spec]:>9.1f}"
             row += "".join(f"{1000 * stages.get(s, 0.0):>15.1f}" for s in STAGES)
-            print(row + f"{ratio:>10.3f}", flush=True)
+            print(row + f"{ratio:>10.3f}{over:>11.1f}", flush=True)
     if args.json:
         write_json(args.json, {"device": name, "torch": torch.__version__, "data": args.data,
                                "iterations": args.iterations, "rounds": args.rounds,
-                               "rows": rows})
+                               "roofline_h200": roofline, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -226,6 +226,9 @@ def slurm_minutes(text: str) -> int:
     return int(days or 0) * 1440 + hours * 60 + minutes + (seconds > 0)
 
 
+CompileMode = Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"]
+
+
 class TrainConfig(_Section):
     """Everything a training run depends on; saved with the run and in every checkpoint."""
 
@@ -246,6 +249,9 @@ class TrainConfig(_Section):
     deterministic: bool = Field(default=False, description="cudnn deterministic, no benchmark")
     amp: bool = Field(default=False, description="bf16 autocast on CUDA (fp32 elsewhere)")
     channels_last: bool = False
+    compile: bool | CompileMode = Field(
+        default=False, description="torch.compile the network's forward (true: torch's "
+        "default mode; reduce-overhead adds CUDA graphs); off by default")
     run_dir: Path | None = None
     init_from: Path | None = Field(default=None, description="run whose pretrain.pt is reused")
     phases: list[str] | None = Field(default=None, description="train only these phases of "

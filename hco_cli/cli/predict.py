@@ -106,6 +106,10 @@ def predict(
     evaluate: Annotated[bool, _opt("Score the predictions against the split's labels and write "
                                    "RUN/eval/<checkpoint>/summary.json.")] = False,
     force: Annotated[bool, _opt("Replace an existing output folder.")] = False,
+    pipeline: Annotated[bool, _opt("Write and score each case in background threads and "
+                                   "processes while the next case is predicted (same files "
+                                   "and scores); --no-pipeline: one case after another.",
+                                   "--pipeline/--no-pipeline")] = True,
 ) -> None:
     """Predict every case with a sliding window and write CASE.nii.gz in its original geometry."""
     try:
@@ -114,7 +118,8 @@ def predict(
             split=split.value if split else None, fold=fold, images=images or [], out=out,
             stride=parse_stride(stride), batch_size=batch_size, amp=amp, device=device.value,
             tta=tta, stitch=stitch.value, save_probabilities=save_probabilities,
-            uncertainty=uncertainty, lcc=lcc, evaluate=evaluate, force=force)
+            uncertainty=uncertainty, lcc=lcc, evaluate=evaluate, force=force,
+            pipeline=pipeline)
     except ValidationError as exc:
         raise ConfigError(describe_error(exc)) from None
     with case_progress(console) as bar:

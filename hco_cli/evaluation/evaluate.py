@@ -172,7 +172,24 @@ def evaluate_cases(
                 "evaluate in voxels"
             )
     tasks = [CaseTask(c, predictions[c], labels[c], wanted, mm, empty, ignore) for c in cases]
-    results = _run(tasks, n_jobs)
+    return summarize_results(_run(tasks, n_jobs), classes=wanted,
+                             default_classes=default_classes, mm=mm, empty=empty,
+                             dropped=dropped)
+
+
+def summarize_results(
+    results: list[CaseResult],
+    *,
+    classes: Sequence[int] | None = None,
+    default_classes: Sequence[int] = (),
+    mm: bool = False,
+    empty: EmptyPolicy = "nan",
+    dropped: Sequence[str] = (),
+) -> EvaluationSummary:
+    """The summary of per-case results (in case order) that :func:`evaluate_case` computed,
+    wherever it ran: :func:`evaluate_cases` scores files it is given, ``hco predict`` scores
+    each case as soon as its file is written."""
+    wanted = _check_classes(classes)
     final = list(wanted) if wanted is not None else _found_classes(results, default_classes)
     if wanted is None:
         _refuse_stray_values(results, final)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +71,9 @@ class CasePrediction:
     note: str | None = None
     stitched_on: str = "cpu"
     peak_gpu_mib: float | None = None
+    # Seconds per stage where the pipelined path measured them (load, forward, labels, write,
+    # score); the writing and scoring ran beside the next cases, not in ``seconds``.
+    stages: dict[str, float] = field(default_factory=dict)
 
 
 def labels_from_probabilities(probs: Tensor) -> Tensor:
@@ -122,6 +125,20 @@ def labels_of(probs: Tensor, window: Window) -> np.ndarray:
     """Class indices (X, Y, Z) of the probabilities, post-processed as ``window`` says."""
     labels = labels_from_probabilities(probs).cpu().numpy().astype(label_dtype(window.num_classes))
     return keep_largest_per_class(labels, window.num_classes) if window.lcc else labels
+
+
+@torch.inference_mode()
+def device_labels(probs: Tensor, window: Window) -> np.ndarray:
+    """:func:`labels_of`, with the labels and their largest components made where ``probs``
+    lie: on a GPU only the final label map (one byte per voxel for up to 256 classes) travels
+    to the host. The components are the same as on the CPU (see
+    :mod:`hco_cli.inference.postprocess`)."""
+    labels = labels_from_probabilities(probs)
+    if window.lcc:
+        labels = keep_largest_per_class(labels, window.num_classes)
+    small = window.num_classes <= 256
+    host = labels.to(torch.uint8 if small else torch.int32).cpu().numpy()
+    return host if small else host.astype(label_dtype(window.num_classes))
 
 
 def write_prediction(labels: np.ndarray, geometry: CaseGeometry, path: Path,

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from hco_cli.data.dataset import SplitName
 from hco_cli.data.labels import LabelMap
 from hco_cli.errors import ConfigError, DataError
+from hco_cli.evaluation.evaluate import CaseResult, summarize_results
 from hco_cli.inference.cases import (
     CasePrediction,
     Outputs,
@@ -41,6 +42,7 @@ from hco_cli.inference.cases import (
     write_prediction,
 )
 from hco_cli.inference.inputs import dataset_cases, image_cases
+from hco_cli.inference.pipeline import predict_cases_pipelined
 from hco_cli.inference.runs import (
     LoadedRun,
     check_labels,
@@ -51,7 +53,12 @@ from hco_cli.inference.runs import (
     run_plan,
     shared_fold,
 )
-from hco_cli.inference.scoring import checkpoint_label, reference_labels, score_predictions
+from hco_cli.inference.scoring import (
+    checkpoint_label,
+    reference_labels,
+    score_predictions,
+    summary_data,
+)
 from hco_cli.inference.stitching import Stitch
 from hco_cli.io_utils import atomic_dir, write_json
 from hco_cli.locks import hold
@@ -89,6 +96,9 @@ class PredictOptions(BaseModel):
     lcc: bool = False
     evaluate: bool = False
     force: bool = False
+    pipeline: bool = Field(default=True, description="read ahead, write and score beside the "
+                           "device work, labels and components on the device; False: one "
+                           "case after another, labels on the host (the earlier path)")
 
     @field_validator("stride")
     @classmethod
@@ -178,36 +188,54 @@ def predict(runs: Path | Sequence[Path], options: PredictOptions, *,
             options.evaluate and dataset is not None) else None
         outputs = Outputs(probabilities=options.save_probabilities,
                           uncertainty=options.uncertainty)
+        scores: list[CaseResult] | None = None
         with atomic_dir(out, kind="predictions", force=options.force) as tmp:
-            written = predict_cases([r.model for r in loaded], cases, tmp, window,
-                                    labels=labels, device=device, outputs=outputs,
-                                    progress=progress, window_progress=window_progress)
+            if options.pipeline:
+                written, scores = predict_cases_pipelined(
+                    [r.model for r in loaded], cases, tmp, window, labels=labels, device=device,
+                    outputs=outputs, references=references, progress=progress,
+                    window_progress=window_progress)
+            else:
+                written = predict_cases([r.model for r in loaded], cases, tmp, window,
+                                        labels=labels, device=device, outputs=outputs,
+                                        progress=progress, window_progress=window_progress)
         report = PredictionReport(
             out=out, checkpoint=checkpoint_label([r.checkpoint for r in loaded]),
             device=str(device), window=window, dataset=dataset.root if dataset else None,
             split=split, runs=[r.path for r in loaded], outputs=outputs,
             cases=[replace(c, path=out / c.path.relative_to(tmp)) for c in written])
         if references is not None:
-            _evaluate(report, references, labels, summary)
+            _evaluate(report, references, labels, summary, scores=scores)
     return report
 
 
 def _evaluate(report: PredictionReport, references: dict[str, object], labels: LabelMap,
-              target: Path) -> None:
-    """Score the written predictions against the original labels; write summary.json."""
-    data, dice = score_predictions(
-        {c.case: c.path for c in report.cases}, references, labels,
-        extra={"predictions": str(report.out), "checkpoint": report.checkpoint,
+              target: Path, *, scores: list[CaseResult] | None) -> None:
+    """Score the written predictions against the original labels (or summarise the scores the
+    pipeline computed as each file was written); write summary.json."""
+    extra = _summary_extra(report)
+    if scores is not None:
+        ordered = sorted(scores, key=lambda r: r.case)  # hco evaluate orders cases by id
+        data, dice = summary_data(summarize_results(ordered, classes=labels.values[1:] or None),
+                                  extra=extra)
+    else:
+        data, dice = score_predictions({c.case: c.path for c in report.cases}, references,
+                                       labels, extra=extra)
+    write_json(target, data)
+    report.summary = target
+    report.mean_dice = dice
+
+
+def _summary_extra(report: PredictionReport) -> dict[str, object]:
+    """What summary.json says about the prediction beside the metrics."""
+    return {"predictions": str(report.out), "checkpoint": report.checkpoint,
                "split": report.split, "dataset": str(report.dataset), "grid": "original",
                "lcc": report.window.lcc, "stride": list(report.window.stride),
                "runs": [str(r) for r in report.runs],
                "tta_axes": list(report.window.mirror_axes),
                "prediction_per_case": {c.case: {"seconds": c.seconds, "stitched_on": c.stitched_on,
                                                 "peak_gpu_mib": c.peak_gpu_mib}
-                                       for c in report.cases}})
-    write_json(target, data)
-    report.summary = target
-    report.mean_dice = dice
+                                       for c in report.cases}}
 
 
 def _output(given: Path | None, runs: Sequence[LoadedRun]) -> Path:

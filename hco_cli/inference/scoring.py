@@ -11,7 +11,11 @@ from hco_cli.data.dataset import PreparedDataset
 from hco_cli.data.io import volume_suffix
 from hco_cli.data.labels import LabelMap
 from hco_cli.errors import DataError
-from hco_cli.evaluation.evaluate import evaluate_cases
+from hco_cli.evaluation.evaluate import (
+    CaseTask,
+    EvaluationSummary,
+    evaluate_cases,
+)
 from hco_cli.evaluation.references import LabelSource
 from hco_cli.inference.resample import same_grid
 
@@ -44,6 +48,20 @@ def score_predictions(predictions: dict[str, Path], references: dict[str, Any],
     """summary.json's content (``extra`` added) and the mean Dice per class."""
     summary = evaluate_cases(predictions, references, classes=labels.values[1:] or None,
                              ignore=labels.ignore_value)
+    return summary_data(summary, extra=extra)
+
+
+def case_task(case: str, prediction: Path, reference: Any, labels: LabelMap) -> CaseTask:
+    """The task :func:`score_predictions` makes of one case (``hco evaluate``'s defaults: the
+    label map's foreground classes, distances in voxels, the ``nan`` empty-mask policy)."""
+    foreground = labels.values[1:]
+    classes = tuple(sorted({int(c) for c in foreground})) if foreground else None
+    return CaseTask(case, prediction, reference, classes, False, "nan", labels.ignore_value)
+
+
+def summary_data(summary: EvaluationSummary, *, extra: dict[str, Any]) -> tuple[
+        dict[str, Any], dict[str, float]]:
+    """summary.json's content (``extra`` added) and the mean Dice per class."""
     data = summary.to_json_dict()
     data.update(extra)
     return data, {c: summary.mean[c]["dice"] for c in summary.mean}

@@ -14,6 +14,7 @@ from hco_cli.models.vnet import (
     STAGES,
     Triple,
     VNet,
+    compile_forward,
     size_multiples,
 )
 
@@ -78,4 +79,4 @@ def build_model(cfg: ModelConfig, *, in_channels: int, num_classes: int) -> nn.M
 
 
 __all__ = ["DEFAULT_KERNELS", "DEFAULT_STRIDES", "ModelConfig", "VNet", "build_model",
-           "size_multiples"]
+           "compile_forward", "size_multiples"]

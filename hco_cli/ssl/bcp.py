@@ -65,6 +65,17 @@ def random_cube_mask(shape: tuple[int, ...], ratio: float | tuple[float, ...], *
     return mask
 
 
+def teacher_batches(teacher: nn.Module, mode: str) -> bool:
+    """Whether the halves go through the teacher in one forward pass: ``batched`` always,
+    ``separate`` never, ``auto`` when no layer mixes samples or draws random numbers in train
+    mode (BatchNorm statistics, dropout masks), so that one pass gives the same outputs."""
+    if mode != "auto":
+        return mode == "batched"
+    return not any(isinstance(m, nn.modules.batchnorm._BatchNorm)
+                   or (isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0)
+                   for m in teacher.modules())
+
+
 class BCPFramework(Framework):
     """Student + EMA teacher with BCP's two-phase schedule and mixed-image losses."""
 
@@ -136,13 +147,15 @@ class BCPFramework(Framework):
         then the largest component per volume (per class).
 
         The teacher sees each half in its own forward pass, as BCP does (in train mode its
-        BatchNorm uses each half's statistics); the components of all halves are found in one
-        call, which costs one host synchronisation for the whole iteration.
+        BatchNorm uses each half's statistics), unless ``teacher_forward`` batches them
+        (:func:`teacher_batches`); the components of all halves are found in one call, which
+        costs one host synchronisation for the whole iteration.
         """
         teacher = self._teacher()
         teacher.train()  # BCP keeps the teacher in train mode (BN batch statistics, dropout)
+        batched = len(halves) > 1 and teacher_batches(teacher, self.cfg.teacher_forward)
         raw = []
-        for images in halves:
+        for images in [torch.cat(halves)] if batched else halves:
             prob = torch.softmax(teacher(images).float(), dim=1)
             raw.append(prob[:, 1] >= 0.5 if self.num_classes == 2 else prob.argmax(dim=1))
         labels = torch.cat(raw)

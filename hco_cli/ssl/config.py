@@ -68,6 +68,12 @@ class BCPConfig(_Strict):
     # BCP-Pancreas restores the pre-training optimizer state (saved with the best pre-trained
     # weights) for self-training; BCP-LA re-creates the optimizer (False).
     restore_optimizer: bool = False
+    # The teacher's forward passes over the two unlabeled halves: "separate" (BCP: one per
+    # half; in train mode BatchNorm takes each half's statistics), "auto" (one batched pass
+    # where that changes nothing: no BatchNorm and no active dropout in the teacher, e.g.
+    # BCP's Pancreas V-Net), "batched" (always one pass: with BatchNorm the statistics of both
+    # halves together, which BCP does not do; for speed measurements).
+    teacher_forward: Literal["separate", "auto", "batched"] = "auto"
 
 
     @model_validator(mode="after")

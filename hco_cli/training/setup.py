@@ -21,7 +21,7 @@ from hco_cli.config import TrainConfig, validate_config
 from hco_cli.data.dataset import PreparedDataset
 from hco_cli.data.sampling import PatchSampler
 from hco_cli.errors import ConfigError
-from hco_cli.models import build_model
+from hco_cli.models import build_model, compile_forward
 from hco_cli.ssl.base import Batch, Framework, Phase
 from hco_cli.ssl.common import default_seed
 from hco_cli.ssl.registry import build_framework
@@ -256,6 +256,8 @@ def _factory(config: TrainConfig, in_channels: int, num_classes: int,
         model = model.to(device)
         if config.channels_last:  # 5-D weights only; Module.to converts nothing else
             model = model.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
+        if config.compile:
+            compile_forward(model, "default" if config.compile is True else config.compile)
         return model
 
     return make

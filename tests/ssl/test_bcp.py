@@ -12,7 +12,7 @@ from torch import Tensor
 
 from hco_cli.errors import ConfigError
 from hco_cli.ssl.base import Batch, Phase
-from hco_cli.ssl.bcp import BCPFramework, cube_size, random_cube_mask
+from hco_cli.ssl.bcp import BCPFramework, cube_size, random_cube_mask, teacher_batches
 from hco_cli.ssl.common import FrameworkRng
 from hco_cli.ssl.config import BCPConfig
 from tests.ssl.helpers import Recorder, synthetic_batch, tiny_factory
@@ -263,3 +263,44 @@ def test_batch_errors() -> None:
         fw.train_step(phase, no_u, {"student": Recorder(list(fw.student.parameters()))}, 0)
     with pytest.raises(ConfigError, match="optimizer for 'student'"):
         fw.train_step(phase, batch, {}, 0)
+
+
+def _instancenorm_framework(mode: str) -> BCPFramework:
+    """BCP's Pancreas network (InstanceNorm, no dropout): no layer mixes the halves."""
+    from hco_cli.models import ModelConfig, build_model
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_filters=4, dropout=False, normalization="instancenorm")
+    fw = BCPFramework(BCPConfig(teacher_forward=mode),  # type: ignore[arg-type]
+                      model_factory=lambda: build_model(cfg, in_channels=1, num_classes=2),
+                      num_classes=2, device=CPU, seed=0)
+    fw.start_phase(fw.phases()[1])
+    return fw
+
+
+def test_batched_teacher_forward_gives_the_same_pseudo_labels() -> None:
+    unlabeled = synthetic_batch(3).unlabeled_image
+    assert unlabeled is not None
+    halves = unlabeled.chunk(2)
+    batched, separate = _instancenorm_framework("auto"), _instancenorm_framework("separate")
+    assert teacher_batches(batched.teacher, "auto")  # type: ignore[arg-type]
+    calls: list[int] = []
+    batched.teacher.register_forward_hook(  # type: ignore[union-attr]
+        lambda _m, args, _o: calls.append(args[0].shape[0]))
+    together, apart = batched.pseudo_labels(*halves), separate.pseudo_labels(*halves)
+    assert calls == [4]  # one forward pass over both halves
+    with torch.no_grad():  # the probabilities agree to float rounding, not only the labels
+        one = torch.softmax(batched.teacher(unlabeled), dim=1)  # type: ignore[misc]
+        two = torch.cat([torch.softmax(separate.teacher(h), dim=1)  # type: ignore[misc]
+                         for h in halves])
+    torch.testing.assert_close(one, two, rtol=1e-5, atol=1e-6)
+    for x, y in zip(together, apart, strict=True):
+        assert torch.equal(x, y)
+
+
+def test_auto_keeps_separate_passes_where_batchnorm_or_dropout_would_mix_halves() -> None:
+    fw, _, _ = _selftrain_framework("source")  # BatchNorm V-Net (BCP's LA network)
+    assert not teacher_batches(fw.teacher, "auto")  # type: ignore[arg-type]
+    assert teacher_batches(fw.teacher, "batched")  # type: ignore[arg-type]
+    assert not teacher_batches(torch.nn.Sequential(torch.nn.Dropout3d(0.5)), "auto")
+    assert teacher_batches(torch.nn.Sequential(torch.nn.Dropout3d(0.0)), "auto")
+    assert not teacher_batches(torch.nn.Sequential(torch.nn.Conv3d(1, 1, 1)), "separate")
