@@ -19,7 +19,8 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from hco_cli.optim import diagnostics as diag
-from hco_cli.optim.flat import FlatLayout, flat_supported, fused_obstacle
+from hco_cli.optim.flat import FlatLayout, flat_supported
+from hco_cli.optim.fused import fused_obstacle
 from hco_cli.optim.masks import (
     Grads,
     HyperparameterError,

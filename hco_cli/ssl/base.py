@@ -17,14 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-
-@dataclass
-class Batch:
-    """One iteration's data, already on the training device."""
-
-    labeled_image: Tensor  # (B_l, C, X, Y, Z) float
-    labeled_label: Tensor  # (B_l, X, Y, Z) int64
-    unlabeled_image: Tensor | None = None  # (B_u, C, X, Y, Z) float
+from hco_cli.data.batch import Batch
 
 
 @dataclass(frozen=True)

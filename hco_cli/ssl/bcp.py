@@ -23,9 +23,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from hco_cli.data.batch import Batch
 from hco_cli.errors import ConfigError
-from hco_cli.inference.postprocess import keep_largest_per_class, largest_connected_component
-from hco_cli.ssl.base import Batch, Framework, ModelFactory, Phase, StepResult, two_source_step
+from hco_cli.ops.components import keep_largest_per_class, largest_connected_component
+from hco_cli.ssl.base import Framework, ModelFactory, Phase, StepResult, two_source_step
 from hco_cli.ssl.common import (
     FrameworkRng,
     check_even_halves,
@@ -37,8 +38,8 @@ from hco_cli.ssl.common import (
     unlabeled_of,
 )
 from hco_cli.ssl.config import BCPConfig
-from hco_cli.training.ema import ema_update_, make_teacher
-from hco_cli.training.losses import ce_dice_loss, mix_loss, mix_loss_parts
+from hco_cli.ssl.ema import ema_update_, make_teacher
+from hco_cli.ssl.losses import ce_dice_loss, mix_loss, mix_loss_parts
 
 
 def cube_size(shape: tuple[int, ...], ratio: float | tuple[float, ...]) -> tuple[int, ...]:

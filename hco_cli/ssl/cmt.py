@@ -26,8 +26,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from hco_cli.data.batch import Batch
 from hco_cli.errors import ConfigError
-from hco_cli.ssl.base import Batch, Framework, ModelFactory, Phase, StepResult, alignment_tensor
+from hco_cli.ssl.base import Framework, ModelFactory, Phase, StepResult, alignment_tensor
 from hco_cli.ssl.common import (
     FrameworkRng,
     detached,
@@ -38,10 +39,10 @@ from hco_cli.ssl.common import (
     unlabeled_of,
 )
 from hco_cli.ssl.config import CMTConfig
+from hco_cli.ssl.ema import warmup_decay, weighted_ema_update_
+from hco_cli.ssl.losses import supervised_loss
+from hco_cli.ssl.ramps import sigmoid_rampup
 from hco_cli.ssl.umix import check_divisible, mean_entropy, strong_view, umix
-from hco_cli.training.ema import warmup_decay, weighted_ema_update_
-from hco_cli.training.losses import supervised_loss
-from hco_cli.training.ramps import sigmoid_rampup
 
 
 def cmt_losses(s1_l: Tensor, s2_l: Tensor, label: Tensor, s1_u: Tensor, s2_u: Tensor,

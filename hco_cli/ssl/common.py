@@ -9,8 +9,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from hco_cli.data.batch import Batch
 from hco_cli.errors import ConfigError
-from hco_cli.ssl.base import Batch, alignment_tensor, collecting, needs_split
+from hco_cli.ssl.base import alignment_tensor, collecting, needs_split
 
 
 class FrameworkRng:

@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from hco_cli.ssl.base import Batch, Framework, ModelFactory, Phase, StepResult, two_source_step
+from hco_cli.data.batch import Batch
+from hco_cli.ssl.base import Framework, ModelFactory, Phase, StepResult, two_source_step
 from hco_cli.ssl.common import (
     FrameworkRng,
     detached,
@@ -31,10 +32,10 @@ from hco_cli.ssl.common import (
     unlabeled_of,
 )
 from hco_cli.ssl.config import MeanTeacherConfig
+from hco_cli.ssl.ema import ema_update_, make_teacher, warmup_decay
+from hco_cli.ssl.losses import softmax_mse, supervised_loss
+from hco_cli.ssl.ramps import sigmoid_rampup
 from hco_cli.ssl.supervised import lr_factor_for
-from hco_cli.training.ema import ema_update_, make_teacher, warmup_decay
-from hco_cli.training.losses import softmax_mse, supervised_loss
-from hco_cli.training.ramps import sigmoid_rampup
 
 
 class MeanTeacherFramework(Framework):

@@ -7,7 +7,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from hco_cli.ssl.base import Batch, Framework, ModelFactory, Phase, StepResult, two_source_step
+from hco_cli.data.batch import Batch
+from hco_cli.ssl.base import Framework, ModelFactory, Phase, StepResult, two_source_step
 from hco_cli.ssl.common import (
     detached,
     get_optimizer,
@@ -16,8 +17,8 @@ from hco_cli.ssl.common import (
     optimizer_params,
 )
 from hco_cli.ssl.config import SupervisedConfig
-from hco_cli.training.losses import supervised_loss
-from hco_cli.training.ramps import poly_lr_factor
+from hco_cli.ssl.losses import supervised_loss
+from hco_cli.ssl.ramps import poly_lr_factor
 
 
 def lr_factor_for(schedule: str, iterations: int, power: float) -> Any:

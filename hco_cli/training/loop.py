@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,21 +21,21 @@ from torch import Tensor
 
 from hco_cli import __version__
 from hco_cli.config import TrainConfig
+from hco_cli.data.batch import Batch
 from hco_cli.errors import CheckpointError, TrainingDivergedError
 from hco_cli.optim import DIAGNOSTIC_KEYS, build_optimizer, optimizer_info, plain_variant
-from hco_cli.ssl.base import Batch, Phase, StepResult
-from hco_cli.training import checkpoint as ckpt
-from hco_cli.training import distributed
-from hco_cli.training.events import ProgressCallback, ProgressEvent, RunResult
-from hco_cli.training.launch import launch
-from hco_cli.training.logging import MetricsWriter
-from hco_cli.training.run_dir import (
+from hco_cli.runs import checkpoint as ckpt
+from hco_cli.runs.folder import (
     checkpoint_path,
     copy_plan,
     prepare_run_dir,
     write_config,
     write_run_info,
 )
+from hco_cli.ssl.base import Phase, StepResult
+from hco_cli.training import distributed
+from hco_cli.training.events import ProgressCallback, ProgressEvent, RunResult
+from hco_cli.training.logging import MetricsWriter
 from hco_cli.training.run_guard import (
     change_history,
     check_resumable,
@@ -44,7 +45,6 @@ from hco_cli.training.run_guard import (
 from hco_cli.training.setup import (
     RunSetup,
     build_setup,
-    check_config,
     resolve_device,
     resolve_run_dir,
     seed_everything,
@@ -54,25 +54,16 @@ from hco_cli.training.tracking import check_available as check_sinks
 from hco_cli.training.trees import all_finite, cpu_tree
 
 
-def train(config: TrainConfig, *, progress: ProgressCallback | None = None,
-          force: bool = False, sinks: Sequence[Sink] = ()) -> RunResult:
-    """Train from scratch into ``config.run_dir`` (refused if non-empty unless ``force``).
+def run_local(config: TrainConfig, *, progress: ProgressCallback | None = None,
+              force: bool = False, sinks: Sequence[Sink] = ()) -> RunResult:
+    """Train ``config`` from scratch in this process: the only one, or one rank of a group.
 
-    With ``distributed.processes`` > 1 the run is data-parallel: it spawns that many worker
-    processes (:mod:`hco_cli.training.launch`), or, under torchrun, is one of them. ``sinks``
-    receive rank 0's records besides those ``config.tracking`` names (picklable with
-    processes > 1).
+    :func:`hco_cli.training.entry.train` calls it when no workers need launching; each launched
+    worker (:mod:`hco_cli.training.launch`) and each torchrun process calls it directly.
     """
-    check_sinks(config.tracking.sinks)
-    d = config.distributed
-    distributed.check_devices(d.processes, device=config.device, sync_batchnorm=d.sync_batchnorm)
-    config = resolve_run_dir(config)
-    assert config.run_dir is not None
+    config = checked_config(config)
+    assert config.run_dir is not None  # checked_config fills it in
     with run_session(config.run_dir, main=distributed.environment_rank() == 0):
-        if distributed.needs_launch(d.processes):
-            check_config(config)
-            prepare_run_dir(config.run_dir, force=force)  # before spawning: errors come at once
-            return launch(config, processes=d.processes, progress=progress, sinks=sinks)
         ctx = distributed.join(resolve_device(config.device))
         setup = build_setup(distributed.with_processes(config, ctx), ctx=ctx)
         if ctx.is_main:
@@ -83,6 +74,14 @@ def train(config: TrainConfig, *, progress: ProgressCallback | None = None,
         return _run(setup, progress=progress, state=None, sinks=sinks)
 
 
+def checked_config(config: TrainConfig) -> TrainConfig:
+    """``config`` with its run folder filled in, once its sinks and devices are checked."""
+    check_sinks(config.tracking.sinks)
+    d = config.distributed
+    distributed.check_devices(d.processes, device=config.device, sync_batchnorm=d.sync_batchnorm)
+    return resolve_run_dir(config)
+
+
 def _run(setup: RunSetup, *, progress: ProgressCallback | None,
          state: dict[str, Any] | None, sinks: Sequence[Sink]) -> RunResult:
     result = _Trainer(setup, progress=progress, state=state, sinks=sinks).run()
@@ -90,34 +89,54 @@ def _run(setup: RunSetup, *, progress: ProgressCallback | None,
     return result
 
 
-def resume(run_dir: Path, *, progress: ProgressCallback | None = None,
-           processes: int | None = None, accept_config_changes: bool = False,
-           sinks: Sequence[Sink] = ()) -> RunResult:
-    """Continue the run in ``run_dir`` from its ``last.pt`` exactly where it stopped.
+@dataclass(frozen=True)
+class ResumePoint:
+    """A run's ``last.pt`` read back, with the configuration it continues under."""
+
+    state: dict[str, Any]
+    config: TrainConfig
+    changes: dict[str, list[Any]]
+    processes: int
+
+
+def read_resume_point(run_dir: Path, *, processes: int | None = None,
+                      accept_config_changes: bool = False) -> ResumePoint:
+    """Check that ``run_dir`` can continue and read where it stopped.
 
     It resumes with as many processes as it was saved with (``processes``, if given, must
-    match); a data-parallel run spawns its workers again. An edited ``config.yaml`` is refused
-    unless ``accept_config_changes`` (:func:`~hco_cli.training.run_guard.resume_config`).
+    match). An edited ``config.yaml`` is refused unless ``accept_config_changes``
+    (:func:`~hco_cli.training.run_guard.resume_config`).
     """
+    check_resumable(run_dir)
+    state = ckpt.load_checkpoint(checkpoint_path(run_dir, "last"))
+    if state.get("finished"):
+        raise CheckpointError(f"run {run_dir} already finished; nothing to resume")
+    config, changes = resume_config(run_dir, state["config"], accept=accept_config_changes)
+    check_sinks(config.tracking.sinks)
+    count = int(state.get("processes", 1))
+    distributed.check_resume_processes(count, requested=processes)
+    distributed.check_devices(count, device=config.device,
+                              sync_batchnorm=config.distributed.sync_batchnorm)
+    return ResumePoint(state=state, config=config, changes=changes, processes=count)
+
+
+def continue_local(run_dir: Path, point: ResumePoint, *, progress: ProgressCallback | None = None,
+                   sinks: Sequence[Sink] = ()) -> RunResult:
+    """Continue ``point`` in this process (the caller holds the run session)."""
+    ctx = distributed.join(resolve_device(point.config.device))
+    setup = build_setup(point.config, resuming=True, ctx=ctx)
+    setup.config_changes = change_history(run_dir, point.changes,
+                                          int(point.state["global_iter"]))
+    return _run(setup, progress=progress, state=point.state, sinks=sinks)
+
+
+def resume_local(run_dir: Path, *, progress: ProgressCallback | None = None,
+                 accept_config_changes: bool = False, sinks: Sequence[Sink] = ()) -> RunResult:
+    """Continue the run in ``run_dir`` in this process: a launched or torchrun worker."""
     run_dir = Path(run_dir)
     with run_session(run_dir, main=distributed.environment_rank() == 0):
-        check_resumable(run_dir)
-        state = ckpt.load_checkpoint(checkpoint_path(run_dir, "last"))
-        if state.get("finished"):
-            raise CheckpointError(f"run {run_dir} already finished; nothing to resume")
-        config, changes = resume_config(run_dir, state["config"], accept=accept_config_changes)
-        check_sinks(config.tracking.sinks)
-        count = int(state.get("processes", 1))
-        distributed.check_resume_processes(count, requested=processes)
-        distributed.check_devices(count, device=config.device,
-                                  sync_batchnorm=config.distributed.sync_batchnorm)
-        if distributed.needs_launch(count):
-            return launch(resume_dir=run_dir, processes=count, progress=progress,
-                          accept_config_changes=accept_config_changes, sinks=sinks)
-        ctx = distributed.join(resolve_device(config.device))
-        setup = build_setup(config, resuming=True, ctx=ctx)
-        setup.config_changes = change_history(run_dir, changes, int(state["global_iter"]))
-        return _run(setup, progress=progress, state=state, sinks=sinks)
+        point = read_resume_point(run_dir, accept_config_changes=accept_config_changes)
+        return continue_local(run_dir, point, progress=progress, sinks=sinks)
 
 
 def _mean_diagnostics(optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, Tensor] | None:
@@ -482,5 +501,6 @@ class _Trainer:
         return info
 
 
-__all__ = ["Batch", "ProgressCallback", "ProgressEvent", "RunResult", "resume", "seed_everything",
-           "train"]
+__all__ = ["Batch", "ProgressCallback", "ProgressEvent", "ResumePoint", "RunResult",
+           "checked_config", "continue_local", "read_resume_point", "resume_local", "run_local",
+           "seed_everything"]

@@ -18,7 +18,7 @@ from hco_cli.config import TrainConfig, validate_config
 from hco_cli.errors import CheckpointError, ConfigError, Interrupted
 from hco_cli.locks import hold
 from hco_cli.outputs import remove_stale_in
-from hco_cli.training.run_dir import (
+from hco_cli.runs.folder import (
     checkpoint_path,
     config_hash,
     read_config_data,

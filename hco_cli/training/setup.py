@@ -18,14 +18,15 @@ import torch
 from torch import nn
 
 from hco_cli.config import TrainConfig, validate_config
+from hco_cli.data.batch import Batch
 from hco_cli.data.dataset import PreparedDataset
 from hco_cli.data.sampling import PatchSampler
 from hco_cli.errors import ConfigError
-from hco_cli.models import build_model
-from hco_cli.ssl.base import Batch, Framework, Phase
+from hco_cli.models.vnet import build_model
+from hco_cli.runs import checkpoint as ckpt
+from hco_cli.ssl.base import Framework, Phase
 from hco_cli.ssl.common import default_seed
 from hco_cli.ssl.registry import build_framework
-from hco_cli.training import checkpoint as ckpt
 from hco_cli.training.checks import check_against_dataset
 from hco_cli.training.distributed import SINGLE_PROCESS, DistributedContext
 from hco_cli.training.validation import Validator

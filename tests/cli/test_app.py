@@ -8,7 +8,9 @@ from typer.testing import CliRunner
 from hco_cli import __version__
 from hco_cli.cli.app import app
 from hco_cli.cli.common import handle_errors
+from hco_cli.cli.train import PRESET_NAMES
 from hco_cli.errors import DataError
+from hco_cli.training.presets import PRESETS
 
 runner = CliRunner()
 
@@ -39,3 +41,8 @@ def test_handle_errors_prints_one_line_and_exits_1() -> None:
     assert len(lines) == 1
     assert lines[0].startswith("error: case abc: label file missing")
     assert "Traceback" not in result.output
+
+
+def test_train_help_names_every_preset() -> None:
+    """`hco train --help` lists the presets without importing them (that would load torch)."""
+    assert tuple(PRESETS) == PRESET_NAMES

@@ -9,9 +9,9 @@ import torch
 
 from hco_cli.config import TrainConfig, validate_config
 from hco_cli.data.prepare import prepare_synthetic
-from hco_cli.models import build_model
-from hco_cli.training.checkpoint import save_checkpoint
-from hco_cli.training.run_dir import checkpoint_path, copy_plan, write_config
+from hco_cli.models.vnet import build_model
+from hco_cli.runs.checkpoint import save_checkpoint
+from hco_cli.runs.folder import checkpoint_path, copy_plan, write_config
 
 SHAPE = (16, 16, 16)
 PATCH = (16, 16, 16)

@@ -7,8 +7,9 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from hco_cli.models import ModelConfig, build_model
-from hco_cli.ssl.base import Batch
+from hco_cli.data.batch import Batch
+from hco_cli.models import ModelConfig
+from hco_cli.models.vnet import build_model
 
 SHAPE = (32, 32, 16)  # divisible by 16 (V-Net) and by 8 (UMIX blocks)
 
@@ -62,7 +63,7 @@ class Recorder(torch.optim.Optimizer):
 
 def reference_dice(logits: Tensor, target: Tensor) -> Tensor:
     """UCMT ``DSCLoss`` Dice (weight 1): per sample and class (p.sum + t.sum), batch mean, class
-    mean; written independently of :func:`hco_cli.training.losses.soft_dice_loss`."""
+    mean; written independently of :func:`hco_cli.ssl.losses.soft_dice_loss`."""
     n, c = logits.shape[:2]
     p = torch.softmax(logits, dim=1).reshape(n, c, -1)
     t = torch.nn.functional.one_hot(target.reshape(n, -1), c).permute(0, 2, 1).to(p.dtype)

@@ -17,19 +17,19 @@ from hco_cli.cli.app import app
 from hco_cli.config import TrainConfig, validate_config
 from hco_cli.data.prepare import prepare_synthetic
 from hco_cli.errors import CheckpointError, HcoError
-from hco_cli.models import build_model
+from hco_cli.models.vnet import build_model
 from hco_cli.optim import build_optimizer
+from hco_cli.runs.checkpoint import load_checkpoint
 from hco_cli.ssl.base import two_source_step
-from hco_cli.training.checkpoint import load_checkpoint
 from hco_cli.training.distributed import (
     BucketedAllReduce,
     check_replicas,
     fingerprint,
 )
+from hco_cli.training.entry import resume, train
 from hco_cli.training.events import ProgressEvent
 from hco_cli.training.launch import launch
 from hco_cli.training.logging import read_metrics
-from hco_cli.training.loop import resume, train
 from hco_cli.training.presets import preset
 
 runner = CliRunner()

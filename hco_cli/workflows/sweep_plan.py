@@ -5,8 +5,8 @@ settings, or the same optimizer with other random streams (an A/A control). Runs
 ``OUT/<arm>/<fold or 'all'>-s<seed>``, so ``hco compare 'sgd=OUT/sgd/*' 'sgd-hco=OUT/sgd-hco/*'``
 reads a sweep as it stands. The plan writes each run's resolved config to
 ``OUT/_configs/<arm>/<fold>-s<seed>.yaml`` (its tracking sinks and Slurm resources included),
-the single source every executor trains (:mod:`hco_cli.training.sweep` on this machine,
-:mod:`hco_cli.training.sweep_submit` through submitit). Each run is skipped when its run.json
+the single source every executor trains (:mod:`hco_cli.workflows.sweep` on this machine,
+:mod:`hco_cli.workflows.sweep_submit` through submitit). Each run is skipped when its run.json
 says finished, resumed from ``last.pt`` when one exists, and started afresh otherwise.
 
 With ``share_pretraining`` (BCP) each (seed, fold) first trains a pre-training-only run at
@@ -30,10 +30,10 @@ from hco_cli.data.dataset import PreparedDataset
 from hco_cli.errors import ConfigError
 from hco_cli.io_utils import write_text
 from hco_cli.optim import optimizer_info
+from hco_cli.runs.folder import checkpoint_path
 from hco_cli.training.presets import Overrides, build_config, load_yaml
-from hco_cli.training.run_dir import checkpoint_path
-from hco_cli.training.sweep_status import CONFIG_DIR, PRETRAIN_ARM, read_json, summary_path
 from hco_cli.training.tracking import check_available as check_sinks
+from hco_cli.workflows.sweep_status import CONFIG_DIR, PRETRAIN_ARM, read_json, summary_path
 
 PlanStatus = Literal["done", "resume", "new"]
 Executor = Literal["local", "slurm", "submitit-local"]
