@@ -39,9 +39,9 @@ from hco_cli.data.dataset import PreparedDataset
 from hco_cli.data.prepare import prepare_synthetic
 from hco_cli.inference.predict import PredictOptions, predict
 from hco_cli.io_utils import write_json
-from hco_cli.models import build_model
-from hco_cli.training.checkpoint import save_checkpoint
-from hco_cli.training.run_dir import checkpoint_path, copy_plan, write_config
+from hco_cli.models.vnet import build_model
+from hco_cli.runs.checkpoint import save_checkpoint
+from hco_cli.runs.folder import checkpoint_path, copy_plan, write_config
 
 ARMS: dict[str, dict[str, Any]] = {
     "plain": {},
