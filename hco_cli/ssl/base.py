@@ -9,8 +9,8 @@ rates, logging, validation, checkpoints.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from hco_cli.data.batch import Batch
+from hco_cli.optim.protocol import TwoSource
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ class Framework(ABC):
         self,
         phase: Phase,
         batch: Batch,
-        optimizers: dict[str, torch.optim.Optimizer],
+        optimizers: Mapping[str, TwoSource],
         iteration: int,
     ) -> StepResult:
         """One iteration: losses, gradients, ``step_two_source`` on every optimizer, EMA updates."""
@@ -90,25 +91,24 @@ class Framework(ABC):
         """Inverse of :meth:`state_dict`."""
 
 
-def is_hierarchical(optimizer: torch.optim.Optimizer) -> bool:
+def is_hierarchical(optimizer: TwoSource) -> bool:
     """True for the ``*-hco`` optimizers, which treat g_L and g_U differently."""
-    return bool(getattr(optimizer, "hierarchical", False))
+    return optimizer.hierarchical
 
 
-def needs_split(optimizer: torch.optim.Optimizer) -> bool:
+def needs_split(optimizer: TwoSource) -> bool:
     """True when the optimizer must get g_L and g_U apart this step: hierarchical ones always,
     the others on a step whose diagnostics (cos(g_L, g_U)) were asked for."""
-    return is_hierarchical(optimizer) or bool(getattr(optimizer, "diagnose", False))
+    return optimizer.hierarchical or optimizer.diagnose
 
 
-def alignment_tensor(optimizer: torch.optim.Optimizer) -> Tensor | None:
+def alignment_tensor(optimizer: TwoSource) -> Tensor | None:
     """The admitted fraction of the optimizer's last masked step, as a 0-d tensor (no sync)."""
-    value = getattr(optimizer, "last_alignment_tensor", None)
-    return value if isinstance(value, Tensor) else None
+    return optimizer.last_alignment_tensor
 
 
 def two_source_step(
-    optimizer: torch.optim.Optimizer,
+    optimizer: TwoSource,
     params: Sequence[Tensor],
     loss_l: Tensor,
     loss_u: Tensor | None,
@@ -126,18 +126,17 @@ def two_source_step(
         total = loss_l + loss_u if has_u and loss_u is not None else loss_l
         with collecting(optimizer, source=0):
             grads = torch.autograd.grad(total, params, allow_unused=True)
-        optimizer.step_two_source(list(grads), [None] * len(params))  # type: ignore[attr-defined]
+        optimizer.step_two_source(list(grads), [None] * len(params))
         return
     assert loss_u is not None
     with collecting(optimizer, source=0):
         grads_l = torch.autograd.grad(loss_l, params, retain_graph=True, allow_unused=True)
     with collecting(optimizer, source=1):
         grads_u = torch.autograd.grad(loss_u, params, allow_unused=True)
-    optimizer.step_two_source(list(grads_l), list(grads_u))  # type: ignore[attr-defined]
+    optimizer.step_two_source(list(grads_l), list(grads_u))
 
 
-def collecting(optimizer: torch.optim.Optimizer, *, source: int) -> AbstractContextManager[Any]:
+def collecting(optimizer: TwoSource, *, source: int) -> AbstractContextManager[None]:
     """``optimizer.collecting(source=...)``: under data parallelism a flat optimizer all-reduces
     the gradient source computed inside the block during the backward pass; otherwise a no-op."""
-    method = getattr(optimizer, "collecting", None)
-    return nullcontext() if method is None else method(source=source)
+    return optimizer.collecting(source=source)

@@ -18,6 +18,7 @@ the other way round (img_a with unimg_b); the halves are exchangeable, so one pa
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -26,6 +27,7 @@ from torch import Tensor, nn
 from hco_cli.data.batch import Batch
 from hco_cli.errors import ConfigError
 from hco_cli.ops.components import keep_largest_per_class, largest_connected_component
+from hco_cli.optim.protocol import TwoSource
 from hco_cli.ssl.base import Framework, ModelFactory, Phase, StepResult, two_source_step
 from hco_cli.ssl.common import (
     FrameworkRng,
@@ -103,7 +105,7 @@ class BCPFramework(Framework):
             self._keep_loaded_teacher = False
 
     def train_step(self, phase: Phase, batch: Batch,
-                   optimizers: dict[str, torch.optim.Optimizer], iteration: int) -> StepResult:
+                   optimizers: Mapping[str, TwoSource], iteration: int) -> StepResult:
         opt = get_optimizer(optimizers, "student")
         check_even_halves(batch, self.name)
         self.student.train()

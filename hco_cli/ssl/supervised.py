@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
 from hco_cli.data.batch import Batch
+from hco_cli.optim.protocol import TwoSource
 from hco_cli.ssl.base import Framework, ModelFactory, Phase, StepResult, two_source_step
 from hco_cli.ssl.common import (
     detached,
@@ -48,7 +50,7 @@ class SupervisedFramework(Framework):
         return {"student": self.student}
 
     def train_step(self, phase: Phase, batch: Batch,
-                   optimizers: dict[str, torch.optim.Optimizer], iteration: int) -> StepResult:
+                   optimizers: Mapping[str, TwoSource], iteration: int) -> StepResult:
         opt = get_optimizer(optimizers, "student")
         self.student.train()
         logits = self.student(batch.labeled_image)

@@ -23,7 +23,14 @@ from hco_cli import __version__
 from hco_cli.config import TrainConfig
 from hco_cli.data.batch import Batch
 from hco_cli.errors import CheckpointError, TrainingDivergedError
-from hco_cli.optim import DIAGNOSTIC_KEYS, build_optimizer, optimizer_info, plain_variant
+from hco_cli.optim import (
+    DIAGNOSTIC_KEYS,
+    TwoSourceOptimizer,
+    build_optimizer,
+    optimizer_info,
+    plain_variant,
+)
+from hco_cli.optim.sync import GradientSync
 from hco_cli.runs import checkpoint as ckpt
 from hco_cli.runs.folder import (
     checkpoint_path,
@@ -139,16 +146,15 @@ def resume_local(run_dir: Path, *, progress: ProgressCallback | None = None,
         return continue_local(run_dir, point, progress=progress, sinks=sinks)
 
 
-def _mean_diagnostics(optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, Tensor] | None:
+def _mean_diagnostics(optimizers: dict[str, TwoSourceOptimizer]) -> dict[str, Tensor] | None:
     """The diagnosed step's values, averaged over the optimizers that report them."""
-    taken = [d for d in (getattr(o, "take_diagnostics", lambda: None)()
-                         for o in optimizers.values()) if d]
+    taken = [d for d in (o.take_diagnostics() for o in optimizers.values()) if d]
     if not taken:
         return None
     return {k: torch.stack([d[k] for d in taken]).mean() for k in DIAGNOSTIC_KEYS}
 
 
-def _set_lr(optimizers: dict[str, torch.optim.Optimizer], lr: float) -> None:
+def _set_lr(optimizers: dict[str, TwoSourceOptimizer], lr: float) -> None:
     for opt in optimizers.values():
         for group in opt.param_groups:
             group["lr"] = lr
@@ -169,7 +175,9 @@ class _Trainer:
                                else [], warn=self._warn)
         self.metrics = MetricsWriter(setup.run_dir / "metrics.jsonl", fanout=self.tracker.write)
         self.pending: list[tuple[dict[str, Any], StepResult]] = []
-        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.optimizers: dict[str, TwoSourceOptimizer] = {}
+        # Data parallelism: one gradient synchronisation per optimizer, closed with its phase.
+        self.syncs: list[GradientSync] = []
         self.lr = self.cfg.optimizer.base_lr
         self.elapsed = float(state["elapsed"]) if state else 0.0
         # Optimizer state handed to the next phase (Phase.carry_optimizer): from the previous
@@ -198,6 +206,7 @@ class _Trainer:
             status = "killed"
             raise
         finally:
+            self._close_syncs()
             self.tracker.close(status)
         return result
 
@@ -268,7 +277,7 @@ class _Trainer:
         self.state = None
         return local
 
-    def _build_optimizers(self, phase: Phase) -> dict[str, torch.optim.Optimizer]:
+    def _build_optimizers(self, phase: Phase) -> dict[str, TwoSourceOptimizer]:
         name = self.cfg.optimizer.name
         hp = self.cfg.optimizer.hyperparameters()
         if phase.plain_optimizer:
@@ -278,12 +287,21 @@ class _Trainer:
             name = plain_variant(name)
             accepted = set(optimizer_info(name).hyperparameters) - {"fused"}
             hp = {k: v for k, v in hp.items() if k in accepted}
-        optimizers: dict[str, torch.optim.Optimizer] = {}
+        self._close_syncs()
+        optimizers: dict[str, TwoSourceOptimizer] = {}
         for key, module in self.s.framework.trainable().items():
             optimizers[key] = opt = build_optimizer(name, module.parameters(), **hp)
             # Data parallelism: g_L and g_U are averaged over the processes apart.
-            opt.gradient_reducer = self.ctx.reducer(bucket_mb=self.cfg.distributed.bucket_mb)
+            reducer = self.ctx.reducer(bucket_mb=self.cfg.distributed.bucket_mb)
+            if reducer is not None:
+                self.syncs.append(GradientSync(opt, reducer))
         return optimizers
+
+    def _close_syncs(self) -> None:
+        """Remove the backward hooks of the phase's gradient synchronisation."""
+        for sync in self.syncs:
+            sync.close()
+        self.syncs = []
 
     # --------------------------------------------------------------------------- one step
     def _step(self, phase: Phase, i: int, offset: int) -> None:
@@ -294,7 +312,7 @@ class _Trainer:
         diagnose = every > 0 and (offset + i + 1) % every == 0
         if diagnose:
             for opt in self.optimizers.values():
-                opt.diagnose = True  # type: ignore[attr-defined]
+                opt.diagnose = True
         # bf16 needs no gradient scaling; the framework's backward passes run inside autocast
         # and use the dtypes autocast chose for the forward ops.
         with torch.autocast(self.s.device.type, dtype=torch.bfloat16, enabled=self.s.amp):
@@ -430,6 +448,7 @@ class _Trainer:
             ckpt.save_checkpoint(checkpoint_path(self.s.run_dir, "pretrain"), {
                 **self._model_payload(state), "kind": "pretrain", "iter": end, **extra})
         if index + 1 < len(self.s.phases):
+            self._close_syncs()
             self.optimizers = {}  # the next phase builds fresh optimizers
             self._checkpoint(index + 1, 0, end)
 

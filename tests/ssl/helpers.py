@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 from torch import Tensor, nn
@@ -49,12 +50,21 @@ def tiny_factory(*, dropout: bool = False, dtype: torch.dtype = torch.float32,
 
 
 class Recorder(torch.optim.Optimizer):
-    """Records g_L and g_U of each step and leaves the parameters unchanged (a test double)."""
+    """Records g_L and g_U of each step and leaves the parameters unchanged (a test double of
+    the :class:`~hco_cli.optim.protocol.TwoSource` contract)."""
 
     def __init__(self, params: Sequence[Tensor] | object, *, hierarchical: bool = True) -> None:
         super().__init__(params, {})  # type: ignore[arg-type]
         self.hierarchical = hierarchical
+        self.diagnose = False
+        self.last_alignment_tensor: Tensor | None = None
         self.calls: list[tuple[list[Tensor | None], list[Tensor | None]]] = []
+
+    def collecting(self, source: int) -> AbstractContextManager[None]:
+        return nullcontext()
+
+    def take_diagnostics(self) -> dict[str, Tensor] | None:
+        return None
 
     def step_two_source(self, grads_l: Sequence[Tensor | None],
                         grads_u: Sequence[Tensor | None]) -> None:
