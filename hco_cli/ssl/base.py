@@ -37,6 +37,9 @@ class Phase:
     # Start from the optimizer state the previous phase ended with (with restore_best: the
     # state saved with the best weights), instead of fresh optimizers (BCP-Pancreas).
     carry_optimizer: bool = False
+    # The phase ends in a checkpoint other runs may start from (RUN/checkpoints/pretrain.pt,
+    # --init-from), which then skip it: BCP's pre-training.
+    produces_shareable_checkpoint: bool = False
 
 
 @dataclass

@@ -90,7 +90,8 @@ class BCPFramework(Framework):
                         carry_optimizer=self.cfg.restore_optimizer)]
         if self.cfg.pretrain_iterations:
             pretrain = Phase("pretrain", self.cfg.pretrain_iterations, needs_unlabeled=False,
-                             plain_optimizer=True, restore_best=True)
+                             plain_optimizer=True, restore_best=True,
+                             produces_shareable_checkpoint=True)
             phases.insert(0, pretrain)
         return phases
 

@@ -442,7 +442,7 @@ class _Trainer:
         if self.keep_best_optimizers:
             best = self.phase_best.get("optimizers") if restored else None
             self.carried = best if best is not None else self._optimizer_snapshot()
-        if phase.name == "pretrain" and self.ctx.is_main:
+        if phase.produces_shareable_checkpoint and self.ctx.is_main:
             state = cpu_tree(self.s.framework.eval_model().state_dict())
             extra = {"optimizers": self.carried} if self.carried is not None else {}
             ckpt.save_checkpoint(checkpoint_path(self.s.run_dir, "pretrain"), {

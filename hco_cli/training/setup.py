@@ -282,7 +282,8 @@ def _init_from(config: TrainConfig, framework: Framework, phases: list[Phase],
     """
     if config.init_from is None:
         return set(), None
-    if not any(p.name == "pretrain" for p in phases):
+    shared = {p.name for p in phases if p.produces_shareable_checkpoint}
+    if not shared:
         raise ConfigError(f"--init-from needs a framework with a pretrain phase; "
                           f"{config.framework.name} has {[p.name for p in phases]}")
     if load:
@@ -298,8 +299,8 @@ def _init_from(config: TrainConfig, framework: Framework, phases: list[Phase],
             if "optimizers" not in data:
                 raise ConfigError(f"--init-from {config.init_from}: its pretrain.pt holds no "
                                   "optimizer state, which this run's self-training restores")
-            return {"pretrain"}, data["optimizers"]
-    return {"pretrain"}, None
+            return shared, data["optimizers"]
+    return shared, None
 
 
 def _validation(config: TrainConfig, dataset: PreparedDataset, splits: dict[str, list[str]],

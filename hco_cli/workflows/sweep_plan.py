@@ -254,7 +254,7 @@ def _unique(option: str, values: Sequence[Any]) -> list[Any]:
 
 def _check_shareable(base: TrainConfig, arms: dict[str, Arm]) -> None:
     """Sharing is sound only where pre-training is identical: BCP, the config's family."""
-    if base.framework.name != "bcp":
+    if not base.framework.shares_pretraining:
         raise ConfigError(f"--share-pretraining needs a BCP config; {base.framework.name} has no "
                           "pre-training phase to share")
     if base.init_from is not None:
