@@ -30,7 +30,7 @@ def test_import_contracts_hold(monkeypatch: pytest.MonkeyPatch) -> None:
 def _function_imports(path: Path) -> list[tuple[int, str]]:
     """(line, module) of every hco_cli import inside a function body of ``path``."""
     found = []
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
             continue
         for inner in ast.walk(node):
@@ -58,7 +58,8 @@ def _loaded_after(code: str) -> set[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-c", code + "\nimport sys\n"
                           "print(' '.join(sorted(sys.modules)))"],
-                         capture_output=True, text=True, env=env, check=True, cwd=ROOT)
+                         capture_output=True, text=True, encoding="utf-8", env=env, check=True,
+                         cwd=ROOT)
     return set(out.stdout.split())
 
 

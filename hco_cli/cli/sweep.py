@@ -139,7 +139,9 @@ def sweep(
 
 
 def _submit(options: lib.SweepOptions) -> None:
-    from hco_cli.workflows.sweep_submit import submit_sweep  # deferred with the sweep above
+    # Deferred with the sweep above.
+    from hco_cli.workflows import sweep as lib
+    from hco_cli.workflows.sweep_submit import submit_sweep
 
     """Submit the sweep's jobs; with submitit-local they have ended when this returns."""
     submissions = submit_sweep(options)
