@@ -41,7 +41,8 @@ from hco_cli.inference.predict import PredictOptions, predict
 from hco_cli.io_utils import write_json
 from hco_cli.models.vnet import build_model
 from hco_cli.runs.checkpoint import save_checkpoint
-from hco_cli.runs.folder import checkpoint_path, copy_plan, write_config
+from hco_cli.runs.folder import copy_plan, write_config
+from hco_cli.runs.layout import RunFolder
 
 ARMS: dict[str, dict[str, Any]] = {
     "plain": {},
@@ -68,7 +69,7 @@ def random_run(folder: Path, dataset: Path, *, patch: list[int], stride: list[in
     folder.mkdir(parents=True, exist_ok=True)
     write_config(folder, config.model_dump(mode="json"))
     copy_plan(folder, dataset, tuple(patch))  # type: ignore[arg-type]
-    save_checkpoint(checkpoint_path(folder, "best"), {
+    save_checkpoint(RunFolder(folder).checkpoint("best"), {
         "model": model.state_dict(), "config": config.model_dump(mode="json"),
         "in_channels": data.info.channels, "num_classes": data.num_classes})
     return folder

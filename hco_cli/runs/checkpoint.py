@@ -20,7 +20,8 @@ from hco_cli.config import TrainConfig, validate_config
 from hco_cli.errors import CheckpointError, ConfigError
 from hco_cli.io_utils import atomic_path
 from hco_cli.models.vnet import build_model
-from hco_cli.runs.folder import checkpoint_path, config_hash
+from hco_cli.runs.folder import config_hash
+from hco_cli.runs.layout import RunFolder
 
 CHECKPOINT_FORMAT = 1
 
@@ -82,7 +83,7 @@ def resolve_checkpoint(path: Path, which: Literal["best", "last", "pretrain"]) -
     """A ``.pt`` file as given, or ``RUN/checkpoints/<which>.pt`` for a run folder."""
     path = Path(path)
     if path.is_dir():
-        target = checkpoint_path(path, which)
+        target = RunFolder(path).checkpoint(which)
         if not target.is_file():
             hint = (" (best.pt exists only when validation ran on a non-empty split)"
                     if which == "best" else "")

@@ -1,14 +1,4 @@
-"""The run folder: what a training run leaves behind, and the rules for (re)using one.
-
-    RUN/.hco.json                marks the folder as an hco run (what --force may replace)
-    RUN/config.yaml              the resolved TrainConfig
-    RUN/plans.json               the dataset's preprocessing plan, with the run's patch size
-    RUN/run.json                 summary read by ``hco compare`` (keys in RUN_INFO_KEYS)
-    RUN/metrics.jsonl            per-iteration and validation records
-    RUN/checkpoints/last.pt      everything needed to resume exactly
-    RUN/checkpoints/best.pt      eval-model weights chosen on validation
-    RUN/checkpoints/pretrain.pt  eval-model weights at the end of a "pretrain" phase
-"""
+"""The run folder's files and the rules for (re)using one; its paths are in layout.py."""
 
 from __future__ import annotations
 
@@ -30,13 +20,10 @@ from hco_cli.outputs import (
     read_marker,
     write_marker,
 )
+from hco_cli.runs.layout import RunFolder
 
 RUN_INFO_KEYS = ("dataset", "framework", "optimizer", "seed", "fold", "labeled", "unlabeled",
                  "iterations", "finished", "hco_version", "device", "wall_seconds")
-
-
-def checkpoint_path(run_dir: Path, which: str) -> Path:
-    return Path(run_dir) / "checkpoints" / f"{which}.pt"
 
 
 def config_hash(config: dict[str, Any]) -> str:
@@ -48,7 +35,7 @@ def config_hash(config: dict[str, Any]) -> str:
 def is_stub(run_dir: Path) -> bool:
     """An hco run folder without last.pt: a first attempt that failed or was killed before
     its first checkpoint, holding nothing to resume."""
-    return read_marker(run_dir) == "run" and not checkpoint_path(run_dir, "last").is_file()
+    return read_marker(run_dir) == "run" and not RunFolder(run_dir).checkpoint("last").is_file()
 
 
 def prepare_run_dir(run_dir: Path, *, force: bool = False) -> str | None:
@@ -78,7 +65,7 @@ def prepare_run_dir(run_dir: Path, *, force: bool = False) -> str | None:
 
 
 def write_config(run_dir: Path, config: dict[str, Any]) -> None:
-    write_text(Path(run_dir) / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    write_text(RunFolder(run_dir).config, yaml.safe_dump(config, sort_keys=False))
 
 
 def copy_plan(run_dir: Path, dataset: Path, patch_size: tuple[int, int, int]) -> None:
@@ -90,7 +77,7 @@ def copy_plan(run_dir: Path, dataset: Path, patch_size: tuple[int, int, int]) ->
 
 
 def read_config_data(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / "config.yaml"
+    path = RunFolder(run_dir).config
     if not path.is_file():
         raise CheckpointError(f"{run_dir} is not a run folder (no config.yaml)")
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -103,11 +90,11 @@ def write_run_info(run_dir: Path, info: dict[str, Any]) -> None:
     missing = [k for k in RUN_INFO_KEYS if k not in info]
     if missing:
         raise ValueError(f"run.json lacks {missing}")
-    write_json(Path(run_dir) / "run.json", info)
+    write_json(RunFolder(run_dir).run_json, info)
 
 
 def read_run_info(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / "run.json"
+    path = RunFolder(run_dir).run_json
     if not path.is_file():
         raise CheckpointError(f"{run_dir} is not a run folder (no run.json)")
     try:

@@ -33,12 +33,12 @@ from hco_cli.optim import (
 from hco_cli.optim.sync import GradientSync
 from hco_cli.runs import checkpoint as ckpt
 from hco_cli.runs.folder import (
-    checkpoint_path,
     copy_plan,
     prepare_run_dir,
     write_config,
     write_run_info,
 )
+from hco_cli.runs.layout import RunFolder
 from hco_cli.ssl.base import Phase, StepResult
 from hco_cli.training import distributed
 from hco_cli.training.events import ProgressCallback, ProgressEvent, RunResult
@@ -115,7 +115,7 @@ def read_resume_point(run_dir: Path, *, processes: int | None = None,
     (:func:`~hco_cli.training.run_guard.resume_config`).
     """
     check_resumable(run_dir)
-    state = ckpt.load_checkpoint(checkpoint_path(run_dir, "last"))
+    state = ckpt.load_checkpoint(RunFolder(run_dir).checkpoint("last"))
     if state.get("finished"):
         raise CheckpointError(f"run {run_dir} already finished; nothing to resume")
     config, changes = resume_config(run_dir, state["config"], accept=accept_config_changes)
@@ -173,7 +173,7 @@ class _Trainer:
         # Rank 0 alone writes, to metrics.jsonl and to every sink through it.
         self.tracker = Tracker([*build_sinks(self.cfg.tracking), *sinks] if self.ctx.is_main
                                else [], warn=self._warn)
-        self.metrics = MetricsWriter(setup.run_dir / "metrics.jsonl", fanout=self.tracker.write)
+        self.metrics = MetricsWriter(RunFolder(setup.run_dir).metrics, fanout=self.tracker.write)
         self.pending: list[tuple[dict[str, Any], StepResult]] = []
         self.optimizers: dict[str, TwoSourceOptimizer] = {}
         # Data parallelism: one gradient synchronisation per optimizer, closed with its phase.
@@ -376,7 +376,7 @@ class _Trainer:
             "loss_l": last["loss_l"], "loss_u": last["loss_u"], "lr": last["lr"]}))
 
     def _diverged(self, what: str) -> None:
-        last = checkpoint_path(self.s.run_dir, "last")
+        last = RunFolder(self.s.run_dir).checkpoint("last")
         kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint yet"
         self._write_info()
         raise TrainingDivergedError(f"training diverged: {what}; {kept}")
@@ -426,7 +426,7 @@ class _Trainer:
             self.phase_best["optimizers"] = self._optimizer_snapshot()
         self.run_best = {"score": score, "iter": iteration}
         if self.ctx.is_main:
-            ckpt.save_checkpoint(checkpoint_path(self.s.run_dir, "best"), {
+            ckpt.save_checkpoint(RunFolder(self.s.run_dir).checkpoint("best"), {
                 **self._model_payload(self.phase_best["state"]), "kind": "best",
                 "iter": iteration, "phase": phase.name, "score": score,
                 "split": self.cfg.validation.select_on})
@@ -445,7 +445,7 @@ class _Trainer:
         if phase.produces_shareable_checkpoint and self.ctx.is_main:
             state = cpu_tree(self.s.framework.eval_model().state_dict())
             extra = {"optimizers": self.carried} if self.carried is not None else {}
-            ckpt.save_checkpoint(checkpoint_path(self.s.run_dir, "pretrain"), {
+            ckpt.save_checkpoint(RunFolder(self.s.run_dir).checkpoint("pretrain"), {
                 **self._model_payload(state), "kind": "pretrain", "iter": end, **extra})
         if index + 1 < len(self.s.phases):
             self._close_syncs()
@@ -486,7 +486,7 @@ class _Trainer:
             "sampler": mine["sampler"], "phase_best": self.phase_best,
             "run_best": self.run_best, "elapsed": self._wall(), "finished": self.finished,
             **extra}
-        ckpt.save_checkpoint(checkpoint_path(self.s.run_dir, "last"), payload)
+        ckpt.save_checkpoint(RunFolder(self.s.run_dir).checkpoint("last"), payload)
         self._write_info()
 
     def _networks(self) -> list[torch.nn.Module]:

@@ -21,6 +21,7 @@ from typing import Literal, Protocol
 
 from hco_cli.errors import ConfigError, HcoError
 from hco_cli.inference.predict import PredictOptions, predict
+from hco_cli.runs.layout import RunFolder
 from hco_cli.training.entry import resume, train
 from hco_cli.training.presets import build_config
 from hco_cli.workflows.sweep_plan import (
@@ -139,7 +140,7 @@ def _run_in_process(runs: list[SweepRun], options: SweepOptions,
         try:
             if needs_evaluation(run, options):
                 progress("evaluate", run)
-                preds = run.run_dir / "eval" / "best" / "preds"
+                preds = RunFolder(run.run_dir).predictions("best")
                 predict(run.run_dir, PredictOptions(split="test", evaluate=True, lcc=options.lcc,
                                                     device=run.config.device,
                                                     force=preds.exists()))
@@ -173,7 +174,7 @@ def started(run: SweepRun, options: SweepOptions, *, executor: str,
 
 
 def _read_outcome(run: SweepRun, outcome: Outcome, message: str = "") -> RunOutcome:
-    info = read_json(run.run_dir / "run.json")
+    info = read_json(RunFolder(run.run_dir).run_json)
     best = info.get("best") or {}
     summary = read_json(summary_path(run.run_dir))
     means = [v for v in (summary.get("mean") or {}).values() if isinstance(v, dict)]

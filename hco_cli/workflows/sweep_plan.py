@@ -30,7 +30,7 @@ from hco_cli.data.dataset import PreparedDataset
 from hco_cli.errors import ConfigError
 from hco_cli.io_utils import write_text
 from hco_cli.optim import optimizer_info
-from hco_cli.runs.folder import checkpoint_path
+from hco_cli.runs.layout import RunFolder
 from hco_cli.training.presets import Overrides, build_config, load_yaml
 from hco_cli.training.tracking import check_available as check_sinks
 from hco_cli.workflows.sweep_status import CONFIG_DIR, PRETRAIN_ARM, read_json, summary_path
@@ -270,10 +270,10 @@ def _check_shareable(base: TrainConfig, arms: dict[str, Arm]) -> None:
 
 def run_status(run_dir: Path) -> PlanStatus:
     """``done`` if run.json says finished, ``resume`` if last.pt exists, else ``new``."""
-    info = read_json(Path(run_dir) / "run.json")
-    if info.get("finished") is True:
+    folder = RunFolder(run_dir)
+    if read_json(folder.run_json).get("finished") is True:
         return "done"
-    return "resume" if checkpoint_path(run_dir, "last").is_file() else "new"
+    return "resume" if folder.checkpoint("last").is_file() else "new"
 
 
 def compare_command(runs: Sequence[SweepRun], out: Path) -> str:

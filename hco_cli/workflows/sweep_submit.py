@@ -28,6 +28,7 @@ from typing import Any, Literal, NamedTuple, Protocol
 from hco_cli.config import SlurmConfig
 from hco_cli.errors import ConfigError, HcoError, MissingExtraError
 from hco_cli.inference.predict import PredictOptions, predict
+from hco_cli.runs.layout import RunFolder
 from hco_cli.training.entry import resume, train
 from hco_cli.training.events import ProgressCallback, ProgressEvent
 from hco_cli.training.presets import build_config
@@ -102,7 +103,7 @@ class SweepJob:
         if self.evaluate and not summary_path(self.run_dir).is_file():
             log.line("evaluate the test split with best.pt")
             device = build_config(config_file=self.config_file).device
-            preds = self.run_dir / "eval" / "best" / "preds"
+            preds = RunFolder(self.run_dir).predictions("best")
             predict(self.run_dir, PredictOptions(split="test", evaluate=True, lcc=self.lcc,
                                                  device=device, force=preds.exists()))
         return {"done": "skipped", "resume": "resumed", "new": "trained"}[status]
