@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
 from hco_cli.data.plan import PLAN_FILE, read_plan, write_plan
 from hco_cli.errors import CheckpointError, ConfigError
@@ -20,10 +21,12 @@ from hco_cli.outputs import (
     read_marker,
     write_marker,
 )
+from hco_cli.runs.files import RunInfo
 from hco_cli.runs.layout import RunFolder
 
-RUN_INFO_KEYS = ("dataset", "framework", "optimizer", "seed", "fold", "labeled", "unlabeled",
-                 "iterations", "finished", "hco_version", "device", "wall_seconds")
+# The keys every run.json has (config_changes appears after the first accepted edit).
+RUN_INFO_KEYS: tuple[str, ...] = tuple(
+    k for k, f in RunInfo.model_fields.items() if f.is_required())
 
 
 def config_hash(config: dict[str, Any]) -> str:
@@ -86,19 +89,22 @@ def read_config_data(run_dir: Path) -> dict[str, Any]:
     return data
 
 
-def write_run_info(run_dir: Path, info: dict[str, Any]) -> None:
-    missing = [k for k in RUN_INFO_KEYS if k not in info]
-    if missing:
-        raise ValueError(f"run.json lacks {missing}")
-    write_json(RunFolder(run_dir).run_json, info)
+def write_run_info(run_dir: Path, info: RunInfo) -> None:
+    write_json(RunFolder(run_dir).run_json, info.to_json())
 
 
-def read_run_info(run_dir: Path) -> dict[str, Any]:
+def read_run_info(run_dir: Path) -> RunInfo:
+    """The run's run.json, validated; CheckpointError naming the file and the field."""
     path = RunFolder(run_dir).run_json
     if not path.is_file():
         raise CheckpointError(f"{run_dir} is not a run folder (no run.json)")
     try:
-        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path} is not valid JSON: {exc}") from exc
-    return data
+    try:
+        return RunInfo.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "run.json"
+        raise CheckpointError(f"{path}: {where}: {first['msg']}") from None

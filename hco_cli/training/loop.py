@@ -32,6 +32,7 @@ from hco_cli.optim import (
 )
 from hco_cli.optim.sync import GradientSync
 from hco_cli.runs import checkpoint as ckpt
+from hco_cli.runs.files import BestScore, ResumeMeta, RunInfo
 from hco_cli.runs.folder import (
     copy_plan,
     prepare_run_dir,
@@ -100,10 +101,14 @@ def _run(setup: RunSetup, *, progress: ProgressCallback | None,
 class ResumePoint:
     """A run's ``last.pt`` read back, with the configuration it continues under."""
 
-    state: dict[str, Any]
+    state: dict[str, Any]  # the tensors (weights, optimizer and RNG states) and the config
+    meta: ResumeMeta  # where it stopped, validated
     config: TrainConfig
     changes: dict[str, list[Any]]
-    processes: int
+
+    @property
+    def processes(self) -> int:
+        return self.meta.processes
 
 
 def read_resume_point(run_dir: Path, *, processes: int | None = None,
@@ -115,16 +120,18 @@ def read_resume_point(run_dir: Path, *, processes: int | None = None,
     (:func:`~hco_cli.training.run_guard.resume_config`).
     """
     check_resumable(run_dir)
-    state = ckpt.load_checkpoint(RunFolder(run_dir).checkpoint("last"))
-    if state.get("finished"):
+    last = RunFolder(run_dir).checkpoint("last")
+    state = ckpt.load_checkpoint(last)
+    meta = ResumeMeta.of(state, source=str(last))
+    if meta.finished:
         raise CheckpointError(f"run {run_dir} already finished; nothing to resume")
     config, changes = resume_config(run_dir, state["config"], accept=accept_config_changes)
     check_sinks(config.tracking.sinks)
-    count = int(state.get("processes", 1))
+    count = meta.processes
     distributed.check_resume_processes(count, requested=processes)
     distributed.check_devices(count, device=config.device,
                               sync_batchnorm=config.distributed.sync_batchnorm)
-    return ResumePoint(state=state, config=config, changes=changes, processes=count)
+    return ResumePoint(state=state, meta=meta, config=config, changes=changes)
 
 
 def continue_local(run_dir: Path, point: ResumePoint, *, progress: ProgressCallback | None = None,
@@ -132,8 +139,7 @@ def continue_local(run_dir: Path, point: ResumePoint, *, progress: ProgressCallb
     """Continue ``point`` in this process (the caller holds the run session)."""
     ctx = distributed.join(resolve_device(point.config.device))
     setup = build_setup(point.config, resuming=True, ctx=ctx)
-    setup.config_changes = change_history(run_dir, point.changes,
-                                          int(point.state["global_iter"]))
+    setup.config_changes = change_history(run_dir, point.changes, point.meta.global_iter)
     return _run(setup, progress=progress, state=point.state, sinks=sinks)
 
 
@@ -170,6 +176,8 @@ class _Trainer:
         self.ctx = setup.ctx
         self.progress = progress or (lambda event: None)
         self.state = state
+        # The validated metadata of the resumed last.pt (None for a new run).
+        self.meta = ResumeMeta.of(state, source="last.pt") if state is not None else None
         # Rank 0 alone writes, to metrics.jsonl and to every sink through it.
         self.tracker = Tracker([*build_sinks(self.cfg.tracking), *sinks] if self.ctx.is_main
                                else [], warn=self._warn)
@@ -179,7 +187,7 @@ class _Trainer:
         # Data parallelism: one gradient synchronisation per optimizer, closed with its phase.
         self.syncs: list[GradientSync] = []
         self.lr = self.cfg.optimizer.base_lr
-        self.elapsed = float(state["elapsed"]) if state else 0.0
+        self.elapsed = self.meta.elapsed if self.meta else 0.0
         # Optimizer state handed to the next phase (Phase.carry_optimizer): from the previous
         # phase's best (or last) step, from a resumed checkpoint, or from --init-from.
         self.carried: dict[str, Any] | None = (
@@ -194,7 +202,7 @@ class _Trainer:
     def run(self) -> RunResult:
         """Train every phase; the sinks are told how the run ended, however it ends."""
         self._announce()
-        resumed_at = int(self.state["global_iter"]) if self.state is not None else None
+        resumed_at = self.meta.global_iter if self.meta is not None else None
         self.tracker.open(TrackingStart(run_dir=self.s.run_dir, resumed_at=resumed_at,
                                         config=self.cfg.model_dump(mode="json"),
                                         info=self.s.summary()))
@@ -211,14 +219,14 @@ class _Trainer:
         return result
 
     def _run_phases(self) -> RunResult:
-        if self.state is not None:
+        if self.meta is not None:
             if self.ctx.is_main:
-                self.metrics.truncate_after(int(self.state["global_iter"]))
-            self.run_best = dict(self.state["run_best"])
+                self.metrics.truncate_after(self.meta.global_iter)
+            self.run_best = self.meta.run_best.model_dump()
         else:
             self._write_info()
         phases = self.s.phases
-        start = int(self.state["phase_index"]) if self.state else 0
+        start = self.meta.phase_index if self.meta else 0
         for index in range(start, len(phases)):
             phase = phases[index]
             offset = sum(p.iterations for p in phases[:index])
@@ -257,9 +265,9 @@ class _Trainer:
 
     def _begin_phase(self, index: int, phase: Phase) -> int:
         """Start ``phase`` (or restore it from the resume state); return the first iteration."""
-        fw, state = self.s.framework, self.state
-        resuming = state is not None and int(state["phase_index"]) == index
-        local = int(state["local_iter"]) if resuming and state is not None else 0
+        fw, state, meta = self.s.framework, self.state, self.meta
+        resuming = state is not None and meta is not None and meta.phase_index == index
+        local = meta.local_iter if resuming and meta is not None else 0
         if resuming and local == 0 and state is not None:
             self._restore(state, optimizers=False)  # saved before start_phase ran
         # Every rank starts the phase from rank 0's weights (its restored best, say).
@@ -469,7 +477,7 @@ class _Trainer:
             self._diverged(f"non-finite weights at iteration {iteration}")
         mine = {"sampler": self.s.sampler.state_dict(), "rng": ckpt.rng_state(),
                 "framework_rng": fw_state.get("rng")}
-        extra: dict[str, Any] = {"processes": self.ctx.world_size}
+        extra: dict[str, Any] = {}
         if self.ctx.active:
             replicas = self.ctx.gather_objects(
                 {**mine, "fingerprint": distributed.fingerprint(self._networks())})
@@ -479,13 +487,14 @@ class _Trainer:
             return
         payload = {
             **self._model_payload(self.s.framework.eval_model().state_dict()),
-            "kind": "last", "phase_index": phase_index, "local_iter": local,
-            "global_iter": iteration, "framework": fw_state,
+            **ResumeMeta(phase_index=phase_index, local_iter=local, global_iter=iteration,
+                         lr=self.lr, elapsed=self._wall(), finished=self.finished,
+                         processes=self.ctx.world_size,
+                         run_best=BestScore(**self.run_best)).payload(),
+            "framework": fw_state,
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
-            "carried": self.carried, "lr": self.lr, "rng": mine["rng"],
-            "sampler": mine["sampler"], "phase_best": self.phase_best,
-            "run_best": self.run_best, "elapsed": self._wall(), "finished": self.finished,
-            **extra}
+            "carried": self.carried, "rng": mine["rng"], "sampler": mine["sampler"],
+            "phase_best": self.phase_best, **extra}
         ckpt.save_checkpoint(RunFolder(self.s.run_dir).checkpoint("last"), payload)
         self._write_info()
 
@@ -505,19 +514,20 @@ class _Trainer:
                 opt.load_state_dict(state["optimizers"][key])
         self.s.sampler.load_state_dict(mine["sampler"])
         ckpt.set_rng_state(mine["rng"])
-        self.lr = float(state["lr"])
+        assert self.meta is not None  # only a resumed run restores
+        self.lr = self.meta.lr
         self.phase_best = dict(state["phase_best"])
 
     def _wall(self) -> float:
         return self.elapsed + time.perf_counter() - self.started
 
     def _write_info(self) -> dict[str, Any]:
-        info = {**self.s.run_info(), "finished": self.finished,
-                "wall_seconds": round(self._wall(), 3), "hco_version": __version__,
-                "best": dict(self.run_best)}
+        info = RunInfo(**self.s.run_info(), finished=self.finished,
+                       wall_seconds=round(self._wall(), 3), hco_version=__version__,
+                       best=BestScore(**self.run_best))
         if self.ctx.is_main:
             write_run_info(self.s.run_dir, info)
-        return info
+        return info.to_json()
 
 
 __all__ = ["Batch", "ProgressCallback", "ProgressEvent", "ResumePoint", "RunResult",

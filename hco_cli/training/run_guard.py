@@ -140,7 +140,7 @@ def change_history(run_dir: Path, changes: dict[str, list[Any]],
                    iteration: int) -> list[dict[str, Any]]:
     """run.json's ``config_changes`` with this resume's accepted changes appended."""
     try:
-        history = list(read_run_info(run_dir).get("config_changes") or [])
+        history = list(read_run_info(run_dir).config_changes or [])
     except CheckpointError:
         history = []
     if changes:
