@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -227,8 +228,6 @@ def _check_executor(options: SweepOptions) -> None:
 
 
 def _check_gpus(gpus: int) -> None:
-    import torch
-
     available = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if gpus > available:
         raise ConfigError(f"--gpus {gpus}: only {available} CUDA device(s) are available")
