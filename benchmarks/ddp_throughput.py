@@ -27,9 +27,9 @@ import torch
 
 from hco_cli.config import TrainConfig, validate_config
 from hco_cli.io_utils import write_json
+from hco_cli.training.entry import train
 from hco_cli.training.events import ProgressEvent
 from hco_cli.training.launch import launch
-from hco_cli.training.loop import train
 from hco_cli.training.presets import Overrides, build_config
 
 

@@ -30,21 +30,22 @@ from typing import Any
 
 import torch
 
+from hco_cli.data.batch import Batch
 from hco_cli.data.dataset import PreparedDataset
 from hco_cli.io_utils import write_json
-from hco_cli.models import ModelConfig, build_model
+from hco_cli.models import ModelConfig
+from hco_cli.models.vnet import build_model
 from hco_cli.optim import build_optimizer
+from hco_cli.planning.measure import measure_saved_bytes
 from hco_cli.planning.memory import (
     GIB,
     NetworkShape,
     estimate_memory,
     graphs,
-    measure_saved_bytes,
     saved_elements,
 )
 from hco_cli.planning.planner import PlanOptions, plan_dataset
 from hco_cli.planning.rules import layout, umix_blocks
-from hco_cli.ssl.base import Batch
 from hco_cli.ssl.config import BCPConfig, CMTConfig
 from hco_cli.ssl.registry import build_framework
 

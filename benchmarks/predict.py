@@ -53,9 +53,10 @@ from hco_cli.data.dataset import PreparedDataset  # noqa: E402
 from hco_cli.data.prepare import prepare_synthetic  # noqa: E402
 from hco_cli.inference.predict import PredictionReport, PredictOptions, predict  # noqa: E402
 from hco_cli.io_utils import write_json  # noqa: E402
-from hco_cli.models import build_model  # noqa: E402
-from hco_cli.training.checkpoint import save_checkpoint  # noqa: E402
-from hco_cli.training.run_dir import checkpoint_path, copy_plan, write_config  # noqa: E402
+from hco_cli.models.vnet import build_model  # noqa: E402
+from hco_cli.runs.checkpoint import save_checkpoint  # noqa: E402
+from hco_cli.runs.folder import copy_plan, write_config  # noqa: E402
+from hco_cli.runs.layout import RunFolder  # noqa: E402
 
 IMPORT_SECONDS = time.perf_counter() - _START
 ARMS: dict[str, dict[str, Any]] = {
@@ -90,7 +91,7 @@ def random_run(folder: Path, dataset: Path, *, patch: list[int], stride: list[in
     folder.mkdir(parents=True, exist_ok=True)
     write_config(folder, config.model_dump(mode="json"))
     copy_plan(folder, dataset, tuple(patch))  # type: ignore[arg-type]
-    save_checkpoint(checkpoint_path(folder, "best"), {
+    save_checkpoint(RunFolder(folder).checkpoint("best"), {
         "model": model.state_dict(), "config": config.model_dump(mode="json"),
         "in_channels": data.info.channels, "num_classes": data.num_classes})
     return folder

@@ -40,13 +40,14 @@ from typing import Any
 import torch
 
 import hco_cli.ssl.bcp as bcp_module
+from hco_cli.data.batch import Batch
 from hco_cli.data.dataset import PreparedDataset
 from hco_cli.data.sampling import PatchSampler
 from hco_cli.io_utils import write_json
-from hco_cli.models import ModelConfig, build_model, compile_forward
+from hco_cli.models import ModelConfig
 from hco_cli.models.roofline import bcp_iteration_cost
+from hco_cli.models.vnet import build_model, compile_forward
 from hco_cli.optim import build_optimizer, plain_variant
-from hco_cli.ssl.base import Batch
 from hco_cli.ssl.config import BCPConfig
 from hco_cli.ssl.registry import build_framework
 

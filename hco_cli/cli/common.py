@@ -19,7 +19,6 @@ from rich.console import Console, ConsoleDimensions
 from rich.markup import escape
 from typer.core import TyperGroup
 
-from hco_cli.config import describe_error
 from hco_cli.errors import HcoError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -77,6 +76,9 @@ def fail(message: str, *, code: int = 1) -> typer.Exit:
 def describe(exc: BaseException) -> str:
     """The message of an expected failure; an OSError names its path (or paths)."""
     if isinstance(exc, ValidationError):
+        # Deferred: the config module loads torch (optimizer checks), needed here only on error.
+        from hco_cli.config import describe_error
+
         return describe_error(exc)
     if isinstance(exc, OSError) and exc.strerror:
         where = "" if exc.filename is None else f": {exc.filename}"

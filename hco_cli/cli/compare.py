@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 from rich import box
@@ -15,9 +15,10 @@ from rich.text import Text
 
 from hco_cli.cli.common import UNBOUNDED_WIDTH, console, handle_errors
 from hco_cli.errors import ConfigError
-from hco_cli.evaluation import compare_tables, dynamics, plots
-from hco_cli.evaluation.compare import compare_runs
 from hco_cli.outputs import check_output_file
+
+if TYPE_CHECKING:
+    from hco_cli.evaluation import compare_tables
 
 
 class CheckpointChoice(str, Enum):
@@ -100,6 +101,10 @@ def compare(
     markdown_path: Markdown = None, plot_path: Plot = None,
 ) -> None:  # fmt: skip
     """Compare arms with one-sided paired Wilcoxon / t-tests per case, or their loss dynamics."""
+    # Deferred: SciPy's statistics load only when a command compares, never for --help.
+    from hco_cli.evaluation import compare_tables, dynamics, plots
+    from hco_cli.evaluation.compare import compare_runs
+
     if plot_path is not None:
         plots.check_plot_target(plot_path)
     for option, target in (("--json", json_path), ("--csv", csv_path),

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
 from hco_cli.cli.common import console, err_console, handle_errors
-from hco_cli.evaluation.evaluate import evaluate_folders, parse_classes
-from hco_cli.evaluation.metrics import EmptyPolicy
-from hco_cli.evaluation.report import summary_table
 from hco_cli.io_utils import write_json, write_text
 from hco_cli.outputs import check_output_file
+
+# evaluation.metrics.EmptyPolicy, written out so that `hco --help` loads no NumPy or SciPy
+# (tests/cli/test_app.py checks that the two agree).
+EmptyPolicy = Literal["nan", "bcp"]
 
 
 @handle_errors
@@ -84,6 +85,10 @@ def evaluate(
 
     Values equal medpy 0.5.2's dc, jc, hd95 and asd, as in UA-MT, BCP and the HCO paper.
     """
+    # Deferred: NumPy and SciPy load when a command evaluates, not for --help.
+    from hco_cli.evaluation.evaluate import evaluate_folders, parse_classes
+    from hco_cli.evaluation.report import summary_table
+
     for option, target in (("--csv", csv), ("--json", json)):
         if target is not None:
             check_output_file(target, option=option)  # before the work, not after it

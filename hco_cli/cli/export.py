@@ -11,9 +11,7 @@ import typer
 from pydantic import ValidationError
 
 from hco_cli.cli.common import console, handle_errors
-from hco_cli.config import describe_error
 from hco_cli.errors import ConfigError
-from hco_cli.inference import export as lib
 
 
 class Format(str, Enum):
@@ -49,6 +47,10 @@ def export(
                                 "--force")] = False,
 ) -> None:
     """Export a run's network (logits of one patch batch) with its plan as a JSON contract."""
+    # Deferred: torch loads only when a command exports, never for --help.
+    from hco_cli.config import describe_error
+    from hco_cli.inference import export as lib
+
     try:
         options = lib.ExportOptions(format=format.value, out=out, tolerance=tolerance,
                                     checkpoint=checkpoint.value if checkpoint else None,

@@ -10,7 +10,6 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from hco_cli.cli.common import console, handle_errors
-from hco_cli.data import nnunet as lib
 
 
 @handle_errors
@@ -29,6 +28,8 @@ def export_nnunet(
 
 def write(dataset: Path, out: Path, *, fold: str | None = None, force: bool = False) -> None:
     """Export with a progress bar and print where the parts went."""
+    from hco_cli.data import nnunet as lib  # deferred: numpy and pydantic load only to export
+
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as bar:

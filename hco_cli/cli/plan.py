@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from rich.markup import escape
@@ -11,14 +11,13 @@ from rich.table import Table
 
 from hco_cli.cli.common import console, err_console, handle_errors
 from hco_cli.errors import ConfigError
-from hco_cli.planning.memory import GIB
-from hco_cli.planning.planner import (
-    PRESETS,
-    PlanOptions,
-    PlanResult,
-    plan_dataset,
-    save_network_plan,
-)
+
+if TYPE_CHECKING:
+    from hco_cli.planning.planner import PlanResult
+
+# The names of planning.planner.PRESETS, written out so that `hco --help` loads no NumPy
+# (tests/cli/test_app.py checks that the two agree).
+PRESETS = ("la", "pancreas", "fetal")
 
 
 def _opt(text: str, *names: str, **kwargs: Any) -> Any:
@@ -35,6 +34,8 @@ def _xyz(values: tuple[int, ...] | list[int]) -> str:
 
 def render(result: PlanResult, where: str) -> None:
     """The plan as two rich tables (summary, per-stage layout) plus its notes."""
+    from hco_cli.planning.memory import GIB
+
     n, e = result.network, result.estimate
     table = Table(title=f"plan for {where}", show_header=False)
     rows = [("framework", n.framework + (f" (preset {n.preset})" if n.preset else "")),
@@ -87,6 +88,9 @@ def plan(
     dry_run: Annotated[bool, _opt("Print the plan; do not write plans.json.")] = False,
 ) -> None:
     """Plan a dataset for training; write it into its plans.json (hco train --plan auto)."""
+    # Deferred: NumPy and the planner load when a command plans, not for --help.
+    from hco_cli.planning.planner import PlanOptions, plan_dataset, save_network_plan
+
     if preset not in ("auto", "none", *PRESETS):
         raise ConfigError(f"--preset {preset!r}: choose auto, none or one of: "
                           f"{', '.join(PRESETS)}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -13,9 +13,10 @@ from rich.table import Table
 
 from hco_cli.cli.common import console, err_console, handle_errors
 from hco_cli.cli.progress import case_progress
-from hco_cli.config import describe_error
 from hco_cli.errors import ConfigError
-from hco_cli.inference import predict as lib
+
+if TYPE_CHECKING:
+    from hco_cli.inference.predict import PredictionReport
 
 
 class Checkpoint(str, Enum):
@@ -112,6 +113,10 @@ def predict(
                                    "--pipeline/--no-pipeline")] = True,
 ) -> None:
     """Predict every case with a sliding window and write CASE.nii.gz in its original geometry."""
+    # Deferred: torch loads only when a command predicts, never for --help.
+    from hco_cli.config import describe_error
+    from hco_cli.inference import predict as lib
+
     try:
         options = lib.PredictOptions(
             checkpoint=checkpoint.value if checkpoint else None, data=data,
@@ -136,7 +141,7 @@ def predict(
     _render(report)
 
 
-def _render(report: lib.PredictionReport) -> None:
+def _render(report: PredictionReport) -> None:
     gpu = any(c.peak_gpu_mib is not None for c in report.cases)
     table = Table(title=f"{len(report.cases)} cases -> {report.out}")
     names = ["case", "prepared shape", "original shape", "seconds"]

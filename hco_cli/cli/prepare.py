@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -18,8 +18,9 @@ from rich.table import Table
 from hco_cli.cli import nnunet
 from hco_cli.cli.common import OneLineErrors, console, handle_errors
 from hco_cli.cli.progress import case_progress
-from hco_cli.data import prepare as lib
-from hco_cli.data.sources.generic import parse_classes
+
+if TYPE_CHECKING:
+    from hco_cli.data.prepare import PrepareSummary
 from hco_cli.errors import ConfigError
 
 app = typer.Typer(
@@ -80,6 +81,8 @@ def la(root: Annotated[Path, typer.Argument(help="Folder with train.list, test.l
        fold_size: FoldSize = None, workers: Workers = 1, force: Force = False,
        export_nnunet: Nnunet = None) -> None:
     """Left Atrium h5 (UA-MT/BCP layout): labeled = first N of train.list (default 8)."""
+    from hco_cli.data import prepare as lib  # deferred: SciPy loads only when preparing
+
     split = lib.SplitOptions(labeled=labeled, val=val, seed=seed, folds_labeled=folds_labeled,
                              folds_unlabeled=folds_unlabeled, fold_size=fold_size)
     with _progress() as step:
@@ -98,6 +101,8 @@ def pancreas(root: Annotated[Path, typer.Argument(help="Folder of NNNN.h5 files,
              folds_unlabeled: FoldsU = 0, fold_size: FoldSize = None, workers: Workers = 1,
              force: Force = False, export_nnunet: Nnunet = None) -> None:
     """NIH Pancreas-CT: BCP h5 + 12/50/18 lists, or raw CT with CoraNet's preprocessing."""
+    from hco_cli.data import prepare as lib  # deferred: SciPy loads only when preparing
+
     split = lib.SplitOptions(labeled=labeled, val=val, test=test, seed=seed, fold_size=fold_size,
                              folds_labeled=folds_labeled, folds_unlabeled=folds_unlabeled)
     with _progress() as step:
@@ -140,6 +145,9 @@ def generic(
     export_nnunet: Nnunet = None,
 ) -> None:
     """Image/label globs or an nnU-Net/MSD folder (NIfTI, NRRD, MHA/MHD, DICOM series)."""
+    from hco_cli.data import prepare as lib  # deferred: SciPy loads only when preparing
+    from hco_cli.data.sources.generic import parse_classes
+
     split = lib.SplitOptions(labeled=labeled, val=val, test=test, test_list=test_list,
                              seed=seed, folds_labeled=folds_labeled, group=group,
                              folds_unlabeled=folds_unlabeled, fold_size=fold_size)
@@ -171,6 +179,8 @@ def synthetic(out: Out, labeled: Annotated[int, _opt("Labeled cases.", min=1)] =
               fold_size: FoldSize = None, workers: Workers = 1, force: Force = False,
               export_nnunet: Nnunet = None) -> None:
     """Seeded 3D phantoms (organ-like blobs, texture, bias field, noise): the quick demo."""
+    from hco_cli.data import prepare as lib  # deferred: SciPy loads only when preparing
+
     size = [int(v) for v in _numbers(shape, "--shape", 3)]
     with _progress() as step:
         summary = lib.prepare_synthetic(
@@ -201,7 +211,7 @@ def _progress() -> Iterator[Callable[[int, int, str], None]]:
                                                    description=f"case {case}")
 
 
-def _render(summary: lib.PrepareSummary, *, nnunet_out: Path | None = None,
+def _render(summary: PrepareSummary, *, nnunet_out: Path | None = None,
             force: bool = False) -> None:
     low, high = summary.shape_range()
     table = Table(title=f"{summary.out} ({summary.seconds:.1f} s)", show_header=False)

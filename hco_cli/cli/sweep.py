@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from pydantic import ValidationError
@@ -11,13 +11,13 @@ from rich.markup import escape
 
 from hco_cli.cli import sweep_tables as tables
 from hco_cli.cli.common import console, fail, handle_errors
-from hco_cli.config import describe_error
 from hco_cli.errors import ConfigError, Interrupted
 from hco_cli.locks import hold
 from hco_cli.outputs import check_output_folder
-from hco_cli.training import sweep as lib
-from hco_cli.training.sweep_status import sweep_status
-from hco_cli.training.sweep_submit import submit_sweep
+from hco_cli.workflows.sweep_status import sweep_status
+
+if TYPE_CHECKING:
+    from hco_cli.workflows import sweep as lib
 
 
 def _opt(text: str, *names: str, **kwargs: Any) -> Any:
@@ -94,6 +94,10 @@ def sweep(
         return
     if config is None or seeds is None or out is None:
         raise ConfigError("give --config, --seeds and --out (or --status OUT)")
+    # Deferred: torch loads only when a sweep plans or runs, never for --help or --status.
+    from hco_cli.config import describe_error
+    from hco_cli.workflows import sweep as lib
+
     if lcc and not evaluate:
         raise ConfigError("--lcc applies to --evaluate")
     if (optimizers is None) == (arms is None):
@@ -135,6 +139,10 @@ def sweep(
 
 
 def _submit(options: lib.SweepOptions) -> None:
+    # Deferred with the sweep above.
+    from hco_cli.workflows import sweep as lib
+    from hco_cli.workflows.sweep_submit import submit_sweep
+
     """Submit the sweep's jobs; with submitit-local they have ended when this returns."""
     submissions = submit_sweep(options)
     console.print(tables.submission_table(submissions))

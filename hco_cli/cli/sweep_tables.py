@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.markup import escape
 from rich.table import Table
 
-from hco_cli.training import sweep as lib
-from hco_cli.training.sweep_status import RunStatus
-from hco_cli.training.sweep_submit import Submission
+from hco_cli.workflows.sweep_status import RunStatus
+
+if TYPE_CHECKING:
+    from hco_cli.workflows import sweep as lib
+    from hco_cli.workflows.sweep_submit import Submission
 
 _STATE_STYLE = {"done": "green", "running": "cyan", "pending": "yellow", "failed": "bold red"}
 

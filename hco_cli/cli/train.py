@@ -11,9 +11,11 @@ from rich.table import Table
 from hco_cli.cli.common import console, err_console, handle_errors
 from hco_cli.cli.progress import Display, training_progress
 from hco_cli.errors import ConfigError
-from hco_cli.training.distributed import environment_rank
-from hco_cli.training.loop import RunResult, resume, train
-from hco_cli.training.presets import PRESETS, Overrides, build_config, check_prepared
+from hco_cli.training.events import RunResult
+
+# The names of training.presets.PRESETS, written out so that `hco --help` loads no torch
+# (tests/cli/test_app.py checks that the two agree).
+PRESET_NAMES = ("la", "pancreas", "fetal", "synthetic")
 
 
 def _opt(text: str, *names: str, **kwargs: Any) -> Any:
@@ -42,7 +44,7 @@ def train_command(
     config: Annotated[Path | None, _opt(
         "YAML config (see sample_configs/), or 'auto' with --data: sizes from the dataset's "
         "plan.")] = None,
-    dataset: Annotated[str | None, _opt(f"Study preset: {', '.join(PRESETS)}.")] = None,
+    dataset: Annotated[str | None, _opt(f"Study preset: {', '.join(PRESET_NAMES)}.")] = None,
     optimizer: Annotated[str | None, _opt("Optimizer name, e.g. sgd-hco.")] = None,
     labeled: Annotated[int | None, _opt("Use the first N labeled cases.", min=1)] = None,
     seed: Annotated[int | None, _opt("Random seed.")] = None,
@@ -83,6 +85,11 @@ def train_command(
         "config.yaml is refused.")] = False,
 ) -> None:
     """Train a segmentation network with an SSL framework and an (H)CO optimizer."""
+    # Deferred: torch loads only when a command trains, never for --help.
+    from hco_cli.training.distributed import environment_rank
+    from hco_cli.training.entry import resume, train
+    from hco_cli.training.presets import Overrides, build_config, check_prepared
+
     is_main = environment_rank() == 0  # under torchrun, rank 0 alone renders
     if resume_dir is not None:
         given = [config, dataset, optimizer, labeled, seed, iterations, fold, run_dir, data,

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from hco_cli.data.batch import Batch
 from hco_cli.data.dataset import PreparedDataset
 from hco_cli.errors import DataError
-from hco_cli.ssl.base import Batch
 
 Augment = Literal["bcp", "flip", "none"]
 Crop = Literal["random", "center"]

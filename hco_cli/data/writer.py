@@ -19,7 +19,8 @@ from hco_cli.data.dataset import DatasetInfo, Splits
 from hco_cli.data.labels import LabelMap
 from hco_cli.data.plan import DataPlan, PreprocessPlan, write_plan
 from hco_cli.data.preprocess import PreparedCase, preprocess_case
-from hco_cli.data.sources import SourceCase, load_case
+from hco_cli.data.sources import SourceCase
+from hco_cli.data.sources.load import load_case
 from hco_cli.errors import DatasetExistsError
 from hco_cli.io_utils import atomic_dir
 from hco_cli.locks import hold

@@ -23,6 +23,7 @@ import numpy as np
 from hco_cli.errors import CheckpointError, ConfigError, DataError
 from hco_cli.evaluation import stats
 from hco_cli.evaluation.saved_results import RunInfo, Summary, read_run_info, read_summary
+from hco_cli.runs.layout import EVAL_DIR, SUMMARY_FILE, RunFolder
 
 METRICS: tuple[str, ...] = ("dice", "jaccard", "asd", "hd95")  # the paper's column order
 Checkpoint = Literal["best", "last", "best-val", "best-test"]
@@ -123,9 +124,10 @@ def _split_name(spec: str) -> tuple[str | None, str]:
 
 def _default_name(path: Path) -> str:
     """RUN for a run folder or RUN/eval/<ckpt>/summary.json; else the folder or file name."""
-    if path.is_file() and path.name == "summary.json":
-        if path.parent.parent.name == "eval":
-            return path.parent.parent.parent.resolve().name or str(path)
+    if path.is_file() and path.name == SUMMARY_FILE:
+        run = RunFolder.of_summary(path)
+        if run is not None:
+            return run.path.resolve().name or str(path)
         return path.parent.resolve().name or str(path)
     if path.is_file():
         return path.stem
@@ -171,21 +173,22 @@ def _member(path: Path, checkpoint: Checkpoint) -> tuple[Summary, RunInfo | None
     """Read one group member: a run folder's chosen evaluation, or a summary file."""
     if path.is_file():
         # RUN/eval/<checkpoint>/summary.json: take optimizer and L/U from RUN/run.json.
-        run_json = path.parent.parent.parent / "run.json"
-        in_run = path.parent.parent.name == "eval" and run_json.is_file()
-        return read_summary(path), (read_run_info(run_json.parent) if in_run else None)
-    if not (path / "run.json").is_file() and not (path / "eval").is_dir():
-        if (path / "summary.json").is_file():
-            return read_summary(path / "summary.json"), None
+        owner = RunFolder.of_summary(path)
+        in_run = owner is not None and owner.run_json.is_file()
+        return read_summary(path), (read_run_info(owner.path) if owner and in_run else None)
+    folder = RunFolder(path)
+    if not folder.run_json.is_file() and not (path / EVAL_DIR).is_dir():
+        if (path / SUMMARY_FILE).is_file():
+            return read_summary(path / SUMMARY_FILE), None
         raise DataError(f"{path} is neither a run folder (no run.json or eval/) nor a summary")
-    target = path / "eval" / checkpoint / "summary.json"
+    target = folder.summary(checkpoint)
     if not target.is_file():
-        found = sorted(p.parent.name for p in (path / "eval").glob("*/summary.json"))
+        found = list(folder.summaries())
         which = "" if checkpoint == "best" else f" --checkpoint {checkpoint}"
         have = (f"available: {', '.join(found)}" if found else
                 f"write it with hco predict {path}{which} --evaluate")
         raise CheckpointError(f"run {path} has no {checkpoint!r} evaluation ({target}); {have}")
-    run = read_run_info(path) if (path / "run.json").is_file() else None
+    run = read_run_info(path) if folder.run_json.is_file() else None
     return read_summary(target), run
 
 

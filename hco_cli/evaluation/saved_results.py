@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hco_cli.errors import DataError
+from hco_cli.runs.layout import RunFolder
 
 SUMMARY_METRICS: tuple[str, ...] = ("dice", "jaccard", "hd95", "asd")
 SPACING_UNITS: tuple[str, ...] = ("voxel", "mm")
@@ -165,7 +166,7 @@ def _class_key(cls: str) -> tuple[int, int | str]:
 
 def read_run_info(run_dir: Path) -> RunInfo:
     """Read ``RUN/run.json`` (written by ``hco train``); extra keys are ignored."""
-    path = Path(run_dir) / "run.json"
+    path = RunFolder(run_dir).run_json
     data = read_json(path)
     if not isinstance(data, dict):
         raise DataError(f"{path}: expected a JSON object")
@@ -207,7 +208,7 @@ def read_train_steps(run_dir: Path) -> list[TrainStep]:
     An unparsable *last* line without a trailing newline is taken as a write still in
     progress (a run being trained) and skipped; any other bad line is an error.
     """
-    path = Path(run_dir) / "metrics.jsonl"
+    path = RunFolder(run_dir).metrics
     if not path.is_file():
         raise DataError(f"run {run_dir} has no metrics.jsonl (needed for --dynamics)")
     try:

@@ -24,11 +24,11 @@ from hco_cli.data.io import write_volume
 from hco_cli.data.labels import LabelMap
 from hco_cli.errors import ConfigError
 from hco_cli.inference.inputs import InputCase
-from hco_cli.inference.postprocess import keep_largest_per_class
 from hco_cli.inference.probabilities import UNCERTAINTY_DIR, write_probabilities, write_uncertainty
 from hco_cli.inference.resample import to_original_grid
 from hco_cli.inference.sliding_window import Models, predict_volume
 from hco_cli.inference.stitching import Stitch, map_bytes, peak_mib, reset_peak, stitch_device
+from hco_cli.ops.components import keep_largest_per_class
 
 Progress = Callable[[int, int, str], None]
 """Called after each case as ``progress(done, total, case_id)``."""

@@ -27,7 +27,8 @@ from hco_cli.data.dataset import CaseGeometry, PreparedDataset, SplitName
 from hco_cli.data.io import case_id_from_path, volume_suffix
 from hco_cli.data.plan import SPACING_TOLERANCE, DataPlan
 from hco_cli.data.preprocess import preprocess_case
-from hco_cli.data.sources import SourceCase, check_case_id, load_case
+from hco_cli.data.sources import SourceCase, check_case_id
+from hco_cli.data.sources.load import load_case
 from hco_cli.errors import DataError
 
 FORMATS = ".nii, .nii.gz, .nrrd, .nhdr, .mha or .mhd"

@@ -21,7 +21,7 @@ from torch import nn
 from hco_cli.data.dataset import PreparedDataset
 from hco_cli.data.plan import PLAN_FILE, DataPlan, read_plan
 from hco_cli.errors import CheckpointError, ConfigError, DataError
-from hco_cli.training.checkpoint import load_model_for_inference
+from hco_cli.runs.checkpoint import load_model_for_inference
 
 Which = Literal["best", "last", "best-val", "best-test"]
 _WILDCARDS = frozenset("*?[")

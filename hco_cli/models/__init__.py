@@ -1,20 +1,17 @@
-"""Segmentation networks and their configuration (``ModelConfig`` -> ``build_model``)."""
+"""Segmentation networks: ``ModelConfig`` here (torch-free), ``vnet.build_model`` builds one."""
 
 from __future__ import annotations
 
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from torch import nn
 
-from hco_cli.models.vnet import (
+from hco_cli.models.layout import (
     DEFAULT_KERNELS,
     DEFAULT_STRIDES,
     GROUPNORM_GROUPS,
     STAGES,
     Triple,
-    VNet,
-    compile_forward,
     size_multiples,
 )
 
@@ -71,12 +68,4 @@ class ModelConfig(BaseModel):
                 and tuple(self.kernels or DEFAULT_KERNELS) == DEFAULT_KERNELS)
 
 
-def build_model(cfg: ModelConfig, *, in_channels: int, num_classes: int) -> nn.Module:
-    """A freshly initialised network (PyTorch default initialisation, as BCP)."""
-    return VNet(in_channels=in_channels, num_classes=num_classes, n_filters=cfg.n_filters,
-                normalization=cfg.normalization, dropout_p=cfg.dropout_p if cfg.dropout else 0.0,
-                strides=cfg.strides, kernels=cfg.kernels)
-
-
-__all__ = ["DEFAULT_KERNELS", "DEFAULT_STRIDES", "ModelConfig", "VNet", "build_model",
-           "compile_forward", "size_multiples"]
+__all__ = ["DEFAULT_KERNELS", "DEFAULT_STRIDES", "ModelConfig", "size_multiples"]

@@ -26,25 +26,16 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-Normalization = Literal["batchnorm", "instancenorm", "groupnorm", "none"]
-GROUPNORM_GROUPS = 16  # BCP/UA-MT use GroupNorm(16, C)
-# Four stride-2 stages: every input size must be a multiple of 2^4 for the skips to line up.
-SIZE_MULTIPLE = 16
-STAGES = 5  # scales; STAGES - 1 down-samplings
-ENCODER_CONVS = (1, 2, 3, 3, 3)
-DECODER_CONVS = (1, 2, 3, 3)  # per scale, finest first (block_nine, eight, seven, six)
-Triple = tuple[int, int, int]
-DEFAULT_STRIDES: tuple[Triple, ...] = ((2, 2, 2),) * (STAGES - 1)
-DEFAULT_KERNELS: tuple[Triple, ...] = ((3, 3, 3),) * STAGES
+from hco_cli.models import ModelConfig
+from hco_cli.models.layout import (
+    GROUPNORM_GROUPS,
+    STAGES,
+    Normalization,
+    Triple,
+)
+
 # What the modules get: an int where every axis agrees (today's modules), else a triple.
 _Size = int | Triple
-
-
-def size_multiples(strides: Sequence[Sequence[int]] | None) -> Triple:
-    """Per axis, the product of the strides: every input size must be a multiple of it."""
-    rows = strides or DEFAULT_STRIDES
-    x, y, z = (math.prod(int(s[a]) for s in rows) for a in range(3))
-    return (x, y, z)
 
 
 def _size(value: Sequence[int] | None, default: int) -> _Size:
@@ -209,3 +200,10 @@ def compile_forward(model: nn.Module, mode: str = "default") -> nn.Module:
         raise TypeError(f"compile_forward takes a VNet, not {type(model).__name__}")
     model.compile_mode = mode
     return model
+
+
+def build_model(cfg: ModelConfig, *, in_channels: int, num_classes: int) -> nn.Module:
+    """A freshly initialised network (PyTorch default initialisation, as BCP)."""
+    return VNet(in_channels=in_channels, num_classes=num_classes, n_filters=cfg.n_filters,
+                normalization=cfg.normalization, dropout_p=cfg.dropout_p if cfg.dropout else 0.0,
+                strides=cfg.strides, kernels=cfg.kernels)

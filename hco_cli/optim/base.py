@@ -10,7 +10,7 @@ as ordinary torch optimizers (LR schedulers and step hooks included). The mask h
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +19,8 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from hco_cli.optim import diagnostics as diag
-from hco_cli.optim.flat import FlatLayout, flat_supported, fused_obstacle
+from hco_cli.optim.flat import FlatLayout, flat_supported
+from hco_cli.optim.fused import fused_obstacle
 from hco_cli.optim.masks import (
     Grads,
     HyperparameterError,
@@ -28,13 +29,11 @@ from hco_cli.optim.masks import (
     foreach_normalise_masks_,
     foreach_scaled,
 )
-from hco_cli.optim.overlap import GradientOverlap, overlap_for
+from hco_cli.optim.sync import GradientSync
 
 if TYPE_CHECKING:
     from hco_cli.optim.triton_step import FusedHcoStep
 
-# Averages a list of gradient tensors across processes, in place (data-parallel training).
-GradientReducer = Callable[[list[Tensor]], None]
 # Group entries that define the algorithm; load_state_dict keeps the optimizer's own.
 ALGORITHM_KEYS = ("variant", "mask_eps", "mask_norm", "double_decay", "decoupled_weight_decay",
                   "refine_mask", "second_term", "persist_refinement", "unlabeled_scale")
@@ -55,8 +54,7 @@ class TwoSourceOptimizer(Optimizer):
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any], *,
                  flat: bool | None = None, fused: bool | None = None) -> None:
         self._pending: tuple[Grads, Grads] | None = None
-        self._gradient_reducer: GradientReducer | None = None
-        self._overlap: GradientOverlap | None = None
+        self._sync: GradientSync | None = None
         self._alignment: Tensor | None = None
         self._layout = LayoutCache()
         self._flat: FlatLayout | None = None
@@ -133,36 +131,34 @@ class TwoSourceOptimizer(Optimizer):
         return out
 
     @property
-    def gradient_reducer(self) -> GradientReducer | None:
-        """Set by data-parallel training: averages each gradient source over the processes.
+    def sync(self) -> GradientSync | None:
+        """The data-parallel gradient synchronisation attached by the training loop, if any."""
+        return self._sync
 
-        Called once per source (g_L, then g_U) with that source's present gradients before any
-        update, so that both are averaged apart, as the hierarchical step needs them. In flat
-        mode a reducer with a bucket policy (``BucketedAllReduce``) also installs the backward
-        overlap (:mod:`hco_cli.optim.overlap`), used for sources gathered by :meth:`collecting`.
-        """
-        return self._gradient_reducer
+    def attach_sync(self, sync: GradientSync | None) -> None:
+        """Called by :class:`~hco_cli.optim.sync.GradientSync` when it opens (and closes)."""
+        self._sync = sync
 
-    @gradient_reducer.setter
-    def gradient_reducer(self, reducer: GradientReducer | None) -> None:
-        if self._overlap is not None:
-            self._overlap.close()
-            self._overlap = None
-        self._gradient_reducer = reducer
-        if reducer is not None and self._flat is not None:
-            self._overlap = overlap_for(reducer, self._flat, [b for b, _ in self._flat_grads],
-                                        [v for _, v in self._flat_grads])
+    @property
+    def flat_layout(self) -> FlatLayout | None:
+        """Where each parameter lives in the flat buffers (None outside flat mode)."""
+        return self._flat
+
+    @property
+    def flat_gradients(self) -> list[tuple[Tensor, list[Tensor]]]:
+        """Per source (g_L, g_U): the flat gradient buffer and its per-parameter views."""
+        return self._flat_grads
 
     def collecting(self, source: int) -> AbstractContextManager[None]:
         """Gather gradient source ``source`` (0: g_L or the combined g, 1: g_U) as it is
         computed inside the block, all-reducing it during the backward pass.
 
-        Only a flat optimizer with a data-parallel reducer collects; otherwise the block is
-        a no-op and the step packs and reduces the gradients it is given, as before.
+        Only a flat optimizer with a data-parallel :class:`GradientSync` collects; otherwise the
+        block is a no-op and the step packs and reduces the gradients it is given, as before.
         """
         if source not in (0, 1):
             raise ValueError(f"source must be 0 (g_L) or 1 (g_U), not {source!r}")
-        return nullcontext() if self._overlap is None else self._overlap.collecting(source)
+        return nullcontext() if self._sync is None else self._sync.collecting(source)
 
     @property
     def flat(self) -> bool:
@@ -224,12 +220,8 @@ class TwoSourceOptimizer(Optimizer):
         return loss
 
     def _reduce(self, *sources: Grads) -> None:
-        if self.gradient_reducer is None:
-            return
-        for grads in sources:
-            present = [g for g in grads if g is not None]
-            if present:
-                self.gradient_reducer(present)
+        if self._sync is not None:
+            self._sync.reduce(*sources)
 
     def _step_sources(self, grads_l: Grads, grads_u: Grads) -> None:
         diagnose, self.diagnose = self.diagnose, False
@@ -306,7 +298,8 @@ class TwoSourceOptimizer(Optimizer):
         stays absent, so ``step()`` on an hco optimizer is still the labeled step. A source
         gathered by :meth:`collecting` is already in its buffer, averaged: nothing is packed.
         """
-        collected = {} if self._overlap is None else self._overlap.finish((grads_l, grads_u))
+        overlap = None if self._sync is None else self._sync.overlap
+        collected = {} if overlap is None else overlap.finish((grads_l, grads_u))
         flats: list[Tensor | None] = []
         packed: Grads = []
         for source, (grads, (buffer, views)) in enumerate(

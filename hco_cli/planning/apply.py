@@ -19,7 +19,7 @@ from typing import Any
 
 from hco_cli.data.dataset import PreparedDataset
 from hco_cli.data.plan import NetworkPlan, read_plan
-from hco_cli.models.vnet import DEFAULT_KERNELS, DEFAULT_STRIDES
+from hco_cli.models.layout import DEFAULT_KERNELS, DEFAULT_STRIDES
 from hco_cli.planning.memory import GIB
 from hco_cli.planning.planner import PRESETS, PlanOptions, plan_dataset
 from hco_cli.planning.rules import UMIX_BLOCKS

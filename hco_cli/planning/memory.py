@@ -33,10 +33,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
-from torch import nn
-
-from hco_cli.models.vnet import DECODER_CONVS, ENCODER_CONVS, STAGES
+from hco_cli.models.layout import DECODER_CONVS, ENCODER_CONVS, STAGES
 
 Triple = tuple[int, int, int]
 LOSS_TENSORS = 6
@@ -158,20 +155,3 @@ def estimate_memory(net: NetworkShape, *, framework: str, labeled: int, unlabele
     return MemoryEstimate(parameters=params, weights=weights, gradients=gradients,
                           optimizer=state, activations=activations, transients=transients,
                           dataset=dataset_bytes, workspace=workspace)
-
-
-def measure_saved_bytes(model: nn.Module, x: torch.Tensor) -> int:
-    """Bytes of the distinct storages autograd saves in ``model(x)``, parameters and buffers
-    excluded: the measurement :func:`saved_elements` is checked against (works on CPU)."""
-    skip = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
-    seen: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in skip:
-            seen[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(x)
-    return sum(seen.values())

@@ -33,7 +33,7 @@ from hco_cli.data.dataset import PreparedDataset
 from hco_cli.data.fingerprint import CaseFingerprint, load_fingerprint
 from hco_cli.data.plan import NetworkPlan, read_plan, write_plan
 from hco_cli.errors import ConfigError, DataError
-from hco_cli.models.vnet import DEFAULT_STRIDES
+from hco_cli.models.layout import DEFAULT_STRIDES
 from hco_cli.planning import rules
 from hco_cli.planning.memory import GIB, MemoryEstimate, NetworkShape, estimate_memory
 

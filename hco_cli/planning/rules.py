@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from hco_cli.errors import DataError
-from hco_cli.models.vnet import STAGES
+from hco_cli.models.layout import STAGES
 
 Triple = tuple[int, int, int]
 Spacing = tuple[float, float, float]

@@ -1,6 +1,6 @@
 """Semi-supervised frameworks (supervised, mean teacher, BCP, CMT) behind one small interface."""
 
-from hco_cli.ssl.base import Batch, Framework, Phase, StepResult, two_source_step
+from hco_cli.ssl.base import Framework, Phase, StepResult, two_source_step
 from hco_cli.ssl.config import (
     BCPConfig,
     CMTConfig,
@@ -13,7 +13,6 @@ from hco_cli.ssl.registry import FRAMEWORK_NAMES, build_framework
 __all__ = [
     "FRAMEWORK_NAMES",
     "BCPConfig",
-    "Batch",
     "CMTConfig",
     "Framework",
     "FrameworkConfig",

@@ -9,22 +9,16 @@ rates, logging, validation, checkpoints.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-
-@dataclass
-class Batch:
-    """One iteration's data, already on the training device."""
-
-    labeled_image: Tensor  # (B_l, C, X, Y, Z) float
-    labeled_label: Tensor  # (B_l, X, Y, Z) int64
-    unlabeled_image: Tensor | None = None  # (B_u, C, X, Y, Z) float
+from hco_cli.data.batch import Batch
+from hco_cli.optim.protocol import TwoSource
 
 
 @dataclass(frozen=True)
@@ -43,6 +37,9 @@ class Phase:
     # Start from the optimizer state the previous phase ended with (with restore_best: the
     # state saved with the best weights), instead of fresh optimizers (BCP-Pancreas).
     carry_optimizer: bool = False
+    # The phase ends in a checkpoint other runs may start from (RUN/checkpoints/pretrain.pt,
+    # --init-from), which then skip it: BCP's pre-training.
+    produces_shareable_checkpoint: bool = False
 
 
 @dataclass
@@ -79,7 +76,7 @@ class Framework(ABC):
         self,
         phase: Phase,
         batch: Batch,
-        optimizers: dict[str, torch.optim.Optimizer],
+        optimizers: Mapping[str, TwoSource],
         iteration: int,
     ) -> StepResult:
         """One iteration: losses, gradients, ``step_two_source`` on every optimizer, EMA updates."""
@@ -97,25 +94,24 @@ class Framework(ABC):
         """Inverse of :meth:`state_dict`."""
 
 
-def is_hierarchical(optimizer: torch.optim.Optimizer) -> bool:
+def is_hierarchical(optimizer: TwoSource) -> bool:
     """True for the ``*-hco`` optimizers, which treat g_L and g_U differently."""
-    return bool(getattr(optimizer, "hierarchical", False))
+    return optimizer.hierarchical
 
 
-def needs_split(optimizer: torch.optim.Optimizer) -> bool:
+def needs_split(optimizer: TwoSource) -> bool:
     """True when the optimizer must get g_L and g_U apart this step: hierarchical ones always,
     the others on a step whose diagnostics (cos(g_L, g_U)) were asked for."""
-    return is_hierarchical(optimizer) or bool(getattr(optimizer, "diagnose", False))
+    return optimizer.hierarchical or optimizer.diagnose
 
 
-def alignment_tensor(optimizer: torch.optim.Optimizer) -> Tensor | None:
+def alignment_tensor(optimizer: TwoSource) -> Tensor | None:
     """The admitted fraction of the optimizer's last masked step, as a 0-d tensor (no sync)."""
-    value = getattr(optimizer, "last_alignment_tensor", None)
-    return value if isinstance(value, Tensor) else None
+    return optimizer.last_alignment_tensor
 
 
 def two_source_step(
-    optimizer: torch.optim.Optimizer,
+    optimizer: TwoSource,
     params: Sequence[Tensor],
     loss_l: Tensor,
     loss_u: Tensor | None,
@@ -133,18 +129,17 @@ def two_source_step(
         total = loss_l + loss_u if has_u and loss_u is not None else loss_l
         with collecting(optimizer, source=0):
             grads = torch.autograd.grad(total, params, allow_unused=True)
-        optimizer.step_two_source(list(grads), [None] * len(params))  # type: ignore[attr-defined]
+        optimizer.step_two_source(list(grads), [None] * len(params))
         return
     assert loss_u is not None
     with collecting(optimizer, source=0):
         grads_l = torch.autograd.grad(loss_l, params, retain_graph=True, allow_unused=True)
     with collecting(optimizer, source=1):
         grads_u = torch.autograd.grad(loss_u, params, allow_unused=True)
-    optimizer.step_two_source(list(grads_l), list(grads_u))  # type: ignore[attr-defined]
+    optimizer.step_two_source(list(grads_l), list(grads_u))
 
 
-def collecting(optimizer: torch.optim.Optimizer, *, source: int) -> AbstractContextManager[Any]:
+def collecting(optimizer: TwoSource, *, source: int) -> AbstractContextManager[None]:
     """``optimizer.collecting(source=...)``: under data parallelism a flat optimizer all-reduces
     the gradient source computed inside the block during the backward pass; otherwise a no-op."""
-    method = getattr(optimizer, "collecting", None)
-    return nullcontext() if method is None else method(source=source)
+    return optimizer.collecting(source=source)

@@ -18,14 +18,17 @@ the other way round (img_a with unimg_b); the halves are exchangeable, so one pa
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from hco_cli.data.batch import Batch
 from hco_cli.errors import ConfigError
-from hco_cli.inference.postprocess import keep_largest_per_class, largest_connected_component
-from hco_cli.ssl.base import Batch, Framework, ModelFactory, Phase, StepResult, two_source_step
+from hco_cli.ops.components import keep_largest_per_class, largest_connected_component
+from hco_cli.optim.protocol import TwoSource
+from hco_cli.ssl.base import Framework, ModelFactory, Phase, StepResult, two_source_step
 from hco_cli.ssl.common import (
     FrameworkRng,
     check_even_halves,
@@ -37,8 +40,8 @@ from hco_cli.ssl.common import (
     unlabeled_of,
 )
 from hco_cli.ssl.config import BCPConfig
-from hco_cli.training.ema import ema_update_, make_teacher
-from hco_cli.training.losses import ce_dice_loss, mix_loss, mix_loss_parts
+from hco_cli.ssl.ema import ema_update_, make_teacher
+from hco_cli.ssl.losses import ce_dice_loss, mix_loss, mix_loss_parts
 
 
 def cube_size(shape: tuple[int, ...], ratio: float | tuple[float, ...]) -> tuple[int, ...]:
@@ -98,7 +101,8 @@ class BCPFramework(Framework):
                         carry_optimizer=self.cfg.restore_optimizer)]
         if self.cfg.pretrain_iterations:
             pretrain = Phase("pretrain", self.cfg.pretrain_iterations, needs_unlabeled=False,
-                             plain_optimizer=True, restore_best=True)
+                             plain_optimizer=True, restore_best=True,
+                             produces_shareable_checkpoint=True)
             phases.insert(0, pretrain)
         return phases
 
@@ -113,7 +117,7 @@ class BCPFramework(Framework):
             self._keep_loaded_teacher = False
 
     def train_step(self, phase: Phase, batch: Batch,
-                   optimizers: dict[str, torch.optim.Optimizer], iteration: int) -> StepResult:
+                   optimizers: Mapping[str, TwoSource], iteration: int) -> StepResult:
         opt = get_optimizer(optimizers, "student")
         check_even_halves(batch, self.name)
         self.student.train()

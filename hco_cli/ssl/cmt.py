@@ -21,13 +21,16 @@ StepResult reports the step-1 losses, which UCMT logs; the step-2 losses are in 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from hco_cli.data.batch import Batch
 from hco_cli.errors import ConfigError
-from hco_cli.ssl.base import Batch, Framework, ModelFactory, Phase, StepResult, alignment_tensor
+from hco_cli.optim.protocol import TwoSource
+from hco_cli.ssl.base import Framework, ModelFactory, Phase, StepResult, alignment_tensor
 from hco_cli.ssl.common import (
     FrameworkRng,
     detached,
@@ -38,10 +41,10 @@ from hco_cli.ssl.common import (
     unlabeled_of,
 )
 from hco_cli.ssl.config import CMTConfig
+from hco_cli.ssl.ema import warmup_decay, weighted_ema_update_
+from hco_cli.ssl.losses import supervised_loss
+from hco_cli.ssl.ramps import sigmoid_rampup
 from hco_cli.ssl.umix import check_divisible, mean_entropy, strong_view, umix
-from hco_cli.training.ema import warmup_decay, weighted_ema_update_
-from hco_cli.training.losses import supervised_loss
-from hco_cli.training.ramps import sigmoid_rampup
 
 
 def cmt_losses(s1_l: Tensor, s2_l: Tensor, label: Tensor, s1_u: Tensor, s2_u: Tensor,
@@ -104,7 +107,7 @@ class CMTFramework(Framework):
                            sigma_max=self.cfg.blur_sigma_max)
 
     def train_step(self, phase: Phase, batch: Batch,
-                   optimizers: dict[str, torch.optim.Optimizer], iteration: int) -> StepResult:
+                   optimizers: Mapping[str, TwoSource], iteration: int) -> StepResult:
         opts = [get_optimizer(optimizers, "student1"), get_optimizer(optimizers, "student2")]
         unlabeled = unlabeled_of(batch, self.name)
         shape = tuple(batch.labeled_image.shape[2:])
@@ -142,7 +145,7 @@ class CMTFramework(Framework):
         return StepResult(loss_l=detached(loss_l), loss_u=detached(loss_u),
                           admitted=mean_admitted, extra=extra)
 
-    def _step(self, opts: list[torch.optim.Optimizer], loss_l: Tensor, loss_u: Tensor,
+    def _step(self, opts: list[TwoSource], loss_l: Tensor, loss_u: Tensor,
               iteration: int) -> list[Tensor]:
         """Both students' steps from one pair of losses, then the teacher update."""
         step_many(opts, loss_l, loss_u)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from hco_cli.data.batch import Batch
 from hco_cli.errors import ConfigError
-from hco_cli.ssl.base import Batch, alignment_tensor, collecting, needs_split
+from hco_cli.optim.protocol import TwoSource
+from hco_cli.ssl.base import alignment_tensor, collecting, needs_split
 
 
 class FrameworkRng:
@@ -55,12 +57,12 @@ def default_seed() -> int:
     return int(torch.randint(0, 2**62, (1,)))
 
 
-def optimizer_params(optimizer: torch.optim.Optimizer) -> list[Tensor]:
+def optimizer_params(optimizer: TwoSource) -> list[Tensor]:
     """The optimizer's parameters in ``param_groups`` order (the order its gradients follow)."""
     return [p for group in optimizer.param_groups for p in group["params"]]
 
 
-def step_many(optimizers: Sequence[torch.optim.Optimizer], loss_l: Tensor,
+def step_many(optimizers: Sequence[TwoSource], loss_l: Tensor,
               loss_u: Tensor | None) -> None:
     """:func:`two_source_step` for several optimizers whose parameters share one graph.
 
@@ -75,7 +77,7 @@ def step_many(optimizers: Sequence[torch.optim.Optimizer], loss_l: Tensor,
         with _collecting(optimizers, source=0):
             grads = _split(torch.autograd.grad(total, flat, allow_unused=True), params)
         for opt, g in zip(optimizers, grads, strict=True):
-            opt.step_two_source(g, [None] * len(g))  # type: ignore[attr-defined]
+            opt.step_two_source(g, [None] * len(g))
         return
     assert loss_u is not None
     # Only the hierarchical optimizers collect here: the others step on g_L + g_U, a sum over
@@ -88,14 +90,14 @@ def step_many(optimizers: Sequence[torch.optim.Optimizer], loss_l: Tensor,
         grads_u = _split(torch.autograd.grad(loss_u, flat, allow_unused=True), params)
     for opt, gl, gu in zip(optimizers, grads_l, grads_u, strict=True):
         if needs_split(opt):
-            opt.step_two_source(gl, gu)  # type: ignore[attr-defined]
+            opt.step_two_source(gl, gu)
         else:
             summed = [_add(a, b) for a, b in zip(gl, gu, strict=True)]
-            opt.step_two_source(summed, [None] * len(summed))  # type: ignore[attr-defined]
+            opt.step_two_source(summed, [None] * len(summed))
 
 
 @contextmanager
-def _collecting(optimizers: Sequence[torch.optim.Optimizer], *, source: int) -> Iterator[None]:
+def _collecting(optimizers: Sequence[TwoSource], *, source: int) -> Iterator[None]:
     with ExitStack() as stack:
         for opt in optimizers:
             stack.enter_context(collecting(opt, source=source))
@@ -116,7 +118,7 @@ def _add(a: Tensor | None, b: Tensor | None) -> Tensor | None:
     return a if b is None else a + b
 
 
-def mean_alignment(optimizers: Sequence[torch.optim.Optimizer]) -> Tensor | None:
+def mean_alignment(optimizers: Sequence[TwoSource]) -> Tensor | None:
     """Mean admitted fraction over the optimizers that report one (None if none does)."""
     values = [v for v in (alignment_tensor(opt) for opt in optimizers) if v is not None]
     if not values:
@@ -124,7 +126,7 @@ def mean_alignment(optimizers: Sequence[torch.optim.Optimizer]) -> Tensor | None
     return torch.stack([v.to(values[0].device, torch.float32) for v in values]).mean()
 
 
-def get_optimizer(optimizers: dict[str, torch.optim.Optimizer], name: str) -> torch.optim.Optimizer:
+def get_optimizer(optimizers: Mapping[str, TwoSource], name: str) -> TwoSource:
     """``optimizers[name]`` with an error naming what the framework expected."""
     if name not in optimizers:
         raise ConfigError(

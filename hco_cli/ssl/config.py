@@ -8,7 +8,7 @@ the framework's phases.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -18,6 +18,9 @@ LrSchedule = Literal["poly", "constant"]
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    # Whether the framework has a pre-training phase whose checkpoint other runs can share.
+    shares_pretraining: ClassVar[bool] = False
 
 
 class SupervisedConfig(_Strict):
@@ -50,6 +53,10 @@ class MeanTeacherConfig(_Strict):
 
 class BCPConfig(_Strict):
     """Bidirectional copy-paste (BCP, LA): 2k pre-training + 15k self-training iterations."""
+
+    # Its pre-training phase ends in a checkpoint other runs can start from (hco sweep
+    # --share-pretraining); the other frameworks have none.
+    shares_pretraining: ClassVar[bool] = True
 
     name: Literal["bcp"] = "bcp"
     pretrain_iterations: int = Field(default=2000, ge=0)

@@ -14,12 +14,15 @@ denominator). Validation and prediction use the student, as SSL4MIS does.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from hco_cli.ssl.base import Batch, Framework, ModelFactory, Phase, StepResult, two_source_step
+from hco_cli.data.batch import Batch
+from hco_cli.optim.protocol import TwoSource
+from hco_cli.ssl.base import Framework, ModelFactory, Phase, StepResult, two_source_step
 from hco_cli.ssl.common import (
     FrameworkRng,
     detached,
@@ -31,10 +34,10 @@ from hco_cli.ssl.common import (
     unlabeled_of,
 )
 from hco_cli.ssl.config import MeanTeacherConfig
+from hco_cli.ssl.ema import ema_update_, make_teacher, warmup_decay
+from hco_cli.ssl.losses import softmax_mse, supervised_loss
+from hco_cli.ssl.ramps import sigmoid_rampup
 from hco_cli.ssl.supervised import lr_factor_for
-from hco_cli.training.ema import ema_update_, make_teacher, warmup_decay
-from hco_cli.training.losses import softmax_mse, supervised_loss
-from hco_cli.training.ramps import sigmoid_rampup
 
 
 class MeanTeacherFramework(Framework):
@@ -85,7 +88,7 @@ class MeanTeacherFramework(Framework):
         return loss_l, self.consistency_weight(iteration) * consistency, consistency
 
     def train_step(self, phase: Phase, batch: Batch,
-                   optimizers: dict[str, torch.optim.Optimizer], iteration: int) -> StepResult:
+                   optimizers: Mapping[str, TwoSource], iteration: int) -> StepResult:
         opt = get_optimizer(optimizers, "student")
         loss_l, loss_u, consistency = self.losses(batch, iteration)
         two_source_step(opt, optimizer_params(opt), loss_l, loss_u)

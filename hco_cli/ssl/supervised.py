@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-from hco_cli.ssl.base import Batch, Framework, ModelFactory, Phase, StepResult, two_source_step
+from hco_cli.data.batch import Batch
+from hco_cli.optim.protocol import TwoSource
+from hco_cli.ssl.base import Framework, ModelFactory, Phase, StepResult, two_source_step
 from hco_cli.ssl.common import (
     detached,
     get_optimizer,
@@ -16,8 +19,8 @@ from hco_cli.ssl.common import (
     optimizer_params,
 )
 from hco_cli.ssl.config import SupervisedConfig
-from hco_cli.training.losses import supervised_loss
-from hco_cli.training.ramps import poly_lr_factor
+from hco_cli.ssl.losses import supervised_loss
+from hco_cli.ssl.ramps import poly_lr_factor
 
 
 def lr_factor_for(schedule: str, iterations: int, power: float) -> Any:
@@ -47,7 +50,7 @@ class SupervisedFramework(Framework):
         return {"student": self.student}
 
     def train_step(self, phase: Phase, batch: Batch,
-                   optimizers: dict[str, torch.optim.Optimizer], iteration: int) -> StepResult:
+                   optimizers: Mapping[str, TwoSource], iteration: int) -> StepResult:
         opt = get_optimizer(optimizers, "student")
         self.student.train()
         logits = self.student(batch.labeled_image)

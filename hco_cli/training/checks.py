@@ -13,7 +13,7 @@ from hco_cli.config import TrainConfig
 from hco_cli.data.dataset import PreparedDataset
 from hco_cli.data.plan import PLAN_FILE, read_plan
 from hco_cli.errors import ConfigError
-from hco_cli.models.vnet import SIZE_MULTIPLE, Triple
+from hco_cli.models.layout import SIZE_MULTIPLE, Triple
 from hco_cli.ssl.config import CMTConfig
 from hco_cli.ssl.umix import check_divisible
 

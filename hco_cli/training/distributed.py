@@ -3,10 +3,12 @@
 Every process trains the same networks on its own batches (its own sampler, framework and
 dropout streams, seeded from the run seed and its rank). The two gradient sources g_L and g_U
 are averaged across processes apart, by a bucketed all-reduce that the optimizers call before
-each step (``TwoSourceOptimizer.gradient_reducer``); DDP's reducer, which expects one backward
-per forward, is not used. Flat-mode optimizers (the CUDA default) take the reducer's bucket
-size and start each bucket's all-reduce during the backward pass instead, as the frameworks
-compute a source inside ``opt.collecting(source=...)`` (:mod:`hco_cli.optim.overlap`).
+each step (a :class:`~hco_cli.optim.sync.GradientSync` per optimizer, which the training loop
+opens when a phase builds its optimizers and closes when it ends); DDP's reducer, which
+expects one backward per forward, is not used. Flat-mode optimizers (the CUDA default) take
+the reducer's bucket size and start each bucket's all-reduce during the backward pass instead,
+as the frameworks compute a source inside ``opt.collecting(source=...)``
+(:mod:`hco_cli.optim.overlap`).
 Identical averaged gradients keep the weights identical, so teachers that follow the students
 by EMA stay identical too. Rank 0 alone validates and writes the run folder; the decisions
 that change the weights (a new best, restored at a phase's end) are broadcast, and weights are

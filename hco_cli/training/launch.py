@@ -1,7 +1,7 @@
 """``hco train --gpus N``: spawn N training processes and watch them from this one.
 
 Each worker sets the variables torchrun would set (MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE,
-LOCAL_RANK) and calls the ordinary :func:`~hco_cli.training.loop.train` or ``resume``, which
+LOCAL_RANK) and calls :func:`~hco_cli.training.loop.run_local` or ``resume_local``, which
 join the process group (:mod:`hco_cli.training.distributed`). Rank 0's progress events and
 result come back through a queue; the first worker that fails ends the others, and its
 one-line error is raised here.
@@ -18,16 +18,15 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from hco_cli import errors
+from hco_cli.config import TrainConfig, validate_config
 from hco_cli.errors import HcoError
 from hco_cli.training.distributed import SAME_STREAMS_ENV
 from hco_cli.training.events import ProgressCallback, ProgressEvent, RunResult
+from hco_cli.training.loop import resume_local, run_local
 from hco_cli.training.tracking import Sink
-
-if TYPE_CHECKING:
-    from hco_cli.config import TrainConfig
 
 WorkerHook = Callable[[int, ProgressEvent], None]
 """Called in every worker process with its rank and each of its progress events."""
@@ -143,8 +142,6 @@ def _worker(rank: int, world: int, port: int, job: _Job, channel: Any) -> None:
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
     if job.same_streams:
         os.environ[SAME_STREAMS_ENV] = "1"
-    from hco_cli.config import validate_config
-    from hco_cli.training.loop import resume, train
 
     def progress(event: ProgressEvent) -> None:
         if job.hook is not None:
@@ -155,11 +152,11 @@ def _worker(rank: int, world: int, port: int, job: _Job, channel: Any) -> None:
     sinks = job.sinks if rank == 0 else ()
     try:
         if job.resume_dir is not None:
-            result = resume(job.resume_dir, progress=progress,
-                            accept_config_changes=job.accept_config_changes, sinks=sinks)
+            result = resume_local(job.resume_dir, progress=progress,
+                                  accept_config_changes=job.accept_config_changes, sinks=sinks)
         else:
             assert job.config is not None  # launch() passes exactly one of the two
-            result = train(validate_config(job.config), progress=progress, sinks=sinks)
+            result = run_local(validate_config(job.config), progress=progress, sinks=sinks)
         if rank == 0:
             channel.put(("result", result))
     except HcoError as exc:

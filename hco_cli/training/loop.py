@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,21 +21,29 @@ from torch import Tensor
 
 from hco_cli import __version__
 from hco_cli.config import TrainConfig
+from hco_cli.data.batch import Batch
 from hco_cli.errors import CheckpointError, TrainingDivergedError
-from hco_cli.optim import DIAGNOSTIC_KEYS, build_optimizer, optimizer_info, plain_variant
-from hco_cli.ssl.base import Batch, Phase, StepResult
-from hco_cli.training import checkpoint as ckpt
-from hco_cli.training import distributed
-from hco_cli.training.events import ProgressCallback, ProgressEvent, RunResult
-from hco_cli.training.launch import launch
-from hco_cli.training.logging import MetricsWriter
-from hco_cli.training.run_dir import (
-    checkpoint_path,
+from hco_cli.optim import (
+    DIAGNOSTIC_KEYS,
+    TwoSourceOptimizer,
+    build_optimizer,
+    optimizer_info,
+    plain_variant,
+)
+from hco_cli.optim.sync import GradientSync
+from hco_cli.runs import checkpoint as ckpt
+from hco_cli.runs.files import BestScore, ResumeMeta, RunInfo
+from hco_cli.runs.folder import (
     copy_plan,
     prepare_run_dir,
     write_config,
     write_run_info,
 )
+from hco_cli.runs.layout import RunFolder
+from hco_cli.ssl.base import Phase, StepResult
+from hco_cli.training import distributed
+from hco_cli.training.events import ProgressCallback, ProgressEvent, RunResult
+from hco_cli.training.logging import MetricsWriter
 from hco_cli.training.run_guard import (
     change_history,
     check_resumable,
@@ -44,7 +53,6 @@ from hco_cli.training.run_guard import (
 from hco_cli.training.setup import (
     RunSetup,
     build_setup,
-    check_config,
     resolve_device,
     resolve_run_dir,
     seed_everything,
@@ -54,25 +62,16 @@ from hco_cli.training.tracking import check_available as check_sinks
 from hco_cli.training.trees import all_finite, cpu_tree
 
 
-def train(config: TrainConfig, *, progress: ProgressCallback | None = None,
-          force: bool = False, sinks: Sequence[Sink] = ()) -> RunResult:
-    """Train from scratch into ``config.run_dir`` (refused if non-empty unless ``force``).
+def run_local(config: TrainConfig, *, progress: ProgressCallback | None = None,
+              force: bool = False, sinks: Sequence[Sink] = ()) -> RunResult:
+    """Train ``config`` from scratch in this process: the only one, or one rank of a group.
 
-    With ``distributed.processes`` > 1 the run is data-parallel: it spawns that many worker
-    processes (:mod:`hco_cli.training.launch`), or, under torchrun, is one of them. ``sinks``
-    receive rank 0's records besides those ``config.tracking`` names (picklable with
-    processes > 1).
+    :func:`hco_cli.training.entry.train` calls it when no workers need launching; each launched
+    worker (:mod:`hco_cli.training.launch`) and each torchrun process calls it directly.
     """
-    check_sinks(config.tracking.sinks)
-    d = config.distributed
-    distributed.check_devices(d.processes, device=config.device, sync_batchnorm=d.sync_batchnorm)
-    config = resolve_run_dir(config)
-    assert config.run_dir is not None
+    config = checked_config(config)
+    assert config.run_dir is not None  # checked_config fills it in
     with run_session(config.run_dir, main=distributed.environment_rank() == 0):
-        if distributed.needs_launch(d.processes):
-            check_config(config)
-            prepare_run_dir(config.run_dir, force=force)  # before spawning: errors come at once
-            return launch(config, processes=d.processes, progress=progress, sinks=sinks)
         ctx = distributed.join(resolve_device(config.device))
         setup = build_setup(distributed.with_processes(config, ctx), ctx=ctx)
         if ctx.is_main:
@@ -83,6 +82,14 @@ def train(config: TrainConfig, *, progress: ProgressCallback | None = None,
         return _run(setup, progress=progress, state=None, sinks=sinks)
 
 
+def checked_config(config: TrainConfig) -> TrainConfig:
+    """``config`` with its run folder filled in, once its sinks and devices are checked."""
+    check_sinks(config.tracking.sinks)
+    d = config.distributed
+    distributed.check_devices(d.processes, device=config.device, sync_batchnorm=d.sync_batchnorm)
+    return resolve_run_dir(config)
+
+
 def _run(setup: RunSetup, *, progress: ProgressCallback | None,
          state: dict[str, Any] | None, sinks: Sequence[Sink]) -> RunResult:
     result = _Trainer(setup, progress=progress, state=state, sinks=sinks).run()
@@ -90,46 +97,70 @@ def _run(setup: RunSetup, *, progress: ProgressCallback | None,
     return result
 
 
-def resume(run_dir: Path, *, progress: ProgressCallback | None = None,
-           processes: int | None = None, accept_config_changes: bool = False,
-           sinks: Sequence[Sink] = ()) -> RunResult:
-    """Continue the run in ``run_dir`` from its ``last.pt`` exactly where it stopped.
+@dataclass(frozen=True)
+class ResumePoint:
+    """A run's ``last.pt`` read back, with the configuration it continues under."""
+
+    state: dict[str, Any]  # the tensors (weights, optimizer and RNG states) and the config
+    meta: ResumeMeta  # where it stopped, validated
+    config: TrainConfig
+    changes: dict[str, list[Any]]
+
+    @property
+    def processes(self) -> int:
+        return self.meta.processes
+
+
+def read_resume_point(run_dir: Path, *, processes: int | None = None,
+                      accept_config_changes: bool = False) -> ResumePoint:
+    """Check that ``run_dir`` can continue and read where it stopped.
 
     It resumes with as many processes as it was saved with (``processes``, if given, must
-    match); a data-parallel run spawns its workers again. An edited ``config.yaml`` is refused
-    unless ``accept_config_changes`` (:func:`~hco_cli.training.run_guard.resume_config`).
+    match). An edited ``config.yaml`` is refused unless ``accept_config_changes``
+    (:func:`~hco_cli.training.run_guard.resume_config`).
     """
+    check_resumable(run_dir)
+    last = RunFolder(run_dir).checkpoint("last")
+    state = ckpt.load_checkpoint(last)
+    meta = ResumeMeta.of(state, source=str(last))
+    if meta.finished:
+        raise CheckpointError(f"run {run_dir} already finished; nothing to resume")
+    config, changes = resume_config(run_dir, state["config"], accept=accept_config_changes)
+    check_sinks(config.tracking.sinks)
+    count = meta.processes
+    distributed.check_resume_processes(count, requested=processes)
+    distributed.check_devices(count, device=config.device,
+                              sync_batchnorm=config.distributed.sync_batchnorm)
+    return ResumePoint(state=state, meta=meta, config=config, changes=changes)
+
+
+def continue_local(run_dir: Path, point: ResumePoint, *, progress: ProgressCallback | None = None,
+                   sinks: Sequence[Sink] = ()) -> RunResult:
+    """Continue ``point`` in this process (the caller holds the run session)."""
+    ctx = distributed.join(resolve_device(point.config.device))
+    setup = build_setup(point.config, resuming=True, ctx=ctx)
+    setup.config_changes = change_history(run_dir, point.changes, point.meta.global_iter)
+    return _run(setup, progress=progress, state=point.state, sinks=sinks)
+
+
+def resume_local(run_dir: Path, *, progress: ProgressCallback | None = None,
+                 accept_config_changes: bool = False, sinks: Sequence[Sink] = ()) -> RunResult:
+    """Continue the run in ``run_dir`` in this process: a launched or torchrun worker."""
     run_dir = Path(run_dir)
     with run_session(run_dir, main=distributed.environment_rank() == 0):
-        check_resumable(run_dir)
-        state = ckpt.load_checkpoint(checkpoint_path(run_dir, "last"))
-        if state.get("finished"):
-            raise CheckpointError(f"run {run_dir} already finished; nothing to resume")
-        config, changes = resume_config(run_dir, state["config"], accept=accept_config_changes)
-        check_sinks(config.tracking.sinks)
-        count = int(state.get("processes", 1))
-        distributed.check_resume_processes(count, requested=processes)
-        distributed.check_devices(count, device=config.device,
-                                  sync_batchnorm=config.distributed.sync_batchnorm)
-        if distributed.needs_launch(count):
-            return launch(resume_dir=run_dir, processes=count, progress=progress,
-                          accept_config_changes=accept_config_changes, sinks=sinks)
-        ctx = distributed.join(resolve_device(config.device))
-        setup = build_setup(config, resuming=True, ctx=ctx)
-        setup.config_changes = change_history(run_dir, changes, int(state["global_iter"]))
-        return _run(setup, progress=progress, state=state, sinks=sinks)
+        point = read_resume_point(run_dir, accept_config_changes=accept_config_changes)
+        return continue_local(run_dir, point, progress=progress, sinks=sinks)
 
 
-def _mean_diagnostics(optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, Tensor] | None:
+def _mean_diagnostics(optimizers: dict[str, TwoSourceOptimizer]) -> dict[str, Tensor] | None:
     """The diagnosed step's values, averaged over the optimizers that report them."""
-    taken = [d for d in (getattr(o, "take_diagnostics", lambda: None)()
-                         for o in optimizers.values()) if d]
+    taken = [d for d in (o.take_diagnostics() for o in optimizers.values()) if d]
     if not taken:
         return None
     return {k: torch.stack([d[k] for d in taken]).mean() for k in DIAGNOSTIC_KEYS}
 
 
-def _set_lr(optimizers: dict[str, torch.optim.Optimizer], lr: float) -> None:
+def _set_lr(optimizers: dict[str, TwoSourceOptimizer], lr: float) -> None:
     for opt in optimizers.values():
         for group in opt.param_groups:
             group["lr"] = lr
@@ -145,14 +176,18 @@ class _Trainer:
         self.ctx = setup.ctx
         self.progress = progress or (lambda event: None)
         self.state = state
+        # The validated metadata of the resumed last.pt (None for a new run).
+        self.meta = ResumeMeta.of(state, source="last.pt") if state is not None else None
         # Rank 0 alone writes, to metrics.jsonl and to every sink through it.
         self.tracker = Tracker([*build_sinks(self.cfg.tracking), *sinks] if self.ctx.is_main
                                else [], warn=self._warn)
-        self.metrics = MetricsWriter(setup.run_dir / "metrics.jsonl", fanout=self.tracker.write)
+        self.metrics = MetricsWriter(RunFolder(setup.run_dir).metrics, fanout=self.tracker.write)
         self.pending: list[tuple[dict[str, Any], StepResult]] = []
-        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.optimizers: dict[str, TwoSourceOptimizer] = {}
+        # Data parallelism: one gradient synchronisation per optimizer, closed with its phase.
+        self.syncs: list[GradientSync] = []
         self.lr = self.cfg.optimizer.base_lr
-        self.elapsed = float(state["elapsed"]) if state else 0.0
+        self.elapsed = self.meta.elapsed if self.meta else 0.0
         # Optimizer state handed to the next phase (Phase.carry_optimizer): from the previous
         # phase's best (or last) step, from a resumed checkpoint, or from --init-from.
         self.carried: dict[str, Any] | None = (
@@ -169,7 +204,7 @@ class _Trainer:
     def run(self) -> RunResult:
         """Train every phase; the sinks are told how the run ended, however it ends."""
         self._announce()
-        resumed_at = int(self.state["global_iter"]) if self.state is not None else None
+        resumed_at = self.meta.global_iter if self.meta is not None else None
         self.tracker.open(TrackingStart(run_dir=self.s.run_dir, resumed_at=resumed_at,
                                         config=self.cfg.model_dump(mode="json"),
                                         info=self.s.summary()))
@@ -181,18 +216,19 @@ class _Trainer:
             status = "killed"
             raise
         finally:
+            self._close_syncs()
             self.tracker.close(status)
         return result
 
     def _run_phases(self) -> RunResult:
-        if self.state is not None:
+        if self.meta is not None:
             if self.ctx.is_main:
-                self.metrics.truncate_after(int(self.state["global_iter"]))
-            self.run_best = dict(self.state["run_best"])
+                self.metrics.truncate_after(self.meta.global_iter)
+            self.run_best = self.meta.run_best.model_dump()
         else:
             self._write_info()
         phases = self.s.phases
-        start = int(self.state["phase_index"]) if self.state else 0
+        start = self.meta.phase_index if self.meta else 0
         for index in range(start, len(phases)):
             phase = phases[index]
             offset = sum(p.iterations for p in phases[:index])
@@ -231,9 +267,9 @@ class _Trainer:
 
     def _begin_phase(self, index: int, phase: Phase) -> int:
         """Start ``phase`` (or restore it from the resume state); return the first iteration."""
-        fw, state = self.s.framework, self.state
-        resuming = state is not None and int(state["phase_index"]) == index
-        local = int(state["local_iter"]) if resuming and state is not None else 0
+        fw, state, meta = self.s.framework, self.state, self.meta
+        resuming = state is not None and meta is not None and meta.phase_index == index
+        local = meta.local_iter if resuming and meta is not None else 0
         if resuming and local == 0 and state is not None:
             self._restore(state, optimizers=False)  # saved before start_phase ran
         # Every rank starts the phase from rank 0's weights (its restored best, say).
@@ -252,7 +288,7 @@ class _Trainer:
         self.state = None
         return local
 
-    def _build_optimizers(self, phase: Phase) -> dict[str, torch.optim.Optimizer]:
+    def _build_optimizers(self, phase: Phase) -> dict[str, TwoSourceOptimizer]:
         name = self.cfg.optimizer.name
         hp = self.cfg.optimizer.hyperparameters()
         if phase.plain_optimizer:
@@ -262,12 +298,21 @@ class _Trainer:
             name = plain_variant(name)
             accepted = set(optimizer_info(name).hyperparameters) - {"fused"}
             hp = {k: v for k, v in hp.items() if k in accepted}
-        optimizers: dict[str, torch.optim.Optimizer] = {}
+        self._close_syncs()
+        optimizers: dict[str, TwoSourceOptimizer] = {}
         for key, module in self.s.framework.trainable().items():
             optimizers[key] = opt = build_optimizer(name, module.parameters(), **hp)
             # Data parallelism: g_L and g_U are averaged over the processes apart.
-            opt.gradient_reducer = self.ctx.reducer(bucket_mb=self.cfg.distributed.bucket_mb)
+            reducer = self.ctx.reducer(bucket_mb=self.cfg.distributed.bucket_mb)
+            if reducer is not None:
+                self.syncs.append(GradientSync(opt, reducer))
         return optimizers
+
+    def _close_syncs(self) -> None:
+        """Remove the backward hooks of the phase's gradient synchronisation."""
+        for sync in self.syncs:
+            sync.close()
+        self.syncs = []
 
     # --------------------------------------------------------------------------- one step
     def _step(self, phase: Phase, i: int, offset: int) -> None:
@@ -278,7 +323,7 @@ class _Trainer:
         diagnose = every > 0 and (offset + i + 1) % every == 0
         if diagnose:
             for opt in self.optimizers.values():
-                opt.diagnose = True  # type: ignore[attr-defined]
+                opt.diagnose = True
         # bf16 needs no gradient scaling; the framework's backward passes run inside autocast
         # and use the dtypes autocast chose for the forward ops.
         with torch.autocast(self.s.device.type, dtype=torch.bfloat16, enabled=self.s.amp):
@@ -342,7 +387,7 @@ class _Trainer:
             "loss_l": last["loss_l"], "loss_u": last["loss_u"], "lr": last["lr"]}))
 
     def _diverged(self, what: str) -> None:
-        last = checkpoint_path(self.s.run_dir, "last")
+        last = RunFolder(self.s.run_dir).checkpoint("last")
         kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint yet"
         self._write_info()
         raise TrainingDivergedError(f"training diverged: {what}; {kept}")
@@ -404,7 +449,7 @@ class _Trainer:
             self.phase_best["optimizers"] = self._optimizer_snapshot()
         self.run_best = {"score": score, "iter": iteration}
         if self.ctx.is_main:
-            ckpt.save_checkpoint(checkpoint_path(self.s.run_dir, "best"), {
+            ckpt.save_checkpoint(RunFolder(self.s.run_dir).checkpoint("best"), {
                 **self._model_payload(self.phase_best["state"]), "kind": "best",
                 "iter": iteration, "phase": phase.name, "score": score,
                 "split": self.cfg.validation.select_on})
@@ -414,7 +459,7 @@ class _Trainer:
         self.also_best[split] = {"score": score, "iter": iteration}
         if self.ctx.is_main:
             state = self.s.framework.eval_model().state_dict()
-            ckpt.save_checkpoint(checkpoint_path(self.s.run_dir, f"best-{split}"), {
+            ckpt.save_checkpoint(RunFolder(self.s.run_dir).checkpoint(f"best-{split}"), {
                 **self._model_payload(cpu_tree(state)), "kind": f"best-{split}",
                 "iter": iteration, "phase": phase.name, "score": score, "split": split})
 
@@ -429,12 +474,13 @@ class _Trainer:
         if self.keep_best_optimizers:
             best = self.phase_best.get("optimizers") if restored else None
             self.carried = best if best is not None else self._optimizer_snapshot()
-        if phase.name == "pretrain" and self.ctx.is_main:
+        if phase.produces_shareable_checkpoint and self.ctx.is_main:
             state = cpu_tree(self.s.framework.eval_model().state_dict())
             extra = {"optimizers": self.carried} if self.carried is not None else {}
-            ckpt.save_checkpoint(checkpoint_path(self.s.run_dir, "pretrain"), {
+            ckpt.save_checkpoint(RunFolder(self.s.run_dir).checkpoint("pretrain"), {
                 **self._model_payload(state), "kind": "pretrain", "iter": end, **extra})
         if index + 1 < len(self.s.phases):
+            self._close_syncs()
             self.optimizers = {}  # the next phase builds fresh optimizers
             self._checkpoint(index + 1, 0, end)
 
@@ -455,7 +501,7 @@ class _Trainer:
             self._diverged(f"non-finite weights at iteration {iteration}")
         mine = {"sampler": self.s.sampler.state_dict(), "rng": ckpt.rng_state(),
                 "framework_rng": fw_state.get("rng")}
-        extra: dict[str, Any] = {"processes": self.ctx.world_size}
+        extra: dict[str, Any] = {}
         if self.ctx.active:
             replicas = self.ctx.gather_objects(
                 {**mine, "fingerprint": distributed.fingerprint(self._networks())})
@@ -465,15 +511,17 @@ class _Trainer:
             return
         payload = {
             **self._model_payload(self.s.framework.eval_model().state_dict()),
-            "kind": "last", "phase_index": phase_index, "local_iter": local,
-            "global_iter": iteration, "framework": fw_state,
+            **ResumeMeta(phase_index=phase_index, local_iter=local, global_iter=iteration,
+                         lr=self.lr, elapsed=self._wall(), finished=self.finished,
+                         processes=self.ctx.world_size,
+                         run_best=BestScore(**self.run_best),
+                         also_best={k: BestScore(**v) for k, v in self.also_best.items()}
+                         ).payload(),
+            "framework": fw_state,
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
-            "carried": self.carried, "lr": self.lr, "rng": mine["rng"],
-            "sampler": mine["sampler"], "phase_best": self.phase_best,
-            "run_best": self.run_best, "also_best": self.also_best,
-            "elapsed": self._wall(), "finished": self.finished,
-            **extra}
-        ckpt.save_checkpoint(checkpoint_path(self.s.run_dir, "last"), payload)
+            "carried": self.carried, "rng": mine["rng"], "sampler": mine["sampler"],
+            "phase_best": self.phase_best, **extra}
+        ckpt.save_checkpoint(RunFolder(self.s.run_dir).checkpoint("last"), payload)
         self._write_info()
 
     def _networks(self) -> list[torch.nn.Module]:
@@ -492,23 +540,24 @@ class _Trainer:
                 opt.load_state_dict(state["optimizers"][key])
         self.s.sampler.load_state_dict(mine["sampler"])
         ckpt.set_rng_state(mine["rng"])
-        self.lr = float(state["lr"])
+        assert self.meta is not None  # only a resumed run restores
+        self.lr = self.meta.lr
         self.phase_best = dict(state["phase_best"])
-        self.also_best = {k: dict(v) for k, v in state.get("also_best", {}).items()}
+        self.also_best = {k: v.model_dump() for k, v in self.meta.also_best.items()}
 
     def _wall(self) -> float:
         return self.elapsed + time.perf_counter() - self.started
 
     def _write_info(self) -> dict[str, Any]:
-        info = {**self.s.run_info(), "finished": self.finished,
-                "wall_seconds": round(self._wall(), 3), "hco_version": __version__,
-                "best": dict(self.run_best),
-                **({"also_best": {k: dict(v) for k, v in self.also_best.items()}}
-                   if self.also_best else {})}
+        info = RunInfo(**self.s.run_info(), finished=self.finished,
+                       wall_seconds=round(self._wall(), 3), hco_version=__version__,
+                       best=BestScore(**self.run_best),
+                       also_best={k: BestScore(**v) for k, v in self.also_best.items()} or None)
         if self.ctx.is_main:
             write_run_info(self.s.run_dir, info)
-        return info
+        return info.to_json()
 
 
-__all__ = ["Batch", "ProgressCallback", "ProgressEvent", "RunResult", "resume", "seed_everything",
-           "train"]
+__all__ = ["Batch", "ProgressCallback", "ProgressEvent", "ResumePoint", "RunResult",
+           "checked_config", "continue_local", "read_resume_point", "resume_local", "run_local",
+           "seed_everything"]

@@ -18,12 +18,12 @@ from hco_cli.config import TrainConfig, validate_config
 from hco_cli.errors import CheckpointError, ConfigError, Interrupted
 from hco_cli.locks import hold
 from hco_cli.outputs import remove_stale_in
-from hco_cli.training.run_dir import (
-    checkpoint_path,
+from hco_cli.runs.folder import (
     config_hash,
     read_config_data,
     read_run_info,
 )
+from hco_cli.runs.layout import RunFolder
 
 # Keys a run cannot change half-way: they define its networks, data streams or identity.
 FIXED_KEYS = ("model", "framework.name", "optimizer.name", "data.path", "data.fold",
@@ -39,7 +39,7 @@ def run_session(run_dir: Path, *, main: bool = True) -> Iterator[None]:
     run_dir = Path(run_dir)
     with hold(run_dir, enabled=main):
         if main:
-            for folder in (run_dir, run_dir / "checkpoints"):
+            for folder in (run_dir, RunFolder(run_dir).checkpoints):
                 remove_stale_in(folder)
         try:
             yield
@@ -53,7 +53,7 @@ def run_session(run_dir: Path, *, main: bool = True) -> Iterator[None]:
 
 def interrupted_message(run_dir: Path) -> str:
     """What Ctrl-C left: a resumable run, or nothing to resume."""
-    if checkpoint_path(run_dir, "last").is_file():
+    if RunFolder(run_dir).checkpoint("last").is_file():
         return (f"interrupted; continue from the last checkpoint with: "
                 f"hco train --resume {run_dir}")
     return (f"interrupted before the first checkpoint of {run_dir}, so there is nothing to "
@@ -66,10 +66,10 @@ def check_resumable(run_dir: Path) -> None:
     if not run_dir.exists():
         raise CheckpointError(f"run folder {run_dir} does not exist; start a run there with "
                               f"hco train --run-dir {run_dir}")
-    if not (run_dir / "config.yaml").is_file():
+    if not RunFolder(run_dir).config.is_file():
         raise CheckpointError(f"{run_dir} is not a run folder (no config.yaml, no "
                               "checkpoints/last.pt)")
-    if not checkpoint_path(run_dir, "last").is_file():
+    if not RunFolder(run_dir).checkpoint("last").is_file():
         raise CheckpointError(
             f"run {run_dir} has no checkpoints/last.pt: it stopped before its first checkpoint "
             "and holds nothing to resume; the hco train command that started it starts it "
@@ -113,11 +113,11 @@ def resume_config(run_dir: Path, saved: dict[str, Any], *,
     a copied or moved run writes where it is.
     """
     run_dir = Path(run_dir)
-    source = str(checkpoint_path(run_dir, "last"))
+    source = str(RunFolder(run_dir).checkpoint("last"))
     # A run continues where its folder is now (copied or moved), not where it was started.
     here = {"run_dir": str(run_dir)}
     stored = validate_config({**saved, **here}, source=source)
-    yaml_path = run_dir / "config.yaml"
+    yaml_path = RunFolder(run_dir).config
     edited = validate_config({**read_config_data(run_dir), **here}, source=str(yaml_path))
     before, after = stored.model_dump(mode="json"), edited.model_dump(mode="json")
     if config_hash(before) == config_hash(after):
@@ -140,7 +140,7 @@ def change_history(run_dir: Path, changes: dict[str, list[Any]],
                    iteration: int) -> list[dict[str, Any]]:
     """run.json's ``config_changes`` with this resume's accepted changes appended."""
     try:
-        history = list(read_run_info(run_dir).get("config_changes") or [])
+        history = list(read_run_info(run_dir).config_changes or [])
     except CheckpointError:
         history = []
     if changes:

@@ -18,14 +18,16 @@ import torch
 from torch import nn
 
 from hco_cli.config import TrainConfig, validate_config
+from hco_cli.data.batch import Batch
 from hco_cli.data.dataset import PreparedDataset
 from hco_cli.data.sampling import PatchSampler
 from hco_cli.errors import ConfigError
-from hco_cli.models import build_model, compile_forward
-from hco_cli.ssl.base import Batch, Framework, Phase
+from hco_cli.data.batch import Batch
+from hco_cli.models.vnet import build_model, compile_forward
+from hco_cli.runs import checkpoint as ckpt
+from hco_cli.ssl.base import Framework, Phase
 from hco_cli.ssl.common import default_seed
 from hco_cli.ssl.registry import build_framework
-from hco_cli.training import checkpoint as ckpt
 from hco_cli.training.checks import check_against_dataset
 from hco_cli.training.distributed import SINGLE_PROCESS, DistributedContext
 from hco_cli.training.validation import Validator
@@ -283,7 +285,8 @@ def _init_from(config: TrainConfig, framework: Framework, phases: list[Phase],
     """
     if config.init_from is None:
         return set(), None
-    if not any(p.name == "pretrain" for p in phases):
+    shared = {p.name for p in phases if p.produces_shareable_checkpoint}
+    if not shared:
         raise ConfigError(f"--init-from needs a framework with a pretrain phase; "
                           f"{config.framework.name} has {[p.name for p in phases]}")
     if load:
@@ -299,8 +302,8 @@ def _init_from(config: TrainConfig, framework: Framework, phases: list[Phase],
             if "optimizers" not in data:
                 raise ConfigError(f"--init-from {config.init_from}: its pretrain.pt holds no "
                                   "optimizer state, which this run's self-training restores")
-            return {"pretrain"}, data["optimizers"]
-    return {"pretrain"}, None
+            return shared, data["optimizers"]
+    return shared, None
 
 
 def _validation(config: TrainConfig, dataset: PreparedDataset, splits: dict[str, list[str]],

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 import typer
 from typer.testing import CliRunner
 
 from hco_cli import __version__
+from hco_cli.cli import evaluate as evaluate_cli
+from hco_cli.cli import plan as plan_cli
 from hco_cli.cli.app import app
 from hco_cli.cli.common import handle_errors
+from hco_cli.cli.train import PRESET_NAMES
 from hco_cli.errors import DataError
+from hco_cli.evaluation import metrics
+from hco_cli.planning import planner
+from hco_cli.training.presets import PRESETS
 
 runner = CliRunner()
 
@@ -39,3 +47,16 @@ def test_handle_errors_prints_one_line_and_exits_1() -> None:
     assert len(lines) == 1
     assert lines[0].startswith("error: case abc: label file missing")
     assert "Traceback" not in result.output
+
+
+def test_train_help_names_every_preset() -> None:
+    """`hco train --help` lists the presets without importing them (that would load torch)."""
+    assert tuple(PRESETS) == PRESET_NAMES
+
+
+def test_evaluate_empty_choices_match_metrics() -> None:
+    assert get_args(evaluate_cli.EmptyPolicy) == get_args(metrics.EmptyPolicy)
+
+
+def test_plan_help_names_every_preset() -> None:
+    assert tuple(planner.PRESETS) == plan_cli.PRESETS

@@ -10,7 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 from hco_cli.cli.app import app
-from tests.training.test_sweep import tiny_dataset, write_tiny_config
+from tests.workflows.test_sweep import tiny_dataset, write_tiny_config
 
 runner = CliRunner()
 

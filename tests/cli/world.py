@@ -24,8 +24,8 @@ from hco_cli.config import validate_config
 from hco_cli.data.prepare import prepare_synthetic
 from hco_cli.inference.predict import PredictOptions, predict
 from hco_cli.locks import lock_path
+from hco_cli.training.entry import train
 from hco_cli.training.events import ProgressEvent
-from hco_cli.training.loop import train
 
 SHAPE = (32, 32, 16)
 

@@ -26,7 +26,7 @@ from hco_cli.inference.predict import (
     predict_cases,
     reference_labels,
 )
-from hco_cli.training.loop import train
+from hco_cli.training.entry import train
 
 CPU = torch.device("cpu")
 VALUES = (0, 200, 500, 600)

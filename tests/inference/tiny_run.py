@@ -9,9 +9,10 @@ import torch
 
 from hco_cli.config import TrainConfig, validate_config
 from hco_cli.data.prepare import prepare_synthetic
-from hco_cli.models import build_model
-from hco_cli.training.checkpoint import save_checkpoint
-from hco_cli.training.run_dir import checkpoint_path, copy_plan, write_config
+from hco_cli.models.vnet import build_model
+from hco_cli.runs.checkpoint import save_checkpoint
+from hco_cli.runs.folder import copy_plan, write_config
+from hco_cli.runs.layout import RunFolder
 
 SHAPE = (16, 16, 16)
 PATCH = (16, 16, 16)
@@ -48,7 +49,7 @@ def tiny_run(root: Path, dataset: Path, *, classes: int = 2, seed: int = 0,
     write_config(run, config.model_dump(mode="json"))
     copy_plan(run, dataset, patch)
     for name in which:
-        save_checkpoint(checkpoint_path(run, name), {
+        save_checkpoint(RunFolder(run).checkpoint(name), {
             "model": model.state_dict(), "config": config.model_dump(mode="json"),
             "in_channels": 1, "num_classes": classes, "kind": name})
     return run, model

@@ -7,7 +7,8 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from hco_cli.models import ModelConfig, build_model
+from hco_cli.models import ModelConfig
+from hco_cli.models.vnet import build_model
 from tests.models.reference_vnet import VNet as ReferenceVNet
 
 

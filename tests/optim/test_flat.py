@@ -11,6 +11,7 @@ import torch
 from hco_cli.optim import OPTIMIZER_NAMES, HyperparameterError, build_optimizer
 from hco_cli.optim.flat import ALIGN, FlatLayout, flat_supported
 from hco_cli.optim.masks import MaskSpec, foreach_normalise_masks_
+from hco_cli.optim.sync import GradientSync
 
 # A channels-last 5-D weight, its bias, a 1-element tensor and a 2-D tensor.
 SHAPES = [(4, 3, 2, 3, 2), (4,), (1,), (7, 5)]
@@ -152,7 +153,7 @@ def test_step_uses_p_grad_and_the_reducer_sees_both_flat_sources() -> None:
     ref_params = _params()
     ref = build_optimizer("sgd-hco", ref_params, flat=True)
     opt = build_optimizer("sgd-hco", params, flat=True)
-    opt.gradient_reducer = double
+    GradientSync(opt, double)
     gl, gu = _grads(0, params)
     opt.step_two_source(gl, gu)
     ref.step_two_source([2 * g for g in gl], [2 * g for g in gu])
@@ -169,7 +170,7 @@ def test_foreach_path_reducer_gets_present_gradients_per_source() -> None:
     params = _params()
     seen: list[int] = []
     opt = build_optimizer("adamw-hco", params, foreach=True)
-    opt.gradient_reducer = lambda grads: seen.append(len(grads))
+    GradientSync(opt, lambda grads: seen.append(len(grads)))
     gl, gu = _grads(0, params, missing=True)
     opt.step_two_source(gl, gu)
     assert seen == [3, 3]

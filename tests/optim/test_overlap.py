@@ -9,6 +9,7 @@ from torch import nn
 from hco_cli.optim import build_optimizer
 from hco_cli.optim.flat import ALIGN, FlatLayout
 from hco_cli.optim.overlap import flat_buckets
+from hco_cli.optim.sync import GradientSync
 from hco_cli.ssl.base import two_source_step
 from hco_cli.training.distributed import BucketedAllReduce
 
@@ -36,8 +37,9 @@ def _step(*, reducer: BucketedAllReduce | None) -> list[torch.Tensor]:
     net = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2))
     params = list(net.parameters())
     opt = build_optimizer("sgd-hco", params, flat=True, lr=0.1, momentum=0.9)
-    opt.gradient_reducer = reducer
-    assert opt._overlap is None and not any(p._backward_hooks for p in params)
+    if reducer is not None:
+        assert GradientSync(opt, reducer).overlap is None
+    assert not any(p._backward_hooks for p in params)
     x = torch.randn(5, 4)
     two_source_step(opt, params, net(x).square().mean(), (net(x + 1) - 1).abs().mean())
     return [p.detach().clone() for p in params]

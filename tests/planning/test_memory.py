@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hco_cli.models import ModelConfig, build_model
+from hco_cli.models import ModelConfig
+from hco_cli.models.vnet import build_model
+from hco_cli.planning.measure import measure_saved_bytes
 from hco_cli.planning.memory import (
     NetworkShape,
     estimate_memory,
     graphs,
-    measure_saved_bytes,
     parameter_count,
     saved_elements,
 )

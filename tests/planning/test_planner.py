@@ -15,7 +15,8 @@ from hco_cli.data.dataset import PreparedDataset
 from hco_cli.data.fingerprint import FINGERPRINT_FILE, load_fingerprint, read_fingerprint
 from hco_cli.data.plan import NetworkPlan, read_plan
 from hco_cli.errors import ConfigError
-from hco_cli.models import DEFAULT_KERNELS, DEFAULT_STRIDES, ModelConfig, build_model
+from hco_cli.models import DEFAULT_KERNELS, DEFAULT_STRIDES, ModelConfig
+from hco_cli.models.vnet import build_model
 from hco_cli.planning.memory import GIB
 from hco_cli.planning.planner import PlanOptions, plan_dataset, save_network_plan
 from tests.planning import anisotropic

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from hco_cli.errors import DataError
-from hco_cli.models.vnet import DEFAULT_KERNELS, DEFAULT_STRIDES
+from hco_cli.models.layout import DEFAULT_KERNELS, DEFAULT_STRIDES
 from hco_cli.planning import rules
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 from torch import Tensor, nn
 
-from hco_cli.models import ModelConfig, build_model
-from hco_cli.ssl.base import Batch
+from hco_cli.data.batch import Batch
+from hco_cli.models import ModelConfig
+from hco_cli.models.vnet import build_model
 
 SHAPE = (32, 32, 16)  # divisible by 16 (V-Net) and by 8 (UMIX blocks)
 
@@ -48,12 +50,21 @@ def tiny_factory(*, dropout: bool = False, dtype: torch.dtype = torch.float32,
 
 
 class Recorder(torch.optim.Optimizer):
-    """Records g_L and g_U of each step and leaves the parameters unchanged (a test double)."""
+    """Records g_L and g_U of each step and leaves the parameters unchanged (a test double of
+    the :class:`~hco_cli.optim.protocol.TwoSource` contract)."""
 
     def __init__(self, params: Sequence[Tensor] | object, *, hierarchical: bool = True) -> None:
         super().__init__(params, {})  # type: ignore[arg-type]
         self.hierarchical = hierarchical
+        self.diagnose = False
+        self.last_alignment_tensor: Tensor | None = None
         self.calls: list[tuple[list[Tensor | None], list[Tensor | None]]] = []
+
+    def collecting(self, source: int) -> AbstractContextManager[None]:
+        return nullcontext()
+
+    def take_diagnostics(self) -> dict[str, Tensor] | None:
+        return None
 
     def step_two_source(self, grads_l: Sequence[Tensor | None],
                         grads_u: Sequence[Tensor | None]) -> None:
@@ -62,7 +73,7 @@ class Recorder(torch.optim.Optimizer):
 
 def reference_dice(logits: Tensor, target: Tensor) -> Tensor:
     """UCMT ``DSCLoss`` Dice (weight 1): per sample and class (p.sum + t.sum), batch mean, class
-    mean; written independently of :func:`hco_cli.training.losses.soft_dice_loss`."""
+    mean; written independently of :func:`hco_cli.ssl.losses.soft_dice_loss`."""
     n, c = logits.shape[:2]
     p = torch.softmax(logits, dim=1).reshape(n, c, -1)
     t = torch.nn.functional.one_hot(target.reshape(n, -1), c).permute(0, 2, 1).to(p.dtype)

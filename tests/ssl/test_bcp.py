@@ -10,8 +10,9 @@ from pydantic import ValidationError
 from scipy import ndimage
 from torch import Tensor
 
+from hco_cli.data.batch import Batch
 from hco_cli.errors import ConfigError
-from hco_cli.ssl.base import Batch, Phase
+from hco_cli.ssl.base import Phase
 from hco_cli.ssl.bcp import BCPFramework, cube_size, random_cube_mask, teacher_batches
 from hco_cli.ssl.common import FrameworkRng
 from hco_cli.ssl.config import BCPConfig
@@ -226,7 +227,8 @@ def test_pretrain_mixes_labeled_halves() -> None:
 
 def test_multiclass_pseudo_labels_keep_one_component_per_class() -> None:
     torch.manual_seed(0)
-    from hco_cli.models import ModelConfig, build_model
+    from hco_cli.models import ModelConfig
+    from hco_cli.models.vnet import build_model
     cfg = ModelConfig(n_filters=4, dropout=False)
     fw = BCPFramework(BCPConfig(), model_factory=lambda: build_model(cfg, in_channels=1,
                       num_classes=3), num_classes=3, device=CPU, seed=0)

@@ -8,13 +8,13 @@ import pytest
 import torch
 from torch import Tensor
 
+from hco_cli.data.batch import Batch
 from hco_cli.errors import ConfigError
-from hco_cli.ssl.base import Batch
 from hco_cli.ssl.cmt import CMTFramework, cmt_losses
 from hco_cli.ssl.common import FrameworkRng
 from hco_cli.ssl.config import CMTConfig
+from hco_cli.ssl.ramps import sigmoid_rampup
 from hco_cli.ssl.umix import strong_view
-from hco_cli.training.ramps import sigmoid_rampup
 from tests.ssl.helpers import Recorder, reference_dice, synthetic_batch, tiny_factory
 
 CPU = torch.device("cpu")

@@ -6,7 +6,8 @@ import pytest
 import torch
 from pydantic import TypeAdapter, ValidationError
 
-from hco_cli.ssl import FRAMEWORK_NAMES, Batch, build_framework
+from hco_cli.data.batch import Batch
+from hco_cli.ssl import FRAMEWORK_NAMES, build_framework
 from hco_cli.ssl.bcp import BCPFramework
 from hco_cli.ssl.cmt import CMTFramework
 from hco_cli.ssl.config import BCPConfig, CMTConfig, FrameworkConfig, MeanTeacherConfig

@@ -18,19 +18,20 @@ from hco_cli.cli.app import app
 from hco_cli.config import TrainConfig, validate_config
 from hco_cli.data.prepare import prepare_synthetic
 from hco_cli.errors import CheckpointError, HcoError
-from hco_cli.models import build_model
+from hco_cli.models.vnet import build_model
 from hco_cli.optim import build_optimizer
+from hco_cli.optim.sync import GradientSync
+from hco_cli.runs.checkpoint import load_checkpoint
 from hco_cli.ssl.base import two_source_step
-from hco_cli.training.checkpoint import load_checkpoint
 from hco_cli.training.distributed import (
     BucketedAllReduce,
     check_replicas,
     fingerprint,
 )
+from hco_cli.training.entry import resume, train
 from hco_cli.training.events import ProgressEvent
 from hco_cli.training.launch import launch
 from hco_cli.training.logging import read_metrics
-from hco_cli.training.loop import resume, train
 from hco_cli.training.presets import preset
 
 runner = CliRunner()
@@ -85,7 +86,7 @@ def _check_hco_step_averages_each_source(rank: int, world: int) -> None:
     hp = {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4}
     net = model()
     opt = build_optimizer("sgd-hco", net.parameters(), **hp)
-    opt.gradient_reducer = BucketedAllReduce(world)
+    GradientSync(opt, BucketedAllReduce(world))
     loss_l, loss_u = losses(net, rank)
     two_source_step(opt, list(net.parameters()), loss_l, loss_u)
 
@@ -153,7 +154,7 @@ def _data(rank: int) -> tuple[Tensor, Tensor]:
 def _flat_opt(name: str, params: list[nn.Parameter], world: int | None) -> Any:
     opt = build_optimizer(name, params, flat=True, **HP)
     if world is not None:
-        opt.gradient_reducer = BucketedAllReduce(world, bucket_mb=TINY_BUCKET_MB)
+        GradientSync(opt, BucketedAllReduce(world, bucket_mb=TINY_BUCKET_MB))
     return opt
 
 
@@ -172,9 +173,9 @@ def _check_overlapped_step_equals_mean_step(name: str, rank: int, world: int) ->
     two_source_step(opt, params, net(x_l).square().mean(), (net(x_u) - 1).abs().mean())
     # buckets left during the backward pass: g_L and g_U apart for hco, one combined g for sgd
     sources = {"sgd-hco": [0, 1], "sgd": [0]}[name]
-    assert sorted(opt._overlap.last_overlap) == sources
-    assert all(early == total == opt._overlap.buckets >= 3
-               for early, total in opt._overlap.last_overlap.values())
+    assert sorted(opt.sync.overlap.last_overlap) == sources
+    assert all(early == total == opt.sync.overlap.buckets >= 3
+               for early, total in opt.sync.overlap.last_overlap.values())
 
     ref = _net()
     ref_params = list(ref.parameters())
@@ -203,7 +204,8 @@ def _check_backward_and_step(rank: int, world: int) -> None:
     with opt.collecting(source=0):
         net(_data(rank)[0]).square().mean().backward()
     opt.step()
-    assert opt._overlap.last_overlap == {0: (opt._overlap.buckets, opt._overlap.buckets)}
+    overlap = opt.sync.overlap
+    assert overlap.last_overlap == {0: (overlap.buckets, overlap.buckets)}
     ref = _net()
     ref_params = list(ref.parameters())
     mean = _mean_grads(lambda r: ref(_data(r)[0]).square().mean(), ref_params, world)
@@ -238,8 +240,8 @@ def _check_parameter_without_gradient(rank: int, world: int) -> None:
     ref_opt = _flat_opt("sgd-hco", ref_params, None)
     for with_head in (True, False):
         two_source_step(opt, params, *losses(rank, with_head))
-        early_l, total_l = opt._overlap.last_overlap[0]
-        early_u, total_u = opt._overlap.last_overlap[1]
+        early_l, total_l = opt.sync.overlap.last_overlap[0]
+        early_u, total_u = opt.sync.overlap.last_overlap[1]
         # the first bucket (the unused parameter) waits for the step; g_U lacks the head
         assert early_l == total_l - (1 if with_head else 2) and early_u == total_u - 2
         grads_l = _mean_grads(lambda r, h=with_head: ref_losses(r, h)[0], ref_params, world)
@@ -271,10 +273,10 @@ def _check_collection_errors(world: int) -> None:
         torch.autograd.grad(out.sum(), params)
     with pytest.raises(ValueError, match="source must be 0"):
         opt.collecting(source=2)
-    opt.gradient_reducer = None  # hooks removed: back to the plain flat optimizer
-    assert not any(p._backward_hooks for p in params)
+    opt.sync.close()  # hooks removed: back to the plain flat optimizer
+    assert opt.sync is None and not any(p._backward_hooks for p in params)
     single = _flat_opt("sgd-hco", params, 1)  # one process: no hooks
-    assert single._overlap is None and not any(p._backward_hooks for p in params)
+    assert single.sync.overlap is None and not any(p._backward_hooks for p in params)
 
 
 def test_overlapped_reduce_equals_the_step_on_averaged_gradients(tmp_path: Path) -> None:

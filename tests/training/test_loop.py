@@ -12,15 +12,17 @@ import torch
 from torch import nn
 
 from hco_cli.config import TrainConfig, validate_config
+from hco_cli.data.batch import Batch
 from hco_cli.data.prepare import prepare_synthetic
 from hco_cli.errors import CheckpointError, ConfigError, OutputError, TrainingDivergedError
-from hco_cli.ssl.base import Batch, Framework, Phase, StepResult, two_source_step
+from hco_cli.runs.checkpoint import load_checkpoint
+from hco_cli.runs.folder import RUN_INFO_KEYS
+from hco_cli.ssl.base import Framework, Phase, StepResult, two_source_step
 from hco_cli.training import setup as run_setup
-from hco_cli.training.checkpoint import load_checkpoint
+from hco_cli.training.entry import resume, train
+from hco_cli.training.events import ProgressEvent
 from hco_cli.training.logging import read_metrics
-from hco_cli.training.loop import ProgressEvent, resume, train
 from hco_cli.training.presets import preset
-from hco_cli.training.run_dir import RUN_INFO_KEYS
 
 
 @pytest.fixture(scope="module")

@@ -17,10 +17,10 @@ from hco_cli.cli.common import handle_errors
 from hco_cli.config import validate_config
 from hco_cli.data.prepare import prepare_synthetic
 from hco_cli.errors import CheckpointError, ConfigError, Interrupted
-from hco_cli.training.checkpoint import load_checkpoint
+from hco_cli.runs.checkpoint import load_checkpoint
+from hco_cli.runs.folder import config_hash
+from hco_cli.training.entry import resume, train
 from hco_cli.training.events import ProgressEvent
-from hco_cli.training.loop import resume, train
-from hco_cli.training.run_dir import config_hash
 from hco_cli.training.run_guard import config_changes, flatten
 from tests.cli.world import Stop, tiny_raw
 

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from hco_cli.training.checkpoint import load_checkpoint
+from hco_cli.runs.checkpoint import load_checkpoint
 from hco_cli.training.distributed import SAME_STREAMS_ENV
+from hco_cli.training.entry import train
 from hco_cli.training.logging import read_metrics
-from hco_cli.training.loop import train
 from tests.training.test_distributed import _networks, synthetic, tiny_config  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]

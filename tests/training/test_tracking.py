@@ -18,8 +18,9 @@ from hco_cli.data.prepare import prepare_synthetic
 from hco_cli.errors import ConfigError, MissingExtraError
 from hco_cli.optim import DIAGNOSTIC_KEYS
 from hco_cli.training import tracking
+from hco_cli.training.entry import resume, train
+from hco_cli.training.events import ProgressEvent
 from hco_cli.training.logging import read_metrics
-from hco_cli.training.loop import ProgressEvent, resume, train
 from hco_cli.training.tracking import Sink, TrackingStart, overlay, scalars
 from hco_cli.training.validation import MidSlice
 from tests.training.test_loop import tiny_config

@@ -11,8 +11,8 @@ import numpy as np
 
 from hco_cli.config import validate_config
 from hco_cli.data.prepare import SplitOptions, prepare_generic
-from hco_cli.training.checkpoint import load_checkpoint
-from hco_cli.training.loop import train
+from hco_cli.runs.checkpoint import load_checkpoint
+from hco_cli.training.entry import train
 
 SHAPE = (32, 32, 16)
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from hco_cli.training.ema import ema_update_, make_teacher, warmup_decay, weighted_ema_update_
-from hco_cli.training.ramps import poly_lr_factor, sigmoid_rampup
+from hco_cli.ssl.ema import ema_update_, make_teacher, warmup_decay, weighted_ema_update_
+from hco_cli.ssl.ramps import poly_lr_factor, sigmoid_rampup
 
 
 def _net(seed: int) -> nn.Module:

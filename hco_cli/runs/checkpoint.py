@@ -16,9 +16,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from hco_cli.config import TrainConfig, validate_config
 from hco_cli.errors import CheckpointError, ConfigError
 from hco_cli.io_utils import atomic_path
-from hco_cli.training.run_dir import checkpoint_path, config_hash
+from hco_cli.models.vnet import build_model
+from hco_cli.runs.folder import config_hash
+from hco_cli.runs.layout import RunFolder
 
 CHECKPOINT_FORMAT = 1
 
@@ -81,7 +84,7 @@ def resolve_checkpoint(path: Path, which: Literal["best", "last", "pretrain", "b
     """A ``.pt`` file as given, or ``RUN/checkpoints/<which>.pt`` for a run folder."""
     path = Path(path)
     if path.is_dir():
-        target = checkpoint_path(path, which)
+        target = RunFolder(path).checkpoint(which)
         if not target.is_file():
             hint = (" (best.pt exists only when validation ran on a non-empty split)"
                     if which == "best" else
@@ -97,11 +100,8 @@ def load_model_for_inference(
     *,
     which: Literal["best", "last", "best-val", "best-test"] = "best",
     device: str | torch.device = "cpu",
-) -> tuple[nn.Module, Any]:
+) -> tuple[nn.Module, TrainConfig]:
     """The evaluation network of a run (or a .pt file), in eval mode, and its TrainConfig."""
-    from hco_cli.config import TrainConfig, validate_config
-    from hco_cli.models import build_model
-
     data = load_checkpoint(resolve_checkpoint(path, which), map_location="cpu")
     if "model" not in data or "config" not in data:
         raise CheckpointError(f"{path}: checkpoint holds no evaluation model")

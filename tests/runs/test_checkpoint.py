@@ -11,9 +11,9 @@ import torch
 
 from hco_cli.config import validate_config
 from hco_cli.errors import CheckpointError
-from hco_cli.models import build_model
+from hco_cli.models.vnet import build_model
 from hco_cli.optim import build_optimizer
-from hco_cli.training.checkpoint import (
+from hco_cli.runs.checkpoint import (
     load_checkpoint,
     load_model_for_inference,
     rng_state,

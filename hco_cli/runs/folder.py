@@ -1,14 +1,4 @@
-"""The run folder: what a training run leaves behind, and the rules for (re)using one.
-
-    RUN/.hco.json                marks the folder as an hco run (what --force may replace)
-    RUN/config.yaml              the resolved TrainConfig
-    RUN/plans.json               the dataset's preprocessing plan, with the run's patch size
-    RUN/run.json                 summary read by ``hco compare`` (keys in RUN_INFO_KEYS)
-    RUN/metrics.jsonl            per-iteration and validation records
-    RUN/checkpoints/last.pt      everything needed to resume exactly
-    RUN/checkpoints/best.pt      eval-model weights chosen on validation
-    RUN/checkpoints/pretrain.pt  eval-model weights at the end of a "pretrain" phase
-"""
+"""The run folder's files and the rules for (re)using one; its paths are in layout.py."""
 
 from __future__ import annotations
 
@@ -19,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
 from hco_cli.data.plan import PLAN_FILE, read_plan, write_plan
 from hco_cli.errors import CheckpointError, ConfigError
@@ -30,13 +21,12 @@ from hco_cli.outputs import (
     read_marker,
     write_marker,
 )
+from hco_cli.runs.files import RunInfo
+from hco_cli.runs.layout import RunFolder
 
-RUN_INFO_KEYS = ("dataset", "framework", "optimizer", "seed", "fold", "labeled", "unlabeled",
-                 "iterations", "finished", "hco_version", "device", "wall_seconds")
-
-
-def checkpoint_path(run_dir: Path, which: str) -> Path:
-    return Path(run_dir) / "checkpoints" / f"{which}.pt"
+# The keys every run.json has (config_changes appears after the first accepted edit).
+RUN_INFO_KEYS: tuple[str, ...] = tuple(
+    k for k, f in RunInfo.model_fields.items() if f.is_required())
 
 
 def config_hash(config: dict[str, Any]) -> str:
@@ -48,7 +38,7 @@ def config_hash(config: dict[str, Any]) -> str:
 def is_stub(run_dir: Path) -> bool:
     """An hco run folder without last.pt: a first attempt that failed or was killed before
     its first checkpoint, holding nothing to resume."""
-    return read_marker(run_dir) == "run" and not checkpoint_path(run_dir, "last").is_file()
+    return read_marker(run_dir) == "run" and not RunFolder(run_dir).checkpoint("last").is_file()
 
 
 def prepare_run_dir(run_dir: Path, *, force: bool = False) -> str | None:
@@ -78,7 +68,7 @@ def prepare_run_dir(run_dir: Path, *, force: bool = False) -> str | None:
 
 
 def write_config(run_dir: Path, config: dict[str, Any]) -> None:
-    write_text(Path(run_dir) / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    write_text(RunFolder(run_dir).config, yaml.safe_dump(config, sort_keys=False))
 
 
 def copy_plan(run_dir: Path, dataset: Path, patch_size: tuple[int, int, int]) -> None:
@@ -90,7 +80,7 @@ def copy_plan(run_dir: Path, dataset: Path, patch_size: tuple[int, int, int]) ->
 
 
 def read_config_data(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / "config.yaml"
+    path = RunFolder(run_dir).config
     if not path.is_file():
         raise CheckpointError(f"{run_dir} is not a run folder (no config.yaml)")
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -99,19 +89,22 @@ def read_config_data(run_dir: Path) -> dict[str, Any]:
     return data
 
 
-def write_run_info(run_dir: Path, info: dict[str, Any]) -> None:
-    missing = [k for k in RUN_INFO_KEYS if k not in info]
-    if missing:
-        raise ValueError(f"run.json lacks {missing}")
-    write_json(Path(run_dir) / "run.json", info)
+def write_run_info(run_dir: Path, info: RunInfo) -> None:
+    write_json(RunFolder(run_dir).run_json, info.to_json())
 
 
-def read_run_info(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / "run.json"
+def read_run_info(run_dir: Path) -> RunInfo:
+    """The run's run.json, validated; CheckpointError naming the file and the field."""
+    path = RunFolder(run_dir).run_json
     if not path.is_file():
         raise CheckpointError(f"{run_dir} is not a run folder (no run.json)")
     try:
-        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path} is not valid JSON: {exc}") from exc
-    return data
+    try:
+        return RunInfo.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "run.json"
+        raise CheckpointError(f"{path}: {where}: {first['msg']}") from None

@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from hco_cli.inference.postprocess import (
+from hco_cli.ops.components import (
     keep_largest_per_class,
     largest_connected_component,
     lcc_torch,

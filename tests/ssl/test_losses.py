@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from hco_cli.training.losses import (
+from hco_cli.ssl.losses import (
     ce_dice_loss,
     mix_loss,
     mix_loss_parts,

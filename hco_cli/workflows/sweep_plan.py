@@ -5,8 +5,8 @@ settings, or the same optimizer with other random streams (an A/A control). Runs
 ``OUT/<arm>/<fold or 'all'>-s<seed>``, so ``hco compare 'sgd=OUT/sgd/*' 'sgd-hco=OUT/sgd-hco/*'``
 reads a sweep as it stands. The plan writes each run's resolved config to
 ``OUT/_configs/<arm>/<fold>-s<seed>.yaml`` (its tracking sinks and Slurm resources included),
-the single source every executor trains (:mod:`hco_cli.training.sweep` on this machine,
-:mod:`hco_cli.training.sweep_submit` through submitit). Each run is skipped when its run.json
+the single source every executor trains (:mod:`hco_cli.workflows.sweep` on this machine,
+:mod:`hco_cli.workflows.sweep_submit` through submitit). Each run is skipped when its run.json
 says finished, resumed from ``last.pt`` when one exists, and started afresh otherwise.
 
 With ``share_pretraining`` (BCP) each (seed, fold) first trains a pre-training-only run at
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -30,10 +31,10 @@ from hco_cli.data.dataset import PreparedDataset
 from hco_cli.errors import ConfigError
 from hco_cli.io_utils import write_text
 from hco_cli.optim import optimizer_info
+from hco_cli.runs.layout import RunFolder
 from hco_cli.training.presets import Overrides, build_config, load_yaml
-from hco_cli.training.run_dir import checkpoint_path
-from hco_cli.training.sweep_status import CONFIG_DIR, PRETRAIN_ARM, read_json, summary_path
 from hco_cli.training.tracking import check_available as check_sinks
+from hco_cli.workflows.sweep_status import CONFIG_DIR, PRETRAIN_ARM, read_json, summary_path
 
 PlanStatus = Literal["done", "resume", "new"]
 Executor = Literal["local", "slurm", "submitit-local"]
@@ -227,8 +228,6 @@ def _check_executor(options: SweepOptions) -> None:
 
 
 def _check_gpus(gpus: int) -> None:
-    import torch
-
     available = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if gpus > available:
         raise ConfigError(f"--gpus {gpus}: only {available} CUDA device(s) are available")
@@ -254,7 +253,7 @@ def _unique(option: str, values: Sequence[Any]) -> list[Any]:
 
 def _check_shareable(base: TrainConfig, arms: dict[str, Arm]) -> None:
     """Sharing is sound only where pre-training is identical: BCP, the config's family."""
-    if base.framework.name != "bcp":
+    if not base.framework.shares_pretraining:
         raise ConfigError(f"--share-pretraining needs a BCP config; {base.framework.name} has no "
                           "pre-training phase to share")
     if base.init_from is not None:
@@ -270,10 +269,10 @@ def _check_shareable(base: TrainConfig, arms: dict[str, Arm]) -> None:
 
 def run_status(run_dir: Path) -> PlanStatus:
     """``done`` if run.json says finished, ``resume`` if last.pt exists, else ``new``."""
-    info = read_json(Path(run_dir) / "run.json")
-    if info.get("finished") is True:
+    folder = RunFolder(run_dir)
+    if read_json(folder.run_json).get("finished") is True:
         return "done"
-    return "resume" if checkpoint_path(run_dir, "last").is_file() else "new"
+    return "resume" if folder.checkpoint("last").is_file() else "new"
 
 
 def compare_command(runs: Sequence[SweepRun], out: Path) -> str:

@@ -1,6 +1,6 @@
 """``hco sweep --executor slurm``: one Slurm job per run, submitted through submitit.
 
-The sweep's plan (:mod:`hco_cli.training.sweep_plan`) is the single source: every job trains
+The sweep's plan (:mod:`hco_cli.workflows.sweep_plan`) is the single source: every job trains
 its run's resolved config file, with the Slurm resources of that file's ``slurm`` section. A
 run that shares pre-training becomes a job that depends on the pre-training job
 (``--dependency=afterok``, ``--kill-on-invalid-dep=yes``); submission returns at once and
@@ -28,10 +28,11 @@ from typing import Any, Literal, NamedTuple, Protocol
 from hco_cli.config import SlurmConfig
 from hco_cli.errors import ConfigError, HcoError, MissingExtraError
 from hco_cli.inference.predict import PredictOptions, predict
+from hco_cli.runs.layout import RunFolder
+from hco_cli.training.entry import resume, train
 from hco_cli.training.events import ProgressCallback, ProgressEvent
-from hco_cli.training.loop import resume, train
 from hco_cli.training.presets import build_config
-from hco_cli.training.sweep_plan import (
+from hco_cli.workflows.sweep_plan import (
     SweepOptions,
     SweepRun,
     needs_evaluation,
@@ -39,7 +40,7 @@ from hco_cli.training.sweep_plan import (
     run_status,
     write_plan,
 )
-from hco_cli.training.sweep_status import (
+from hco_cli.workflows.sweep_status import (
     LOG_DIR,
     PRETRAIN_ARM,
     last_line,
@@ -102,7 +103,7 @@ class SweepJob:
         if self.evaluate and not summary_path(self.run_dir).is_file():
             log.line("evaluate the test split with best.pt")
             device = build_config(config_file=self.config_file).device
-            preds = self.run_dir / "eval" / "best" / "preds"
+            preds = RunFolder(self.run_dir).predictions("best")
             predict(self.run_dir, PredictOptions(split="test", evaluate=True, lcc=self.lcc,
                                                  device=device, force=preds.exists()))
         return {"done": "skipped", "resume": "resumed", "new": "trained"}[status]

@@ -2,8 +2,8 @@
 ``python -m hco_cli train --config FILE`` subprocesses on several GPUs (``runs_per_gpu`` at a
 time on each), dependents started once their shared pre-training run exited 0.
 
-The plan (:mod:`hco_cli.training.sweep_plan`) is re-exported here; the Slurm executor is
-:mod:`hco_cli.training.sweep_submit`. Each run's state is recorded under ``OUT/_jobs`` as it
+The plan (:mod:`hco_cli.workflows.sweep_plan`) is re-exported here; the Slurm executor is
+:mod:`hco_cli.workflows.sweep_submit`. Each run's state is recorded under ``OUT/_jobs`` as it
 goes, for ``hco sweep --status``.
 """
 
@@ -20,8 +20,11 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from hco_cli.errors import ConfigError, HcoError
+from hco_cli.inference.predict import PredictOptions, predict
+from hco_cli.runs.layout import RunFolder
+from hco_cli.training.entry import resume, train
 from hco_cli.training.presets import build_config
-from hco_cli.training.sweep_plan import (
+from hco_cli.workflows.sweep_plan import (
     Arm,
     PlanStatus,
     SweepOptions,
@@ -33,14 +36,14 @@ from hco_cli.training.sweep_plan import (
     run_status,
     write_plan,
 )
-from hco_cli.training.sweep_status import (
+from hco_cli.workflows.sweep_status import (
     PRETRAIN_ARM,
     read_json,
     record_state,
     record_submission,
     summary_path,
 )
-from hco_cli.training.sweep_status import log_path as run_log_path
+from hco_cli.workflows.sweep_status import log_path as run_log_path
 
 Outcome = Literal["skipped", "resumed", "trained", "failed"]
 
@@ -107,9 +110,6 @@ def run_sweep(options: SweepOptions, *, progress: SweepProgress | None = None,
 def _run_in_process(runs: list[SweepRun], options: SweepOptions,
                     progress: SweepProgress) -> list[RunOutcome]:
     """Run the grid one after another in this process; a failed base fails its dependents."""
-    from hco_cli.inference.predict import PredictOptions, predict
-    from hco_cli.training.loop import resume, train
-
     failed: set[Path] = set()
     outcomes = []
     done: dict[PlanStatus, Outcome] = {"done": "skipped", "resume": "resumed", "new": "trained"}
@@ -140,7 +140,7 @@ def _run_in_process(runs: list[SweepRun], options: SweepOptions,
         try:
             if needs_evaluation(run, options):
                 progress("evaluate", run)
-                preds = run.run_dir / "eval" / "best" / "preds"
+                preds = RunFolder(run.run_dir).predictions("best")
                 predict(run.run_dir, PredictOptions(split="test", evaluate=True, lcc=options.lcc,
                                                     device=run.config.device,
                                                     force=preds.exists()))
@@ -174,7 +174,7 @@ def started(run: SweepRun, options: SweepOptions, *, executor: str,
 
 
 def _read_outcome(run: SweepRun, outcome: Outcome, message: str = "") -> RunOutcome:
-    info = read_json(run.run_dir / "run.json")
+    info = read_json(RunFolder(run.run_dir).run_json)
     best = info.get("best") or {}
     summary = read_json(summary_path(run.run_dir))
     means = [v for v in (summary.get("mean") or {}).values() if isinstance(v, dict)]

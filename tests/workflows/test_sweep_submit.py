@@ -16,24 +16,24 @@ import torch
 
 from hco_cli.config import SlurmConfig, slurm_minutes
 from hco_cli.errors import CheckpointError, ConfigError
-from hco_cli.training.checkpoint import load_checkpoint
+from hco_cli.runs.checkpoint import load_checkpoint
 from hco_cli.training.events import ProgressEvent
 from hco_cli.training.logging import read_metrics
-from hco_cli.training.sweep import SweepOptions, plan_sweep, run_sweep
-from hco_cli.training.sweep_status import (
+from hco_cli.workflows.sweep import SweepOptions, plan_sweep, run_sweep
+from hco_cli.workflows.sweep_status import (
     record_state,
     record_submission,
     run_state,
     sweep_status,
 )
-from hco_cli.training.sweep_submit import (
+from hco_cli.workflows.sweep_submit import (
     LocalSubmitter,
     Submitted,
     SweepJob,
     slurm_parameters,
     submit_sweep,
 )
-from tests.training.test_sweep import tiny_dataset, write_tiny_config
+from tests.workflows.test_sweep import tiny_dataset, write_tiny_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -306,7 +306,7 @@ def test_status_reads_accounts_logs_and_scheduler_ends(tmp_path: Path) -> None:
 
 
 def test_status_needs_no_torch() -> None:
-    code = ("import sys; import hco_cli.training.sweep_status as s; "
+    code = ("import sys; import hco_cli.workflows.sweep_status as s; "
             "print(sorted(m for m in ('torch', 'numpy', 'pydantic') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=ROOT, check=True)

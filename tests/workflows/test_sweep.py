@@ -13,8 +13,9 @@ import yaml
 
 from hco_cli.data.prepare import prepare_synthetic
 from hco_cli.errors import ConfigError, DataError, HcoError
-from hco_cli.training.loop import ProgressEvent, train
-from hco_cli.training.sweep import (
+from hco_cli.training.entry import train
+from hco_cli.training.events import ProgressEvent
+from hco_cli.workflows.sweep import (
     Arm,
     SweepOptions,
     SweepRun,

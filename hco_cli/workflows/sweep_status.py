@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from hco_cli.errors import CheckpointError
 from hco_cli.io_utils import write_json
+from hco_cli.runs.layout import RunFolder
 
 LOG_DIR = "_logs"
 CONFIG_DIR = "_configs"
@@ -95,7 +96,7 @@ def log_path(out: Path, arm: str, name: str) -> Path:
 
 
 def summary_path(run_dir: Path) -> Path:
-    return Path(run_dir) / "eval" / "best" / "summary.json"
+    return RunFolder(run_dir).summary("best")
 
 
 # ------------------------------------------------------------------------------ states
@@ -108,7 +109,7 @@ def run_state(out: Path, arm: str, name: str) -> RunStatus:
     job_id = submitted.get("job_id") or account.get("job_id")
     if submitted and account.get("job_id") != submitted.get("job_id"):
         account = {}  # an earlier job's account; the latest submission has not started
-    info = read_json(run_dir / "run.json")
+    info = read_json(RunFolder(run_dir).run_json)
     evaluated = not submitted.get("evaluate") or summary_path(run_dir).is_file()
     log = last_line(log_path(out, arm, name))
 

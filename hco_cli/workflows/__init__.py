@@ -1,0 +1,1 @@
+"""Workflows above training and inference: the sweep of a study (plan, run, status, submit)."""
