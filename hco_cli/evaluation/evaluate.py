@@ -234,14 +234,14 @@ def evaluate_case(task: CaseTask) -> CaseResult:
     if task.ignore is not None:
         ignored = gt == task.ignore
         gt, pred = np.where(ignored, 0, gt), np.where(ignored, 0, pred)
-    label_values = _present_values(gt)
+    label_values, pred_values = _present_values(gt), _present_values(pred)
     if task.classes is not None:
         classes: tuple[int, ...] = task.classes
     else:
-        classes = tuple(sorted(set(label_values) | set(_present_values(pred))))
+        classes = tuple(sorted(set(label_values) | set(pred_values)))
     spacing = gt_geometry.spacing if task.mm and gt_geometry is not None else None
     values = evaluate_pair(pred, gt, classes=classes, spacing=spacing, empty=task.empty)
-    return CaseResult(task.case, values, label_values, _present_values(pred))
+    return CaseResult(task.case, values, label_values, pred_values)
 
 
 def _run(tasks: list[CaseTask], jobs: int) -> list[CaseResult]:
@@ -313,12 +313,15 @@ def _as_labels(array: np.ndarray, path: Path) -> np.ndarray:
 
 
 def _present_values(array: np.ndarray) -> tuple[int, ...]:
-    """Non-zero values of an integer label map."""
-    if array.dtype.kind == "u" and array.dtype.itemsize <= 2:
-        values = np.flatnonzero(np.bincount(array.ravel()))
-    else:
-        values = np.unique(array)
-    return tuple(int(v) for v in values if v != 0)
+    """Non-zero values of an integer label map (a histogram where the values are small
+    non-negative integers, as label maps are: no sort of the whole volume)."""
+    flat = array.ravel()
+    small = array.dtype.kind == "u" and array.dtype.itemsize <= 2
+    if not small and array.dtype.kind in "iu" and flat.size:
+        small = int(flat.min()) >= 0 and int(flat.max()) < 2**16
+    if small:
+        return tuple(int(v) for v in np.flatnonzero(np.bincount(flat)) if v != 0)
+    return tuple(int(v) for v in np.unique(array) if v != 0)
 
 
 def _check_geometry(case: str, pred: Geometry, label: Geometry) -> None:

@@ -132,7 +132,7 @@ def device_labels(probs: Tensor, window: Window) -> np.ndarray:
     """:func:`labels_of`, with the labels and their largest components made where ``probs``
     lie: on a GPU only the final label map (one byte per voxel for up to 256 classes) travels
     to the host. The components are the same as on the CPU (see
-    :mod:`hco_cli.inference.postprocess`)."""
+    :mod:`hco_cli.ops.components`)."""
     labels = labels_from_probabilities(probs)
     if window.lcc:
         labels = keep_largest_per_class(labels, window.num_classes)

@@ -22,7 +22,6 @@ from hco_cli.data.batch import Batch
 from hco_cli.data.dataset import PreparedDataset
 from hco_cli.data.sampling import PatchSampler
 from hco_cli.errors import ConfigError
-from hco_cli.data.batch import Batch
 from hco_cli.models.vnet import build_model, compile_forward
 from hco_cli.runs import checkpoint as ckpt
 from hco_cli.ssl.base import Framework, Phase

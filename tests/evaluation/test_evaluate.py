@@ -13,7 +13,7 @@ import pytest
 from hco_cli.data.dataset import CaseGeometry, DatasetInfo, Geometry, Splits
 from hco_cli.data.io import write_volume
 from hco_cli.errors import ConfigError, DataError
-from hco_cli.evaluation.evaluate import evaluate_folders, parse_classes
+from hco_cli.evaluation.evaluate import _present_values, evaluate_folders, parse_classes
 from hco_cli.evaluation.metrics import METRICS, evaluate_pair
 
 SPACING = (0.75, 0.75, 2.0)  # exact in float32, as NIfTI stores it
@@ -267,3 +267,17 @@ def test_prepared_references_come_back_in_original_values(tmp_path: Path) -> Non
                          classes=[1, 2, 3])
     assert [summary.cases[0].metrics[str(v)] for v in (200, 500, 600)] == [
         want[str(c)] for c in (1, 2, 3)]
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.int64, np.uint32,
+                                   np.float32])
+def test_present_values_of_any_label_dtype(dtype: type) -> None:
+    volume = np.zeros((6, 5, 4), dtype)
+    volume[1, 1, 1], volume[2, 2, 2] = 7, 3
+    assert _present_values(volume) == (3, 7)
+    assert _present_values(np.zeros(0, dtype)) == ()
+
+
+def test_present_values_outside_the_histogram_range() -> None:
+    assert _present_values(np.array([-2, 0, 5], np.int16)) == (-2, 5)
+    assert _present_values(np.array([0, 70000, 1], np.int64)) == (1, 70000)

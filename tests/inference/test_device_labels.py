@@ -14,7 +14,7 @@ import torch
 from scipy import ndimage
 
 from hco_cli.inference.cases import Window, device_labels, labels_of
-from hco_cli.inference.postprocess import keep_largest_per_class, lcc_torch
+from hco_cli.ops.components import keep_largest_per_class, lcc_torch
 
 RANK = {6: 1, 18: 2, 26: 3}
 

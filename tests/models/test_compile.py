@@ -14,7 +14,8 @@ import torch._inductor.compile_fx
 
 from hco_cli.config import validate_config
 from hco_cli.errors import ConfigError
-from hco_cli.models import ModelConfig, build_model, compile_forward
+from hco_cli.models import ModelConfig
+from hco_cli.models.vnet import build_model, compile_forward
 
 
 def _net(seed: int) -> torch.nn.Module:

@@ -8,8 +8,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from hco_cli.models import ModelConfig, build_model
+from hco_cli.models import ModelConfig
 from hco_cli.models.roofline import Cost, bcp_iteration_cost, forward_cost, layer_costs
+from hco_cli.models.vnet import build_model
 
 
 def test_hand_computed_convolutions() -> None:

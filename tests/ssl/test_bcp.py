@@ -269,7 +269,8 @@ def test_batch_errors() -> None:
 
 def _instancenorm_framework(mode: str) -> BCPFramework:
     """BCP's Pancreas network (InstanceNorm, no dropout): no layer mixes the halves."""
-    from hco_cli.models import ModelConfig, build_model
+    from hco_cli.models import ModelConfig
+    from hco_cli.models.vnet import build_model
     torch.manual_seed(0)
     cfg = ModelConfig(n_filters=4, dropout=False, normalization="instancenorm")
     fw = BCPFramework(BCPConfig(teacher_forward=mode),  # type: ignore[arg-type]

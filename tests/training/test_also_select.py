@@ -13,9 +13,10 @@ import torch
 from hco_cli.data.dataset import PreparedDataset
 from hco_cli.data.prepare import prepare_synthetic
 from hco_cli.errors import ConfigError
-from hco_cli.training.checkpoint import load_checkpoint, load_model_for_inference
+from hco_cli.runs.checkpoint import load_checkpoint, load_model_for_inference
+from hco_cli.training.entry import resume, train
+from hco_cli.training.events import ProgressEvent
 from hco_cli.training.logging import read_metrics
-from hco_cli.training.loop import ProgressEvent, resume, train
 from hco_cli.training.validation import Validator
 from tests.training.test_loop import tiny_config
 
