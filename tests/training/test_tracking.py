@@ -115,15 +115,20 @@ def test_tensorboard_events_hold_every_logged_scalar(synthetic: Path, tmp_path: 
     assert (images[0].width, images[0].height) == (3 * 24, 24)  # 3 panels of X x Y
 
 
-def test_resumed_tensorboard_run_has_each_step_once(synthetic: Path, tmp_path: Path) -> None:
-    run = tmp_path / "run"
-
+def _interrupt_after_iteration_3(data: Path, run: Path, sink: str) -> None:
+    """Train with ``sink`` until global iteration 3 has been logged; last.pt holds 2."""
     def stop(event: ProgressEvent) -> None:
         if event.kind == "step" and event.phase == "selftrain" and event.iteration == 3:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(_config(synthetic, run, ["tensorboard"], checkpoint_every=2), progress=stop)
+        train(_config(data, run, [sink], checkpoint_every=2), progress=stop)
+
+
+def test_resumed_tensorboard_run_has_each_step_once(synthetic: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+
+    _interrupt_after_iteration_3(synthetic, run, "tensorboard")
     # Iteration 3 (and its validation) reached TensorBoard after last.pt (iteration 2).
     assert [e.step for e in _events(run).Scalars("train/loss_l")] == [1, 2, 3]
     assert [e.step for e in _events(run).Scalars("val/dice")] == [1, 3]
@@ -170,12 +175,7 @@ def test_resumed_mlflow_run_has_each_step_once(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     run = tmp_path / "run"
 
-    def stop(event: ProgressEvent) -> None:
-        if event.kind == "step" and event.phase == "selftrain" and event.iteration == 3:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(_config(synthetic, run, ["mlflow"], checkpoint_every=2), progress=stop)
+    _interrupt_after_iteration_3(synthetic, run, "mlflow")
     client = MlflowClient(tracking_uri=store)
     run_id = json.loads((run / "mlflow.json").read_text())["run_id"]
     # Iteration 3 reached MLflow after last.pt (iteration 2): the resume runs it again.
