@@ -281,3 +281,4 @@ def test_present_values_of_any_label_dtype(dtype: type) -> None:
 def test_present_values_outside_the_histogram_range() -> None:
     assert _present_values(np.array([-2, 0, 5], np.int16)) == (-2, 5)
     assert _present_values(np.array([0, 70000, 1], np.int64)) == (1, 70000)
+    assert _present_values(np.array([0, 200, 65], np.uint8)) == (65, 200)  # histogram path
