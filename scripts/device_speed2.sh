@@ -10,11 +10,8 @@
 #   .carry/wheels     pydantic, nibabel and their dependencies (the GPU image lacks them)
 #   .carry/speed2     the LA dataset's unpack, manifest.json, train.list, test.list and
 #                     parts/la-train-00.tar.xz, la-test-00.tar.xz, la-test-01.tar.xz (~42 MB)
-# Stage it here with:
-#   mkdir -p .carry/speed2/parts && cp -r /work/main/.carry/wheels .carry/ &&
-#   cp ../shared/datasets/la/{unpack,manifest.json,train.list,test.list} .carry/speed2/ &&
-#   cp ../shared/datasets/la/parts/la-{train-00,test-00,test-01}.tar.xz .carry/speed2/parts/
-# and run it with the device tool: carry [".carry"], command "bash scripts/device_speed2.sh".
+# Stage it here with `python3 scripts/stage_carry.py speed2`, and run it with the device tool:
+# carry [".carry/wheels", ".carry/speed2"], command "bash scripts/device_speed2.sh".
 set -uo pipefail
 export PYTHONUNBUFFERED=1 COLUMNS=160 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"

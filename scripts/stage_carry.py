@@ -3,6 +3,7 @@
 
     python3 scripts/stage_carry.py la      # .carry/wheels + .carry/la1 .. la<N>
     python3 scripts/stage_carry.py fetal   # .carry/wheels + .carry/fetal
+    python3 scripts/stage_carry.py speed2  # .carry/wheels + .carry/speed2 (device_speed2.sh)
     python3 scripts/stage_carry.py la --dry-run
 
 A device call moves at most 64 MiB: the tracked files of the repository travel every time,
@@ -65,7 +66,7 @@ def copy(src: Path, dst: Path, dry: bool) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("la", "fetal"))
+    parser.add_argument("what", choices=("la", "fetal", "speed2"))
     parser.add_argument("--dry-run", action="store_true")
     args = parser.parse_args()
     shared = Path(os.environ.get("HCO_SHARED", ROOT.parent / "shared"))
@@ -91,6 +92,18 @@ def main() -> None:
         return
     la = shared / "datasets" / "la"
     meta = sum((la / f).stat().st_size for f in LA_FILES)
+    if args.what == "speed2":  # the labeled part and the test set, in one call
+        names = ["la-train-00.tar.xz", "la-test-00.tar.xz", "la-test-01.tar.xz"]
+        need = meta + wheel_bytes + sum((la / "parts" / n).stat().st_size for n in names)
+        if need > room:
+            sys.exit(f"error: speed2 + wheels {need / 2**20:.1f} MiB exceed the room")
+        for f in LA_FILES:
+            copy(la / f, carry / "speed2" / f, args.dry_run)
+        for n in names:
+            copy(la / "parts" / n, carry / "speed2" / "parts" / n, args.dry_run)
+        print(f'call: carry [".carry/wheels", ".carry/speed2"] ({need / 2**20:.1f} MiB): '
+              "bash scripts/device_speed2.sh")
+        return
     parts = [(p.name, p.stat().st_size) for p in sorted((la / "parts").glob("*.tar.xz"))]
     bins = pack(parts, room - meta, wheel_bytes)
     for old in carry.glob("la[0-9]*"):
