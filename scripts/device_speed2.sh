@@ -10,13 +10,15 @@
 #   .carry/wheels     pydantic, nibabel and their dependencies (the GPU image lacks them)
 #   .carry/speed2     the LA dataset's unpack, manifest.json, train.list, test.list and
 #                     parts/la-train-00.tar.xz, la-test-00.tar.xz, la-test-01.tar.xz (~42 MB)
-# Stage it here with `python3 scripts/stage_carry.py speed2`, and run it with the device tool:
-# carry [".carry/wheels", ".carry/speed2"], command "bash scripts/device_speed2.sh".
+# Stage it here with `python3 scripts/stage_carry.py speed2`, which prints the device calls:
+# one (carry .carry/wheels and .carry/speed2) where both fit, else `device_speed2.sh install`
+# with the wheels first, then the run with .carry/speed2, back to back on the same machine.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 COLUMNS=160 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 [ -d /tmp/site/pydantic ] || python3 -m pip install -q --no-index --no-deps --no-compile \
   --no-cache-dir --upgrade --target /tmp/site .carry/wheels/*.whl || exit 1
+[ "${1:-}" = install ] && { echo "wheels installed in /tmp/site"; exit 0; }
 export PYTHONPATH=/tmp/site:$PWD HCO_SHARED=/tmp/shared
 hco() { python3 -m hco_cli "$@"; }
 step() { echo "=== $* ($(date +%T))"; }
