@@ -63,6 +63,7 @@ from hco_cli.inference.stitching import Stitch
 from hco_cli.io_utils import atomic_dir, write_json
 from hco_cli.locks import hold
 from hco_cli.outputs import check_output_folder, check_replaceable, is_empty
+from hco_cli.runs.layout import SUMMARY_FILE, RunFolder
 
 Device = Literal["auto", "cpu", "cuda"]
 Which = Literal["best", "last", "best-val", "best-test"]
@@ -179,7 +180,8 @@ def predict(runs: Path | Sequence[Path], options: PredictOptions, *,
     window = _window(first, channels, labels.num_classes, options, device)
     out = _output(options.out, loaded)
     single = first.run_dir if len(loaded) == 1 else None
-    summary = (single / "eval" / first.checkpoint if single else out.parent) / "summary.json"
+    summary = (RunFolder(single).summary(first.checkpoint) if single
+               else out.parent / SUMMARY_FILE)
     with hold(out):  # one writer of ``out`` for the whole prediction
         _check_output(out, force=options.force, summary=summary if options.evaluate else None,
                       keep=[p for p in (*(r.run_dir or r.path for r in loaded),
@@ -248,7 +250,7 @@ def _output(given: Path | None, runs: Sequence[LoadedRun]) -> Path:
     if runs[0].run_dir is None:
         raise ConfigError(f"{runs[0].path} is not inside a run folder; choose where to write "
                           "with --out")
-    return runs[0].run_dir / "eval" / runs[0].checkpoint / "preds"
+    return RunFolder(runs[0].run_dir).predictions(runs[0].checkpoint)
 
 
 def _window(run: LoadedRun, channels: int, num_classes: int, options: PredictOptions,

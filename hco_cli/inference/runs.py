@@ -22,6 +22,7 @@ from hco_cli.data.dataset import PreparedDataset
 from hco_cli.data.plan import PLAN_FILE, DataPlan, read_plan
 from hco_cli.errors import CheckpointError, ConfigError, DataError
 from hco_cli.runs.checkpoint import load_model_for_inference
+from hco_cli.runs.layout import RunFolder
 
 Which = Literal["best", "last", "best-val", "best-test"]
 _WILDCARDS = frozenset("*?[")
@@ -53,7 +54,7 @@ def expand_runs(paths: Sequence[Path]) -> list[Path]:
             out.append(path)
             continue
         matches = [Path(p) for p in sorted(glob.glob(text))]
-        runs = [p for p in matches if (p / "config.yaml").is_file() or p.suffix == ".pt"]
+        runs = [p for p in matches if RunFolder(p).config.is_file() or p.suffix == ".pt"]
         if not runs:
             raise CheckpointError(f"{text} matches no run folder (with config.yaml) and no "
                                   ".pt checkpoint")
@@ -74,15 +75,15 @@ def locate_run(path: Path, which: Which | None) -> tuple[Path | None, str]:
     if not path.exists():
         raise CheckpointError(f"{path} does not exist (expected a run folder or a .pt checkpoint)")
     if path.is_dir():
-        if not (path / "config.yaml").is_file():
+        if not RunFolder(path).config.is_file():
             raise CheckpointError(f"{path} is not a run folder (no config.yaml)")
         return path, which or "best"
     if which is not None:
         raise ConfigError(f"--checkpoint {which} applies to run folders; {path} is a checkpoint "
                           "file already")
-    parent = path.parent
-    in_run = parent.name == "checkpoints" and (parent.parent / "config.yaml").is_file()
-    return (parent.parent if in_run else None), path.name.removesuffix(".pt")
+    run = RunFolder(path.parent.parent)
+    in_run = run.checkpoints == path.parent and run.config.is_file()
+    return (run.path if in_run else None), path.name.removesuffix(".pt")
 
 
 def load_run(path: Path, which: Which | None, device: torch.device) -> LoadedRun:
