@@ -247,11 +247,8 @@ def evaluate_case(task: CaseTask) -> CaseResult:
 def _run(tasks: list[CaseTask], jobs: int) -> list[CaseResult]:
     if jobs == 1 or len(tasks) <= 1:
         return [evaluate_case(t) for t in tasks]
-    # fork where available (as PyTorch's DataLoader does): no re-import of the caller's main
-    # module, which forkserver and spawn need; the workers only use numpy and scipy.
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
-    context = multiprocessing.get_context(method)
-    with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=context) as pool:
+    with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)),
+                             mp_context=worker_context()) as pool:
         futures = [pool.submit(evaluate_case, t) for t in tasks]
         try:
             return [f.result() for f in futures]  # task order: the first failing case is named
@@ -398,10 +395,23 @@ def _check_classes(classes: Sequence[int] | None) -> tuple[int, ...] | None:
     return values
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity where the platform tells)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+        os.cpu_count() or 1)
+
+
+def worker_context() -> Any:
+    """The multiprocessing context of scoring workers: fork where available (as PyTorch's
+    DataLoader does), so the caller's main module is not imported again, as forkserver and
+    spawn would; the workers only use numpy, scipy and nibabel."""
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+    return multiprocessing.get_context(method)
+
+
 def _check_jobs(jobs: int | None) -> int:
     if jobs is None:
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
-            os.cpu_count() or 1)
+        return usable_cores()
     if jobs < 1:
         raise ConfigError(f"--jobs {jobs}: must be at least 1")
     return jobs

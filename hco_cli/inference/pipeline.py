@@ -20,8 +20,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import multiprocessing
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -36,7 +34,13 @@ import torch
 
 from hco_cli.data.dataset import CaseGeometry
 from hco_cli.data.labels import LabelMap
-from hco_cli.evaluation.evaluate import CaseResult, CaseTask, evaluate_case
+from hco_cli.evaluation.evaluate import (
+    CaseResult,
+    CaseTask,
+    evaluate_case,
+    usable_cores,
+    worker_context,
+)
 from hco_cli.inference.cases import (
     CasePrediction,
     Outputs,
@@ -59,11 +63,6 @@ MAX_WRITERS = 4
 def default_writers() -> int:
     """Writer threads: up to 4, never more than the cores this process may use."""
     return max(1, min(MAX_WRITERS, usable_cores()))
-
-
-def usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
-        os.cpu_count() or 1)
 
 
 class WorkQueue:
@@ -111,10 +110,8 @@ def scoring_pool(jobs: int) -> Iterator[Pool | None]:
     if jobs <= 1:
         yield None
         return
-    # fork, as hco evaluate's pool: no re-import of the caller's main module; the workers
-    # use numpy, scipy and nibabel only. multiprocessing.Pool forks every worker up front.
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
-    with multiprocessing.get_context(method).Pool(jobs) as pool:
+    # hco evaluate's context; multiprocessing.Pool starts every worker up front.
+    with worker_context().Pool(jobs) as pool:
         yield pool
 
 
