@@ -181,7 +181,8 @@ class _Trainer:
         # Rank 0 alone writes, to metrics.jsonl and to every sink through it.
         self.tracker = Tracker([*build_sinks(self.cfg.tracking), *sinks] if self.ctx.is_main
                                else [], warn=self._warn)
-        self.metrics = MetricsWriter(RunFolder(setup.run_dir).metrics, fanout=self.tracker.write)
+        self.folder = RunFolder(setup.run_dir)
+        self.metrics = MetricsWriter(self.folder.metrics, fanout=self.tracker.write)
         self.pending: list[tuple[dict[str, Any], StepResult]] = []
         self.optimizers: dict[str, TwoSourceOptimizer] = {}
         # Data parallelism: one gradient synchronisation per optimizer, closed with its phase.
@@ -197,7 +198,7 @@ class _Trainer:
         self.phase_best: dict[str, Any] = {"score": -math.inf, "iter": None, "state": None}
         self.run_best: dict[str, Any] = {"score": None, "iter": None}
         # validation.also_select_on: each split's best of the current phase (best-<split>.pt)
-        self.also_best: dict[str, dict[str, Any]] = {}
+        self.also_best: dict[str, BestScore] = {}
         self.finished = False
 
     # ----------------------------------------------------------------------------- driving
@@ -387,7 +388,7 @@ class _Trainer:
             "loss_l": last["loss_l"], "loss_u": last["loss_u"], "lr": last["lr"]}))
 
     def _diverged(self, what: str) -> None:
-        last = RunFolder(self.s.run_dir).checkpoint("last")
+        last = self.folder.checkpoint("last")
         kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint yet"
         self._write_info()
         raise TrainingDivergedError(f"training diverged: {what}; {kept}")
@@ -404,8 +405,9 @@ class _Trainer:
         if record["best"] and score is not None:
             self._save_best(phase, iteration, score)
         for split, value in record.get("also", {}).items():
-            if value is not None and math.isfinite(value) and value > self.also_best.get(
-                    split, {}).get("score", -math.inf):
+            best = self.also_best.get(split)
+            if value is not None and math.isfinite(value) and (
+                    best is None or best.score is None or value > best.score):
                 self._save_also_best(phase, iteration, split, value)
         self.progress(ProgressEvent("val", phase=phase.name, values={
             "dice": record["dice"], "score": score, "best": self.phase_best["score"]}))
@@ -449,17 +451,17 @@ class _Trainer:
             self.phase_best["optimizers"] = self._optimizer_snapshot()
         self.run_best = {"score": score, "iter": iteration}
         if self.ctx.is_main:
-            ckpt.save_checkpoint(RunFolder(self.s.run_dir).checkpoint("best"), {
+            ckpt.save_checkpoint(self.folder.checkpoint("best"), {
                 **self._model_payload(self.phase_best["state"]), "kind": "best",
                 "iter": iteration, "phase": phase.name, "score": score,
                 "split": self.cfg.validation.select_on})
 
     def _save_also_best(self, phase: Phase, iteration: int, split: str, score: float) -> None:
         """``best-<split>.pt``: the weights of this phase's best score on ``split``."""
-        self.also_best[split] = {"score": score, "iter": iteration}
+        self.also_best[split] = BestScore(score=score, iter=iteration)
         if self.ctx.is_main:
             state = self.s.framework.eval_model().state_dict()
-            ckpt.save_checkpoint(RunFolder(self.s.run_dir).checkpoint(f"best-{split}"), {
+            ckpt.save_checkpoint(self.folder.checkpoint(f"best-{split}"), {
                 **self._model_payload(cpu_tree(state)), "kind": f"best-{split}",
                 "iter": iteration, "phase": phase.name, "score": score, "split": split})
 
@@ -477,7 +479,7 @@ class _Trainer:
         if phase.produces_shareable_checkpoint and self.ctx.is_main:
             state = cpu_tree(self.s.framework.eval_model().state_dict())
             extra = {"optimizers": self.carried} if self.carried is not None else {}
-            ckpt.save_checkpoint(RunFolder(self.s.run_dir).checkpoint("pretrain"), {
+            ckpt.save_checkpoint(self.folder.checkpoint("pretrain"), {
                 **self._model_payload(state), "kind": "pretrain", "iter": end, **extra})
         if index + 1 < len(self.s.phases):
             self._close_syncs()
@@ -515,13 +517,12 @@ class _Trainer:
                          lr=self.lr, elapsed=self._wall(), finished=self.finished,
                          processes=self.ctx.world_size,
                          run_best=BestScore(**self.run_best),
-                         also_best={k: BestScore(**v) for k, v in self.also_best.items()}
-                         ).payload(),
+                         also_best=self.also_best).payload(),
             "framework": fw_state,
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             "carried": self.carried, "rng": mine["rng"], "sampler": mine["sampler"],
             "phase_best": self.phase_best, **extra}
-        ckpt.save_checkpoint(RunFolder(self.s.run_dir).checkpoint("last"), payload)
+        ckpt.save_checkpoint(self.folder.checkpoint("last"), payload)
         self._write_info()
 
     def _networks(self) -> list[torch.nn.Module]:
@@ -543,7 +544,7 @@ class _Trainer:
         assert self.meta is not None  # only a resumed run restores
         self.lr = self.meta.lr
         self.phase_best = dict(state["phase_best"])
-        self.also_best = {k: v.model_dump() for k, v in self.meta.also_best.items()}
+        self.also_best = dict(self.meta.also_best)
 
     def _wall(self) -> float:
         return self.elapsed + time.perf_counter() - self.started
@@ -552,7 +553,7 @@ class _Trainer:
         info = RunInfo(**self.s.run_info(), finished=self.finished,
                        wall_seconds=round(self._wall(), 3), hco_version=__version__,
                        best=BestScore(**self.run_best),
-                       also_best={k: BestScore(**v) for k, v in self.also_best.items()} or None)
+                       also_best=dict(self.also_best) or None)
         if self.ctx.is_main:
             write_run_info(self.s.run_dir, info)
         return info.to_json()
