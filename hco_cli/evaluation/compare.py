@@ -16,17 +16,17 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, get_args
 
 import numpy as np
 
 from hco_cli.errors import CheckpointError, ConfigError, DataError
 from hco_cli.evaluation import stats
 from hco_cli.evaluation.saved_results import RunInfo, Summary, read_run_info, read_summary
-from hco_cli.runs.layout import EVAL_DIR, SUMMARY_FILE, RunFolder
+from hco_cli.runs.layout import EVAL_DIR, SUMMARY_FILE, EvalCheckpoint, RunFolder
 
 METRICS: tuple[str, ...] = ("dice", "jaccard", "asd", "hd95")  # the paper's column order
-Checkpoint = Literal["best", "last", "best-val", "best-test"]
+Checkpoint = EvalCheckpoint
 _GLOB_CHARS = frozenset("*?[")
 
 

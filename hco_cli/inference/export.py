@@ -35,6 +35,7 @@ from hco_cli.errors import ConfigError, HcoError, MissingExtraError
 from hco_cli.inference.runs import LoadedRun, load_run, model_channels, run_plan
 from hco_cli.inference.sliding_window import logits_of
 from hco_cli.io_utils import atomic_path, write_json
+from hco_cli.runs.layout import EvalCheckpoint
 
 Format = Literal["onnx", "torchscript"]
 Step = Callable[[str], None]
@@ -54,7 +55,7 @@ class ExportOptions(BaseModel):
 
     format: Format
     out: Path
-    checkpoint: Literal["best", "last", "best-val", "best-test"] | None = None
+    checkpoint: EvalCheckpoint | None = None
     tolerance: float = Field(default=1e-4, gt=0, description="max abs logit difference")
     opset: int | None = Field(default=None, ge=7, description="ONNX opset; default: torch's")
     force: bool = False

@@ -63,10 +63,10 @@ from hco_cli.inference.stitching import Stitch
 from hco_cli.io_utils import atomic_dir, write_json
 from hco_cli.locks import hold
 from hco_cli.outputs import check_output_folder, check_replaceable, is_empty
-from hco_cli.runs.layout import SUMMARY_FILE, RunFolder
+from hco_cli.runs.layout import SUMMARY_FILE, EvalCheckpoint, RunFolder
 
 Device = Literal["auto", "cpu", "cuda"]
-Which = Literal["best", "last", "best-val", "best-test"]
+Which = EvalCheckpoint
 # Mirroring along x, y and z: 8 passes per window.
 TTA_AXES = (0, 1, 2)
 

@@ -13,7 +13,7 @@ import glob
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,9 +22,9 @@ from hco_cli.data.dataset import PreparedDataset
 from hco_cli.data.plan import PLAN_FILE, DataPlan, read_plan
 from hco_cli.errors import CheckpointError, ConfigError, DataError
 from hco_cli.runs.checkpoint import load_model_for_inference
-from hco_cli.runs.layout import RunFolder
+from hco_cli.runs.layout import EvalCheckpoint, RunFolder
 
-Which = Literal["best", "last", "best-val", "best-test"]
+Which = EvalCheckpoint
 _WILDCARDS = frozenset("*?[")
 
 

@@ -21,7 +21,7 @@ from hco_cli.errors import CheckpointError, ConfigError
 from hco_cli.io_utils import atomic_path
 from hco_cli.models.vnet import build_model
 from hco_cli.runs.folder import config_hash
-from hco_cli.runs.layout import RunFolder
+from hco_cli.runs.layout import EvalCheckpoint, RunFolder
 
 CHECKPOINT_FORMAT = 1
 
@@ -79,8 +79,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
-def resolve_checkpoint(path: Path, which: Literal["best", "last", "pretrain", "best-val",
-                                                  "best-test"]) -> Path:
+def resolve_checkpoint(path: Path, which: EvalCheckpoint | Literal["pretrain"]) -> Path:
     """A ``.pt`` file as given, or ``RUN/checkpoints/<which>.pt`` for a run folder."""
     path = Path(path)
     if path.is_dir():
@@ -98,7 +97,7 @@ def resolve_checkpoint(path: Path, which: Literal["best", "last", "pretrain", "b
 def load_model_for_inference(
     path: Path,
     *,
-    which: Literal["best", "last", "best-val", "best-test"] = "best",
+    which: EvalCheckpoint = "best",
     device: str | torch.device = "cpu",
 ) -> tuple[nn.Module, TrainConfig]:
     """The evaluation network of a run (or a .pt file), in eval mode, and its TrainConfig."""

@@ -19,9 +19,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 EVAL_DIR = "eval"
 SUMMARY_FILE = "summary.json"
+# The checkpoints a run's network is predicted, evaluated and exported from: best.pt (chosen on
+# validation.select_on), last.pt, and best-<split>.pt of validation.also_select_on.
+EvalCheckpoint = Literal["best", "last", "best-val", "best-test"]
 
 
 @dataclass(frozen=True)
@@ -76,4 +80,4 @@ class RunFolder:
         return RunFolder(path.parent.parent.parent)
 
 
-__all__ = ["EVAL_DIR", "SUMMARY_FILE", "RunFolder"]
+__all__ = ["EVAL_DIR", "SUMMARY_FILE", "EvalCheckpoint", "RunFolder"]
