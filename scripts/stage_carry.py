@@ -77,8 +77,9 @@ def main() -> None:
     for w in wheels:
         copy(w, carry / "wheels" / w.name, args.dry_run)
     wheel_bytes = sum(w.stat().st_size for w in wheels)
-    room = LIMIT - tracked_bytes() - MARGIN
-    print(f"tracked files {tracked_bytes() / 2**20:.1f} MiB; room per call "
+    tracked = tracked_bytes()
+    room = LIMIT - tracked - MARGIN
+    print(f"tracked files {tracked / 2**20:.1f} MiB; room per call "
           f"{room / 2**20:.1f} MiB; wheels {wheel_bytes / 2**20:.1f} MiB")
     if args.what == "fetal":
         src = shared / "datasets" / "fetal-sb-atlas"
