@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from importlinter.cli import lint_imports
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "hco_cli"
@@ -21,6 +20,12 @@ OPTIONAL = {"hco_cli.optim.triton_step"}  # triton
 def test_import_contracts_hold(monkeypatch: pytest.MonkeyPatch) -> None:
     """Layers (cli > workflows > training > inference > evaluation > runs > planning > config >
     ssl > models|optim|data|ops > base > errors) and no cycles between sibling modules."""
+    try:  # the dev extra; absent on the GPU image, whose GPU tests collect this folder too
+        from importlinter.cli import lint_imports
+    except ImportError:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip("import-linter is not installed (pip install -e '.[dev]')")
     monkeypatch.chdir(ROOT)
     monkeypatch.syspath_prepend(str(ROOT))
     assert lint_imports(config_filename=str(ROOT / "pyproject.toml"), no_cache=True,
