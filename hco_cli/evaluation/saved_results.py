@@ -7,6 +7,7 @@ file and the field; unknown extra keys are ignored so that the writers can grow.
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 from dataclasses import dataclass
@@ -203,17 +204,23 @@ def _train_step(record: dict[str, Any], where: str) -> TrainStep:
 
 
 def read_train_steps(run_dir: Path) -> list[TrainStep]:
-    """Training-step records of ``RUN/metrics.jsonl``; other phases (e.g. "val") are skipped.
+    """Training-step records of ``RUN/metrics.jsonl`` (or of ``metrics.jsonl.gz``, an archived
+    run's); other phases (e.g. "val") are skipped.
 
     An unparsable *last* line without a trailing newline is taken as a write still in
     progress (a run being trained) and skipped; any other bad line is an error.
     """
-    path = RunFolder(run_dir).metrics
+    folder = RunFolder(run_dir)
+    path = folder.metrics if folder.metrics.is_file() else folder.metrics_archive
     if not path.is_file():
         raise DataError(f"run {run_dir} has no metrics.jsonl (needed for --dynamics)")
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rt", encoding="utf-8") as f:
+                text = f.read()
+        else:
+            text = path.read_text(encoding="utf-8")
+    except (OSError, EOFError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read {path}: {exc}") from None
     lines = text.split("\n")
     steps: list[TrainStep] = []

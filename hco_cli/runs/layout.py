@@ -5,6 +5,7 @@
     RUN/plans.json               the dataset's preprocessing plan, with the run's patch size
     RUN/run.json                 summary read by ``hco compare`` and ``hco sweep --status``
     RUN/metrics.jsonl            per-iteration and validation records
+    RUN/metrics.jsonl.gz         the same, compressed (an archived run; read-only)
     RUN/checkpoints/last.pt      everything needed to resume exactly
     RUN/checkpoints/best.pt      eval-model weights chosen on validation
     RUN/checkpoints/pretrain.pt  eval-model weights at the end of a shareable phase
@@ -48,6 +49,12 @@ class RunFolder:
     @property
     def metrics(self) -> Path:
         return self.path / "metrics.jsonl"
+
+    @property
+    def metrics_archive(self) -> Path:
+        """``metrics.jsonl.gz``: a finished run's log compressed for keeping (about 5x
+        smaller); read by ``hco compare --dynamics`` where ``metrics.jsonl`` is absent."""
+        return self.path / "metrics.jsonl.gz"
 
     @property
     def checkpoints(self) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 from pathlib import Path
@@ -78,6 +79,23 @@ def test_train_steps_skip_other_phases_and_a_partial_last_line(tmp_path: Path) -
     steps = read_train_steps(run)
     assert [s.phase for s in steps] == ["pretrain", "selftrain"]
     assert math.isnan(steps[0].ratio) and steps[1].ratio == 1.5
+
+
+def test_train_steps_read_an_archived_log(tmp_path: Path) -> None:
+    """metrics.jsonl.gz gives the same steps as metrics.jsonl; the plain file wins if both."""
+    run = write_run(tmp_path, "r", steps=[step(0, 1, 0.5), step(0, 2, 1.5)])
+    plain = run / "metrics.jsonl"
+    expected = read_train_steps(run)
+    with gzip.open(run / "metrics.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.write(plain.read_text(encoding="utf-8"))
+    plain.write_text(json.dumps({"phase": "selftrain", "iter": 9, "epoch": 0, "loss_l": 1.0,
+                                 "loss_u": 2.0, "ratio": 2.0}) + "\n", encoding="utf-8")
+    assert [s.ratio for s in read_train_steps(run)] == [2.0]
+    plain.unlink()
+    assert read_train_steps(run) == expected
+    (run / "metrics.jsonl.gz").write_bytes(b"\x1f\x8b not gzip")
+    with pytest.raises(DataError, match=r"cannot read .*metrics\.jsonl\.gz"):
+        read_train_steps(run)
 
 
 def test_train_steps_errors(tmp_path: Path) -> None:
