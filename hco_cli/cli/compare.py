@@ -54,7 +54,7 @@ ZeroMethod = Annotated[ZeroMethodChoice | None, _opt(default="wilcox", help="Wil
 Holm = Annotated[bool, _opt("--holm", help="Holm-adjust p-values across the 4 metrics.")]
 Intersect = Annotated[bool, _opt("--intersect", help="Pair only the cases common to all arms.")]
 DynamicsFlag = Annotated[bool, _opt("--dynamics", help="Compare the L_U/L_L loss ratio per epoch "
-                         "(RUN/metrics.jsonl) instead of test metrics.")]  # fmt: skip
+                         "(RUN/metrics.jsonl or .gz) instead of test metrics.")]  # fmt: skip
 Bin = Annotated[int | None, _opt("--bin", min=1, default="1", help="--dynamics: epochs per row.")]
 Frac = Annotated[float | None, _opt(default="0.3", help="--dynamics --plot: LOWESS span.")]
 Json = Annotated[Path | None, _opt("--json", dir_okay=False, help="Write the records as JSON.")]
