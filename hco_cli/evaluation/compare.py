@@ -6,11 +6,19 @@ group every case's metric is first averaged over the group's runs (NaN-aware), t
 paired by case id and summarised across cases: the protocol of the paper's Study 3 (average
 over the 16 folds per test volume, then mean and std across volumes). The first arm is the
 reference; each later arm is tested for being better than it (:mod:`hco_cli.evaluation.stats`).
+
+Those per-case tests take the cases as the replicates: they cannot see how much a result moves
+with the training seed (an A/A control, the same optimizer with other random streams, can
+differ "significantly" from its twin over 20 cases). So, where arms are groups of runs, each
+run's mean over the cases is also paired with the reference run of the same seed (the part of
+the run's path that the arm's glob matched, e.g. ``all-s1`` of ``runs/sgd/*``; else the seed
+in ``run.json``), giving per-seed differences and a one-sided paired t-test over seeds.
 """
 
 from __future__ import annotations
 
 import glob
+import math
 import os
 import warnings
 from collections.abc import Sequence
@@ -53,6 +61,34 @@ class Arm:
     values: dict[tuple[str, str], np.ndarray]  # (class, metric) -> one value per case
     n_dropped: int = 0
     source: str = ""  # the path or glob it was read from (the legend of narrow tables)
+    # Per run of the group: its pairing key (see _member_keys) -> (class, metric) -> per case.
+    members: dict[str, dict[tuple[str, str], np.ndarray]] = field(default_factory=dict)
+    seeds: dict[str, str] = field(default_factory=dict)  # pairing key -> "seed N" (run.json)
+
+
+@dataclass(frozen=True)
+class SeedDifference:
+    """One arm vs the reference on one (class, metric), run by run: each run's mean over the
+    paired cases minus that of the reference run with the same key (seed)."""
+
+    arm: str
+    reference: str
+    class_: str
+    metric: str
+    keys: tuple[str, ...]
+    differences: tuple[float, ...]
+    mean: float
+    std: float
+    n_better: int
+    p_ttest: float  # one-sided paired t-test over the seeds; NaN with fewer than 2
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"level": "seed", "arm": self.arm, "reference": self.reference,
+                "class": self.class_,
+                "metric": self.metric, "keys": list(self.keys),
+                "differences": [d if math.isfinite(d) else None for d in self.differences],
+                "mean": self.mean, "std": self.std,
+                "n_better": self.n_better, "p_ttest_seeds": self.p_ttest}
 
 
 @dataclass(frozen=True)
@@ -69,6 +105,7 @@ class ComparisonRecord:
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
+            "level": "case",
             "arm": self.arm,
             "reference": self.reference,
             "class": self.class_,
@@ -93,6 +130,7 @@ class Comparison:
     holm: bool
     checkpoint: Checkpoint
     dropped_cases: dict[str, int] = field(default_factory=dict)
+    seed_differences: list[SeedDifference] = field(default_factory=list)
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -232,6 +270,22 @@ def _describe(runs: list[RunInfo]) -> tuple[str, str]:
     return "/".join(optimizers) or "-", ", ".join(splits) or "-"
 
 
+def _member_keys(source: ArmSource) -> list[str]:
+    """Each member's pairing key: the path components that the glob's wildcard components
+    matched (``all-s1`` for ``runs/sgd/*``, ``la8-s2`` for ``results/la8-s*/sgd``); the whole
+    path where the glob and the path differ in depth (``**``) or for a single path."""
+    pattern = Path(_split_name(source.spec)[1]).expanduser()
+    wild = [bool(_GLOB_CHARS & set(part)) for part in pattern.parts]
+    keys = []
+    for member in source.members:
+        parts = member.parts
+        if any(wild) and len(parts) == len(wild):
+            keys.append("/".join(p for p, w in zip(parts, wild, strict=True) if w))
+        else:
+            keys.append(str(member))
+    return keys
+
+
 def load_arm(source: ArmSource, *, checkpoint: Checkpoint = "best", intersect: bool = False) -> Arm:
     """Load an arm and average each case's metrics over the group's runs (NaN-aware)."""
     loaded = [_member(p, checkpoint) for p in source.members]
@@ -245,12 +299,16 @@ def load_arm(source: ArmSource, *, checkpoint: Checkpoint = "best", intersect: b
         {k: tuple(s.cases) for k, s in summaries.items()}, intersect=intersect, context=context
     )
     values: dict[tuple[str, str], np.ndarray] = {}
+    keys = _member_keys(source)
+    members: dict[str, dict[tuple[str, str], np.ndarray]] = {k: {} for k in keys}
     for cls in classes:
         for metric in METRICS:
             stack = np.array([[s.cases[c][cls][metric] for c in cases] for s in summaries.values()])
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN case -> NaN
                 values[(cls, metric)] = np.nanmean(stack, axis=0)
+            for key, row in zip(keys, stack, strict=True):
+                members[key][(cls, metric)] = row
     optimizer, lu = _describe([r for _, r in loaded if r is not None])
     return Arm(
         name=source.name,
@@ -263,6 +321,9 @@ def load_arm(source: ArmSource, *, checkpoint: Checkpoint = "best", intersect: b
         values=values,
         n_dropped=max(dropped.values()),
         source=_split_name(source.spec)[1],
+        members=members,
+        seeds={k: f"seed {r.seed}" for k, (_, r) in zip(keys, loaded, strict=True)
+               if r is not None},
     )
 
 
@@ -277,6 +338,8 @@ def pair_arms(arms: list[Arm], *, intersect: bool = False) -> dict[str, int]:
         index = {c: i for i, c in enumerate(arm.cases)}
         take = np.array([index[c] for c in cases], dtype=np.int64)
         arm.values = {k: v[take] for k, v in arm.values.items()}
+        arm.members = {key: {k: v[take] for k, v in member.items()}
+                       for key, member in arm.members.items()}
         arm.cases = cases
         dropped[arm.name] += arm.n_dropped
     return dropped
@@ -309,6 +372,49 @@ def _records(
     return records
 
 
+def _seed_pairs(ref: Arm, arm: Arm) -> list[tuple[str, str, str]]:
+    """(label, reference key, arm key) of the runs that share a key, else a run.json seed."""
+    common = sorted(set(ref.members) & set(arm.members))
+    if common:
+        return [(k, k, k) for k in common]
+    by_seed_ref = {v: k for k, v in ref.seeds.items()}
+    by_seed_arm = {v: k for k, v in arm.seeds.items()}
+    if len(by_seed_ref) < len(ref.seeds) or len(by_seed_arm) < len(arm.seeds):
+        return []  # a seed twice in one arm (folds): no unambiguous pairing
+    shared = sorted(set(by_seed_ref) & set(by_seed_arm))
+    return [(s, by_seed_ref[s], by_seed_arm[s]) for s in shared]
+
+
+def seed_differences(arms: list[Arm]) -> list[SeedDifference]:
+    """Per (arm, class, metric): each paired run's mean over the cases where both runs are
+    finite, minus the reference run's; empty for arms without two paired runs."""
+    ref = arms[0]
+    out: list[SeedDifference] = []
+    for arm in arms[1:]:
+        pairs = _seed_pairs(ref, arm)
+        if len(pairs) < 2:
+            continue
+        for cls in ref.classes:
+            for metric in METRICS:
+                diffs = []
+                for _, ref_key, arm_key in pairs:
+                    a = ref.members[ref_key][(cls, metric)]
+                    b = arm.members[arm_key][(cls, metric)]
+                    keep = np.isfinite(a) & np.isfinite(b)
+                    diffs.append(float(np.mean(b[keep] - a[keep])) if keep.any() else math.nan)
+                d = np.array(diffs)
+                finite = d[np.isfinite(d)]
+                sign = 1.0 if stats.HIGHER_IS_BETTER[metric] else -1.0
+                result = stats.paired_test(np.zeros_like(d), d, metric=metric, tests=("ttest",))
+                out.append(SeedDifference(
+                    arm=arm.name, reference=ref.name, class_=cls, metric=metric,
+                    keys=tuple(label for label, _, _ in pairs), differences=tuple(diffs),
+                    mean=float(np.mean(finite)) if finite.size else math.nan,
+                    std=float(np.std(finite, ddof=1)) if finite.size > 1 else math.nan,
+                    n_better=int((sign * finite > 0).sum()), p_ttest=result.p_ttest))
+    return out
+
+
 def compare_runs(
     specs: Sequence[str],
     *,
@@ -336,4 +442,5 @@ def compare_runs(
         holm=holm,
         checkpoint=checkpoint,
         dropped_cases=dropped,
+        seed_differences=seed_differences(arms),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -70,7 +71,8 @@ def write_records(
         columns = list(dict.fromkeys(k for r in clean for k in r))
         writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
-        writer.writerows({k: "" if v is None else v for k, v in r.items()} for r in clean)
+        writer.writerows({k: "" if v is None else json.dumps(v) if isinstance(v, list) else v
+                          for k, v in r.items()} for r in clean)
         write_text(csv_path, buffer.getvalue())
 
 
@@ -250,17 +252,44 @@ def _details_table(result: Comparison, labels: dict[str, str] | None = None) -> 
     return table
 
 
+def _seed_table(result: Comparison, labels: dict[str, str] | None = None) -> ReportTable:
+    """Per-seed differences: each paired run's mean over the cases minus its reference run's."""
+    keys = list(dict.fromkeys(k for d in result.seed_differences for k in d.keys))
+    table = ReportTable(
+        title="Per-seed differences (each run's mean over the cases minus the reference run's)",
+        columns=["Arm", "Class", "Metric", *keys, "Mean (sd)", "Better", "p t-test (seeds)"],
+        caption="Runs paired by seed (the part of their path the arm's glob matched, else "
+        "run.json's seed); Dice/Jaccard in % points. Better: seeds where the arm is better. "
+        "p: one-sided paired t-test over the seeds, which, unlike the per-case tests, sees "
+        "how much a result moves with the training seed.",
+    )
+    for d in result.seed_differences:
+        scale = 100.0 if d.metric in PERCENT else 1.0
+        by_key = dict(zip(d.keys, d.differences, strict=True))
+        cells = [f"{by_key[k] * scale:+.2f}" if math.isfinite(by_key.get(k, math.nan)) else "-"
+                 for k in keys]
+        mean = f"{d.mean * scale:+.2f}" if math.isfinite(d.mean) else "-"
+        spread = f" ({d.std * scale:.2f})" if math.isfinite(d.std) else ""
+        texts = [labels[d.arm] if labels else d.arm, d.class_, LABELS[d.metric], *cells,
+                 mean + spread, f"{d.n_better}/{len(d.keys)}", fmt_p(d.p_ttest)]
+        table.rows.append([Cell(t) for t in texts])
+    return table
+
+
 def comparison_tables(result: Comparison, *, compact: bool = False) -> list[ReportTable]:
     """One paper-layout table per class, then the table of paired tests; ``compact``: for
     narrow consoles, a legend of short arm labels, then per class a table of means and one
     of p-values, then the paired tests in fewer columns."""
+    seeds = [_seed_table(result)] if result.seed_differences else []
     if not compact:
-        return [*(_class_table(result, c) for c in result.classes), _details_table(result)]
+        return [*(_class_table(result, c) for c in result.classes), _details_table(result),
+                *seeds]
     labels = arm_labels([a.name for a in result.arms])
     tables = [_legend(result, labels)]
     for cls in result.classes:
         tables += _compact_class_tables(result, cls, labels)
-    return [*tables, _details_table(result, labels)]
+    seeds = [_seed_table(result, labels)] if result.seed_differences else []
+    return [*tables, _details_table(result, labels), *seeds]
 
 
 def comparison_notes(result: Comparison) -> list[str]:
@@ -284,6 +313,8 @@ def write_comparison(
     markdown_path: Path | None = None,
 ) -> None:
     """Write the records (JSON list / CSV rows) and the Markdown tables that were asked for."""
-    write_records([r.as_dict() for r in result.records], json_path=json_path, csv_path=csv_path)
+    records = [r.as_dict() for r in result.records]
+    records += [d.as_dict() for d in result.seed_differences]
+    write_records(records, json_path=json_path, csv_path=csv_path)
     if markdown_path is not None:
         write_markdown(markdown_path, comparison_tables(result), notes=comparison_notes(result))

@@ -56,7 +56,8 @@ def test_table_and_outputs(arms: list[str], tmp_path: Path) -> None:
     records = json.loads((out / "c.json").read_text(encoding="utf-8"))
     assert {r["metric"] for r in records} == {"dice", "jaccard", "hd95", "asd"}
     assert records[0]["arm"] == "hco" and records[0]["reference"] == "sgd-s0"
-    assert (out / "c.csv").read_text(encoding="utf-8").startswith("arm,reference,class,metric")
+    csv_text = (out / "c.csv").read_text(encoding="utf-8")
+    assert csv_text.startswith("level,arm,reference,class,metric")
     assert "| Arm | Optimizer |" in (out / "c.md").read_text(encoding="utf-8")
     assert (out / "box.png").stat().st_size > 0
     assert f"wrote {out / 'c.json'}" in text

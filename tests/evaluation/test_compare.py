@@ -188,3 +188,63 @@ def test_arm_resolution_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="given twice"):
         compare_runs([f"x={a}", f"x={a}"])
     assert resolve_arm(f"{tmp_path}/*.json").members == (a,)
+
+
+def _seeded(root: Path, arm: str, shifts: dict[str, float], *, optimizer: str = "sgd",
+            seed_offset: int = 0, nan_case: int | None = None) -> None:
+    """Runs ARM/all-sN whose Dice is DICE_A + shift (one NaN HD95 case if asked)."""
+    for key, shift in shifts.items():
+        dice = DICE_A + shift
+        hd95 = 20 * (1 - dice)
+        if nan_case is not None:
+            hd95[nan_case] = math.nan
+        seed = int(key.rsplit("s", 1)[1]) + seed_offset
+        write_run(root / arm, key, optimizer=optimizer, seed=seed,
+                  evals={"best": (cases(N), one_class(dice, hd95=hd95))})
+
+
+def test_per_seed_differences_pair_runs_by_the_glob_match(tmp_path: Path) -> None:
+    """Keys come from the glob's wildcard part, so an A/A arm whose run.json seeds differ
+    (seed_offset) still pairs with the reference run of its folder; the t-test is scipy's
+    one-sample test of the per-seed differences."""
+    _seeded(tmp_path, "sgd", {"all-s1": 0.0, "all-s2": 0.01, "all-s3": -0.01})
+    _seeded(tmp_path, "aa", {"all-s1": 0.02, "all-s2": 0.0, "all-s3": 0.005}, seed_offset=1000)
+    result = compare_runs([f"sgd={tmp_path}/sgd/*", f"aa={tmp_path}/aa/*"])
+    (dice,) = [d for d in result.seed_differences if d.metric == "dice"]
+    assert dice.keys == ("all-s1", "all-s2", "all-s3")
+    expected = np.array([0.02, -0.01, 0.015])
+    assert np.allclose(dice.differences, expected, atol=1e-12)
+    assert dice.mean == pytest.approx(expected.mean())
+    assert dice.std == pytest.approx(expected.std(ddof=1))
+    assert dice.n_better == 2
+    assert dice.p_ttest == pytest.approx(
+        sps.ttest_1samp(expected, 0.0, alternative="greater").pvalue)
+    (hd95,) = [d for d in result.seed_differences if d.metric == "hd95"]
+    assert np.allclose(hd95.differences, -20 * expected) and hd95.n_better == 2
+    assert hd95.p_ttest == pytest.approx(dice.p_ttest)  # lower is better: the same evidence
+
+
+def test_per_seed_differences_fall_back_to_run_json_seeds(tmp_path: Path) -> None:
+    """Folders named differently (a-s1 vs b-s1 under other globs): paired by run.json seed;
+    a NaN case is left out of that seed's mean only."""
+    for seed, shift in ((1, 0.0), (2, 0.01)):
+        write_run(tmp_path, f"sgd-run{seed}", seed=seed,
+                  evals={"best": (cases(N), one_class(DICE_A + shift))})
+        hd95 = 20 * (1 - (DICE_A + shift + 0.01))
+        hd95[0] = math.nan
+        write_run(tmp_path, f"hco-seed{seed}", optimizer="sgd-hco", seed=seed,
+                  evals={"best": (cases(N), one_class(DICE_A + shift + 0.01, hd95=hd95))})
+    result = compare_runs([f"{tmp_path}/sgd-run*", f"{tmp_path}/hco-seed*"])
+    (dice,) = [d for d in result.seed_differences if d.metric == "dice"]
+    assert dice.keys == ("seed 1", "seed 2")
+    assert np.allclose(dice.differences, 0.01) and dice.n_better == 2
+    (hd95,) = [d for d in result.seed_differences if d.metric == "hd95"]
+    assert np.allclose(hd95.differences, -0.2)  # the 9 finite cases of each seed
+
+
+def test_no_per_seed_differences_without_two_paired_runs(tmp_path: Path) -> None:
+    _seeded(tmp_path, "sgd", {"all-s1": 0.0, "all-s2": 0.01})
+    _seeded(tmp_path, "hco", {"all-s1": 0.01}, optimizer="sgd-hco")
+    _seeded(tmp_path, "other", {"all-s7": 0.01, "all-s8": 0.0})
+    result = compare_runs([f"{tmp_path}/sgd/*", f"{tmp_path}/hco/*", f"{tmp_path}/other/*"])
+    assert result.seed_differences == []

@@ -73,3 +73,27 @@ def test_records_json_csv_markdown(runs: list[str], tmp_path: Path) -> None:
     assert f"**{100 * DICE_B.mean():.2f}" in md
     assert "Holm-adjusted" in md
     assert not list(out.glob(".*tmp"))  # atomic writes leave no temporary files
+
+
+def test_per_seed_table_and_records(tmp_path: Path) -> None:
+    """With seeds on both sides: a last table of per-seed differences (Dice in % points) and
+    records of level "seed" after the per-case ones in JSON and CSV."""
+    for seed, (a, b) in enumerate(((0.0, 0.02), (0.01, 0.0)), start=1):
+        write_run(tmp_path / "sgd", f"s{seed}", seed=seed,
+                  evals={"best": (cases(6), one_class(DICE_A + a))})
+        write_run(tmp_path / "hco", f"s{seed}", optimizer="sgd-hco", seed=seed,
+                  evals={"best": (cases(6), one_class(DICE_A + b))})
+    result = compare_runs([f"sgd={tmp_path}/sgd/*", f"hco={tmp_path}/hco/*"])
+    *_, seeds = comparison_tables(result)
+    assert seeds.columns == ["Arm", "Class", "Metric", "s1", "s2", "Mean (sd)", "Better",
+                             "p t-test (seeds)"]
+    dice = [c.text for c in seeds.rows[0]]
+    assert dice[:5] == ["hco", "1", "Dice", "+2.00", "-1.00"]
+    assert dice[5] == f"+0.50 ({np.std([2.0, -1.0], ddof=1):.2f})" and dice[6] == "1/2"
+    assert dice[7] == f"{sps.ttest_1samp([0.02, -0.01], 0, alternative='greater').pvalue:.4f}"
+    write_comparison(result, json_path=tmp_path / "c.json", csv_path=tmp_path / "c.csv")
+    records = json.loads((tmp_path / "c.json").read_text(encoding="utf-8"))
+    assert [r["level"] for r in records] == ["case"] * 4 + ["seed"] * 4
+    assert records[4]["keys"] == ["s1", "s2"] and records[4]["n_better"] == 1
+    rows = list(csv.DictReader((tmp_path / "c.csv").open(encoding="utf-8")))
+    assert json.loads(rows[4]["differences"]) == pytest.approx([0.02, -0.01])
