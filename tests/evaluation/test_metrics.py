@@ -133,6 +133,22 @@ def test_distant_blob_beyond_the_search_ball() -> None:
         assert_close(binary_metrics(pred, gt, spacing=spacing), reference(pred, gt, spacing))
 
 
+@pytest.mark.parametrize("spacing", [None, (0.7, 1.3, 2.9)])
+def test_far_voxels_all_pairs_and_kd_tree_agree_bit_for_bit(
+    spacing: tuple | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(11)
+    gt = ball((50, 44, 40), (20, 20, 20), 9)
+    pred = ndimage.binary_erosion(gt, iterations=2)
+    pred[40:46, 3:8, 30:36] = rng.random((6, 5, 6)) > 0.3  # far from the reference
+    all_pairs = metrics.surface_distances(pred, gt, spacing=spacing)
+    monkeypatch.setattr(metrics, "_BRUTE_FORCE_PAIRS", 0)  # every far voxel to the k-d tree
+    kd_tree = metrics.surface_distances(pred, gt, spacing=spacing)
+    assert all_pairs[0].max() > metrics._ball((1.0, 1.0, 1.0))[1][-1]  # some beyond the ball
+    for ours, tree in zip(all_pairs, kd_tree, strict=True):
+        np.testing.assert_array_equal(ours, tree)
+
+
 def test_single_metric_functions_agree_with_binary_metrics() -> None:
     a = ball((20, 20, 20), (9, 9, 9), 5)
     b = ball((20, 20, 20), (10, 9, 8), 6)
