@@ -178,8 +178,13 @@ def _spacing(spacing: Sequence[float] | None, ndim: int) -> np.ndarray:
 def _bounding_box(mask: np.ndarray) -> list[tuple[int, int]] | None:
     """Index box [lo, hi) per axis of the non-zero voxels, or None for an empty mask.
 
-    Reducing the leading axis first keeps every pass over the full array contiguous (fast).
+    Reducing the outermost axis in memory first keeps every pass over the full array
+    contiguous (fast): the leading axis of a C-ordered array, the last of a Fortran-ordered one
+    (a NIfTI volume), whose box is that of its C-ordered transpose, reversed.
     """
+    if mask.ndim > 1 and mask.flags.f_contiguous and not mask.flags.c_contiguous:
+        box = _bounding_box(mask.T)
+        return None if box is None else box[::-1]
     hits = np.flatnonzero(mask.any(axis=tuple(range(1, mask.ndim))) if mask.ndim > 1 else mask)
     if hits.size == 0:
         return None
