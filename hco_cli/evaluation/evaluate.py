@@ -319,8 +319,8 @@ def _present_values(array: np.ndarray) -> tuple[int, ...]:
     if array.dtype.kind in "iu" and array.size:  # no ravel: a strided map is not copied
         low = 0 if array.dtype.kind == "u" else int(array.min())
         high = int(array.max())
-        if low >= 0 and high <= _FEW_VALUES:
-            return tuple(v for v in range(1, high + 1) if (array == v).any())
+        if low >= 0 and high <= _FEW_VALUES:  # the maximum is present: not compared
+            return tuple(v for v in range(1, high) if (array == v).any()) + (high,) * (high > 0)
         if low >= 0 and high < 2**16:
             return tuple(int(v) for v in np.flatnonzero(np.bincount(array.ravel())) if v != 0)
     return tuple(int(v) for v in np.unique(array) if v != 0)

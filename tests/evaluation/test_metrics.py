@@ -196,6 +196,21 @@ def test_multi_class_volume_per_class() -> None:
         assert_close(got[str(c)], reference(pred == c, gt == c, spacing))
 
 
+@pytest.mark.parametrize("spacing", [None, (0.8, 1.0, 1.5)])
+def test_evaluate_pair_equals_binary_metrics_of_each_class_exactly(spacing: tuple | None) -> None:
+    # evaluate_pair crops both maps to their non-zero box and recuts each class to its own:
+    # the same crops as binary_metrics(pred == c, gt == c), so the same floats.
+    gt = np.zeros((40, 36, 30), np.uint8)
+    gt[ball(gt.shape, (12, 12, 12), 7)] = 1
+    gt[ball(gt.shape, (26, 22, 18), 6)] = 2
+    pred = np.asfortranarray(np.roll(gt, (2, -1, 1), axis=(0, 1, 2)))  # as NIfTI reads
+    pred[34:38, 2:6, 24:28] = 1  # far from class 1 of the reference
+    got = evaluate_pair(pred, gt, classes=[1, 2, 3], spacing=spacing)
+    for c in (1, 2):
+        assert got[str(c)] == binary_metrics(pred == c, gt == c, spacing=spacing)
+    assert all(math.isnan(v) for v in got["3"].values())  # in neither map
+
+
 def test_invalid_inputs_raise() -> None:
     a = np.zeros((4, 4, 4), np.uint8)
     with pytest.raises(DataError, match="shape"):
