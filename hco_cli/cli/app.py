@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Annotated
 
 import typer
@@ -79,4 +80,11 @@ app.command("sweep")(sweep_command)
 
 def main() -> None:
     """Console-script entry point."""
-    app()
+    try:
+        app()
+    finally:
+        # The process ends next. The interpreter's collections at exit walk every object left
+        # (modules, typer, pydantic, NumPy internals): about 40 ms, a tenth of an `hco evaluate`
+        # of the LA test set. Frozen objects are skipped; files are closed by now, and atexit
+        # handlers and the flushing of stdout/stderr still run.
+        gc.freeze()

@@ -1,6 +1,7 @@
 """Reading and writing medical volumes with their physical geometry.
 
-NIfTI goes through nibabel (no SimpleITK needed, so GPU machines can do without it); NRRD,
+NIfTI goes through nibabel (no SimpleITK needed, so GPU machines can do without it), except
+plain files, which :mod:`hco_cli.data.nifti` reads the same way without loading nibabel; NRRD,
 MHA/MHD and DICOM series go through SimpleITK, imported only when such a file is met.
 Arrays are returned indexed (x, y, z); geometry follows ITK's LPS convention
 (see :mod:`hco_cli.data.dataset`).
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from hco_cli.data.dataset import Geometry
+from hco_cli.data.nifti import read_plain_nifti
 from hco_cli.errors import DataError, MissingExtraError
 from hco_cli.io_utils import atomic_path
 
@@ -120,11 +122,16 @@ def _squeeze_3d(array: np.ndarray, path: Path) -> np.ndarray:
 
 
 def _read_nifti(path: Path) -> tuple[np.ndarray, Geometry]:
-    import nibabel as nib
+    plain = read_plain_nifti(path)  # most files: the same array and affine, without nibabel
+    if plain is not None:
+        array, affine = plain
+    else:
+        import nibabel as nib
 
-    image: Any = nib.load(str(path))
-    array = _squeeze_3d(np.asanyarray(image.dataobj), path)
-    return array, geometry_from_affine(image.affine, array.shape)
+        image: Any = nib.load(str(path))
+        array, affine = np.asanyarray(image.dataobj), image.affine
+    array = _squeeze_3d(array, path)
+    return array, geometry_from_affine(affine, array.shape)
 
 
 def _read_itk(path: Path) -> tuple[np.ndarray, Geometry]:

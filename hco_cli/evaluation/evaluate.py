@@ -25,7 +25,6 @@ import math
 import multiprocessing
 import os
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -247,6 +246,9 @@ def evaluate_case(task: CaseTask) -> CaseResult:
 def _run(tasks: list[CaseTask], jobs: int) -> list[CaseResult]:
     if jobs == 1 or len(tasks) <= 1:
         return [evaluate_case(t) for t in tasks]
+    # Deferred: concurrent.futures costs about 4 ms to import, and --jobs 1 never needs it.
+    from concurrent.futures import ProcessPoolExecutor
+
     with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)),
                              mp_context=worker_context()) as pool:
         futures = [pool.submit(evaluate_case, t) for t in tasks]
@@ -319,8 +321,8 @@ def _present_values(array: np.ndarray) -> tuple[int, ...]:
     if array.dtype.kind in "iu" and array.size:  # no ravel: a strided map is not copied
         low = 0 if array.dtype.kind == "u" else int(array.min())
         high = int(array.max())
-        if low >= 0 and high <= _FEW_VALUES:
-            return tuple(v for v in range(1, high + 1) if (array == v).any())
+        if low >= 0 and high <= _FEW_VALUES:  # the maximum is present: not compared
+            return tuple(v for v in range(1, high) if (array == v).any()) + (high,) * (high > 0)
         if low >= 0 and high < 2**16:
             return tuple(int(v) for v in np.flatnonzero(np.bincount(array.ravel())) if v != 0)
     return tuple(int(v) for v in np.unique(array) if v != 0)
@@ -404,7 +406,7 @@ def usable_cores() -> int:
 def worker_context() -> Any:
     """The multiprocessing context of scoring workers: fork where available (as PyTorch's
     DataLoader does), so the caller's main module is not imported again, as forkserver and
-    spawn would; the workers only use numpy, scipy and nibabel."""
+    spawn would; the workers only use numpy, h5py, nibabel and (rarely) scipy."""
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
     return multiprocessing.get_context(method)
 

@@ -133,6 +133,22 @@ def test_distant_blob_beyond_the_search_ball() -> None:
         assert_close(binary_metrics(pred, gt, spacing=spacing), reference(pred, gt, spacing))
 
 
+@pytest.mark.parametrize("spacing", [None, (0.7, 1.3, 2.9)])
+def test_far_voxels_all_pairs_and_kd_tree_agree_bit_for_bit(
+    spacing: tuple | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(11)
+    gt = ball((50, 44, 40), (20, 20, 20), 9)
+    pred = ndimage.binary_erosion(gt, iterations=2)
+    pred[40:46, 3:8, 30:36] = rng.random((6, 5, 6)) > 0.3  # far from the reference
+    all_pairs = metrics.surface_distances(pred, gt, spacing=spacing)
+    monkeypatch.setattr(metrics, "_BRUTE_FORCE_PAIRS", 0)  # every far voxel to the k-d tree
+    kd_tree = metrics.surface_distances(pred, gt, spacing=spacing)
+    assert all_pairs[0].max() > metrics._ball((1.0, 1.0, 1.0))[1][-1]  # some beyond the ball
+    for ours, tree in zip(all_pairs, kd_tree, strict=True):
+        np.testing.assert_array_equal(ours, tree)
+
+
 def test_single_metric_functions_agree_with_binary_metrics() -> None:
     a = ball((20, 20, 20), (9, 9, 9), 5)
     b = ball((20, 20, 20), (10, 9, 8), 6)
@@ -178,6 +194,21 @@ def test_multi_class_volume_per_class() -> None:
     assert list(got) == ["1", "2", "3"]
     for c in (1, 2, 3):
         assert_close(got[str(c)], reference(pred == c, gt == c, spacing))
+
+
+@pytest.mark.parametrize("spacing", [None, (0.8, 1.0, 1.5)])
+def test_evaluate_pair_equals_binary_metrics_of_each_class_exactly(spacing: tuple | None) -> None:
+    # evaluate_pair crops both maps to their non-zero box and recuts each class to its own:
+    # the same crops as binary_metrics(pred == c, gt == c), so the same floats.
+    gt = np.zeros((40, 36, 30), np.uint8)
+    gt[ball(gt.shape, (12, 12, 12), 7)] = 1
+    gt[ball(gt.shape, (26, 22, 18), 6)] = 2
+    pred = np.asfortranarray(np.roll(gt, (2, -1, 1), axis=(0, 1, 2)))  # as NIfTI reads
+    pred[34:38, 2:6, 24:28] = 1  # far from class 1 of the reference
+    got = evaluate_pair(pred, gt, classes=[1, 2, 3], spacing=spacing)
+    for c in (1, 2):
+        assert got[str(c)] == binary_metrics(pred == c, gt == c, spacing=spacing)
+    assert all(math.isnan(v) for v in got["3"].values())  # in neither map
 
 
 def test_invalid_inputs_raise() -> None:
