@@ -10,7 +10,11 @@ Every arm goes through the library call of ``hco predict --split test --lcc --ev
 against the original labels) on the first ``--cases`` test cases (``--no-evaluate``,
 ``--no-lcc`` leave those out). Without ``--run``, a randomly initialised V-Net with the LA
 protocol's window (patch 112x112x80, stride 18/18/4, batch 4, bf16 on CUDA) is written to a
-temporary run folder: the time does not depend on the weights (LCC and metrics a little).
+temporary run folder (seeded with ``--seed``): the forward's time does not depend on the
+weights, but scoring's does, a lot: a random V-Net's prediction can cover most of the volume
+with a ragged surface far from the atrium, whose surface distances cost about 1.3 s of CPU
+per LA case, against about 0.03 s for an atrium-like prediction (the labels eroded by a
+voxel; ``results/speed/predict-scoring-cpu.txt``).
 
 Arms, interleaved over ``--rounds`` after one cold call per path: ``serial`` (the path before
 issue 20, ``pipeline=False``: one case after another, labels and components on the host,
@@ -19,7 +23,14 @@ windows per forward), ``tta`` (8 mirrored copies, pipelined), ``stitch-cpu`` and
 ``stitch-gpu``. Reported per arm: median wall seconds of the whole call and its ratio to
 ``serial`` from the same run, median seconds per case, stage seconds per call (forward,
 labels + LCC, writing, scoring; in the pipelined arms writing and scoring run beside the
-device work, so stages add up to more than the wall time), and the peak GPU memory of a case.
+device work, so stages add up to more than the wall time; ``rest``: the call's wall time
+beyond its cases' main-loop seconds, i.e. model loading, then waiting for the writers and
+scorers after the last case, and the summary), and the peak GPU memory of a case. Scoring is
+not timed alike in both paths: ``serial``'s ``score_wall`` is the wall time of ``hco
+evaluate``'s pool (min(cores, cases) forked workers after the last file), the pipelined arms'
+``score`` the sum of each case's seconds in its worker (their medians per case, wall and CPU,
+are printed too); for reference, the last arm's files are then scored one case after another
+in this process.
 Cold: the first call of each path in this process (CUDA context, cuDNN autotuning), after
 the imports (their seconds are printed); ``--cli`` also times one fresh ``hco predict``
 process, imports included.
@@ -52,7 +63,9 @@ import hco_cli.inference.predict as predict_module  # noqa: E402
 from hco_cli.config import validate_config  # noqa: E402
 from hco_cli.data.dataset import PreparedDataset  # noqa: E402
 from hco_cli.data.prepare import prepare_synthetic  # noqa: E402
+from hco_cli.evaluation.evaluate import evaluate_case  # noqa: E402
 from hco_cli.inference.predict import PredictionReport, PredictOptions, predict  # noqa: E402
+from hco_cli.inference.scoring import case_task, reference_labels  # noqa: E402
 from hco_cli.io_utils import write_json  # noqa: E402
 from hco_cli.models.vnet import build_model  # noqa: E402
 from hco_cli.runs.checkpoint import save_checkpoint  # noqa: E402
@@ -72,7 +85,7 @@ ARMS: dict[str, dict[str, Any]] = {
 SERIAL_STAGES = {"forward": (cases_module, "case_probabilities"),
                  "labels": (cases_module, "labels_of"),
                  "write": (cases_module, "write_prediction"),
-                 "score": (predict_module, "score_predictions")}
+                 "score_wall": (predict_module, "score_predictions")}
 
 
 def random_run(folder: Path, dataset: Path, *, patch: list[int], stride: list[int],
@@ -163,6 +176,8 @@ def one_call(run: Path, data: Path, out: Path, device: str, options: dict[str, A
         for case in report.cases:
             for stage, seconds in case.stages.items():
                 stages[stage] += seconds
+        # model loading, then waiting for the writers and scorers after the last case, summary
+        stages["rest"] = wall - sum(case.seconds for case in report.cases)
     return wall, report, dict(stages)
 
 
@@ -170,7 +185,8 @@ def time_arms(run: Path, data: Path, arms: list[str], args: argparse.Namespace,
               out: Path) -> dict[str, dict[str, Any]]:
     """Per arm: wall seconds per call, seconds per case, stage seconds, cold call, peak."""
     results: dict[str, dict[str, Any]] = {
-        a: {"wall": [], "seconds": [], "stages": defaultdict(list), "peak_gpu_mib": None}
+        a: {"wall": [], "seconds": [], "stages": defaultdict(list), "peak_gpu_mib": None,
+            "case_score": [], "case_score_cpu": []}
         for a in arms}
     for arm in ("serial", "pipelined"):  # cold: the first call of each path in this process
         wall, _, stages = one_call(run, data, out / f"cold-{arm}", args.device, ARMS[arm],
@@ -183,12 +199,30 @@ def time_arms(run: Path, data: Path, arms: list[str], args: argparse.Namespace,
             result = results[arm]
             result["wall"].append(wall)
             result["seconds"] += [c.seconds for c in report.cases]
+            for stage in ("score", "score_cpu"):
+                result["case_" + stage] += [c.stages[stage] for c in report.cases
+                                            if stage in c.stages]
             for stage, seconds in stages.items():
                 result["stages"][stage].append(seconds)
             peaks = [c.peak_gpu_mib for c in report.cases if c.peak_gpu_mib is not None]
             if peaks:
                 result["peak_gpu_mib"] = max([*peaks, result["peak_gpu_mib"] or 0])
     return results
+
+
+def score_in_process(data: Path, preds: Path) -> list[float]:
+    """Seconds of :func:`evaluate_case` per written prediction, one after another in this
+    process (the reference for the pipelined workers' per-case seconds)."""
+    dataset = PreparedDataset(data)
+    cases = sorted(p.name[: -len(".nii.gz")] for p in preds.glob("*.nii.gz"))
+    references = reference_labels(dataset, cases, "test")
+    seconds = []
+    for case in cases:
+        task = case_task(case, preds / f"{case}.nii.gz", references[case], dataset.labels)
+        start = time.perf_counter()
+        evaluate_case(task)
+        seconds.append(time.perf_counter() - start)
+    return seconds
 
 
 def cli_cold(run: Path, data: Path, out: Path, args: argparse.Namespace) -> float:
@@ -208,8 +242,12 @@ def report_rows(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]
     for arm, result in results.items():
         wall = statistics.median(result["wall"])
         stages = {k: statistics.median(v) for k, v in result["stages"].items()}
+        per_case = {k: statistics.median(result[k]) if result[k] else None
+                    for k in ("case_score", "case_score_cpu")}
         rows[arm] = {"median_wall_s": wall, "ratio_to_serial": wall / base,
                      "median_s_per_case": statistics.median(result["seconds"]),
+                     "median_score_s_per_case": per_case["case_score"],
+                     "median_score_cpu_s_per_case": per_case["case_score_cpu"],
                      "stages_s": stages, "cold_s": result.get("cold_s"),
                      "cold_stages_s": result.get("cold_stages_s"),
                      "peak_gpu_mib": result["peak_gpu_mib"], "calls": len(result["wall"])}
@@ -221,6 +259,9 @@ def report_rows(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]
               + (f", peak GPU {peak:6.0f} MiB" if peak is not None else ""))
         print(" " * 16 + "stages per call: " + ", ".join(f"{k} {v:.3f} s"
                                                          for k, v in stages.items()))
+        if per_case["case_score"] is not None:
+            print(" " * 16 + f"scoring per case in its worker: {per_case['case_score']:.3f} s "
+                  f"wall, {per_case['case_score_cpu']:.3f} s CPU (medians)")
     return rows
 
 
@@ -236,6 +277,9 @@ def main() -> None:
     parser.add_argument("--patch", default="112,112,80")
     parser.add_argument("--stride", default="18,18,4")
     parser.add_argument("--filters", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="of the random V-Net: the same predictions, so the same scoring "
+                             "work, from run to run")
     parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated subset")
     parser.add_argument("--lcc", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--evaluate", action=argparse.BooleanOptionalAction, default=True)
@@ -259,13 +303,20 @@ def main() -> None:
                               shape=(48, 48, 32))
             data = root / "syn"
         subset = one_subset(Path(data), args.cases, root / "subset")
+        torch.manual_seed(args.seed)
         run = args.run or random_run(
             root / "run", Path(data), patch=[int(v) for v in args.patch.split(",")],
             stride=[int(v) for v in args.stride.split(",")], filters=args.filters,
             amp=args.device == "cuda")
         results = time_arms(run, subset, arms, args, root / "preds")
+        in_process = (score_in_process(subset, root / "preds" / f"{arms[-1]}-0")
+                      if args.evaluate and args.rounds else None)
         fresh = cli_cold(run, subset, root / "cli", args) if args.cli else None
     rows = report_rows(results)
+    if in_process:
+        print(f"scoring {arms[-1]}'s files in this process, one case after another: "
+              f"{statistics.median(in_process):.3f} s per case (median; "
+              f"{sum(in_process):.2f} s in all)")
     if fresh is not None:
         print(f"fresh hco predict process (imports included): {fresh:.2f} s")
     if args.json:
@@ -274,6 +325,7 @@ def main() -> None:
                                "run": str(args.run) if args.run else None,
                                "cases": args.cases, "lcc": args.lcc, "evaluate": args.evaluate,
                                "import_s": IMPORT_SECONDS, "fresh_process_s": fresh,
+                               "score_in_process_s": in_process,
                                "rounds": args.rounds, "arms": rows})
 
 

@@ -7,7 +7,10 @@ map comes back, with no labelling on the host); a few writer threads resample ea
 to the original grid and compress the NIfTI (zlib releases the GIL), with at most
 ``writers`` cases waiting, so memory stays bounded. With ``--evaluate`` each written file is
 scored as soon as it exists by worker processes that are forked before any of these threads
-start; they read the file back as ``hco evaluate`` does, so the values are the serial path's.
+start, after the modules scoring needs are imported (a worker scores about one case, and would
+otherwise import them for it); they read the file back as ``hco evaluate`` does, so the values
+are the serial path's. Each case's scoring wall and CPU seconds are kept (stages ``score`` and
+``score_cpu``).
 
 A writer's or scorer's error is raised in the main thread at the next hand-off (or at the
 end) as the exception it was, so the CLI prints its usual one line; pending work is cancelled
@@ -53,11 +56,12 @@ from hco_cli.inference.cases import (
 )
 from hco_cli.inference.inputs import InputCase, LoadedCase
 from hco_cli.inference.probabilities import UNCERTAINTY_DIR, write_probabilities, write_uncertainty
-from hco_cli.inference.scoring import case_task
+from hco_cli.inference.scoring import case_task, import_scoring_modules
 from hco_cli.inference.sliding_window import Models
 from hco_cli.inference.stitching import peak_mib, reset_peak
 
 MAX_WRITERS = 4
+Score = tuple[CaseResult, float, float]  # a case's result, wall and CPU seconds
 
 
 def default_writers() -> int:
@@ -104,30 +108,34 @@ class WorkQueue:
 
 
 @contextlib.contextmanager
-def scoring_pool(jobs: int) -> Iterator[Pool | None]:
+def scoring_pool(jobs: int, references: dict[str, Any] | None = None) -> Iterator[Pool | None]:
     """``jobs`` forked worker processes, all started now (before any thread of ours), or None
-    for scoring in the writer threads. Terminated on exit."""
+    for scoring in the writer threads. The scoring modules are imported first (given the
+    ``references``), so that no worker imports them again. Terminated on exit."""
     if jobs <= 1:
         yield None
         return
+    if references is not None:
+        import_scoring_modules(references)
     # hco evaluate's context; multiprocessing.Pool starts every worker up front.
     with worker_context().Pool(jobs) as pool:
         yield pool
 
 
-def timed_score(task: CaseTask) -> tuple[CaseResult, float]:
-    """:func:`evaluate_case` and its seconds (runs in a worker process)."""
-    start = time.perf_counter()
+def timed_score(task: CaseTask) -> Score:
+    """:func:`evaluate_case`, its wall seconds and its CPU seconds (in a worker process: wall
+    well above CPU means the worker waited for a core)."""
+    start, cpu = time.perf_counter(), time.process_time()
     result = evaluate_case(task)
-    return result, time.perf_counter() - start
+    return result, time.perf_counter() - start, time.process_time() - cpu
 
 
 @dataclass(frozen=True)
 class _Written:
     seconds: float
-    score: AsyncResult[tuple[CaseResult, float]] | tuple[CaseResult, float] | None
+    score: AsyncResult[Score] | Score | None
 
-    def result(self) -> tuple[CaseResult, float] | None:
+    def result(self) -> Score | None:
         if isinstance(self.score, AsyncResult):
             return self.score.get()
         return self.score
@@ -146,7 +154,7 @@ def predict_cases_pipelined(
     n_jobs = min(jobs or usable_cores(), len(cases)) if references is not None else 0
     n_writers = writers or default_writers()
     queue = WorkQueue(n_writers, backlog=n_writers)
-    with scoring_pool(n_jobs) as pool, ThreadPoolExecutor(1, "hco-reader") as reader:
+    with scoring_pool(n_jobs, references) as pool, ThreadPoolExecutor(1, "hco-reader") as reader:
         try:
             handed = _run_cases(models, cases, out_dir, window, labels=labels, device=device,
                                 outputs=outputs, references=references, progress=progress,
@@ -156,7 +164,8 @@ def predict_cases_pipelined(
             scores = [w.result() for w in written]
         finally:
             queue.close()
-    done = [replace_stages(c, write=w.seconds, score=s[1] if s else None)
+    done = [replace_stages(c, write=w.seconds, score=s[1] if s else None,
+                           score_cpu=s[2] if s else None)
             for c, w, s in zip(handed, written, scores, strict=True)]
     results = [s[0] for s in scores if s is not None] if references is not None else None
     return done, results

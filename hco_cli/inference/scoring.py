@@ -3,6 +3,7 @@ in original geometry (never against the prepared, possibly cropped labels)."""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,20 @@ def score_predictions(predictions: dict[str, Path], references: dict[str, Any],
     summary = evaluate_cases(predictions, references, classes=labels.values[1:] or None,
                              ignore=labels.ignore_value)
     return summary_data(summary, extra=extra)
+
+
+def import_scoring_modules(references: dict[str, Any]) -> None:
+    """Import what :func:`~hco_cli.evaluation.evaluate.evaluate_case` imports lazily (nibabel
+    for the written NIfTI files, h5py for h5 labels, scipy.spatial for far surface voxels),
+    so that scoring workers forked afterwards inherit the modules instead of importing them
+    on their first case: with one worker per case, every case paid that (0.1 s on a 2-core
+    CPU box, where scoring a random-weight LA prediction takes 1.2-1.5 s;
+    ``results/speed/predict-scoring-cpu.txt``). The importing process pays it once."""
+    names = ["nibabel", "scipy.spatial"]
+    if any(r.kind == "h5" for r in references.values()):
+        names.append("h5py")
+    for name in names:
+        importlib.import_module(name)
 
 
 def case_task(case: str, prediction: Path, reference: Any, labels: LabelMap) -> CaseTask:

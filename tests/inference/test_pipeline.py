@@ -4,6 +4,9 @@ background work, and a writer's error surfacing as the usual one-line error."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import replace
@@ -104,6 +107,8 @@ def test_pipelined_evaluation_equals_the_serial_evaluation(
         assert report.summary is not None
         summaries.append(_summary_without_timings(report.summary))
         arrays.append({c.case: read_volume(c.path)[0] for c in report.cases})
+        if pipelined:  # each case's scoring seconds in its worker, wall and CPU
+            assert all({"score", "score_cpu"} <= set(c.stages) for c in report.cases)
         assert not list(tmp_path.glob(".preds-*"))  # no temporary folder left
     assert summaries[0] == summaries[1]
     assert len(summaries[0]["metric_per_case"]) == 4
@@ -169,3 +174,30 @@ def test_a_failed_job_is_raised_at_the_next_hand_off() -> None:
             queue.submit(lambda: None)
             time.sleep(0.01)
     queue.close()
+
+
+ROOT = Path(__file__).resolve().parents[2]
+_INHERITED = """
+import sys
+from pathlib import Path
+from hco_cli.evaluation.references import LabelSource
+from hco_cli.inference.pipeline import scoring_pool
+
+NAMES = ("nibabel", "h5py", "scipy.spatial")
+
+def loaded():
+    return [n for n in NAMES if n in sys.modules]
+
+before = loaded()
+with scoring_pool(2, {"a": LabelSource("h5", Path("a.h5"), "a")}) as pool:
+    print(before, pool.apply(loaded))
+"""
+
+
+def test_scoring_workers_start_with_the_scoring_modules_imported() -> None:
+    """A fresh process (nothing imported yet): the scoring workers it forks already hold what
+    evaluate_case imports lazily, so no worker imports it again for its first case."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", _INHERITED], capture_output=True, text=True,
+                         env=env, cwd=ROOT, check=True)
+    assert out.stdout.split("\n")[0] == "[] ['nibabel', 'h5py', 'scipy.spatial']", out.stdout
