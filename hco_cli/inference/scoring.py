@@ -54,12 +54,14 @@ def score_predictions(predictions: dict[str, Path], references: dict[str, Any],
 
 def import_scoring_modules(references: dict[str, Any]) -> None:
     """Import what :func:`~hco_cli.evaluation.evaluate.evaluate_case` imports lazily (nibabel
-    for the written NIfTI files, h5py for h5 labels, scipy.spatial for far surface voxels),
-    so that scoring workers forked afterwards inherit the modules instead of importing them
-    on their first case: with one worker per case, every case paid that (0.1 s on a 2-core
-    CPU box, where scoring a random-weight LA prediction takes 1.2-1.5 s;
-    ``results/speed/predict-scoring-cpu.txt``). The importing process pays it once."""
-    names = ["nibabel", "scipy.spatial"]
+    for NIfTI files that are not plain, h5py for h5 labels), so that scoring workers forked
+    afterwards inherit the modules instead of importing them on their first case: with one
+    worker per case, every case paid that (0.1 s on a 2-core CPU box, where scoring a
+    random-weight LA prediction takes 1.2-1.5 s; ``results/speed/predict-scoring-cpu.txt``).
+    The importing process pays it once. Not scipy.spatial (0.15 s): the metrics use its k-d
+    tree only beyond ``_BRUTE_FORCE_PAIRS`` far surface voxel pairs, which almost no case
+    reaches."""
+    names = ["nibabel"]
     if any(r.kind == "h5" for r in references.values()):
         names.append("h5py")
     for name in names:

@@ -200,4 +200,5 @@ def test_scoring_workers_start_with_the_scoring_modules_imported() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-c", _INHERITED], capture_output=True, text=True,
                          env=env, cwd=ROOT, check=True)
-    assert out.stdout.split("\n")[0] == "[] ['nibabel', 'h5py', 'scipy.spatial']", out.stdout
+    # scipy.spatial (the metrics' rare k-d tree path) is left out: 0.15 s for nothing mostly
+    assert out.stdout.split("\n")[0] == "[] ['nibabel', 'h5py']", out.stdout
