@@ -133,8 +133,7 @@ def evaluate_pair(
     if pred.shape != gt.shape:
         raise DataError(f"prediction shape {pred.shape} differs from label shape {gt.shape}")
     boxes = [b for b in (_bounding_box(pred), _bounding_box(gt)) if b is not None]
-    window = None if not boxes else [
-        (min(b[i][0] for b in boxes), max(b[i][1] for b in boxes)) for i in range(pred.ndim)]
+    window = _union_box(*boxes) if boxes else None
     out: dict[str, dict[str, float]] = {}
     for c in classes:
         if int(c) == 0:
@@ -156,7 +155,7 @@ def _class_metrics(
     box_p, box_g = _bounding_box(crop_p), _bounding_box(crop_g)
     if box_p is None or box_g is None:
         return _empty_metrics(box_p is None, box_g is None, empty)
-    if [(min(a[0], b[0]), max(a[1], b[1])) for a, b in zip(box_p, box_g, strict=True)] != inner:
+    if _union_box(box_p, box_g) != inner:
         crop_p, crop_g = _padded_crops(crop_p, crop_g, box_p, box_g, scale)  # the class's box
     return _crop_metrics(crop_p, crop_g, scale)
 
@@ -244,8 +243,14 @@ def _padded_crops(
     beyond the array edge where its erosion uses ``border_value=0``. It also keeps every
     neighbour offset of the search ball inside the array.
     """
-    box = [(min(a[0], b[0]), max(a[1], b[1])) for a, b in zip(box_p, box_g, strict=True)]
+    box = _union_box(box_p, box_g)
     return _padded_crop(p, box, scale)[0], _padded_crop(g, box, scale)[0]
+
+
+def _union_box(*boxes: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The smallest index box [lo, hi) per axis holding all the given boxes."""
+    return [(min(axis[0] for axis in axes), max(axis[1] for axis in axes))
+            for axes in zip(*boxes, strict=True)]
 
 
 def _padded_crop(
