@@ -22,6 +22,8 @@ import functools
 from collections.abc import Callable, Sequence
 
 import torch
+import torch._functorch.config as functorch_config
+import torch._inductor
 from torch import Tensor, nn
 
 from hco_cli.models import ModelConfig
@@ -187,8 +189,15 @@ class VNet(nn.Module):
 def _compiled(mode: str) -> Callable[[VNet, Tensor], Tensor]:
     """One ``torch.compile`` of :meth:`VNet.forward` per mode, shared by every V-Net: the
     network is an argument, so a student and its teacher share compiled code (their
-    parameters are inputs of the graph, not constants)."""
-    return torch.compile(VNet.forward, mode=None if mode == "default" else mode, dynamic=False)
+    parameters are inputs of the graph, not constants).
+
+    ``inplace_buffers`` off: the hierarchical optimizers take two gradients through one
+    forward (g_L with ``retain_graph=True``, then g_U), and inductor's backward, allowed to
+    write into its inputs, overwrites saved activations that the second gradient reads: that
+    gradient comes back silently wrong (by 1e5 on a float64 test, torch 2.13), not refused.
+    Torch's ``mode`` is spelled out as its inductor options so that this one can be added."""
+    options = {**torch._inductor.list_mode_options(mode), "inplace_buffers": False}
+    return torch.compile(VNet.forward, options=options, dynamic=False)
 
 
 def compile_forward(model: nn.Module, mode: str = "default") -> nn.Module:
@@ -197,6 +206,13 @@ def compile_forward(model: nn.Module, mode: str = "default") -> nn.Module:
     if not isinstance(model, VNet):
         raise TypeError(f"compile_forward takes a VNet, not {type(model).__name__}")
     model.compile_mode = mode
+    # The hierarchical optimizers take two gradients through one forward (g_L with
+    # retain_graph=True, then g_U), which a backward compiled with donated buffers refuses
+    # (and see _compiled: without in-place buffers, so that the second gradient is right).
+    # AOTAutograd compiles the backward lazily, at the first backward, reading this setting
+    # then, so it is set for the process rather than around the compiled call. Every arm
+    # compiles the same way, so arms stay symmetric.
+    functorch_config.donated_buffer = False
     return model
 
 
