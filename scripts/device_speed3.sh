@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# GPU machine, issue 20 (speed), third round: what CUDA graphs (`compile: reduce-overhead`)
+# give end to end, whether they change the numerics, and how many runs per GPU pay with them.
+# The work runs in the background (setsid), so that it outlives the device call; poll it with
+# `wait` calls back to back (a machine idle for 30 s is given back) and it collects itself.
+#   device_speed3.sh start STEP...      STEP: e2e, predict, numerics, concurrency, in that order
+#                                       (predict needs e2e's run); results in /tmp/speed3
+#   device_speed3.sh wait SECONDS       progress; when the steps have ended, collect to $OUT
+#   device_speed3.sh collect            logs, JSON and run summaries (no weights) to $OUT
+# Steps (minutes on one H200, estimated from round 2's 31-33 ms per self-training iteration):
+#   e2e          the `la` preset's full protocol (2K + 15K, validation every 200) with sgd-hco
+#                and compile: reduce-overhead, then `hco predict --split test --lcc --evaluate`
+#                timed as a fresh process (about 10 min)
+#   predict      benchmarks/predict.py on e2e's trained run, 20 test cases: serial, pipelined,
+#                16 windows per forward, warm and cold, and a fresh process (about 1 min)
+#   numerics     sgd-hco eager vs compile: reduce-overhead, seeds 1-3, 300 + 600 iterations
+#                as results/speed/bf16-vs-fp32.md, six runs at once, then hco compare (4 min)
+#   concurrency  benchmarks/concurrency.py: 1, 2 and 4 processes of sgd+compile-ro on the GPU
+#                (about 3 min)
+# Data: the whole LA set staged into /tmp/la by `device_ablation.sh stage` calls (see
+# scripts/stage_carry.py la); needs .carry/wheels from the first call on.
+set -uo pipefail
+export PYTHONUNBUFFERED=1 COLUMNS=160
+SITE=/tmp/site WORK=/tmp/speed3 DATA=/tmp/data/la
+[ -d $SITE/pydantic ] || python3 -m pip install -q --no-index --no-deps --no-compile \
+  --no-cache-dir --upgrade --target $SITE .carry/wheels/*.whl || exit 1
+export PYTHONPATH=$SITE:$PWD
+hco() { python3 -m hco_cli "$@"; }
+step() { echo "=== $* ($(date +%T))"; }
+timed() {  # timed LABEL CMD...: the command's wall seconds (/usr/bin/time may be missing)
+  local label=$1 t0=$EPOCHREALTIME; shift
+  "$@"; awk -v a="$t0" -v b="$EPOCHREALTIME" -v l="$label" 'BEGIN { printf "%s: %.1f s wall\n", l, b - a }'
+}
+with_compile() {  # a copy of config $1 with compile: reduce-overhead and the data path
+  sed -e "s#path: data/la#path: $DATA#" "$1" > "$2"
+  printf 'compile: reduce-overhead\n' >> "$2"
+}
+run_steps() {
+  mkdir -p $WORK/runs
+  [ -d $DATA ] || hco prepare la /tmp/la --out $DATA --val 4 | tail -n 3
+  for what in "$@"; do
+    case $what in
+    e2e)
+      step e2e
+      with_compile sample_configs/la_bcp_sgd.yaml $WORK/e2e.yaml
+      timed "e2e training" hco train --config $WORK/e2e.yaml --optimizer sgd-hco \
+        --run-dir $WORK/runs/e2e-sgd-hco --force > $WORK/e2e-train.log 2>&1
+      tail -n 6 $WORK/e2e-train.log
+      timed "e2e test evaluation, fresh process" hco predict $WORK/runs/e2e-sgd-hco \
+        --split test --lcc --evaluate --force > $WORK/e2e-predict.log 2>&1
+      tail -n 3 $WORK/e2e-predict.log ;;
+    predict)
+      step predict
+      python3 benchmarks/predict.py --data $DATA --run $WORK/runs/e2e-sgd-hco --cases 20 \
+        --rounds 3 --arms serial,pipelined,pipelined-b16 --cli --json $WORK/predict-trained.json ;;
+    numerics)
+      step numerics
+      Q=$WORK/quick.yaml
+      sed -e 's/pretrain_iterations: 1000/pretrain_iterations: 300/' \
+        -e 's/selftrain_iterations: 2400/selftrain_iterations: 600/' \
+        -e 's/lr_decay_every: 800/lr_decay_every: 250/' -e "s#path: data/la#path: $DATA#" \
+        sample_configs/la_bcp_sgd_short.yaml > $Q
+      with_compile $Q $WORK/quick-ro.yaml
+      for seed in 1 2 3; do
+        hco train --config $Q --optimizer sgd-hco --seed $seed \
+          --run-dir $WORK/runs/eager-s$seed --force > $WORK/eager-s$seed.log 2>&1 &
+        hco train --config $WORK/quick-ro.yaml --optimizer sgd-hco --seed $seed \
+          --run-dir $WORK/runs/graphs-s$seed --force > $WORK/graphs-s$seed.log 2>&1 &
+      done
+      wait
+      for r in $WORK/runs/eager-s* $WORK/runs/graphs-s*; do
+        hco predict "$r" --split test --lcc --evaluate --force > /dev/null &
+      done
+      wait
+      hco compare "eager=$WORK/runs/eager-s*" "graphs=$WORK/runs/graphs-s*" --checkpoint last \
+        --markdown $WORK/numerics-last.md --json $WORK/numerics-last.json | tail -n 30 ;;
+    concurrency)
+      step concurrency
+      python3 benchmarks/concurrency.py --data $DATA --optimizer sgd+compile-ro \
+        --processes 1,2,4 --json $WORK/concurrency-compile-ro.json ;;
+    *) echo "unknown step $what" ;;
+    esac
+  done
+  step done
+}
+case "${1:-}" in
+start)
+  shift
+  nvidia-smi --query-gpu=name --format=csv,noheader
+  mkdir -p $WORK
+  export -f run_steps step timed hco with_compile
+  export WORK DATA
+  setsid nohup bash -c 'run_steps "$@"' _ "$@" > $WORK/log.txt 2>&1 < /dev/null &
+  sleep 15; cat $WORK/log.txt ;;
+wait)
+  end=$((SECONDS + $2))
+  while [ $SECONDS -lt $end ]; do
+    grep -q "^=== done" $WORK/log.txt 2>/dev/null && break
+    sleep 10
+  done
+  tail -n 8 $WORK/log.txt
+  for m in $WORK/runs/*/metrics.jsonl; do
+    [ -f "$m" ] && printf '%s %s\n' "$m" "$(grep -o '"iter": [0-9]*' "$m" | tail -n 1)"
+  done
+  grep -q "^=== done" $WORK/log.txt && exec bash "$0" collect ;;
+collect)
+  cp $WORK/*.log $WORK/log.txt $WORK/*.json $WORK/*.md "$OUT/" 2>/dev/null
+  tar czf "$OUT/speed3-runs.tar.gz" --exclude='*.pt' --exclude='*.nii.gz' -C $WORK runs
+  ls -la "$OUT" ;;
+*) echo "usage: $0 start STEP... | wait SECONDS | collect"; exit 2 ;;
+esac
