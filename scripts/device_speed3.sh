@@ -46,6 +46,7 @@ run_steps() {
       timed "e2e training" hco train --config $WORK/e2e.yaml --optimizer sgd-hco \
         --run-dir $WORK/runs/e2e-sgd-hco --force > $WORK/e2e-train.log 2>&1
       tail -n 6 $WORK/e2e-train.log
+      python3 scripts/time_breakdown.py $WORK/runs/e2e-sgd-hco
       timed "e2e test evaluation, fresh process" hco predict $WORK/runs/e2e-sgd-hco \
         --split test --lcc --evaluate --force > $WORK/e2e-predict.log 2>&1
       tail -n 3 $WORK/e2e-predict.log ;;

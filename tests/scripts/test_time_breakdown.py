@@ -1,0 +1,65 @@
+"""scripts/time_breakdown.py on a constructed log: every second of the wall time is placed."""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+_PATH = Path(__file__).resolve().parents[2] / "scripts" / "time_breakdown.py"
+_SPEC = importlib.util.spec_from_file_location("time_breakdown", _PATH)
+assert _SPEC is not None and _SPEC.loader is not None
+tb = importlib.util.module_from_spec(_SPEC)
+sys.modules["time_breakdown"] = tb  # dataclasses look their module up
+_SPEC.loader.exec_module(tb)
+
+
+def _log() -> list[dict]:
+    """Pre-training: 10 steps of 0.02 s from t = 2, a validation of 0.5 s after iteration 5.
+    Self-training: 10 steps of 0.05 s, a 1 s pause after iteration 14, iterations 17-18 not
+    logged (one gap of three steps)."""
+    rows, t = [], 2.0
+    for it in range(1, 11):
+        rows.append({"phase": "pretrain", "iter": it, "time": round(t, 6)})
+        if it == 5:
+            t += 0.5
+            rows.append({"phase": "pretrain", "iter": it, "split": "val", "dice": 0.5,
+                         "score": 0.5, "time": round(t, 6)})
+        t += 0.02
+    t += 0.05 - 0.02  # the first self-training step follows the last pre-training one
+    for it in range(11, 21):
+        if it in (17, 18):
+            t += 0.05
+            continue
+        rows.append({"phase": "selftrain", "iter": it, "time": round(t, 6)})
+        t += 0.05 + (1.0 if it == 14 else 0.0)
+    return rows
+
+
+def test_every_second_is_placed() -> None:
+    rows = _log()
+    last = rows[-1]["time"]
+    b = tb.breakdown(rows, wall=last + 0.25)
+    pre, self_ = b.phases["pretrain"], b.phases["selftrain"]
+    assert b.start == pytest.approx(2.0) and b.tail == pytest.approx(0.25)
+    assert pre.iterations == 10 and pre.median_ms == pytest.approx(20.0)
+    assert pre.validation == pytest.approx(0.5) and pre.validations == 1
+    assert pre.steps == pytest.approx(9 * 0.02) and pre.pauses == pytest.approx(0.0)
+    assert self_.iterations == 10 and self_.median_ms == pytest.approx(50.0)
+    assert self_.pauses == pytest.approx(1.0) and self_.pause_count == 1
+    assert self_.steps == pytest.approx(9 * 0.05)
+    # The step between the phases belongs to neither; the rest adds up to the wall time.
+    placed = b.start + b.tail + sum(p.steps + p.validation + p.pauses for p in b.phases.values())
+    assert placed + 0.05 == pytest.approx(last + 0.25)
+
+
+def test_reads_the_gzipped_log(tmp_path: Path) -> None:
+    text = "".join(json.dumps(r) + "\n" for r in _log())
+    (tmp_path / "metrics.jsonl.gz").write_bytes(gzip.compress(text.encode()))
+    assert tb.read_records(tmp_path) == _log()
+    with pytest.raises(FileNotFoundError):
+        tb.read_records(tmp_path / "absent")
