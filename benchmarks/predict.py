@@ -19,18 +19,19 @@ voxel; ``results/speed/predict-scoring-cpu.txt``).
 Arms, interleaved over ``--rounds`` after one cold call per path: ``serial`` (the path before
 issue 20, ``pipeline=False``: one case after another, labels and components on the host,
 writing and scoring after each other), ``pipelined`` (the default), ``pipelined-b16`` (16
-windows per forward), ``tta`` (8 mirrored copies, pipelined), ``stitch-cpu`` and
-``stitch-gpu``. Reported per arm: median wall seconds of the whole call and its ratio to
-``serial`` from the same run, median seconds per case, stage seconds per call (forward,
-labels + LCC, writing, scoring; in the pipelined arms writing and scoring run beside the
-device work, so stages add up to more than the wall time; ``rest``: the call's wall time
+windows per forward; ``-cl`` / ``-contiguous``: the network in the channels-last layout or not,
+where the default follows the run's training), ``tta`` (8 mirrored copies, pipelined),
+``stitch-cpu`` and ``stitch-gpu``. Reported per arm: median wall seconds of the whole call and
+its ratio to ``serial`` from the same run, median seconds per case, stage seconds per call
+(forward, labels + LCC, writing, scoring; in the pipelined arms writing and scoring run beside
+the device work, so stages add up to more than the wall time; ``rest``: the call's wall time
 beyond its cases' main-loop seconds, i.e. model loading, then waiting for the writers and
 scorers after the last case, and the summary), and the peak GPU memory of a case. Scoring is
 not timed alike in both paths: ``serial``'s ``score_wall`` is the wall time of ``hco
 evaluate``'s pool (min(cores, cases) forked workers after the last file), the pipelined arms'
 ``score`` the sum of each case's seconds in its worker (their medians per case, wall and CPU,
-are printed too); for reference, the last arm's files are then scored one case after another
-in this process.
+are printed too); for reference, the last arm's files are then scored one case after another in
+this process.
 Cold: the first call of each path in this process (CUDA context, cuDNN autotuning), after
 the imports (their seconds are printed); ``--cli`` also times one fresh ``hco predict``
 process, imports included.
@@ -77,6 +78,8 @@ ARMS: dict[str, dict[str, Any]] = {
     "serial": {"pipeline": False},
     "pipelined": {},
     "pipelined-b16": {"batch_size": 16},
+    "pipelined-b16-cl": {"batch_size": 16, "channels_last": True},
+    "pipelined-b16-contiguous": {"batch_size": 16, "channels_last": False},
     "tta": {"tta": True},
     "stitch-cpu": {"stitch": "cpu"},
     "stitch-gpu": {"stitch": "gpu"},
@@ -188,7 +191,8 @@ def time_arms(run: Path, data: Path, arms: list[str], args: argparse.Namespace,
         a: {"wall": [], "seconds": [], "stages": defaultdict(list), "peak_gpu_mib": None,
             "case_score": [], "case_score_cpu": []}
         for a in arms}
-    for arm in ("serial", "pipelined"):  # cold: the first call of each path in this process
+    # cold: the first call of each path in this process (of the paths measured)
+    for arm in [a for a in ("serial", "pipelined") if a in arms]:
         wall, _, stages = one_call(run, data, out / f"cold-{arm}", args.device, ARMS[arm],
                                    args.lcc, args.evaluate)
         results[arm]["cold_s"], results[arm]["cold_stages_s"] = wall, stages

@@ -53,7 +53,8 @@ run_steps() {
     predict)
       step predict
       python3 benchmarks/predict.py --data $DATA --run $WORK/runs/e2e-sgd-hco --cases 20 \
-        --rounds 3 --arms serial,pipelined,pipelined-b16 --cli --json $WORK/predict-trained.json ;;
+        --rounds 3 --arms serial,pipelined,pipelined-b16,pipelined-b16-contiguous --cli \
+        --json $WORK/predict-trained.json ;;
     numerics)
       step numerics
       Q=$WORK/quick.yaml

@@ -91,6 +91,9 @@ def predict(
     amp: Annotated[bool | None, _opt("bf16 autocast (default: on if the run trained with it and "
                                      "the device is CUDA).",
                                      "--amp/--no-amp")] = None,
+    channels_last: Annotated[bool | None, _opt(
+        "The network in the 3-D channels-last memory layout (default: on if the run trained "
+        "in it and the device is CUDA).", "--channels-last/--no-channels-last")] = None,
     device: Annotated[Device, _opt("auto (CUDA if available), cpu or cuda.")] = Device.auto,
     tta: Annotated[bool, _opt("Test-time mirroring: average each window's probabilities over "
                               "its 8 copies mirrored along x, y, z (8x the forward passes; "
@@ -121,7 +124,8 @@ def predict(
         options = lib.PredictOptions(
             checkpoint=checkpoint.value if checkpoint else None, data=data,
             split=split.value if split else None, fold=fold, images=images or [], out=out,
-            stride=parse_stride(stride), batch_size=batch_size, amp=amp, device=device.value,
+            stride=parse_stride(stride), batch_size=batch_size, amp=amp,
+            channels_last=channels_last, device=device.value,
             tta=tta, stitch=stitch.value, save_probabilities=save_probabilities,
             uncertainty=uncertainty, lcc=lcc, evaluate=evaluate, force=force,
             pipeline=pipeline)
@@ -161,7 +165,7 @@ def _render(report: PredictionReport) -> None:
     console.print(
         f"checkpoint {report.checkpoint} on {report.device}: patch {patch}, "
         f"stride {'/'.join(map(str, w.stride))}, batch {w.batch_size}, amp {w.amp}, "
-        f"lcc {w.lcc}; {mean:.2f} s per case"
+        f"channels-last {report.channels_last}, lcc {w.lcc}; {mean:.2f} s per case"
     )
     if len(report.runs) > 1 or w.mirror_axes:
         mirrors = 2 ** len(w.mirror_axes)

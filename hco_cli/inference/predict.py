@@ -89,6 +89,8 @@ class PredictOptions(BaseModel):
     stride: tuple[int, int, int] | None = None
     batch_size: int | None = Field(default=None, ge=1)
     amp: bool | None = Field(default=None, description="bf16 autocast; default: the run's amp")
+    channels_last: bool | None = Field(default=None, description="the network in the 3-D "
+                                       "channels-last layout; default: the run's, on CUDA")
     device: Device = "auto"
     tta: bool = Field(default=False, description="mirror each window along x, y and z")
     stitch: Stitch = "auto"
@@ -135,6 +137,7 @@ class PredictionReport:
     outputs: Outputs
     summary: Path | None = None
     mean_dice: dict[str, float] | None = None
+    channels_last: bool = False
 
     @property
     def passes_per_window(self) -> int:
@@ -161,6 +164,7 @@ def predict(runs: Path | Sequence[Path], options: PredictOptions, *,
         raise ConfigError("--stitch gpu needs a CUDA device")
     loaded = load_runs([Path(runs)] if isinstance(runs, (str, Path)) else list(runs),
                        options.checkpoint, device)
+    channels_last = _channels_last(loaded, options, device)
     first = loaded[0]
     dataset, split = None, None
     if options.images:
@@ -205,7 +209,8 @@ def predict(runs: Path | Sequence[Path], options: PredictOptions, *,
             out=out, checkpoint=checkpoint_label([r.checkpoint for r in loaded]),
             device=str(device), window=window, dataset=dataset.root if dataset else None,
             split=split, runs=[r.path for r in loaded], outputs=outputs,
-            cases=[replace(c, path=out / c.path.relative_to(tmp)) for c in written])
+            cases=[replace(c, path=out / c.path.relative_to(tmp)) for c in written],
+            channels_last=channels_last)
         if references is not None:
             _evaluate(report, references, labels, summary, scores=scores)
     return report
@@ -251,6 +256,19 @@ def _output(given: Path | None, runs: Sequence[LoadedRun]) -> Path:
         raise ConfigError(f"{runs[0].path} is not inside a run folder; choose where to write "
                           "with --out")
     return RunFolder(runs[0].run_dir).predictions(runs[0].checkpoint)
+
+
+def _channels_last(loaded: Sequence[LoadedRun], options: PredictOptions,
+                   device: torch.device) -> bool:
+    """Put every network in the 3-D channels-last layout where asked, or by default where the
+    run trained in it and the device is CUDA (as in training's validation); whether it was."""
+    chosen = options.channels_last
+    if chosen is None:
+        chosen = device.type == "cuda" and all(r.config.channels_last for r in loaded)
+    if chosen:
+        for run in loaded:  # 5-D weights only; Module.to converts nothing else
+            run.model.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
+    return chosen
 
 
 def _window(run: LoadedRun, channels: int, num_classes: int, options: PredictOptions,

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+import hco_cli.inference.predict as predict_module
 from hco_cli.data.dataset import CaseGeometry, Geometry, PreparedDataset
 from hco_cli.data.io import read_volume, write_volume
 from hco_cli.data.labels import build_label_map
@@ -26,6 +27,7 @@ from hco_cli.inference.predict import (
     predict,
     predict_cases,
 )
+from hco_cli.inference.runs import load_runs
 from tests.inference.tiny_run import PATCH, tiny_dataset, tiny_run
 
 # A reference only; the GPU image has no SimpleITK, so there this module is skipped.
@@ -271,3 +273,31 @@ def test_real_scan_resampled_and_cropped_overlays_its_source(
     assert np.array_equal(np.asarray(written.dataobj), sitk.GetArrayFromImage(reference).T)
     summary = evaluate_folders(out, refs, jobs=1, allow_missing=True)  # checks the grid too
     assert summary.mean["1"]["dice"] > 0.95
+
+
+def test_channels_last_network_predicts_the_same_labels(
+    tiny: tuple[Path, Path, nn.Module], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--channels-last changes the memory layout of the weights, not what they compute: the
+    labels equal the contiguous network's (float32 on the CPU; its convolutions may sum in
+    another order, far from the 0.5 threshold on this run). Off by default on the CPU."""
+    _, run, _ = tiny
+    networks: list[nn.Module] = []
+
+    def load(*args: object) -> list:
+        loaded = load_runs(*args)  # type: ignore[arg-type]
+        networks.extend(r.model for r in loaded)
+        return loaded
+
+    monkeypatch.setattr(predict_module, "load_runs", load)
+    plain = predict(run, PredictOptions(device="cpu", out=tmp_path / "plain"))
+    last = predict(run, PredictOptions(device="cpu", out=tmp_path / "last", channels_last=True))
+    assert not plain.channels_last and last.channels_last
+    # Weights whose two layouts differ: 5-D, more than one input channel, kernel above 1.
+    layouts = [[w.is_contiguous(memory_format=torch.channels_last_3d)
+                for w in net.parameters()
+                if w.dim() == 5 and w.shape[1] > 1 and w[0, 0].numel() > 1]
+               for net in networks]
+    assert not any(layouts[0]) and all(layouts[1]) and layouts[1]
+    for a, b in zip(plain.cases, last.cases, strict=True):
+        assert np.array_equal(read_volume(a.path)[0], read_volume(b.path)[0])
