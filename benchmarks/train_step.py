@@ -22,6 +22,13 @@ CUDA graphs (``compile: reduce-overhead``); e.g. ``--optimizers
 sgd,sgd+batched,sgd+compile,sgd+compile-ro``: ratios to the first name are same-process
 comparisons. Compilation happens in the warm-up iterations (give ``--warmup`` enough).
 
+``--barrier DIR`` is for several of these processes timed together on one GPU
+(``benchmarks/concurrency.py``, which also gives ``--no-stages``, leaving the instrumented
+run out): after its warm-up each process waits until all have warmed up and starts its timed
+rounds at one wall time, then keeps training, untimed, until every process has finished its
+timed rounds, so that each of its rounds runs beside all the others. The JSON also records the
+wall window of each phase's timed rounds (``windows``: epoch seconds).
+
 A roofline estimate is printed per phase (:mod:`hco_cli.models.roofline`): the network's
 FLOPs and unfused bytes per iteration, the time the H200's datasheet peaks (989 TFLOP/s dense
 bf16, 4.8 TB/s HBM3e) would allow, and how many times that each row's time is.
@@ -30,6 +37,8 @@ bf16, 4.8 TB/s HBM3e) would allow, and how many times that each row's time is.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
 import time
 from collections import defaultdict
@@ -58,6 +67,7 @@ PATCH = (112, 112, 80)
 MODES: dict[str, dict[str, Any]] = {"": {}, "foreach": {"foreach": True, "flat": False},
                                     "flat": {"fused": False}}
 STAGES = ("data", "pseudo-labels", "forward+loss", "backward", "optimizer step", "ema")
+BARRIER_TIMEOUT = 1800.0  # seconds a process waits for the others before it gives up
 
 
 def sync(device: torch.device) -> None:
@@ -85,21 +95,67 @@ class Stopwatch:
         return timed
 
 
+class Barrier:
+    """``--barrier DIR``: timed rounds that start together and run under the full load.
+
+    Per phase, a process writes ``ready-PHASE-PID`` after its warm-up and waits for the
+    launcher's ``go-PHASE`` (JSON: ``start``, epoch seconds, and ``parties``, the number of
+    processes); it starts its timed rounds at ``start``, writes ``done-PHASE-PID`` after them,
+    and keeps training while fewer than ``parties`` done files exist. Without a folder, every
+    method returns at once. A process gives up (exits) when its launcher is gone or after
+    ``BARRIER_TIMEOUT`` seconds.
+    """
+
+    def __init__(self, folder: Path | None) -> None:
+        self.folder, self.parties = folder, 1
+        self.parent = os.getppid()
+
+    def _check(self, since: float, what: str) -> None:
+        if os.getppid() != self.parent:
+            raise SystemExit(f"barrier {self.folder}: the launching process is gone")
+        if time.time() - since > BARRIER_TIMEOUT:
+            raise SystemExit(f"barrier {self.folder}: no {what} after {BARRIER_TIMEOUT:.0f} s")
+
+    def start(self, phase: str) -> None:
+        """Announce this process ready, wait for the go and then for its start time."""
+        if self.folder is None:
+            return
+        (self.folder / f"ready-{phase}-{os.getpid()}").touch()
+        go, since = self.folder / f"go-{phase}", time.time()
+        while not go.exists():
+            self._check(since, go.name)
+            time.sleep(0.002)
+        order = json.loads(go.read_text(encoding="utf-8"))  # written whole (temp, rename)
+        self.parties = int(order["parties"])
+        time.sleep(max(0.0, float(order["start"]) - time.time()))
+
+    def finish(self, phase: str) -> None:
+        if self.folder is not None:
+            (self.folder / f"done-{phase}-{os.getpid()}").touch()
+
+    def others_timing(self, phase: str, since: float) -> bool:
+        """Whether some process has not finished its timed rounds of ``phase`` yet."""
+        if self.folder is None:
+            return False
+        self._check(since, f"{self.parties} done-{phase} files")
+        return len(list(self.folder.glob(f"done-{phase}-*"))) < self.parties
+
+
 def batches(args: argparse.Namespace, device: torch.device) -> Callable[[bool], Batch]:
     """A batch source: the real patch sampler on --data, or random LA-sized volumes."""
     if args.data:
         dataset = PreparedDataset(Path(args.data))
         sampler = PatchSampler(dataset, labeled=dataset.split("labeled"),
-                               unlabeled=dataset.split("unlabeled"), patch_size=PATCH,
+                               unlabeled=dataset.split("unlabeled"), patch_size=args.patch,
                                labeled_batch_size=4, unlabeled_batch_size=4, augment="bcp",
                                seed=0, device=str(device))
         return lambda unl: sampler.next_batch(with_unlabeled=unl)
     gen = torch.Generator(device="cpu").manual_seed(0)
 
     def random_batch(unl: bool) -> Batch:
-        image = torch.randn(4, 1, *PATCH, generator=gen).to(device)
+        image = torch.randn(4, 1, *args.patch, generator=gen).to(device)
         label = (image[:, 0] > 0.5).long()
-        unlabeled = torch.randn(4, 1, *PATCH, generator=gen).to(device) if unl else None
+        unlabeled = torch.randn(4, 1, *args.patch, generator=gen).to(device) if unl else None
         return Batch(labeled_image=image, labeled_label=label, unlabeled_image=unlabeled)
     return random_batch
 
@@ -178,13 +234,19 @@ class Trial:
         return out
 
 
-def interleaved_totals(specs: list[str], phase_name: str, args: argparse.Namespace,
-                       device: torch.device) -> dict[str, float]:
-    """Median seconds per iteration; each round runs every optimizer in turn, so that clock and
-    load changes of the GPU touch all of them alike (a controlled same-process comparison)."""
+def interleaved_times(specs: list[str], phase_name: str, args: argparse.Namespace,
+                      device: torch.device, barrier: Barrier
+                      ) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Seconds per iteration of each round, and the rounds' wall window (epoch seconds: start,
+    end, and ``busy_until``, the end of the untimed iterations that ``barrier`` asks for); each
+    round runs every optimizer in turn, so that clock and load changes of the GPU touch all of
+    them alike (a controlled same-process comparison)."""
     trials = {spec: Trial(spec, phase_name, args, device, instrument=False) for spec in specs}
     for trial in trials.values():
         trial.iterate(args.warmup)
+    sync(device)
+    barrier.start(phase_name)
+    window = {"start": time.time()}
     times: dict[str, list[float]] = {spec: [] for spec in specs}
     for _ in range(args.rounds):
         for spec, trial in trials.items():
@@ -193,8 +255,15 @@ def interleaved_totals(specs: list[str], phase_name: str, args: argparse.Namespa
             trial.iterate(args.iterations)
             sync(device)
             times[spec].append((time.perf_counter() - start) / args.iterations)
+    window["end"] = time.time()
+    barrier.finish(phase_name)
+    first = next(iter(trials.values()))
+    while barrier.others_timing(phase_name, window["end"]):  # the load the others measure under
+        first.iterate(1)
+    sync(device)
+    window["busy_until"] = time.time()
     del trials
-    return {spec: statistics.median(values) for spec, values in times.items()}
+    return times, window
 
 
 def instrumented_stages(spec: str, phase_name: str, args: argparse.Namespace,
@@ -218,44 +287,57 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timed rounds")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--phases", default="pretrain,selftrain", help="which BCP phases")
+    parser.add_argument("--patch", default=",".join(map(str, PATCH)),
+                        help="patch size x,y,z (default: LA's)")
+    parser.add_argument("--no-stages", action="store_true",
+                        help="leave out the instrumented run (stage columns)")
+    parser.add_argument("--barrier", type=Path,
+                        help="a folder shared with the other processes timed together")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
+    args.patch = tuple(int(v) for v in args.patch.split(","))
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"{name}, torch {torch.__version__}, BCP V-Net, patch {PATCH}, batch 4+4, "
+    print(f"{name}, torch {torch.__version__}, BCP V-Net, patch {args.patch}, batch 4+4, "
           f"{'bf16 + channels_last' if device.type == 'cuda' else 'fp32'}, "
           f"{'LA data ' + args.data if args.data else 'random volumes'}")
     header = f"{'phase':<10}{'optimizer':<24}{'total ms':>9}" + "".join(f"{s:>15}" for s in STAGES)
     print(header + f"{'vs first':>10}{'x roofline':>11}")
     specs = args.optimizers.split(",")
     rows = []
-    roofline = {}
+    roofline, windows = {}, {}
+    barrier = Barrier(args.barrier)
     for phase_name in args.phases.split(","):
         cost = bcp_iteration_cost(build_model(ModelConfig(), in_channels=1, num_classes=2),
-                                  PATCH, phase=phase_name,
+                                  args.patch, phase=phase_name,
                                   activation_bytes=2 if device.type == "cuda" else 4)
         roofline[phase_name] = {"tflop": cost.flops / 1e12, "gbyte": cost.bytes / 1e9,
                                 "ms": 1000 * cost.roofline_seconds()}
         print(f"{phase_name}: roofline {cost.flops / 1e12:.3f} TFLOP, {cost.bytes / 1e9:.2f} GB "
               f"per iteration -> {1000 * cost.roofline_seconds():.2f} ms at the H200's peaks "
               "(989 TFLOP/s bf16 dense, 4.8 TB/s)")
-        totals = interleaved_totals(specs, phase_name, args, device)
+        times, windows[phase_name] = interleaved_times(specs, phase_name, args, device, barrier)
+        totals = {spec: statistics.median(values) for spec, values in times.items()}
         for spec in specs:
-            stages = instrumented_stages(spec, phase_name, args, device)
+            stages = ({} if args.no_stages
+                      else instrumented_stages(spec, phase_name, args, device))
             ratio = totals[spec] / totals[specs[0]]
             over = totals[spec] / cost.roofline_seconds()
             rows.append({"phase": phase_name, "optimizer": spec, "ms": 1000 * totals[spec],
                          "ratio": ratio, "x_roofline": over,
-                         "stages_ms": {k: 1000 * v for k, v in stages.items()}})
+                         "stages_ms": {k: 1000 * v for k, v in stages.items()},
+                         "rounds_ms": [1000 * t for t in times[spec]]})
             row = f"{phase_name:<10}{spec:<24}{1000 * totals[spec]:>9.1f}"
-            row += "".join(f"{1000 * stages.get(s, 0.0):>15.1f}" for s in STAGES)
+            row += ("".join(f"{1000 * stages.get(s, 0.0):>15.1f}" for s in STAGES) if stages
+                    else f"{'-':>15}" * len(STAGES))
             print(row + f"{ratio:>10.3f}{over:>11.1f}", flush=True)
     if args.json:
         write_json(args.json, {"device": name, "torch": torch.__version__, "data": args.data,
                                "iterations": args.iterations, "rounds": args.rounds,
-                               "roofline_h200": roofline, "rows": rows})
+                               "warmup": args.warmup, "patch": list(args.patch),
+                               "roofline_h200": roofline, "rows": rows, "windows": windows})
 
 
 if __name__ == "__main__":
