@@ -15,8 +15,8 @@
 #                16 windows per forward, warm and cold, and a fresh process (about 1 min)
 #   numerics     sgd-hco eager vs compile: reduce-overhead, seeds 1-3, 300 + 600 iterations
 #                as results/speed/bf16-vs-fp32.md, six runs at once, then hco compare (4 min)
-#   concurrency  benchmarks/concurrency.py: 1, 2 and 4 processes of sgd+compile-ro on the GPU
-#                (about 3 min)
+#   concurrency  benchmarks/concurrency.py: 1, 2 and 4 processes of sgd and of sgd+compile-ro
+#                on the GPU (about 3.5 min)
 # Data: the whole LA set staged into /tmp/la by `device_ablation.sh stage` calls (see
 # scripts/stage_carry.py la); needs .carry/wheels from the first call on.
 set -uo pipefail
@@ -78,8 +78,9 @@ run_steps() {
         --markdown $WORK/numerics-last.md --json $WORK/numerics-last.json | tail -n 30 ;;
     concurrency)
       step concurrency
-      python3 benchmarks/concurrency.py --data $DATA --optimizer sgd+compile-ro \
-        --processes 1,2,4 --json $WORK/concurrency-compile-ro.json ;;
+      python3 benchmarks/concurrency.py --data $DATA --optimizer sgd,sgd+compile-ro \
+        --processes 1,2,4 --rounds 4 --iterations 20 --warmup 10 \
+        --json $WORK/concurrency.json ;;
     *) echo "unknown step $what" ;;
     esac
   done
