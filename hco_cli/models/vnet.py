@@ -22,6 +22,7 @@ import functools
 from collections.abc import Callable, Sequence
 
 import torch
+import torch._dynamo.config as dynamo_config
 import torch._functorch.config as functorch_config
 import torch._inductor
 from torch import Tensor, nn
@@ -192,10 +193,14 @@ def _compiled(mode: str) -> Callable[[VNet, Tensor], Tensor]:
     parameters are inputs of the graph, not constants).
 
     ``inplace_buffers`` off: the hierarchical optimizers take two gradients through one
-    forward (g_L with ``retain_graph=True``, then g_U), and inductor's backward, allowed to
-    write into its inputs, overwrites saved activations that the second gradient reads: that
-    gradient comes back silently wrong (by 1e5 on a float64 test, torch 2.13), not refused.
-    Torch's ``mode`` is spelled out as its inductor options so that this one can be added."""
+    forward (g_L with ``retain_graph=True``, then g_U), so :func:`compile_forward` turns
+    torch's donated buffers off. Torch's on-disk compile cache does not tell a backward compiled
+    with donated buffers (its default; an earlier process, another program or an earlier hco)
+    from one without: such a cached backward was reused and wrote into the saved activations
+    that the second gradient reads, which came back silently wrong (torch 2.13;
+    tests/models/test_compile.py). Without in-place buffers the backward writes into no input
+    and its cache key differs from the default's, so such an entry is never found. Torch's
+    ``mode`` is spelled out as its inductor options so that this one can be added."""
     options = {**torch._inductor.list_mode_options(mode), "inplace_buffers": False}
     return torch.compile(VNet.forward, options=options, dynamic=False)
 
@@ -213,6 +218,11 @@ def compile_forward(model: nn.Module, mode: str = "default") -> nn.Module:
     # then, so it is set for the process rather than around the compiled call. Every arm
     # compiles the same way, so arms stay symmetric.
     functorch_config.donated_buffer = False
+    # One compiled function serves every V-Net of the process; each gradient mode, train/eval
+    # mode, batch shape and dtype is a variant of it (student, teacher, pre-training, validation
+    # and its shorter last batch, CMT's extra networks). Past torch's default of 8 variants it
+    # warns and runs the rest eagerly, so the limit is raised for this function's sake.
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)
     return model
 
 

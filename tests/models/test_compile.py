@@ -4,18 +4,20 @@ teacher) run their own parameters, and the config accepts only torch's modes."""
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
 
 # Imported at collection: inductor reads its kernel templates with the locale's encoding, and
 # later in a full run something leaves an ASCII locale behind (UnicodeDecodeError there).
+import torch._functorch.config as functorch_config
 import torch._inductor.compile_fx
 
 from hco_cli.config import validate_config
 from hco_cli.errors import ConfigError
-from hco_cli.models import ModelConfig
-from hco_cli.models.vnet import build_model, compile_forward
+from hco_cli.models import ModelConfig, vnet
+from hco_cli.models.vnet import VNet, build_model, compile_forward
 
 
 def _net(seed: int) -> torch.nn.Module:
@@ -47,6 +49,7 @@ def test_compiled_forward_and_backward_match_eager() -> None:
         for p in teacher.parameters():
             p.mul_(0.5)
     assert teacher.compile_mode == "default"  # type: ignore[union-attr]
+    assert torch._dynamo.config.recompile_limit >= 64  # the variants of one shared function
     eager.load_state_dict(teacher.state_dict())
     torch.testing.assert_close(teacher(x), eager(x), rtol=1e-9, atol=1e-10)
     assert compiled.state_dict().keys() == eager.state_dict().keys()
@@ -95,3 +98,30 @@ def test_cuda_two_gradients_through_one_compiled_forward(mode: str) -> None:
             for a, b in zip(want, got, strict=True):
                 scale = a.abs().max().item() + 1e-12
                 assert (b.double() - a).abs().max().item() / scale < 1e-3, step
+
+
+@pytest.mark.slow
+def test_a_backward_cached_with_donated_buffers_is_not_reused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Torch's on-disk compile cache does not key on ``donated_buffer``: a backward compiled
+    with donated buffers (the default, e.g. by an earlier process or hco version) was found and
+    reused by a process that turned them off, and wrote into the saved activations that HCO's
+    second gradient reads (wrong by ~1e5 here). ``inplace_buffers`` off is part of the key."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    x = torch.randn(2, 1, 16, 16, 16, generator=torch.Generator().manual_seed(1),
+                    dtype=torch.float64)
+    # Another user of the cache: torch's defaults, one backward.
+    with functorch_config.patch(donated_buffer=True):
+        other = torch.compile(VNet.forward, dynamic=False)
+        other(_net(0), x).square().sum().backward()
+    torch._dynamo.reset()
+    vnet._compiled.cache_clear()
+    eager, compiled = _net(0), compile_forward(_net(0))
+    grads = []
+    for net in (eager, compiled):
+        out, params = net(x), list(net.parameters())
+        grads.append([*torch.autograd.grad(out.square().sum(), params, retain_graph=True),
+                      *torch.autograd.grad(out.square().sum(), params)])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-10)
