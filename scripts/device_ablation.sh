@@ -25,6 +25,14 @@ SITE=/tmp/site RUNS=/tmp/ablation DATA=data/la
 # The screening schedule by default; CONFIG=sample_configs/la_bcp_study1.yaml (or _4l) runs
 # issue 15's full protocol with the same verbs (one or two runs per GPU fit one lease).
 CONFIG=${CONFIG:-sample_configs/la_bcp_sgd_screen.yaml}
+# COMPILE=reduce-overhead (or true) runs every arm through torch.compile (CUDA graphs), from a
+# copy of CONFIG beside it; a study keeps one setting for all its arms and rounds.
+if [ -n "${COMPILE:-}" ]; then
+  grep -q '^compile:' "$CONFIG" && { echo "$CONFIG already sets compile"; exit 2; }
+  compiled="${CONFIG%.yaml}.compile-$COMPILE.yaml"
+  { cat "$CONFIG"; printf 'compile: %s\n' "$COMPILE"; } > "$compiled"
+  CONFIG=$compiled
+fi
 [ -d $SITE/pydantic ] || python3 -m pip install -q --no-index --no-deps --no-compile \
   --no-cache-dir --upgrade --target $SITE .carry/wheels/*.whl || exit 1
 export PYTHONPATH=$SITE:$PWD
