@@ -71,7 +71,7 @@ run_steps() {
       done
       wait
       for r in $WORK/runs/eager-s* $WORK/runs/graphs-s*; do
-        hco predict "$r" --split test --lcc --evaluate --force > /dev/null &
+        hco predict "$r" --checkpoint last --split test --lcc --evaluate --force > /dev/null &
       done
       wait
       hco compare "eager=$WORK/runs/eager-s*" "graphs=$WORK/runs/graphs-s*" --checkpoint last \
