@@ -22,9 +22,6 @@ import functools
 from collections.abc import Callable, Sequence
 
 import torch
-import torch._dynamo.config as dynamo_config
-import torch._functorch.config as functorch_config
-import torch._inductor
 from torch import Tensor, nn
 
 from hco_cli.models import ModelConfig
@@ -201,6 +198,10 @@ def _compiled(mode: str) -> Callable[[VNet, Tensor], Tensor]:
     tests/models/test_compile.py). Without in-place buffers the backward writes into no input
     and its cache key differs from the default's, so such an entry is never found. Torch's
     ``mode`` is spelled out as its inductor options so that this one can be added."""
+    # Here rather than at the top: torch's compiler packages take about 1 s to import, which
+    # only runs that compile should pay (hco predict, uncompiled training).
+    import torch._inductor
+
     options = {**torch._inductor.list_mode_options(mode), "inplace_buffers": False}
     return torch.compile(VNet.forward, options=options, dynamic=False)
 
@@ -211,6 +212,10 @@ def compile_forward(model: nn.Module, mode: str = "default") -> nn.Module:
     if not isinstance(model, VNet):
         raise TypeError(f"compile_forward takes a VNet, not {type(model).__name__}")
     model.compile_mode = mode
+    # Imported here, as in _compiled: about 1 s of import that only compiling runs pay.
+    import torch._dynamo.config as dynamo_config
+    import torch._functorch.config as functorch_config
+
     # The hierarchical optimizers take two gradients through one forward (g_L with
     # retain_graph=True, then g_U), which a backward compiled with donated buffers refuses
     # (and see _compiled: without in-place buffers, so that the second gradient is right).

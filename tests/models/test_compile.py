@@ -4,6 +4,8 @@ teacher) run their own parameters, and the config accepts only torch's modes."""
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -125,3 +127,14 @@ def test_a_backward_cached_with_donated_buffers_is_not_reused(
                       *torch.autograd.grad(out.square().sum(), params)])
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-10)
+
+
+def test_compiler_packages_load_only_for_compiling_runs() -> None:
+    """torch._dynamo and torch._inductor take about 1 s to import: training, prediction and
+    sweeps import them only when a run compiles."""
+    code = ("import sys\n"
+            "import hco_cli.inference.predict, hco_cli.training.entry, hco_cli.workflows.sweep\n"
+            "print(sorted(m for m in ('torch._dynamo', 'torch._inductor') if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=True)
+    assert done.stdout.strip() == "[]"
