@@ -3,14 +3,17 @@
 # give end to end, whether they change the numerics, and how many runs per GPU pay with them.
 # The work runs in the background (setsid), so that it outlives the device call; poll it with
 # `wait` calls back to back (a machine idle for 30 s is given back) and it collects itself.
-#   device_speed3.sh start STEP...      STEP: e2e, predict, numerics, concurrency, in that order
-#                                       (predict needs e2e's run); results in /tmp/speed3
+#   device_speed3.sh start STEP...      STEP: e2e, e2e-2gpu, predict, numerics, concurrency,
+#                                       run in the order given (predict needs e2e's run);
+#                                       results in /tmp/speed3
 #   device_speed3.sh wait SECONDS       progress; when the steps have ended, collect to $OUT
 #   device_speed3.sh collect            logs, JSON and run summaries (no weights) to $OUT
 # Steps (minutes on one H200, estimated from round 2's 31-33 ms per self-training iteration):
 #   e2e          the `la` preset's full protocol (2K + 15K, validation every 200) with sgd-hco
 #                and compile: reduce-overhead, then `hco predict --split test --lcc --evaluate`
 #                timed as a fresh process (about 10 min)
+#   e2e-2gpu     on the 2-GPU kind: the same protocol for sgd and sgd-hco at once, one per
+#                GPU (`hco sweep --gpus 2`), each run's time breakdown (about 10 min)
 #   predict      benchmarks/predict.py on e2e's trained run, 20 test cases: serial, pipelined,
 #                16 windows per forward, warm and cold, and a fresh process (about 1 min)
 #   numerics     sgd-hco eager vs compile: reduce-overhead, seeds 1-3, 300 + 600 iterations
@@ -50,6 +53,14 @@ run_steps() {
       timed "e2e test evaluation, fresh process" hco predict $WORK/runs/e2e-sgd-hco \
         --split test --lcc --evaluate --force > $WORK/e2e-predict.log 2>&1
       tail -n 3 $WORK/e2e-predict.log ;;
+    e2e-2gpu)  # the 2-GPU kind: sgd and sgd-hco on the two GPUs of one host at once
+      step e2e-2gpu
+      with_compile sample_configs/la_bcp_sgd.yaml $WORK/e2e.yaml
+      timed "e2e two runs on two GPUs" hco sweep --config $WORK/e2e.yaml \
+        --optimizers sgd,sgd-hco --seeds 1 --gpus 2 --out $WORK/runs/two-gpus \
+        > $WORK/e2e-2gpu.log 2>&1
+      tail -n 8 $WORK/e2e-2gpu.log
+      python3 scripts/time_breakdown.py $WORK/runs/two-gpus/[!_]*/* ;;
     predict)
       step predict
       python3 benchmarks/predict.py --data $DATA --run $WORK/runs/e2e-sgd-hco --cases 20 \
