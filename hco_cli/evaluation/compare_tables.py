@@ -280,8 +280,8 @@ def comparison_tables(result: Comparison, *, compact: bool = False) -> list[Repo
     """One paper-layout table per class, then the table of paired tests; ``compact``: for
     narrow consoles, a legend of short arm labels, then per class a table of means and one
     of p-values, then the paired tests in fewer columns."""
-    seeds = [_seed_table(result)] if result.seed_differences else []
     if not compact:
+        seeds = [_seed_table(result)] if result.seed_differences else []
         return [*(_class_table(result, c) for c in result.classes), _details_table(result),
                 *seeds]
     labels = arm_labels([a.name for a in result.arms])
