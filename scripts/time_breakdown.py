@@ -22,13 +22,15 @@ last record's time is that tail, so steps + validation + pauses + start + tail =
 from __future__ import annotations
 
 import argparse
-import gzip
 import itertools
 import json
 import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from hco_cli.errors import HcoError
+from hco_cli.evaluation.saved_results import read_run_records
 
 
 @dataclass
@@ -48,18 +50,6 @@ class Breakdown:
     start: float
     tail: float | None
     phases: dict[str, Phase] = field(default_factory=dict)
-
-
-def read_records(run: Path) -> list[dict]:
-    """The run's metrics records in logged order (``metrics.jsonl`` or its gzip)."""
-    plain, packed = run / "metrics.jsonl", run / "metrics.jsonl.gz"
-    if plain.is_file():
-        text = plain.read_text(encoding="utf-8")
-    elif packed.is_file():
-        text = gzip.decompress(packed.read_bytes()).decode("utf-8")
-    else:
-        raise FileNotFoundError(f"{run}: no metrics.jsonl(.gz)")
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def breakdown(records: list[dict], wall: float | None, spike: float = 5.0) -> Breakdown:
@@ -122,12 +112,12 @@ def main() -> None:
     args = parser.parse_args()
     for run in args.runs:
         try:
-            records = read_records(run)
+            records = [record for _, record in read_run_records(run)[1]]
             meta = run / "run.json"
             wall = (json.loads(meta.read_text(encoding="utf-8")).get("wall_seconds")
                     if meta.is_file() else None)
             print(report(run, breakdown(records, wall, args.spike)))
-        except (OSError, ValueError) as exc:
+        except (HcoError, OSError, ValueError) as exc:
             sys.exit(f"error: {exc}")
 
 

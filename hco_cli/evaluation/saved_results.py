@@ -203,9 +203,9 @@ def _train_step(record: dict[str, Any], where: str) -> TrainStep:
     )
 
 
-def read_train_steps(run_dir: Path) -> list[TrainStep]:
-    """Training-step records of ``RUN/metrics.jsonl`` (or of ``metrics.jsonl.gz``, an archived
-    run's); other phases (e.g. "val") are skipped.
+def read_run_records(run_dir: Path) -> tuple[Path, list[tuple[int, dict[str, Any]]]]:
+    """Every record of ``RUN/metrics.jsonl`` (or of ``metrics.jsonl.gz``, an archived run's) in
+    logged order, with its line number, and the file read.
 
     An unparsable *last* line without a trailing newline is taken as a write still in
     progress (a run being trained) and skipped; any other bad line is an error.
@@ -213,7 +213,7 @@ def read_train_steps(run_dir: Path) -> list[TrainStep]:
     folder = RunFolder(run_dir)
     path = folder.metrics if folder.metrics.is_file() else folder.metrics_archive
     if not path.is_file():
-        raise DataError(f"run {run_dir} has no metrics.jsonl (needed for --dynamics)")
+        raise DataError(f"run {run_dir} has no metrics.jsonl (nor metrics.jsonl.gz)")
     try:
         if path.suffix == ".gz":
             with gzip.open(path, "rt", encoding="utf-8") as f:
@@ -223,7 +223,7 @@ def read_train_steps(run_dir: Path) -> list[TrainStep]:
     except (OSError, EOFError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read {path}: {exc}") from None
     lines = text.split("\n")
-    steps: list[TrainStep] = []
+    records: list[tuple[int, dict[str, Any]]] = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -235,6 +235,13 @@ def read_train_steps(run_dir: Path) -> list[TrainStep]:
             raise DataError(f"{path}, line {number}: invalid JSON ({exc.msg})") from None
         if not isinstance(record, dict):
             raise DataError(f"{path}, line {number}: expected a JSON object")
-        if record.get("phase") in TRAIN_PHASES:
-            steps.append(_train_step(record, f"{path}, line {number}"))
-    return steps
+        records.append((number, record))
+    return path, records
+
+
+def read_train_steps(run_dir: Path) -> list[TrainStep]:
+    """Training-step records of a run's log (:func:`read_run_records`); other phases (e.g.
+    "val") are skipped."""
+    path, records = read_run_records(run_dir)
+    return [_train_step(record, f"{path}, line {number}") for number, record in records
+            if record.get("phase") in TRAIN_PHASES]

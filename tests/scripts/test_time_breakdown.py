@@ -57,9 +57,17 @@ def test_every_second_is_placed() -> None:
     assert placed + 0.05 == pytest.approx(last + 0.25)
 
 
-def test_reads_the_gzipped_log(tmp_path: Path) -> None:
+def test_the_script_reads_a_gzipped_log(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
     text = "".join(json.dumps(r) + "\n" for r in _log())
     (tmp_path / "metrics.jsonl.gz").write_bytes(gzip.compress(text.encode()))
-    assert tb.read_records(tmp_path) == _log()
-    with pytest.raises(FileNotFoundError):
-        tb.read_records(tmp_path / "absent")
+    (tmp_path / "run.json").write_text(json.dumps({"wall_seconds": _log()[-1]["time"] + 0.25}))
+    monkeypatch.setattr(sys, "argv", ["time_breakdown.py", str(tmp_path)])
+    tb.main()
+    out = capsys.readouterr().out
+    assert "pretrain      10 its, median   20.0 ms" in out
+    assert "validation     0.5 s (1 records)" in out and "pauses    1.0 s (1)" in out
+    assert "end (after the last record)             0.2 s" in out
+    monkeypatch.setattr(sys, "argv", ["time_breakdown.py", str(tmp_path / "absent")])
+    with pytest.raises(SystemExit, match=r"no metrics\.jsonl"):
+        tb.main()
