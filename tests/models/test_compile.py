@@ -82,24 +82,36 @@ def test_compile_config_accepts_only_torch_modes() -> None:
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
-def test_cuda_two_gradients_through_one_compiled_forward(mode: str) -> None:
+def test_cuda_two_gradients_through_one_compiled_forward(
+    mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """What an HCO step does on the GPU (g_L with retain_graph, then g_U), against float64 eager
-    gradients: float32 compiled kernels agree to rounding, a clobbered saved activation not."""
+    gradients: the compiled float32 gradients are as close to them as eager float32's are (a
+    clobbered saved activation is off by O(1)). TF32 is off: with it, eager float32 itself is
+    17-20 % off in norm for this net on an H200, which would hide everything."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     torch.manual_seed(0)
     net = build_model(ModelConfig(n_filters=4, dropout=False), in_channels=1, num_classes=2)
     reference = copy.deepcopy(net).double().cuda()
+    eager = copy.deepcopy(net).cuda()
     compiled = compile_forward(net.cuda(), mode)
     x = torch.randn(2, 1, 32, 32, 32, generator=torch.Generator().manual_seed(1))
+
+    def flat(grads: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return torch.cat([g.double().flatten() for g in grads])
+
     for step in range(3):  # CUDA graphs record on a later call than the first
-        out_r, out_c = reference(x.double().cuda()), compiled(x.cuda())
+        outs = [m(x.cuda().to(dtype)) for m, dtype in
+                ((reference, torch.float64), (eager, torch.float32), (compiled, torch.float32))]
         for loss in (lambda o: o.square().mean(), lambda o: o.abs().mean()):
-            want = torch.autograd.grad(loss(out_r), list(reference.parameters()),
-                                       retain_graph=True)
-            got = torch.autograd.grad(loss(out_c), list(compiled.parameters()),
-                                      retain_graph=True)
-            for a, b in zip(want, got, strict=True):
-                scale = a.abs().max().item() + 1e-12
-                assert (b.double() - a).abs().max().item() / scale < 1e-3, step
+            want, e, c = (flat(torch.autograd.grad(loss(o), list(m.parameters()),
+                                                   retain_graph=True))
+                          for o, m in zip(outs, (reference, eager, compiled), strict=True))
+            eager_error = ((e - want).norm() / want.norm()).item()
+            compiled_error = ((c - want).norm() / want.norm()).item()
+            assert eager_error < 1e-2, step  # float32 rounding, nothing more
+            assert compiled_error < 2 * eager_error + 1e-4, (step, compiled_error, eager_error)
 
 
 @pytest.mark.slow
