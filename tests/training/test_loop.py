@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from hco_cli.config import TrainConfig, validate_config
 from hco_cli.data.batch import Batch
 from hco_cli.data.prepare import prepare_synthetic
 from hco_cli.errors import CheckpointError, ConfigError, OutputError, TrainingDivergedError
+from hco_cli.optim.protocol import TwoSource
 from hco_cli.runs.checkpoint import load_checkpoint
 from hco_cli.runs.folder import RUN_INFO_KEYS
 from hco_cli.ssl.base import Framework, Phase, StepResult, two_source_step
@@ -172,7 +174,7 @@ class NaNFramework(Framework):
     def trainable(self) -> dict[str, nn.Module]:
         return {"net": self.net}
 
-    def train_step(self, phase: Phase, batch: Batch, optimizers: dict[str, Any],
+    def train_step(self, phase: Phase, batch: Batch, optimizers: Mapping[str, TwoSource],
                    iteration: int) -> StepResult:
         loss = self.net(batch.labeled_image).pow(2).mean()
         if iteration >= self.bad and not self.weights:
