@@ -43,6 +43,7 @@ progress() {  # one short line per run: its last logged iteration
     [ -f "$m" ] && printf '%s %s\n' "${m#$RUNS/}" \
       "$(grep -o '"iter": [0-9]*' "$m" | tail -n 1 | cut -d' ' -f2)"
   done
+  return 0  # no log yet is not a failure (`start ... && next` goes on)
 }
 case "${1:-}" in
 stage)
