@@ -13,13 +13,24 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from hco_cli.data.dataset import FOLD_PATTERN
 from hco_cli.errors import ConfigError
 from hco_cli.models import ModelConfig
 from hco_cli.optim import OPTIMIZER_NAMES, HyperparameterError, build_optimizer, optimizer_info
 from hco_cli.ssl.config import FrameworkConfig
+
+# Validation context key: False skips the optimizer trial build (validate_config).
+TRY_OPTIMIZER = "try_optimizer"
 
 Device = Literal["auto", "cpu", "cuda"]
 Split = Literal["val", "test"]
@@ -82,12 +93,14 @@ class OptimizerConfig(_Section):
         return value
 
     @model_validator(mode="after")
-    def _accepted(self) -> OptimizerConfig:
+    def _accepted(self, info: ValidationInfo) -> OptimizerConfig:
         accepted = set(optimizer_info(self.name).hyperparameters)
         refused = sorted(set(self.hyperparameters()) - accepted)
         if refused:
             raise ValueError(f"{', '.join(refused)} do(es) not apply to optimizer {self.name}; "
                              f"it accepts: {', '.join(sorted(accepted))}")
+        if info.context and not info.context.get(TRY_OPTIMIZER, True):
+            return self
         # Values and combinations (e.g. a contradictory reading) on a one-element stand-in,
         # so a bad optimizer fails before any run folder exists.
         trial = {**self.hyperparameters(), "flat": False, "fused": False}
@@ -262,12 +275,18 @@ class TrainConfig(_Section):
                                          "plan), filled in when the config is built")
 
 
-def validate_config(data: Any, *, source: str = "config") -> TrainConfig:
-    """Validate raw data (from YAML, a preset or a checkpoint) into a TrainConfig."""
+def validate_config(data: Any, *, source: str = "config",
+                    try_optimizer: bool = True) -> TrainConfig:
+    """Validate raw data (from YAML, a preset or a checkpoint) into a TrainConfig.
+
+    ``try_optimizer=False`` skips building the optimizer on a stand-in parameter to check its
+    values: for a run's stored config loaded to predict, which builds no optimizer. (Any torch
+    optimizer imports torch._dynamo on construction, about 1-2 s of a cold ``hco predict``.)
+    """
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of sections, got {type(data).__name__}")
     try:
-        return TrainConfig.model_validate(data)
+        return TrainConfig.model_validate(data, context={TRY_OPTIMIZER: try_optimizer})
     except ValidationError as exc:
         raise ConfigError(f"{source}: {describe_error(exc)}") from None
 

@@ -71,6 +71,20 @@ def test_hyperparameter_of_another_family_is_refused():
     assert "betas" in message  # what adam accepts
 
 
+def test_a_stored_config_can_skip_the_optimizer_trial_but_not_the_names():
+    """try_optimizer=False (a run loaded to predict, which builds no optimizer) skips the
+    values' trial on a stand-in; unknown names and options of another family still fail."""
+    bad_value = {**preset("la"), "optimizer": {"name": "sgd-hco",
+                                               "options": {"mask_norm": "bogus"}}}
+    with pytest.raises(ConfigError, match="Invalid mask_norm"):
+        validate_config(bad_value)
+    stored = validate_config(bad_value, try_optimizer=False)
+    assert stored.optimizer.options == {"mask_norm": "bogus"}
+    wrong_family = {**preset("la"), "optimizer": {"name": "adam", "momentum": 0.9}}
+    with pytest.raises(ConfigError, match=r"momentum do\(es\) not apply to optimizer adam"):
+        validate_config(wrong_family, try_optimizer=False)
+
+
 def test_extra_options_pass_only_when_accepted():
     ok = validate_config({**preset("la"), "optimizer": {"name": "sgd-hco",
                                                         "options": {"mask_norm": "mean_eps"}}})

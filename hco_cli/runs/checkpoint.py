@@ -105,7 +105,8 @@ def load_model_for_inference(
     if "model" not in data or "config" not in data:
         raise CheckpointError(f"{path}: checkpoint holds no evaluation model")
     try:
-        config: TrainConfig = validate_config(data["config"], source=str(path))
+        config: TrainConfig = validate_config(data["config"], source=str(path),
+                                                 try_optimizer=False)
     except ConfigError as exc:
         raise CheckpointError(f"{path}: stored configuration is invalid: {exc}") from exc
     model = build_model(config.model, in_channels=int(data["in_channels"]),

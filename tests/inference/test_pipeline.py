@@ -202,3 +202,23 @@ def test_scoring_workers_start_with_the_scoring_modules_imported() -> None:
                          env=env, cwd=ROOT, check=True)
     # scipy.spatial (the metrics' rare k-d tree path) is left out: 0.15 s for nothing mostly
     assert out.stdout.split("\n")[0] == "[] ['nibabel', 'h5py']", out.stdout
+
+
+def test_a_whole_prediction_imports_no_compiler_package(tiny: tuple[Path, Path],
+                                                        tmp_path: Path) -> None:
+    """A fresh ``predict`` (run loading, windows, LCC, writing, scoring) imports neither
+    torch._dynamo nor torch._inductor: a stored config's optimizer is not built to check it,
+    and building any torch optimizer imports dynamo (1-2 s of a cold ``hco predict``)."""
+    dataset, run = tiny
+    code = (
+        "import sys\nfrom pathlib import Path\n"
+        "from hco_cli.inference.predict import PredictOptions, predict\n"
+        f"report = predict(Path({str(run)!r}), PredictOptions(device='cpu', "
+        f"data=Path({str(dataset)!r}), out=Path({str(tmp_path / 'preds')!r}), split='test', "
+        "lcc=True, evaluate=True))\n"
+        "print(len(report.cases), "
+        "sorted(m for m in ('torch._dynamo', 'torch._inductor') if m in sys.modules))\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "4 []", out.stdout + out.stderr

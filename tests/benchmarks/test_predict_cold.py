@@ -1,0 +1,34 @@
+"""benchmarks/predict_cold.py: one fresh child process times every stage of a cold
+``hco predict`` on a tiny synthetic dataset (CPU)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+STAGES = ("import", "cuda_init", "load", "forward_first", "forward_again", "lcc_first",
+          "lcc_again", "predict_first", "predict_again")
+
+
+@pytest.mark.slow
+def test_cold_stages_on_cpu(tmp_path: Path) -> None:
+    out = tmp_path / "cold.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "predict_cold.py"),
+                           "--synthetic", "--cases", "2", "--device", "cpu", "--no-cli",
+                           "--json", str(out)], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    assert result["cases"] == 2 and result["device"] == "cpu" and result["cli_s"] is None
+    seconds = result["seconds"]
+    assert set(seconds) == set(STAGES)
+    assert all(seconds[s] > 0 for s in STAGES if s != "cuda_init")
+    # The child imports torch itself: a fresh process, not this one's warm modules.
+    assert seconds["import"] > 0.2
+    for stage in STAGES:
+        assert stage in done.stdout
+    assert "before predict" in done.stdout
