@@ -3,8 +3,8 @@
 # give end to end, whether they change the numerics, and how many runs per GPU pay with them.
 # The work runs in the background (setsid), so that it outlives the device call; poll it with
 # `wait` calls back to back (a machine idle for 30 s is given back) and it collects itself.
-#   device_speed3.sh start STEP...      STEP: e2e, e2e-2gpu, predict, numerics, concurrency,
-#                                       run in the order given (predict needs e2e's run);
+#   device_speed3.sh start STEP...      STEP: e2e, e2e-2gpu, predict, cold, numerics, concurrency,
+#                                       run in the order given (predict and cold need e2e's run);
 #                                       results in /tmp/speed3
 #   device_speed3.sh wait SECONDS       progress; when the steps have ended, collect to $OUT
 #   device_speed3.sh collect            logs, JSON and run summaries (no weights) to $OUT
@@ -16,6 +16,8 @@
 #                GPU (`hco sweep --gpus 2`), each run's time breakdown (about 10 min)
 #   predict      benchmarks/predict.py on e2e's trained run, 20 test cases: serial, pipelined,
 #                16 windows per forward, warm and cold, and a fresh process (about 1 min)
+#   cold         benchmarks/predict_cold.py on e2e's run (or RUN=...): a fresh predict's
+#                stages, imports to the second call, and a fresh hco predict (about 1 min)
 #   numerics     sgd-hco eager vs compile: reduce-overhead, seeds 1-3, 300 + 600 iterations
 #                as results/speed/bf16-vs-fp32.md, six runs at once, then hco compare (4 min)
 #   concurrency  benchmarks/concurrency.py: 1, 2 and 4 processes of sgd and of sgd+compile-ro
@@ -66,6 +68,10 @@ run_steps() {
       python3 benchmarks/predict.py --data $DATA --run $WORK/runs/e2e-sgd-hco --cases 20 \
         --rounds 3 --arms serial,pipelined,pipelined-b16,pipelined-b16-contiguous --cli \
         --json $WORK/predict-trained.json ;;
+    cold)  # a fresh predict's stages; RUN=... names another finished run (default e2e's)
+      step cold
+      python3 benchmarks/predict_cold.py --run "${RUN:-$WORK/runs/e2e-sgd-hco}" --data $DATA \
+        --json $WORK/predict-cold.json ;;
     numerics)
       step numerics
       Q=$WORK/quick.yaml
@@ -103,7 +109,7 @@ start)
   nvidia-smi --query-gpu=name --format=csv,noheader
   mkdir -p $WORK
   export -f run_steps step timed hco with_compile
-  export WORK DATA
+  export WORK DATA RUN
   setsid nohup bash -c 'run_steps "$@"' _ "$@" > $WORK/log.txt 2>&1 < /dev/null &
   sleep 15; cat $WORK/log.txt ;;
 wait)
