@@ -32,6 +32,40 @@ wall window of each phase's timed rounds (``windows``: epoch seconds).
 A roofline estimate is printed per phase (:mod:`hco_cli.models.roofline`): the network's
 FLOPs and unfused bytes per iteration, the time the H200's datasheet peaks (989 TFLOP/s dense
 bf16, 4.8 TB/s HBM3e) would allow, and how many times that each row's time is.
+
+``--profile N`` (off by default) says where an iteration's time goes. After every timed
+round (so the timings above are unaffected), each measured (phase, optimizer) gets a fresh
+trial: ``--warmup`` iterations (compilation, CUDA-graph capture), one more for the profiler's
+start-up, then N iterations under ``torch.profiler`` (CUDA activity on a CUDA device; on the
+CPU the "kernels" are torch ops and their time is self CPU time). Everything is per
+iteration (divided by N). Printed per (phase, optimizer), and in the JSON under the row's
+``profile`` key:
+
+- the top ``--profile-top`` kernels by total device time: ms/it, % of all profiled device
+  time, calls/it, and the category (several, "a | b", where one name is launched from stages
+  of different categories);
+- the categories (``KERNEL_CATEGORIES``, one documented table: first matching row wins, by
+  name pattern and, for the optimizer step, the EMA and the connected components, by the
+  stage that launched the kernel); they add up to the total;
+- the stages (where each kernel was launched: the host interval of the stage's
+  ``record_function`` mark holds its launch call), so the teacher's pseudo-labels, the
+  student's forward and the backward can be told apart although they run the same kernels;
+  ``(no stage)`` is the step's bookkeeping, ``(unlinked)`` kernels whose launch call the
+  profiler did not report;
+- device busy time (the union of the kernels' intervals; the total counts overlapping
+  kernels twice) against the measured wall time of the timed rounds: busy / wall is how much
+  of the iteration the GPU worked, the rest it waited for the host (launches, Python, the
+  pseudo-labels' one host synchronisation). Busy against the profiled iterations' own wall
+  time is given too (the profiler slows the host, not the kernels);
+- the kernels, memcpy and memset per iteration on the device, and on the host the kernel
+  launch calls and CUDA-graph launches.
+
+CUDA graphs (``+compile-ro``): a replay is one ``cudaGraphLaunch`` on the host; the kernels
+it runs reach the profiler only if CUPTI reports them (linked to the graph launch, with no
+torch op). The output counts the graph launches and the kernels seen inside them; where a
+replay showed none, a note says that the graphed work is missing from every figure (they are
+then lower bounds). ``--profile-trace DIR`` also writes a Chrome trace per (phase, optimizer)
+(chrome://tracing, ui.perfetto.dev) to look at the timeline itself.
 """
 
 from __future__ import annotations
@@ -39,12 +73,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -69,6 +105,68 @@ MODES: dict[str, dict[str, Any]] = {"": {}, "foreach": {"foreach": True, "flat":
 STAGES = ("data", "pseudo-labels", "forward+loss", "backward", "optimizer step", "ema")
 BARRIER_TIMEOUT = 1800.0  # seconds a process waits for the others before it gives up
 
+# --profile: the stages are marked for the profiler with record_function(STAGE_PREFIX + stage);
+# "connected components" (the pseudo-labels' largest-component call) is a profiler stage only.
+STAGE_PREFIX = "hco-stage:"
+PROFILE_STAGES = (*STAGES[:2], "connected components", *STAGES[2:])
+NO_STAGE = "(no stage)"  # launched outside the marked stages (the step's bookkeeping)
+UNLINKED = "(unlinked)"  # a kernel whose launch call the profiler did not report
+
+# Kernel categories of --profile, one table. A kernel (on the CPU: a torch op) falls into the
+# FIRST row whose stage and name pattern both match it: stage None matches any stage (also an
+# unknown one), pattern None any name; a pattern is a Python regular expression searched,
+# case-insensitively, in the demangled kernel name (or the op's name). A kernel's stage is the
+# innermost marked stage whose host interval holds its launch call (an op: its start). To add
+# a category or catch a kernel that lands in "other", add a row above the row that takes it now
+# (tests/benchmarks/test_train_step_profile.py lists known names and their categories).
+# Caveats of names: the forward of the V-Net's transposed convolutions runs cuDNN's dgrad
+# kernels and their backward-data its fprop kernels (the stage table tells the passes apart);
+# a GEMM named without fprop/dgrad/wgrad counts as a forward convolution (the V-Net has no
+# linear layer); Inductor (torch.compile) names a Triton kernel after every op fused into it
+# ("triton_poi_fused__native_batch_norm_legit_functional_convolution_relu_3" is BatchNorm +
+# ReLU), so its Triton kernels are matched before the cuDNN names.
+KERNEL_CATEGORIES: tuple[tuple[str, tuple[str, ...] | None, str | None], ...] = (
+    # CPU: the autograd engine's own events (their self time is bookkeeping)
+    ("other", None, r"^autograd::|^torch::autograd::|^\w+Backward\d+$"),
+    # all that a single-purpose stage launches, whatever its name (the flat optimizer step's
+    # elementwise kernels, the EMA's foreach kernels, the histogram after CuPy's label)
+    ("optimizer", ("optimizer step",), None),
+    ("ema", ("ema",), None),
+    ("connected components", ("connected components",), None),
+    # by name alone (a kernel whose launch was not linked: CuPy's label kernels, its sort;
+    # nothing else in the step sorts or builds a histogram)
+    ("connected components", None,
+     r"cupy|ndimage_label|kernelHistogram|thrust::|DeviceRadixSort"),
+    ("optimizer", None, r"multi_tensor_apply|_foreach_|_fused_(sgd|adam)|Fused(Sgd|Adam)"
+     r"|_(sgd|adam)_(mask|apply)_kernel|_close_counts"),
+    ("batch/instance norm", None, r"^triton_\w*(batch_norm|instance_norm|group_norm)"),
+    ("elementwise/reduction", None, r"^triton_(poi|red|per)_"),
+    ("softmax/loss", None, r"softmax|nll_loss|cross_entropy|mse_loss"),
+    ("conv backward data", None, r"dgrad"),
+    ("conv backward weight", None, r"wgrad|bwd_filter|splitKreduce|scalePackedTensor"),
+    # one op computing both gradients (the CPU's aten::convolution_backward)
+    ("conv backward data+weight", None, r"convolution_backward"),
+    ("conv forward", None,
+     r"fprop|convol|conv[23]d|conv_transpose|implicit_gemm|xmma|cutlass|gemm"),
+    ("batch/instance norm", None, r"batch_?norm|bn_fw|bn_bw|instance_?norm|group_?norm|welford"),
+    ("copy/memset/cast", None, r"^memcpy|^memset|copy|CatArray|^aten::cat$|fill|^aten::zero_"
+     r"|nchwToNhwc|nhwcToNchw|^aten::to$|^aten::contiguous$|^aten::clone$"),
+    ("elementwise/reduction", None,
+     r"elementwise|reduce|functor|index|scatter|gather|dropout|bernoulli|max_pool|histc"
+     r"|^aten::(add|sub|rsub|mul|div|relu|clamp|threshold|where|sum|mean|amax|max|min|argmax"
+     r"|eq|ne|ge|gt|lt|le|logical|bitwise|neg|exp|log|sqrt|rsqrt|pow|abs|sign|lerp|addcmul"
+     r"|addcdiv|masked|square|reciprocal|maximum|minimum|sigmoid|tanh)(_\w*)?$"),
+    ("other", None, None),
+)
+# The order of the printed category table (every category of KERNEL_CATEGORIES, once).
+CATEGORY_NAMES = ("conv forward", "conv backward data", "conv backward weight",
+                  "conv backward data+weight", "batch/instance norm", "elementwise/reduction",
+                  "softmax/loss", "copy/memset/cast", "connected components", "optimizer", "ema",
+                  "other")
+RUNTIME_CALL = re.compile(r"^cu(da)?[A-Z]")  # CUDA runtime and driver API calls (host side)
+LAUNCH_CALL = re.compile(r"^cu(da)?Launch")
+GRAPH_LAUNCH = re.compile(r"^cu(da)?GraphLaunch")
+
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -76,10 +174,11 @@ def sync(device: torch.device) -> None:
 
 
 class Stopwatch:
-    """Accumulates synchronised wall time per stage (only when enabled)."""
+    """Accumulates synchronised wall time per stage (only when enabled); with ``annotate``,
+    marks each stage for the profiler (``record_function``, no synchronisation)."""
 
-    def __init__(self, device: torch.device, enabled: bool) -> None:
-        self.device, self.enabled = device, enabled
+    def __init__(self, device: torch.device, enabled: bool, annotate: bool = False) -> None:
+        self.device, self.enabled, self.annotate = device, enabled, annotate
         self.seconds: dict[str, float] = defaultdict(float)
 
     def wrap(self, stage: str, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -92,7 +191,11 @@ class Stopwatch:
             sync(self.device)
             self.seconds[stage] += time.perf_counter() - start
             return out
-        return timed
+
+        def annotated(*args: Any, **kwargs: Any) -> Any:
+            with torch.profiler.record_function(STAGE_PREFIX + stage):
+                return timed(*args, **kwargs)
+        return annotated if self.annotate else timed
 
 
 class Barrier:
@@ -164,7 +267,7 @@ class Trial:
     """One seeded BCP framework in one phase with one optimizer, ready to iterate."""
 
     def __init__(self, spec: str, phase_name: str, args: argparse.Namespace,
-                 device: torch.device, *, instrument: bool) -> None:
+                 device: torch.device, *, instrument: bool, annotate: bool = False) -> None:
         spec, *features = spec.split("+")  # e.g. "sgd+batched+compile"
         name, _, mode = spec.partition(":")  # e.g. "sgd-hco" (default mode) or "sgd-hco:foreach"
         unknown = set(features) - {"batched", "compile", "compile-ro"}
@@ -192,7 +295,7 @@ class Trial:
         self.framework.start_phase(self.phase)
         opt_name = plain_variant(name) if self.phase.plain_optimizer else name
         options = MODES[mode]
-        self.watch = Stopwatch(device, instrument)
+        self.watch = Stopwatch(device, instrument, annotate)
         opt = build_optimizer(opt_name, self.framework.trainable()["student"].parameters(),
                               **options)
         opt.step_two_source = self.watch.wrap(  # type: ignore[method-assign]
@@ -206,9 +309,14 @@ class Trial:
 
     def iterate(self, count: int) -> None:
         """``count`` training iterations (module-level BCP helpers wrapped while they run)."""
-        original = (bcp_module.two_source_step, bcp_module.ema_update_)
+        original = (bcp_module.two_source_step, bcp_module.ema_update_,
+                    bcp_module.largest_connected_component, bcp_module.keep_largest_per_class)
         setattr(bcp_module, "two_source_step", self.watch.wrap("backward", original[0]))  # noqa: B010
         setattr(bcp_module, "ema_update_", self.watch.wrap("ema", original[1]))  # noqa: B010
+        if self.watch.annotate:  # a profiler stage only (the stopwatch's stages stay as they were)
+            for attr, fn in (("largest_connected_component", original[2]),
+                             ("keep_largest_per_class", original[3])):
+                setattr(bcp_module, attr, self.watch.wrap("connected components", fn))
         try:
             for _ in range(count):
                 batch = self.next_batch(self.phase.needs_unlabeled)
@@ -224,7 +332,8 @@ class Trial:
                                             for o in self.optimizers.values())
                 self.iteration += 1
         finally:
-            bcp_module.two_source_step, bcp_module.ema_update_ = original
+            (bcp_module.two_source_step, bcp_module.ema_update_,
+             bcp_module.largest_connected_component, bcp_module.keep_largest_per_class) = original
 
     def stages(self, iterations: int) -> dict[str, float]:
         """Seconds per iteration per stage; nested stages are reported without their inner one."""
@@ -275,6 +384,307 @@ def instrumented_stages(spec: str, phase_name: str, args: argparse.Namespace,
     return trial.stages(args.iterations)
 
 
+@cache
+def _category_rules() -> list[tuple[str, tuple[str, ...] | None, re.Pattern[str] | None]]:
+    return [(category, stages, None if pattern is None else re.compile(pattern, re.IGNORECASE))
+            for category, stages, pattern in KERNEL_CATEGORIES]
+
+
+def categorize(name: str, stage: str | None = None) -> str:
+    """The category of a kernel (or CPU op) ``name`` launched in ``stage`` (None: unknown):
+    the first row of :data:`KERNEL_CATEGORIES` that matches both."""
+    for category, stages, pattern in _category_rules():
+        if (stages is None or stage in stages) and (pattern is None or pattern.search(name)):
+            return category
+    return "other"
+
+
+class Activity(NamedTuple):
+    """One piece of profiled work: a kernel, memcpy or memset on the device, or (CPU) a torch
+    op with its self time; ``us`` is its duration (an op: self time), ``stage`` where it was
+    launched, ``graph`` whether a CUDA-graph replay launched it."""
+
+    name: str
+    kind: str
+    start: float
+    end: float
+    us: float
+    stage: str
+    graph: bool = False
+
+
+def _stage_ranges(events: Iterable[Any]) -> list[tuple[float, float, str]]:
+    """(start, end, stage) of the host intervals marked by :class:`Stopwatch` (µs), outer
+    before inner where two start together."""
+    return sorted(((e.time_range.start, e.time_range.end, e.name[len(STAGE_PREFIX):])
+                   for e in events if e.device_type == torch.autograd.DeviceType.CPU
+                   and e.name.startswith(STAGE_PREFIX)), key=lambda r: (r[0], -r[1]))
+
+
+def _stage_at(ranges: Sequence[tuple[float, float, str]], t: float) -> str:
+    """The innermost marked stage holding host time ``t`` (nested intervals: the last one in
+    :func:`_stage_ranges`' order that holds it)."""
+    inner = NO_STAGE
+    for start, end, stage in ranges:
+        if start > t:
+            break
+        if t <= end:
+            inner = stage
+    return inner
+
+
+def profile_activities(events: Sequence[Any], *, cuda: bool
+                       ) -> tuple[list[Activity], dict[str, int]]:
+    """The work in profiler events (``torch.profiler.profile().events()``) and host counts.
+
+    CUDA: every kernel, memcpy and memset the profiler reports on the device (leaving out the
+    device-side copies of user-scope record_function ranges: annotations, or named as a user
+    annotation), each linked by its correlation id to its host launch call, whose time gives
+    its stage; a kernel linked to a graph launch is a graph replay's. CPU: every torch op, by
+    self time (record_function ranges and Python functions left out), staged by its start.
+    Counts: ``launch_calls``, ``graph_launches``, ``graph_launches_empty`` (replays of which
+    no kernel was reported), ``unlinked`` (kernels with no launch call seen), ``op_calls``.
+    """
+    cpu = torch.autograd.DeviceType.CPU
+    ranges = _stage_ranges(events)
+    host = [e for e in events if e.device_type == cpu]
+    counts = {"launch_calls": 0, "graph_launches": 0, "graph_launches_empty": 0, "unlinked": 0,
+              "op_calls": sum(e.name.startswith("aten::") for e in host)}
+    out: list[Activity] = []
+    if not cuda:
+        for e in host:
+            if (e.name.startswith(STAGE_PREFIX) or e.name.startswith("ProfilerStep")
+                    or getattr(e, "is_user_annotation", False)
+                    or getattr(e, "is_python_function", False)):
+                continue
+            start = e.time_range.start
+            out.append(Activity(e.name, "op", start, e.time_range.end,
+                                float(e.self_cpu_time_total), _stage_at(ranges, start)))
+        return out, counts
+    # record_function ranges of user scope (these stages, torch.compile's "## Call
+    # CompiledFxGraph ##", the profiler's steps) have a device-side copy of the same name;
+    # Inductor's per-kernel ranges are of function scope and share their Triton kernel's name
+    annotations = {e.name for e in host if getattr(e, "is_user_annotation", False)}
+    launches: dict[int, tuple[float, bool]] = {}  # correlation id -> (host time, graph launch)
+    replayed: set[int] = set()  # graph launches of which a kernel was reported
+    for e in host:
+        if RUNTIME_CALL.match(e.name):
+            graph = bool(GRAPH_LAUNCH.match(e.name))
+            launches[e.id] = (e.time_range.start, graph)
+            counts["graph_launches"] += graph
+            counts["launch_calls"] += bool(LAUNCH_CALL.match(e.name)) and not graph
+    for e in events:
+        kind_of = str(getattr(e, "activity_type", "") or "").lower()
+        if (e.device_type == cpu or "annotation" in kind_of or "sync" in kind_of
+                or getattr(e, "is_user_annotation", False) or e.name in annotations
+                or e.name.startswith((STAGE_PREFIX, "ProfilerStep"))):
+            continue
+        lower = e.name.lower()
+        kind = ("memcpy" if "memcpy" in kind_of or lower.startswith("memcpy") else
+                "memset" if "memset" in kind_of or lower.startswith("memset") else "kernel")
+        launch = launches.get(e.id)
+        counts["unlinked"] += launch is None
+        stage = UNLINKED if launch is None else _stage_at(ranges, launch[0])
+        out.append(Activity(e.name, kind, e.time_range.start, e.time_range.end,
+                            float(e.time_range.end - e.time_range.start), stage,
+                            graph=launch is not None and launch[1]))
+        if launch is not None and launch[1]:
+            replayed.add(e.id)
+    counts["graph_launches_empty"] = sum(graph and cid not in replayed
+                                         for cid, (_, graph) in launches.items())
+    return out, counts
+
+
+def _union_us(intervals: Iterable[tuple[float, float]]) -> float:
+    """Length of the union of (start, end) intervals: the time any of them was running."""
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(intervals):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
+
+
+def profile_summary(activities: Sequence[Activity], counts: dict[str, int], *, iterations: int,
+                    cuda: bool, measured_ms: float, profiled_ms: float) -> dict[str, Any]:
+    """Per-iteration times (ms) and counts of profiled work, by name, category and stage, as
+    the JSON's ``profile`` and :func:`format_profile` give them."""
+    per_it = 1.0 / iterations
+    total_us = sum(a.us for a in activities)
+
+    def entry(us: float, count: float) -> dict[str, float]:
+        return {"ms": us / 1000 * per_it, "percent": 100 * us / total_us if total_us else 0.0,
+                "count": count * per_it}
+
+    # [µs, count] per category (all, in table order), stage and name
+    by_category = {c: [0.0, 0.0] for c in CATEGORY_NAMES}
+    by_stage = {s: [0.0, 0.0] for s in (*PROFILE_STAGES, NO_STAGE, UNLINKED)}
+    by_name: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    categories_of: dict[str, set[str]] = defaultdict(set)
+    for a in activities:
+        category = categorize(a.name, None if a.stage == UNLINKED else a.stage)
+        categories_of[a.name].add(category)
+        for slot in (by_category[category], by_stage.setdefault(a.stage, [0.0, 0.0]),
+                     by_name[a.name]):
+            slot[0] += a.us
+            slot[1] += 1
+    kernels = [{"name": name, "category": " | ".join(sorted(categories_of[name])),
+                **entry(us, n)}
+               for name, (us, n) in sorted(by_name.items(), key=lambda kv: -kv[1][0])]
+    busy_ms = _union_us((a.start, a.end) for a in activities) / 1000 * per_it
+    graph = [a for a in activities if a.graph]
+    kinds = {k: sum(a.kind == k for a in activities) * per_it
+             for k in ("kernel", "memcpy", "memset")}
+    summary: dict[str, Any] = {
+        "iterations": iterations, "device": "cuda" if cuda else "cpu",
+        "what": ("CUDA kernels, memcpy and memset on the device (their durations)" if cuda else
+                 "torch ops on the CPU (their self time)"),
+        "measured_ms": measured_ms, "profiled_ms": profiled_ms,
+        "total_ms": total_us / 1000 * per_it, "busy_ms": busy_ms,
+        "busy_fraction": busy_ms / measured_ms if measured_ms > 0 else None,
+        "busy_fraction_profiled": busy_ms / profiled_ms if profiled_ms > 0 else None,
+        "kernels_per_it": kinds["kernel"], "memcpy_per_it": kinds["memcpy"],
+        "memset_per_it": kinds["memset"], "op_calls_per_it": counts["op_calls"] * per_it,
+        "launch_calls_per_it": counts["launch_calls"] * per_it,
+        "graph_launches_per_it": counts["graph_launches"] * per_it,
+        "graph_launches_hidden_per_it": counts["graph_launches_empty"] * per_it,
+        "graph_kernels_per_it": len(graph) * per_it,
+        "graph_kernels_ms": sum(a.us for a in graph) / 1000 * per_it,
+        "unlinked_kernels_per_it": counts["unlinked"] * per_it,
+        "categories": {c: entry(us, n) for c, (us, n) in by_category.items()},
+        "stages": {s: entry(us, n) for s, (us, n) in by_stage.items() if n},
+        "kernels": kernels,
+        "notes": [],
+    }
+    notes = summary["notes"]
+    if not cuda:
+        notes.append("CPU: self time of torch ops, not kernels; work outside torch ops "
+                     "(Python, scipy's connected components) is in none of them but in the "
+                     "gap between busy and measured")
+    graphs, hidden = summary["graph_launches_per_it"], summary["graph_launches_hidden_per_it"]
+    if hidden:
+        notes.append(f"{hidden:g} of {graphs:g} CUDA-graph replays per iteration HIDE their "
+                     "kernels: the profiler reported none, so the totals, categories, stages "
+                     "and busy time leave their work out (lower bounds)")
+    if graph:
+        notes.append(f"CUDA-graph replays: the profiler resolved "
+                     f"{summary['graph_kernels_per_it']:g} kernels/it "
+                     f"({summary['graph_kernels_ms']:.2f} ms/it) in {graphs - hidden:g} replays "
+                     "per iteration, counted above (no torch op is linked to a replayed "
+                     "kernel; only what the profiler reported is seen)")
+    if cuda and counts["unlinked"]:
+        notes.append(f"{summary['unlinked_kernels_per_it']:g} kernels/it had no launch call "
+                     f"in the profile: stage {UNLINKED}, categorised by name alone")
+    if busy_ms > measured_ms > 0:
+        notes.append("busy exceeds the measured wall time: the profiled iterations ran slower "
+                     "than the timed ones (profiler overhead, or another load)")
+    return summary
+
+
+def _short(name: str, width: int) -> str:
+    """A kernel's name for the table: a demangled signature ("void ns::kernel<...>(args)")
+    without "void", its arguments and torch's namespaces, cut to ``width``."""
+    if name.startswith("void "):
+        name = name[5:]
+        for noise in ("(anonymous namespace)::", "at::native::", "at::cuda::"):
+            name = name.replace(noise, "")
+        depth = 0
+        for i, char in enumerate(name):
+            depth += (char == "<") - (char == ">")
+            if char == "(" and depth == 0:
+                name = name[:i]
+                break
+    return name if len(name) <= width else name[:width - 3] + "..."
+
+
+def format_profile(phase_name: str, spec: str, summary: dict[str, Any], top: int) -> str:
+    """The printed tables of one (phase, optimizer) profile."""
+    cuda = summary["device"] == "cuda"
+    unit = "kernels" if cuda else "ops"
+    lines = [f"profile {phase_name} {spec}: {summary['iterations']} iterations, "
+             f"{summary['what']}; per iteration"]
+    lines.append(f"  {'top ' + str(top) + ' ' + unit:<72}{'ms/it':>9}{'%':>7}{'calls/it':>10}"
+                 "  category")
+    for k in summary["kernels"][:top]:
+        lines.append(f"  {_short(k['name'], 72):<72}{k['ms']:>9.3f}{k['percent']:>7.1f}"
+                     f"{k['count']:>10.1f}  {k['category']}")
+    lines.append(f"  {'category':<72}{'ms/it':>9}{'%':>7}{'calls/it':>10}")
+    for name, c in summary["categories"].items():
+        lines.append(f"  {name:<72}{c['ms']:>9.3f}{c['percent']:>7.1f}{c['count']:>10.1f}")
+    lines.append(f"  {'total':<72}{summary['total_ms']:>9.3f}{100.0:>7.1f}"
+                 f"{sum(c['count'] for c in summary['categories'].values()):>10.1f}")
+    lines.append(f"  {'stage (where launched)':<72}{'ms/it':>9}{'%':>7}{'calls/it':>10}")
+    for name, c in summary["stages"].items():
+        lines.append(f"  {name:<72}{c['ms']:>9.3f}{c['percent']:>7.1f}{c['count']:>10.1f}")
+    def share(fraction: float | None) -> str:
+        if fraction is None:
+            return ""
+        idle = f", idle {100 - 100 * fraction:.0f}%" if fraction <= 1 else ""
+        return f" ({100 * fraction:.0f}%{idle})"
+    lines.append(f"  {'device' if cuda else 'CPU'} busy {summary['busy_ms']:.2f} ms/it of "
+                 f"{summary['measured_ms']:.2f} ms/it measured (timed rounds)"
+                 f"{share(summary['busy_fraction'])}, of {summary['profiled_ms']:.2f} ms/it in "
+                 f"the profiled iterations{share(summary['busy_fraction_profiled'])}")
+    if cuda:
+        lines.append(f"  per iteration: {summary['kernels_per_it']:g} kernels, "
+                     f"{summary['memcpy_per_it']:g} memcpy, {summary['memset_per_it']:g} "
+                     f"memset on the device; {summary['launch_calls_per_it']:g} kernel launch "
+                     f"calls, {summary['graph_launches_per_it']:g} graph launches on the host")
+    else:
+        lines.append(f"  per iteration: {summary['op_calls_per_it']:g} aten op calls")
+    lines.extend(f"  note: {note}" for note in summary["notes"])
+    if summary.get("trace"):
+        lines.append(f"  trace: {summary['trace']}")
+    return "\n".join(lines)
+
+
+def profiled_iterations(spec: str, phase_name: str, args: argparse.Namespace,
+                        device: torch.device, measured_ms: float) -> dict[str, Any]:
+    """``args.profile`` iterations of a fresh, warmed-up trial under ``torch.profiler``:
+    ``args.warmup`` iterations first (compilation, CUDA-graph capture), then one for the
+    profiler's own start-up (not recorded), then the profiled ones, synchronised at both
+    ends. Returns :func:`profile_summary`'s dict (with ``warmup`` and ``trace``)."""
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    cuda = device.type == "cuda"
+    trial = Trial(spec, phase_name, args, device, instrument=False, annotate=True)
+    trial.iterate(args.warmup)
+    sync(device)
+    n = args.profile
+    captured: dict[str, Any] = {}
+    trace = None
+    if args.profile_trace:
+        args.profile_trace.mkdir(parents=True, exist_ok=True)
+        trace = args.profile_trace / (re.sub(r"[^A-Za-z0-9_.-]", "_", f"{phase_name}-{spec}")
+                                      + ".json")
+
+    def ready(prof: Any) -> None:
+        captured["events"] = list(prof.events())
+        if trace is not None:
+            prof.export_chrome_trace(str(trace))
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities, schedule=schedule(wait=0, warmup=1, active=n, repeat=1),
+                 on_trace_ready=ready) as prof:
+        trial.iterate(1)  # the profiler's warm-up step
+        sync(device)
+        prof.step()
+        start = time.perf_counter()
+        for i in range(n):
+            trial.iterate(1)
+            if i == n - 1:
+                sync(device)
+                seconds = time.perf_counter() - start
+            prof.step()
+    del trial
+    found, counts = profile_activities(captured["events"], cuda=cuda)
+    summary = profile_summary(found, counts, iterations=n, cuda=cuda, measured_ms=measured_ms,
+                              profiled_ms=1000 * seconds / n)
+    summary["warmup"] = args.warmup
+    summary["trace"] = None if trace is None else str(trace)
+    return summary
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", help="prepared LA dataset (default: random volumes)")
@@ -294,7 +704,16 @@ def main() -> None:
     parser.add_argument("--barrier", type=Path,
                         help="a folder shared with the other processes timed together")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="after the timed rounds, profile N iterations of each (phase, "
+                        "optimizer) with torch.profiler: top kernels, categories, stages")
+    parser.add_argument("--profile-top", type=int, default=15, metavar="K",
+                        help="kernels (CPU: ops) listed per profile")
+    parser.add_argument("--profile-trace", type=Path, metavar="DIR",
+                        help="also export a Chrome trace per (phase, optimizer) into DIR")
     args = parser.parse_args()
+    if args.profile < 0 or (args.profile_trace and not args.profile):
+        parser.error("--profile takes N >= 1 iterations; --profile-trace needs --profile")
     args.patch = tuple(int(v) for v in args.patch.split(","))
     device = torch.device(args.device)
     if device.type == "cuda":
@@ -306,7 +725,7 @@ def main() -> None:
     header = f"{'phase':<10}{'optimizer':<24}{'total ms':>9}" + "".join(f"{s:>15}" for s in STAGES)
     print(header + f"{'vs first':>10}{'x roofline':>11}")
     specs = args.optimizers.split(",")
-    rows = []
+    rows: list[dict[str, Any]] = []
     roofline, windows = {}, {}
     barrier = Barrier(args.barrier)
     for phase_name in args.phases.split(","):
@@ -333,6 +752,11 @@ def main() -> None:
             row += ("".join(f"{1000 * stages.get(s, 0.0):>15.1f}" for s in STAGES) if stages
                     else f"{'-':>15}" * len(STAGES))
             print(row + f"{ratio:>10.3f}{over:>11.1f}", flush=True)
+    for result in rows if args.profile else []:  # after every timed round
+        result["profile"] = profiled_iterations(result["optimizer"], result["phase"], args,
+                                                device, measured_ms=result["ms"])
+        print(format_profile(result["phase"], result["optimizer"], result["profile"],
+                             args.profile_top), flush=True)
     if args.json:
         write_json(args.json, {"device": name, "torch": torch.__version__, "data": args.data,
                                "iterations": args.iterations, "rounds": args.rounds,
