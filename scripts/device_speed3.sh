@@ -3,7 +3,8 @@
 # give end to end, whether they change the numerics, and how many runs per GPU pay with them.
 # The work runs in the background (setsid), so that it outlives the device call; poll it with
 # `wait` calls back to back (a machine idle for 30 s is given back) and it collects itself.
-#   device_speed3.sh start STEP...      STEP: e2e, e2e-2gpu, predict, cold, numerics, concurrency,
+#   device_speed3.sh start STEP...      STEP: e2e, e2e-2gpu, predict, cold, profile, numerics,
+#                                       concurrency,
 #                                       run in the order given (predict and cold need e2e's run);
 #                                       results in /tmp/speed3
 #   device_speed3.sh wait SECONDS       progress; when the steps have ended, collect to $OUT
@@ -16,6 +17,8 @@
 #                GPU (`hco sweep --gpus 2`), each run's time breakdown (about 10 min)
 #   predict      benchmarks/predict.py on e2e's trained run, 20 test cases: serial, pipelined,
 #                16 windows per forward, warm and cold, and a fresh process (about 1 min)
+#   profile      benchmarks/train_step.py --profile 5: top kernels, categories and stages of
+#                sgd and sgd-hco, eager and with CUDA graphs, both phases (about 3 min)
 #   cold         benchmarks/predict_cold.py on e2e's run (or RUN=...): a fresh predict's
 #                stages, imports to the second call, and a fresh hco predict (about 1 min)
 #   numerics     sgd-hco eager vs compile: reduce-overhead, seeds 1-3, 300 + 600 iterations
@@ -68,6 +71,12 @@ run_steps() {
       python3 benchmarks/predict.py --data $DATA --run $WORK/runs/e2e-sgd-hco --cases 20 \
         --rounds 3 --arms serial,pipelined,pipelined-b16,pipelined-b16-contiguous --cli \
         --json $WORK/predict-trained.json ;;
+    profile)  # where an iteration's GPU time goes: kernels, categories, stages, busy vs wall
+      step profile
+      mkdir -p $WORK/traces
+      python3 benchmarks/train_step.py --data $DATA --phases selftrain,pretrain \
+        --optimizers sgd,sgd-hco,sgd+compile-ro,sgd-hco+compile-ro --iterations 20 --rounds 3 \
+        --profile 5 --profile-trace $WORK/traces --json $WORK/profile.json ;;
     cold)  # a fresh predict's stages; RUN=... names another finished run (default e2e's)
       step cold
       python3 benchmarks/predict_cold.py --run "${RUN:-$WORK/runs/e2e-sgd-hco}" --data $DATA \
@@ -126,6 +135,7 @@ wait)
 collect)
   cp $WORK/*.log $WORK/log.txt $WORK/*.json $WORK/*.md "$OUT/" 2>/dev/null
   tar czf "$OUT/speed3-runs.tar.gz" --exclude='*.pt' --exclude='*.nii.gz' -C $WORK runs
+  [ -d $WORK/traces ] && tar czf "$OUT/speed3-traces.tar.gz" -C $WORK traces
   ls -la "$OUT" ;;
 *) echo "usage: $0 start STEP... | wait SECONDS | collect"; exit 2 ;;
 esac
