@@ -40,6 +40,12 @@ class ZeroMethodChoice(str, Enum):
     zsplit = "zsplit"
 
 
+class AlternativeChoice(str, Enum):
+    better = "better"
+    worse = "worse"
+    two_sided = "two-sided"
+
+
 def _opt(*names: str, default: str | bool = False, **kwargs: Any) -> Any:
     return typer.Option(*names, show_default=default, **kwargs)
 
@@ -48,7 +54,10 @@ Arms = Annotated[list[str], typer.Argument(help="Arms, the first being the refer
                  "folders, summary.json files, or run groups as GLOB or NAME=GLOB.")]  # fmt: skip
 Checkpoint = Annotated[CheckpointChoice | None, _opt(default="best", help="Evaluation read "
                        "from a run folder: RUN/eval/<checkpoint>/summary.json.")]  # fmt: skip
-Test = Annotated[TestChoice | None, _opt(default="both", help="One-sided paired test(s).")]
+Test = Annotated[TestChoice | None, _opt(default="both", help="Paired test(s).")]
+Alternative = Annotated[AlternativeChoice | None, _opt(default="better", help="H1 of every "
+                        "test: arm better than the reference, worse, or different "
+                        "(two-sided).")]  # fmt: skip
 ZeroMethod = Annotated[ZeroMethodChoice | None, _opt(default="wilcox", help="Wilcoxon "
                        "treatment of zero differences (scipy's zero_method).")]  # fmt: skip
 Holm = Annotated[bool, _opt("--holm", help="Holm-adjust p-values across the 4 metrics.")]
@@ -96,11 +105,12 @@ def _reject(mode: str, **given: object) -> None:
 @handle_errors
 def compare(
     arms: Arms, checkpoint: Checkpoint = None, test: Test = None, zero_method: ZeroMethod = None,
-    holm: Holm = False, intersect: Intersect = False, dynamics_mode: DynamicsFlag = False,
-    bin_width: Bin = None, lowess_frac: Frac = None, json_path: Json = None, csv_path: Csv = None,
-    markdown_path: Markdown = None, plot_path: Plot = None,
+    alternative: Alternative = None, holm: Holm = False, intersect: Intersect = False,
+    dynamics_mode: DynamicsFlag = False, bin_width: Bin = None, lowess_frac: Frac = None,
+    json_path: Json = None, csv_path: Csv = None, markdown_path: Markdown = None,
+    plot_path: Plot = None,
 ) -> None:  # fmt: skip
-    """Compare arms with one-sided paired Wilcoxon / t-tests per case, or their loss dynamics."""
+    """Compare arms with paired Wilcoxon / t-tests per case, or their loss dynamics."""
     # Deferred: SciPy's statistics load only when a command compares, never for --help.
     from hco_cli.evaluation import compare_tables, dynamics, plots
     from hco_cli.evaluation.compare import compare_runs
@@ -115,7 +125,7 @@ def compare(
     notes: list[str] = []
     if dynamics_mode:
         _reject("with --dynamics", checkpoint=checkpoint, test=test, zero_method=zero_method,
-                holm=holm, intersect=intersect)  # fmt: skip
+                alternative=alternative, holm=holm, intersect=intersect)  # fmt: skip
         if lowess_frac is not None and plot_path is None:
             raise ConfigError("--lowess-frac needs --plot")
         dyn = dynamics.compare_dynamics(arms, bin_width=bin_width or 1)
@@ -134,6 +144,7 @@ def compare(
             zero_method=cast(Any, (zero_method or ZeroMethodChoice.wilcox).value),
             holm=holm,
             intersect=intersect,
+            hypothesis=cast(Any, (alternative or AlternativeChoice.better).value),
         )
         tables = render(compare_tables.comparison_tables(result),
                         compare_tables.comparison_tables(result, compact=True), console)

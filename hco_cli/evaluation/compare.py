@@ -5,14 +5,16 @@ An *arm* is given on the command line as a run folder, a ``summary.json`` writte
 group every case's metric is first averaged over the group's runs (NaN-aware), then arms are
 paired by case id and summarised across cases: the protocol of the paper's Study 3 (average
 over the 16 folds per test volume, then mean and std across volumes). The first arm is the
-reference; each later arm is tested for being better than it (:mod:`hco_cli.evaluation.stats`).
+reference; each later arm is tested for being better than it, or, as asked, worse than it or
+different from it (:mod:`hco_cli.evaluation.stats`).
 
 Those per-case tests take the cases as the replicates: they cannot see how much a result moves
 with the training seed (an A/A control, the same optimizer with other random streams, can
 differ "significantly" from its twin over 20 cases). So, where arms are groups of runs, each
 run's mean over the cases is also paired with the reference run of the same seed (the part of
 the run's path that the arm's glob matched, e.g. ``all-s1`` of ``runs/sgd/*``; else the seed
-in ``run.json``), giving per-seed differences and a one-sided paired t-test over seeds.
+in ``run.json``), giving per-seed differences and a paired t-test over seeds (with the same
+alternative hypothesis as the per-case tests).
 """
 
 from __future__ import annotations
@@ -80,7 +82,8 @@ class SeedDifference:
     mean: float
     std: float
     n_better: int
-    p_ttest: float  # one-sided paired t-test over the seeds; NaN with fewer than 2
+    p_ttest: float  # paired t-test over the seeds; NaN with fewer than 2
+    hypothesis: stats.Hypothesis = "better"
 
     def as_dict(self) -> dict[str, Any]:
         return {"level": "seed", "arm": self.arm, "reference": self.reference,
@@ -88,7 +91,8 @@ class SeedDifference:
                 "metric": self.metric, "keys": list(self.keys),
                 "differences": [d if math.isfinite(d) else None for d in self.differences],
                 "mean": self.mean, "std": self.std,
-                "n_better": self.n_better, "p_ttest_seeds": self.p_ttest}
+                "n_better": self.n_better, "p_ttest_seeds": self.p_ttest,
+                "alternative": self.hypothesis}
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,7 @@ class ComparisonRecord:
     result: stats.PairedResult
     p_holm_wilcoxon: float | None = None
     p_holm_ttest: float | None = None
+    hypothesis: stats.Hypothesis = "better"
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -111,6 +116,7 @@ class ComparisonRecord:
             "class": self.class_,
             "metric": self.metric,
             "higher_is_better": stats.HIGHER_IS_BETTER[self.metric],
+            "alternative": self.hypothesis,
         }
         out.update(asdict(self.result))
         if self.p_holm_wilcoxon is not None or self.p_holm_ttest is not None:
@@ -131,6 +137,7 @@ class Comparison:
     checkpoint: Checkpoint
     dropped_cases: dict[str, int] = field(default_factory=dict)
     seed_differences: list[SeedDifference] = field(default_factory=list)
+    hypothesis: stats.Hypothesis = "better"
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -346,7 +353,8 @@ def pair_arms(arms: list[Arm], *, intersect: bool = False) -> dict[str, int]:
 
 
 def _records(
-    arms: list[Arm], *, tests: tuple[stats.TestName, ...], zero_method: stats.ZeroMethod, holm: bool
+    arms: list[Arm], *, tests: tuple[stats.TestName, ...], zero_method: stats.ZeroMethod,
+    holm: bool, hypothesis: stats.Hypothesis,
 ) -> list[ComparisonRecord]:
     ref = arms[0]
     records: list[ComparisonRecord] = []
@@ -359,6 +367,7 @@ def _records(
                     metric=m,
                     tests=tests,
                     zero_method=zero_method,
+                    hypothesis=hypothesis,
                 )
                 for m in METRICS
             ]
@@ -366,7 +375,7 @@ def _records(
             hw = stats.holm([r.p_wilcoxon for r in results]) if holm else [None] * len(results)
             ht = stats.holm([r.p_ttest for r in results]) if holm else [None] * len(results)
             records += [
-                ComparisonRecord(arm.name, ref.name, cls, m, r, hw[i], ht[i])
+                ComparisonRecord(arm.name, ref.name, cls, m, r, hw[i], ht[i], hypothesis)
                 for i, (m, r) in enumerate(zip(METRICS, results, strict=True))
             ]
     return records
@@ -385,9 +394,12 @@ def _seed_pairs(ref: Arm, arm: Arm) -> list[tuple[str, str, str]]:
     return [(s, by_seed_ref[s], by_seed_arm[s]) for s in shared]
 
 
-def seed_differences(arms: list[Arm]) -> list[SeedDifference]:
+def seed_differences(
+    arms: list[Arm], *, hypothesis: stats.Hypothesis = "better"
+) -> list[SeedDifference]:
     """Per (arm, class, metric): each paired run's mean over the cases where both runs are
-    finite, minus the reference run's; empty for arms without two paired runs."""
+    finite, minus the reference run's, and the t-test of ``hypothesis`` over them; empty for
+    arms without two paired runs."""
     ref = arms[0]
     out: list[SeedDifference] = []
     for arm in arms[1:]:
@@ -405,13 +417,15 @@ def seed_differences(arms: list[Arm]) -> list[SeedDifference]:
                 d = np.array(diffs)
                 finite = d[np.isfinite(d)]
                 sign = 1.0 if stats.HIGHER_IS_BETTER[metric] else -1.0
-                result = stats.paired_test(np.zeros_like(d), d, metric=metric, tests=("ttest",))
+                result = stats.paired_test(np.zeros_like(d), d, metric=metric, tests=("ttest",),
+                                           hypothesis=hypothesis)
                 out.append(SeedDifference(
                     arm=arm.name, reference=ref.name, class_=cls, metric=metric,
                     keys=tuple(label for label, _, _ in pairs), differences=tuple(diffs),
                     mean=float(np.mean(finite)) if finite.size else math.nan,
                     std=float(np.std(finite, ddof=1)) if finite.size > 1 else math.nan,
-                    n_better=int((sign * finite > 0).sum()), p_ttest=result.p_ttest))
+                    n_better=int((sign * finite > 0).sum()), p_ttest=result.p_ttest,
+                    hypothesis=hypothesis))
     return out
 
 
@@ -423,11 +437,14 @@ def compare_runs(
     zero_method: stats.ZeroMethod = "wilcox",
     holm: bool = False,
     intersect: bool = False,
+    hypothesis: stats.Hypothesis = "better",
 ) -> Comparison:
-    """Load, group, pair and test the arms given as command-line specs (first = reference)."""
+    """Load, group, pair and test the arms given as command-line specs (first = reference);
+    ``hypothesis`` is the alternative of every test, per case and over seeds."""
     if checkpoint not in get_args(Checkpoint):
         raise ConfigError(f"unknown checkpoint {checkpoint!r}; expected one of "
                           f"{', '.join(get_args(Checkpoint))}")
+    stats.check_hypothesis(hypothesis)
     if not tests:
         raise ConfigError("no statistical test selected")
     sources = resolve_arms(specs)
@@ -436,11 +453,13 @@ def compare_runs(
     test_tuple = tuple(tests)
     return Comparison(
         arms=arms,
-        records=_records(arms, tests=test_tuple, zero_method=zero_method, holm=holm),
+        records=_records(arms, tests=test_tuple, zero_method=zero_method, holm=holm,
+                         hypothesis=hypothesis),
         tests=test_tuple,
         zero_method=zero_method,
         holm=holm,
         checkpoint=checkpoint,
         dropped_cases=dropped,
-        seed_differences=seed_differences(arms),
+        seed_differences=seed_differences(arms, hypothesis=hypothesis),
+        hypothesis=hypothesis,
     )

@@ -98,13 +98,25 @@ def write_markdown(path: Path, tables: Sequence[ReportTable], *, notes: Sequence
     write_text(path, text + ("\n" + "\n".join(notes) + "\n" if notes else ""))
 
 
+def _sided(result: Comparison) -> str:
+    return "two-sided" if result.hypothesis == "two-sided" else "one-sided"
+
+
+def _h1(result: Comparison, reference: str) -> str:
+    """The alternative hypothesis against ``reference``, as the captions state it."""
+    if result.hypothesis == "two-sided":
+        return f"two-sided: arm differs from {reference}"
+    return f"H1: arm {result.hypothesis} than {reference}"
+
+
 def _test_caption(result: Comparison) -> str:
     names = " / ".join(TEST_LABELS[t] for t in result.tests)
     holm = ", Holm-adjusted across the 4 metrics" if result.holm else ""
     wilcox = f" (Wilcoxon zero_method={result.zero_method})" if "wilcoxon" in result.tests else ""
+    sided = "" if result.hypothesis == "two-sided" else "one-sided "
     return (
-        f"p: one-sided paired {names}{wilcox}{holm}; H1: arm better than "
-        f"{result.arms[0].name}. Dice/Jaccard in %, distances in {result.spacing_unit}s; "
+        f"p: {sided}paired {names}{wilcox}{holm}; {_h1(result, result.arms[0].name)}. "
+        f"Dice/Jaccard in %, distances in {result.spacing_unit}s; "
         f"mean (std) across {result.n_cases} cases, runs of a group averaged per case first."
     )
 
@@ -205,7 +217,7 @@ def _compact_class_tables(result: Comparison, cls: str,
     tests = " / ".join(TEST_LABELS[t] for t in result.tests)
     first = ReportTable(title=f"Class {cls} (checkpoint {result.checkpoint}): mean (std)",
                         columns=["Arm", *_heads(result)])
-    second = ReportTable(title=f"Class {cls}: one-sided p ({tests})",
+    second = ReportTable(title=f"Class {cls}: {_sided(result)} p ({tests})",
                          columns=["Arm", *(LABELS[m] for m in TABLE_METRICS)],
                          caption=_test_caption(result))
     for arm in result.arms:
@@ -255,13 +267,14 @@ def _details_table(result: Comparison, labels: dict[str, str] | None = None) -> 
 def _seed_table(result: Comparison, labels: dict[str, str] | None = None) -> ReportTable:
     """Per-seed differences: each paired run's mean over the cases minus its reference run's."""
     keys = list(dict.fromkeys(k for d in result.seed_differences for k in d.keys))
+    h1 = f" ({_h1(result, 'the reference run')})" if result.hypothesis == "worse" else ""
     table = ReportTable(
         title="Per-seed differences (each run's mean over the cases minus the reference run's)",
         columns=["Arm", "Class", "Metric", *keys, "Mean (sd)", "Better", "p t-test (seeds)"],
         caption="Runs paired by seed (the part of their path the arm's glob matched, else "
         "run.json's seed); Dice/Jaccard in % points. Better: seeds where the arm is better. "
-        "p: one-sided paired t-test over the seeds, which, unlike the per-case tests, sees "
-        "how much a result moves with the training seed.",
+        f"p: {_sided(result)} paired t-test over the seeds{h1}, which, unlike the per-case "
+        "tests, sees how much a result moves with the training seed.",
     )
     for d in result.seed_differences:
         scale = 100.0 if d.metric in PERCENT else 1.0

@@ -1,10 +1,13 @@
 """Paired significance tests between two arms, evaluated on the same cases.
 
-The question asked is always one-sided: "is arm B better than arm A?". What "better" means
-depends on the metric: Dice and Jaccard are better when higher, HD95 and ASD when lower. The
-p-values are exactly those of :func:`scipy.stats.wilcoxon` and :func:`scipy.stats.ttest_rel`
-called on ``(b, a)`` with ``alternative="greater"`` (higher is better) or ``"less"`` (lower is
-better); nothing is re-derived here.
+The alternative hypothesis is one of three (``hypothesis``, default ``"better"``): arm B is
+better than arm A (one-sided), B is worse than A (one-sided, the opposite direction), or B
+differs from A (two-sided). What "better" means depends on the metric: Dice and Jaccard are
+better when higher, HD95 and ASD when lower. The p-values are exactly those of
+:func:`scipy.stats.wilcoxon` and :func:`scipy.stats.ttest_rel` called on ``(b, a)`` with
+``alternative="greater"`` for "better" where higher is better and for "worse" where lower is
+better, ``"less"`` for the other two combinations, and ``"two-sided"`` for "two-sided" on
+every metric; nothing is re-derived here.
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ from hco_cli.errors import ConfigError
 
 TestName = Literal["wilcoxon", "ttest"]
 ZeroMethod = Literal["wilcox", "pratt", "zsplit"]
+Hypothesis = Literal["better", "worse", "two-sided"]
 TESTS: tuple[TestName, ...] = ("wilcoxon", "ttest")
 ZERO_METHODS: tuple[ZeroMethod, ...] = ("wilcox", "pratt", "zsplit")
+HYPOTHESES: tuple[Hypothesis, ...] = ("better", "worse", "two-sided")
 
 # Direction of improvement per metric (True: higher is better).
 HIGHER_IS_BETTER: dict[str, bool] = {"dice": True, "jaccard": True, "hd95": False, "asd": False}
@@ -51,11 +56,24 @@ class PairedResult:
     p_ttest: float
 
 
-def alternative_for(metric: str) -> Literal["greater", "less"]:
-    """The scipy ``alternative`` for "B better than A" with differences taken as B - A."""
+def check_hypothesis(hypothesis: str) -> None:
+    """Raise a ConfigError unless ``hypothesis`` is one of :data:`HYPOTHESES`."""
+    if hypothesis not in HYPOTHESES:
+        raise ConfigError(f"unknown alternative {hypothesis!r}; expected one of "
+                          f"{', '.join(HYPOTHESES)}")
+
+
+def alternative_for(
+    metric: str, hypothesis: Hypothesis = "better"
+) -> Literal["greater", "less", "two-sided"]:
+    """The scipy ``alternative`` for "B better than A", "B worse than A" or "B differs from
+    A" (``hypothesis``), with differences taken as B - A."""
     if metric not in HIGHER_IS_BETTER:
         raise ConfigError(f"unknown metric {metric!r}; expected one of {sorted(HIGHER_IS_BETTER)}")
-    return "greater" if HIGHER_IS_BETTER[metric] else "less"
+    check_hypothesis(hypothesis)
+    if hypothesis == "two-sided":
+        return "two-sided"
+    return "greater" if HIGHER_IS_BETTER[metric] == (hypothesis == "better") else "less"
 
 
 def _mean(values: np.ndarray) -> float:
@@ -73,15 +91,17 @@ def paired_test(
     metric: str,
     tests: Sequence[TestName] = TESTS,
     zero_method: ZeroMethod = "wilcox",
+    hypothesis: Hypothesis = "better",
 ) -> PairedResult:
-    """Test whether ``b`` is better than ``a`` on ``metric``, pairing values by position.
+    """Test whether ``b`` is better than ``a`` on ``metric`` (``hypothesis="worse"``: worse;
+    ``"two-sided"``: different), pairing values by position.
 
     A pair is excluded when either value is NaN (or infinite); ``n_excluded`` counts them.
     ``zero_method`` is passed to scipy's Wilcoxon test unchanged: the default ``"wilcox"``
     (scipy's default) drops zero differences before ranking, ``"pratt"`` ranks them and then
     drops them, ``"zsplit"`` splits their ranks between the two signs.
     """
-    alternative = alternative_for(metric)
+    alternative = alternative_for(metric, hypothesis)
     unknown = [t for t in tests if t not in TESTS]
     if unknown:
         raise ConfigError(f"unknown test {unknown[0]!r}; expected one of {list(TESTS)}")

@@ -77,6 +77,48 @@ def test_single_test_holm_and_zero_method(arms: list[str], tmp_path: Path) -> No
     assert all(r["p_ttest"] is None and r["p_holm_wilcoxon"] is not None for r in records)
 
 
+def test_alternative_worse_in_every_output(arms: list[str], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app,
+        ["compare", *arms, "--alternative", "worse", "--json", str(out / "c.json"),
+         "--markdown", str(out / "c.md")],
+        env=WIDE,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    p_w = sps.wilcoxon(DICE_B, DICE_A, alternative="less").pvalue
+    p_t = sps.ttest_rel(DICE_B, DICE_A, alternative="less").pvalue
+    assert f"{p_w:.4f} / {p_t:.4f}" in result.stdout
+    assert "H1: arm worse than sgd-s0" in result.stdout
+    md = (out / "c.md").read_text(encoding="utf-8")
+    assert "H1: arm worse than sgd-s0" in md and "better than" not in md
+    records = json.loads((out / "c.json").read_text(encoding="utf-8"))
+    assert {r["alternative"] for r in records} == {"worse"}
+    dice = next(r for r in records if r["metric"] == "dice")
+    assert dice["p_wilcoxon"] == p_w and dice["p_ttest"] == p_t
+
+
+def test_alternative_two_sided_never_says_one_sided(arms: list[str], tmp_path: Path) -> None:
+    md = tmp_path / "c.md"
+    result = runner.invoke(app, ["compare", *arms, "--alternative", "two-sided",
+                                 "--markdown", str(md)], env=WIDE)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    for text in (result.stdout, md.read_text(encoding="utf-8")):
+        assert "two-sided: arm differs from sgd-s0" in text and "one-sided" not in text
+
+
+def test_default_is_better(arms: list[str], tmp_path: Path) -> None:
+    paths = {name: tmp_path / name for name in ("default.md", "better.md")}
+    for name, extra in (("default.md", []), ("better.md", ["--alternative", "better"])):
+        result = runner.invoke(app, ["compare", *arms, *extra, "--markdown", str(paths[name])],
+                               env=WIDE)  # fmt: skip
+        assert result.exit_code == 0, result.output
+    default = paths["default.md"].read_text(encoding="utf-8")
+    assert default == paths["better.md"].read_text(encoding="utf-8")
+    assert ("p: one-sided paired Wilcoxon / t-test (Wilcoxon zero_method=wilcox); H1: arm "
+            "better than sgd-s0.") in default
+
+
 def test_dynamics_end_to_end(tmp_path: Path) -> None:
     for name, level in (("sgd", 1.0), ("hco", 1.2)):
         steps = [step(e, 3 * e + k, level + 0.01 * k) for e in range(6) for k in range(3)]
@@ -115,6 +157,10 @@ def test_dynamics_end_to_end(tmp_path: Path) -> None:
         (["--dynamics", "{tmp}/run", "{tmp}/run2"], "no metrics.jsonl"),
         (["--dynamics", "--holm", "{tmp}/run", "{tmp}/run2"], "--holm does not apply"),
         (["--bin", "3", "{a}", "{a}"], "--bin does not apply without --dynamics"),
+        (["{a}", "{a}", "--alternative", "less"], "'less' is not one of 'better', 'worse', "
+                                                  "'two-sided'"),
+        (["--dynamics", "--alternative", "worse", "{tmp}/run", "{tmp}/run2"],
+         "--alternative does not apply with --dynamics"),
         (["{a}", "{tmp}/short.json", "--plot", "{tmp}/x.gif"], "unsupported format"),
     ],
 )

@@ -105,6 +105,29 @@ def test_holm_per_arm_and_class(tmp_path: Path) -> None:
     assert "p_holm_ttest" not in compare_runs([str(a), str(b)]).records[0].as_dict()
 
 
+@pytest.mark.parametrize(
+    ("hypothesis", "dice_alt", "hd95_alt"),
+    [("worse", "less", "greater"), ("two-sided", "two-sided", "two-sided")],
+)
+def test_hypothesis_reaches_every_case_test_and_holm(
+    tmp_path: Path, hypothesis: stats.Hypothesis, dice_alt: str, hd95_alt: str
+) -> None:
+    a = write_summary(tmp_path / "a.json", cases(N), one_class(DICE_A))
+    b = write_summary(tmp_path / "b.json", cases(N), one_class(DICE_B))
+    result = compare_runs([str(a), str(b)], holm=True, hypothesis=hypothesis)
+    assert result.hypothesis == hypothesis
+    for metric, alt, va, vb in [("dice", dice_alt, DICE_A, DICE_B),
+                                ("hd95", hd95_alt, 20 * (1 - DICE_A), 20 * (1 - DICE_B))]:
+        (rec,) = _records(result, metric)
+        assert rec.result.p_wilcoxon == sps.wilcoxon(vb, va, alternative=alt).pvalue
+        assert rec.result.p_ttest == sps.ttest_rel(vb, va, alternative=alt).pvalue
+        assert rec.as_dict()["alternative"] == hypothesis
+    assert [r.p_holm_ttest for r in result.records] == stats.holm(
+        [r.result.p_ttest for r in result.records])
+    with pytest.raises(ConfigError, match="unknown alternative 'greater'"):
+        compare_runs([str(a), str(b)], hypothesis="greater")  # type: ignore[arg-type]
+
+
 def test_three_arms_each_against_the_first(tmp_path: Path) -> None:
     paths = [
         str(write_summary(tmp_path / f"{n}.json", cases(N), one_class(d)))
@@ -222,6 +245,24 @@ def test_per_seed_differences_pair_runs_by_the_glob_match(tmp_path: Path) -> Non
     (hd95,) = [d for d in result.seed_differences if d.metric == "hd95"]
     assert np.allclose(hd95.differences, -20 * expected) and hd95.n_better == 2
     assert hd95.p_ttest == pytest.approx(dice.p_ttest)  # lower is better: the same evidence
+
+
+@pytest.mark.parametrize(("hypothesis", "alternative"),
+                         [("better", "greater"), ("worse", "less"), ("two-sided", "two-sided")])
+def test_per_seed_t_test_follows_the_hypothesis(
+    tmp_path: Path, hypothesis: stats.Hypothesis, alternative: str
+) -> None:
+    _seeded(tmp_path, "sgd", {"all-s1": 0.0, "all-s2": 0.01, "all-s3": -0.01})
+    _seeded(tmp_path, "aa", {"all-s1": 0.02, "all-s2": 0.0, "all-s3": 0.005})
+    result = compare_runs([f"sgd={tmp_path}/sgd/*", f"aa={tmp_path}/aa/*"],
+                          hypothesis=hypothesis)
+    by_metric = {d.metric: d for d in result.seed_differences}
+    expected = np.array([0.02, -0.01, 0.015])
+    assert by_metric["dice"].p_ttest == pytest.approx(
+        sps.ttest_1samp(expected, 0.0, alternative=alternative).pvalue)
+    assert by_metric["hd95"].p_ttest == pytest.approx(by_metric["dice"].p_ttest)
+    assert by_metric["dice"].n_better == 2  # seeds where the arm is better, whatever H1
+    assert by_metric["dice"].as_dict()["alternative"] == hypothesis
 
 
 def test_per_seed_differences_fall_back_to_run_json_seeds(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
+from hco_cli.evaluation import stats
 from hco_cli.evaluation.compare import compare_runs
 from hco_cli.evaluation.compare_tables import comparison_tables, write_comparison
 from tests.evaluation.compare_fixtures import cases, one_class, write_run
@@ -21,7 +22,8 @@ HD_B = 20 * (1 - DICE_B)
 HD_B[2] = math.nan
 
 KEYS = {"arm", "reference", "class", "metric", "mean_a", "mean_b", "std_a", "std_b", "n",
-        "n_excluded", "p_wilcoxon", "p_ttest", "mean_diff", "rel_change"}  # fmt: skip
+        "n_excluded", "p_wilcoxon", "p_ttest", "mean_diff", "rel_change",
+        "alternative"}  # fmt: skip
 
 
 @pytest.fixture
@@ -48,6 +50,42 @@ def test_class_table_layout_numbers_and_bold(runs: list[str]) -> None:
     assert hco[8] == f"{p_w:.4f} / {p_t:.4f}"
     hd_row = next(r for r in details.rows if r[3].text == "HD95")
     assert [c.text for c in hd_row[4:6]] == ["5", "1"]  # n, excluded as NaN
+
+
+def test_default_caption_is_unchanged(runs: list[str]) -> None:
+    main, *_ = comparison_tables(compare_runs(runs))
+    assert main.caption == (
+        "p: one-sided paired Wilcoxon / t-test (Wilcoxon zero_method=wilcox); H1: arm better "
+        "than sgd. Dice/Jaccard in %, distances in voxels; mean (std) across 6 cases, runs of "
+        "a group averaged per case first.")
+    compact = comparison_tables(compare_runs(runs), compact=True)
+    assert compact[2].title == "Class 1: one-sided p (Wilcoxon / t-test)"
+
+
+@pytest.mark.parametrize(
+    ("hypothesis", "stated", "sided", "alternative"),
+    [("worse", "; H1: arm worse than sgd.", "one-sided", "less"),
+     ("two-sided", "; two-sided: arm differs from sgd.", "two-sided", "two-sided")],
+)
+def test_captions_and_records_state_the_hypothesis(
+    runs: list[str], tmp_path: Path, hypothesis: stats.Hypothesis, stated: str, sided: str,
+    alternative: str,
+) -> None:
+    result = compare_runs(runs, hypothesis=hypothesis)
+    main, _ = comparison_tables(result)
+    assert stated in main.caption and "better than" not in main.caption
+    assert main.caption.startswith(f"p: {'one-sided ' if sided == 'one-sided' else ''}paired")
+    compact = comparison_tables(result, compact=True)
+    assert compact[2].title == f"Class 1: {sided} p (Wilcoxon / t-test)"
+    p_w = sps.wilcoxon(DICE_B, DICE_A, alternative=alternative).pvalue
+    p_t = sps.ttest_rel(DICE_B, DICE_A, alternative=alternative).pvalue
+    assert [c.text for c in main.rows[1]][8] == f"{p_w:.4f} / {p_t:.4f}"
+    write_comparison(result, json_path=tmp_path / "r.json", markdown_path=tmp_path / "r.md")
+    records = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))
+    assert [r["alternative"] for r in records] == [hypothesis] * 4
+    md = (tmp_path / "r.md").read_text(encoding="utf-8")
+    assert stated in md and "better than" not in md
+    assert hypothesis != "two-sided" or "one-sided" not in md
 
 
 def test_records_json_csv_markdown(runs: list[str], tmp_path: Path) -> None:
@@ -94,6 +132,29 @@ def test_per_seed_table_and_records(tmp_path: Path) -> None:
     write_comparison(result, json_path=tmp_path / "c.json", csv_path=tmp_path / "c.csv")
     records = json.loads((tmp_path / "c.json").read_text(encoding="utf-8"))
     assert [r["level"] for r in records] == ["case"] * 4 + ["seed"] * 4
+    assert all(r["alternative"] == "better" for r in records)
     assert records[4]["keys"] == ["s1", "s2"] and records[4]["n_better"] == 1
     rows = list(csv.DictReader((tmp_path / "c.csv").open(encoding="utf-8")))
     assert json.loads(rows[4]["differences"]) == pytest.approx([0.02, -0.01])
+
+
+@pytest.mark.parametrize(
+    ("hypothesis", "stated"),
+    [("better", "p: one-sided paired t-test over the seeds, which"),
+     ("worse", "p: one-sided paired t-test over the seeds (H1: arm worse than the reference "
+               "run), which"),
+     ("two-sided", "p: two-sided paired t-test over the seeds, which")],
+)
+def test_per_seed_caption_states_the_hypothesis(
+    tmp_path: Path, hypothesis: stats.Hypothesis, stated: str
+) -> None:
+    for seed, (a, b) in enumerate(((0.0, 0.02), (0.01, 0.0)), start=1):
+        write_run(tmp_path / "sgd", f"s{seed}", seed=seed,
+                  evals={"best": (cases(6), one_class(DICE_A + a))})
+        write_run(tmp_path / "hco", f"s{seed}", optimizer="sgd-hco", seed=seed,
+                  evals={"best": (cases(6), one_class(DICE_A + b))})
+    result = compare_runs([f"sgd={tmp_path}/sgd/*", f"hco={tmp_path}/hco/*"],
+                          hypothesis=hypothesis)
+    for compact in (False, True):
+        *_, seeds = comparison_tables(result, compact=compact)
+        assert stated in seeds.caption

@@ -1,4 +1,5 @@
-"""Paired tests: p-values identical to scipy's, direction per metric, NaN exclusion, Holm."""
+"""Paired tests: p-values identical to scipy's, direction per metric and hypothesis, NaN
+exclusion, Holm."""
 
 from __future__ import annotations
 
@@ -29,6 +30,48 @@ def test_p_values_equal_scipy(metric: str, zero_method: stats.ZeroMethod) -> Non
     assert res.p_wilcoxon == expected_w
     assert res.p_ttest == expected_t
     assert res.n == 12 and res.n_excluded == 0
+
+
+@pytest.mark.parametrize(
+    ("metric", "hypothesis", "alternative"),
+    [("dice", "better", "greater"), ("dice", "worse", "less"), ("dice", "two-sided", "two-sided"),
+     ("jaccard", "worse", "less"), ("hd95", "better", "less"), ("hd95", "worse", "greater"),
+     ("hd95", "two-sided", "two-sided"), ("asd", "worse", "greater")],
+)  # fmt: skip
+def test_hypothesis_maps_to_scipy_alternative(
+    metric: str, hypothesis: stats.Hypothesis, alternative: str
+) -> None:
+    res = stats.paired_test(A, B, metric=metric, hypothesis=hypothesis)
+    assert stats.alternative_for(metric, hypothesis) == alternative
+    assert res.p_wilcoxon == sps.wilcoxon(B, A, alternative=alternative).pvalue
+    assert res.p_ttest == sps.ttest_rel(B, A, alternative=alternative).pvalue
+    pratt = stats.paired_test(A, B, metric=metric, hypothesis=hypothesis, zero_method="pratt")
+    assert pratt.p_wilcoxon == sps.wilcoxon(B, A, zero_method="pratt",
+                                            alternative=alternative).pvalue
+
+
+def test_the_three_hypotheses_give_different_p_values() -> None:
+    """On A, B (B mostly higher) the one-sided p-values differ from each other and from the
+    two-sided one, so a hypothesis that is not passed through cannot go unnoticed."""
+    p = {h: stats.paired_test(A, B, metric="dice", hypothesis=h) for h in stats.HYPOTHESES}
+    assert len({r.p_wilcoxon for r in p.values()}) == 3
+    assert len({r.p_ttest for r in p.values()}) == 3
+    assert p["better"].p_ttest < 0.5 < p["worse"].p_ttest
+
+
+def test_one_sided_t_test_p_values_sum_to_one() -> None:
+    """Continuous differences without ties: P(T >= t) + P(T <= t) = 1 for the t-test, and the
+    two-sided p-value is twice the smaller one."""
+    rng = np.random.default_rng(3)
+    a = rng.normal(0.8, 0.05, 15)
+    b = a + rng.normal(0.01, 0.02, 15)
+    for metric in ("dice", "hd95"):
+        better, worse, both = (stats.paired_test(a, b, metric=metric, tests=("ttest",),
+                                                 hypothesis=h).p_ttest
+                               for h in ("better", "worse", "two-sided"))
+        assert better + worse == pytest.approx(1.0, abs=1e-12)
+        assert both == pytest.approx(2 * min(better, worse), abs=1e-12)
+        assert better != pytest.approx(worse)
 
 
 def test_zero_methods_differ_on_zero_differences() -> None:
@@ -95,6 +138,8 @@ def test_invalid_arguments() -> None:
         stats.paired_test(A, B, metric="dice", zero_method="none")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="unknown test"):
         stats.paired_test(A, B, metric="dice", tests=("mannwhitney",))  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="unknown alternative 'less'"):
+        stats.paired_test(A, B, metric="dice", hypothesis="less")  # type: ignore[arg-type]
 
 
 def test_holm_matches_hand_computation() -> None:
