@@ -3,31 +3,18 @@ and one tiny run of K = 1, 2 train_step processes on the CPU."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.benchmarks.scripts import ROOT, load_benchmark
 
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_concurrency",
-                                                  ROOT / "benchmarks" / "concurrency.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-cc = _load()
+cc = load_benchmark("concurrency")
 
 
 def child(ms: float, start: float, end: float, busy_until: float | None = None) -> Any:

@@ -4,11 +4,10 @@ short CPU runs of the script that profile 2 and 4 iterations."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -18,21 +17,9 @@ from torch import nn
 from hco_cli.models import ModelConfig
 from hco_cli.models.vnet import build_model
 from hco_cli.ssl.bcp import teacher_batches
+from tests.benchmarks.scripts import load_benchmark
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_train_step",
-                                                  ROOT / "benchmarks" / "train_step.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-ts = _load()
+ts = load_benchmark("train_step")
 
 # Realistic names as the profiler reports them on an H100/H200 (demangled, cuDNN 9, torch 2.x
 # eager with channels_last_3d and bf16, Inductor, this project's Triton step, CuPy's label).

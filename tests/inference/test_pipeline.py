@@ -204,12 +204,12 @@ def test_scoring_workers_start_with_the_scoring_modules_imported() -> None:
     assert out.stdout.split("\n")[0] == "[] ['nibabel', 'h5py']", out.stdout
 
 
-def test_a_whole_prediction_imports_no_compiler_package(tiny: tuple[Path, Path],
-                                                        tmp_path: Path) -> None:
+def test_a_whole_prediction_imports_no_compiler_package(tmp_path: Path) -> None:
     """A fresh ``predict`` (run loading, windows, LCC, writing, scoring) imports neither
     torch._dynamo nor torch._inductor: a stored config's optimizer is not built to check it,
     and building any torch optimizer imports dynamo (1-2 s of a cold ``hco predict``)."""
-    dataset, run = tiny
+    dataset = tiny_dataset(tmp_path, classes=2, test=4)
+    run, _ = tiny_run(tmp_path, dataset, classes=3, which=("best",))
     code = (
         "import sys\nfrom pathlib import Path\n"
         "from hco_cli.inference.predict import PredictOptions, predict\n"
