@@ -19,6 +19,8 @@
 # (la-test-01, staged in the call that starts); each also holds unpack, manifest.json,
 # train.list and test.list.
 # Needs .carry/wheels (the GPU image lacks pydantic and nibabel) from the first call on.
+# SHARE_PRETRAINING=0: every run pre-trains itself with its seed (no shared _pretrain run), so
+# that the arms of one seed can run in different sessions and stay symmetric (issue 15).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 COLUMNS=160
 SITE=/tmp/site RUNS=/tmp/ablation DATA=data/la
@@ -62,8 +64,9 @@ start)
   nvidia-smi --query-gpu=name --format=csv,noheader
   [ -d $DATA ] || hco prepare la /tmp/la --out $DATA --val 4 || exit 1
   mkdir -p $RUNS
+  share=--share-pretraining; [ "${SHARE_PRETRAINING:-1}" = 0 ] && share=--no-share-pretraining
   setsid nohup python3 -m hco_cli sweep --config "$CONFIG" \
-    --arms "$ARMS" --seeds "$SEEDS" --out $RUNS --share-pretraining --evaluate --lcc \
+    --arms "$ARMS" --seeds "$SEEDS" --out $RUNS $share --evaluate --lcc \
     --gpus "$GPUS" --runs-per-gpu "$PER" > $RUNS/sweep.log 2>&1 < /dev/null &
   sleep 20; cat $RUNS/sweep.log; progress ;;
 wait)
