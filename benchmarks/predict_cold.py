@@ -44,7 +44,7 @@ STAGES = ("import", "cuda_init", "load", "forward_first", "forward_again", "lcc_
           "lcc_again", "predict_first", "predict_again")
 
 
-def child(run: Path, data: Path, out: Path, device_name: str, cases: int) -> dict[str, Any]:
+def child(run: Path, data: Path, out: Path, device_name: str) -> dict[str, Any]:
     """The stages in this (fresh) process; imports inside, because they are what is timed."""
     seconds: dict[str, float] = {}
     start = time.perf_counter()
@@ -97,7 +97,7 @@ def child(run: Path, data: Path, out: Path, device_name: str, cases: int) -> dic
         report = timed(stage, lambda options=options: predict(run, options))
     return {"seconds": seconds, "cases": len(report.cases),
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "torch": torch.__version__, "requested_cases": cases}
+            "torch": torch.__version__}
 
 
 def fresh_cli(run: Path, data: Path, out: Path, device: str) -> float:
@@ -152,7 +152,7 @@ def main() -> None:
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:  # the fresh process: stages to the given JSON file
-        result = child(args.run, args.data, args.child.parent / "out", args.device, args.cases)
+        result = child(args.run, args.data, args.child.parent / "out", args.device)
         args.child.write_text(json.dumps(result), encoding="utf-8")
         return
     if args.synthetic == (args.run is not None):
@@ -164,8 +164,7 @@ def main() -> None:
             parser.error("--run needs --data")
         stages = root / "stages.json"
         subprocess.run([sys.executable, __file__, "--child", str(stages), "--run", str(run),
-                        "--data", str(data), "--device", args.device,
-                        "--cases", str(args.cases)], check=True)
+                        "--data", str(data), "--device", args.device], check=True)
         result = json.loads(stages.read_text(encoding="utf-8"))
         result["cli_s"] = None if args.no_cli else fresh_cli(run, data, root / "cli",
                                                              args.device)
