@@ -21,8 +21,12 @@
 #                sgd and sgd-hco, eager and with CUDA graphs, both phases (about 3 min)
 #   cold         benchmarks/predict_cold.py on e2e's run (or RUN=...): a fresh predict's
 #                stages, imports to the second call, and a fresh hco predict (about 1 min)
-#   numerics     sgd-hco eager vs compile: reduce-overhead, seeds 1-3, 300 + 600 iterations
-#                as results/speed/bf16-vs-fp32.md, six runs at once, then hco compare (4 min)
+#   loop-test    the GPU tests of compiled training: tests/training/test_compile_loop.py (the
+#                real BCP and mean-teacher loops, float64 network, CUDA graphs against eager to
+#                1e-8 after 4 steps) and tests/models/test_compile.py (about 2 min)
+#   numerics     sgd-hco eager vs compile: reduce-overhead (graphs) vs compile: default
+#                (inductor), seeds 1-3, 300 + 600 iterations as results/speed/bf16-vs-fp32.md,
+#                diagnostics every 10 iterations, nine runs at once, then hco compare (6 min)
 #   concurrency  benchmarks/concurrency.py: 1, 2 and 4 processes of sgd and of sgd+compile-ro
 #                on the GPU (about 3.5 min)
 # Data: the whole LA set staged into /tmp/la by `device_ablation.sh stage` calls (see
@@ -39,9 +43,9 @@ timed() {  # timed LABEL CMD...: the command's wall seconds (/usr/bin/time may b
   local label=$1 t0=$EPOCHREALTIME; shift
   "$@"; awk -v a="$t0" -v b="$EPOCHREALTIME" -v l="$label" 'BEGIN { printf "%s: %.1f s wall\n", l, b - a }'
 }
-with_compile() {  # a copy of config $1 with compile: reduce-overhead and the data path
+with_compile() {  # a copy of config $1 with compile: ${3:-reduce-overhead} and the data path
   sed -e "s#path: data/la#path: $DATA#" "$1" > "$2"
-  printf 'compile: reduce-overhead\n' >> "$2"
+  printf 'compile: %s\n' "${3:-reduce-overhead}" >> "$2"
 }
 run_steps() {
   mkdir -p $WORK/runs
@@ -81,6 +85,10 @@ run_steps() {
       step cold
       python3 benchmarks/predict_cold.py --run "${RUN:-$WORK/runs/e2e-sgd-hco}" --data $DATA \
         --json $WORK/predict-cold.json ;;
+    loop-test)
+      step loop-test
+      timeout 400 python3 -m pytest -q -m gpu -p no:cacheprovider \
+        tests/training/test_compile_loop.py tests/models/test_compile.py 2>&1 | tail -n 15 ;;
     numerics)
       step numerics
       Q=$WORK/quick.yaml
@@ -88,20 +96,26 @@ run_steps() {
         -e 's/selftrain_iterations: 2400/selftrain_iterations: 600/' \
         -e 's/lr_decay_every: 800/lr_decay_every: 250/' -e "s#path: data/la#path: $DATA#" \
         sample_configs/la_bcp_sgd_short.yaml > $Q
-      with_compile $Q $WORK/quick-ro.yaml
+      printf 'diagnostics_every: 10\n' >> $Q
+      with_compile $Q $WORK/quick-ro.yaml reduce-overhead
+      with_compile $Q $WORK/quick-inductor.yaml default
       for seed in 1 2 3; do
-        hco train --config $Q --optimizer sgd-hco --seed $seed \
-          --run-dir $WORK/runs/eager-s$seed --force > $WORK/eager-s$seed.log 2>&1 &
-        hco train --config $WORK/quick-ro.yaml --optimizer sgd-hco --seed $seed \
-          --run-dir $WORK/runs/graphs-s$seed --force > $WORK/graphs-s$seed.log 2>&1 &
+        for arm in eager:$Q graphs:$WORK/quick-ro.yaml inductor:$WORK/quick-inductor.yaml; do
+          hco train --config "${arm#*:}" --optimizer sgd-hco --seed $seed \
+            --run-dir $WORK/runs/${arm%%:*}-s$seed --force > $WORK/${arm%%:*}-s$seed.log 2>&1 &
+        done
       done
       wait
-      for r in $WORK/runs/eager-s* $WORK/runs/graphs-s*; do
+      for r in $WORK/runs/eager-s* $WORK/runs/graphs-s* $WORK/runs/inductor-s*; do
         hco predict "$r" --checkpoint last --split test --lcc --evaluate --force > /dev/null &
       done
       wait
-      hco compare "eager=$WORK/runs/eager-s*" "graphs=$WORK/runs/graphs-s*" --checkpoint last \
-        --markdown $WORK/numerics-last.md --json $WORK/numerics-last.json | tail -n 30 ;;
+      hco compare "eager=$WORK/runs/eager-s*" "graphs=$WORK/runs/graphs-s*" \
+        "inductor=$WORK/runs/inductor-s*" --checkpoint last --alternative two-sided \
+        --markdown $WORK/numerics-last.md --json $WORK/numerics-last.json | tail -n 30
+      hco compare "eager=$WORK/runs/eager-s*" "graphs=$WORK/runs/graphs-s*" \
+        "inductor=$WORK/runs/inductor-s*" --dynamics --bin 100 \
+        --markdown $WORK/numerics-dynamics.md --json $WORK/numerics-dynamics.json | tail -n 30 ;;
     concurrency)
       step concurrency
       python3 benchmarks/concurrency.py --data $DATA --optimizer sgd,sgd+compile-ro \
@@ -133,8 +147,10 @@ wait)
   done
   grep -q "^=== done" $WORK/log.txt && exec bash "$0" collect ;;
 collect)
-  cp $WORK/*.log $WORK/log.txt $WORK/*.json $WORK/*.md "$OUT/" 2>/dev/null
-  tar czf "$OUT/speed3-runs.tar.gz" --exclude='*.pt' --exclude='*.nii.gz' -C $WORK runs
+  # Three files: a call brings back at most 8, and the nine numerics runs' logs alone are more.
+  cp $WORK/log.txt "$OUT/"
+  (cd $WORK && tar czf "$OUT/speed3.tar.gz" --exclude='*.pt' --exclude='*.nii.gz' \
+    --exclude=traces --exclude=log.txt *.log *.json *.md runs 2>/dev/null)
   [ -d $WORK/traces ] && tar czf "$OUT/speed3-traces.tar.gz" -C $WORK traces
   ls -la "$OUT" ;;
 *) echo "usage: $0 start STEP... | wait SECONDS | collect"; exit 2 ;;

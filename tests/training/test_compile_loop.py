@@ -86,6 +86,7 @@ class Spy:
 
     calls: Counter[str] = field(default_factory=Counter)
     built: list[dict[str, Tensor]] = field(default_factory=list)
+    modes: set[str] = field(default_factory=set)
 
 
 @pytest.fixture
@@ -104,7 +105,7 @@ def spy(monkeypatch: pytest.MonkeyPatch) -> Iterator[Spy]:
         fn = compiled(mode)
 
         def run(net: vnet.VNet, x: Tensor) -> Tensor:
-            assert mode == "default"
+            seen.modes.add(mode)
             seen.calls[("train" if net.training else "eval")
                        + ("/grad" if torch.is_grad_enabled() else "/no-grad")] += 1
             return fn(net, x)
@@ -116,25 +117,40 @@ def spy(monkeypatch: pytest.MonkeyPatch) -> Iterator[Spy]:
     yield seen
 
 
-def _config(data: Path, run: Path, compiled: bool = False, *, optimizer: str,
-            **changes: Any) -> TrainConfig:
-    """No dropout (compiled code draws other random numbers), validated every 2 iterations."""
+# Where and how the compiled run compiles: the CPU in torch's default mode (the default suite),
+# and CUDA graphs ("reduce-overhead") on a GPU, where graph-owned buffers (saved activations,
+# outputs and gradients that a later replay overwrites) could corrupt what a step keeps, the
+# g_L held while g_U goes back through the same forward above all.
+TARGETS = [
+    pytest.param(("cpu", "default"), id="cpu-default"),
+    pytest.param(("cuda", "reduce-overhead"), id="cuda-graphs", marks=[
+        pytest.mark.gpu,
+        pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]),
+]
+
+
+def _config(data: Path, run: Path, compiled: str | None = None, *, optimizer: str,
+            device: str = "cpu", **changes: Any) -> TrainConfig:
+    """No dropout (compiled code draws other random numbers), validated every 2 iterations;
+    ``compiled``: torch's compile mode, None for eager."""
     return tiny_config(data, run, data__patch_size=[24, 24, 20], model__dropout=False,
                        model__strides=STRIDES, framework__selftrain_iterations=ITERATIONS,
-                       validation__every=2, log_every=1, compile=compiled,
+                       validation__every=2, log_every=1, device=device,
+                       compile=False if compiled is None else compiled,
                        optimizer={"name": optimizer, "lr": 0.01, "momentum": 0.9}, **changes)
 
 
-def _train_twice(make: Callable[[Path, bool], TrainConfig], spy: Spy,
-                 tmp_path: Path) -> tuple[Path, Path]:
-    """An eager run and a ``compile: true`` run of the same config. The compiled one runs every
-    forward compiled: the student's (train mode, with gradients), the teacher's (train mode,
-    without) and validation's (eval mode, inference_mode); the eager one none."""
+def _train_twice(make: Callable[[Path, str | None], TrainConfig], spy: Spy, tmp_path: Path,
+                 mode: str) -> tuple[Path, Path]:
+    """An eager run and a run compiled in ``mode`` of the same config. The compiled one runs
+    every forward compiled: the student's (train mode, with gradients), the teacher's (train
+    mode, without) and validation's (eval mode, inference_mode); the eager one none."""
     eager, compiled = tmp_path / "eager", tmp_path / "compiled"
-    train(make(eager, False))
+    train(make(eager, None))
     assert not spy.calls
-    train(make(compiled, True))
+    train(make(compiled, mode))
     assert set(spy.calls) == {"train/grad", "train/no-grad", "eval/no-grad"}, spy.calls
+    assert spy.modes == {mode}, spy.modes
     spy.calls.clear()
     return eager, compiled
 
@@ -184,10 +200,12 @@ def _assert_same_training(eager: Path, compiled: Path, *, start: dict[str, Tenso
 
 
 @pytest.mark.slow
-def test_compiled_bcp_selftraining_matches_eager(synthetic: Path, tmp_path: Path,
-                                                 spy: Spy) -> None:
+@pytest.mark.parametrize("target", TARGETS)
+def test_compiled_bcp_selftraining_matches_eager(synthetic: Path, tmp_path: Path, spy: Spy,
+                                                 target: tuple[str, str]) -> None:
+    device, mode = target
     pretrained = tmp_path / "pretrain"
-    train(_config(synthetic, pretrained, optimizer="sgd", phases=["pretrain"],
+    train(_config(synthetic, pretrained, optimizer="sgd", phases=["pretrain"], device=device,
                   framework__pretrain_iterations=2, **BCP_BATCHES))
     weights = load_checkpoint(pretrained / "checkpoints/pretrain.pt")["model"]
     start = {f"student/{k}": v for k, v in weights.items() if v.is_floating_point()}
@@ -196,24 +214,27 @@ def test_compiled_bcp_selftraining_matches_eager(synthetic: Path, tmp_path: Path
     # both forwards, what the hco steps of mean teacher and CMT do through their one forward.
     for optimizer, split in [*((o, "source") for o in OPTIMIZERS), ("sgd-hco", "region")]:
         changes: dict[str, Any] = {"init_from": str(pretrained), "framework__grad_split": split,
-                                   **BCP_BATCHES}
+                                   "device": device, **BCP_BATCHES}
         runs = _train_twice(functools.partial(_config, synthetic, optimizer=optimizer, **changes),
-                            spy, tmp_path / f"{optimizer}-{split}")
+                            spy, tmp_path / f"{optimizer}-{split}", mode)
         _assert_same_training(*runs, start=start)
 
 
 @pytest.mark.slow
-def test_compiled_mean_teacher_matches_eager(synthetic: Path, tmp_path: Path, spy: Spy) -> None:
+@pytest.mark.parametrize("target", TARGETS)
+def test_compiled_mean_teacher_matches_eager(synthetic: Path, tmp_path: Path, spy: Spy,
+                                             target: tuple[str, str]) -> None:
+    device, mode = target
     # One labeled and one unlabeled patch: the student's batch of two shares its compiled
     # forward and backward with BCP's students above, when both run (fewer compilations).
     # The consistency term at full weight from the first step (no ramp-up), so that g_U counts.
     framework = {"name": "mean-teacher", "iterations": ITERATIONS, "lr_schedule": "constant",
                  "consistency": 1.0, "rampup_length": 0}
     changes: dict[str, Any] = {"framework": framework, "data__labeled_batch_size": 1,
-                               "data__unlabeled_batch_size": 1}
+                               "data__unlabeled_batch_size": 1, "device": device}
     for optimizer in OPTIMIZERS:
         runs = _train_twice(functools.partial(_config, synthetic, optimizer=optimizer, **changes),
-                            spy, tmp_path / optimizer)
+                            spy, tmp_path / optimizer, mode)
         first, second = spy.built[-2:]  # the students of both runs, from the same seed
         assert all(torch.equal(first[k], second[k]) for k in first)
         start = {f"student/{k}": v for k, v in first.items() if v.is_floating_point()}
