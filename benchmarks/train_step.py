@@ -302,7 +302,10 @@ class Trial:
             "optimizer step", opt.step_two_source)
         self.optimizers: dict[str, torch.optim.Optimizer] = {"student": opt}
         fw: Any = self.framework  # a BCPFramework; its methods are wrapped for the stopwatch
-        fw.pseudo_labels = self.watch.wrap("pseudo-labels", fw.pseudo_labels)
+        # The teacher's forwards and the component step, which self-training queues after the
+        # student's forwards (BCPFramework.selftrain_losses): one stage, as before the split.
+        fw.teacher_labels = self.watch.wrap("pseudo-labels", fw.teacher_labels)
+        fw.largest_components = self.watch.wrap("pseudo-labels", fw.largest_components)
         fw.selftrain_losses = self.watch.wrap("forward+loss", fw.selftrain_losses)
         fw.pretrain_loss = self.watch.wrap("forward+loss", fw.pretrain_loss)
         self.next_batch = self.watch.wrap("data", batches(args, device))

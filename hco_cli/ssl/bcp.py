@@ -145,15 +145,20 @@ class BCPFramework(Framework):
         label = (lab_a * mask + lab_b * (1 - mask)).long()
         return ce_dice_loss(self.student(image), label)
 
-    @torch.no_grad()
     def pseudo_labels(self, *halves: Tensor) -> list[Tensor]:
         """Teacher pseudo-labels of unlabeled halves: fg prob >= 0.5 (argmax for more classes),
-        then the largest component per volume (per class).
+        then the largest component per volume (per class): :meth:`teacher_labels`, then
+        :meth:`largest_components`."""
+        return self.largest_components(self.teacher_labels(*halves),
+                                       [images.shape[0] for images in halves])
+
+    @torch.no_grad()
+    def teacher_labels(self, *halves: Tensor) -> Tensor:
+        """The teacher's labels of unlabeled halves, concatenated, before the component step.
 
         The teacher sees each half in its own forward pass, as BCP does (in train mode its
         BatchNorm uses each half's statistics), unless ``teacher_forward`` batches them
-        (:func:`teacher_batches`); the components of all halves are found in one call, which
-        costs one host synchronisation for the whole iteration.
+        (:func:`teacher_batches`). Nothing here waits for the device.
         """
         teacher = self._teacher()
         teacher.train()  # BCP keeps the teacher in train mode (BN batch statistics, dropout)
@@ -162,7 +167,13 @@ class BCPFramework(Framework):
         for images in [torch.cat(halves)] if batched else halves:
             prob = torch.softmax(teacher(images).float(), dim=1)
             raw.append(prob[:, 1] >= 0.5 if self.num_classes == 2 else prob.argmax(dim=1))
-        labels = torch.cat(raw)
+        return torch.cat(raw)
+
+    @torch.no_grad()
+    def largest_components(self, labels: Tensor, sizes: list[int]) -> list[Tensor]:
+        """:meth:`teacher_labels`' output with the largest component kept per volume (per
+        class when ``pseudo_lcc``), split back into halves of ``sizes``. The components of all
+        halves are found in one call: the iteration's one host synchronisation on a GPU."""
         if self.cfg.pseudo_lcc:
             if self.num_classes == 2:
                 labels = largest_connected_component(labels,
@@ -170,7 +181,7 @@ class BCPFramework(Framework):
             else:
                 labels = keep_largest_per_class(labels, self.num_classes,
                                                 connectivity=self.cfg.lcc_connectivity)
-        return list(labels.long().split([images.shape[0] for images in halves]))
+        return list(labels.long().split(sizes))
 
     def pseudo_label(self, images: Tensor) -> Tensor:
         """:meth:`pseudo_labels` of one half."""
@@ -182,12 +193,18 @@ class BCPFramework(Framework):
         img_a, img_b = batch.labeled_image.chunk(2)
         lab_a, lab_b = batch.labeled_label.chunk(2)
         unimg_a, unimg_b = unlabeled.chunk(2)
-        plab_a, plab_b = self.pseudo_labels(unimg_a, unimg_b)
+        teacher_labels = self.teacher_labels(unimg_a, unimg_b)
         mask = random_cube_mask(tuple(img_a.shape[2:]), self.cfg.mask_ratio, rng=self.rng,
                                 device=img_a.device)
         region = mask.expand(img_a.shape[0], *mask.shape)  # 1 outside the cube ("image" region)
         out_l = self.student(img_a * mask + unimg_a * (1 - mask))
         out_u = self.student(unimg_b * mask + img_b * (1 - mask))
+        # The component step waits for the device (on a GPU); queued after the student's
+        # forwards, which do not need the pseudo-labels, it waits while they run instead of
+        # leaving the device idle until the host has queued them. It draws no random numbers,
+        # so the teacher's and the student's dropout draw what they drew in BCP's order.
+        plab_a, plab_b = self.largest_components(teacher_labels,
+                                                 [unimg_a.shape[0], unimg_b.shape[0]])
         w = self.cfg.u_weight
         if self.cfg.grad_split == "source":
             loss_l = mix_loss(out_l, lab_a, plab_a, region, image_weight=1.0, patch_weight=w)

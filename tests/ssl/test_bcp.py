@@ -131,20 +131,31 @@ def reference_total(fw: BCPFramework, batch: Batch, rng_state: dict[str, Tensor]
     return loss_l + loss_u
 
 
-def _selftrain_framework(grad_split: str) -> tuple[BCPFramework, Phase, Batch]:
+def _selftrain_framework(grad_split: str, *,
+                         dropout: bool = False) -> tuple[BCPFramework, Phase, Batch]:
     cfg = BCPConfig(grad_split=grad_split)  # type: ignore[arg-type]
-    fw = BCPFramework(cfg, model_factory=tiny_factory(dtype=torch.float64), num_classes=2,
-                      device=CPU, seed=3)
+    fw = BCPFramework(cfg, model_factory=tiny_factory(dtype=torch.float64, dropout=dropout),
+                      num_classes=2, device=CPU, seed=3)
     phase = fw.phases()[1]
     fw.start_phase(phase)
     return fw, phase, synthetic_batch(0, dtype=torch.float64, shape=SMALL)
 
 
-def test_source_split_sums_to_bcp_loss_bit_for_bit() -> None:
-    fw, _, batch = _selftrain_framework("source")
+@pytest.mark.parametrize("dropout", [False, True])
+def test_source_split_sums_to_bcp_loss_bit_for_bit(dropout: bool) -> None:
+    """With dropout, also the order of the random draws: the component step runs after the
+    student's forwards (it waits for the device), and the reference takes BCP's order
+    (pseudo-labels complete, then the student); both draw the teacher's dropout first."""
+    fw, _, batch = _selftrain_framework("source", dropout=dropout)
     state = {k: v.clone() for k, v in fw.rng.state_dict().items()}
+    torch.manual_seed(11)
     loss_l, loss_u, _ = fw.selftrain_losses(batch)
-    assert torch.equal(loss_l + loss_u, reference_total(fw, batch, state))
+    torch.manual_seed(11)
+    want = reference_total(fw, batch, state)
+    assert torch.equal(loss_l + loss_u, want)
+    if dropout:  # not vacuous: other dropout draws give another loss
+        torch.manual_seed(12)
+        assert not torch.equal(reference_total(fw, batch, state), want)
 
 
 def test_region_split_gradients_sum_to_the_combined_gradient() -> None:
