@@ -114,6 +114,44 @@ def test_cuda_two_gradients_through_one_compiled_forward(
             assert compiled_error < 2 * eager_error + 1e-4, (step, compiled_error, eager_error)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.gpu
+@pytest.mark.parametrize("grad", [True, False], ids=["student", "teacher"])
+def test_cuda_graph_replays_draw_new_dropout_masks(grad: bool) -> None:
+    """A CUDA graph replays the kernels it captured: a dropout whose random numbers were captured
+    rather than drawn anew per replay would drop the same channels at every iteration (the
+    student with gradients, the teacher without). Same input, six calls past the recording:
+    every output differs from every other, as eager's do."""
+    torch.manual_seed(0)
+    net = build_model(ModelConfig(n_filters=4, dropout=True), in_channels=1, num_classes=2)
+    compiled = compile_forward(net.cuda(), "reduce-overhead").train()
+    x = torch.randn(2, 1, 32, 32, 32, device="cuda")
+    outs = []
+    with torch.set_grad_enabled(grad):
+        for _ in range(9):  # the first calls warm up and record
+            out = compiled(x)
+            if grad:
+                out.float().square().mean().backward()
+            outs.append(out.detach().clone())
+    late = outs[3:]
+    smallest = min(float((late[i] - late[j]).abs().max())
+                   for i in range(len(late)) for j in range(i + 1, len(late)))
+    # Against the spread of the same input without dropout (eval mode): zero but for kernels
+    # that sum in another order from call to call.
+    noise = float((lambda a, b: (a - b).abs().max())(*_eval_twice(compiled, x)))
+    assert smallest > 100 * noise + 1e-4, (smallest, noise)
+
+
+def _eval_twice(net: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two eval-mode (no dropout) outputs of ``net`` on ``x``, cloned before the next call."""
+    net.eval()
+    with torch.inference_mode():
+        first = net(x).clone()
+        second = net(x).clone()
+    net.train()
+    return first, second
+
+
 @pytest.mark.slow
 def test_a_backward_cached_with_donated_buffers_is_not_reused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
