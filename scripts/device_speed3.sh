@@ -3,12 +3,13 @@
 # give end to end, whether they change the numerics, and how many runs per GPU pay with them.
 # The work runs in the background (setsid), so that it outlives the device call; poll it with
 # `wait` calls back to back (a machine idle for 30 s is given back) and it collects itself.
-#   device_speed3.sh start STEP...      STEP: e2e, e2e-2gpu, predict, cold, profile, numerics,
-#                                       concurrency,
+#   device_speed3.sh start STEP...      STEP: e2e, e2e-2gpu, predict, cold, profile, loop-test,
+#                                       numerics, concurrency,
 #                                       run in the order given (predict and cold need e2e's run);
 #                                       results in /tmp/speed3
 #   device_speed3.sh wait SECONDS       progress; when the steps have ended, collect to $OUT
-#   device_speed3.sh collect            logs, JSON and run summaries (no weights) to $OUT
+#   device_speed3.sh collect            log.txt, and logs, JSON, tables and run summaries (no
+#                                       weights) in speed3.tar.gz, to $OUT
 # Steps (minutes on one H200, estimated from round 2's 31-33 ms per self-training iteration):
 #   e2e          the `la` preset's full protocol (2K + 15K, validation every 200) with sgd-hco
 #                and compile: reduce-overhead, then `hco predict --split test --lcc --evaluate`
