@@ -42,7 +42,6 @@ def perturbed_la_masks(root: Path, count: int) -> list[np.ndarray]:
     return masks
 
 
-@pytest.mark.slow
 def test_torch_components_equal_scipy_on_real_la_labels(la_unpacked: Path) -> None:
     for mask in perturbed_la_masks(la_unpacked, 2):
         assert ndimage.label(mask)[1] > 10  # the noise made many components

@@ -381,6 +381,7 @@ def test_same_streams_on_two_processes_equal_one_process(synthetic: Path,
     assert la == pytest.approx(lb, rel=1e-6)
 
 
+@pytest.mark.slow  # 25-30 s: the slow tier (pyproject.toml)
 def test_interrupted_two_process_run_resumes_exactly(synthetic: Path, straight: Path,
                                                      tmp_path: Path) -> None:
     run = tmp_path / "b"
@@ -414,6 +415,7 @@ def _flat(config: TrainConfig, *, processes: int = 2) -> TrainConfig:
     return validate_config(raw)
 
 
+@pytest.mark.slow  # 25-30 s: the slow tier (pyproject.toml)
 def test_flat_optimizers_overlap_the_reduce_and_keep_ranks_identical(synthetic: Path,
                                                                      tmp_path: Path) -> None:
     """BCP with flat optimizers (pre-training's sgd, self-training's sgd-hco) all-reduces
