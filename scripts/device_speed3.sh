@@ -27,7 +27,8 @@
 #                1e-8 after 4 steps) and tests/models/test_compile.py (about 2 min)
 #   numerics     sgd-hco eager vs compile: reduce-overhead (graphs) vs compile: default
 #                (inductor), seeds 1-3, 300 + 600 iterations as results/speed/bf16-vs-fp32.md,
-#                diagnostics every 10 iterations, nine runs at once, then hco compare (6 min)
+#                diagnostics every 10 iterations, nine runs at once, then hco compare (6 min);
+#                NUMERICS_SEEDS="4 5 6" for other seeds
 #   concurrency  benchmarks/concurrency.py: 1, 2 and 4 processes of sgd and of sgd+compile-ro
 #                on the GPU (about 3.5 min)
 # Data: the whole LA set staged into /tmp/la by `device_ablation.sh stage` calls (see
@@ -100,7 +101,7 @@ run_steps() {
       printf 'diagnostics_every: 10\n' >> $Q
       with_compile $Q $WORK/quick-ro.yaml reduce-overhead
       with_compile $Q $WORK/quick-inductor.yaml default
-      for seed in 1 2 3; do
+      for seed in ${NUMERICS_SEEDS:-1 2 3}; do
         for arm in eager:$Q graphs:$WORK/quick-ro.yaml inductor:$WORK/quick-inductor.yaml; do
           hco train --config "${arm#*:}" --optimizer sgd-hco --seed $seed \
             --run-dir $WORK/runs/${arm%%:*}-s$seed --force > $WORK/${arm%%:*}-s$seed.log 2>&1 &
@@ -133,7 +134,7 @@ start)
   nvidia-smi --query-gpu=name --format=csv,noheader
   mkdir -p $WORK
   export -f run_steps step timed hco with_compile
-  export WORK DATA RUN
+  export WORK DATA RUN NUMERICS_SEEDS
   setsid nohup bash -c 'run_steps "$@"' _ "$@" > $WORK/log.txt 2>&1 < /dev/null &
   sleep 15; cat $WORK/log.txt ;;
 wait)
