@@ -381,15 +381,34 @@ def _records(
     return records
 
 
+def unpaired_repeated_seeds(ref: Arm, arm: Arm) -> dict[str, dict[str, list[str]]]:
+    """Where ``arm`` and ``ref`` share no pairing key and must pair by run.json seed, the seeds
+    that one of them holds in more than one run ({arm name: {"seed N": [keys]}}): with those
+    there is no unambiguous pairing, so no per-seed differences, and the runs of a seed are
+    averaged per case like any others (folds of one seed; or, pooled across rounds, a seed run
+    twice)."""
+    if set(ref.members) & set(arm.members):
+        return {}
+    out: dict[str, dict[str, list[str]]] = {}
+    for a in (ref, arm):
+        keys_of: dict[str, list[str]] = {}
+        for key, seed in a.seeds.items():
+            keys_of.setdefault(seed, []).append(key)
+        repeated = {seed: keys for seed, keys in keys_of.items() if len(keys) > 1}
+        if repeated:
+            out[a.name] = repeated
+    return out
+
+
 def _seed_pairs(ref: Arm, arm: Arm) -> list[tuple[str, str, str]]:
     """(label, reference key, arm key) of the runs that share a key, else a run.json seed."""
     common = sorted(set(ref.members) & set(arm.members))
     if common:
         return [(k, k, k) for k in common]
+    if unpaired_repeated_seeds(ref, arm):
+        return []  # a seed twice in one arm (folds): no unambiguous pairing
     by_seed_ref = {v: k for k, v in ref.seeds.items()}
     by_seed_arm = {v: k for k, v in arm.seeds.items()}
-    if len(by_seed_ref) < len(ref.seeds) or len(by_seed_arm) < len(arm.seeds):
-        return []  # a seed twice in one arm (folds): no unambiguous pairing
     shared = sorted(set(by_seed_ref) & set(by_seed_arm))
     return [(s, by_seed_ref[s], by_seed_arm[s]) for s in shared]
 

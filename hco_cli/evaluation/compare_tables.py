@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from hco_cli.evaluation import stats
-from hco_cli.evaluation.compare import Comparison
+from hco_cli.evaluation.compare import Comparison, unpaired_repeated_seeds
 from hco_cli.io_utils import write_json, write_text
 
 LABELS = {"dice": "Dice", "jaccard": "Jaccard", "hd95": "HD95", "asd": "ASD"}
@@ -315,6 +315,15 @@ def comparison_notes(result: Comparison) -> list[str]:
     if dropped:
         detail = ", ".join(f"{k}: {v}" for k, v in dropped.items())
         notes.append(f"--intersect: paired {result.n_cases} common cases; dropped {detail}")
+    ref, seen = result.arms[0], set()
+    for arm in result.arms[1:]:
+        for name, repeated in unpaired_repeated_seeds(ref, arm).items():
+            if name in seen:
+                continue
+            seen.add(name)
+            runs = "; ".join(f"{seed}: {', '.join(keys)}" for seed, keys in repeated.items())
+            notes.append(f"{name}: a seed in more than one run ({runs}); such runs are averaged "
+                         "per case with the others, and the arms are not paired by seed")
     return notes
 
 

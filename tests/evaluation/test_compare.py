@@ -12,6 +12,7 @@ from scipy import stats as sps
 from hco_cli.errors import CheckpointError, ConfigError, DataError
 from hco_cli.evaluation import stats
 from hco_cli.evaluation.compare import compare_runs, resolve_arm
+from hco_cli.evaluation.compare_tables import comparison_notes
 from tests.evaluation.compare_fixtures import cases, one_class, write_run, write_summary
 
 RNG = np.random.default_rng(7)
@@ -281,6 +282,28 @@ def test_per_seed_differences_fall_back_to_run_json_seeds(tmp_path: Path) -> Non
     assert np.allclose(dice.differences, 0.01) and dice.n_better == 2
     (hd95,) = [d for d in result.seed_differences if d.metric == "hd95"]
     assert np.allclose(hd95.differences, -0.2)  # the 9 finite cases of each seed
+
+
+def test_a_seed_run_twice_is_named_and_not_paired(tmp_path: Path) -> None:
+    """Pooled across rounds, an arm can hold one seed twice (here seed 1 as sgd-r1 and sgd-r6):
+    the runs are still averaged per case, the seeds are not paired, and a note says so; the
+    other arm, one run per seed, is not named."""
+    for name, seed, shift in (("sgd-r1", 1, 0.0), ("sgd-r6", 1, 0.02), ("sgd-r2", 2, 0.01)):
+        write_run(tmp_path, name, seed=seed, evals={"best": (cases(N), one_class(DICE_A + shift))})
+    for seed in (1, 2):
+        write_run(tmp_path, f"hco-seed{seed}", optimizer="sgd-hco", seed=seed,
+                  evals={"best": (cases(N), one_class(DICE_A + 0.01))})
+    result = compare_runs([f"{tmp_path}/sgd-r*", f"{tmp_path}/hco-seed*"])
+    assert result.seed_differences == []
+    (dice,) = [r for r in result.records if r.metric == "dice"]
+    assert dice.result.mean_a == pytest.approx(float(np.mean(DICE_A)) + 0.01)  # three runs
+    (note,) = comparison_notes(result)
+    assert note.startswith(f"{tmp_path}/sgd-r*: a seed in more than one run (seed 1: ")
+    assert "sgd-r1" in note and "sgd-r6" in note and "sgd-r2" not in note
+    # Not vacuous: one run per seed pairs by seed and says nothing.
+    (tmp_path / "sgd-r6").rename(tmp_path / "elsewhere")
+    result = compare_runs([f"{tmp_path}/sgd-r*", f"{tmp_path}/hco-seed*"])
+    assert result.seed_differences and comparison_notes(result) == []
 
 
 def test_no_per_seed_differences_without_two_paired_runs(tmp_path: Path) -> None:
