@@ -112,11 +112,11 @@ run_steps() {
         hco predict "$r" --checkpoint last --split test --lcc --evaluate --force > /dev/null &
       done
       wait
-      hco compare "eager=$WORK/runs/eager-s*" "graphs=$WORK/runs/graphs-s*" \
-        "inductor=$WORK/runs/inductor-s*" --checkpoint last --alternative two-sided \
+      arms=(eager="$WORK/runs/eager-s*" graphs="$WORK/runs/graphs-s*"
+            inductor="$WORK/runs/inductor-s*")
+      hco compare "${arms[@]}" --checkpoint last --alternative two-sided \
         --markdown $WORK/numerics-last.md --json $WORK/numerics-last.json | tail -n 30
-      hco compare "eager=$WORK/runs/eager-s*" "graphs=$WORK/runs/graphs-s*" \
-        "inductor=$WORK/runs/inductor-s*" --dynamics --bin 100 \
+      hco compare "${arms[@]}" --dynamics --bin 100 \
         --markdown $WORK/numerics-dynamics.md --json $WORK/numerics-dynamics.json | tail -n 30 ;;
     concurrency)
       step concurrency
