@@ -18,9 +18,12 @@ Candidates of issue 20 are suffixes of an optimizer name, combinable: ``+batched
 teacher once over both unlabeled halves (``teacher_forward: batched``; with the LA V-Net's
 BatchNorm that changes the teacher's statistics, so the row measures the potential only),
 ``+compile`` the V-Net through ``torch.compile`` (``compile: true``), ``+compile-ro`` with
-CUDA graphs (``compile: reduce-overhead``); e.g. ``--optimizers
-sgd,sgd+batched,sgd+compile,sgd+compile-ro``: ratios to the first name are same-process
-comparisons. Compilation happens in the warm-up iterations (give ``--warmup`` enough).
+CUDA graphs (``compile: reduce-overhead``), ``+lcc-first`` BCP's order of the self-training
+step (the pseudo-labels' largest-component step, which waits for the device, before the
+student's forwards rather than after them, as hco ran it before 2026-12-01); e.g.
+``--optimizers sgd,sgd+batched,sgd+compile,sgd+compile-ro,sgd+lcc-first``: ratios to the first
+name are same-process comparisons. Compilation happens in the warm-up iterations (give
+``--warmup`` enough).
 
 ``--barrier DIR`` is for several of these processes timed together on one GPU
 (``benchmarks/concurrency.py``, which also gives ``--no-stages``, leaving the instrumented
@@ -83,6 +86,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+from torch import Tensor
 
 import hco_cli.ssl.bcp as bcp_module
 from hco_cli.data.batch import Batch
@@ -263,6 +267,27 @@ def batches(args: argparse.Namespace, device: torch.device) -> Callable[[bool], 
     return random_batch
 
 
+CANDIDATES = ("batched", "compile", "compile-ro", "lcc-first")
+
+
+def _components_first(fw: Any) -> None:
+    """``+lcc-first``: the largest-component step right behind the teacher's forwards, before
+    the student's (BCP's order); the later call in the step returns what that one computed. Same
+    numbers (the step draws no random numbers), other timing."""
+    labels_of, components_of = fw.teacher_labels, fw.largest_components
+    done: list[list[Tensor]] = []
+
+    def teacher_labels(*halves: Tensor) -> Tensor:
+        labels = labels_of(*halves)
+        done.append(components_of(labels, [h.shape[0] for h in halves]))
+        return labels
+
+    def largest_components(labels: Tensor, sizes: list[int]) -> list[Tensor]:
+        return done.pop()
+
+    fw.teacher_labels, fw.largest_components = teacher_labels, largest_components
+
+
 class Trial:
     """One seeded BCP framework in one phase with one optimizer, ready to iterate."""
 
@@ -270,10 +295,9 @@ class Trial:
                  device: torch.device, *, instrument: bool, annotate: bool = False) -> None:
         spec, *features = spec.split("+")  # e.g. "sgd+batched+compile"
         name, _, mode = spec.partition(":")  # e.g. "sgd-hco" (default mode) or "sgd-hco:foreach"
-        unknown = set(features) - {"batched", "compile", "compile-ro"}
+        unknown = set(features) - set(CANDIDATES)
         if unknown:
-            raise SystemExit(f"unknown candidate(s) {sorted(unknown)}: batched, compile, "
-                             "compile-ro")
+            raise SystemExit(f"unknown candidate(s) {sorted(unknown)}: {', '.join(CANDIDATES)}")
         compile_mode = ("reduce-overhead" if "compile-ro" in features
                         else "default" if "compile" in features else None)
         self.diagnostics_every = int(mode[4:]) if mode.startswith("diag") else 0
@@ -302,6 +326,8 @@ class Trial:
             "optimizer step", opt.step_two_source)
         self.optimizers: dict[str, torch.optim.Optimizer] = {"student": opt}
         fw: Any = self.framework  # a BCPFramework; its methods are wrapped for the stopwatch
+        if "lcc-first" in features:
+            _components_first(fw)
         # The teacher's forwards and the component step, which self-training queues after the
         # student's forwards (BCPFramework.selftrain_losses): one stage, as before the split.
         fw.teacher_labels = self.watch.wrap("pseudo-labels", fw.teacher_labels)

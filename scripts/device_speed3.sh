@@ -3,8 +3,8 @@
 # give end to end, whether they change the numerics, and how many runs per GPU pay with them.
 # The work runs in the background (setsid), so that it outlives the device call; poll it with
 # `wait` calls back to back (a machine idle for 30 s is given back) and it collects itself.
-#   device_speed3.sh start STEP...      STEP: e2e, e2e-2gpu, predict, cold, profile, loop-test,
-#                                       numerics, concurrency,
+#   device_speed3.sh start STEP...      STEP: e2e, e2e-2gpu, predict, cold, profile, reorder,
+#                                       loop-test, numerics, concurrency,
 #                                       run in the order given (predict and cold need e2e's run);
 #                                       results in /tmp/speed3
 #   device_speed3.sh wait SECONDS       progress; when the steps have ended, collect to $OUT
@@ -20,11 +20,16 @@
 #                16 windows per forward, warm and cold, and a fresh process (about 1 min)
 #   profile      benchmarks/train_step.py --profile 5: top kernels, categories and stages of
 #                sgd and sgd-hco, eager and with CUDA graphs, both phases (about 3 min)
+#   reorder      benchmarks/train_step.py, self-training, sgd and sgd-hco in hco's order and
+#                in BCP's (+lcc-first: the component step before the student's forwards),
+#                interleaved in one process: the reorder's effect as a ratio (about 2 min;
+#                alone on the card)
 #   cold         benchmarks/predict_cold.py on e2e's run (or RUN=...): a fresh predict's
 #                stages, imports to the second call, and a fresh hco predict (about 1 min)
 #   loop-test    the GPU tests of compiled training: tests/training/test_compile_loop.py (the
 #                real BCP and mean-teacher loops, float64 network, CUDA graphs against eager to
-#                1e-8 after 4 steps) and tests/models/test_compile.py (about 2 min)
+#                1e-8 after 4 steps; graphs against compiled code without graphs with dropout)
+#                and tests/models/test_compile.py (about 4 min)
 #   numerics     sgd-hco eager vs compile: reduce-overhead (graphs) vs compile: default
 #                (inductor), seeds 1-3, 300 + 600 iterations as results/speed/bf16-vs-fp32.md,
 #                diagnostics every 10 iterations, nine runs at once, then hco compare (6 min);
@@ -83,6 +88,11 @@ run_steps() {
       python3 benchmarks/train_step.py --data $DATA --phases selftrain,pretrain \
         --optimizers sgd,sgd-hco,sgd+compile-ro,sgd-hco+compile-ro --iterations 20 --rounds 3 \
         --profile 5 --profile-trace $WORK/traces --json $WORK/profile.json ;;
+    reorder)  # hco's order of the self-training step against BCP's (+lcc-first), one process
+      step reorder
+      python3 benchmarks/train_step.py --data $DATA --phases selftrain \
+        --optimizers sgd,sgd+lcc-first,sgd-hco,sgd-hco+lcc-first --iterations 20 --rounds 5 \
+        --json $WORK/reorder.json ;;
     cold)  # a fresh predict's stages; RUN=... names another finished run (default e2e's)
       step cold
       python3 benchmarks/predict_cold.py --run "${RUN:-$WORK/runs/e2e-sgd-hco}" --data $DATA \

@@ -168,9 +168,11 @@ def test_cuda_graph_replays_draw_new_dropout_masks(grad: bool) -> None:
     with torch.set_grad_enabled(grad):
         for _ in range(9):  # the first calls warm up and record
             out = compiled(x)
+            # Copied before the backward: under CUDA graphs the backward's replay may reuse the
+            # forward output's memory, and torch refuses a read of it after that.
+            outs.append(out.detach().clone())
             if grad:
                 out.float().square().mean().backward()
-            outs.append(out.detach().clone())
     late = outs[3:]
     smallest = min(float((late[i] - late[j]).abs().max())
                    for i in range(len(late)) for j in range(i + 1, len(late)))
@@ -178,6 +180,37 @@ def test_cuda_graph_replays_draw_new_dropout_masks(grad: bool) -> None:
     # that sum in another order from call to call.
     noise = float((lambda a, b: (a - b).abs().max())(*_eval_twice(compiled, x)))
     assert smallest > 100 * noise + 1e-4, (smallest, noise)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.gpu
+def test_cuda_graph_dropout_backward_uses_the_forward_mask() -> None:
+    """The V-Net's Dropout3d behind a 1x1x1 convolution, compiled with CUDA graphs: the backward
+    must drop what the forward dropped. With y = dropout(conv(h)) and L = sum(r * y), dL/dW is
+    sum over voxels of 2 r m h (m: the channel mask the forward drew, read off y's zeros),
+    in float64 to 1e-10, at every replay; and the masks change from replay to replay."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv3d(6, 6, 1, bias=False).double().cuda()
+    net = torch.nn.Sequential(conv, torch.nn.Dropout3d(0.5)).train()
+    compiled = torch.compile(net, mode="reduce-overhead", dynamic=False)
+    gen = torch.Generator().manual_seed(1)
+    masks = []
+    with functorch_config.patch(donated_buffer=False):  # as compile_forward sets it
+        for step in range(8):  # the first calls warm up and record
+            h = torch.randn(3, 6, 8, 8, 8, generator=gen, dtype=torch.float64).cuda()
+            r = torch.randn(3, 6, 8, 8, 8, generator=gen, dtype=torch.float64).cuda()
+            conv.weight.grad = None
+            y = compiled(h)
+            kept = (y.detach() != 0).flatten(2).any(2).double()  # (batch, channel)
+            masks.append(kept.clone())
+            (r * y).sum().backward()
+            want = torch.einsum("bov,biv->oi", 2 * r.flatten(2) * kept[..., None], h.flatten(2))
+            got = conv.weight.grad.reshape(6, 6)
+            error = float((got - want).norm() / want.norm())
+            assert error < 1e-10, (step, error)
+    late = masks[3:]
+    assert 0 < float(torch.stack(late).mean()) < 1
+    assert all(not torch.equal(a, b) for i, a in enumerate(late) for b in late[i + 1:])
 
 
 def _eval_twice(net: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
