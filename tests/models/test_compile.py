@@ -185,14 +185,16 @@ def test_cuda_graph_replays_draw_new_dropout_masks(grad: bool) -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.gpu
 def test_cuda_graph_dropout_backward_uses_the_forward_mask() -> None:
-    """The V-Net's Dropout3d behind a 1x1x1 convolution, compiled with CUDA graphs: the backward
-    must drop what the forward dropped. With y = dropout(conv(h)) and L = sum(r * y), dL/dW is
-    sum over voxels of 2 r m h (m: the channel mask the forward drew, read off y's zeros),
-    in float64 to 1e-10, at every replay; and the masks change from replay to replay."""
+    """The V-Net's Dropout3d behind a 1x1x1 convolution, compiled with CUDA graphs and the
+    options of :func:`vnet._compiled` (dropout through torch's kernels): the backward must drop
+    what the forward dropped. With y = dropout(conv(h)) and L = sum(r * y), dL/dW is the sum over
+    voxels of 2 r m h (m: the channel mask the forward drew, read off y's zeros), in float64 to
+    1e-10, at every replay; and the masks change from replay to replay."""
     torch.manual_seed(0)
     conv = torch.nn.Conv3d(6, 6, 1, bias=False).double().cuda()
     net = torch.nn.Sequential(conv, torch.nn.Dropout3d(0.5)).train()
-    compiled = torch.compile(net, mode="reduce-overhead", dynamic=False)
+    options = {**torch._inductor.list_mode_options("reduce-overhead"), "fallback_random": True}
+    compiled = torch.compile(net, options=options, dynamic=False)
     gen = torch.Generator().manual_seed(1)
     masks = []
     with functorch_config.patch(donated_buffer=False):  # as compile_forward sets it

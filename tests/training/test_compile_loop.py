@@ -1,7 +1,8 @@
 """``compile: true`` through the real training loop: BCP self-training (from one pre-trained
 checkpoint; sgd, sgd-hco, and sgd-hco with grad_split region) and mean teacher (sgd, sgd-hco)
 end where the eager runs of the same seed end: student, EMA teacher (weights and BatchNorm
-statistics), logged losses and validation Dice.
+statistics), logged losses and validation Dice. With dropout: compiled code draws eager's masks
+(``fallback_random``, hco_cli/models/vnet.py).
 
 tests/models/test_compile.py checks the bare network; this checks what the loop adds around it:
 the two gradients of an hco step through one compiled forward, the teacher's no-grad train-mode
@@ -120,7 +121,8 @@ def spy(monkeypatch: pytest.MonkeyPatch) -> Iterator[Spy]:
 # Where and how the compiled run compiles: the CPU in torch's default mode (the default suite),
 # and CUDA graphs ("reduce-overhead") on a GPU, where graph-owned buffers (saved activations,
 # outputs and gradients that a later replay overwrites) could corrupt what a step keeps, the
-# g_L held while g_U goes back through the same forward above all.
+# g_L held while g_U goes back through the same forward above all, and dropout masks drawn
+# inside graphs (per replay, the backward's the forward's).
 TARGETS = [
     pytest.param(("cpu", "default"), id="cpu-default"),
     pytest.param(("cuda", "reduce-overhead"), id="cuda-graphs", marks=[
@@ -130,10 +132,10 @@ TARGETS = [
 
 
 def _config(data: Path, run: Path, compiled: str | None = None, *, optimizer: str,
-            device: str = "cpu", dropout: bool = False, **changes: Any) -> TrainConfig:
-    """No dropout by default (compiled code draws other random numbers than eager), validated
-    every 2 iterations; ``compiled``: torch's compile mode, None for eager."""
-    return tiny_config(data, run, data__patch_size=[24, 24, 20], model__dropout=dropout,
+            device: str = "cpu", **changes: Any) -> TrainConfig:
+    """With the V-Net's dropout (compiled code draws eager's masks: ``fallback_random``),
+    validated every 2 iterations; ``compiled``: torch's compile mode, None for eager."""
+    return tiny_config(data, run, data__patch_size=[24, 24, 20], model__dropout=True,
                        model__strides=STRIDES, framework__selftrain_iterations=ITERATIONS,
                        validation__every=2, log_every=1, device=device,
                        compile=False if compiled is None else compiled,
@@ -141,20 +143,18 @@ def _config(data: Path, run: Path, compiled: str | None = None, *, optimizer: st
 
 
 def _train_twice(make: Callable[[Path, str | None], TrainConfig], spy: Spy, tmp_path: Path,
-                 mode: str, reference: str | None = None) -> tuple[Path, Path]:
-    """A reference run (eager, or compiled in mode ``reference``) and a run compiled in ``mode``
-    of the same config. A compiled run runs every forward compiled: the student's (train mode,
-    with gradients), the teacher's (train mode, without) and validation's (eval mode,
-    inference_mode); an eager one none."""
-    first, second = tmp_path / "reference", tmp_path / "compiled"
-    every = {"train/grad", "train/no-grad", "eval/no-grad"}
-    for run, run_mode in ((first, reference), (second, mode)):
-        train(make(run, run_mode))
-        assert set(spy.calls) == (set() if run_mode is None else every), spy.calls
-        assert spy.modes == ({run_mode} if run_mode else set()), spy.modes
-        spy.calls.clear()
-        spy.modes.clear()
-    return first, second
+                 mode: str) -> tuple[Path, Path]:
+    """An eager run and a run compiled in ``mode`` of the same config. The compiled one runs
+    every forward compiled: the student's (train mode, with gradients), the teacher's (train
+    mode, without) and validation's (eval mode, inference_mode); the eager one none."""
+    eager, compiled = tmp_path / "eager", tmp_path / "compiled"
+    train(make(eager, None))
+    assert not spy.calls
+    train(make(compiled, mode))
+    assert set(spy.calls) == {"train/grad", "train/no-grad", "eval/no-grad"}, spy.calls
+    assert spy.modes == {mode}, spy.modes
+    spy.calls.clear()
+    return eager, compiled
 
 
 def _networks(run: Path) -> dict[str, Tensor]:
@@ -242,25 +242,3 @@ def test_compiled_mean_teacher_matches_eager(synthetic: Path, tmp_path: Path, sp
         start = {f"student/{k}": v for k, v in first.items() if v.is_floating_point()}
         _assert_same_training(*runs, start=start)
 
-
-@pytest.mark.slow
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_graphs_draw_the_dropout_of_compiled_code_without_graphs(
-        synthetic: Path, tmp_path: Path, spy: Spy) -> None:
-    """Dropout on, where eager cannot be the reference (compiled code draws other random
-    numbers): CUDA graphs against the same compiled code run without graphs (torch's default
-    mode), which draws from the same seeds. Short-schedule LA runs with CUDA graphs ended 2.3-2.4
-    Dice points below eager on 3 seeds (twice), compiled code without graphs level with eager
-    (results/speed/numerics-round2-h200), and the float64 loop without dropout matches eager
-    under graphs: this tells whether the graphs' dropout masks (drawn per replay, and the same
-    in the forward and its backward) are the difference."""
-    pretrained = tmp_path / "pretrain"
-    train(_config(synthetic, pretrained, optimizer="sgd", phases=["pretrain"], device="cuda",
-                  framework__pretrain_iterations=2, **BCP_BATCHES))
-    weights = load_checkpoint(pretrained / "checkpoints/pretrain.pt")["model"]
-    start = {f"student/{k}": v for k, v in weights.items() if v.is_floating_point()}
-    make = functools.partial(_config, synthetic, optimizer="sgd-hco", dropout=True,
-                             init_from=str(pretrained), device="cuda", **BCP_BATCHES)
-    _assert_same_training(*_train_twice(make, spy, tmp_path, "reduce-overhead", "default"),
-                          start=start)
