@@ -33,6 +33,7 @@ from hco_cli.workflows.sweep_plan import (
     load_arms,
     needs_evaluation,
     plan_sweep,
+    resolve_runs_per_gpu,
     run_status,
     write_plan,
 )
@@ -95,9 +96,10 @@ def run_sweep(options: SweepOptions, *, progress: SweepProgress | None = None,
                           "jobs are submitted by sweep_submit.submit_sweep")
     runs = plan_sweep(options)
     write_plan(runs)
-    if options.workers > 1:
+    workers = options.gpus * resolve_runs_per_gpu(options, runs)[0]
+    if workers > 1:
         launcher = launch or SubprocessLauncher(options)
-        codes = schedule(runs, workers=options.workers, launch=launcher,
+        codes = schedule(runs, workers=workers, launch=launcher,
                          needs_work=lambda r: r.status != "done" or needs_evaluation(r, options),
                          wait=lambda: time.sleep(poll_seconds))
         outcomes = [_outcome_from_code(r, codes.get(r.run_dir), options) for r in runs]
@@ -319,5 +321,6 @@ class _Chain:
 
 
 __all__ = ["Arm", "RunOutcome", "SubprocessLauncher", "SweepOptions", "SweepReport", "SweepRun",
-           "compare_command", "load_arms", "needs_evaluation", "plan_sweep", "run_status",
-           "run_sweep", "schedule", "started", "train_argv", "write_plan"]
+           "compare_command", "load_arms", "needs_evaluation", "plan_sweep",
+           "resolve_runs_per_gpu", "run_status", "run_sweep", "schedule", "started",
+           "train_argv", "write_plan"]

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 import yaml
@@ -30,7 +30,9 @@ from hco_cli.config import TrainConfig, describe_error, validate_config
 from hco_cli.data.dataset import PreparedDataset
 from hco_cli.errors import ConfigError
 from hco_cli.io_utils import write_text
+from hco_cli.models.layout import DEFAULT_STRIDES
 from hco_cli.optim import optimizer_info
+from hco_cli.planning.memory import FRAMEWORKS, GIB, NetworkShape, estimate_memory
 from hco_cli.runs.layout import RunFolder
 from hco_cli.training.presets import Overrides, build_config, load_yaml
 from hco_cli.training.tracking import check_available as check_sinks
@@ -38,6 +40,9 @@ from hco_cli.workflows.sweep_status import CONFIG_DIR, PRETRAIN_ARM, read_json, 
 
 PlanStatus = Literal["done", "resume", "new"]
 Executor = Literal["local", "slurm", "submitit-local"]
+AUTO = "auto"
+AUTO_RUNS_PER_GPU = 2
+PROCESS_BYTES = 1 * GIB  # a training process's CUDA context, cuDNN handles, allocator slack
 # The Slurm resources a sweep's options may change in every run's config (--partition, ...).
 SLURM_OPTIONS = ("partition", "gpus_per_run", "time", "mem")
 
@@ -72,7 +77,8 @@ class SweepOptions(BaseModel):
     evaluate: bool = False
     lcc: bool = False
     gpus: int = Field(default=1, ge=1)
-    runs_per_gpu: int = Field(default=1, ge=1)
+    runs_per_gpu: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        default="auto", description="runs sharing each GPU; auto: see resolve_runs_per_gpu")
     executor: Executor = "local"
     log: list[str] | None = Field(default=None, description="tracking sinks of every run "
                                   "(None: the config's)")
@@ -86,10 +92,6 @@ class SweepOptions(BaseModel):
         if self.arms:
             return dict(self.arms)
         return {name: Arm(optimizer=name) for name in _unique("--optimizers", self.optimizers)}
-
-    @property
-    def workers(self) -> int:
-        return self.gpus * self.runs_per_gpu
 
 
 def load_arms(path: Path) -> dict[str, Arm]:
@@ -222,9 +224,61 @@ def _check_executor(options: SweepOptions) -> None:
     if options.executor == "local" and options.slurm:
         name = next(iter(options.slurm)).replace("_", "-")
         raise ConfigError(f"--{name} applies to --executor slurm (or submitit-local)")
-    if options.executor != "local" and options.workers > 1:
+    if options.executor != "local" and (options.gpus > 1 or options.runs_per_gpu not in (1, AUTO)):
         raise ConfigError("--gpus and --runs-per-gpu apply to --executor local; a Slurm job's "
                           "GPUs are --gpus-per-run")
+
+
+def resolve_runs_per_gpu(options: SweepOptions, runs: Sequence[SweepRun]) -> tuple[int, str]:
+    """How many of ``runs`` share each GPU at a time, and why.
+
+    ``auto`` shares each GPU between two runs (:data:`AUTO_RUNS_PER_GPU`) when CUDA trains them
+    and two of the largest run fit the smallest GPU's memory by the planner's memory model
+    (:func:`run_memory_bytes`); else one. Where it pays, measured: two BCP runs on one H200
+    gave 1.42x the aggregate throughput of one, four 1.44x (LA, eager, 2026-11-30; README,
+    Speed), so a third and fourth add little but memory and per-run wall time.
+    """
+    if options.runs_per_gpu != AUTO:
+        return int(options.runs_per_gpu), "--runs-per-gpu"
+    if options.executor != "local" or not runs:
+        return 1, "auto: one run per job" if runs else "auto: nothing to run"
+    if not torch.cuda.is_available() or any(r.config.device == "cpu" for r in runs):
+        return 1, "auto: training on the CPU"
+    need = max(run_memory_bytes(r.config) for r in runs)
+    have = min(torch.cuda.get_device_properties(i).total_memory for i in range(options.gpus))
+    fits = AUTO_RUNS_PER_GPU * need <= have
+    return (AUTO_RUNS_PER_GPU if fits else 1), (
+        f"auto: {AUTO_RUNS_PER_GPU} runs of up to {need / GIB:.1f} GiB "
+        f"{'fit' if fits else 'do not fit'} {have / GIB:.0f} GiB per GPU")
+
+
+def run_memory_bytes(config: TrainConfig) -> int:
+    """An upper bound of one run's GPU memory: the planner's estimate of an iteration
+    (:func:`hco_cli.planning.memory.estimate_memory`) for the config's network, framework,
+    batches, optimizer family and precision, every stored case of the dataset (a GPU-resident
+    dataset holds the training cases), and :data:`PROCESS_BYTES` for the process's CUDA context
+    and allocator slack."""
+    dataset = PreparedDataset(config.data.path)
+    channels = dataset.plan().channels
+    net = NetworkShape(patch=config.data.patch_size,
+                       strides=config.model.strides or DEFAULT_STRIDES,
+                       n_filters=config.model.n_filters, in_channels=channels,
+                       num_classes=dataset.num_classes, dropout=config.model.dropout)
+    framework = config.framework.name
+    if framework not in FRAMEWORKS:
+        raise ConfigError(f"no memory model for framework {framework!r}")
+    iteration = estimate_memory(net, framework=framework,
+                                labeled=config.data.labeled_batch_size,
+                                unlabeled=config.data.unlabeled_batch_size,
+                                kernels=config.model.kernels,
+                                optimizer=config.optimizer.name.split("-")[0],
+                                amp=config.amp).total
+    stored = 0
+    if config.data.device != "cpu":
+        for case in dataset.case_ids():
+            voxels = dataset.image(case).size  # a memory map: the header only
+            stored += voxels * 4 + (voxels * 4 if dataset.has_label(case) else 0)
+    return iteration + stored + PROCESS_BYTES
 
 
 def _check_gpus(gpus: int) -> None:

@@ -32,6 +32,7 @@ def test_sweep_runs_then_skips_and_plans(config, tmp_path):
     assert dry.exit_code == 0, dry.output
     assert dry.output.count(" new ") == 3 and str(out / "sgd" / "all-s5") in dry.output
     assert not out.exists()  # a dry run trains nothing
+    assert "runs per GPU: 1 (auto: training on the CPU)" in dry.output
     result = sweep("--config", config, "--optimizers", "sgd,sgd-hco", "--seeds", "5",
                    "--out", out, "--share-pretraining")
     assert result.exit_code == 0, result.output
@@ -72,6 +73,9 @@ def test_failed_runs_are_reported_and_exit_1(config, tmp_path):
     ({"--partition": "gpu"}, [], "--partition applies to --executor slurm"),
     ({"--executor": "slurm", "--time": "4h"}, [], "'4h' is not a Slurm time limit"),
     ({"--executor": "slurm", "--gpus": "2"}, [], "--gpus and --runs-per-gpu apply to"),
+    ({"--executor": "slurm", "--runs-per-gpu": "2"}, [], "--gpus and --runs-per-gpu apply to"),
+    ({"--runs-per-gpu": "two"}, [], "--runs-per-gpu 'two': expected a count of at least 1"),
+    ({"--runs-per-gpu": "0"}, [], "--runs-per-gpu '0': expected a count of at least 1"),
     ({"--log": "wandb"}, [], "unknown sink 'wandb'"),
     ({"--status": "x"}, [], "--status OUT reads a sweep folder; give no --config"),
 ])

@@ -6,6 +6,7 @@ import json
 import sys
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -21,11 +22,13 @@ from hco_cli.workflows.sweep import (
     SweepRun,
     load_arms,
     plan_sweep,
+    resolve_runs_per_gpu,
     run_status,
     run_sweep,
     schedule,
     train_argv,
 )
+from hco_cli.workflows.sweep_plan import PROCESS_BYTES, run_memory_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -214,6 +217,44 @@ def test_more_gpus_than_available_is_an_error(config, tmp_path):
     options = SweepOptions(config=config, optimizers=["sgd"], seeds=[1], out=tmp_path, gpus=64)
     with pytest.raises(ConfigError, match="--gpus 64: only"):
         run_sweep(options)
+
+
+# ------------------------------------------------------------------------- runs per GPU
+def test_runs_per_gpu_auto_is_one_on_the_cpu_and_a_given_count_is_kept(config, tmp_path):
+    options = SweepOptions(config=config, optimizers=["sgd"], seeds=[1], out=tmp_path)
+    runs = plan_sweep(options)
+    assert options.runs_per_gpu == "auto"  # the default
+    assert resolve_runs_per_gpu(options, runs) == (1, "auto: training on the CPU")
+    given = options.model_copy(update={"runs_per_gpu": 3})
+    assert resolve_runs_per_gpu(given, runs) == (3, "--runs-per-gpu")
+
+
+def test_runs_per_gpu_auto_shares_a_gpu_where_two_runs_fit(config, tmp_path, monkeypatch):
+    raw = yaml.safe_load(config.read_text())
+    raw["device"] = raw["data"]["device"] = "auto"  # CUDA, were one there; data on the GPU
+    gpu_config = tmp_path / "gpu.yaml"
+    gpu_config.write_text(yaml.safe_dump(raw))
+    options = SweepOptions(config=gpu_config, optimizers=["sgd", "adam"], seeds=[1],
+                           out=tmp_path / "sw")
+    runs = plan_sweep(options)
+    # The memory of a run: the planner's model of the iteration (4-filter V-Net on 32x32x16
+    # patches, BCP's 2 + 2 batch of the tiny config) plus every stored case as float32 images
+    # and int32 labels (8 phantoms of 32x32x24; the 2 unlabeled ones store no label), plus the
+    # process's share.
+    need = {r.optimizer: run_memory_bytes(r.config) for r in runs}
+    on_cpu = {r.optimizer: run_memory_bytes(r.config.model_copy(update={"data": r.config.data
+              .model_copy(update={"device": "cpu"})})) for r in runs}
+    stored = 32 * 32 * 24 * (8 * 4 + 6 * 4)
+    assert {k: need[k] - on_cpu[k] for k in need} == {"sgd": stored, "adam": stored}
+    assert need["adam"] > need["sgd"] > stored + PROCESS_BYTES  # Adam keeps two moments
+    largest = need["adam"]
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    for memory, expected in ((2 * largest, 2), (2 * largest - 1, 1)):
+        monkeypatch.setattr("torch.cuda.get_device_properties",
+                            lambda index, memory=memory: SimpleNamespace(total_memory=memory))
+        per_gpu, why = resolve_runs_per_gpu(options, runs)
+        assert per_gpu == expected, why
+        assert why.startswith(f"auto: 2 runs of up to {largest / 2**30:.1f} GiB")
 
 
 # ------------------------------------------------------------------- multi-GPU scheduling
