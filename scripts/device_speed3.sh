@@ -4,7 +4,7 @@
 # The work runs in the background (setsid), so that it outlives the device call; poll it with
 # `wait` calls back to back (a machine idle for 30 s is given back) and it collects itself.
 #   device_speed3.sh start STEP...      STEP: e2e, e2e-2gpu, predict, cold, profile, reorder,
-#                                       loop-test, numerics, concurrency,
+#                                       loop-test, gpu-tests, numerics, concurrency,
 #                                       run in the order given (predict and cold need e2e's run);
 #                                       results in /tmp/speed3
 #   device_speed3.sh wait SECONDS       progress; when the steps have ended, collect to $OUT
@@ -30,6 +30,7 @@
 #                real BCP and mean-teacher loops, float64 network, CUDA graphs against eager to
 #                1e-8 after 4 steps; graphs against compiled code without graphs with dropout)
 #                and tests/models/test_compile.py (about 4 min)
+#   gpu-tests    pytest -m gpu over all of tests/ (every GPU-marked test; about 6 min)
 #   numerics     sgd-hco eager vs compile: reduce-overhead (graphs) vs compile: default
 #                (inductor), seeds 1-3, 300 + 600 iterations as results/speed/bf16-vs-fp32.md,
 #                diagnostics every 10 iterations, nine runs at once, then hco compare (6 min);
@@ -101,6 +102,10 @@ run_steps() {
       step loop-test
       timeout 400 python3 -m pytest -q -m gpu -p no:cacheprovider \
         tests/training/test_compile_loop.py tests/models/test_compile.py 2>&1 | tail -n 15 ;;
+    gpu-tests)  # every GPU test of the repository (the compile modules too), SimpleITK absent
+      step gpu-tests
+      timeout 540 python3 -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 \
+        | tee $WORK/gpu-tests.log | tail -n 25 ;;
     numerics)
       step numerics
       Q=$WORK/quick.yaml
