@@ -234,9 +234,9 @@ def resolve_runs_per_gpu(options: SweepOptions, runs: Sequence[SweepRun]) -> tup
 
     ``auto`` shares each GPU between two runs (:data:`AUTO_RUNS_PER_GPU`) when CUDA trains them
     and two of the largest run fit the smallest GPU's memory by the planner's memory model
-    (:func:`run_memory_bytes`); else one. Where it pays, measured: two BCP runs on one H200
-    gave 1.42x the aggregate throughput of one, four 1.44x (LA, eager, 2026-11-30; README,
-    Speed), so a third and fourth add little but memory and per-run wall time.
+    (:func:`run_memory_bytes`); else one. Where it pays, measured (BCP on LA, eager, H200;
+    README, Speed): two runs on one GPU gave 1.42x the aggregate throughput of one, three 1.38x
+    and four 1.44x, so runs past the second add memory and per-run wall time, not throughput.
     """
     if options.runs_per_gpu != AUTO:
         return int(options.runs_per_gpu), "--runs-per-gpu"
