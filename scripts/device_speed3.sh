@@ -22,8 +22,9 @@
 #                sgd and sgd-hco, eager and with CUDA graphs, both phases (about 3 min)
 #   reorder      benchmarks/train_step.py, self-training, sgd and sgd-hco in hco's order and
 #                in BCP's (+lcc-first: the component step before the student's forwards),
-#                interleaved in one process: the reorder's effect as a ratio (about 2 min;
-#                alone on the card)
+#                interleaved in one process: the reorder's effect as a ratio; then
+#                benchmarks/components.py, the component sizes over the foreground only
+#                against the histogram over every voxel (about 2 min; alone on the card)
 #   cold         benchmarks/predict_cold.py on e2e's run (or RUN=...): a fresh predict's
 #                stages, imports to the second call, and a fresh hco predict (about 1 min)
 #   loop-test    the GPU tests of compiled training: tests/training/test_compile_loop.py (the
@@ -93,7 +94,8 @@ run_steps() {
       step reorder
       python3 benchmarks/train_step.py --data $DATA --phases selftrain \
         --optimizers sgd,sgd+lcc-first,sgd-hco,sgd-hco+lcc-first --iterations 20 --rounds 5 \
-        --json $WORK/reorder.json ;;
+        --json $WORK/reorder.json
+      python3 benchmarks/components.py --json $WORK/components.json ;;
     cold)  # a fresh predict's stages; RUN=... names another finished run (default e2e's)
       step cold
       python3 benchmarks/predict_cold.py --run "${RUN:-$WORK/runs/e2e-sgd-hco}" --data $DATA \

@@ -10,6 +10,7 @@ from scipy import ndimage
 from hco_cli.ops.components import (
     keep_largest_per_class,
     largest_connected_component,
+    largest_of_labels,
     lcc_torch,
 )
 
@@ -86,6 +87,26 @@ def test_empty_and_batched_masks() -> None:
     assert out.shape == batch.shape
     for i in range(4):
         np.testing.assert_array_equal(out[i].numpy(), scipy_reference(batch[i].numpy(), 26))
+
+
+@pytest.mark.parametrize("connectivity", [6, 26])
+def test_largest_of_a_batch_labelled_at_once_equals_scipy(connectivity: int) -> None:
+    """The torch half of the GPU path, on the CPU: a batch labelled by one scipy call whose
+    structure joins nothing across volumes (as the CuPy call), so that the labels run 1..count
+    over the whole batch; each volume's largest component, an empty volume and a tie."""
+    structure = np.zeros((3, 3, 3, 3), dtype=bool)
+    structure[1] = ndimage.generate_binary_structure(3, STRUCTURE_RANK[connectivity])
+    for seed in range(4):
+        batch = random_blobs(seed, (5, 20, 18, 12), 0.5 + 0.01 * seed)
+        batch[2] = False
+        batch[4] = False
+        batch[4, 0:2, 0:2, 0:2] = batch[4, 5:7, 5:7, 5:7] = True  # a tie: the first one stays
+        labels, count = ndimage.label(batch, structure=structure)
+        got = largest_of_labels(torch.from_numpy(labels.astype(np.int32)), count).numpy()
+        for volume, result in zip(batch, got, strict=True):
+            np.testing.assert_array_equal(result, scipy_reference(volume, connectivity))
+        assert got[4, 0:2, 0:2, 0:2].all() and not got[4, 5:7, 5:7, 5:7].any()
+    assert not largest_of_labels(torch.zeros(2, 4, 4, 4, dtype=torch.int32), 0).any()
 
 
 def test_invalid_arguments() -> None:
