@@ -63,6 +63,12 @@ start)
   ARMS=$2 SEEDS=$3 GPUS=${4:-2} PER=${5:-3}
   nvidia-smi --query-gpu=name --format=csv,noheader
   [ -d $DATA ] || hco prepare la /tmp/la --out $DATA --val 4 || exit 1
+  # The GPU-only code of the training path (CuPy's largest component) against scipy first, so
+  # that a round never trains on a path no test has seen on this machine (about 20 s).
+  python3 -m pytest -q -m gpu -p no:cacheprovider tests/ops/test_components.py \
+    > /tmp/components-test.log 2>&1 \
+    || { tail -n 5 /tmp/components-test.log; echo "GPU component tests failed"; exit 1; }
+  tail -n 1 /tmp/components-test.log
   mkdir -p $RUNS
   share=--share-pretraining; [ "${SHARE_PRETRAINING:-1}" = 0 ] && share=--no-share-pretraining
   setsid nohup python3 -m hco_cli sweep --config "$CONFIG" \
