@@ -244,7 +244,8 @@ def resolve_runs_per_gpu(options: SweepOptions, runs: Sequence[SweepRun]) -> tup
         return 1, "auto: one run per job" if runs else "auto: nothing to run"
     if not torch.cuda.is_available() or any(r.config.device == "cpu" for r in runs):
         return 1, "auto: training on the CPU"
-    need = max(run_memory_bytes(r.config) for r in runs)
+    resident: dict[Path, int] = {}  # per dataset, shared by the runs
+    need = max(run_memory_bytes(r.config, resident) for r in runs)
     have = min(torch.cuda.get_device_properties(i).total_memory for i in range(options.gpus))
     fits = AUTO_RUNS_PER_GPU * need <= have
     return (AUTO_RUNS_PER_GPU if fits else 1), (
@@ -252,33 +253,46 @@ def resolve_runs_per_gpu(options: SweepOptions, runs: Sequence[SweepRun]) -> tup
         f"{'fit' if fits else 'do not fit'} {have / GIB:.0f} GiB per GPU")
 
 
-def run_memory_bytes(config: TrainConfig) -> int:
-    """An upper bound of one run's GPU memory: the planner's estimate of an iteration
-    (:func:`hco_cli.planning.memory.estimate_memory`) for the config's network, framework,
-    batches, optimizer family and precision, every stored case of the dataset (a GPU-resident
-    dataset holds the training cases), and :data:`PROCESS_BYTES` for the process's CUDA context
-    and allocator slack."""
+def run_memory_bytes(config: TrainConfig, resident: dict[Path, int] | None = None) -> int:
+    """An upper bound of one run's GPU memory: :func:`iteration_bytes`, the dataset's cases
+    where the data live on the GPU (:func:`resident_bytes`, kept in ``resident`` per dataset
+    when given), and :data:`PROCESS_BYTES` for the process's CUDA context and allocator slack."""
+    cases = 0
+    if config.data.device != "cpu":
+        known = {} if resident is None else resident
+        if config.data.path not in known:
+            known[config.data.path] = resident_bytes(config.data.path)
+        cases = known[config.data.path]
+    return iteration_bytes(config) + cases + PROCESS_BYTES
+
+
+def iteration_bytes(config: TrainConfig) -> int:
+    """The planner's estimate of one iteration (:func:`hco_cli.planning.memory.estimate_memory`)
+    for the config's network, framework, batches, optimizer family and precision."""
     dataset = PreparedDataset(config.data.path)
-    channels = dataset.plan().channels
     net = NetworkShape(patch=config.data.patch_size,
                        strides=config.model.strides or DEFAULT_STRIDES,
-                       n_filters=config.model.n_filters, in_channels=channels,
+                       n_filters=config.model.n_filters, in_channels=dataset.plan().channels,
                        num_classes=dataset.num_classes, dropout=config.model.dropout)
     framework = config.framework.name
     if framework not in FRAMEWORKS:
         raise ConfigError(f"no memory model for framework {framework!r}")
-    iteration = estimate_memory(net, framework=framework,
-                                labeled=config.data.labeled_batch_size,
-                                unlabeled=config.data.unlabeled_batch_size,
-                                kernels=config.model.kernels,
-                                optimizer=config.optimizer.name.split("-")[0],
-                                amp=config.amp).total
+    return estimate_memory(net, framework=framework, labeled=config.data.labeled_batch_size,
+                           unlabeled=config.data.unlabeled_batch_size,
+                           kernels=config.model.kernels,
+                           optimizer=config.optimizer.name.split("-")[0], amp=config.amp).total
+
+
+def resident_bytes(data: Path) -> int:
+    """Every stored case of dataset ``data`` on the GPU, float32 images and 4-byte labels: a
+    bound on what a run keeps there (its training cases, and the validation and test cases it
+    scores). Read from the arrays' headers (memory maps), once per dataset of a sweep."""
+    dataset = PreparedDataset(data)
     stored = 0
-    if config.data.device != "cpu":
-        for case in dataset.case_ids():
-            voxels = dataset.image(case).size  # a memory map: the header only
-            stored += voxels * 4 + (voxels * 4 if dataset.has_label(case) else 0)
-    return iteration + stored + PROCESS_BYTES
+    for case in dataset.case_ids():
+        voxels = dataset.image(case).size  # a memory map: the header only
+        stored += voxels * 4 + (voxels * 4 if dataset.has_label(case) else 0)
+    return stored
 
 
 def _check_gpus(gpus: int) -> None:
