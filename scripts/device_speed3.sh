@@ -28,9 +28,9 @@
 #   cold         benchmarks/predict_cold.py on e2e's run (or RUN=...): a fresh predict's
 #                stages, imports to the second call, and a fresh hco predict (about 1 min)
 #   loop-test    the GPU tests of compiled training: tests/training/test_compile_loop.py (the
-#                real BCP and mean-teacher loops, float64 network, CUDA graphs against eager to
-#                1e-8 after 4 steps; graphs against compiled code without graphs with dropout)
-#                and tests/models/test_compile.py (about 4 min)
+#                real BCP and mean-teacher loops, float64 network with dropout, CUDA graphs
+#                against eager to 1e-8 after 4 steps) and tests/models/test_compile.py (about
+#                4 min)
 #   gpu-tests    pytest -m gpu over all of tests/ (every GPU-marked test; about 6 min)
 #   numerics     sgd-hco eager vs compile: reduce-overhead (graphs) vs compile: default
 #                (inductor), seeds 1-3, 300 + 600 iterations as results/speed/bf16-vs-fp32.md,
