@@ -103,7 +103,8 @@ run_steps() {
     loop-test)
       step loop-test
       timeout 400 python3 -m pytest -q -m gpu -p no:cacheprovider \
-        tests/training/test_compile_loop.py tests/models/test_compile.py 2>&1 | tail -n 15 ;;
+        --tb=short tests/training/test_compile_loop.py tests/models/test_compile.py 2>&1 \
+        | tail -n 60 ;;
     gpu-tests)  # every GPU test of the repository (the compile modules too), SimpleITK absent
       step gpu-tests
       timeout 540 python3 -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 \

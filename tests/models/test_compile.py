@@ -167,12 +167,14 @@ def test_cuda_graph_replays_draw_new_dropout_masks(grad: bool) -> None:
     outs = []
     with torch.set_grad_enabled(grad):
         for _ in range(9):  # the first calls warm up and record
+            # Each call an iteration of its own, as torch documents for loops whose boundaries
+            # its heuristic (no pending backward) may misjudge; a copy is all the test keeps.
+            torch.compiler.cudagraph_mark_step_begin()
             out = compiled(x)
-            # Copied before the backward: under CUDA graphs the backward's replay may reuse the
-            # forward output's memory, and torch refuses a read of it after that.
             outs.append(out.detach().clone())
             if grad:
                 out.float().square().mean().backward()
+            del out
     late = outs[3:]
     smallest = min(float((late[i] - late[j]).abs().max())
                    for i in range(len(late)) for j in range(i + 1, len(late)))
