@@ -4,7 +4,8 @@
 # The work runs in the background (setsid), so that it outlives the device call; poll it with
 # `wait` calls back to back (a machine idle for 30 s is given back) and it collects itself.
 #   device_speed3.sh start STEP...      STEP: e2e, e2e-2gpu, predict, cold, profile, reorder,
-#                                       loop-test, gpu-tests, numerics, concurrency,
+#                                       loop-test, graph-test, gpu-tests, numerics,
+#                                       concurrency,
 #                                       run in the order given (predict and cold need e2e's run);
 #                                       results in /tmp/speed3
 #   device_speed3.sh wait SECONDS       progress; when the steps have ended, collect to $OUT
@@ -31,6 +32,9 @@
 #                real BCP and mean-teacher loops, float64 network with dropout, CUDA graphs
 #                against eager to 1e-8 after 4 steps) and tests/models/test_compile.py (about
 #                4 min)
+#   graph-test   tests/training/test_cuda_graph_loop.py: BCP with sgd-hco (bf16, channels last,
+#                dropout, 20 + 60 iterations) compiled with CUDA graphs against the same compiled
+#                code without them, which must end bit for bit alike (about 4 min)
 #   gpu-tests    pytest -m gpu over all of tests/ (every GPU-marked test; about 6 min)
 #   numerics     sgd-hco eager vs compile: reduce-overhead (graphs) vs compile: default
 #                (inductor), seeds 1-3, 300 + 600 iterations as results/speed/bf16-vs-fp32.md,
@@ -105,6 +109,10 @@ run_steps() {
       timeout 400 python3 -m pytest -q -m gpu -p no:cacheprovider \
         --tb=short tests/training/test_compile_loop.py tests/models/test_compile.py 2>&1 \
         | tail -n 60 ;;
+    graph-test)
+      step graph-test
+      timeout 500 python3 -m pytest -q -p no:cacheprovider --tb=short \
+        tests/training/test_cuda_graph_loop.py 2>&1 | tail -n 40 ;;
     gpu-tests)  # every GPU test of the repository (the compile modules too), SimpleITK absent
       step gpu-tests
       timeout 540 python3 -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 \
