@@ -22,6 +22,7 @@ from __future__ import annotations
 import glob
 import math
 import os
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -66,6 +67,9 @@ class Arm:
     # Per run of the group: its pairing key (see _member_keys) -> (class, metric) -> per case.
     members: dict[str, dict[tuple[str, str], np.ndarray]] = field(default_factory=dict)
     seeds: dict[str, str] = field(default_factory=dict)  # pairing key -> "seed N" (run.json)
+    # Pairing key -> what the glob's wildcards matched inside its components ("2/1" for
+    # "round2-h200/eager-s1" under "round[23]-h200/eager-s*"); the last resort of the pairing.
+    captures: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -293,6 +297,44 @@ def _member_keys(source: ArmSource) -> list[str]:
     return keys
 
 
+def _glob_regex(part: str) -> re.Pattern[str]:
+    """One glob component as a regular expression with a group per wildcard."""
+    out, i = [], 0
+    while i < len(part):
+        char = part[i]
+        close = part.find("]", i + 2) if char == "[" else -1
+        if char == "*":
+            out.append("(.*)")
+        elif char == "?":
+            out.append("(.)")
+        elif close != -1:
+            body = part[i + 1:close]
+            body = "^" + body[1:] if body.startswith("!") else body
+            out.append(f"([{body}])")
+            i = close
+        else:
+            out.append(re.escape(char))
+        i += 1
+    return re.compile("".join(out), re.DOTALL)
+
+
+def _member_captures(source: ArmSource) -> list[str | None]:
+    """Per member, the wildcards' matches within the glob's components, joined per component
+    and the components by '/'; None where the depth differs (``**``) or nothing is wild."""
+    pattern = Path(_split_name(source.spec)[1]).expanduser()
+    regexes = [_glob_regex(part) if _GLOB_CHARS & set(part) else None for part in pattern.parts]
+    out: list[str | None] = []
+    for member in source.members:
+        matches = [(rx.fullmatch(p) if rx else None) for p, rx in zip(member.parts, regexes,
+                                                                       strict=False)]
+        if len(member.parts) != len(regexes) or not any(regexes) or any(
+                rx is not None and m is None for m, rx in zip(matches, regexes, strict=True)):
+            out.append(None)
+            continue
+        out.append("/".join("".join(m.groups()) for m in matches if m is not None))
+    return out
+
+
 def load_arm(source: ArmSource, *, checkpoint: Checkpoint = "best", intersect: bool = False) -> Arm:
     """Load an arm and average each case's metrics over the group's runs (NaN-aware)."""
     loaded = [_member(p, checkpoint) for p in source.members]
@@ -331,6 +373,8 @@ def load_arm(source: ArmSource, *, checkpoint: Checkpoint = "best", intersect: b
         members=members,
         seeds={k: f"seed {r.seed}" for k, (_, r) in zip(keys, loaded, strict=True)
                if r is not None},
+        captures={k: c for k, c in zip(keys, _member_captures(source), strict=True)
+                  if c is not None},
     )
 
 
@@ -386,8 +430,8 @@ def unpaired_repeated_seeds(ref: Arm, arm: Arm) -> dict[str, dict[str, list[str]
     that one of them holds in more than one run ({arm name: {"seed N": [keys]}}): with those
     there is no unambiguous pairing, so no per-seed differences, and the runs of a seed are
     averaged per case like any others (folds of one seed; or, pooled across rounds, a seed run
-    twice)."""
-    if set(ref.members) & set(arm.members):
+    twice), unless what the globs' wildcards matched pairs them (:func:`_capture_pairs`)."""
+    if set(ref.members) & set(arm.members) or _capture_pairs(ref, arm):
         return {}
     out: dict[str, dict[str, list[str]]] = {}
     for a in (ref, arm):
@@ -400,11 +444,33 @@ def unpaired_repeated_seeds(ref: Arm, arm: Arm) -> dict[str, dict[str, list[str]
     return out
 
 
+def _capture_pairs(ref: Arm, arm: Arm) -> list[tuple[str, str, str]]:
+    """(capture, reference key, arm key) where the wildcards' matches pair every run of both
+    arms one to one and the paired runs' run.json seeds agree (rounds pooled by a glob such as
+    ``round[23]/eager-s*`` against ``round[23]/graphs-s*``); else nothing."""
+    by_capture = []
+    for a in (ref, arm):
+        inverse = {capture: key for key, capture in a.captures.items()}
+        if len(inverse) != len(a.members):
+            return []
+        by_capture.append(inverse)
+    if by_capture[0].keys() != by_capture[1].keys():
+        return []
+    pairs = [(c, by_capture[0][c], by_capture[1][c]) for c in sorted(by_capture[0])]
+    if any(ref.seeds.get(r, "?") != arm.seeds.get(a, "?") for _, r, a in pairs):
+        return []
+    return pairs
+
+
 def _seed_pairs(ref: Arm, arm: Arm) -> list[tuple[str, str, str]]:
-    """(label, reference key, arm key) of the runs that share a key, else a run.json seed."""
+    """(label, reference key, arm key) of the runs that share a key, else a run.json seed, else
+    (a seed in several runs) what the wildcards matched, where that pairs them."""
     common = sorted(set(ref.members) & set(arm.members))
     if common:
         return [(k, k, k) for k in common]
+    captured = _capture_pairs(ref, arm)
+    if captured and any(len(set(a.seeds.values())) < len(a.seeds) for a in (ref, arm)):
+        return captured
     if unpaired_repeated_seeds(ref, arm):
         return []  # a seed twice in one arm (folds): no unambiguous pairing
     by_seed_ref = {v: k for k, v in ref.seeds.items()}

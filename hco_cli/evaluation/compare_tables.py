@@ -272,7 +272,8 @@ def _seed_table(result: Comparison, labels: dict[str, str] | None = None) -> Rep
         title="Per-seed differences (each run's mean over the cases minus the reference run's)",
         columns=["Arm", "Class", "Metric", *keys, "Mean (sd)", "Better", "p t-test (seeds)"],
         caption="Runs paired by seed (the part of their path the arm's glob matched, else "
-        "run.json's seed); Dice/Jaccard in % points. Better: seeds where the arm is better. "
+        "run.json's seed, else, for a seed in several runs, what the wildcards matched); "
+        "Dice/Jaccard in % points. Better: seeds where the arm is better. "
         f"p: {_sided(result)} paired t-test over the seeds{h1}, which, unlike the per-case "
         "tests, sees how much a result moves with the training seed.",
     )

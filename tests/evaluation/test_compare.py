@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from scipy import stats as sps
 
 from hco_cli.errors import CheckpointError, ConfigError, DataError
 from hco_cli.evaluation import stats
-from hco_cli.evaluation.compare import compare_runs, resolve_arm
+from hco_cli.evaluation.compare import _glob_regex, compare_runs, resolve_arm
 from hco_cli.evaluation.compare_tables import comparison_notes
 from tests.evaluation.compare_fixtures import cases, one_class, write_run, write_summary
 
@@ -304,6 +305,39 @@ def test_a_seed_run_twice_is_named_and_not_paired(tmp_path: Path) -> None:
     (tmp_path / "sgd-r6").rename(tmp_path / "elsewhere")
     result = compare_runs([f"{tmp_path}/sgd-r*", f"{tmp_path}/hco-seed*"])
     assert result.seed_differences and comparison_notes(result) == []
+
+
+def test_rounds_pooled_by_a_glob_pair_by_what_the_wildcards_matched(tmp_path: Path) -> None:
+    """Two rounds of seeds 1 and 2 (each seed twice per arm, so run.json cannot pair them),
+    arms told apart by the literal part of the folder name: the runs pair by round and seed;
+    a round whose seeds disagree with the other arm's leaves them unpaired, with the note."""
+    shifts = {("2", 1): 0.01, ("2", 2): -0.02, ("3", 1): 0.03, ("3", 2): 0.0}
+    for (round_, seed), shift in shifts.items():
+        root = tmp_path / f"round{round_}-x"
+        write_run(root, f"eager-s{seed}", seed=seed,
+                  evals={"best": (cases(N), one_class(DICE_A + 0.01 * seed))})
+        write_run(root, f"graphs-s{seed}", seed=seed,
+                  evals={"best": (cases(N), one_class(DICE_A + 0.01 * seed + shift))})
+    arms = [f"eager={tmp_path}/round[23]-x/eager-s*", f"graphs={tmp_path}/round?-x/graphs-s?"]
+    result = compare_runs(arms)
+    (dice,) = [d for d in result.seed_differences if d.metric == "dice"]
+    assert dice.keys == ("2/1", "2/2", "3/1", "3/2")
+    assert np.allclose(dice.differences, [0.01, -0.02, 0.03, 0.0], atol=1e-12)
+    assert comparison_notes(result) == []
+    # Not vacuous: with round 3's graphs seeds swapped in run.json, the pairing is refused.
+    for seed in (1, 2):
+        shutil.rmtree(tmp_path / "round3-x" / f"graphs-s{seed}")
+        write_run(tmp_path / "round3-x", f"graphs-s{seed}", seed=3 - seed,
+                  evals={"best": (cases(N), one_class(DICE_A))})
+    result = compare_runs(arms)
+    assert result.seed_differences == [] and len(comparison_notes(result)) == 2
+
+
+def test_glob_captures_follow_the_wildcards() -> None:
+    assert _glob_regex("round[23]-h200").fullmatch("round2-h200").groups() == ("2",)
+    assert _glob_regex("a?-[!x]*").fullmatch("ab-yzz").groups() == ("b", "y", "zz")
+    assert _glob_regex("a?-[!x]*").fullmatch("ab-xzz") is None
+    assert _glob_regex("sgd.[*").fullmatch("sgd.[tail").groups() == ("tail",)  # no ']': literal
 
 
 def test_no_per_seed_differences_without_two_paired_runs(tmp_path: Path) -> None:
