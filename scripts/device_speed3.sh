@@ -41,7 +41,8 @@
 #                diagnostics every 10 iterations, nine runs at once, then hco compare (6 min);
 #                NUMERICS_SEEDS="4 5 6" for other seeds
 #   concurrency  benchmarks/concurrency.py: 1, 2 and 4 processes of sgd and of sgd+compile-ro
-#                on the GPU (about 3.5 min)
+#                on the GPU (about 3.5 min); CONC_OPTIMIZERS="sgd,sgd+compile" CONC_PROCESSES=1,3
+#                for what an ablation round (three runs per GPU) would gain from compile: true
 # Data: the whole LA set staged into /tmp/la by `device_ablation.sh stage` calls (see
 # scripts/stage_carry.py la); needs .carry/wheels from the first call on.
 set -uo pipefail
@@ -146,8 +147,8 @@ run_steps() {
         --markdown $WORK/numerics-dynamics.md --json $WORK/numerics-dynamics.json | tail -n 30 ;;
     concurrency)
       step concurrency
-      python3 benchmarks/concurrency.py --data $DATA --optimizer sgd,sgd+compile-ro \
-        --processes 1,2,4 --rounds 4 --iterations 20 --warmup 10 \
+      python3 benchmarks/concurrency.py --data $DATA --optimizer "${CONC_OPTIMIZERS:-sgd,sgd+compile-ro}" \
+        --processes "${CONC_PROCESSES:-1,2,4}" --rounds 4 --iterations 20 --warmup 10 \
         --json $WORK/concurrency.json ;;
     *) echo "unknown step $what" ;;
     esac
