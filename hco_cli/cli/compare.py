@@ -58,6 +58,11 @@ Test = Annotated[TestChoice | None, _opt(default="both", help="Paired test(s).")
 Alternative = Annotated[AlternativeChoice | None, _opt(default="better", help="H1 of every "
                         "test: arm better than the reference, worse, or different "
                         "(two-sided).")]  # fmt: skip
+Margin = Annotated[list[str] | None, _opt("--margin", metavar="METRIC=VALUE", help="Test "
+                   "against the reference shifted by a margin: with --alternative better, "
+                   "non-inferiority (arm not worse by VALUE or more), with worse, worse by "
+                   "more than VALUE; Dice/Jaccard in % points, HD95/ASD in the distance unit. "
+                   "Repeat per metric (dice, jaccard, hd95, asd); 0 for the others.")]  # fmt: skip
 ZeroMethod = Annotated[ZeroMethodChoice | None, _opt(default="wilcox", help="Wilcoxon "
                        "treatment of zero differences (scipy's zero_method).")]  # fmt: skip
 Holm = Annotated[bool, _opt("--holm", help="Holm-adjust p-values across the 4 metrics.")]
@@ -95,6 +100,25 @@ def render(full: list[compare_tables.ReportTable], compact: list[compare_tables.
     return [_rich(t, lines=box.SIMPLE_HEAD) for t in compact]  # no vertical rules: narrower
 
 
+def parse_margins(items: list[str] | None) -> dict[str, float]:
+    """``--margin METRIC=VALUE`` items as compare_runs' margins: Dice and Jaccard from % points
+    to fractions, the distances as given; a metric given twice is an error."""
+    out: dict[str, float] = {}
+    for item in items or []:
+        metric, sep, value = item.partition("=")
+        metric = metric.strip().lower()
+        if not sep or not metric:
+            raise ConfigError(f"--margin {item!r}: expected METRIC=VALUE, e.g. dice=0.5")
+        if metric in out:
+            raise ConfigError(f"--margin: {metric} given twice")
+        try:
+            number = float(value)
+        except ValueError:
+            raise ConfigError(f"--margin {item!r}: {value!r} is not a number") from None
+        out[metric] = number / 100.0 if metric in ("dice", "jaccard") else number
+    return out
+
+
 def _reject(mode: str, **given: object) -> None:
     """Options that do not apply to the chosen mode are errors, never silently ignored."""
     for name, value in given.items():
@@ -105,7 +129,8 @@ def _reject(mode: str, **given: object) -> None:
 @handle_errors
 def compare(
     arms: Arms, checkpoint: Checkpoint = None, test: Test = None, zero_method: ZeroMethod = None,
-    alternative: Alternative = None, holm: Holm = False, intersect: Intersect = False,
+    alternative: Alternative = None, margin: Margin = None, holm: Holm = False,
+    intersect: Intersect = False,
     dynamics_mode: DynamicsFlag = False, bin_width: Bin = None, lowess_frac: Frac = None,
     json_path: Json = None, csv_path: Csv = None, markdown_path: Markdown = None,
     plot_path: Plot = None,
@@ -125,7 +150,8 @@ def compare(
     notes: list[str] = []
     if dynamics_mode:
         _reject("with --dynamics", checkpoint=checkpoint, test=test, zero_method=zero_method,
-                alternative=alternative, holm=holm, intersect=intersect)  # fmt: skip
+                alternative=alternative, margin=margin or None, holm=holm,
+                intersect=intersect)  # fmt: skip
         if lowess_frac is not None and plot_path is None:
             raise ConfigError("--lowess-frac needs --plot")
         dyn = dynamics.compare_dynamics(arms, bin_width=bin_width or 1)
@@ -145,6 +171,7 @@ def compare(
             holm=holm,
             intersect=intersect,
             hypothesis=cast(Any, (alternative or AlternativeChoice.better).value),
+            margins=parse_margins(margin),
         )
         tables = render(compare_tables.comparison_tables(result),
                         compare_tables.comparison_tables(result, compact=True), console)

@@ -88,6 +88,7 @@ class SeedDifference:
     n_better: int
     p_ttest: float  # paired t-test over the seeds; NaN with fewer than 2
     hypothesis: stats.Hypothesis = "better"
+    margin: float = 0.0  # the test's margin (stats module), in the metric's units
 
     def as_dict(self) -> dict[str, Any]:
         return {"level": "seed", "arm": self.arm, "reference": self.reference,
@@ -96,7 +97,7 @@ class SeedDifference:
                 "differences": [d if math.isfinite(d) else None for d in self.differences],
                 "mean": self.mean, "std": self.std,
                 "n_better": self.n_better, "p_ttest_seeds": self.p_ttest,
-                "alternative": self.hypothesis}
+                "alternative": self.hypothesis, "margin": self.margin}
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,7 @@ class ComparisonRecord:
     p_holm_wilcoxon: float | None = None
     p_holm_ttest: float | None = None
     hypothesis: stats.Hypothesis = "better"
+    margin: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -121,6 +123,7 @@ class ComparisonRecord:
             "metric": self.metric,
             "higher_is_better": stats.HIGHER_IS_BETTER[self.metric],
             "alternative": self.hypothesis,
+            "margin": self.margin,
         }
         out.update(asdict(self.result))
         if self.p_holm_wilcoxon is not None or self.p_holm_ttest is not None:
@@ -142,6 +145,7 @@ class Comparison:
     dropped_cases: dict[str, int] = field(default_factory=dict)
     seed_differences: list[SeedDifference] = field(default_factory=list)
     hypothesis: stats.Hypothesis = "better"
+    margins: dict[str, float] = field(default_factory=dict)  # metric -> margin (its units)
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -398,7 +402,7 @@ def pair_arms(arms: list[Arm], *, intersect: bool = False) -> dict[str, int]:
 
 def _records(
     arms: list[Arm], *, tests: tuple[stats.TestName, ...], zero_method: stats.ZeroMethod,
-    holm: bool, hypothesis: stats.Hypothesis,
+    holm: bool, hypothesis: stats.Hypothesis, margins: dict[str, float],
 ) -> list[ComparisonRecord]:
     ref = arms[0]
     records: list[ComparisonRecord] = []
@@ -412,6 +416,7 @@ def _records(
                     tests=tests,
                     zero_method=zero_method,
                     hypothesis=hypothesis,
+                    margin=margins.get(m, 0.0),
                 )
                 for m in METRICS
             ]
@@ -419,7 +424,8 @@ def _records(
             hw = stats.holm([r.p_wilcoxon for r in results]) if holm else [None] * len(results)
             ht = stats.holm([r.p_ttest for r in results]) if holm else [None] * len(results)
             records += [
-                ComparisonRecord(arm.name, ref.name, cls, m, r, hw[i], ht[i], hypothesis)
+                ComparisonRecord(arm.name, ref.name, cls, m, r, hw[i], ht[i], hypothesis,
+                                 margins.get(m, 0.0))
                 for i, (m, r) in enumerate(zip(METRICS, results, strict=True))
             ]
     return records
@@ -480,7 +486,8 @@ def _seed_pairs(ref: Arm, arm: Arm) -> list[tuple[str, str, str]]:
 
 
 def seed_differences(
-    arms: list[Arm], *, hypothesis: stats.Hypothesis = "better"
+    arms: list[Arm], *, hypothesis: stats.Hypothesis = "better",
+    margins: dict[str, float] | None = None,
 ) -> list[SeedDifference]:
     """Per (arm, class, metric): each paired run's mean over the cases where both runs are
     finite, minus the reference run's, and the t-test of ``hypothesis`` over them; empty for
@@ -502,15 +509,16 @@ def seed_differences(
                 d = np.array(diffs)
                 finite = d[np.isfinite(d)]
                 sign = 1.0 if stats.HIGHER_IS_BETTER[metric] else -1.0
+                margin = (margins or {}).get(metric, 0.0)
                 result = stats.paired_test(np.zeros_like(d), d, metric=metric, tests=("ttest",),
-                                           hypothesis=hypothesis)
+                                           hypothesis=hypothesis, margin=margin)
                 out.append(SeedDifference(
                     arm=arm.name, reference=ref.name, class_=cls, metric=metric,
                     keys=tuple(label for label, _, _ in pairs), differences=tuple(diffs),
                     mean=float(np.mean(finite)) if finite.size else math.nan,
                     std=float(np.std(finite, ddof=1)) if finite.size > 1 else math.nan,
                     n_better=int((sign * finite > 0).sum()), p_ttest=result.p_ttest,
-                    hypothesis=hypothesis))
+                    hypothesis=hypothesis, margin=margin))
     return out
 
 
@@ -523,13 +531,23 @@ def compare_runs(
     holm: bool = False,
     intersect: bool = False,
     hypothesis: stats.Hypothesis = "better",
+    margins: dict[str, float] | None = None,
 ) -> Comparison:
     """Load, group, pair and test the arms given as command-line specs (first = reference);
-    ``hypothesis`` is the alternative of every test, per case and over seeds."""
+    ``hypothesis`` is the alternative of every test, per case and over seeds; ``margins``
+    (metric -> margin in the metric's stored units: Dice as a fraction) shift its tests as
+    :mod:`stats` describes."""
     if checkpoint not in get_args(Checkpoint):
         raise ConfigError(f"unknown checkpoint {checkpoint!r}; expected one of "
                           f"{', '.join(get_args(Checkpoint))}")
     stats.check_hypothesis(hypothesis)
+    given = margins or {}
+    for metric, margin in given.items():
+        if metric not in METRICS:
+            raise ConfigError(f"a margin for unknown metric {metric!r}; expected one of "
+                              f"{', '.join(METRICS)}")
+        stats.check_margin(margin, hypothesis)
+    margins = {m: given[m] for m in METRICS if given.get(m)}
     if not tests:
         raise ConfigError("no statistical test selected")
     sources = resolve_arms(specs)
@@ -539,12 +557,13 @@ def compare_runs(
     return Comparison(
         arms=arms,
         records=_records(arms, tests=test_tuple, zero_method=zero_method, holm=holm,
-                         hypothesis=hypothesis),
+                         hypothesis=hypothesis, margins=margins),
         tests=test_tuple,
         zero_method=zero_method,
         holm=holm,
         checkpoint=checkpoint,
         dropped_cases=dropped,
-        seed_differences=seed_differences(arms, hypothesis=hypothesis),
+        seed_differences=seed_differences(arms, hypothesis=hypothesis, margins=margins),
         hypothesis=hypothesis,
+        margins=margins,
     )

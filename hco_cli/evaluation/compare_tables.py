@@ -102,11 +102,27 @@ def _sided(result: Comparison) -> str:
     return "two-sided" if result.hypothesis == "two-sided" else "one-sided"
 
 
+def margins_text(result: Comparison) -> str:
+    """The margins as the tables show their metrics ("Dice 0.50 % points, HD95 1.00 voxels")."""
+    parts = []
+    for metric, margin in result.margins.items():
+        unit = "% points" if metric in PERCENT else f"{result.spacing_unit}s"
+        parts.append(f"{LABELS[metric]} {margin * (100.0 if metric in PERCENT else 1.0):.2f} "
+                     f"{unit}")
+    return ", ".join(parts)
+
+
 def _h1(result: Comparison, reference: str) -> str:
     """The alternative hypothesis against ``reference``, as the captions state it."""
     if result.hypothesis == "two-sided":
         return f"two-sided: arm differs from {reference}"
-    return f"H1: arm {result.hypothesis} than {reference}"
+    if not result.margins:
+        return f"H1: arm {result.hypothesis} than {reference}"
+    if result.hypothesis == "better":
+        h1 = f"H1: arm better than {reference} minus the margin (non-inferiority"
+    else:
+        h1 = f"H1: arm worse than {reference} by more than the margin (inferiority"
+    return f"{h1}; margins {margins_text(result)}, 0 for the other metrics)"
 
 
 def _test_caption(result: Comparison) -> str:
@@ -267,7 +283,8 @@ def _details_table(result: Comparison, labels: dict[str, str] | None = None) -> 
 def _seed_table(result: Comparison, labels: dict[str, str] | None = None) -> ReportTable:
     """Per-seed differences: each paired run's mean over the cases minus its reference run's."""
     keys = list(dict.fromkeys(k for d in result.seed_differences for k in d.keys))
-    h1 = f" ({_h1(result, 'the reference run')})" if result.hypothesis == "worse" else ""
+    shown = result.hypothesis == "worse" or result.margins
+    h1 = f" ({_h1(result, 'the reference run')})" if shown else ""
     table = ReportTable(
         title="Per-seed differences (each run's mean over the cases minus the reference run's)",
         columns=["Arm", "Class", "Metric", *keys, "Mean (sd)", "Better", "p t-test (seeds)"],

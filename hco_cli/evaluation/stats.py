@@ -8,6 +8,13 @@ better when higher, HD95 and ASD when lower. The p-values are exactly those of
 ``alternative="greater"`` for "better" where higher is better and for "worse" where lower is
 better, ``"less"`` for the other two combinations, and ``"two-sided"`` for "two-sided" on
 every metric; nothing is re-derived here.
+
+A ``margin`` (in the metric's own units, default 0) turns a one-sided test into one against a
+shifted reference: with "better", H1 is that B is better than A *minus* the margin (a
+non-inferiority test: B is not worse than A by the margin or more); with "worse", that B is
+worse than A by more than the margin. The tests are scipy's on B moved by the margin towards
+better (``b + margin`` where higher is better, ``b - margin`` where lower is), which is the
+paired test of the shifted null hypothesis for both the t-test and the signed-rank test.
 """
 
 from __future__ import annotations
@@ -76,6 +83,16 @@ def alternative_for(
     return "greater" if HIGHER_IS_BETTER[metric] == (hypothesis == "better") else "less"
 
 
+def check_margin(margin: float, hypothesis: Hypothesis) -> None:
+    """Raise a ConfigError unless ``margin`` is finite and non-negative, and one-sided where
+    it is not 0."""
+    if not (math.isfinite(margin) and margin >= 0):
+        raise ConfigError(f"a margin must be a finite number >= 0, got {margin}")
+    if margin and hypothesis == "two-sided":
+        raise ConfigError("a margin needs a one-sided alternative (better: non-inferiority, "
+                          "worse: worse by more than the margin), not two-sided")
+
+
 def _mean(values: np.ndarray) -> float:
     return float(np.mean(values)) if values.size else math.nan
 
@@ -92,9 +109,11 @@ def paired_test(
     tests: Sequence[TestName] = TESTS,
     zero_method: ZeroMethod = "wilcox",
     hypothesis: Hypothesis = "better",
+    margin: float = 0.0,
 ) -> PairedResult:
     """Test whether ``b`` is better than ``a`` on ``metric`` (``hypothesis="worse"``: worse;
-    ``"two-sided"``: different), pairing values by position.
+    ``"two-sided"``: different), pairing values by position; ``margin``: see the module's
+    docstring (the means and their difference stay those of ``a`` and ``b``).
 
     A pair is excluded when either value is NaN (or infinite); ``n_excluded`` counts them.
     ``zero_method`` is passed to scipy's Wilcoxon test unchanged: the default ``"wilcox"``
@@ -102,6 +121,7 @@ def paired_test(
     drops them, ``"zsplit"`` splits their ranks between the two signs.
     """
     alternative = alternative_for(metric, hypothesis)
+    check_margin(margin, hypothesis)
     unknown = [t for t in tests if t not in TESTS]
     if unknown:
         raise ConfigError(f"unknown test {unknown[0]!r}; expected one of {list(TESTS)}")
@@ -116,16 +136,18 @@ def paired_test(
     mean_a, mean_b = _mean(x), _mean(y)
     diff = mean_b - mean_a
     p_w = p_t = math.nan
+    shifted = y + (margin if HIGHER_IS_BETTER[metric] else -margin)
     if x.size:
         # scipy warns on degenerate inputs (all differences zero, n=1); the NaN or 1.0 it
         # returns already says so, and a library must not write to stderr.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if "wilcoxon" in tests:
-                res = stats.wilcoxon(y, x, zero_method=zero_method, alternative=alternative)
+                res = stats.wilcoxon(shifted, x, zero_method=zero_method,
+                                     alternative=alternative)
                 p_w = float(res.pvalue)
             if "ttest" in tests:
-                p_t = float(stats.ttest_rel(y, x, alternative=alternative).pvalue)
+                p_t = float(stats.ttest_rel(shifted, x, alternative=alternative).pvalue)
     return PairedResult(
         n=int(x.size),
         n_excluded=int((~keep).sum()),

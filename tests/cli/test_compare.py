@@ -11,6 +11,7 @@ from scipy import stats as sps
 from typer.testing import CliRunner
 
 from hco_cli.cli.app import app
+from hco_cli.evaluation.compare_tables import fmt_p
 from tests.evaluation.compare_fixtures import cases, one_class, step, write_run, write_summary
 
 runner = CliRunner()
@@ -107,6 +108,28 @@ def test_alternative_two_sided_never_says_one_sided(arms: list[str], tmp_path: P
         assert "two-sided: arm differs from sgd-s0" in text and "one-sided" not in text
 
 
+def test_margin_non_inferiority_in_every_output(arms: list[str], tmp_path: Path) -> None:
+    """``--margin dice=2`` (% points) tests the arm against the reference minus 0.02."""
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app,
+        ["compare", *arms, "--margin", "dice=2", "--margin", "HD95=0.5",
+         "--json", str(out / "c.json"), "--markdown", str(out / "c.md")],
+        env=WIDE,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    p_w = sps.wilcoxon(DICE_B + 0.02, DICE_A, alternative="greater").pvalue
+    p_t = sps.ttest_rel(DICE_B + 0.02, DICE_A, alternative="greater").pvalue
+    assert f"{fmt_p(p_w)} / {fmt_p(p_t)}" in result.stdout
+    h1 = ("H1: arm better than sgd-s0 minus the margin (non-inferiority; margins Dice 2.00 % "
+          "points, HD95 0.50 voxels, 0 for the other metrics)")
+    assert h1 in " ".join(result.stdout.split())
+    assert h1 in (out / "c.md").read_text(encoding="utf-8")
+    records = {r["metric"]: r for r in json.loads((out / "c.json").read_text(encoding="utf-8"))}
+    assert records["dice"]["margin"] == pytest.approx(0.02) and records["hd95"]["margin"] == 0.5
+    assert records["dice"]["p_ttest"] == pytest.approx(p_t)
+
+
 def test_default_is_better(arms: list[str], tmp_path: Path) -> None:
     paths = {name: tmp_path / name for name in ("default.md", "better.md")}
     for name, extra in (("default.md", []), ("better.md", ["--alternative", "better"])):
@@ -162,6 +185,14 @@ def test_dynamics_end_to_end(tmp_path: Path) -> None:
         (["--dynamics", "--alternative", "worse", "{tmp}/run", "{tmp}/run2"],
          "--alternative does not apply with --dynamics"),
         (["{a}", "{tmp}/short.json", "--plot", "{tmp}/x.gif"], "unsupported format"),
+        (["{a}", "{a}", "--margin", "dice"], "expected METRIC=VALUE"),
+        (["{a}", "{a}", "--margin", "dice=half"], "'half' is not a number"),
+        (["{a}", "{a}", "--margin", "dice=1", "--margin", "dice=2"], "dice given twice"),
+        (["{a}", "{a}", "--margin", "hd=1"], "unknown metric 'hd'"),
+        (["{a}", "{a}", "--margin", "dice=-1"], "finite number >= 0"),
+        (["{a}", "{a}", "--margin", "dice=1", "--alternative", "two-sided"], "one-sided"),
+        (["--dynamics", "--margin", "dice=1", "{tmp}/run", "{tmp}/run2"],
+         "--margin does not apply with --dynamics"),
     ],
 )
 def test_errors_are_one_line(tmp_path: Path, argv: list[str], message: str) -> None:

@@ -340,6 +340,38 @@ def test_glob_captures_follow_the_wildcards() -> None:
     assert _glob_regex("sgd.[*").fullmatch("sgd.[tail").groups() == ("tail",)  # no ']': literal
 
 
+def test_margins_shift_the_per_case_and_per_seed_tests(tmp_path: Path) -> None:
+    """Dice and HD95 margins (stored units: Dice as a fraction) reach the per-case tests of
+    the averaged runs and the t-test over the seeds; the metrics without one are tested as
+    before, and every record carries its margin."""
+    _seeded(tmp_path, "sgd", {"all-s1": 0.0, "all-s2": 0.01, "all-s3": -0.01})
+    _seeded(tmp_path, "hco", {"all-s1": -0.002, "all-s2": 0.004, "all-s3": -0.016},
+            optimizer="sgd-hco")
+    arms = [f"sgd={tmp_path}/sgd/*", f"hco={tmp_path}/hco/*"]
+    plain = compare_runs(arms)
+    result = compare_runs(arms, margins={"dice": 0.005, "hd95": 0.1})
+    by_metric = {r.metric: r for r in result.records}
+    a = np.mean([DICE_A + s for s in (0.0, 0.01, -0.01)], axis=0)
+    b = np.mean([DICE_A + s for s in (-0.002, 0.004, -0.016)], axis=0)
+    assert by_metric["dice"].result.p_ttest == pytest.approx(
+        sps.ttest_rel(b + 0.005, a, alternative="greater").pvalue)
+    assert by_metric["hd95"].result.p_ttest == pytest.approx(
+        sps.ttest_rel(20 * (1 - b) - 0.1, 20 * (1 - a), alternative="less").pvalue)
+    assert by_metric["dice"].as_dict()["margin"] == 0.005
+    plain_jaccard = next(r for r in plain.records if r.metric == "jaccard")
+    assert by_metric["jaccard"].result == plain_jaccard.result
+    assert by_metric["jaccard"].as_dict()["margin"] == 0.0
+    (seeds,) = [d for d in result.seed_differences if d.metric == "dice"]
+    expected = np.array([-0.002, -0.006, -0.006])
+    assert seeds.p_ttest == pytest.approx(
+        sps.ttest_1samp(expected + 0.005, 0.0, alternative="greater").pvalue)
+    assert seeds.as_dict()["margin"] == 0.005 and result.margins == {"dice": 0.005, "hd95": 0.1}
+    with pytest.raises(ConfigError, match="unknown metric 'hd'"):
+        compare_runs(arms, margins={"hd": 1.0})
+    with pytest.raises(ConfigError, match="one-sided"):
+        compare_runs(arms, margins={"dice": 0.005}, hypothesis="two-sided")
+
+
 def test_no_per_seed_differences_without_two_paired_runs(tmp_path: Path) -> None:
     _seeded(tmp_path, "sgd", {"all-s1": 0.0, "all-s2": 0.01})
     _seeded(tmp_path, "hco", {"all-s1": 0.01}, optimizer="sgd-hco")

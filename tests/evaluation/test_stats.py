@@ -162,3 +162,36 @@ def test_mean_sem() -> None:
     mean, sem, n = stats.mean_sem([1.0, 2.0, 3.0, math.nan, 6.0])
     assert n == 4 and mean == pytest.approx(3.0)
     assert sem == pytest.approx(np.std([1, 2, 3, 6], ddof=1) / 2.0)
+
+
+@pytest.mark.parametrize(
+    ("metric", "hypothesis", "margin", "shift", "alternative"),
+    [("dice", "better", 0.03, 0.03, "greater"), ("dice", "worse", 0.03, 0.03, "less"),
+     ("hd95", "better", 1.5, -1.5, "less"), ("asd", "worse", 0.25, -0.25, "greater")],
+)  # fmt: skip
+def test_a_margin_tests_against_the_shifted_reference(
+    metric: str, hypothesis: stats.Hypothesis, margin: float, shift: float, alternative: str
+) -> None:
+    """Non-inferiority (better) and inferiority by more than the margin (worse): scipy's tests
+    on B moved by the margin towards better; the reported means and difference stay B's."""
+    a = np.array([0.80, 0.82, 0.85, 0.90, 0.70, 0.75, 0.88, 0.91, 0.60, 0.77, 0.83, 0.79])
+    b = a + np.array([-0.021, -0.013, 0.034, -0.026, 0.018, -0.027, 0.012, -0.041, 0.049,
+                      -0.008, -0.015, 0.031])
+    res = stats.paired_test(a, b, metric=metric, hypothesis=hypothesis, margin=margin)
+    assert res.p_wilcoxon == sps.wilcoxon(b + shift, a, alternative=alternative).pvalue
+    assert res.p_ttest == sps.ttest_rel(b + shift, a, alternative=alternative).pvalue
+    assert res.mean_diff == pytest.approx(float(np.mean(b - a)))
+    plain = stats.paired_test(a, b, metric=metric, hypothesis=hypothesis)
+    # Not vacuous: the margin moves the p-value, towards significance for non-inferiority.
+    moved = res.p_ttest < plain.p_ttest if hypothesis == "better" else res.p_ttest > plain.p_ttest
+    assert moved, (res.p_ttest, plain.p_ttest)
+
+
+@pytest.mark.parametrize(("margin", "hypothesis"),
+                         [(-0.01, "better"), (math.nan, "better"), (math.inf, "worse"),
+                          (0.01, "two-sided")])
+def test_invalid_margins(margin: float, hypothesis: stats.Hypothesis) -> None:
+    with pytest.raises(ConfigError, match="margin"):
+        stats.paired_test(A, B, metric="dice", hypothesis=hypothesis, margin=margin)
+    stats.paired_test([0.8, 0.7, 0.9], [0.85, 0.71, 0.88], metric="dice",
+                      hypothesis="two-sided", margin=0.0)  # no margin: fine
