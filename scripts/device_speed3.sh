@@ -35,7 +35,8 @@
 #   graph-test   tests/training/test_cuda_graph_loop.py: BCP with sgd-hco (bf16, channels last,
 #                dropout, 20 + 60 iterations) compiled with CUDA graphs against the same compiled
 #                code without them, which must end bit for bit alike (about 4 min)
-#   gpu-tests    pytest -m gpu over all of tests/ (every GPU-marked test; about 6 min)
+#   gpu-tests    pytest -m gpu over all of tests/ (every GPU-marked test, graph-test's
+#                included; about 10 min)
 #   numerics     sgd-hco eager vs compile: reduce-overhead (graphs) vs compile: default
 #                (inductor), seeds 1-3, 300 + 600 iterations as results/speed/bf16-vs-fp32.md,
 #                diagnostics every 10 iterations, nine runs at once, then hco compare (6 min);
@@ -116,8 +117,8 @@ run_steps() {
         tests/training/test_cuda_graph_loop.py 2>&1 | tail -n 40 ;;
     gpu-tests)  # every GPU test of the repository (the compile modules too), SimpleITK absent
       step gpu-tests
-      timeout 540 python3 -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 \
-        | tee $WORK/gpu-tests.log | tail -n 25 ;;
+      timeout 900 python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short tests 2>&1 \
+        | tee $WORK/gpu-tests.log | tail -n 40 ;;
     numerics)
       step numerics
       Q=$WORK/quick.yaml
