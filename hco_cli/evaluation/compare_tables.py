@@ -342,6 +342,12 @@ def comparison_notes(result: Comparison) -> list[str]:
             runs = "; ".join(f"{seed}: {', '.join(keys)}" for seed, keys in repeated.items())
             notes.append(f"{name}: a seed in more than one run ({runs}); such runs are averaged "
                          "per case with the others, and the arms are not paired by seed")
+    single = [a.name for a in result.arms if a.n_runs == 1]
+    if single and not result.seed_differences and not seen:
+        notes.append(f"one run in {', '.join(single)}: the per-case tests take the cases as "
+                     "replicates and cannot see how much a result moves with the training seed, "
+                     "which can exceed the differences they call significant; give every arm "
+                     "several seeds (NAME=GLOB) for the per-seed test")
     return notes
 
 

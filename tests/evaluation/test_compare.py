@@ -372,6 +372,16 @@ def test_margins_shift_the_per_case_and_per_seed_tests(tmp_path: Path) -> None:
         compare_runs(arms, margins={"dice": 0.005}, hypothesis="two-sided")
 
 
+def test_one_run_arms_are_told_that_seeds_are_unseen(tmp_path: Path) -> None:
+    _seeded(tmp_path, "sgd", {"all-s1": 0.0})
+    _seeded(tmp_path, "hco", {"all-s1": 0.01, "all-s2": 0.02}, optimizer="sgd-hco")
+    (note,) = comparison_notes(compare_runs([f"{tmp_path}/sgd/*", f"hco={tmp_path}/hco/*"]))
+    assert note.startswith(f"one run in {tmp_path}/sgd/*: the per-case tests take the cases")
+    # Not vacuous: with a second seed in the reference the per-seed test runs, and no note.
+    _seeded(tmp_path, "sgd", {"all-s2": 0.0})
+    assert comparison_notes(compare_runs([f"{tmp_path}/sgd/*", f"hco={tmp_path}/hco/*"])) == []
+
+
 def test_no_per_seed_differences_without_two_paired_runs(tmp_path: Path) -> None:
     _seeded(tmp_path, "sgd", {"all-s1": 0.0, "all-s2": 0.01})
     _seeded(tmp_path, "hco", {"all-s1": 0.01}, optimizer="sgd-hco")
