@@ -485,6 +485,22 @@ def _seed_pairs(ref: Arm, arm: Arm) -> list[tuple[str, str, str]]:
     return [(s, by_seed_ref[s], by_seed_arm[s]) for s in shared]
 
 
+def unpaired_runs(ref: Arm, arm: Arm) -> dict[str, list[str]]:
+    """Where at least two runs of ``arm`` pair with runs of ``ref`` (so that the per-seed test
+    runs), the runs of either arm left without a partner ({arm name: [keys]}): the per-case
+    tests average them in with the paired ones, the per-seed test leaves them out (a glob
+    spanning one round too many, or a seed missing in one arm)."""
+    pairs = _seed_pairs(ref, arm)
+    if len(pairs) < 2:
+        return {}
+    out: dict[str, list[str]] = {}
+    for a, paired in ((ref, {r for _, r, _ in pairs}), (arm, {k for _, _, k in pairs})):
+        alone = sorted(set(a.members) - paired)
+        if alone:
+            out[a.name] = alone
+    return out
+
+
 def seed_differences(
     arms: list[Arm], *, hypothesis: stats.Hypothesis = "better",
     margins: dict[str, float] | None = None,

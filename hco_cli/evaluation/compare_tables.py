@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from hco_cli.evaluation import stats
-from hco_cli.evaluation.compare import Comparison, unpaired_repeated_seeds
+from hco_cli.evaluation.compare import Comparison, unpaired_repeated_seeds, unpaired_runs
 from hco_cli.io_utils import write_json, write_text
 
 LABELS = {"dice": "Dice", "jaccard": "Jaccard", "hd95": "HD95", "asd": "ASD"}
@@ -342,6 +342,12 @@ def comparison_notes(result: Comparison) -> list[str]:
             runs = "; ".join(f"{seed}: {', '.join(keys)}" for seed, keys in repeated.items())
             notes.append(f"{name}: a seed in more than one run ({runs}); such runs are averaged "
                          "per case with the others, and the arms are not paired by seed")
+    for arm in result.arms[1:]:
+        for name, keys in unpaired_runs(ref, arm).items():
+            other = arm.name if name == ref.name else ref.name
+            notes.append(f"{name}: {', '.join(keys)} without a partner in {other}; the per-case "
+                         "tests average such runs in with the paired ones, the per-seed test "
+                         "leaves them out (narrow the glob to compare like with like)")
     single = [a.name for a in result.arms if a.n_runs == 1]
     if single and not result.seed_differences and not seen:
         notes.append(f"one run in {', '.join(single)}: the per-case tests take the cases as "

@@ -333,6 +333,30 @@ def test_rounds_pooled_by_a_glob_pair_by_what_the_wildcards_matched(tmp_path: Pa
     assert result.seed_differences == [] and len(comparison_notes(result)) == 2
 
 
+def test_runs_without_a_partner_are_named(tmp_path: Path) -> None:
+    """A reference glob that spans one round too many (seed 1 twice, once in a round the other
+    arm lacks): the other rounds pair, the extra run is averaged in per case and left out of
+    the per-seed test, and a note names it."""
+    for round_, seed in (("1", 1), ("2", 2), ("3", 3), ("7", 1)):
+        write_run(tmp_path / f"round{round_}" / "sgd", f"all-s{seed}", seed=seed,
+                  evals={"best": (cases(N), one_class(DICE_A + 0.01 * int(round_)))})
+    for round_ in ("1", "2", "3"):
+        write_run(tmp_path / f"round{round_}" / "hco", f"all-s{round_}", optimizer="sgd-hco",
+                  seed=int(round_), evals={"best": (cases(N), one_class(DICE_A))})
+    arms = [f"sgd={tmp_path}/round*/sgd/*", f"hco={tmp_path}/round*/hco/*"]
+    result = compare_runs(arms)
+    (dice,) = [d for d in result.seed_differences if d.metric == "dice"]
+    assert dice.keys == ("round1/all-s1", "round2/all-s2", "round3/all-s3")
+    assert np.allclose(dice.differences, [-0.01, -0.02, -0.03], atol=1e-12)
+    (record,) = [r for r in result.records if r.metric == "dice"]
+    assert record.result.mean_a == pytest.approx(float(np.mean(DICE_A)) + 0.0325)  # 4 runs
+    (note,) = comparison_notes(result)
+    assert note.startswith("sgd: round7/all-s1 without a partner in hco;")
+    # Not vacuous: the glob narrowed to the paired rounds says nothing.
+    arms[0] = f"sgd={tmp_path}/round[123]/sgd/*"
+    assert comparison_notes(compare_runs(arms)) == []
+
+
 def test_glob_captures_follow_the_wildcards() -> None:
     assert _glob_regex("round[23]-h200").fullmatch("round2-h200").groups() == ("2",)
     assert _glob_regex("a?-[!x]*").fullmatch("ab-yzz").groups() == ("b", "y", "zz")
