@@ -154,7 +154,21 @@ def test_cuda_graph_gradients_held_across_the_second_backward(forwards: int) -> 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.gpu
-@pytest.mark.parametrize("grad", [True, False], ids=["student", "teacher"])
+@pytest.mark.parametrize("grad", [
+    # Known failure, kept strict so that it reports when torch changes: with gradients, this
+    # bare loop (one forward, a square loss, backward; with or without
+    # cudagraph_mark_step_begin, fp32 or bf16, alone in a fresh process) fails at its second
+    # call, the first one recorded, with "accessing tensor output of CUDAGraphs that has been
+    # overwritten" in the backward (H200, torch 2.11, 2026-12-01). hco's own loops do not: BCP
+    # and mean teacher pass tests/training/test_compile_loop.py under CUDA graphs, and
+    # tests/training/test_cuda_graph_loop.py ends a BCP run with graphs bit for bit where it
+    # ends without them. The student's masks changing from replay to replay is checked by
+    # test_cuda_graph_dropout_backward_uses_the_forward_mask below.
+    pytest.param(True, id="student", marks=pytest.mark.xfail(
+        raises=RuntimeError, strict=True,
+        reason="a bare forward/backward loop under cudagraph trees (torch 2.11), see above")),
+    pytest.param(False, id="teacher"),
+])
 def test_cuda_graph_replays_draw_new_dropout_masks(grad: bool) -> None:
     """A CUDA graph replays the kernels it captured: a dropout whose random numbers were captured
     rather than drawn anew per replay would drop the same channels at every iteration (the
