@@ -20,7 +20,8 @@ BatchNorm that changes the teacher's statistics, so the row measures the potenti
 ``+compile`` the V-Net through ``torch.compile`` (``compile: true``), ``+compile-ro`` with
 CUDA graphs (``compile: reduce-overhead``), ``+lcc-first`` BCP's order of the self-training
 step (the pseudo-labels' largest-component step, which waits for the device, before the
-student's forwards rather than after them, as hco ran it before 2026-12-01); e.g.
+student's forwards rather than after them, as hco ran it before 2026-12-01), ``+closs`` the
+losses through ``torch.compile`` (``compile_losses: true``); e.g.
 ``--optimizers sgd,sgd+batched,sgd+compile,sgd+compile-ro,sgd+lcc-first``: ratios to the first
 name are same-process comparisons. Compilation happens in the warm-up iterations (give
 ``--warmup`` enough).
@@ -267,7 +268,7 @@ def batches(args: argparse.Namespace, device: torch.device) -> Callable[[bool], 
     return random_batch
 
 
-CANDIDATES = ("batched", "compile", "compile-ro", "lcc-first")
+CANDIDATES = ("batched", "compile", "compile-ro", "lcc-first", "closs")
 
 
 def _components_first(fw: Any) -> None:
@@ -314,7 +315,7 @@ class Trial:
         self.device, self.iteration = device, 0
         self.diagnostics: list[Any] = []
         self.framework = build_framework(cfg, model_factory=factory, num_classes=2, device=device,
-                                         seed=0)
+                                         seed=0, compile_losses="closs" in features)
         self.phase = next(p for p in self.framework.phases() if p.name == phase_name)
         self.framework.start_phase(self.phase)
         opt_name = plain_variant(name) if self.phase.plain_optimizer else name

@@ -265,6 +265,10 @@ class TrainConfig(_Section):
     compile: bool | CompileMode = Field(
         default=False, description="torch.compile the network's forward (true: torch's "
         "default mode; reduce-overhead adds CUDA graphs); off by default")
+    compile_losses: bool = Field(
+        default=False, description="torch.compile the framework's losses (softmax, Dice, "
+        "cross-entropy and their backward fused into a few kernels; torch's default mode, "
+        "with or without compile); off by default")
     run_dir: Path | None = None
     init_from: Path | None = Field(default=None, description="run whose pretrain.pt is reused")
     phases: list[str] | None = Field(default=None, description="train only these phases of "

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from hco_cli.models import ModelConfig
+from hco_cli.models.compiling import compile_options, prepare_compiling
 from hco_cli.models.layout import (
     GROUPNORM_GROUPS,
     STAGES,
@@ -189,14 +190,8 @@ def _compiled(mode: str) -> Callable[[VNet, Tensor], Tensor]:
     network is an argument, so a student and its teacher share compiled code (their
     parameters are inputs of the graph, not constants).
 
-    ``inplace_buffers`` off: the hierarchical optimizers take two gradients through one
-    forward (g_L with ``retain_graph=True``, then g_U), so :func:`compile_forward` turns
-    torch's donated buffers off. Torch's on-disk compile cache does not tell a backward compiled
-    with donated buffers (its default; an earlier process, another program or an earlier hco)
-    from one without: such a cached backward was reused and wrote into the saved activations
-    that the second gradient reads, which came back silently wrong (torch 2.13;
-    tests/models/test_compile.py). Without in-place buffers the backward writes into no input
-    and its cache key differs from the default's, so such an entry is never found.
+    The options (:mod:`hco_cli.models.compiling`): no in-place buffers, for the hierarchical
+    optimizers' two gradients through one forward and torch's compile cache, and:
 
     ``fallback_random`` on: dropout draws its masks through torch's own kernels, as eager does,
     rather than through random numbers generated inside inductor's kernels. A compiled run then
@@ -206,15 +201,8 @@ def _compiled(mode: str) -> Callable[[VNet, Tensor], Tensor]:
     torch's graph-safe generator instead of the compiler's own random-state handling, which
     short LA runs with CUDA graphs and inductor's random numbers ended 2.3 Dice points below
     eager (results/speed/numerics-round2-h200). The V-Net has two dropout layers, so the
-    unfused masks cost little. Torch's ``mode`` is spelled out as its inductor options so that
-    these can be added."""
-    # Here rather than at the top: torch's compiler packages take about 1 s to import, which
-    # only runs that compile should pay (hco predict, uncompiled training).
-    import torch._inductor
-
-    options = {**torch._inductor.list_mode_options(mode), "inplace_buffers": False,
-               "fallback_random": True}
-    return torch.compile(VNet.forward, options=options, dynamic=False)
+    unfused masks cost little."""
+    return torch.compile(VNet.forward, options=compile_options(mode), dynamic=False)
 
 
 def compile_forward(model: nn.Module, mode: str = "default") -> nn.Module:
@@ -223,22 +211,7 @@ def compile_forward(model: nn.Module, mode: str = "default") -> nn.Module:
     if not isinstance(model, VNet):
         raise TypeError(f"compile_forward takes a VNet, not {type(model).__name__}")
     model.compile_mode = mode
-    # Imported here, as in _compiled: about 1 s of import that only compiling runs pay.
-    import torch._dynamo.config as dynamo_config
-    import torch._functorch.config as functorch_config
-
-    # The hierarchical optimizers take two gradients through one forward (g_L with
-    # retain_graph=True, then g_U), which a backward compiled with donated buffers refuses
-    # (and see _compiled: without in-place buffers, so that the second gradient is right).
-    # AOTAutograd compiles the backward lazily, at the first backward, reading this setting
-    # then, so it is set for the process rather than around the compiled call. Every arm
-    # compiles the same way, so arms stay symmetric.
-    functorch_config.donated_buffer = False
-    # One compiled function serves every V-Net of the process; each gradient mode, train/eval
-    # mode, batch shape and dtype is a variant of it (student, teacher, pre-training, validation
-    # and its shorter last batch, CMT's extra networks). Past torch's default of 8 variants it
-    # warns and runs the rest eagerly, so the limit is raised for this function's sake.
-    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)
+    prepare_compiling()  # two gradients through one forward; one function, many variants
     return model
 
 

@@ -83,6 +83,7 @@ class BCPFramework(Framework):
     """Student + EMA teacher with BCP's two-phase schedule and mixed-image losses."""
 
     name = "bcp"
+    loss_functions = ("ce_dice_loss", "mix_loss", "mix_loss_parts")
 
     def __init__(self, cfg: BCPConfig, *, model_factory: ModelFactory, num_classes: int,
                  device: torch.device, seed: int) -> None:
@@ -93,6 +94,8 @@ class BCPFramework(Framework):
         self.teacher: nn.Module | None = None
         self._keep_loaded_teacher = False
         self.rng = FrameworkRng(seed, device)
+        self.ce_dice_loss, self.mix_loss, self.mix_loss_parts = (ce_dice_loss, mix_loss,
+                                                                 mix_loss_parts)
 
     def phases(self) -> list[Phase]:
         decay, every = self.cfg.lr_decay, self.cfg.lr_decay_every
@@ -143,7 +146,7 @@ class BCPFramework(Framework):
                                 device=img_a.device)
         image = img_a * mask + img_b * (1 - mask)
         label = (lab_a * mask + lab_b * (1 - mask)).long()
-        return ce_dice_loss(self.student(image), label)
+        return self.ce_dice_loss(self.student(image), label)
 
     def pseudo_labels(self, *halves: Tensor) -> list[Tensor]:
         """Teacher pseudo-labels of unlabeled halves: fg prob >= 0.5 (argmax for more classes),
@@ -207,13 +210,15 @@ class BCPFramework(Framework):
                                                  [unimg_a.shape[0], unimg_b.shape[0]])
         w = self.cfg.u_weight
         if self.cfg.grad_split == "source":
-            loss_l = mix_loss(out_l, lab_a, plab_a, region, image_weight=1.0, patch_weight=w)
-            loss_u = mix_loss(out_u, plab_b, lab_b, region, image_weight=w, patch_weight=1.0)
+            loss_l = self.mix_loss(out_l, lab_a, plab_a, region, image_weight=1.0,
+                                   patch_weight=w)
+            loss_u = self.mix_loss(out_u, plab_b, lab_b, region, image_weight=w,
+                                   patch_weight=1.0)
             return loss_l, loss_u, {}
-        gt_l, pseudo_l = mix_loss_parts(out_l, lab_a, plab_a, region,
-                                        image_weight=1.0, patch_weight=w)
-        pseudo_u, gt_u = mix_loss_parts(out_u, plab_b, lab_b, region,
-                                        image_weight=w, patch_weight=1.0)
+        gt_l, pseudo_l = self.mix_loss_parts(out_l, lab_a, plab_a, region,
+                                             image_weight=1.0, patch_weight=w)
+        pseudo_u, gt_u = self.mix_loss_parts(out_u, plab_b, lab_b, region,
+                                             image_weight=w, patch_weight=1.0)
         extra = {"bcp_loss_l": detached(gt_l + pseudo_l), "bcp_loss_u": detached(pseudo_u + gt_u)}
         return gt_l + gt_u, pseudo_l + pseudo_u, extra
 

@@ -21,7 +21,7 @@ StepResult reports the step-1 losses, which UCMT logs; the step-2 losses are in 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -47,13 +47,10 @@ from hco_cli.ssl.ramps import sigmoid_rampup
 from hco_cli.ssl.umix import check_divisible, mean_entropy, strong_view, umix
 
 
-def cmt_losses(s1_l: Tensor, s2_l: Tensor, label: Tensor, s1_u: Tensor, s2_u: Tensor,
-               pseudo: Tensor, *, weight: float,
-               kind: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(L_L, L_U, loss_x, loss_u) from the students' logits; ``weight`` = 0.1 lambda.
-
-    L_L + L_U is UCMT's loss_s + loss_x 0.1 lambda + loss_u 0.1 lambda (added in another order).
-    """
+def cmt_loss_terms(s1_l: Tensor, s2_l: Tensor, label: Tensor, s1_u: Tensor, s2_u: Tensor,
+                   pseudo: Tensor, *, kind: str) -> tuple[Tensor, Tensor, Tensor]:
+    """UCMT's (loss_s, loss_x, loss_u) from the students' logits, unweighted (the weight ramps
+    up every iteration, so a compiled version of this function takes none)."""
     loss_s = (supervised_loss(s1_l, label, kind=kind)
               + supervised_loss(s2_l, label, kind=kind)) / 2
     cross1, cross2 = s2_u.detach().argmax(dim=1), s1_u.detach().argmax(dim=1)
@@ -61,6 +58,19 @@ def cmt_losses(s1_l: Tensor, s2_l: Tensor, label: Tensor, s1_u: Tensor, s2_u: Te
               + supervised_loss(s2_u, cross2, kind=kind)) / 2
     loss_mt = (supervised_loss(s1_u, pseudo, kind=kind)
                + supervised_loss(s2_u, pseudo, kind=kind)) / 2
+    return loss_s, loss_x, loss_mt
+
+
+def cmt_losses(s1_l: Tensor, s2_l: Tensor, label: Tensor, s1_u: Tensor, s2_u: Tensor,
+               pseudo: Tensor, *, weight: float, kind: str,
+               terms: Callable[..., tuple[Tensor, Tensor, Tensor]] = cmt_loss_terms,
+               ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(L_L, L_U, loss_x, loss_u) from the students' logits; ``weight`` = 0.1 lambda; ``terms``
+    computes the unweighted terms (:func:`cmt_loss_terms`, or a compiled version of it).
+
+    L_L + L_U is UCMT's loss_s + loss_x 0.1 lambda + loss_u 0.1 lambda (added in another order).
+    """
+    loss_s, loss_x, loss_mt = terms(s1_l, s2_l, label, s1_u, s2_u, pseudo, kind=kind)
     return loss_s, loss_x * weight + loss_mt * weight, loss_x, loss_mt
 
 
@@ -78,6 +88,7 @@ class CMTFramework(Framework):
     """Two students with their own optimizers and a two-student EMA teacher."""
 
     name = "cmt"
+    loss_functions = ("cmt_loss_terms",)
 
     def __init__(self, cfg: CMTConfig, *, model_factory: ModelFactory, num_classes: int,
                  device: torch.device, seed: int) -> None:
@@ -91,6 +102,7 @@ class CMTFramework(Framework):
         self.student1, self.student2, self.teacher = (net.to(device) for net in nets)
         self.teacher.requires_grad_(False)
         self.rng = FrameworkRng(seed, device)
+        self.cmt_loss_terms = cmt_loss_terms
 
     def phases(self) -> list[Phase]:
         return [Phase("train", self.cfg.iterations, needs_unlabeled=True)]
@@ -126,7 +138,8 @@ class CMTFramework(Framework):
             t_u = torch.softmax(self.teacher(unlabeled).float(), dim=1)
             pseudo = t_u.argmax(dim=1)
         loss_l, loss_u, loss_x, loss_mt = cmt_losses(s1_l, s2_l, batch.labeled_label, s1_u, s2_u,
-                                                     pseudo, weight=weight, kind=self.cfg.loss)
+                                                     pseudo, weight=weight, kind=self.cfg.loss,
+                                                     terms=self.cmt_loss_terms)
         admitted = self._step(opts, loss_l, loss_u, iteration)
         extra = {"loss_x": detached(loss_x), "loss_mt": detached(loss_mt),
                  "lambda": scalar(self.rampup(iteration), loss_l.device)}
@@ -138,7 +151,7 @@ class CMTFramework(Framework):
             l2_loss, u2_loss, _, _ = cmt_losses(
                 self.student1(image_m), self.student2(image_m), label_m,
                 self.student1(uimage_m), self.student2(uimage_m), pseudo_m,
-                weight=weight, kind=self.cfg.loss)
+                weight=weight, kind=self.cfg.loss, terms=self.cmt_loss_terms)
             admitted += self._step(opts, l2_loss, u2_loss, iteration)
             extra.update(loss_l_umix=detached(l2_loss), loss_u_umix=detached(u2_loss))
         mean_admitted = torch.stack(admitted).mean() if admitted else None

@@ -44,6 +44,7 @@ class MeanTeacherFramework(Framework):
     """Student + EMA teacher with a softmax-MSE consistency on unlabeled images."""
 
     name = "mean-teacher"
+    loss_functions = ("supervised_loss", "softmax_mse")
 
     def __init__(self, cfg: MeanTeacherConfig, *, model_factory: ModelFactory, num_classes: int,
                  device: torch.device, seed: int) -> None:
@@ -54,6 +55,7 @@ class MeanTeacherFramework(Framework):
         # SSL4MIS builds the teacher separately, but its first update (a = 0) copies the student.
         self.teacher = make_teacher(self.student)
         self.rng = FrameworkRng(seed, device)
+        self.supervised_loss, self.softmax_mse = supervised_loss, softmax_mse
 
     def phases(self) -> list[Phase]:
         factor = lr_factor_for(self.cfg.lr_schedule, self.cfg.iterations, self.cfg.poly_power)
@@ -83,8 +85,8 @@ class MeanTeacherFramework(Framework):
         logits = self.student(torch.cat([batch.labeled_image, unlabeled]))
         with torch.no_grad():
             teacher_logits = self.teacher(noisy)
-        loss_l = supervised_loss(logits[:n_l], batch.labeled_label, kind=self.cfg.loss)
-        consistency = softmax_mse(logits[n_l:], teacher_logits)
+        loss_l = self.supervised_loss(logits[:n_l], batch.labeled_label, kind=self.cfg.loss)
+        consistency = self.softmax_mse(logits[n_l:], teacher_logits)
         return loss_l, self.consistency_weight(iteration) * consistency, consistency
 
     def train_step(self, phase: Phase, batch: Batch,

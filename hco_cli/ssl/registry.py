@@ -22,14 +22,24 @@ FRAMEWORK_NAMES: tuple[str, ...] = ("supervised", "mean-teacher", "bcp", "cmt")
 
 
 def build_framework(cfg: FrameworkConfig, *, model_factory: ModelFactory, num_classes: int,
-                    device: torch.device, seed: int | None = None) -> Framework:
+                    device: torch.device, seed: int | None = None,
+                    compile_losses: bool = False) -> Framework:
     """The framework named by ``cfg.name``, its networks built by ``model_factory`` on ``device``.
 
     ``seed`` seeds the framework's own random streams (copy-paste cubes, blur views, teacher
     noise); by default it is drawn from torch's global generator, which the loop seeds.
+    ``compile_losses`` runs the framework's losses through ``torch.compile``
+    (:meth:`Framework.compile_losses`).
     """
-    if seed is None:
-        seed = default_seed()
+    framework = _build(cfg, model_factory=model_factory, num_classes=num_classes, device=device,
+                       seed=default_seed() if seed is None else seed)
+    if compile_losses:
+        framework.compile_losses()
+    return framework
+
+
+def _build(cfg: FrameworkConfig, *, model_factory: ModelFactory, num_classes: int,
+           device: torch.device, seed: int) -> Framework:
     if isinstance(cfg, SupervisedConfig):
         return SupervisedFramework(cfg, model_factory=model_factory, num_classes=num_classes,
                                    device=device)

@@ -34,6 +34,7 @@ class SupervisedFramework(Framework):
     """One network on the labeled stream; L_U is a zero tensor and g_U is absent."""
 
     name = "supervised"
+    loss_functions = ("supervised_loss",)
 
     def __init__(self, cfg: SupervisedConfig, *, model_factory: ModelFactory, num_classes: int,
                  device: torch.device) -> None:
@@ -41,6 +42,7 @@ class SupervisedFramework(Framework):
         self.num_classes = num_classes
         self.device = device
         self.student = model_factory().to(device)
+        self.supervised_loss = supervised_loss
 
     def phases(self) -> list[Phase]:
         factor = lr_factor_for(self.cfg.lr_schedule, self.cfg.iterations, self.cfg.poly_power)
@@ -54,7 +56,7 @@ class SupervisedFramework(Framework):
         opt = get_optimizer(optimizers, "student")
         self.student.train()
         logits = self.student(batch.labeled_image)
-        loss_l = supervised_loss(logits, batch.labeled_label, kind=self.cfg.loss)
+        loss_l = self.supervised_loss(logits, batch.labeled_label, kind=self.cfg.loss)
         two_source_step(opt, optimizer_params(opt), loss_l, None)
         return StepResult(loss_l=detached(loss_l), loss_u=torch.zeros((), device=loss_l.device),
                           admitted=mean_alignment([opt]))

@@ -205,7 +205,8 @@ def build_setup(config: TrainConfig, *, resuming: bool = False,
     in_channels, num_classes = dataset.info.channels, dataset.num_classes
     framework = build_framework(config.framework, model_factory=_factory(config, in_channels,
                                 num_classes, device), num_classes=num_classes, device=device,
-                                seed=ctx.stream_seed(default_seed()))
+                                seed=ctx.stream_seed(default_seed()),
+                                compile_losses=config.compile_losses)
     if config.distributed.sync_batchnorm:
         _sync_batchnorm(framework, device)
     phases = framework.phases()

@@ -20,6 +20,7 @@ from hco_cli.optim.protocol import TwoSource
 from hco_cli.runs.checkpoint import load_checkpoint
 from hco_cli.runs.folder import RUN_INFO_KEYS
 from hco_cli.ssl.base import Framework, Phase, StepResult, two_source_step
+from hco_cli.ssl.losses import mix_loss
 from hco_cli.training import setup as run_setup
 from hco_cli.training.entry import resume, train
 from hco_cli.training.events import ProgressEvent
@@ -283,6 +284,15 @@ def test_unlabeled_stream_can_include_the_labeled_cases(synthetic, tmp_path):
     labeled, unlabeled = plain.splits["labeled"], plain.splits["unlabeled"]
     assert len(plain.sampler.unlabeled_images) == len(unlabeled)
     assert len(both.sampler.unlabeled_images) == len(unlabeled) + len(labeled)
+
+
+def test_compile_losses_reaches_the_framework(synthetic, tmp_path):
+    """``compile_losses: true`` in the config swaps the framework's losses for compiled ones
+    (tests/ssl/test_compiled_losses.py checks their values); off by default."""
+    plain = run_setup.build_setup(tiny_config(synthetic, tmp_path / "a"))
+    assert plain.framework.mix_loss is mix_loss
+    compiled = run_setup.build_setup(tiny_config(synthetic, tmp_path / "b", compile_losses=True))
+    assert compiled.framework.mix_loss._torchdynamo_orig_callable is mix_loss
 
 
 def test_fused_option_is_for_the_hco_phase_only(synthetic, tmp_path):
