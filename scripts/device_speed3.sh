@@ -5,7 +5,7 @@
 # `wait` calls back to back (a machine idle for 30 s is given back) and it collects itself.
 #   device_speed3.sh start STEP...      STEP: e2e, e2e-2gpu, predict, cold, profile, reorder,
 #                                       loop-test, graph-test, gpu-tests, numerics,
-#                                       concurrency,
+#                                       concurrency, closs,
 #                                       run in the order given (predict and cold need e2e's run);
 #                                       results in /tmp/speed3
 #   device_speed3.sh wait SECONDS       progress; when the steps have ended, collect to $OUT
@@ -44,6 +44,9 @@
 #   concurrency  benchmarks/concurrency.py: 1, 2 and 4 processes of sgd and of sgd+compile-ro
 #                on the GPU (about 3.5 min); CONC_OPTIMIZERS="sgd,sgd+compile" CONC_PROCESSES=1,3
 #                for what an ablation round (three runs per GPU) would gain from compile: true
+#   closs        benchmarks/train_step.py: sgd-hco eager, compile: true and CUDA graphs, each
+#                without and with the losses compiled (+closs, compile_losses: true), both
+#                phases, interleaved in one process (about 5 min; alone on the card)
 # Data: the whole LA set staged into /tmp/la by `device_ablation.sh stage` calls (see
 # scripts/stage_carry.py la); needs .carry/wheels from the first call on.
 set -uo pipefail
@@ -96,6 +99,11 @@ run_steps() {
       python3 benchmarks/train_step.py --data $DATA --phases selftrain,pretrain \
         --optimizers sgd,sgd-hco,sgd+compile-ro,sgd-hco+compile-ro --iterations 20 --rounds 3 \
         --profile 5 --profile-trace $WORK/traces --json $WORK/profile.json ;;
+    closs)  # compile_losses' effect on each path, as ratios in one process
+      step closs
+      python3 benchmarks/train_step.py --data $DATA --phases selftrain,pretrain \
+        --optimizers sgd-hco,sgd-hco+closs,sgd-hco+compile,sgd-hco+compile+closs,sgd-hco+compile-ro,sgd-hco+compile-ro+closs \
+        --iterations 20 --rounds 4 --warmup 15 --json $WORK/closs.json ;;
     reorder)  # hco's order of the self-training step against BCP's (+lcc-first), one process
       step reorder
       python3 benchmarks/train_step.py --data $DATA --phases selftrain \
