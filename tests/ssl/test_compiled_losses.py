@@ -19,6 +19,7 @@ import torch._inductor.compile_fx
 from torch import Tensor
 
 from hco_cli.data.batch import Batch
+from hco_cli.models.compiling import compiled_function
 from hco_cli.ssl import build_framework
 from hco_cli.ssl.base import Framework
 from hco_cli.ssl.config import (
@@ -28,7 +29,7 @@ from hco_cli.ssl.config import (
     MeanTeacherConfig,
     SupervisedConfig,
 )
-from hco_cli.ssl.losses import mix_loss_parts
+from hco_cli.ssl.losses import mix_loss, mix_loss_parts
 from tests.ssl.helpers import Recorder, synthetic_batch, tiny_factory
 
 CPU = torch.device("cpu")
@@ -102,3 +103,26 @@ def test_compile_losses_swaps_in_compiled_functions() -> None:
     plain = build_framework(CONFIGS["bcp-region"], model_factory=tiny_factory(), num_classes=2,
                             device=CPU, seed=0)
     assert getattr(plain, "mix_loss_parts") is mix_loss_parts  # noqa: B009
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_compiled_mix_loss_under_bf16_autocast() -> None:
+    """As the studies train: bf16 logits under autocast, promoted to float32 inside the loss;
+    compiled and eager agree to float32 rounding, value and gradient."""
+    g = torch.Generator(device="cuda").manual_seed(0)
+    logits = torch.randn(2, 2, 32, 32, 16, device="cuda", generator=g).bfloat16()
+    labels = [torch.randint(0, 2, (2, 32, 32, 16), device="cuda", generator=g) for _ in range(2)]
+    region = torch.ones(2, 32, 32, 16, device="cuda")
+    region[:, 8:24, 8:24, 4:12] = 0
+    results = []
+    for fn in (mix_loss, compiled_function(mix_loss)):
+        x = logits.clone().requires_grad_(True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = fn(x, *labels, region, image_weight=1.0, patch_weight=0.5)
+        loss.backward()
+        results.append((loss.detach(), x.grad))
+    (want, want_grad), (got, got_grad) = results
+    assert got.dtype == want.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got_grad.float(), want_grad.float(), rtol=1e-2, atol=1e-6)
