@@ -734,6 +734,9 @@ def main() -> None:
     parser.add_argument("--barrier", type=Path,
                         help="a folder shared with the other processes timed together")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="cuDNN deterministic, no autotuning (hco train's deterministic: "
+                        "true); the default autotunes, as training does by default")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="after the timed rounds, profile N iterations of each (phase, "
                         "optimizer) with torch.profiler: top kernels, categories, stages")
@@ -747,7 +750,8 @@ def main() -> None:
     args.patch = tuple(int(v) for v in args.patch.split(","))
     device = torch.device(args.device)
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.benchmark = not args.deterministic
+        torch.backends.cudnn.deterministic = args.deterministic
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"{name}, torch {torch.__version__}, BCP V-Net, patch {args.patch}, batch 4+4, "
           f"{'bf16 + channels_last' if device.type == 'cuda' else 'fp32'}, "
@@ -791,6 +795,7 @@ def main() -> None:
         write_json(args.json, {"device": name, "torch": torch.__version__, "data": args.data,
                                "iterations": args.iterations, "rounds": args.rounds,
                                "warmup": args.warmup, "patch": list(args.patch),
+                               "deterministic": args.deterministic,
                                "roofline_h200": roofline, "rows": rows, "windows": windows})
 
 

@@ -5,7 +5,7 @@
 # `wait` calls back to back (a machine idle for 30 s is given back) and it collects itself.
 #   device_speed3.sh start STEP...      STEP: e2e, e2e-2gpu, predict, cold, profile, reorder,
 #                                       loop-test, graph-test, gpu-tests, numerics,
-#                                       concurrency, closs,
+#                                       concurrency, closs, det,
 #                                       run in the order given (predict and cold need e2e's run);
 #                                       results in /tmp/speed3
 #   device_speed3.sh wait SECONDS       progress; when the steps have ended, collect to $OUT
@@ -47,6 +47,11 @@
 #   closs        benchmarks/train_step.py: sgd-hco eager, compile: true and CUDA graphs, each
 #                without and with the losses compiled (+closs, compile_losses: true), both
 #                phases, interleaved in one process (about 5 min; alone on the card)
+#   det          what deterministic cuDNN (no autotuning; `deterministic: true`) costs: sgd-hco
+#                eager, compile: true and CUDA graphs, self-training, one process without and
+#                one with --deterministic, each with its eager row as the baseline (about 4 min).
+#                With deterministic kernels CUDA graphs train bit for bit as compile: true does
+#                (graph-test), which sets aside the numerics rounds' question for such runs
 # Data: the whole LA set staged into /tmp/la by `device_ablation.sh stage` calls (see
 # scripts/stage_carry.py la); needs .carry/wheels from the first call on.
 set -uo pipefail
@@ -104,6 +109,13 @@ run_steps() {
       python3 benchmarks/train_step.py --data $DATA --phases selftrain,pretrain \
         --optimizers sgd-hco,sgd-hco+closs,sgd-hco+compile,sgd-hco+compile+closs,sgd-hco+compile-ro,sgd-hco+compile-ro+closs \
         --iterations 20 --rounds 4 --warmup 15 --json $WORK/closs.json ;;
+    det)  # deterministic cuDNN's price on each path (the flag is per process)
+      step det
+      for flag in "" --deterministic; do
+        python3 benchmarks/train_step.py --data $DATA --phases selftrain $flag \
+          --optimizers sgd-hco,sgd-hco+compile,sgd-hco+compile-ro --iterations 20 --rounds 4 \
+          --warmup 15 --json $WORK/det${flag:+-deterministic}.json
+      done ;;
     reorder)  # hco's order of the self-training step against BCP's (+lcc-first), one process
       step reorder
       python3 benchmarks/train_step.py --data $DATA --phases selftrain \
