@@ -752,6 +752,7 @@ def main() -> None:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not args.deterministic
         torch.backends.cudnn.deterministic = args.deterministic
+        torch.use_deterministic_algorithms(args.deterministic, warn_only=True)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"{name}, torch {torch.__version__}, BCP V-Net, patch {args.patch}, batch 4+4, "
           f"{'bf16 + channels_last' if device.type == 'cuda' else 'fp32'}, "

@@ -259,7 +259,8 @@ class TrainConfig(_Section):
                                    "diagnostics (step norm, cos(g_L, g_U), ...); 0: none")
     seed: int = 1337
     device: Device = "auto"
-    deterministic: bool = Field(default=False, description="cudnn deterministic, no benchmark")
+    deterministic: bool = Field(default=False, description="cudnn deterministic, no "
+                                "benchmark, and torch's deterministic algorithms (warn only)")
     amp: bool = Field(default=False, description="bf16 autocast on CUDA (fp32 elsewhere)")
     channels_last: bool = False
     compile: bool | CompileMode = Field(

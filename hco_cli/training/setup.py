@@ -189,6 +189,10 @@ def build_setup(config: TrainConfig, *, resuming: bool = False,
         resolve_device(config.data.device))
     torch.backends.cudnn.deterministic = config.deterministic
     torch.backends.cudnn.benchmark = not config.deterministic
+    # Torch's deterministic algorithms too (inductor then avoids atomics in compiled code),
+    # warning rather than failing on an op without one; cuBLAS needs CUBLAS_WORKSPACE_CONFIG
+    # set before the process starts to be deterministic as well.
+    torch.use_deterministic_algorithms(config.deterministic, warn_only=True)
     dataset = PreparedDataset(config.data.path)
     config = resolve_run_dir(config)
     assert config.run_dir is not None

@@ -295,6 +295,24 @@ def test_compile_losses_reaches_the_framework(synthetic, tmp_path):
     assert compiled.framework.mix_loss._torchdynamo_orig_callable is mix_loss
 
 
+def test_deterministic_turns_on_torchs_deterministic_algorithms(synthetic, tmp_path):
+    """``deterministic: true`` is cuDNN's deterministic kernels without autotuning and torch's
+    deterministic algorithms (warn only); a run without it turns them off again."""
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,
+              torch.backends.cudnn.deterministic)
+    try:
+        run_setup.build_setup(tiny_config(synthetic, tmp_path / "a", deterministic=True))
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+        run_setup.build_setup(tiny_config(synthetic, tmp_path / "b"))
+        assert not torch.are_deterministic_algorithms_enabled()
+        assert torch.backends.cudnn.benchmark and not torch.backends.cudnn.deterministic
+    finally:
+        torch.use_deterministic_algorithms(before[0])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = before[1:]
+
+
 def test_fused_option_is_for_the_hco_phase_only(synthetic, tmp_path):
     """Pre-training's plain optimizer drops ``fused``; the hco phase applies it (here refused:
     the fused kernels need CUDA or Triton's interpreter), so the run stops after pre-training."""
