@@ -154,26 +154,19 @@ def test_cuda_graph_gradients_held_across_the_second_backward(forwards: int) -> 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.gpu
-@pytest.mark.parametrize("grad", [
-    # Known failure, kept strict so that it reports when torch changes: with gradients, this
-    # bare loop (one forward, a square loss, backward; with or without
-    # cudagraph_mark_step_begin, fp32 or bf16, alone in a fresh process) fails at its second
-    # call, the first one recorded, with "accessing tensor output of CUDAGraphs that has been
-    # overwritten" in the backward (H200, torch 2.11, 2026-12-01). hco's own loops do not: BCP
-    # and mean teacher pass tests/training/test_compile_loop.py under CUDA graphs, and
-    # tests/training/test_cuda_graph_loop.py ends a BCP run with graphs bit for bit where it
-    # ends without them. The student's masks changing from replay to replay is checked by
-    # test_cuda_graph_dropout_backward_uses_the_forward_mask below.
-    pytest.param(True, id="student", marks=pytest.mark.xfail(
-        raises=RuntimeError, strict=True,
-        reason="a bare forward/backward loop under cudagraph trees (torch 2.11), see above")),
-    pytest.param(False, id="teacher"),
-])
+@pytest.mark.parametrize("grad", [True, False], ids=["student", "teacher"])
 def test_cuda_graph_replays_draw_new_dropout_masks(grad: bool) -> None:
     """A CUDA graph replays the kernels it captured: a dropout whose random numbers were captured
     rather than drawn anew per replay would drop the same channels at every iteration (the
     student with gradients, the teacher without). Same input, six calls past the recording:
-    every output differs from every other, as eager's do."""
+    every output differs from every other, as eager's do.
+
+    The student's gradients come from ``torch.autograd.grad``, as training takes them. With
+    ``.backward()`` the loop failed at its first recorded call ("accessing tensor output of
+    CUDAGraphs that has been overwritten", H200, torch 2.11, with or without
+    ``cudagraph_mark_step_begin``, fp32 and bf16): its calls accumulate into ``.grad``, which
+    torch 2.13's message for this case names as the cause when a recorded backward allocated
+    ``.grad``. Training never accumulates into ``.grad``."""
     torch.manual_seed(0)
     net = build_model(ModelConfig(n_filters=4, dropout=True), in_channels=1, num_classes=2)
     compiled = compile_forward(net.cuda(), "reduce-overhead").train()
@@ -181,13 +174,10 @@ def test_cuda_graph_replays_draw_new_dropout_masks(grad: bool) -> None:
     outs = []
     with torch.set_grad_enabled(grad):
         for _ in range(9):  # the first calls warm up and record
-            # Each call an iteration of its own, as torch documents for loops whose boundaries
-            # its heuristic (no pending backward) may misjudge; a copy is all the test keeps.
-            torch.compiler.cudagraph_mark_step_begin()
-            out = compiled(x)
+            out = compiled(x)  # a copy is all the test keeps
             outs.append(out.detach().clone())
-            if grad:
-                out.float().square().mean().backward()
+            if grad:  # as training takes its gradients: autograd.grad, nothing into .grad
+                torch.autograd.grad(out.float().square().mean(), list(net.parameters()))
             del out
     late = outs[3:]
     smallest = min(float((late[i] - late[j]).abs().max())
