@@ -214,11 +214,15 @@ def test_compiled_bcp_selftraining_matches_eager(synthetic: Path, tmp_path: Path
     # BCP's L_L and L_U (grad_split "source") come from two student forwards, so g_L and g_U
     # each go back through one of them; with grad_split "region" both gradients go back through
     # both forwards, what the hco steps of mean teacher and CMT do through their one forward.
-    for optimizer, split in [*((o, "source") for o in OPTIMIZERS), ("sgd-hco", "region")]:
+    # Last, both runs with their losses compiled too (compile_losses), so that the compiled
+    # losses' graphs sit between the network's (CUDA graphs on a GPU) in the compiled run.
+    cases = [*((o, "source", False) for o in OPTIMIZERS), ("sgd-hco", "region", False),
+             ("sgd-hco", "region", True)]
+    for optimizer, split, losses in cases:
         changes: dict[str, Any] = {"init_from": str(pretrained), "framework__grad_split": split,
-                                   "device": device, **BCP_BATCHES}
+                                   "device": device, "compile_losses": losses, **BCP_BATCHES}
         runs = _train_twice(functools.partial(_config, synthetic, optimizer=optimizer, **changes),
-                            spy, tmp_path / f"{optimizer}-{split}", mode)
+                            spy, tmp_path / f"{optimizer}-{split}-{losses}", mode)
         _assert_same_training(*runs, start=start)
 
 
