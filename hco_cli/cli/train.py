@@ -61,7 +61,8 @@ def train_command(
                                             "--resume")] = None,
     select_on: Annotated[Literal["val", "test"] | None, _opt(
         "Split that chooses best.pt (test inflates results).")] = None,
-    deterministic: Annotated[bool, _opt("Deterministic cuDNN (slower).")] = False,
+    deterministic: Annotated[bool, _opt(
+        "Deterministic cuDNN and torch algorithms (slower).")] = False,
     gpus: Annotated[int | None, _opt(
         "Data-parallel processes, one per GPU (CPU processes with --device cpu). Each draws "
         "its own batch of the configured size: the global batch is N times larger and the "
