@@ -27,13 +27,20 @@ SITE=/tmp/site RUNS=/tmp/ablation DATA=data/la
 # The screening schedule by default; CONFIG=sample_configs/la_bcp_study1.yaml (or _4l) runs
 # issue 15's full protocol with the same verbs (one or two runs per GPU fit one lease).
 CONFIG=${CONFIG:-sample_configs/la_bcp_sgd_screen.yaml}
-# COMPILE=reduce-overhead (or true) runs every arm through torch.compile (CUDA graphs), from a
-# copy of CONFIG beside it; a study keeps one setting for all its arms and rounds.
-if [ -n "${COMPILE:-}" ]; then
-  grep -q '^compile:' "$CONFIG" && { echo "$CONFIG already sets compile"; exit 2; }
-  compiled="${CONFIG%.yaml}.compile-$COMPILE.yaml"
-  { cat "$CONFIG"; printf 'compile: %s\n' "$COMPILE"; } > "$compiled"
-  CONFIG=$compiled
+# COMPILE=reduce-overhead (or true) runs every arm through torch.compile (CUDA graphs), and
+# DETERMINISTIC=1 with deterministic cuDNN and torch algorithms (with which CUDA graphs train
+# bit for bit as compile: true, tests/training/test_cuda_graph_loop.py), from a copy of CONFIG
+# beside it; a study keeps one setting for all its arms and rounds.
+if [ -n "${COMPILE:-}${DETERMINISTIC:-}" ]; then
+  for key in ${COMPILE:+compile} ${DETERMINISTIC:+deterministic}; do
+    grep -q "^$key:" "$CONFIG" && { echo "$CONFIG already sets $key"; exit 2; }
+  done
+  derived="${CONFIG%.yaml}${COMPILE:+.compile-$COMPILE}${DETERMINISTIC:+.deterministic}.yaml"
+  { cat "$CONFIG"
+    [ -n "${COMPILE:-}" ] && printf 'compile: %s\n' "$COMPILE"
+    [ -n "${DETERMINISTIC:-}" ] && printf 'deterministic: true\n'
+    true; } > "$derived"
+  CONFIG=$derived
 fi
 [ -d $SITE/pydantic ] || python3 -m pip install -q --no-index --no-deps --no-compile \
   --no-cache-dir --upgrade --target $SITE .carry/wheels/*.whl || exit 1
