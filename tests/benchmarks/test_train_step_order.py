@@ -54,3 +54,10 @@ def test_components_first_is_bcps_order_with_the_same_numbers(
 def test_unknown_candidates_are_named() -> None:
     with pytest.raises(SystemExit, match="lcc-first"):
         _trial("sgd+lcc-last")
+
+
+def test_compiled_losses_candidate_swaps_in_compiled_losses() -> None:
+    """``+closs`` times the run's losses compiled (``compile_losses: true``); without it they
+    are the eager functions."""
+    assert _trial("sgd").framework.mix_loss is bcp_module.mix_loss
+    assert _trial("sgd+closs").framework.mix_loss._torchdynamo_orig_callable is bcp_module.mix_loss
