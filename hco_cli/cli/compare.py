@@ -100,9 +100,10 @@ def render(full: list[compare_tables.ReportTable], compact: list[compare_tables.
     return [_rich(t, lines=box.SIMPLE_HEAD) for t in compact]  # no vertical rules: narrower
 
 
-def parse_margins(items: list[str] | None) -> dict[str, float]:
-    """``--margin METRIC=VALUE`` items as compare_runs' margins: Dice and Jaccard from % points
-    to fractions, the distances as given; a metric given twice is an error."""
+def parse_margins(items: list[str] | None, percent: frozenset[str]) -> dict[str, float]:
+    """``--margin METRIC=VALUE`` items as compare_runs' margins: the ``percent`` metrics (the
+    tables' Dice and Jaccard) from % points to fractions, the distances as given; a metric
+    given twice is an error."""
     out: dict[str, float] = {}
     for item in items or []:
         metric, sep, value = item.partition("=")
@@ -115,7 +116,7 @@ def parse_margins(items: list[str] | None) -> dict[str, float]:
             number = float(value)
         except ValueError:
             raise ConfigError(f"--margin {item!r}: {value!r} is not a number") from None
-        out[metric] = number / 100.0 if metric in ("dice", "jaccard") else number
+        out[metric] = number / 100.0 if metric in percent else number
     return out
 
 
@@ -171,7 +172,7 @@ def compare(
             holm=holm,
             intersect=intersect,
             hypothesis=cast(Any, (alternative or AlternativeChoice.better).value),
-            margins=parse_margins(margin),
+            margins=parse_margins(margin, compare_tables.PERCENT),
         )
         tables = render(compare_tables.comparison_tables(result),
                         compare_tables.comparison_tables(result, compact=True), console)
