@@ -100,6 +100,7 @@ from hco_cli.models.vnet import build_model, compile_forward
 from hco_cli.optim import build_optimizer, plain_variant
 from hco_cli.ssl.config import BCPConfig
 from hco_cli.ssl.registry import build_framework
+from hco_cli.training.setup import set_deterministic
 
 PATCH = (112, 112, 80)
 # ":foreach" forces the foreach step, ":flat" the torch flat step (no Triton kernels);
@@ -735,8 +736,8 @@ def main() -> None:
                         help="a folder shared with the other processes timed together")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--deterministic", action="store_true",
-                        help="cuDNN deterministic, no autotuning (hco train's deterministic: "
-                        "true); the default autotunes, as training does by default")
+                        help="deterministic cuDNN and torch algorithms, no autotuning (hco "
+                        "train's deterministic: true); the default autotunes, as training does")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="after the timed rounds, profile N iterations of each (phase, "
                         "optimizer) with torch.profiler: top kernels, categories, stages")
@@ -750,9 +751,7 @@ def main() -> None:
     args.patch = tuple(int(v) for v in args.patch.split(","))
     device = torch.device(args.device)
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = not args.deterministic
-        torch.backends.cudnn.deterministic = args.deterministic
-        torch.use_deterministic_algorithms(args.deterministic, warn_only=True)
+        set_deterministic(args.deterministic)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"{name}, torch {torch.__version__}, BCP V-Net, patch {args.patch}, batch 4+4, "
           f"{'bf16 + channels_last' if device.type == 'cuda' else 'fp32'}, "

@@ -47,8 +47,8 @@
 #   closs        benchmarks/train_step.py: sgd-hco eager, compile: true and CUDA graphs, each
 #                without and with the losses compiled (+closs, compile_losses: true), both
 #                phases, interleaved in one process (about 5 min; alone on the card)
-#   det          what deterministic cuDNN (no autotuning; `deterministic: true`) costs: sgd-hco
-#                eager, compile: true and CUDA graphs, self-training, one process without and
+#   det          what `deterministic: true` (cuDNN and torch algorithms, no autotuning) costs:
+#                sgd-hco eager, compile: true and CUDA graphs, self-training, one process without and
 #                one with --deterministic, each with its eager row as the baseline (about 4 min).
 #                With deterministic kernels CUDA graphs train bit for bit as compile: true does
 #                (graph-test), which sets aside the numerics rounds' question for such runs
@@ -109,7 +109,7 @@ run_steps() {
       python3 benchmarks/train_step.py --data $DATA --phases selftrain,pretrain \
         --optimizers sgd-hco,sgd-hco+closs,sgd-hco+compile,sgd-hco+compile+closs,sgd-hco+compile-ro,sgd-hco+compile-ro+closs \
         --iterations 20 --rounds 4 --warmup 15 --json $WORK/closs.json ;;
-    det)  # deterministic cuDNN's price on each path (the flag is per process)
+    det)  # deterministic kernels' price on each path (the setting is per process)
       step det
       for flag in "" --deterministic; do
         python3 benchmarks/train_step.py --data $DATA --phases selftrain $flag \

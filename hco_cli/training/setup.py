@@ -41,6 +41,17 @@ TEST_SELECTION_WARNING = (
 )
 
 
+def set_deterministic(on: bool) -> None:
+    """``deterministic`` of the training config: cuDNN's deterministic kernels without
+    autotuning, and torch's deterministic algorithms (inductor then avoids atomics in compiled
+    code), warning rather than failing on an op without one; off: autotuning, as by default.
+    cuBLAS needs CUBLAS_WORKSPACE_CONFIG set before the process starts to be deterministic as
+    well. Process-wide, as torch's settings are."""
+    torch.backends.cudnn.deterministic = on
+    torch.backends.cudnn.benchmark = not on
+    torch.use_deterministic_algorithms(on, warn_only=True)
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA) for weight initialisation and dropout."""
     random.seed(seed)
@@ -187,12 +198,7 @@ def build_setup(config: TrainConfig, *, resuming: bool = False,
     device = ctx.device(resolve_device(config.device))
     data_device = device if config.data.device == "auto" else ctx.device(
         resolve_device(config.data.device))
-    torch.backends.cudnn.deterministic = config.deterministic
-    torch.backends.cudnn.benchmark = not config.deterministic
-    # Torch's deterministic algorithms too (inductor then avoids atomics in compiled code),
-    # warning rather than failing on an op without one; cuBLAS needs CUBLAS_WORKSPACE_CONFIG
-    # set before the process starts to be deterministic as well.
-    torch.use_deterministic_algorithms(config.deterministic, warn_only=True)
+    set_deterministic(config.deterministic)
     dataset = PreparedDataset(config.data.path)
     config = resolve_run_dir(config)
     assert config.run_dir is not None
