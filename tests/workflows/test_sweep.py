@@ -365,3 +365,16 @@ def test_sample_arms_files_load_and_plan(config, tmp_path):
         arms = load_arms(path)
         runs = plan_sweep(SweepOptions(config=config, arms=arms, seeds=[1], out=tmp_path / "p"))
         assert [r.arm for r in runs] == list(arms), path.name
+
+
+def test_ablation_arm_names_mean_one_arm_in_every_file():
+    """The ablation's rounds pool by glob over arm folders (results/ablation/round*/NAME), so an
+    arm name must stand for the same optimizer, options and framework in every arms file."""
+    paths = sorted((ROOT / "sample_configs" / "arms").glob("la_ablation*.yaml"))
+    assert len(paths) >= 5
+    seen: dict[str, tuple[str, object]] = {}
+    for path in paths:
+        for name, arm in load_arms(path).items():
+            first = seen.setdefault(name, (path.name, arm))
+            assert first[1] == arm, f"{name}: {first[0]} and {path.name} differ"
+    assert {"sgd", "hco-r3", "hco-r4", "sgd-co", "hco-r1-region"} <= set(seen)
