@@ -52,8 +52,10 @@ def _opt(*names: str, default: str | bool = False, **kwargs: Any) -> Any:
 
 Arms = Annotated[list[str], typer.Argument(help="Arms, the first being the reference: run "
                  "folders, summary.json files, or run groups as GLOB or NAME=GLOB.")]  # fmt: skip
-Checkpoint = Annotated[CheckpointChoice | None, _opt(default="best", help="Evaluation read "
-                       "from a run folder: RUN/eval/<checkpoint>/summary.json.")]  # fmt: skip
+Checkpoint = Annotated[list[CheckpointChoice] | None, _opt(default="best", help="Evaluation "
+                       "read from a run folder: RUN/eval/<checkpoint>/summary.json. Repeat "
+                       "(best, last, best-test) for a table of the checkpoints side by side "
+                       "before each one's tables.")]  # fmt: skip
 Test = Annotated[TestChoice | None, _opt(default="both", help="Paired test(s).")]
 Alternative = Annotated[AlternativeChoice | None, _opt(default="better", help="H1 of every "
                         "test: arm better than the reference, worse, or different "
@@ -139,7 +141,7 @@ def compare(
     """Compare arms with paired Wilcoxon / t-tests per case, or their loss dynamics."""
     # Deferred: SciPy's statistics load only when a command compares, never for --help.
     from hco_cli.evaluation import compare_tables, dynamics, plots
-    from hco_cli.evaluation.compare import compare_runs
+    from hco_cli.evaluation.compare import compare_checkpoints
 
     if plot_path is not None:
         plots.check_plot_target(plot_path)
@@ -150,8 +152,8 @@ def compare(
     outputs = {"json_path": json_path, "csv_path": csv_path, "markdown_path": markdown_path}
     notes: list[str] = []
     if dynamics_mode:
-        _reject("with --dynamics", checkpoint=checkpoint, test=test, zero_method=zero_method,
-                alternative=alternative, margin=margin or None, holm=holm,
+        _reject("with --dynamics", checkpoint=checkpoint or None, test=test,
+                zero_method=zero_method, alternative=alternative, margin=margin or None, holm=holm,
                 intersect=intersect)  # fmt: skip
         if lowess_frac is not None and plot_path is None:
             raise ConfigError("--lowess-frac needs --plot")
@@ -164,9 +166,12 @@ def compare(
     else:
         _reject("without --dynamics", bin=bin_width, lowess_frac=lowess_frac)
         chosen = (test or TestChoice.both).value
-        result = compare_runs(
+        checkpoints = [c.value for c in checkpoint or [CheckpointChoice.best]]
+        if plot_path is not None and len(checkpoints) > 1:
+            raise ConfigError("--plot draws one checkpoint's cases; give one --checkpoint")
+        results = compare_checkpoints(
             arms,
-            checkpoint=(checkpoint or CheckpointChoice.best).value,
+            cast(Any, checkpoints),
             tests=cast(Any, ("wilcoxon", "ttest") if chosen == "both" else (chosen,)),
             zero_method=cast(Any, (zero_method or ZeroMethodChoice.wilcox).value),
             holm=holm,
@@ -174,12 +179,17 @@ def compare(
             hypothesis=cast(Any, (alternative or AlternativeChoice.better).value),
             margins=parse_margins(margin, compare_tables.PERCENT),
         )
-        tables = render(compare_tables.comparison_tables(result),
-                        compare_tables.comparison_tables(result, compact=True), console)
-        notes = compare_tables.comparison_notes(result)
-        compare_tables.write_comparison(result, **outputs)
+        tables = []
+        if len(results) > 1:
+            tables += render(compare_tables.checkpoint_overview(results),
+                             compare_tables.checkpoint_overview(results, compact=True), console)
+        for result in results:
+            tables += render(compare_tables.comparison_tables(result),
+                             compare_tables.comparison_tables(result, compact=True), console)
+            notes += [n for n in compare_tables.comparison_notes(result) if n not in notes]
+        compare_tables.write_comparison(results, **outputs)
         if plot_path is not None:
-            plots.plot_boxplots(result, plot_path)
+            plots.plot_boxplots(results[0], plot_path)
     for table in tables:
         console.print(table)
     written = [p for p in (json_path, csv_path, markdown_path, plot_path) if p is not None]

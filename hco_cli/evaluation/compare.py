@@ -222,6 +222,15 @@ def resolve_arms(specs: Sequence[str]) -> list[ArmSource]:
     return sources
 
 
+def holds_one_evaluation(path: Path) -> bool:
+    """Whether a group member is a summary (a file, or a folder holding only summary.json),
+    which holds one evaluation, rather than a run folder with one per checkpoint."""
+    if path.is_file():
+        return True
+    folder = RunFolder(path)
+    return not folder.run_json.is_file() and not (path / EVAL_DIR).is_dir()
+
+
 def _member(path: Path, checkpoint: Checkpoint) -> tuple[Summary, RunInfo | None]:
     """Read one group member: a run folder's chosen evaluation, or a summary file."""
     if path.is_file():
@@ -583,3 +592,23 @@ def compare_runs(
         hypothesis=hypothesis,
         margins=margins,
     )
+
+
+def compare_checkpoints(
+    specs: Sequence[str], checkpoints: Sequence[Checkpoint], **options: Any,
+) -> list[Comparison]:
+    """:func:`compare_runs` at each checkpoint in turn (the same arms, pairing and tests), as a
+    paper's table puts the validation-selected, last and test-selected results side by side.
+    Several checkpoints need run folders: a summary holds one evaluation."""
+    if not checkpoints:
+        raise ConfigError("no checkpoint given")
+    for i, checkpoint in enumerate(checkpoints):
+        if checkpoint in checkpoints[:i]:
+            raise ConfigError(f"checkpoint {checkpoint!r} given twice")
+    if len(checkpoints) > 1:
+        for source in resolve_arms(specs):
+            for member in source.members:
+                if holds_one_evaluation(member):
+                    raise ConfigError(f"{member} is a summary, which holds one evaluation; "
+                                      "several checkpoints need run folders")
+    return [compare_runs(specs, checkpoint=c, **options) for c in checkpoints]

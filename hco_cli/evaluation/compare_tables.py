@@ -125,14 +125,18 @@ def _h1(result: Comparison, reference: str) -> str:
     return f"{h1}; margins {margins_text(result)}, 0 for the other metrics)"
 
 
-def _test_caption(result: Comparison) -> str:
+def _p_caption(result: Comparison) -> str:
+    """What the p-values are: the tests, their options and the alternative."""
     names = " / ".join(TEST_LABELS[t] for t in result.tests)
     holm = ", Holm-adjusted across the 4 metrics" if result.holm else ""
     wilcox = f" (Wilcoxon zero_method={result.zero_method})" if "wilcoxon" in result.tests else ""
     sided = "" if result.hypothesis == "two-sided" else "one-sided "
+    return f"p: {sided}paired {names}{wilcox}{holm}; {_h1(result, result.arms[0].name)}"
+
+
+def _test_caption(result: Comparison) -> str:
     return (
-        f"p: {sided}paired {names}{wilcox}{holm}; {_h1(result, result.arms[0].name)}. "
-        f"Dice/Jaccard in %, distances in {result.spacing_unit}s; "
+        f"{_p_caption(result)}. Dice/Jaccard in %, distances in {result.spacing_unit}s; "
         f"mean (std) across {result.n_cases} cases, runs of a group averaged per case first."
     )
 
@@ -255,7 +259,7 @@ def _details_table(result: Comparison, labels: dict[str, str] | None = None) -> 
                                                   if result.holm else [])
         head = ["Arm", "vs", "Class", "Metric", "n", "NaN excl.", "Diff (B-A)", "Rel. change"]
     table = ReportTable(
-        title="Paired tests (each arm vs the reference)",
+        title=f"Paired tests (each arm vs the reference, checkpoint {result.checkpoint})",
         columns=head + p_columns,
         caption="Diff: mean paired difference over the n cases (Dice/Jaccard in % points); "
         "rel. change = diff / reference mean." + (" NaN: cases excluded." if compact else ""),
@@ -286,7 +290,8 @@ def _seed_table(result: Comparison, labels: dict[str, str] | None = None) -> Rep
     shown = result.hypothesis == "worse" or result.margins
     h1 = f" ({_h1(result, 'the reference run')})" if shown else ""
     table = ReportTable(
-        title="Per-seed differences (each run's mean over the cases minus the reference run's)",
+        title=f"Per-seed differences (checkpoint {result.checkpoint}: each run's mean over the "
+        "cases minus the reference run's)",
         columns=["Arm", "Class", "Metric", *keys, "Mean (sd)", "Better", "p t-test (seeds)"],
         caption="Runs paired by seed (the part of their path the arm's glob matched, else "
         "run.json's seed, else, for a seed in several runs, what the wildcards matched); "
@@ -357,16 +362,83 @@ def comparison_notes(result: Comparison) -> list[str]:
     return notes
 
 
+def _signed(value: float, scale: float) -> str:
+    return f"{value * scale:+.2f}" if math.isfinite(value) else "-"
+
+
+def checkpoint_overview(results: Sequence[Comparison], *, compact: bool = False,
+                        metric: str = "dice") -> list[ReportTable]:
+    """One table per class with ``metric`` at every checkpoint side by side (the layout of a
+    paper's table that reports the validation-selected, last and test-selected results): per
+    checkpoint the arm's mean (std), its mean paired difference to the reference with the
+    per-case p (the comparisons' tests, Holm-adjusted where asked), and, where runs pair by
+    seed, the mean per-seed difference, the seeds where the arm is better and the t-test over
+    the seeds. ``compact``: short arm labels (a legend first), each p beside its difference."""
+    first, col = results[0], TABLE_METRICS.index(metric)
+    scale = 100.0 if metric in PERCENT else 1.0
+    unit = "%" if metric in PERCENT else ("vox" if first.spacing_unit == "voxel" else "mm")
+    diff_unit = "% points" if metric in PERCENT else unit
+    seeds = any(r.seed_differences for r in results)
+    labels = arm_labels([a.name for a in first.arms]) if compact else None
+    tables = [_legend(first, labels)] if labels is not None else []
+    seed_caption = (". Δ per seed: the mean of the per-seed differences (seeds where the arm is "
+                    "better), p: t-test over the seeds") if seeds else ""
+    for cls in first.classes:
+        columns = ["Arm"] if compact else ["Arm", "Runs"]
+        for r in results:
+            c = r.checkpoint
+            columns += [f"{LABELS[metric]} {c} ({unit})", f"Δ {c}"]
+            columns += [] if compact else [f"p {c}"]
+            columns += [f"Δ per seed {c}"] if seeds else []
+        table = ReportTable(
+            title=f"Class {cls}: {LABELS[metric]} by checkpoint", columns=columns,
+            caption=f"mean (std) over {first.n_cases} cases; Δ: mean paired difference to "
+            f"{first.arms[0].name} ({diff_unit}); {_p_caption(first)}{seed_caption}.",
+        )
+        cells = [(r, _mean_cells(r, cls), _p_cells(r, cls)) for r in results]
+        for arm in first.arms:
+            row = [Cell(labels[arm.name] if labels else arm.name)]
+            row += [] if compact else [Cell(str(arm.n_runs))]
+            for r, means, ps in cells:
+                row.append(means[arm.name][col])
+                rec = next((x for x in r.records
+                            if (x.arm, x.class_, x.metric) == (arm.name, cls, metric)), None)
+                if rec is None:
+                    row += [Cell("ref")] * ((1 if compact else 2) + (1 if seeds else 0))
+                    continue
+                diff, p = _signed(rec.result.mean_diff, scale), ps[arm.name][col].text
+                row += [Cell(f"{diff} (p {p})")] if compact else [Cell(diff), Cell(p)]
+                if seeds:
+                    seed = next((d for d in r.seed_differences
+                                 if (d.arm, d.class_, d.metric) == (arm.name, cls, metric)), None)
+                    row.append(Cell("-" if seed is None else
+                                    f"{_signed(seed.mean, scale)} ({seed.n_better}/"
+                                    f"{len(seed.keys)}), p {fmt_p(seed.p_ttest)}"))
+            table.rows.append(row)
+        tables.append(table)
+    return tables
+
+
 def write_comparison(
-    result: Comparison,
+    result: Comparison | Sequence[Comparison],
     *,
     json_path: Path | None = None,
     csv_path: Path | None = None,
     markdown_path: Path | None = None,
 ) -> None:
-    """Write the records (JSON list / CSV rows) and the Markdown tables that were asked for."""
-    records = [r.as_dict() for r in result.records]
-    records += [d.as_dict() for d in result.seed_differences]
+    """Write the records (JSON list / CSV rows, each naming its checkpoint) and the Markdown
+    tables that were asked for; for several comparisons (one per checkpoint), the overview by
+    checkpoint first, then each comparison's tables."""
+    results = [result] if isinstance(result, Comparison) else list(result)
+    records = []
+    for r in results:
+        records += [{**x.as_dict(), "checkpoint": r.checkpoint} for x in r.records]
+        records += [{**d.as_dict(), "checkpoint": r.checkpoint} for d in r.seed_differences]
     write_records(records, json_path=json_path, csv_path=csv_path)
     if markdown_path is not None:
-        write_markdown(markdown_path, comparison_tables(result), notes=comparison_notes(result))
+        tables = checkpoint_overview(results) if len(results) > 1 else []
+        notes: list[str] = []
+        for r in results:
+            tables += comparison_tables(r)
+            notes += [n for n in comparison_notes(r) if n not in notes]
+        write_markdown(markdown_path, tables, notes=notes)

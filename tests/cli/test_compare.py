@@ -142,6 +142,61 @@ def test_default_is_better(arms: list[str], tmp_path: Path) -> None:
             "better than sgd-s0.") in default
 
 
+def test_several_checkpoints_side_by_side(tmp_path: Path) -> None:
+    """Repeated --checkpoint: the overview puts each checkpoint's mean, paired difference, p and
+    per-seed difference side by side (checked against scipy on the fixture's values), every
+    JSON record names its checkpoint, and the Markdown opens with the overview."""
+    last_a, last_b = DICE_A - 0.02, DICE_B + 0.01
+    for seed in (1, 2):
+        shift = 0.01 * seed
+        write_run(tmp_path / "sgd", f"s{seed}", seed=seed,
+                  evals={"best": (cases(8), one_class(DICE_A + shift)),
+                         "last": (cases(8), one_class(last_a + shift))})
+        write_run(tmp_path / "hco", f"s{seed}", optimizer="sgd-hco", seed=seed,
+                  evals={"best": (cases(8), one_class(DICE_B + shift)),
+                         "last": (cases(8), one_class(last_b + shift))})
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["compare", f"sgd={tmp_path}/sgd/*", f"hco={tmp_path}/hco/*",
+                                 "--checkpoint", "best", "--checkpoint", "last", "--test",
+                                 "wilcoxon", "--json", str(out / "c.json"), "--markdown",
+                                 str(out / "c.md")], env=WIDE)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    text = result.stdout
+    assert text.index("Class 1: Dice by checkpoint") < text.index("Class 1 (checkpoint best)")
+    assert text.index("Class 1 (checkpoint best)") < text.index("Class 1 (checkpoint last)")
+    hco_row = next(line for line in text.splitlines() if line.startswith("│ hco "))
+    cells = [c.strip() for c in hco_row.strip("│ ").split("│")]
+    expected = ["hco", "2"]
+    for a, b in ((DICE_A, DICE_B), (last_a, last_b)):
+        p = sps.wilcoxon(b, a, alternative="greater").pvalue  # seeds shift both arms alike
+        diff = f"{100 * (b - a).mean():+.2f}"
+        expected += [f"{100 * (b.mean() + 0.015):.2f} ({100 * b.std(ddof=1):.2f})", diff,
+                     fmt_p(p), f"{diff} (2/2), p {fmt_p(0.0)}"]  # equal seed differences
+    assert cells == expected
+    records = json.loads((out / "c.json").read_text(encoding="utf-8"))
+    assert {(r["checkpoint"], r["level"]) for r in records} == {
+        ("best", "case"), ("last", "case"), ("best", "seed"), ("last", "seed")}
+    markdown = (out / "c.md").read_text(encoding="utf-8")
+    assert markdown.startswith("### Class 1: Dice by checkpoint")
+    assert "| Arm | Runs | Dice best (%) | Δ best | p best | Δ per seed best |" in markdown
+
+
+def test_several_checkpoints_need_run_folders(tmp_path: Path) -> None:
+    a = write_summary(tmp_path / "a.json", cases(4), one_class([0.8, 0.7, 0.9, 0.6]))
+    write_run(tmp_path, "run", evals={"best": (cases(4), one_class([0.8] * 4)),
+                                      "last": (cases(4), one_class([0.7] * 4))})
+    run = str(tmp_path / "run")
+    for argv, message in (
+        ([run, str(a), "--checkpoint", "best", "--checkpoint", "last"],
+         "a.json is a summary, which holds one evaluation"),
+        ([run, run, "--checkpoint", "last", "--checkpoint", "last"], "'last' given twice"),
+        ([run, run, "--checkpoint", "best", "--checkpoint", "last", "--plot",
+          str(tmp_path / "p.png")], "--plot draws one checkpoint's cases"),
+    ):
+        line = _error_line(runner.invoke(app, ["compare", *argv], env=WIDE))
+        assert line.startswith("error: ") and message in line, line
+
+
 def test_dynamics_end_to_end(tmp_path: Path) -> None:
     for name, level in (("sgd", 1.0), ("hco", 1.2)):
         steps = [step(e, 3 * e + k, level + 0.01 * k) for e in range(6) for k in range(3)]
