@@ -101,6 +101,23 @@ class SeedDifference:
 
 
 @dataclass(frozen=True)
+class Pairing:
+    """How the runs of one arm pair with the reference's, worked out once per comparison.
+
+    ``pairs``: (label, reference key, arm key) of the runs that share a key, else a run.json
+    seed, else (a seed in several runs) what the wildcards matched, where that pairs them.
+    ``repeated``: see :func:`_repeated_seeds` (then no pairs). ``unpaired``: where at least two
+    runs pair (so that the per-seed test runs), the runs of either arm left without a partner
+    ({arm name: [keys]}): the per-case tests average them in with the paired ones, the per-seed
+    test leaves them out (a glob spanning one round too many, or a seed missing in one arm).
+    """
+
+    pairs: tuple[tuple[str, str, str], ...]
+    repeated: dict[str, dict[str, list[str]]]
+    unpaired: dict[str, list[str]]
+
+
+@dataclass(frozen=True)
 class ComparisonRecord:
     """One (arm vs reference, class, metric) result; ``as_dict`` is the JSON/CSV record."""
 
@@ -144,6 +161,7 @@ class Comparison:
     checkpoint: Checkpoint
     dropped_cases: dict[str, int] = field(default_factory=dict)
     seed_differences: list[SeedDifference] = field(default_factory=list)
+    pairings: dict[str, Pairing] = field(default_factory=dict)  # arm name -> its pairing
     hypothesis: stats.Hypothesis = "better"
     margins: dict[str, float] = field(default_factory=dict)  # metric -> margin (its units)
 
@@ -440,7 +458,7 @@ def _records(
     return records
 
 
-def unpaired_repeated_seeds(ref: Arm, arm: Arm) -> dict[str, dict[str, list[str]]]:
+def _repeated_seeds(ref: Arm, arm: Arm) -> dict[str, dict[str, list[str]]]:
     """Where ``arm`` and ``ref`` share no pairing key and must pair by run.json seed, the seeds
     that one of them holds in more than one run ({arm name: {"seed N": [keys]}}): with those
     there is no unambiguous pairing, so no per-seed differences, and the runs of a seed are
@@ -477,50 +495,42 @@ def _capture_pairs(ref: Arm, arm: Arm) -> list[tuple[str, str, str]]:
     return pairs
 
 
-def _seed_pairs(ref: Arm, arm: Arm) -> list[tuple[str, str, str]]:
-    """(label, reference key, arm key) of the runs that share a key, else a run.json seed, else
-    (a seed in several runs) what the wildcards matched, where that pairs them."""
+def pairing(ref: Arm, arm: Arm) -> Pairing:
+    """Pair the runs of ``arm`` with those of ``ref`` (:class:`Pairing`)."""
+    repeated = _repeated_seeds(ref, arm)
     common = sorted(set(ref.members) & set(arm.members))
-    if common:
-        return [(k, k, k) for k in common]
     captured = _capture_pairs(ref, arm)
-    if captured and any(len(set(a.seeds.values())) < len(a.seeds) for a in (ref, arm)):
-        return captured
-    if unpaired_repeated_seeds(ref, arm):
-        return []  # a seed twice in one arm (folds): no unambiguous pairing
-    by_seed_ref = {v: k for k, v in ref.seeds.items()}
-    by_seed_arm = {v: k for k, v in arm.seeds.items()}
-    shared = sorted(set(by_seed_ref) & set(by_seed_arm))
-    return [(s, by_seed_ref[s], by_seed_arm[s]) for s in shared]
-
-
-def unpaired_runs(ref: Arm, arm: Arm) -> dict[str, list[str]]:
-    """Where at least two runs of ``arm`` pair with runs of ``ref`` (so that the per-seed test
-    runs), the runs of either arm left without a partner ({arm name: [keys]}): the per-case
-    tests average them in with the paired ones, the per-seed test leaves them out (a glob
-    spanning one round too many, or a seed missing in one arm)."""
-    pairs = _seed_pairs(ref, arm)
-    if len(pairs) < 2:
-        return {}
-    out: dict[str, list[str]] = {}
-    for a, paired in ((ref, {r for _, r, _ in pairs}), (arm, {k for _, _, k in pairs})):
-        alone = sorted(set(a.members) - paired)
-        if alone:
-            out[a.name] = alone
-    return out
+    if common:
+        pairs = [(k, k, k) for k in common]
+    elif captured and any(len(set(a.seeds.values())) < len(a.seeds) for a in (ref, arm)):
+        pairs = captured
+    elif repeated:
+        pairs = []  # a seed twice in one arm (folds): no unambiguous pairing
+    else:
+        by_seed_ref = {v: k for k, v in ref.seeds.items()}
+        by_seed_arm = {v: k for k, v in arm.seeds.items()}
+        shared = sorted(set(by_seed_ref) & set(by_seed_arm))
+        pairs = [(s, by_seed_ref[s], by_seed_arm[s]) for s in shared]
+    unpaired: dict[str, list[str]] = {}
+    if len(pairs) >= 2:
+        for a, paired in ((ref, {r for _, r, _ in pairs}), (arm, {k for _, _, k in pairs})):
+            alone = sorted(set(a.members) - paired)
+            if alone:
+                unpaired[a.name] = alone
+    return Pairing(tuple(pairs), repeated, unpaired)
 
 
 def seed_differences(
-    arms: list[Arm], *, hypothesis: stats.Hypothesis = "better",
+    arms: list[Arm], pairings: dict[str, Pairing], *, hypothesis: stats.Hypothesis = "better",
     margins: dict[str, float] | None = None,
 ) -> list[SeedDifference]:
     """Per (arm, class, metric): each paired run's mean over the cases where both runs are
     finite, minus the reference run's, and the t-test of ``hypothesis`` over them; empty for
-    arms without two paired runs."""
+    arms without two paired runs (``pairings``: each arm's :class:`Pairing`, by name)."""
     ref = arms[0]
     out: list[SeedDifference] = []
     for arm in arms[1:]:
-        pairs = _seed_pairs(ref, arm)
+        pairs = pairings[arm.name].pairs
         if len(pairs) < 2:
             continue
         for cls in ref.classes:
@@ -578,6 +588,7 @@ def compare_runs(
     sources = resolve_arms(specs)
     arms = [load_arm(s, checkpoint=checkpoint, intersect=intersect) for s in sources]
     dropped = pair_arms(arms, intersect=intersect)
+    pairings = {arm.name: pairing(arms[0], arm) for arm in arms[1:]}
     test_tuple = tuple(tests)
     return Comparison(
         arms=arms,
@@ -588,7 +599,9 @@ def compare_runs(
         holm=holm,
         checkpoint=checkpoint,
         dropped_cases=dropped,
-        seed_differences=seed_differences(arms, hypothesis=hypothesis, margins=margins),
+        seed_differences=seed_differences(arms, pairings, hypothesis=hypothesis,
+                                          margins=margins),
+        pairings=pairings,
         hypothesis=hypothesis,
         margins=margins,
     )

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from hco_cli.evaluation import stats
-from hco_cli.evaluation.compare import Comparison, unpaired_repeated_seeds, unpaired_runs
+from hco_cli.evaluation.compare import Comparison
 from hco_cli.io_utils import write_json, write_text
 
 LABELS = {"dice": "Dice", "jaccard": "Jaccard", "hd95": "HD95", "asd": "ASD"}
@@ -339,8 +339,8 @@ def comparison_notes(result: Comparison) -> list[str]:
         detail = ", ".join(f"{k}: {v}" for k, v in dropped.items())
         notes.append(f"--intersect: paired {result.n_cases} common cases; dropped {detail}")
     ref, seen = result.arms[0], set()
-    for arm in result.arms[1:]:
-        for name, repeated in unpaired_repeated_seeds(ref, arm).items():
+    for paired in result.pairings.values():
+        for name, repeated in paired.repeated.items():
             if name in seen:
                 continue
             seen.add(name)
@@ -348,7 +348,7 @@ def comparison_notes(result: Comparison) -> list[str]:
             notes.append(f"{name}: a seed in more than one run ({runs}); such runs are averaged "
                          "per case with the others, and the arms are not paired by seed")
     for arm in result.arms[1:]:
-        for name, keys in unpaired_runs(ref, arm).items():
+        for name, keys in result.pairings[arm.name].unpaired.items():
             other = arm.name if name == ref.name else ref.name
             notes.append(f"{name}: {', '.join(keys)} without a partner in {other}; the per-case "
                          "tests average such runs in with the paired ones, the per-seed test "
