@@ -557,8 +557,14 @@ def seed_differences(
     return out
 
 
-def compare_runs(
-    specs: Sequence[str],
+def compare_runs(specs: Sequence[str], **options: Any) -> Comparison:
+    """Load, group, pair and test the arms given as command-line specs (first = reference);
+    ``options``: those of :func:`compare_sources`."""
+    return compare_sources(resolve_arms(specs), **options)
+
+
+def compare_sources(
+    sources: Sequence[ArmSource],
     *,
     checkpoint: Checkpoint = "best",
     tests: Sequence[stats.TestName] = stats.TESTS,
@@ -568,10 +574,10 @@ def compare_runs(
     hypothesis: stats.Hypothesis = "better",
     margins: dict[str, float] | None = None,
 ) -> Comparison:
-    """Load, group, pair and test the arms given as command-line specs (first = reference);
-    ``hypothesis`` is the alternative of every test, per case and over seeds; ``margins``
-    (metric -> margin in the metric's stored units: Dice as a fraction) shift its tests as
-    :mod:`stats` describes."""
+    """Load, group, pair and test arms already resolved (first = reference; a caller can list
+    the runs of an arm itself, e.g. the rounds where an arm ran); ``hypothesis`` is the
+    alternative of every test, per case and over seeds; ``margins`` (metric -> margin in the
+    metric's stored units: Dice as a fraction) shift its tests as :mod:`stats` describes."""
     if checkpoint not in get_args(Checkpoint):
         raise ConfigError(f"unknown checkpoint {checkpoint!r}; expected one of "
                           f"{', '.join(get_args(Checkpoint))}")
@@ -585,7 +591,6 @@ def compare_runs(
     margins = {m: given[m] for m in METRICS if given.get(m)}
     if not tests:
         raise ConfigError("no statistical test selected")
-    sources = resolve_arms(specs)
     arms = [load_arm(s, checkpoint=checkpoint, intersect=intersect) for s in sources]
     dropped = pair_arms(arms, intersect=intersect)
     pairings = {arm.name: pairing(arms[0], arm) for arm in arms[1:]}
