@@ -3,8 +3,6 @@ tests and the pre-registered rule, checked against values built into the runs an
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,13 +10,9 @@ import pytest
 from scipy import stats as sps
 
 from tests.evaluation.compare_fixtures import cases, one_class, write_run
+from tests.scripts.loader import load_script
 
-_PATH = Path(__file__).resolve().parents[2] / "scripts" / "ablation_standing.py"
-_SPEC = importlib.util.spec_from_file_location("ablation_standing", _PATH)
-assert _SPEC is not None and _SPEC.loader is not None
-st = importlib.util.module_from_spec(_SPEC)
-sys.modules["ablation_standing"] = st  # dataclasses look their module up
-_SPEC.loader.exec_module(st)
+st = load_script("ablation_standing")
 
 BASE = np.array([0.80, 0.85, 0.90, 0.70, 0.75, 0.88, 0.81, 0.79])
 # Mean 0, |noise| < 0.005 and all distinct, so that no two paired differences tie (scipy's

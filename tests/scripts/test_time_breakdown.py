@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
 
-_PATH = Path(__file__).resolve().parents[2] / "scripts" / "time_breakdown.py"
-_SPEC = importlib.util.spec_from_file_location("time_breakdown", _PATH)
-assert _SPEC is not None and _SPEC.loader is not None
-tb = importlib.util.module_from_spec(_SPEC)
-sys.modules["time_breakdown"] = tb  # dataclasses look their module up
-_SPEC.loader.exec_module(tb)
+from tests.scripts.loader import load_script
+
+tb = load_script("time_breakdown")
 
 
 def _log() -> list[dict]:
