@@ -10,9 +10,9 @@ import pytest
 from scipy import stats as sps
 
 from tests.evaluation.compare_fixtures import cases, one_class, write_run
-from tests.scripts.loader import load_script
+from tests.file_modules import load_file
 
-st = load_script("ablation_standing")
+st = load_file("scripts/ablation_standing.py", "ablation_standing")
 
 BASE = np.array([0.80, 0.85, 0.90, 0.70, 0.75, 0.88, 0.81, 0.79])
 # Mean 0, |noise| < 0.005 and all distinct, so that no two paired differences tie (scipy's

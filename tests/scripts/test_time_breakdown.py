@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.scripts.loader import load_script
+from tests.file_modules import load_file
 
-tb = load_script("time_breakdown")
+tb = load_file("scripts/time_breakdown.py", "time_breakdown")
 
 
 def _log() -> list[dict]:
