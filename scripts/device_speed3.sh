@@ -5,7 +5,7 @@
 # `wait` calls back to back (a machine idle for 30 s is given back) and it collects itself.
 #   device_speed3.sh start STEP...      STEP: e2e, e2e-2gpu, predict, cold, profile, reorder,
 #                                       loop-test, graph-test, gpu-tests, numerics,
-#                                       concurrency, closs, det,
+#                                       concurrency, closs, det, first-conv,
 #                                       run in the order given (predict and cold need e2e's run);
 #                                       results in /tmp/speed3
 #   device_speed3.sh wait SECONDS       progress; when the steps have ended, collect to $OUT
@@ -52,6 +52,9 @@
 #                one with --deterministic, each with its eager row as the baseline (about 4 min).
 #                With deterministic kernels CUDA graphs train bit for bit as compile: true does
 #                (graph-test), which sets aside the numerics rounds' question for such runs
+#   first-conv   benchmarks/first_conv.py: the V-Net's first convolution (one input channel,
+#                cuDNN's generic kernel in the profile) against the same with the channel
+#                zero-padded to 8, forward and weight gradient (under 1 min; alone on the card)
 # Data: the whole LA set staged into /tmp/la by `device_ablation.sh stage` calls (see
 # scripts/stage_carry.py la); needs .carry/wheels from the first call on.
 set -uo pipefail
@@ -116,6 +119,9 @@ run_steps() {
           --optimizers sgd-hco,sgd-hco+compile,sgd-hco+compile-ro --iterations 20 --rounds 4 \
           --warmup 15 --json $WORK/det${flag:+-deterministic}.json
       done ;;
+    first-conv)  # is the first convolution's generic kernel worth padding away?
+      step first-conv
+      python3 benchmarks/first_conv.py --rounds 7 --json $WORK/first-conv.json ;;
     reorder)  # hco's order of the self-training step against BCP's (+lcc-first), one process
       step reorder
       python3 benchmarks/train_step.py --data $DATA --phases selftrain \
