@@ -200,8 +200,14 @@ def _apply_rule(lines: list[Standing]) -> None:
                 c: [d > printed.delta[c][at[s]] for s, d in zip(line.seeds, line.delta[c],
                                                                  strict=True) if s in at]
                 for c in CHECKPOINTS}
-        if len(set(line.seeds)) < SEEDS_NEEDED:
-            line.rule = f"open ({len(set(line.seeds))} of {SEEDS_NEEDED} seeds)"
+        seeds = len(set(line.seeds))
+        if seeds < SEEDS_NEEDED:
+            left = SEEDS_NEEDED - seeds
+            out_of_reach = line.above_printed and any(
+                sum(line.above_printed[c]) + left < 2 for c in CHECKPOINTS)
+            line.rule = (f"not carried (no seed left can put it above the printed update on "
+                         f"2 of {SEEDS_NEEDED})" if out_of_reach
+                         else f"open ({seeds} of {SEEDS_NEEDED} seeds)")
             continue
         carried = (all(line.mean[c] > -MARGIN for c in CHECKPOINTS)
                    and all(line.p_worse_cases[c] >= ALPHA for c in CHECKPOINTS)

@@ -43,12 +43,18 @@ def root(tmp_path: Path) -> Path:
         _run(tmp_path, seed, "hco-r4", seed, sgd + 0.002 + NOISE, sgd - 0.006 + NOISE, 1.8)
         if seed == 1:
             _run(tmp_path, seed, "hco-r3", seed, sgd - 0.02 + NOISE, sgd - 0.02 + NOISE, 1.25)
+        if seed < 3:  # region arms at two seeds, R1 below the printed update's last iterate
+            printed_region = sgd - 0.004 + NOISE
+            _run(tmp_path, seed, "hco-printed-region", seed, printed_region, printed_region,
+                 2.0)
+            _run(tmp_path, seed, "hco-r1-region", seed, sgd + NOISE, sgd - 0.005 + NOISE, 1.6)
     return tmp_path
 
 
 def test_standing_and_rule(root: Path) -> None:
     lines = {line.arm: line for line in st.standing(st.find_rounds(root))}
-    assert list(lines) == ["hco-printed", "hco-r1", "hco-r3", "hco-r4"]
+    assert list(lines) == ["hco-printed", "hco-printed-region", "hco-r1", "hco-r1-region",
+                           "hco-r3", "hco-r4"]
     r1 = lines["hco-r1"]
     assert r1.reference == "sgd" and r1.rounds == [1, 2, 3] and r1.seeds == ["s1", "s2", "s3"]
     assert r1.delta["best"] == pytest.approx([100 * g for g in GAIN], abs=1e-9)
@@ -70,7 +76,10 @@ def test_standing_and_rule(root: Path) -> None:
     r4 = lines["hco-r4"]
     assert r4.mean == pytest.approx({"best": 0.2, "last": -0.6}, abs=1e-9)
     assert r4.rule == "not carried"  # the last iterate misses the 0.5-point margin
-    assert lines["hco-r3"].rule == "open (1 of 3 seeds)"
+    assert lines["hco-r3"].rule == "open (1 of 3 seeds)"  # R3 could still pass with 2 seeds
+    region = lines["hco-r1-region"]
+    assert region.above_printed == {"best": [True, True], "last": [False, False]}
+    assert region.rule.startswith("not carried (no seed left")
     assert lines["hco-printed"].rule == "-" and lines["hco-printed"].above_printed == {}
     text = st.to_markdown(list(lines.values()))
     assert "| hco-r1 | sgd | 1 (s1), 2 (s2), 3 (s3) | +1.00 (+1.00, +1.20, +0.80) |" in text
