@@ -179,14 +179,18 @@ def compare(
             hypothesis=cast(Any, (alternative or AlternativeChoice.better).value),
             margins=parse_margins(margin, compare_tables.PERCENT),
         )
-        tables = []
-        if len(results) > 1:
-            tables += render(compare_tables.checkpoint_overview(results),
-                             compare_tables.checkpoint_overview(results, compact=True), console)
+        # Several checkpoints: the overview, then each comparison's tables, all in one layout
+        # (the narrow one with a single legend) so that the arms' labels mean one thing.
+        overview = len(results) > 1
+        full = compare_tables.checkpoint_overview(results) if overview else []
+        compact = [compare_tables.arm_legend(results[0])]
+        compact += (compare_tables.checkpoint_overview(results, compact=True, legend=False)
+                    if overview else [])
         for result in results:
-            tables += render(compare_tables.comparison_tables(result),
-                             compare_tables.comparison_tables(result, compact=True), console)
+            full += compare_tables.comparison_tables(result)
+            compact += compare_tables.comparison_tables(result, compact=True, legend=False)
             notes += [n for n in compare_tables.comparison_notes(result) if n not in notes]
+        tables = render(full, compact, console)
         compare_tables.write_comparison(results, **outputs)
         if plot_path is not None:
             plots.plot_boxplots(results[0], plot_path)

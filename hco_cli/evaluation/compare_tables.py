@@ -312,16 +312,23 @@ def _seed_table(result: Comparison, labels: dict[str, str] | None = None) -> Rep
     return table
 
 
-def comparison_tables(result: Comparison, *, compact: bool = False) -> list[ReportTable]:
+def arm_legend(result: Comparison) -> ReportTable:
+    """The legend of the narrow layout's short arm labels."""
+    return _legend(result, arm_labels([a.name for a in result.arms]))
+
+
+def comparison_tables(result: Comparison, *, compact: bool = False,
+                      legend: bool = True) -> list[ReportTable]:
     """One paper-layout table per class, then the table of paired tests; ``compact``: for
-    narrow consoles, a legend of short arm labels, then per class a table of means and one
-    of p-values, then the paired tests in fewer columns."""
+    narrow consoles, a legend of short arm labels (unless ``legend`` is false: the caller
+    shows it once for several comparisons), then per class a table of means and one of
+    p-values, then the paired tests in fewer columns."""
     if not compact:
         seeds = [_seed_table(result)] if result.seed_differences else []
         return [*(_class_table(result, c) for c in result.classes), _details_table(result),
                 *seeds]
     labels = arm_labels([a.name for a in result.arms])
-    tables = [_legend(result, labels)]
+    tables = [_legend(result, labels)] if legend else []
     for cls in result.classes:
         tables += _compact_class_tables(result, cls, labels)
     seeds = [_seed_table(result, labels)] if result.seed_differences else []
@@ -367,20 +374,21 @@ def _signed(value: float, scale: float) -> str:
 
 
 def checkpoint_overview(results: Sequence[Comparison], *, compact: bool = False,
-                        metric: str = "dice") -> list[ReportTable]:
+                        legend: bool = True, metric: str = "dice") -> list[ReportTable]:
     """One table per class with ``metric`` at every checkpoint side by side (the layout of a
     paper's table that reports the validation-selected, last and test-selected results): per
     checkpoint the arm's mean (std), its mean paired difference to the reference with the
     per-case p (the comparisons' tests, Holm-adjusted where asked), and, where runs pair by
     seed, the mean per-seed difference, the seeds where the arm is better and the t-test over
-    the seeds. ``compact``: short arm labels (a legend first), each p beside its difference."""
+    the seeds. ``compact``: short arm labels (a legend first, unless ``legend`` is false), each
+    p beside its difference."""
     first, col = results[0], TABLE_METRICS.index(metric)
     scale = 100.0 if metric in PERCENT else 1.0
     unit = "%" if metric in PERCENT else ("vox" if first.spacing_unit == "voxel" else "mm")
     diff_unit = "% points" if metric in PERCENT else unit
     seeds = any(r.seed_differences for r in results)
     labels = arm_labels([a.name for a in first.arms]) if compact else None
-    tables = [_legend(first, labels)] if labels is not None else []
+    tables = [_legend(first, labels)] if labels is not None and legend else []
     seed_caption = (". Δ per seed: the mean of the per-seed differences (seeds where the arm is "
                     "better), p: t-test over the seeds") if seeds else ""
     for cls in first.classes:
