@@ -557,10 +557,42 @@ def seed_differences(
     return out
 
 
-def compare_runs(specs: Sequence[str], **options: Any) -> Comparison:
+def compare_runs(
+    specs: Sequence[str],
+    *,
+    checkpoint: Checkpoint = "best",
+    tests: Sequence[stats.TestName] = stats.TESTS,
+    hypothesis: stats.Hypothesis = "better",
+    margins: dict[str, float] | None = None,
+    **options: Any,
+) -> Comparison:
     """Load, group, pair and test the arms given as command-line specs (first = reference);
-    ``options``: those of :func:`compare_sources`."""
-    return compare_sources(resolve_arms(specs), **options)
+    the options are :func:`compare_sources`'s, those that need no arm checked first."""
+    _checked_margins(checkpoint, tests, hypothesis, margins)
+    return compare_sources(resolve_arms(specs), checkpoint=checkpoint, tests=tests,
+                           hypothesis=hypothesis, margins=margins, **options)
+
+
+def _checked_margins(
+    checkpoint: Checkpoint = "best",
+    tests: Sequence[stats.TestName] = stats.TESTS,
+    hypothesis: stats.Hypothesis = "better",
+    margins: dict[str, float] | None = None,
+) -> dict[str, float]:
+    """Check the options that need no arm; the margins that apply, in the metrics' order."""
+    if checkpoint not in get_args(Checkpoint):
+        raise ConfigError(f"unknown checkpoint {checkpoint!r}; expected one of "
+                          f"{', '.join(get_args(Checkpoint))}")
+    stats.check_hypothesis(hypothesis)
+    given = margins or {}
+    for metric, margin in given.items():
+        if metric not in METRICS:
+            raise ConfigError(f"a margin for unknown metric {metric!r}; expected one of "
+                              f"{', '.join(METRICS)}")
+        stats.check_margin(margin, hypothesis)
+    if not tests:
+        raise ConfigError("no statistical test selected")
+    return {m: given[m] for m in METRICS if given.get(m)}
 
 
 def compare_sources(
@@ -578,19 +610,7 @@ def compare_sources(
     the runs of an arm itself, e.g. the rounds where an arm ran); ``hypothesis`` is the
     alternative of every test, per case and over seeds; ``margins`` (metric -> margin in the
     metric's stored units: Dice as a fraction) shift its tests as :mod:`stats` describes."""
-    if checkpoint not in get_args(Checkpoint):
-        raise ConfigError(f"unknown checkpoint {checkpoint!r}; expected one of "
-                          f"{', '.join(get_args(Checkpoint))}")
-    stats.check_hypothesis(hypothesis)
-    given = margins or {}
-    for metric, margin in given.items():
-        if metric not in METRICS:
-            raise ConfigError(f"a margin for unknown metric {metric!r}; expected one of "
-                              f"{', '.join(METRICS)}")
-        stats.check_margin(margin, hypothesis)
-    margins = {m: given[m] for m in METRICS if given.get(m)}
-    if not tests:
-        raise ConfigError("no statistical test selected")
+    margins = _checked_margins(checkpoint, tests, hypothesis, margins)
     arms = [load_arm(s, checkpoint=checkpoint, intersect=intersect) for s in sources]
     dropped = pair_arms(arms, intersect=intersect)
     pairings = {arm.name: pairing(arms[0], arm) for arm in arms[1:]}
@@ -623,10 +643,11 @@ def compare_checkpoints(
     for i, checkpoint in enumerate(checkpoints):
         if checkpoint in checkpoints[:i]:
             raise ConfigError(f"checkpoint {checkpoint!r} given twice")
+    results = [compare_runs(specs, checkpoint=checkpoints[0], **options)]
     if len(checkpoints) > 1:
         for source in resolve_arms(specs):
             for member in source.members:
                 if holds_one_evaluation(member):
                     raise ConfigError(f"{member} is a summary, which holds one evaluation; "
                                       "several checkpoints need run folders")
-    return [compare_runs(specs, checkpoint=c, **options) for c in checkpoints]
+    return results + [compare_runs(specs, checkpoint=c, **options) for c in checkpoints[1:]]
