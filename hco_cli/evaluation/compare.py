@@ -254,6 +254,11 @@ def _member(path: Path, checkpoint: Checkpoint) -> tuple[Summary, RunInfo | None
     if path.is_file():
         # RUN/eval/<checkpoint>/summary.json: take optimizer and L/U from RUN/run.json.
         owner = RunFolder.of_summary(path)
+        held = path.parent.name
+        if owner is not None and held in get_args(Checkpoint) and held != checkpoint:
+            raise ConfigError(f"{path} is the {held!r} evaluation, not the {checkpoint!r} one "
+                              f"asked for: compare with --checkpoint {held}, or name the run "
+                              "folder")
         in_run = owner is not None and owner.run_json.is_file()
         return read_summary(path), (read_run_info(owner.path) if owner and in_run else None)
     folder = RunFolder(path)

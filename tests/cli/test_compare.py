@@ -181,6 +181,20 @@ def test_several_checkpoints_side_by_side(tmp_path: Path) -> None:
     assert "| Arm | Runs | Dice best (%) | Δ best | p best | Δ per seed best |" in markdown
 
 
+def test_a_run_summary_must_be_the_checkpoint_asked_for(tmp_path: Path) -> None:
+    """RUN/eval/last/summary.json is the last iterate: compared under the default (best) it
+    would be labelled as the best checkpoint, so it is refused; with --checkpoint last it is
+    read."""
+    for name in ("a", "b"):
+        write_run(tmp_path, name, evals={"last": (cases(4), one_class([0.8, 0.7, 0.9, 0.6]))})
+    files = [str(tmp_path / n / "eval" / "last" / "summary.json") for n in ("a", "b")]
+    line = _error_line(runner.invoke(app, ["compare", *files], env=WIDE))
+    assert "is the 'last' evaluation, not the 'best' one asked for" in line
+    result = runner.invoke(app, ["compare", *files, "--checkpoint", "last"], env=WIDE)
+    assert result.exit_code == 0, result.output
+    assert "Class 1 (checkpoint last)" in result.stdout
+
+
 def test_several_checkpoints_need_run_folders(tmp_path: Path) -> None:
     a = write_summary(tmp_path / "a.json", cases(4), one_class([0.8, 0.7, 0.9, 0.6]))
     write_run(tmp_path, "run", evals={"best": (cases(4), one_class([0.8] * 4)),
