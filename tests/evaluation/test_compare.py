@@ -196,7 +196,8 @@ def test_summary_inside_a_run_reads_run_json(tmp_path: Path) -> None:
     write_run(tmp_path, "r", optimizer="adamw-hco", labeled=5, unlabeled=150,
               evals={"last": (cases(N), one_class(DICE_A))})  # fmt: skip
     other = write_summary(tmp_path / "plain.json", cases(N), one_class(DICE_B))
-    result = compare_runs([str(tmp_path / "r" / "eval" / "last" / "summary.json"), str(other)])
+    result = compare_runs([str(tmp_path / "r" / "eval" / "last" / "summary.json"), str(other)],
+                          checkpoint="last")
     first, second = result.arms
     assert (first.name, first.optimizer, first.labeled_unlabeled) == ("r", "adamw-hco", "5/150")
     assert (second.optimizer, second.labeled_unlabeled) == ("-", "-")
