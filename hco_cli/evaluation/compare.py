@@ -249,6 +249,14 @@ def holds_one_evaluation(path: Path) -> bool:
     return not folder.run_json.is_file() and not (path / EVAL_DIR).is_dir()
 
 
+def _names_no_checkpoint(path: Path) -> bool:
+    """A summary outside a run's eval/<checkpoint>/ folder: one evaluation of a checkpoint
+    that nothing names."""
+    owner = RunFolder.of_summary(path) if path.is_file() else None
+    named = owner is not None and path.parent.name in get_args(Checkpoint)
+    return holds_one_evaluation(path) and not named
+
+
 def _member(path: Path, checkpoint: Checkpoint) -> tuple[Summary, RunInfo | None]:
     """Read one group member: a run folder's chosen evaluation, or a summary file."""
     if path.is_file():
@@ -616,6 +624,10 @@ def compare_sources(
     alternative of every test, per case and over seeds; ``margins`` (metric -> margin in the
     metric's stored units: Dice as a fraction) shift its tests as :mod:`stats` describes."""
     margins = _checked_margins(checkpoint, tests, hypothesis, margins)
+    if checkpoint != "best" and all(_names_no_checkpoint(m) for s in sources for m in s.members):
+        raise ConfigError(f"checkpoint {checkpoint!r} applies to run folders and their "
+                          "eval/<checkpoint>/ summaries, and every arm here is a summary that "
+                          "names no checkpoint")
     arms = [load_arm(s, checkpoint=checkpoint, intersect=intersect) for s in sources]
     dropped = pair_arms(arms, intersect=intersect)
     pairings = {arm.name: pairing(arms[0], arm) for arm in arms[1:]}

@@ -184,7 +184,8 @@ def test_several_checkpoints_side_by_side(tmp_path: Path) -> None:
 def test_a_run_summary_must_be_the_checkpoint_asked_for(tmp_path: Path) -> None:
     """RUN/eval/last/summary.json is the last iterate: compared under the default (best) it
     would be labelled as the best checkpoint, so it is refused; with --checkpoint last it is
-    read."""
+    read. A summary outside a run names no checkpoint: --checkpoint last applies where a run's
+    summary is beside it, and is refused where no arm has one."""
     for name in ("a", "b"):
         write_run(tmp_path, name, evals={"last": (cases(4), one_class([0.8, 0.7, 0.9, 0.6]))})
     files = [str(tmp_path / n / "eval" / "last" / "summary.json") for n in ("a", "b")]
@@ -193,6 +194,13 @@ def test_a_run_summary_must_be_the_checkpoint_asked_for(tmp_path: Path) -> None:
     result = runner.invoke(app, ["compare", *files, "--checkpoint", "last"], env=WIDE)
     assert result.exit_code == 0, result.output
     assert "Class 1 (checkpoint last)" in result.stdout
+    bare = write_summary(tmp_path / "bare.json", cases(4), one_class([0.8, 0.7, 0.9, 0.6]))
+    result = runner.invoke(app, ["compare", files[1], str(bare), "--checkpoint", "last"],
+                           env=WIDE)  # the checkpoint applies to the run's summary
+    assert result.exit_code == 0, result.output
+    line = _error_line(runner.invoke(app, ["compare", f"a={bare}", f"b={bare}",
+                                           "--checkpoint", "last"], env=WIDE))
+    assert "every arm here is a summary that names no checkpoint" in line
 
 
 def test_several_checkpoints_need_run_folders(tmp_path: Path) -> None:
