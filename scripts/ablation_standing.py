@@ -19,7 +19,8 @@ against the reference of its own round: ``sgd`` where the round has one, else th
 
 The rule (README, "How the ablation will name its reading", written before the rounds it binds)
 applies to the HCO readings (``hco-*`` arms other than the printed update and the signs-only
-control), with three seeds: a reading is **carried** into the full-protocol study when its mean
+control; ``sgd-co`` runs in the full-protocol study whatever it gives, as issue 15 lists it),
+with three seeds: a reading is **carried** into the full-protocol study when its mean
 ΔDice is above -0.5 for both checkpoints, the Holm-adjusted Wilcoxon "worse" test over the cases
 is not significant (0.05) for either checkpoint, and its ΔDice is above the printed update's at
 the same seed on at least two of the three seeds for both checkpoints (the printed update of
