@@ -1,6 +1,10 @@
 """The "Which HCO" ablation's standing table and its pre-registered rule, from the rounds on disk.
 
-    python scripts/ablation_standing.py [ROOT] [--markdown FILE] [--json FILE]
+    python scripts/ablation_standing.py [ROOT] [--markdown FILE] [--json FILE] [--readme FILE]
+
+``--readme`` rewrites the short table between the README's ``<!-- ablation-standing -->``
+markers (tests/scripts/test_ablation_standing.py checks that the committed README holds what
+the committed rounds give).
 
 ROOT (default ``results/ablation``) holds ``round<N>/<arm>/<run>/`` folders, one run per arm and
 round, each round with its own shared pre-training and one seed. Every arm's difference is taken
@@ -58,6 +62,19 @@ SEEDS_NEEDED = 3
 CONTROLS = frozenset({"sgd-aa", "sgd-lr2x", "hco-signs"})
 PRINTED = frozenset({"hco-printed", "hco-printed-region"})
 _ROUND = re.compile(r"round(\d+)$")
+BEGIN, END = "<!-- ablation-standing:begin -->", "<!-- ablation-standing:end -->"
+WHAT = {  # what each arm of the committed rounds is, for the README's short table
+    "hco-printed": "the printed update (Algorithm 2)",
+    "hco-r1": "R1: the binary mask into the momentum",
+    "hco-r3": "R3: the unlabeled increment only",
+    "hco-r4": "R4: the refinement not persisted",
+    "sgd-aa": "A/A control: sgd with other random streams",
+    "hco-signs": "control: g_U through the mask's signs only",
+    "sgd-lr2x": "control: sgd at 2.13x lr",
+    "hco-printed-region": "the printed update, region split",
+    "hco-r1-region": "R1, region split",
+    "sgd-co": "cautious SGD (the CO mask)",
+}
 
 
 @dataclass(frozen=True)
@@ -278,14 +295,41 @@ def _finite(value: Any) -> Any:
     return value
 
 
+def short_markdown(lines: list[Standing]) -> str:
+    """The README's table: per arm what it is, its seeds, mean ΔDice, seeds better, r, rule."""
+    head = ["arm", "what", "vs", "seeds", "ΔDice best", "ΔDice last", "seeds better (best / last)",
+            "r", "rule"]
+    out = ["| " + " | ".join(head) + " |", "|" + "|".join(" --- " for _ in head) + "|"]
+    for line in lines:
+        seeds = ", ".join(f"{s.lstrip('s')}{'c' if c else ''}"
+                          for s, c in zip(line.seeds, line.compiled, strict=True))
+        cells = [f"`{line.arm}`", WHAT.get(line.arm, ""), f"`{line.reference}`", seeds,
+                 f"{line.mean['best']:+.2f}", f"{line.mean['last']:+.2f}",
+                 f"{line.better['best']} / {line.better['last']} of {len(line.seeds)}",
+                 _range(line.r), line.rule]
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def with_table(readme: str, table: str) -> str:
+    """``readme`` with ``table`` between the markers (each on its own line)."""
+    start, end = readme.find(BEGIN), readme.find(END)
+    if start < 0 or end < start:
+        raise HcoError(f"no {BEGIN} ... {END} block in the README")
+    return readme[:start + len(BEGIN)] + "\n" + table + readme[end:]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("root", nargs="?", type=Path, default=Path("results/ablation"))
     parser.add_argument("--markdown", type=Path, help="write the table here")
     parser.add_argument("--json", type=Path, help="write every number here")
+    parser.add_argument("--readme", type=Path, help="rewrite the short table in this README")
     args = parser.parse_args(argv)
     try:
         lines = standing(find_rounds(args.root))
+        readme = (with_table(args.readme.read_text(encoding="utf-8"), short_markdown(lines))
+                  if args.readme else None)
     except (HcoError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -295,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
         write_text(args.markdown, text)
     if args.json:
         write_json(args.json, [_finite(asdict(line)) for line in lines])
+    if args.readme and readme is not None:
+        write_text(args.readme, readme)
     return 0
 
 

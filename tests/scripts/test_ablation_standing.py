@@ -10,7 +10,7 @@ import pytest
 from scipy import stats as sps
 
 from tests.evaluation.compare_fixtures import cases, one_class, write_run
-from tests.file_modules import load_file
+from tests.file_modules import ROOT, load_file
 
 st = load_file("scripts/ablation_standing.py", "ablation_standing")
 
@@ -86,15 +86,35 @@ def test_standing_and_rule(root: Path) -> None:
     assert "| 3 of 3 / 3 of 3 | 1.50 | HCO helps |" in text
 
 
+def test_readme_table_is_what_the_committed_rounds_give() -> None:
+    """README.md's short standing table is the script's output on results/ablation."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = st.short_markdown(st.standing(st.find_rounds(ROOT / "results" / "ablation")))
+    assert st.with_table(readme, table) == readme, (
+        "README.md's standing table is stale: python scripts/ablation_standing.py --readme "
+        "README.md")
+
+
 def test_main_writes_and_errors_in_one_line(root: Path, tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     assert st.main([str(root), "--markdown", str(tmp_path / "s.md"),
                     "--json", str(tmp_path / "s.json")]) == 0
     assert (tmp_path / "s.md").read_text(encoding="utf-8").startswith("| arm | vs |")
     assert '"arm": "hco-r1"' in (tmp_path / "s.json").read_text(encoding="utf-8")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{st.BEGIN}\nold\n{st.END}\nafter\n", encoding="utf-8")
+    assert st.main([str(root), "--readme", str(readme)]) == 0
+    text = readme.read_text(encoding="utf-8")
+    assert text.startswith(f"intro\n{st.BEGIN}\n| arm | what | vs | seeds |")
+    assert "| `hco-r1` | R1: the binary mask into the momentum | `sgd` | 1, 2, 3 | +1.00 |" in text
+    assert text.endswith(f"{st.END}\nafter\n") and "old" not in text
     capsys.readouterr()
     empty = tmp_path / "empty"
     empty.mkdir()
     assert st.main([str(empty)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "no round<N> folders" in err[0]
+    (tmp_path / "plain.md").write_text("no markers\n", encoding="utf-8")
+    assert st.main([str(root), "--readme", str(tmp_path / "plain.md")]) == 1
+    assert "no <!-- ablation-standing:begin -->" in capsys.readouterr().err
+    assert (tmp_path / "plain.md").read_text(encoding="utf-8") == "no markers\n"
