@@ -18,14 +18,13 @@ so the same parameters from the same seed).
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from hco_cli.models import ModelConfig
-from hco_cli.models.compiling import compile_options, prepare_compiling
+from hco_cli.models.compiling import compiled_function, prepare_compiling
 from hco_cli.models.layout import (
     GROUPNORM_GROUPS,
     STAGES,
@@ -184,7 +183,6 @@ class VNet(nn.Module):
         return self.decoder(self.encoder(x))
 
 
-@functools.cache
 def _compiled(mode: str) -> Callable[[VNet, Tensor], Tensor]:
     """One ``torch.compile`` of :meth:`VNet.forward` per mode, shared by every V-Net: the
     network is an argument, so a student and its teacher share compiled code (their
@@ -202,7 +200,7 @@ def _compiled(mode: str) -> Callable[[VNet, Tensor], Tensor]:
     short LA runs with CUDA graphs and inductor's random numbers ended 2.3 Dice points below
     eager (results/speed/numerics-round2-h200). The V-Net has two dropout layers, so the
     unfused masks cost little."""
-    return torch.compile(VNet.forward, options=compile_options(mode), dynamic=False)
+    return compiled_function(VNet.forward, mode)
 
 
 def compile_forward(model: nn.Module, mode: str = "default") -> nn.Module:

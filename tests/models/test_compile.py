@@ -18,7 +18,8 @@ import torch._inductor.compile_fx
 
 from hco_cli.config import validate_config
 from hco_cli.errors import ConfigError
-from hco_cli.models import ModelConfig, vnet
+from hco_cli.models import ModelConfig
+from hco_cli.models.compiling import compiled_function
 from hco_cli.models.vnet import VNet, build_model, compile_forward
 
 
@@ -247,7 +248,7 @@ def test_a_backward_cached_with_donated_buffers_is_not_reused(
         other = torch.compile(VNet.forward, dynamic=False)
         other(_net(0), x).square().sum().backward()
     torch._dynamo.reset()
-    vnet._compiled.cache_clear()
+    compiled_function.cache_clear()  # one compiled V-Net forward per mode, cached there
     eager, compiled = _net(0), compile_forward(_net(0))
     grads = []
     for net in (eager, compiled):
