@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hco_cli.io_utils import write_json
+from hco_cli.training.setup import set_deterministic
 
 Arm = Callable[[Tensor, Tensor], Tensor]
 
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.shape[1] != 1:
         parser.error("--shape: the first convolution takes one input channel (C = 1)")
     if args.device == "cuda":
-        torch.backends.cudnn.benchmark = True  # as training runs
+        set_deterministic(False)  # cuDNN autotuning, as training runs by default
     result = run(torch.device(args.device), tuple(args.shape), args.rounds, args.repeat,
                  args.warmup)
     for key, value in result["median_ms"].items():
