@@ -31,7 +31,9 @@ the same seed on at least two of the three seeds for both checkpoints (the print
 the same gradient split: ``hco-printed-region`` for ``*-region`` arms; each seed's Δ against its
 own round's reference, so within a round this is the direct comparison). **"HCO helps"** needs
 the best checkpoint's "better" tests significant per case (Holm, Wilcoxon and t-test) and over
-the seeds (t-test), at 0.05.
+the seeds (t-test), at 0.05. A reading with seeds still to run is "open", with the mean ΔDice
+those seeds must exceed for the margin (the other conditions cannot be forecast), or "not
+carried" when no result of theirs can put it above the printed update on two seeds.
 """
 
 from __future__ import annotations
@@ -114,6 +116,9 @@ class Standing:
     p_better_seeds: dict[str, float]
     r: list[float]
     above_printed: dict[str, list[bool]] = field(default_factory=dict)
+    # open readings: the mean ΔDice the seeds still to run must exceed for the mean over all
+    # SEEDS_NEEDED seeds to clear the margin, per checkpoint
+    needs: dict[str, float] = field(default_factory=dict)
     rule: str = "-"
 
 
@@ -223,9 +228,15 @@ def _apply_rule(lines: list[Standing]) -> None:
             left = SEEDS_NEEDED - seeds
             out_of_reach = line.above_printed and any(
                 sum(line.above_printed[c]) + left < 2 for c in CHECKPOINTS)
-            line.rule = (f"not carried (no seed left can put it above the printed update on "
-                         f"2 of {SEEDS_NEEDED})" if out_of_reach
-                         else f"open ({seeds} of {SEEDS_NEEDED} seeds)")
+            if out_of_reach:
+                line.rule = (f"not carried (no seed left can put it above the printed update "
+                             f"on 2 of {SEEDS_NEEDED})")
+                continue
+            line.needs = {c: (-MARGIN * SEEDS_NEEDED - sum(line.delta[c])) / left
+                          for c in CHECKPOINTS}
+            who = "the last seed" if left == 1 else f"the {left} seeds left, on average,"
+            line.rule = (f"open ({seeds} of {SEEDS_NEEDED} seeds; {who} must exceed ΔDice "
+                         + ", ".join(f"{line.needs[c]:+.2f} {c}" for c in CHECKPOINTS) + ")")
             continue
         carried = (all(line.mean[c] > -MARGIN for c in CHECKPOINTS)
                    and all(line.p_worse_cases[c] >= ALPHA for c in CHECKPOINTS)

@@ -76,7 +76,11 @@ def test_standing_and_rule(root: Path) -> None:
     r4 = lines["hco-r4"]
     assert r4.mean == pytest.approx({"best": 0.2, "last": -0.6}, abs=1e-9)
     assert r4.rule == "not carried"  # the last iterate misses the 0.5-point margin
-    assert lines["hco-r3"].rule == "open (1 of 3 seeds)"  # R3 could still pass with 2 seeds
+    r3 = lines["hco-r3"]  # 2 points below sgd on one seed: it could still pass with 2 more,
+    # if they average above (-0.5 * 3 + 2) / 2 = +0.25
+    assert r3.needs == pytest.approx({"best": 0.25, "last": 0.25}, abs=1e-9)
+    assert r3.rule == ("open (1 of 3 seeds; the 2 seeds left, on average, must exceed ΔDice "
+                       "+0.25 best, +0.25 last)")
     region = lines["hco-r1-region"]
     assert region.above_printed == {"best": [True, True], "last": [False, False]}
     assert region.rule.startswith("not carried (no seed left")
