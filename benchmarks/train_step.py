@@ -21,7 +21,9 @@ BatchNorm that changes the teacher's statistics, so the row measures the potenti
 CUDA graphs (``compile: reduce-overhead``), ``+lcc-first`` BCP's order of the self-training
 step (the pseudo-labels' largest-component step, which waits for the device, before the
 student's forwards rather than after them, as hco ran it before 2026-12-01), ``+closs`` the
-losses through ``torch.compile`` (``compile_losses: true``); e.g.
+losses through ``torch.compile`` (``compile_losses: true``), ``+cupy-lcc`` the largest-component
+step through CuPy's labelling (one host synchronisation per iteration: hco's GPU path before the
+Triton union-find of ``hco_cli.ops.ccl_triton``, which needs none); e.g.
 ``--optimizers sgd,sgd+batched,sgd+compile,sgd+compile-ro,sgd+lcc-first``: ratios to the first
 name are same-process comparisons. Compilation happens in the warm-up iterations (give
 ``--warmup`` enough).
@@ -97,6 +99,7 @@ from hco_cli.io_utils import write_json
 from hco_cli.models import ModelConfig
 from hco_cli.models.roofline import bcp_iteration_cost
 from hco_cli.models.vnet import build_model, compile_forward
+from hco_cli.ops.components import _lcc_cupy
 from hco_cli.optim import build_optimizer, plain_variant
 from hco_cli.ssl.config import BCPConfig
 from hco_cli.ssl.registry import build_framework
@@ -139,10 +142,11 @@ KERNEL_CATEGORIES: tuple[tuple[str, tuple[str, ...] | None, str | None], ...] = 
     ("optimizer", ("optimizer step",), None),
     ("ema", ("ema",), None),
     ("connected components", ("connected components",), None),
-    # by name alone (a kernel whose launch was not linked: CuPy's label kernels, its sort;
-    # nothing else in the step sorts or builds a histogram)
+    # by name alone (a kernel whose launch was not linked: CuPy's label kernels, its sort, the
+    # Triton union-find's kernels; nothing else in the step sorts or builds a histogram)
     ("connected components", None,
-     r"cupy|ndimage_label|kernelHistogram|thrust::|DeviceRadixSort"),
+     r"cupy|ndimage_label|kernelHistogram|thrust::|DeviceRadixSort"
+     r"|^_(merge|flatten)_kernel"),
     ("optimizer", None, r"multi_tensor_apply|_foreach_|_fused_(sgd|adam)|Fused(Sgd|Adam)"
      r"|_(sgd|adam)_(mask|apply)_kernel|_close_counts"),
     ("batch/instance norm", None, r"^triton_\w*(batch_norm|instance_norm|group_norm)"),
@@ -269,7 +273,13 @@ def batches(args: argparse.Namespace, device: torch.device) -> Callable[[bool], 
     return random_batch
 
 
-CANDIDATES = ("batched", "compile", "compile-ro", "lcc-first", "closs")
+CANDIDATES = ("batched", "compile", "compile-ro", "lcc-first", "closs", "cupy-lcc")
+
+
+def _cupy_components(mask: Tensor, *, connectivity: int = 26) -> Tensor:
+    """``+cupy-lcc``: ``largest_connected_component`` of a CUDA mask through CuPy."""
+    volumes = mask.bool().reshape(-1, *mask.shape[-3:])
+    return _lcc_cupy(volumes, connectivity).reshape(mask.shape)
 
 
 def _components_first(fw: Any) -> None:
@@ -314,6 +324,7 @@ class Trial:
                 model = model.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
             return compile_forward(model, compile_mode) if compile_mode else model
         self.device, self.iteration = device, 0
+        self.cupy_lcc = "cupy-lcc" in features
         self.diagnostics: list[Any] = []
         self.framework = build_framework(cfg, model_factory=factory, num_classes=2, device=device,
                                          seed=0, compile_losses="closs" in features)
@@ -344,8 +355,10 @@ class Trial:
                     bcp_module.largest_connected_component, bcp_module.keep_largest_per_class)
         setattr(bcp_module, "two_source_step", self.watch.wrap("backward", original[0]))  # noqa: B010
         setattr(bcp_module, "ema_update_", self.watch.wrap("ema", original[1]))  # noqa: B010
+        lcc = _cupy_components if self.cupy_lcc else original[2]
+        setattr(bcp_module, "largest_connected_component", lcc)  # noqa: B010
         if self.watch.annotate:  # a profiler stage only (the stopwatch's stages stay as they were)
-            for attr, fn in (("largest_connected_component", original[2]),
+            for attr, fn in (("largest_connected_component", lcc),
                              ("keep_largest_per_class", original[3])):
                 setattr(bcp_module, attr, self.watch.wrap("connected components", fn))
         try:

@@ -5,7 +5,7 @@
 # `wait` calls back to back (a machine idle for 30 s is given back) and it collects itself.
 #   device_speed3.sh start STEP...      STEP: e2e, e2e-2gpu, predict, cold, profile, reorder,
 #                                       loop-test, graph-test, gpu-tests, numerics,
-#                                       concurrency, closs, det, first-conv,
+#                                       concurrency, closs, det, lcc, first-conv,
 #                                       run in the order given (predict and cold need e2e's run);
 #                                       results in /tmp/speed3
 #   device_speed3.sh wait SECONDS       progress; when the steps have ended, collect to $OUT
@@ -52,6 +52,11 @@
 #                one with --deterministic, each with its eager row as the baseline (about 4 min).
 #                With deterministic kernels CUDA graphs train bit for bit as compile: true does
 #                (graph-test), which sets aside the numerics rounds' question for such runs
+#   lcc          the pseudo-labels' largest component by the Triton union-find (no host sync)
+#                against CuPy's labelling: the GPU tests of both, benchmarks/lcc_step.py (the
+#                step alone: device and host time), and benchmarks/train_step.py with sgd and
+#                sgd+compile-ro, each with and without +cupy-lcc, in one process (about 3 min;
+#                alone on the card)
 #   first-conv   benchmarks/first_conv.py: the V-Net's first convolution (one input channel,
 #                cuDNN's generic kernel in the profile) against the same with the channel
 #                zero-padded to 8, forward and weight gradient (under 1 min; alone on the card)
@@ -119,6 +124,14 @@ run_steps() {
           --optimizers sgd-hco,sgd-hco+compile,sgd-hco+compile-ro --iterations 20 --rounds 4 \
           --warmup 15 --json $WORK/det${flag:+-deterministic}.json
       done ;;
+    lcc)  # the Triton union-find against CuPy's labelling: GPU tests, the step, the iteration
+      step lcc
+      timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short \
+        tests/ops/test_ccl_triton.py tests/ops/test_components.py 2>&1 | tail -n 20
+      python3 benchmarks/lcc_step.py --json $WORK/lcc-step.json
+      python3 benchmarks/train_step.py --data $DATA --phases selftrain \
+        --optimizers sgd+compile-ro,sgd+compile-ro+cupy-lcc,sgd,sgd+cupy-lcc --iterations 20 \
+        --rounds 5 --warmup 15 --json $WORK/lcc-train-step.json ;;
     first-conv)  # is the first convolution's generic kernel worth padding away?
       step first-conv
       python3 benchmarks/first_conv.py --rounds 7 --json $WORK/first-conv.json ;;

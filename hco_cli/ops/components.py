@@ -1,8 +1,10 @@
 """Largest-connected-component filtering of binary and multi-class segmentations.
 
-CPU tensors and NumPy arrays go through ``scipy.ndimage.label``; CUDA tensors through
-``cupyx.scipy.ndimage.label`` when CuPy is importable (shared memory through DLPack), otherwise
-through a pure-torch label propagation. All three give the same result: the component with the
+CPU tensors and NumPy arrays go through ``scipy.ndimage.label``; CUDA tensors through the
+Triton union-find of ``hco_cli.ops.ccl_triton`` when Triton is importable (no host
+synchronisation), else ``cupyx.scipy.ndimage.label`` when CuPy is (shared memory through DLPack;
+one synchronisation for the component count), else a pure-torch label propagation. All give the
+same result: the component with the
 most voxels, ties going to the component that comes first in C (raster) order, as scipy's
 label numbering (and BCP's ``getLargestCC``: argmax of the label histogram) does. An empty mask
 stays empty.
@@ -40,8 +42,11 @@ def largest_connected_component(mask: ArrayT, *, connectivity: int = 26) -> Arra
     if isinstance(mask, np.ndarray):
         return _lcc_numpy(mask.astype(bool, copy=False), connectivity)
     volumes = mask.bool().reshape(-1, *mask.shape[-3:])
+    ccl = _ccl_triton()
     if volumes.device.type == "cpu":
         out = torch.from_numpy(_lcc_numpy(volumes.numpy(), connectivity))
+    elif ccl is not None and ccl.fits(volumes):
+        out = ccl.largest_component(volumes, connectivity)
     elif _cupy_ndimage() is not None:
         out = _lcc_cupy(volumes, connectivity)
     else:
@@ -78,6 +83,14 @@ def _lcc_numpy(mask: np.ndarray, connectivity: int) -> np.ndarray:
             sizes[0] = 0
             out[i] = labels == int(np.argmax(sizes))
     return out.reshape(mask.shape)
+
+
+def _ccl_triton() -> Any | None:
+    """The Triton labelling module, or None without Triton (an optional dependency)."""
+    try:
+        return importlib.import_module("hco_cli.ops.ccl_triton")
+    except ImportError:
+        return None
 
 
 def _cupy_ndimage() -> Any | None:

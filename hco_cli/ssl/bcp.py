@@ -176,7 +176,8 @@ class BCPFramework(Framework):
     def largest_components(self, labels: Tensor, sizes: list[int]) -> list[Tensor]:
         """:meth:`teacher_labels`' output with the largest component kept per volume (per
         class when ``pseudo_lcc``), split back into halves of ``sizes``. The components of all
-        halves are found in one call: the iteration's one host synchronisation on a GPU."""
+        halves are found in one call, on a GPU without a host synchronisation (Triton; with CuPy
+        instead, its component count is the iteration's one synchronisation)."""
         if self.cfg.pseudo_lcc:
             if self.num_classes == 2:
                 labels = largest_connected_component(labels,

@@ -100,6 +100,8 @@ KNOWN_KERNELS = {
     "cupyx_scipy_ndimage_label_init": "connected components",
     "cupyx_scipy_ndimage_label_connect": "connected components",
     "cupyx_scipy_ndimage_label_finalize": "connected components",
+    "_merge_kernel": "connected components",  # the Triton union-find (hco_cli/ops/ccl_triton)
+    "_flatten_kernel": "connected components",
     "void at::cuda::kernelHistogram1D<float, float, long, 1, 2, -1, "
     "(at::cuda::CUDAHistogramMemoryType)1, at::cuda::detail::CUDAHistogramMemoryType>(...)":
         "connected components",

@@ -8,6 +8,7 @@ import torch
 from scipy import ndimage
 
 from hco_cli.ops.components import (
+    _lcc_cupy,
     keep_largest_per_class,
     largest_connected_component,
     largest_of_labels,
@@ -149,12 +150,12 @@ def test_cupy_batched_labelling_equals_scipy(connectivity: int) -> None:
         batch = random_blobs(seed, (4, 24, 20, 16), 0.5 + 0.01 * seed)
         batch[2] = False  # an empty volume inside the batch
         batch[3, :, :, 0] = True  # touches volume 2's border only through the batch axis
-        got = largest_connected_component(torch.from_numpy(batch).cuda(),
-                                          connectivity=connectivity).cpu().numpy()
+        got = _lcc_cupy(torch.from_numpy(batch).cuda(), connectivity).cpu().numpy()
         for volume, result in zip(batch, got, strict=True):
             np.testing.assert_array_equal(result, scipy_reference(volume, connectivity))
     tie = np.zeros((2, 6, 6, 6), dtype=bool)
     tie[:, 4:6, 4:6, 4:6] = True
     tie[:, 0:2, 0:2, 0:2] = True
-    got = largest_connected_component(torch.from_numpy(tie).cuda()).cpu().numpy()
-    assert got[:, 0:2, 0:2, 0:2].all() and not got[:, 4:6, 4:6, 4:6].any()
+    for got in (_lcc_cupy(torch.from_numpy(tie).cuda(), 26).cpu().numpy(),
+                largest_connected_component(torch.from_numpy(tie).cuda()).cpu().numpy()):
+        assert got[:, 0:2, 0:2, 0:2].all() and not got[:, 4:6, 4:6, 4:6].any()
