@@ -80,13 +80,13 @@ def host_ms(fn: Callable[[Tensor], Tensor], mask: Tensor, repeat: int,
     return statistics.median(times) * 1e3
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--repeat", type=int, default=20, help="calls per timed round")
     parser.add_argument("--connectivity", type=int, default=26, choices=(6, 18, 26))
     parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("lcc_step.py compares two GPU paths: it needs a CUDA device")
     device = torch.device("cuda")
