@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -86,6 +87,18 @@ def _move_into_place(tmp: Path, target: Path, *, kind: Kind, force: bool, option
     os.replace(target, old)
     os.replace(tmp, target)
     shutil.rmtree(old)
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN and infinities as None (strict JSON has neither), through nested
+    dicts, lists and tuples (tuples become lists, as JSON writes them anyway)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def write_json(target: Path, data: Any) -> None:

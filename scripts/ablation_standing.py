@@ -48,14 +48,13 @@ import statistics
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from hco_cli.errors import HcoError
 from hco_cli.evaluation import stats
 from hco_cli.evaluation.compare import ArmSource, Checkpoint, Comparison, compare_sources
-from hco_cli.io_utils import write_json, write_text
+from hco_cli.io_utils import json_safe, write_json, write_text
 
 CHECKPOINTS: tuple[Checkpoint, ...] = ("best", "last")
 MARGIN = 0.5  # Dice % points: the rule's margin (the A/A gaps reached 0.63 and 1.29)
@@ -295,17 +294,6 @@ def to_markdown(lines: list[Standing]) -> str:
     return "\n".join(out) + "\n\n" + legend + "\n"
 
 
-def _finite(value: Any) -> Any:
-    """``value`` with NaN as None (strict JSON has no NaN), in nested dicts, lists and tuples."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
-
-
 def short_markdown(lines: list[Standing]) -> str:
     """The README's table: per arm what it is, its seeds, mean ΔDice, seeds better, r, rule."""
     head = ["arm", "what", "vs", "seeds", "ΔDice best", "ΔDice last", "seeds better (best / last)",
@@ -349,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.markdown:
         write_text(args.markdown, text)
     if args.json:
-        write_json(args.json, [_finite(asdict(line)) for line in lines])
+        write_json(args.json, [json_safe(asdict(line)) for line in lines])
     if args.readme and readme is not None:
         write_text(args.readme, readme)
     return 0

@@ -7,24 +7,13 @@ block); non-finite numbers are written as ``null`` so every line stays valid JSO
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from hco_cli.errors import CheckpointError
-from hco_cli.io_utils import atomic_path
-
-
-def _clean(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
+from hco_cli.io_utils import atomic_path, json_safe
 
 
 class MetricsWriter:
@@ -39,7 +28,7 @@ class MetricsWriter:
 
     def write(self, records: Iterable[dict[str, Any]]) -> None:
         records = list(records)
-        lines = "".join(json.dumps(_clean(r)) + "\n" for r in records)
+        lines = "".join(json.dumps(json_safe(r)) + "\n" for r in records)
         if not lines:
             return
         with self.path.open("a", encoding="utf-8") as f:
