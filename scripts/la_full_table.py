@@ -1,0 +1,242 @@
+"""Issue 15's table: Study 1 under the paper's protocol (BCP on Left Atrium, 2K + 15K), the runs
+on disk beside the paper's Table 1.
+
+    python scripts/la_full_table.py [ROOT] [--markdown FILE] [--json FILE] [--readme FILE]
+
+``--readme`` rewrites the table between the README's ``<!-- la-full:begin -->`` markers
+(tests/scripts/test_la_full_table.py checks that the committed README holds what the committed
+runs give).
+
+ROOT (default ``results/la-full``) holds ``<L>l/<batch>/<arm>/<run>/`` run folders, L the
+labeled count (8 or 4) and a batch one GPU session's sweep (folders starting with ``_``, the
+sweep's shared pre-training, logs and configs, are not arms). An arm's runs are all its run
+folders over the batches; runs pair with the ``sgd`` runs by their seed (run.json). Per arm and
+labeled count, for the checkpoint best on the 4 validation cases, the last iterate and the
+checkpoint best on the test cases (what the reference code selects, so the row to hold against
+the paper's): mean (std over the 20 test cases, each case's value averaged over the seeds) of
+Dice and Jaccard (%), ASD and HD95 (voxels); each seed's Dice difference to the ``sgd`` run of
+the same seed; and the one-sided paired tests "better than sgd" over the cases (Wilcoxon /
+t-test, Holm over the four metrics), as the paper tests (one-tailed paired Wilcoxon).
+
+The paper's rows are its Table 1 (BCP, "Repr" for SGD: its reproduction; mean (std) over 2
+seeds, 20 test cases; the text of the 8-labeled SGD HD95 cell is garbled in the paper's text
+and its Results paragraph gives 6.93) and the p-values its Results paragraph prints for
+SGD_HCO against SGD.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from hco_cli.errors import HcoError
+from hco_cli.evaluation.compare import ArmSource, Checkpoint, Comparison, compare_sources
+from hco_cli.io_utils import json_safe, write_json, write_text
+
+LABELED = (8, 4)
+METRICS = ("dice", "jaccard", "asd", "hd95")
+PERCENT = frozenset({"dice", "jaccard"})
+CHECKPOINTS: dict[Checkpoint, str] = {"best": "best on validation", "last": "last iterate",
+                                      "best-test": "best on test (as the reference code)"}
+REFERENCE = "sgd"
+# Table 1, BCP rows: (mean, std) of Dice %, Jaccard %, ASD, HD95 (voxels).
+PAPER: dict[int, dict[str, tuple[tuple[float, float], ...]]] = {
+    8: {"sgd": ((89.64, 3.55), (81.41, 5.52), (1.78, 0.86), (6.93, 3.93)),
+        "sgd-co": ((89.76, 2.93), (81.54, 4.72), (1.72, 0.70), (6.84, 3.65)),
+        "sgd-hco": ((90.75, 2.17), (83.13, 3.63), (1.64, 0.58), (5.52, 2.26))},
+    4: {"sgd": ((88.27, 3.26), (79.15, 5.01), (2.26, 1.03), (8.21, 4.18)),
+        "sgd-co": ((88.37, 3.11), (79.29, 4.81), (2.19, 0.88), (8.07, 3.97)),
+        "sgd-hco": ((88.83, 2.64), (79.99, 4.17), (2.19, 0.75), (6.55, 2.73))},
+}
+PAPER_P = {8: {"dice": 0.0016, "jaccard": 0.0016, "asd": 0.2729, "hd95": 0.0063},
+           4: {"dice": 0.0379, "jaccard": 0.0413, "hd95": 0.0086}}
+# The planned arms (issue 15; hco-r1: the reading the screening ablation carries), in order;
+# an arm run beyond them is listed after them.
+ARM_ORDER = ("sgd", "sgd-co", "sgd-hco", "hco-r1")
+BEGIN, END = "<!-- la-full:begin -->", "<!-- la-full:end -->"
+_LABELED_DIR = re.compile(r"(\d+)l$")
+
+
+@dataclass
+class Row:
+    """One arm at one checkpoint (metrics in the paper's units: % and voxels)."""
+
+    labeled: int
+    arm: str
+    checkpoint: Checkpoint
+    seeds: list[str]
+    mean: dict[str, float]
+    std: dict[str, float]
+    delta_dice: list[float] = field(default_factory=list)  # per seed, vs sgd (% points)
+    p_wilcoxon: dict[str, float] = field(default_factory=dict)  # Holm, one-sided "better"
+    p_ttest: dict[str, float] = field(default_factory=dict)
+
+
+def find_runs(root: Path) -> dict[int, dict[str, list[Path]]]:
+    """labeled count -> arm -> its run folders over the batches (sorted); nothing before the
+    study's first runs (no ROOT)."""
+    if not root.exists():
+        return {}
+    if not root.is_dir():
+        raise HcoError(f"{root}: not a folder")
+    out: dict[int, dict[str, list[Path]]] = {}
+    for setting in sorted(root.iterdir()):
+        match = _LABELED_DIR.fullmatch(setting.name)
+        if not match or not setting.is_dir():
+            continue
+        arms: dict[str, list[Path]] = {}
+        for batch in sorted(p for p in setting.iterdir() if p.is_dir()):
+            for arm in sorted(p for p in batch.iterdir()
+                              if p.is_dir() and not p.name.startswith("_")):
+                runs = sorted(p for p in arm.iterdir() if p.is_dir())
+                arms.setdefault(arm.name, []).extend(runs)
+        out[int(match.group(1))] = arms
+    return out
+
+
+def _ordered(arms: dict[str, list[Path]]) -> list[str]:
+    return ([a for a in ARM_ORDER if a in arms]
+            + sorted(a for a in arms if a not in ARM_ORDER))
+
+
+def _seed_of(result: Comparison, index: int) -> list[str]:
+    arm = result.arms[index]
+    return sorted(arm.seeds.values()) if arm.seeds else [str(arm.n_runs)]
+
+
+def rows(runs: dict[int, dict[str, list[Path]]]) -> list[Row]:
+    """Every arm's row per labeled count and checkpoint, in the table's order."""
+    out = []
+    for labeled in sorted(runs, reverse=True):
+        arms = runs[labeled]
+        for arm in _ordered(arms):
+            for checkpoint in CHECKPOINTS:
+                out.append(_row(labeled, arm, arms, checkpoint))
+    return out
+
+
+def _row(labeled: int, arm: str, arms: dict[str, list[Path]], checkpoint: Checkpoint) -> Row:
+    own = ArmSource(name=arm, spec=arm, members=tuple(arms[arm]))
+    if arm == REFERENCE or REFERENCE not in arms:
+        result = compare_sources([own], checkpoint=checkpoint)
+        index = 0
+    else:
+        ref = ArmSource(name=REFERENCE, spec=REFERENCE, members=tuple(arms[REFERENCE]))
+        result = compare_sources([ref, own], checkpoint=checkpoint, holm=True,
+                                 hypothesis="better")
+        index = 1
+    cls = result.classes[0]
+    mean, std = {}, {}
+    for metric in METRICS:
+        m, s, _ = result.summary(result.arms[index], cls, metric)
+        scale = 100.0 if metric in PERCENT else 1.0
+        mean[metric], std[metric] = m * scale, s * scale
+    row = Row(labeled, arm, checkpoint, _seed_of(result, index), mean, std)
+    if index:
+        for rec in result.records:
+            if rec.class_ == cls:
+                row.p_wilcoxon[rec.metric] = _finite(rec.p_holm_wilcoxon)
+                row.p_ttest[rec.metric] = _finite(rec.p_holm_ttest)
+        dice = next(d for d in result.seed_differences if d.metric == "dice" and d.class_ == cls)
+        row.delta_dice = [100 * d for d in dice.differences]
+    return row
+
+
+def _finite(value: float | None) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _cell(mean: float, std: float) -> str:
+    return f"{mean:.2f} ({std:.2f})" if math.isfinite(mean) else "-"
+
+
+def _p(value: float) -> str:
+    if not math.isfinite(value):
+        return "-"
+    return f"{value:.2g}" if value < 0.001 else f"{value:.3f}"
+
+
+def to_markdown(lines: list[Row], labeled_counts: tuple[int, ...] = LABELED) -> str:
+    """One table per labeled count: the paper's rows, then ours per arm and checkpoint."""
+    parts = []
+    for labeled in labeled_counts:
+        header = (f"**{labeled} labeled** (BCP, 2K + 15K; the paper: Table 1, mean (std) over "
+                  "2 seeds, p from its text (one-tailed Wilcoxon); ours: mean (std) over the 20 "
+                  "test cases, seeds averaged per case, p: one-sided paired Wilcoxon / t-test "
+                  "against `sgd`, Holm over the 4 metrics)\n\n"
+                  "| arm | selection | seeds | Dice (%) | Jaccard (%) | ASD (vox) | HD95 (vox) "
+                  "| ΔDice per seed | p Dice | p HD95 |\n"
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        body = []
+        ours = [r for r in lines if r.labeled == labeled]
+        arms = list(dict.fromkeys([*ARM_ORDER, *(r.arm for r in ours)]))
+        for arm in arms:
+            paper = PAPER.get(labeled, {}).get(arm)
+            if paper is not None:
+                p = PAPER_P.get(labeled, {}) if arm == "sgd-hco" else {}
+                cells = ["ref"] * 2 if arm == REFERENCE else [
+                    f"{_p(p[m])} (Wilcoxon)" if m in p else "-" for m in ("dice", "hd95")]
+                body.append(
+                    f"| `{arm}` (paper) | best on test | 2 | "
+                    + " | ".join(_cell(m, s) for m, s in paper)
+                    + f" | | {cells[0]} | {cells[1]} |")
+            mine = [r for r in ours if r.arm == arm]
+            if not mine:
+                body.append(f"| `{arm}` (hco) | | 0 | not run yet | | | | | | |")
+            for r in mine:
+                deltas = ", ".join(f"{d:+.2f}" for d in r.delta_dice)
+                p_dice = (f"{_p(r.p_wilcoxon['dice'])} / {_p(r.p_ttest['dice'])}"
+                          if r.p_wilcoxon else "ref" if arm == REFERENCE else "-")
+                p_hd = (f"{_p(r.p_wilcoxon['hd95'])} / {_p(r.p_ttest['hd95'])}"
+                        if r.p_wilcoxon else "ref" if arm == REFERENCE else "-")
+                body.append(
+                    f"| `{arm}` (hco) | {CHECKPOINTS[r.checkpoint]} | {len(r.seeds)} | "
+                    + " | ".join(_cell(r.mean[m], r.std[m]) for m in METRICS)
+                    + f" | {deltas} | {p_dice} | {p_hd} |")
+        parts.append(header + "\n" + "\n".join(body))
+    return "\n\n".join(parts) + "\n"
+
+
+def with_table(readme: str, table: str) -> str:
+    begin, end = readme.find(BEGIN), readme.find(END)
+    if begin < 0 or end < begin:
+        raise HcoError(f"no {BEGIN} ... {END} markers in the README")
+    return readme[:begin + len(BEGIN)] + "\n" + table + readme[end:]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("root", nargs="?", type=Path,
+                        help="the study's folder (default: results/la-full)")
+    parser.add_argument("--markdown", type=Path)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--readme", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        if args.root is not None and not args.root.is_dir():
+            raise HcoError(f"{args.root}: no such folder")
+        lines = rows(find_runs(args.root or Path("results/la-full")))
+        table = to_markdown(lines)
+        if args.readme:
+            text = args.readme.read_text(encoding="utf-8")
+            write_text(args.readme, with_table(text, table))
+    except HcoError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    if args.markdown:
+        write_text(args.markdown, table)
+    if args.json:
+        write_json(args.json, json_safe({
+            "rows": [asdict(r) for r in lines],
+            "paper": {str(k): v for k, v in PAPER.items()},
+            "paper_p": {str(k): v for k, v in PAPER_P.items()}}))
+    print(table, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""scripts/la_full_table.py on constructed runs: rows per arm and checkpoint, per-seed
+differences and one-sided tests against sgd, the paper's rows beside them, the README sync."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.evaluation.compare_fixtures import cases, one_class, write_run
+from tests.file_modules import ROOT, load_file
+
+lf = load_file("scripts/la_full_table.py", "la_full_table")
+
+BASE = np.array([0.80, 0.85, 0.90, 0.70, 0.75, 0.88, 0.81, 0.79])
+NOISE = 0.001 * np.array([1.1, -1.3, 2.1, -2.3, 0.7, -0.9, 0.35, 0.25])  # mean 0, no ties
+CHECKPOINT_SHIFT = {"best": 0.0, "last": -0.01, "best-test": 0.02}
+
+
+def _run(root: Path, batch: str, arm: str, seed: int, dice: np.ndarray) -> None:
+    evals = {c: (cases(8), one_class(dice + shift)) for c, shift in CHECKPOINT_SHIFT.items()}
+    write_run(root / "8l" / batch / arm, f"all-s{seed}", seed=seed, labeled=8, unlabeled=72,
+              optimizer=arm, evals=evals)
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """8 labeled, two sessions of one seed each: sgd, and sgd-hco 1 point above it (seed 1)
+    and 3 points above (seed 2), plus zero-mean noise; a shared pre-training folder."""
+    for seed, gain in ((1, 0.01), (2, 0.03)):
+        sgd = BASE + 0.002 * seed
+        _run(tmp_path, f"session{seed}", "sgd", seed, sgd)
+        _run(tmp_path, f"session{seed}", "sgd-hco", seed, sgd + gain + NOISE)
+        (tmp_path / "8l" / f"session{seed}" / "_pretrain" / "all-s1").mkdir(parents=True)
+    return tmp_path
+
+
+def test_rows_tests_and_paper(root: Path) -> None:
+    lines = lf.rows(lf.find_runs(root))
+    assert [(r.arm, r.checkpoint) for r in lines] == [
+        ("sgd", "best"), ("sgd", "last"), ("sgd", "best-test"),
+        ("sgd-hco", "best"), ("sgd-hco", "last"), ("sgd-hco", "best-test")]
+    sgd_best, hco_test = lines[0], lines[5]
+    per_case = BASE + 0.003  # the two seeds' sgd runs averaged per case
+    assert sgd_best.mean["dice"] == pytest.approx(100 * per_case.mean())
+    assert sgd_best.std["dice"] == pytest.approx(100 * per_case.std(ddof=1))
+    assert sgd_best.mean["hd95"] == pytest.approx(20 * (1 - per_case).mean())
+    assert sgd_best.p_wilcoxon == {} and sgd_best.seeds == ["seed 1", "seed 2"]
+    assert hco_test.delta_dice == pytest.approx([1.0, 3.0])
+    assert hco_test.mean["dice"] == pytest.approx(100 * (per_case + 0.02 + 0.02).mean())
+    # every case better by 2 points +- noise: the exact one-sided Wilcoxon p is 1/256 per
+    # metric (8 positive differences), 4/256 after Holm over the 4 metrics
+    assert hco_test.p_wilcoxon["dice"] == pytest.approx(4 / 256)
+    assert hco_test.p_wilcoxon["hd95"] == pytest.approx(4 / 256)
+    text = lf.to_markdown(lines)
+    assert "| `sgd-hco` (paper) | best on test | 2 | 90.75 (2.17) | 83.13 (3.63) | 1.64 (0.58) " \
+           "| 5.52 (2.26) | | 0.002 (Wilcoxon) | 0.006 (Wilcoxon) |" in text
+    assert "| `sgd-co` (hco) | | 0 | not run yet |" in text
+    assert "| `sgd-hco` (hco) | best on test (as the reference code) | 2 | " in text
+    assert "| +1.00, +3.00 | 0.016 / " in text
+    # not run: sgd-co and hco-r1 at 8 labeled, all four planned arms at 4
+    assert "**4 labeled**" in text and text.count("not run yet") == 6
+
+
+def test_readme_table_is_what_the_committed_runs_give() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = lf.to_markdown(lf.rows(lf.find_runs(ROOT / "results" / "la-full")))
+    assert lf.with_table(readme, table) == readme, (
+        "README.md's full-protocol table is stale: python scripts/la_full_table.py --readme "
+        "README.md")
+
+
+def test_main_writes_and_errors_in_one_line(root: Path, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "t.json"
+    assert lf.main([str(root), "--json", str(out), "--markdown", str(tmp_path / "t.md")]) == 0
+    assert '"arm": "sgd-hco"' in out.read_text(encoding="utf-8")
+    assert "NaN" not in out.read_text(encoding="utf-8")
+    capsys.readouterr()
+    assert lf.main([str(tmp_path / "missing")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {tmp_path / 'missing'}: no such folder"]
+    readme = tmp_path / "README.md"
+    readme.write_text("no markers\n", encoding="utf-8")
+    assert lf.main([str(root), "--readme", str(readme)]) == 1
+    assert readme.read_text(encoding="utf-8") == "no markers\n"
