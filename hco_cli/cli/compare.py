@@ -51,7 +51,8 @@ def _opt(*names: str, default: str | bool = False, **kwargs: Any) -> Any:
 
 
 Arms = Annotated[list[str], typer.Argument(help="Arms, the first being the reference: run "
-                 "folders, summary.json files, or run groups as GLOB or NAME=GLOB.")]  # fmt: skip
+                 "folders, summary.json files, or run groups as GLOB or NAME=GLOB (a "
+                 "component may list alternatives: 'sgd=out/round{1,9,10}/sgd/*').")]  # fmt: skip
 Checkpoint = Annotated[list[CheckpointChoice] | None, _opt(default="best", help="Evaluation "
                        "read from a run folder: RUN/eval/<checkpoint>/summary.json. Repeat "
                        "(best, last, best-test) for a table of the checkpoints side by side "

@@ -1,7 +1,9 @@
 """Compare arms (single runs, or groups of seeds / L x U folds) with paired tests per case.
 
 An *arm* is given on the command line as a run folder, a ``summary.json`` written by
-``hco evaluate --json``, or a group of them as a glob, optionally named ``NAME=GLOB``. Within a
+``hco evaluate --json``, or a group of them as a glob, optionally named ``NAME=GLOB``; a glob
+component may list alternatives, ``round{1,9,10}`` (plain text each: no '/', wildcard or
+nested brace inside), as a shell's braces do but inside one argument. Within a
 group every case's metric is first averaged over the group's runs (NaN-aware), then arms are
 paired by case id and summarised across cases: the protocol of the paper's Study 3 (average
 over the 16 folds per test volume, then mean and std across volumes). The first arm is the
@@ -20,6 +22,7 @@ alternative hypothesis as the per-case tests).
 from __future__ import annotations
 
 import glob
+import itertools
 import math
 import os
 import re
@@ -38,7 +41,8 @@ from hco_cli.runs.layout import EVAL_DIR, SUMMARY_FILE, EvalCheckpoint, RunFolde
 
 METRICS: tuple[str, ...] = ("dice", "jaccard", "asd", "hd95")  # the paper's column order
 Checkpoint = EvalCheckpoint
-_GLOB_CHARS = frozenset("*?[")
+_GLOB_CHARS = frozenset("*?[{")
+_BRACES = re.compile(r"\{([^{}]*)\}")
 
 
 @dataclass(frozen=True)
@@ -212,7 +216,8 @@ def resolve_arm(spec: str) -> ArmSource:
     if path.exists():
         members: tuple[Path, ...] = (path,)
     elif _GLOB_CHARS & set(pattern):
-        matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
+        matches = sorted({m for p in expand_braces(pattern)
+                          for m in glob.glob(os.path.expanduser(p), recursive=True)})
         if not matches:
             raise DataError(f"glob {pattern!r} matched nothing")
         members = tuple(Path(m) for m in matches)
@@ -221,6 +226,21 @@ def resolve_arm(spec: str) -> ArmSource:
     if name is None:
         name = _default_name(path) if len(members) == 1 and path.exists() else pattern
     return ArmSource(name=name, spec=spec, members=members)
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """The patterns a glob with ``{a,b}`` alternatives stands for, in the order written."""
+    groups = _BRACES.findall(pattern)
+    rest = _BRACES.sub("", pattern)
+    if "{" in rest or "}" in rest:
+        raise ConfigError(f"glob {pattern!r}: unbalanced or nested braces")
+    for group in groups:
+        if "/" in group or os.sep in group or set("*?[") & set(group):
+            raise ConfigError(f"glob {pattern!r}: the alternatives in {{{group}}} must be plain "
+                              "text within one path component")
+    parts = _BRACES.split(pattern)  # literal, group, literal, group, ..., literal
+    choices = [[p] if i % 2 == 0 else p.split(",") for i, p in enumerate(parts)]
+    return ["".join(c) for c in itertools.product(*choices)]
 
 
 def resolve_arms(specs: Sequence[str]) -> list[ArmSource]:
@@ -342,13 +362,18 @@ def _member_keys(source: ArmSource) -> list[str]:
 
 
 def _glob_regex(part: str) -> re.Pattern[str]:
-    """One glob component as a regular expression with a group per wildcard."""
+    """One glob component as a regular expression with a group per wildcard or brace."""
     out, i = [], 0
     while i < len(part):
         char = part[i]
         close = part.find("]", i + 2) if char == "[" else -1
+        brace = part.find("}", i + 1) if char == "{" else -1
         if char == "*":
             out.append("(.*)")
+        elif brace != -1:
+            alternatives = part[i + 1:brace].split(",")
+            out.append("(" + "|".join(re.escape(a) for a in alternatives) + ")")
+            i = brace
         elif char == "?":
             out.append("(.)")
         elif close != -1:

@@ -12,7 +12,7 @@ from scipy import stats as sps
 
 from hco_cli.errors import CheckpointError, ConfigError, DataError
 from hco_cli.evaluation import stats
-from hco_cli.evaluation.compare import _glob_regex, compare_runs, resolve_arm
+from hco_cli.evaluation.compare import _glob_regex, compare_runs, expand_braces, resolve_arm
 from hco_cli.evaluation.compare_tables import comparison_notes
 from tests.evaluation.compare_fixtures import cases, one_class, write_run, write_summary
 
@@ -356,6 +356,30 @@ def test_runs_without_a_partner_are_named(tmp_path: Path) -> None:
     # Not vacuous: the glob narrowed to the paired rounds says nothing.
     arms[0] = f"sgd={tmp_path}/round[123]/sgd/*"
     assert comparison_notes(compare_runs(arms)) == []
+
+
+def test_brace_alternatives_pool_rounds_a_bracket_cannot(tmp_path: Path) -> None:
+    """Rounds 1, 9 and 10 (no one bracket or wildcard picks them and not round 2): the runs
+    pair by round and seed; round 2 stays out; malformed braces are refused in one line."""
+    for round_, seed in (("1", 1), ("2", 2), ("9", 2), ("10", 3)):
+        write_run(tmp_path / f"round{round_}" / "sgd", f"all-s{seed}", seed=seed,
+                  evals={"best": (cases(N), one_class(DICE_A))})
+        write_run(tmp_path / f"round{round_}" / "hco", f"all-s{seed}", seed=seed,
+                  optimizer="sgd-hco",
+                  evals={"best": (cases(N), one_class(DICE_A + 0.001 * int(round_)))})
+    arms = [f"sgd={tmp_path}/round{{1,9,10}}/sgd/*", f"hco={tmp_path}/round{{1,9,10}}/hco/*"]
+    result = compare_runs(arms)
+    assert result.arms[0].n_runs == 3
+    (dice,) = [d for d in result.seed_differences if d.metric == "dice"]
+    assert dice.keys == ("round1/all-s1", "round10/all-s3", "round9/all-s2")
+    assert np.allclose(dice.differences, [0.001, 0.010, 0.009], atol=1e-12)
+    assert comparison_notes(result) == []
+    assert expand_braces("a{1,2}/b{x,}") == ["a1/bx", "a1/b", "a2/bx", "a2/b"]
+    for bad, what in (("r{1,2/x}", "plain text"), ("r{1,{2}}", "nested"), ("r{1,*}", "plain"),
+                      ("r{1", "unbalanced")):
+        with pytest.raises(ConfigError, match=what):
+            resolve_arm(f"x={tmp_path}/{bad}")
+    assert _glob_regex("round{1,10}").fullmatch("round10").groups() == ("10",)
 
 
 def test_glob_captures_follow_the_wildcards() -> None:
