@@ -1,0 +1,182 @@
+"""One GPU round of the ablation made ready to commit: unpack, compress the logs, compare.
+
+    python scripts/collect_round.py TARBALL DEST [--pool N ...] [--standing]
+
+TARBALL is what ``scripts/device_ablation.sh collect`` brings back (``ablation.tar.gz``: the
+sweep's run folders without weights); DEST the round's folder, e.g. ``results/ablation/round10``
+(it must not exist: a round is committed once). In order:
+
+1. the tarball is unpacked into DEST (a temporary folder renamed into place, owner-writable);
+2. every ``metrics.jsonl`` becomes ``metrics.jsonl.gz`` (level 9, no name or time in the
+   header: recompressing a log does not change the file);
+3. ``hco compare`` of the round's arms (the reference first: ``sgd``, else ``sgd-aa``; then the
+   others by name), best checkpoint and last iterate, two-sided, Holm: ``DEST/compare-{best,
+   last}.{md,json}``; and ``--dynamics --bin 500`` with its plot: ``DEST/dynamics.{md,json,png}``;
+4. per run, the seconds per iteration of its training phase (self-training, or pre-training for
+   the shared pre-training run; first to last logged iteration, validation included) and the
+   run's wall minutes, printed for the README's round paragraph;
+5. ``--pool N ...``: the round's arms pooled with the same arms of rounds N (runs pair by round
+   and seed): ``compare-round<Ns>-{best,last}.{md,json}`` beside DEST, the arms that every one
+   of those rounds holds;
+6. ``--standing``: ``scripts/ablation_standing.py --readme README.md`` and its markdown and JSON.
+
+The commands it runs are printed, so that the README can list them as the way to reproduce.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+REFERENCES = ("sgd", "sgd-aa")
+CHECKPOINTS = ("best", "last")
+
+
+class RoundError(Exception):
+    """A one-line refusal."""
+
+
+def unpack(tarball: Path, dest: Path) -> None:
+    if dest.exists():
+        raise RoundError(f"{dest} exists: a round is committed once (remove it to redo)")
+    if not tarball.is_file():
+        raise RoundError(f"{tarball}: no such file")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        with tarfile.open(tarball) as archive:
+            if hasattr(tarfile, "data_filter"):  # Python >= 3.10.12 / 3.11.4: no path escapes
+                archive.extractall(tmp, filter="data")
+            else:
+                archive.extractall(tmp)
+        for path in [tmp, *tmp.rglob("*")]:
+            path.chmod(path.stat().st_mode | 0o200 | (0o100 if path.is_dir() else 0))
+        tmp.chmod(0o755)
+        os.rename(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def compress_logs(dest: Path) -> list[Path]:
+    """Each metrics.jsonl as metrics.jsonl.gz (deterministic header), the plain file removed."""
+    done = []
+    for log in sorted(dest.rglob("metrics.jsonl")):
+        target = log.with_name(log.name + ".gz")
+        with log.open("rb") as src, open(target, "wb") as raw, \
+                gzip.GzipFile(filename="", mode="wb", compresslevel=9, fileobj=raw,
+                              mtime=0) as out:
+            shutil.copyfileobj(src, out)
+        log.unlink()
+        done.append(target)
+    return done
+
+
+def arms_of(round_dir: Path) -> list[str]:
+    """The round's arms, its reference first."""
+    names = sorted(p.name for p in round_dir.iterdir()
+                   if p.is_dir() and not p.name.startswith("_"))
+    reference = next((r for r in REFERENCES if r in names), None)
+    if reference is None:
+        raise RoundError(f"{round_dir}: no sgd or sgd-aa arm to compare against")
+    return [reference, *(n for n in names if n != reference)]
+
+
+def hco(args: list[str]) -> None:
+    command = [sys.executable, "-m", "hco_cli", *args]
+    print("$ hco " + " ".join(f"'{a}'" if any(c in a for c in "*{[ ") else a for a in args),
+          flush=True)
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode:
+        raise RoundError(f"hco {args[0]} failed: {done.stderr.strip().splitlines()[-1:]}")
+
+
+def compare(dest: Path, arms: list[str]) -> None:
+    specs = [f"{a}={dest}/{a}/*" for a in arms]
+    for checkpoint in CHECKPOINTS:
+        hco(["compare", *specs, "--checkpoint", checkpoint, "--holm", "--alternative",
+             "two-sided", "--markdown", str(dest / f"compare-{checkpoint}.md"),
+             "--json", str(dest / f"compare-{checkpoint}.json")])
+    hco(["compare", "--dynamics", *specs, "--bin", "500", "--plot", str(dest / "dynamics.png"),
+         "--markdown", str(dest / "dynamics.md"), "--json", str(dest / "dynamics.json")])
+
+
+def pooled(dest: Path, arms: list[str], rounds: list[int]) -> None:
+    parent, number = dest.parent, int(dest.name.removeprefix("round"))
+    numbers = sorted({*rounds, number})
+    shared = [a for a in arms if all((parent / f"round{n}" / a).is_dir() for n in numbers)]
+    if len(shared) < 2:
+        raise RoundError(f"rounds {numbers} share fewer than two arms: {shared}")
+    pattern = "{" + ",".join(map(str, numbers)) + "}"
+    specs = [f"{a}={parent}/round{pattern}/{a}/*" for a in shared]
+    tag = "".join(map(str, numbers))
+    for checkpoint in CHECKPOINTS:
+        hco(["compare", *specs, "--checkpoint", checkpoint, "--holm", "--alternative",
+             "two-sided", "--markdown", str(parent / f"compare-round{tag}-{checkpoint}.md"),
+             "--json", str(parent / f"compare-round{tag}-{checkpoint}.json")])
+
+
+def rates(dest: Path) -> list[str]:
+    """Per run: seconds per iteration of its last training phase, and wall minutes."""
+    lines = []
+    for log in sorted(dest.glob("*/*/metrics.jsonl.gz")):
+        run = log.parent
+        with gzip.open(log, "rt", encoding="utf-8") as rows:
+            records = [r for r in map(json.loads, rows) if "time" in r and "iter" in r]
+        phase = "selftrain" if any(r.get("phase") == "selftrain" for r in records) \
+            else "pretrain"
+        steps = [r for r in records if r.get("phase") == phase]
+        info = json.loads((run / "run.json").read_text(encoding="utf-8"))
+        wall = info.get("wall_seconds")
+        per = ((steps[-1]["time"] - steps[0]["time"]) / (steps[-1]["iter"] - steps[0]["iter"])
+               if len(steps) > 1 else float("nan"))
+        name = "self-training" if phase == "selftrain" else "pre-training"
+        lines.append(f"{run.relative_to(dest)}: {name} {per:.4f} s/iteration, wall "
+                     + (f"{wall / 60:.1f} min" if wall else "-"))
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("tarball", type=Path)
+    parser.add_argument("dest", type=Path)
+    parser.add_argument("--pool", type=int, nargs="+", default=[], metavar="N",
+                        help="rounds to pool this round's arms with")
+    parser.add_argument("--standing", action="store_true",
+                        help="rewrite the README's standing table and results/ablation/standing.*")
+    args = parser.parse_args(argv)
+    try:
+        if not args.dest.name.startswith("round") or \
+                not args.dest.name.removeprefix("round").isdigit():
+            raise RoundError(f"{args.dest}: a round's folder is named round<N>")
+        unpack(args.tarball, args.dest)
+        compress_logs(args.dest)
+        arms = arms_of(args.dest)
+        compare(args.dest, arms)
+        if args.pool:
+            pooled(args.dest, arms, args.pool)
+        print("\n".join(rates(args.dest)))
+        if args.standing:
+            root = args.dest.parent
+            subprocess.run([sys.executable, str(ROOT / "scripts" / "ablation_standing.py"),
+                            str(root), "--readme", str(ROOT / "README.md"), "--markdown",
+                            str(root / "standing.md"), "--json", str(root / "standing.json")],
+                           cwd=ROOT, check=True, capture_output=True)
+            print(f"standing: README.md, {root / 'standing.md'}")
+    except (RoundError, tarfile.TarError, OSError, subprocess.CalledProcessError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""scripts/collect_round.py on a constructed round: unpacked whole, logs compressed the same
+way everywhere, the in-round and pooled comparisons written, refusals in one line."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.evaluation.compare_fixtures import cases, one_class, step, write_run
+from tests.file_modules import load_file
+
+cr = load_file("scripts/collect_round.py", "collect_round")
+
+DICE = np.array([0.80, 0.85, 0.90, 0.70, 0.75, 0.88, 0.81, 0.79])
+
+
+def _round(root: Path, seed: int, arms: dict[str, float]) -> None:
+    for arm, shift in arms.items():
+        steps = [step(0, i, 1.0 + shift) for i in range(1, 11)]
+        for i, record in enumerate(steps):
+            record["time"] = 0.1 * (i + 1)
+        evals = {c: (cases(8), one_class(DICE + shift)) for c in ("best", "last")}
+        write_run(root / arm, f"all-s{seed}", seed=seed, optimizer="sgd", steps=steps,
+                  evals=evals)
+    (root / "_pretrain" / f"all-s{seed}").mkdir(parents=True)
+    (root / "sweep.log").write_text("done\n", encoding="utf-8")
+
+
+def _tarball(tmp_path: Path, seed: int, arms: dict[str, float]) -> Path:
+    sweep = tmp_path / f"sweep{seed}"
+    _round(sweep, seed, arms)
+    out = tmp_path / f"ablation{seed}.tar.gz"
+    with tarfile.open(out, "w:gz") as archive:
+        archive.add(sweep, arcname=".")
+    return out
+
+
+def test_a_round_unpacked_compressed_compared_and_pooled(tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]
+                                                         ) -> None:
+    results = tmp_path / "results"
+    _round(results / "round1", 1, {"sgd": 0.0, "hco-r3": -0.02})
+    tarball = _tarball(tmp_path, 2, {"sgd": 0.0, "hco-r3": 0.01, "hco-r4": -0.01})
+    dest = results / "round9"
+    assert cr.main([str(tarball), str(dest), "--pool", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "self-training 0.1000 s/iteration" in out and "$ hco compare" in out
+    logs = sorted(dest.rglob("metrics.jsonl*"))
+    assert logs and all(p.name == "metrics.jsonl.gz" for p in logs)
+    raw = logs[0].read_bytes()
+    assert raw[4:8] == b"\0\0\0\0"  # no modification time in the gzip header
+    with gzip.open(logs[0], "rt", encoding="utf-8") as lines:
+        assert json.loads(next(lines))["iter"] == 1
+    table = (dest / "compare-last.md").read_text(encoding="utf-8")
+    assert table.index("| sgd |") < table.index("| hco-r3 |") < table.index("| hco-r4 |")
+    assert "two-sided" in table
+    assert (dest / "dynamics.png").is_file() and (dest / "compare-best.json").is_file()
+    pooled = (results / "compare-round19-last.md").read_text(encoding="utf-8")
+    assert "hco-r3" in pooled and "hco-r4" not in pooled  # round 1 holds no hco-r4
+    assert "round1/all-s1" in pooled and "round9/all-s2" in pooled  # paired by round and seed
+    # a round is committed once
+    assert cr.main([str(tarball), str(dest)]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"error: {dest} exists: a round is committed once (remove it to redo)")
+
+
+def test_refusals_leave_nothing_behind(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                       ) -> None:
+    assert cr.main([str(tmp_path / "none.tar.gz"), str(tmp_path / "round3")]) == 1
+    assert "no such file" in capsys.readouterr().err
+    assert cr.main([str(tmp_path / "none.tar.gz"), str(tmp_path / "r3")]) == 1
+    assert "named round<N>" in capsys.readouterr().err
+    broken = tmp_path / "broken.tar.gz"
+    broken.write_bytes(b"not a tarball")
+    assert cr.main([str(broken), str(tmp_path / "round4")]) == 1
+    assert capsys.readouterr().err.startswith("error: ")
+    assert not any(p.name.startswith((".round", "round")) for p in tmp_path.iterdir())
