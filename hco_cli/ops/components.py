@@ -3,8 +3,9 @@
 CPU tensors and NumPy arrays go through ``scipy.ndimage.label``; CUDA tensors through the
 Triton union-find of ``hco_cli.ops.ccl_triton`` when Triton is importable (no host
 synchronisation), else ``cupyx.scipy.ndimage.label`` when CuPy is (shared memory through DLPack;
-one synchronisation for the component count), else a pure-torch label propagation. All give the
-same result: the component with the
+one synchronisation for the component count), else a pure-torch label propagation
+(``HCO_LCC_BACKEND=triton|cupy|torch`` picks one, refusing in one line where it is missing).
+All give the same result: the component with the
 most voxels, ties going to the component that comes first in C (raster) order, as scipy's
 label numbering (and BCP's ``getLargestCC``: argmax of the label histogram) does. An empty mask
 stays empty.
@@ -13,6 +14,7 @@ stays empty.
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any, TypeVar
 
 import numpy as np
@@ -21,11 +23,15 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import Tensor
 
+from hco_cli.errors import ConfigError
+
 ArrayT = TypeVar("ArrayT", Tensor, np.ndarray)
 
 # scipy.ndimage.generate_binary_structure(3, rank) gives 6-, 18- and 26-connectivity.
 _RANK = {6: 1, 18: 2, 26: 3}
 _CHECK_EVERY = 8  # propagation steps between convergence checks (each check syncs the device)
+BACKEND_ENV = "HCO_LCC_BACKEND"
+BACKENDS = ("auto", "triton", "cupy", "torch")
 
 
 def largest_connected_component(mask: ArrayT, *, connectivity: int = 26) -> ArrayT:
@@ -42,16 +48,38 @@ def largest_connected_component(mask: ArrayT, *, connectivity: int = 26) -> Arra
     if isinstance(mask, np.ndarray):
         return _lcc_numpy(mask.astype(bool, copy=False), connectivity)
     volumes = mask.bool().reshape(-1, *mask.shape[-3:])
-    ccl = _ccl_triton()
+    backend = gpu_backend()  # read on every call for a tensor: a typo fails on a CPU too
     if volumes.device.type == "cpu":
         out = torch.from_numpy(_lcc_numpy(volumes.numpy(), connectivity))
-    elif ccl is not None and ccl.fits(volumes):
-        out = ccl.largest_component(volumes, connectivity)
-    elif _cupy_ndimage() is not None:
-        out = _lcc_cupy(volumes, connectivity)
     else:
-        out = lcc_torch(volumes, connectivity=connectivity)
+        out = _lcc_device(volumes, connectivity, backend)
     return out.reshape(mask.shape)
+
+
+def gpu_backend() -> str:
+    """The labelling of GPU batches that ``HCO_LCC_BACKEND`` asks for (default ``auto``: Triton,
+    else CuPy, else torch; all give scipy's result, so the setting changes speed only)."""
+    name = os.environ.get(BACKEND_ENV, "auto")
+    if name not in BACKENDS:
+        raise ConfigError(f"{BACKEND_ENV}={name!r}: expected one of {', '.join(BACKENDS)}")
+    return name
+
+
+def _lcc_device(volumes: Tensor, connectivity: int, backend: str) -> Tensor:
+    if backend in ("auto", "triton"):
+        ccl = _ccl_triton()
+        if ccl is not None and ccl.fits(volumes):
+            return ccl.largest_component(volumes, connectivity)
+        if backend == "triton":
+            raise ConfigError(f"{BACKEND_ENV}=triton: " + (
+                "Triton is not installed" if ccl is None else
+                f"a batch of {volumes.numel()} voxels is past its int32 labels"))
+    if backend in ("auto", "cupy"):
+        if _cupy_ndimage() is not None:
+            return _lcc_cupy(volumes, connectivity)
+        if backend == "cupy":
+            raise ConfigError(f"{BACKEND_ENV}=cupy: CuPy is not installed")
+    return lcc_torch(volumes, connectivity=connectivity)
 
 
 def keep_largest_per_class(labels: ArrayT, num_classes: int, *, connectivity: int = 26) -> ArrayT:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
 from scipy import ndimage
 
+from hco_cli.errors import ConfigError
 from hco_cli.ops.components import (
     _lcc_cupy,
     keep_largest_per_class,
@@ -117,6 +121,26 @@ def test_invalid_arguments() -> None:
         largest_connected_component(np.zeros((4, 4), dtype=bool))
 
 
+def test_backend_setting_is_checked_and_the_cpu_path_imports_no_gpu_package(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    mask = torch.from_numpy(random_blobs(5, (12, 10, 8), 0.5))
+    for name in ("auto", "triton", "cupy", "torch"):  # GPU labellings: no effect on a CPU
+        monkeypatch.setenv("HCO_LCC_BACKEND", name)
+        np.testing.assert_array_equal(largest_connected_component(mask).numpy(),
+                                      scipy_reference(mask.numpy(), 26))
+    monkeypatch.setenv("HCO_LCC_BACKEND", "cuda")
+    with pytest.raises(ConfigError, match=r"HCO_LCC_BACKEND='cuda': expected one of auto, "):
+        largest_connected_component(mask)
+    code = ("import sys, torch\n"
+            "from hco_cli.ops.components import largest_connected_component\n"
+            "largest_connected_component(torch.ones(1, 3, 3, 3, dtype=torch.bool))\n"
+            "print(sorted(m for m in ('triton', 'cupy') if m in sys.modules))")
+    monkeypatch.delenv("HCO_LCC_BACKEND")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_keep_largest_per_class() -> None:
     labels = np.zeros((2, 10, 10, 10), dtype=np.int64)
     labels[:, 0:3, 0:3, 0:3] = 1  # big class-1 blob
@@ -159,3 +183,17 @@ def test_cupy_batched_labelling_equals_scipy(connectivity: int) -> None:
     for got in (_lcc_cupy(torch.from_numpy(tie).cuda(), 26).cpu().numpy(),
                 largest_connected_component(torch.from_numpy(tie).cuda()).cpu().numpy()):
         assert got[:, 0:2, 0:2, 0:2].all() and not got[:, 4:6, 4:6, 4:6].any()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("backend", ["auto", "triton", "cupy", "torch"])
+def test_every_gpu_backend_equals_scipy(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if backend == "cupy" and not _has_cupy():
+        pytest.skip("CuPy is not installed")
+    monkeypatch.setenv("HCO_LCC_BACKEND", backend)
+    batch = random_blobs(9, (3, 24, 20, 16), 0.52)
+    batch[1] = False
+    got = largest_connected_component(torch.from_numpy(batch).cuda()).cpu().numpy()
+    for volume, result in zip(batch, got, strict=True):
+        np.testing.assert_array_equal(result, scipy_reference(volume, 26))
