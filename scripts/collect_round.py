@@ -95,7 +95,8 @@ def hco(args: list[str]) -> None:
     command = [sys.executable, "-m", "hco_cli", *args]
     print("$ hco " + " ".join(f"'{a}'" if any(c in a for c in "*{[ ") else a for a in args),
           flush=True)
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, encoding="utf-8",
+                          errors="replace")
     if done.returncode:
         raise RoundError(f"hco {args[0]} failed: {done.stderr.strip().splitlines()[-1:]}")
 
