@@ -1,6 +1,7 @@
 """One GPU round of the ablation made ready to commit: unpack, compress the logs, compare.
 
     python scripts/collect_round.py TARBALL DEST [--pool N ...] [--standing]
+    python scripts/collect_round.py TARBALL results/la-full/<L>l/<session> --full-protocol
 
 TARBALL is what ``scripts/device_ablation.sh collect`` brings back (``ablation.tar.gz``: the
 sweep's run folders without weights); DEST the round's folder, e.g. ``results/ablation/round10``
@@ -19,6 +20,10 @@ sweep's run folders without weights); DEST the round's folder, e.g. ``results/ab
    and seed): ``compare-round<Ns>-{best,last}.{md,json}`` beside DEST, the arms that every one
    of those rounds holds;
 6. ``--standing``: ``scripts/ablation_standing.py --readme README.md`` and its markdown and JSON.
+
+``--full-protocol`` is for a batch of issue 15's study (``results/la-full/<L>l/<session>``, any
+session name): steps 1, 2 and 4, then ``scripts/la_full_table.py --readme README.md`` over the
+study's folder (its comparisons span sessions, so there are none per batch).
 
 The commands it runs are printed, so that the README can list them as the way to reproduce.
 """
@@ -154,8 +159,29 @@ def main(argv: list[str] | None = None) -> int:
                         help="rounds to pool this round's arms with")
     parser.add_argument("--standing", action="store_true",
                         help="rewrite the README's standing table and results/ablation/standing.*")
+    parser.add_argument("--readme", type=Path, default=ROOT / "README.md",
+                        help="the README whose tables --standing and --full-protocol rewrite")
+    parser.add_argument("--full-protocol", action="store_true",
+                        help="a batch of the full-protocol study: unpack, compress, rates, "
+                             "and the README's Study 1 table")
     args = parser.parse_args(argv)
     try:
+        if args.full_protocol:
+            if args.pool or args.standing:
+                raise RoundError("--full-protocol takes neither --pool nor --standing")
+            if not (args.dest.parent.name.endswith("l")
+                    and args.dest.parent.name[:-1].isdigit()):
+                raise RoundError(f"{args.dest}: a full-protocol batch goes to "
+                                 "results/la-full/<L>l/<session>")
+            unpack(args.tarball, args.dest)
+            compress_logs(args.dest)
+            print("\n".join(rates(args.dest)))
+            root = args.dest.parent.parent
+            subprocess.run([sys.executable, str(ROOT / "scripts" / "la_full_table.py"),
+                            str(root), "--readme", str(args.readme)],
+                           cwd=ROOT, check=True, capture_output=True)
+            print(f"Study 1 table: {args.readme}, from {root}")
+            return 0
         if not args.dest.name.startswith("round") or \
                 not args.dest.name.removeprefix("round").isdigit():
             raise RoundError(f"{args.dest}: a round's folder is named round<N>")
@@ -169,10 +195,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.standing:
             root = args.dest.parent
             subprocess.run([sys.executable, str(ROOT / "scripts" / "ablation_standing.py"),
-                            str(root), "--readme", str(ROOT / "README.md"), "--markdown",
+                            str(root), "--readme", str(args.readme), "--markdown",
                             str(root / "standing.md"), "--json", str(root / "standing.json")],
                            cwd=ROOT, check=True, capture_output=True)
-            print(f"standing: README.md, {root / 'standing.md'}")
+            print(f"standing: {args.readme}, {root / 'standing.md'}")
     except (RoundError, tarfile.TarError, OSError, subprocess.CalledProcessError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

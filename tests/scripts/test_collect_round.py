@@ -24,7 +24,7 @@ def _round(root: Path, seed: int, arms: dict[str, float]) -> None:
         steps = [step(0, i, 1.0 + shift) for i in range(1, 11)]
         for i, record in enumerate(steps):
             record["time"] = 0.1 * (i + 1)
-        evals = {c: (cases(8), one_class(DICE + shift)) for c in ("best", "last")}
+        evals = {c: (cases(8), one_class(DICE + shift)) for c in ("best", "last", "best-test")}
         write_run(root / arm, f"all-s{seed}", seed=seed, optimizer="sgd", steps=steps,
                   evals=evals)
     (root / "_pretrain" / f"all-s{seed}").mkdir(parents=True)
@@ -80,3 +80,20 @@ def test_refusals_leave_nothing_behind(tmp_path: Path, capsys: pytest.CaptureFix
     assert cr.main([str(broken), str(tmp_path / "round4")]) == 1
     assert capsys.readouterr().err.startswith("error: ")
     assert not any(p.name.startswith((".round", "round")) for p in tmp_path.iterdir())
+
+
+def test_a_full_protocol_batch_rewrites_the_study_table(tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]
+                                                        ) -> None:
+    tarball = _tarball(tmp_path, 1, {"sgd": 0.0, "sgd-hco": 0.01})
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- la-full:begin -->\nold\n<!-- la-full:end -->\n", encoding="utf-8")
+    dest = tmp_path / "la-full" / "8l" / "session1"
+    assert cr.main([str(tarball), str(dest), "--full-protocol", "--readme", str(readme)]) == 0
+    assert (dest / "sgd-hco" / "all-s1" / "metrics.jsonl.gz").is_file()
+    text = readme.read_text(encoding="utf-8")
+    assert "old" not in text and "| `sgd-hco` (hco) | best on validation | 1 | " in text
+    capsys.readouterr()
+    assert cr.main([str(tarball), str(tmp_path / "la-full" / "x" / "s2"),
+                    "--full-protocol"]) == 1
+    assert "results/la-full/<L>l/<session>" in capsys.readouterr().err
