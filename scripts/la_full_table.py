@@ -141,8 +141,13 @@ def _row(labeled: int, arm: str, arms: dict[str, list[Path]], checkpoint: Checkp
             if rec.class_ == cls:
                 row.p_wilcoxon[rec.metric] = _finite(rec.p_holm_wilcoxon)
                 row.p_ttest[rec.metric] = _finite(rec.p_holm_ttest)
-        dice = next(d for d in result.seed_differences if d.metric == "dice" and d.class_ == cls)
-        row.delta_dice = [100 * d for d in dice.differences]
+        dice = next((d for d in result.seed_differences
+                     if d.metric == "dice" and d.class_ == cls), None)
+        if dice is not None:
+            row.delta_dice = [100 * d for d in dice.differences]
+        else:  # one run per arm: no per-seed pairing, its one difference of means
+            ref_mean = result.summary(result.arms[0], cls, "dice")[0]
+            row.delta_dice = [mean["dice"] - 100 * ref_mean]
     return row
 
 

@@ -93,6 +93,7 @@ def test_a_full_protocol_batch_rewrites_the_study_table(tmp_path: Path,
     assert (dest / "sgd-hco" / "all-s1" / "metrics.jsonl.gz").is_file()
     text = readme.read_text(encoding="utf-8")
     assert "old" not in text and "| `sgd-hco` (hco) | best on validation | 1 | " in text
+    assert "| +1.00 | " in text  # one seed: the difference of the two runs' means
     capsys.readouterr()
     assert cr.main([str(tarball), str(tmp_path / "la-full" / "x" / "s2"),
                     "--full-protocol"]) == 1
