@@ -13,10 +13,11 @@ sweep's shared pre-training, logs and configs, are not arms). An arm's runs are 
 folders over the batches; runs pair with the ``sgd`` runs by their seed (run.json). Per arm and
 labeled count, for the checkpoint best on the 4 validation cases, the last iterate and the
 checkpoint best on the test cases (what the reference code selects, so the row to hold against
-the paper's): mean (std over the 20 test cases, each case's value averaged over the seeds) of
-Dice and Jaccard (%), ASD and HD95 (voxels); each seed's Dice difference to the ``sgd`` run of
-the same seed; and the one-sided paired tests "better than sgd" over the cases (Wilcoxon /
-t-test, Holm over the four metrics), as the paper tests (one-tailed paired Wilcoxon).
+the paper's), over the seeds the arm shares with ``sgd``: mean (std over the 20 test cases,
+each case's value averaged over the seeds) of Dice and Jaccard (%), ASD and HD95 (voxels);
+each seed's Dice difference to the ``sgd`` run of the same seed; and the one-sided paired
+tests "better than sgd" over the cases (Wilcoxon / t-test, Holm over the four metrics), as the
+paper tests (one-tailed paired Wilcoxon).
 
 The paper's rows are its Table 1 (BCP, "Repr" for SGD: its reproduction; mean (std) over 2
 seeds, 20 test cases; the text of the 8-labeled SGD HD95 cell is garbled in the paper's text
@@ -27,11 +28,13 @@ SGD_HCO against SGD.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import re
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from hco_cli.errors import HcoError
 from hco_cli.evaluation.compare import ArmSource, Checkpoint, Comparison, compare_sources
@@ -119,13 +122,25 @@ def rows(runs: dict[int, dict[str, list[Path]]]) -> list[Row]:
     return out
 
 
+def _seed(run: Path) -> Any:
+    return json.loads((run / "run.json").read_text(encoding="utf-8")).get("seed")
+
+
 def _row(labeled: int, arm: str, arms: dict[str, list[Path]], checkpoint: Checkpoint) -> Row:
-    own = ArmSource(name=arm, spec=arm, members=tuple(arms[arm]))
-    if arm == REFERENCE or REFERENCE not in arms:
+    """The arm's row; against ``sgd`` over the seeds both have (while a study is under way an
+    arm can be a seed ahead or behind), alone where they share none or it is ``sgd``."""
+    runs = arms[arm]
+    common = ({_seed(r) for r in runs} & {_seed(r) for r in arms[REFERENCE]}
+              if arm != REFERENCE and REFERENCE in arms else set())
+    if not common:
+        own = ArmSource(name=arm, spec=arm, members=tuple(runs))
         result = compare_sources([own], checkpoint=checkpoint)
         index = 0
     else:
-        ref = ArmSource(name=REFERENCE, spec=REFERENCE, members=tuple(arms[REFERENCE]))
+        own = ArmSource(name=arm, spec=arm,
+                        members=tuple(r for r in runs if _seed(r) in common))
+        ref = ArmSource(name=REFERENCE, spec=REFERENCE,
+                        members=tuple(r for r in arms[REFERENCE] if _seed(r) in common))
         result = compare_sources([ref, own], checkpoint=checkpoint, holm=True,
                                  hypothesis="better")
         index = 1

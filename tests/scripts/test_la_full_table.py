@@ -63,6 +63,14 @@ def test_rows_tests_and_paper(root: Path) -> None:
     assert "**4 labeled**" in text and text.count("not run yet") == 6
 
 
+def test_an_arm_a_seed_ahead_is_compared_over_the_shared_seeds(root: Path) -> None:
+    _run(root, "session3", "sgd-hco", 3, BASE - 0.5)  # a third seed that sgd has not run yet
+    lines = {(r.arm, r.checkpoint): r for r in lf.rows(lf.find_runs(root))}
+    hco = lines[("sgd-hco", "best")]
+    assert hco.seeds == ["seed 1", "seed 2"] and hco.delta_dice == pytest.approx([1.0, 3.0])
+    assert lines[("sgd", "best")].seeds == ["seed 1", "seed 2"]
+
+
 def test_readme_table_is_what_the_committed_runs_give() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     table = lf.to_markdown(lf.rows(lf.find_runs(ROOT / "results" / "la-full")))
