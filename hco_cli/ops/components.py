@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import warnings
 from typing import Any, TypeVar
 
 import numpy as np
@@ -32,6 +33,7 @@ _RANK = {6: 1, 18: 2, 26: 3}
 _CHECK_EVERY = 8  # propagation steps between convergence checks (each check syncs the device)
 BACKEND_ENV = "HCO_LCC_BACKEND"
 BACKENDS = ("auto", "triton", "cupy", "torch")
+_TRITON_FAILURE: list[str] = []  # why Triton failed on this process's device, once it has
 
 
 def largest_connected_component(mask: ArrayT, *, connectivity: int = 26) -> ArrayT:
@@ -66,14 +68,23 @@ def gpu_backend() -> str:
 
 
 def _lcc_device(volumes: Tensor, connectivity: int, backend: str) -> Tensor:
+    """A GPU batch's largest components by ``backend``. ``auto`` never fails for want of
+    Triton: where it is missing, cannot run on the device or fails there (once: a warning, and
+    the process labels without it from then on), CuPy or torch label instead."""
     if backend in ("auto", "triton"):
-        ccl = _ccl_triton()
-        if ccl is not None and ccl.fits(volumes):
-            return ccl.largest_component(volumes, connectivity)
-        if backend == "triton":
-            raise ConfigError(f"{BACKEND_ENV}=triton: " + (
-                "Triton is not installed" if ccl is None else
-                f"a batch of {volumes.numel()} voxels is past its int32 labels"))
+        ccl, why = _ccl_triton(volumes)
+        if ccl is not None:
+            try:
+                return ccl.largest_component(volumes, connectivity)
+            except Exception as exc:  # a Triton that cannot build or launch for this device
+                why = f"the Triton labelling failed ({type(exc).__name__}: {exc})"
+                if backend == "triton":
+                    raise ConfigError(f"{BACKEND_ENV}=triton: {why}") from exc
+                _TRITON_FAILURE.append(why)
+                warnings.warn(f"{why}; labelling without it from now on", RuntimeWarning,
+                              stacklevel=3)
+        elif backend == "triton":
+            raise ConfigError(f"{BACKEND_ENV}=triton: {why}")
     if backend in ("auto", "cupy"):
         if _cupy_ndimage() is not None:
             return _lcc_cupy(volumes, connectivity)
@@ -113,12 +124,21 @@ def _lcc_numpy(mask: np.ndarray, connectivity: int) -> np.ndarray:
     return out.reshape(mask.shape)
 
 
-def _ccl_triton() -> Any | None:
-    """The Triton labelling module, or None without Triton (an optional dependency)."""
+def _ccl_triton(volumes: Tensor) -> tuple[Any | None, str]:
+    """The Triton labelling module for ``volumes``, or None and why it cannot label them."""
+    if _TRITON_FAILURE:
+        return None, _TRITON_FAILURE[0]
+    if volumes.device.type == "cuda" and torch.cuda.get_device_capability(volumes.device) < (7, 0):
+        return None, "Triton needs a GPU of compute capability 7.0 or more"
     try:
-        return importlib.import_module("hco_cli.ops.ccl_triton")
+        module = importlib.import_module("hco_cli.ops.ccl_triton")
     except ImportError:
-        return None
+        return None, "Triton is not installed"
+    except Exception as exc:  # a broken install: say so, never fail by default
+        return None, f"Triton could not be imported ({type(exc).__name__}: {exc})"
+    if not module.fits(volumes):
+        return None, f"a batch of {volumes.numel()} voxels is past its int32 labels"
+    return module, ""
 
 
 def _cupy_ndimage() -> Any | None:

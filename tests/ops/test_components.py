@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import torch
 from scipy import ndimage
 
 from hco_cli.errors import ConfigError
+from hco_cli.ops import components
 from hco_cli.ops.components import (
     _lcc_cupy,
     keep_largest_per_class,
@@ -197,3 +199,43 @@ def test_every_gpu_backend_equals_scipy(backend: str, monkeypatch: pytest.Monkey
     got = largest_connected_component(torch.from_numpy(batch).cuda()).cpu().numpy()
     for volume, result in zip(batch, got, strict=True):
         np.testing.assert_array_equal(result, scipy_reference(volume, 26))
+
+
+def test_auto_labels_without_a_triton_that_fails_and_triton_asked_for_refuses(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Triton that cannot build for the device (here a stand-in that raises): ``auto`` warns
+    once and labels with the next backend from then on; ``triton`` refuses in one line."""
+    calls = []
+
+    class Broken:
+        @staticmethod
+        def fits(volumes: torch.Tensor) -> bool:
+            return True
+
+        @staticmethod
+        def largest_component(volumes: torch.Tensor, connectivity: int) -> torch.Tensor:
+            calls.append(1)
+            raise RuntimeError("no kernel image for this device")
+
+    monkeypatch.setattr(components, "_TRITON_FAILURE", [])
+    monkeypatch.setattr(components.importlib, "import_module",
+                        lambda name: Broken if name == "hco_cli.ops.ccl_triton" else
+                        (_ for _ in ()).throw(ImportError(name)))
+    batch = torch.from_numpy(random_blobs(4, (2, 12, 10, 8), 0.5))
+    expected = [scipy_reference(v, 26) for v in batch.numpy()]
+    with pytest.warns(RuntimeWarning, match="the Triton labelling failed .RuntimeError: no "
+                      "kernel image for this device.; labelling without it from now on"):
+        got = components._lcc_device(batch, 26, "auto")
+    for result, ref in zip(got.numpy(), expected, strict=True):
+        np.testing.assert_array_equal(result, ref)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second warning, no second attempt
+        components._lcc_device(batch, 26, "auto")
+    assert calls == [1]
+    with pytest.raises(ConfigError, match="HCO_LCC_BACKEND=triton: the Triton labelling failed"):
+        components._lcc_device(batch, 26, "triton")
+    monkeypatch.setattr(components, "_TRITON_FAILURE", [])
+    with pytest.raises(ConfigError, match="HCO_LCC_BACKEND=triton: the Triton labelling failed"):
+        components._lcc_device(batch, 26, "triton")
+    with pytest.raises(ConfigError, match="HCO_LCC_BACKEND=cupy: CuPy is not installed"):
+        components._lcc_device(batch, 26, "cupy")
