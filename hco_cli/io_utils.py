@@ -101,6 +101,15 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+def between_markers(text: str, begin: str, end: str, block: str) -> str:
+    """``text`` with ``block`` (newline-terminated) on the lines between the ``begin`` and
+    ``end`` markers, what stood there replaced: a generated table in a hand-written README."""
+    start, stop = text.find(begin), text.find(end)
+    if start < 0 or stop < start:
+        raise ValueError(f"no {begin} ... {end} block")
+    return text[:start + len(begin)] + "\n" + block + text[stop:]
+
+
 def write_json(target: Path, data: Any) -> None:
     """Write ``data`` as indented JSON, atomically."""
     with atomic_path(Path(target)) as tmp:

@@ -54,7 +54,7 @@ import numpy as np
 from hco_cli.errors import HcoError
 from hco_cli.evaluation import stats
 from hco_cli.evaluation.compare import ArmSource, Checkpoint, Comparison, compare_sources
-from hco_cli.io_utils import json_safe, write_json, write_text
+from hco_cli.io_utils import between_markers, json_safe, write_json, write_text
 
 CHECKPOINTS: tuple[Checkpoint, ...] = ("best", "last")
 MARGIN = 0.5  # Dice % points: the rule's margin (the A/A gaps reached 0.63 and 1.29)
@@ -310,14 +310,6 @@ def short_markdown(lines: list[Standing]) -> str:
     return "\n".join(out) + "\n"
 
 
-def with_table(readme: str, table: str) -> str:
-    """``readme`` with ``table`` between the markers (each on its own line)."""
-    start, end = readme.find(BEGIN), readme.find(END)
-    if start < 0 or end < start:
-        raise HcoError(f"no {BEGIN} ... {END} block in the README")
-    return readme[:start + len(BEGIN)] + "\n" + table + readme[end:]
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("root", nargs="?", type=Path, default=Path("results/ablation"))
@@ -327,9 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         lines = standing(find_rounds(args.root))
-        readme = (with_table(args.readme.read_text(encoding="utf-8"), short_markdown(lines))
-                  if args.readme else None)
-    except (HcoError, OSError) as exc:
+        readme = (between_markers(args.readme.read_text(encoding="utf-8"), BEGIN, END,
+                                  short_markdown(lines)) if args.readme else None)
+    except (HcoError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     text = to_markdown(lines)

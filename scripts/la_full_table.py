@@ -38,7 +38,7 @@ from typing import Any
 
 from hco_cli.errors import HcoError
 from hco_cli.evaluation.compare import ArmSource, Checkpoint, Comparison, compare_sources
-from hco_cli.io_utils import json_safe, write_json, write_text
+from hco_cli.io_utils import between_markers, json_safe, write_json, write_text
 
 LABELED = (8, 4)
 METRICS = ("dice", "jaccard", "asd", "hd95")
@@ -221,13 +221,6 @@ def to_markdown(lines: list[Row], labeled_counts: tuple[int, ...] = LABELED) -> 
     return "\n\n".join(parts) + "\n"
 
 
-def with_table(readme: str, table: str) -> str:
-    begin, end = readme.find(BEGIN), readme.find(END)
-    if begin < 0 or end < begin:
-        raise HcoError(f"no {BEGIN} ... {END} markers in the README")
-    return readme[:begin + len(BEGIN)] + "\n" + table + readme[end:]
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("root", nargs="?", type=Path,
@@ -243,8 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         table = to_markdown(lines)
         if args.readme:
             text = args.readme.read_text(encoding="utf-8")
-            write_text(args.readme, with_table(text, table))
-    except HcoError as err:
+            write_text(args.readme, between_markers(text, BEGIN, END, table))
+    except (HcoError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     if args.markdown:

@@ -1,11 +1,14 @@
-"""hco_cli.io_utils.json_safe: what strict JSON cannot hold becomes null, nothing else moves."""
+"""hco_cli.io_utils: json_safe (what strict JSON cannot hold becomes null) and between_markers."""
 
 from __future__ import annotations
 
 import json
 import math
+import re
 
-from hco_cli.io_utils import json_safe
+import pytest
+
+from hco_cli.io_utils import between_markers, json_safe
 
 
 def test_nan_and_infinities_become_none_at_any_depth() -> None:
@@ -16,3 +19,12 @@ def test_nan_and_infinities_become_none_at_any_depth() -> None:
                    "f": "nan", "g": 3}
     json.dumps(out, allow_nan=False)  # strict JSON now
     assert value["a"] is not None and math.isnan(value["a"])  # the input is left as it was
+
+
+def test_between_markers_replaces_only_the_block() -> None:
+    text = "intro\n<!-- b -->\nold\nrows\n<!-- e -->\nafter <!-- b -->\n"
+    assert between_markers(text, "<!-- b -->", "<!-- e -->", "new\n") == (
+        "intro\n<!-- b -->\nnew\n<!-- e -->\nafter <!-- b -->\n")
+    for bad in ("no markers\n", "<!-- e -->\n<!-- b -->\n"):
+        with pytest.raises(ValueError, match=re.escape("no <!-- b --> ... <!-- e --> block")):
+            between_markers(bad, "<!-- b -->", "<!-- e -->", "new\n")

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
+from hco_cli.io_utils import between_markers
 from tests.evaluation.compare_fixtures import cases, one_class, write_run
 from tests.file_modules import ROOT, load_file
 
@@ -94,7 +95,7 @@ def test_readme_table_is_what_the_committed_rounds_give() -> None:
     """README.md's short standing table is the script's output on results/ablation."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     table = st.short_markdown(st.standing(st.find_rounds(ROOT / "results" / "ablation")))
-    assert st.with_table(readme, table) == readme, (
+    assert between_markers(readme, st.BEGIN, st.END, table) == readme, (
         "README.md's standing table is stale: python scripts/ablation_standing.py --readme "
         "README.md")
 
