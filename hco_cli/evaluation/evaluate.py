@@ -36,6 +36,7 @@ from hco_cli.data.io import case_id_from_path, read_volume, volume_suffix
 from hco_cli.errors import ConfigError, DataError
 from hco_cli.evaluation.metrics import METRICS, EmptyPolicy, check_empty_policy, evaluate_pair
 from hco_cli.evaluation.references import LabelSource, add_unique, find_labels, read_label
+from hco_cli.io_utils import json_safe
 
 SpacingUnit = Literal["voxel", "mm"]
 _SPACING_RTOL = 1e-4
@@ -86,10 +87,10 @@ class EvaluationSummary:
         """``summary.json`` content: required keys first; NaN becomes null."""
         return {
             "metric_per_case": [
-                {"case": r.case, "metrics": _nan_to_none(r.metrics)} for r in self.cases
+                {"case": r.case, "metrics": json_safe(r.metrics)} for r in self.cases
             ],
-            "mean": _nan_to_none(self.mean),
-            "std": _nan_to_none(self.std),
+            "mean": json_safe(self.mean),
+            "std": json_safe(self.std),
             "spacing_unit": self.spacing_unit,
             "classes": [str(c) for c in self.classes],
             "n": self.n,
@@ -419,9 +420,3 @@ def _check_jobs(jobs: int | None) -> int:
     return jobs
 
 
-def _nan_to_none(values: Any) -> Any:
-    if isinstance(values, dict):
-        return {k: _nan_to_none(v) for k, v in values.items()}
-    if isinstance(values, float) and math.isnan(values):
-        return None
-    return values
