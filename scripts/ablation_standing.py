@@ -330,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         write_text(args.markdown, text)
     if args.json:
         write_json(args.json, [json_safe(asdict(line)) for line in lines])
-    if args.readme and readme is not None:
+    if readme is not None:
         write_text(args.readme, readme)
     return 0
 

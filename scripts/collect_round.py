@@ -106,12 +106,18 @@ def hco(args: list[str]) -> None:
         raise RoundError(f"hco {args[0]} failed: {done.stderr.strip().splitlines()[-1:]}")
 
 
+def _tables(specs: list[str], prefix: Path) -> None:
+    """The two-sided, Holm-corrected comparison at each checkpoint: ``<prefix><checkpoint>.md``
+    and ``.json``."""
+    for checkpoint in CHECKPOINTS:
+        out = f"{prefix}{checkpoint}"
+        hco(["compare", *specs, "--checkpoint", checkpoint, "--holm", "--alternative",
+             "two-sided", "--markdown", f"{out}.md", "--json", f"{out}.json"])
+
+
 def compare(dest: Path, arms: list[str]) -> None:
     specs = [f"{a}={dest}/{a}/*" for a in arms]
-    for checkpoint in CHECKPOINTS:
-        hco(["compare", *specs, "--checkpoint", checkpoint, "--holm", "--alternative",
-             "two-sided", "--markdown", str(dest / f"compare-{checkpoint}.md"),
-             "--json", str(dest / f"compare-{checkpoint}.json")])
+    _tables(specs, dest / "compare-")
     hco(["compare", "--dynamics", *specs, "--bin", "500", "--plot", str(dest / "dynamics.png"),
          "--markdown", str(dest / "dynamics.md"), "--json", str(dest / "dynamics.json")])
 
@@ -124,11 +130,7 @@ def pooled(dest: Path, arms: list[str], rounds: list[int]) -> None:
         raise RoundError(f"rounds {numbers} share fewer than two arms: {shared}")
     pattern = "{" + ",".join(map(str, numbers)) + "}"
     specs = [f"{a}={parent}/round{pattern}/{a}/*" for a in shared]
-    tag = "".join(map(str, numbers))
-    for checkpoint in CHECKPOINTS:
-        hco(["compare", *specs, "--checkpoint", checkpoint, "--holm", "--alternative",
-             "two-sided", "--markdown", str(parent / f"compare-round{tag}-{checkpoint}.md"),
-             "--json", str(parent / f"compare-round{tag}-{checkpoint}.json")])
+    _tables(specs, parent / f"compare-round{''.join(map(str, numbers))}-")
 
 
 def rates(dest: Path) -> list[str]:

@@ -28,16 +28,16 @@ SGD_HCO against SGD.
 from __future__ import annotations
 
 import argparse
-import json
+import functools
 import math
 import re
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 from hco_cli.errors import HcoError
 from hco_cli.evaluation.compare import ArmSource, Checkpoint, Comparison, compare_sources
+from hco_cli.evaluation.saved_results import read_run_info
 from hco_cli.io_utils import between_markers, json_safe, write_json, write_text
 
 LABELED = (8, 4)
@@ -122,8 +122,10 @@ def rows(runs: dict[int, dict[str, list[Path]]]) -> list[Row]:
     return out
 
 
-def _seed(run: Path) -> Any:
-    return json.loads((run / "run.json").read_text(encoding="utf-8")).get("seed")
+@functools.cache
+def _seed(run: Path) -> int:
+    """The run's seed (run.json), read once per run however many rows need it."""
+    return read_run_info(run).seed
 
 
 def _row(labeled: int, arm: str, arms: dict[str, list[Path]], checkpoint: Checkpoint) -> Row:

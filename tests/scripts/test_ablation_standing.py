@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from hco_cli.io_utils import between_markers
 from tests.evaluation.compare_fixtures import cases, one_class, write_run
 from tests.file_modules import ROOT, load_file
+from tests.scripts.readme_tables import assert_readme_holds
 
 st = load_file("scripts/ablation_standing.py", "ablation_standing")
 
@@ -93,11 +93,9 @@ def test_standing_and_rule(root: Path) -> None:
 
 def test_readme_table_is_what_the_committed_rounds_give() -> None:
     """README.md's short standing table is the script's output on results/ablation."""
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
     table = st.short_markdown(st.standing(st.find_rounds(ROOT / "results" / "ablation")))
-    assert between_markers(readme, st.BEGIN, st.END, table) == readme, (
-        "README.md's standing table is stale: python scripts/ablation_standing.py --readme "
-        "README.md")
+    assert_readme_holds(st.BEGIN, st.END, table,
+                        "python scripts/ablation_standing.py --readme README.md")
 
 
 def test_main_writes_and_errors_in_one_line(root: Path, tmp_path: Path,

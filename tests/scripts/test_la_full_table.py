@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hco_cli.io_utils import between_markers
 from tests.evaluation.compare_fixtures import cases, one_class, write_run
 from tests.file_modules import ROOT, load_file
+from tests.scripts.readme_tables import assert_readme_holds
 
 lf = load_file("scripts/la_full_table.py", "la_full_table")
 
@@ -73,11 +73,9 @@ def test_an_arm_a_seed_ahead_is_compared_over_the_shared_seeds(root: Path) -> No
 
 
 def test_readme_table_is_what_the_committed_runs_give() -> None:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
     table = lf.to_markdown(lf.rows(lf.find_runs(ROOT / "results" / "la-full")))
-    assert between_markers(readme, lf.BEGIN, lf.END, table) == readme, (
-        "README.md's full-protocol table is stale: python scripts/la_full_table.py --readme "
-        "README.md")
+    assert_readme_holds(lf.BEGIN, lf.END, table,
+                        "python scripts/la_full_table.py --readme README.md")
 
 
 def test_main_writes_and_errors_in_one_line(root: Path, tmp_path: Path,
