@@ -59,7 +59,7 @@ PAPER_P = {8: {"dice": 0.0016, "jaccard": 0.0016, "asd": 0.2729, "hd95": 0.0063}
            4: {"dice": 0.0379, "jaccard": 0.0413, "hd95": 0.0086}}
 # The planned arms (issue 15; hco-r1: the reading the screening ablation carries), in order;
 # an arm run beyond them is listed after them.
-ARM_ORDER = ("sgd", "sgd-co", "sgd-hco", "hco-r1")
+ARM_ORDER = ("sgd", "sgd-co", "sgd-hco", "hco-r1", "hco-r3")
 BEGIN, END = "<!-- la-full:begin -->", "<!-- la-full:end -->"
 _LABELED_DIR = re.compile(r"(\d+)l$")
 
