@@ -136,7 +136,8 @@ class ValidationConfig(_Section):
         "a held-out result (scoring the test split costs its sliding windows at every "
         "validation)")
     stride: tuple[int, int, int] = (18, 18, 4)
-    batch_size: int = Field(default=4, ge=1, description="windows per forward pass")
+    batch_size: int = Field(default=4, ge=1, description="windows per forward pass (with "
+                            "compile, a case's last batch is padded to it: one compiled shape)")
 
     @model_validator(mode="after")
     def _distinct_selections(self) -> ValidationConfig:

@@ -88,6 +88,7 @@ def predict_volume(
     device: torch.device | None = None,
     stitch_device: torch.device | None = None,
     progress: Callable[[int, int], None] | None = None,
+    full_batches: bool = False,
 ) -> Tensor:
     """Softmax probabilities (K, X, Y, Z), float32, averaged over overlapping windows.
 
@@ -97,6 +98,10 @@ def predict_volume(
     every subset of these spatial axes. The networks run on ``device`` and the map is built on
     ``stitch_device`` (both default to the image's device) and returned there. ``progress``
     is called as ``progress(windows done, windows in all)`` after each batch.
+    ``full_batches`` pads a volume's last, shorter batch of windows with zero windows (their
+    outputs are dropped), so that the networks only ever see ``batch_size`` windows: a network
+    compiled for static shapes then compiles its forward once, not once per remainder of
+    windows per case (in eval mode the windows of a batch do not interact).
     """
     models = [model] if isinstance(model, nn.Module) else list(model)
     strides = [stride] * 3 if isinstance(stride, int) else list(stride)
@@ -123,8 +128,11 @@ def predict_volume(
                 for start in starts[first : first + batch_size]
             ]
             windows = torch.stack([padded[(slice(None), *box)] for box in boxes]).to(device)
+            if full_batches and len(boxes) < batch_size:
+                filler = windows.new_zeros((batch_size - len(boxes), *windows.shape[1:]))
+                windows = torch.cat([windows, filler])
             probs = window_probabilities(models, windows, mirrors=mirrors, amp=amp)
-            probs = probs.to(stitch_device)
+            probs = probs[: len(boxes)].to(stitch_device)
             for box, prob in zip(boxes, probs, strict=True):
                 scores[(slice(None), *box)] += prob
                 counts[box] += 1

@@ -69,6 +69,7 @@ class Validator:
         device: torch.device,
         batch_size: int = 4,
         amp: bool = False,
+        full_batches: bool = False,
     ) -> None:
         self.cases = list(cases)
         for case in self.cases:
@@ -83,6 +84,8 @@ class Validator:
         self.num_classes = num_classes
         self.batch_size = batch_size
         self.amp = amp
+        # a compiled network (static shapes) sees one batch shape: no recompile per remainder
+        self.full_batches = full_batches
 
     def __len__(self) -> int:
         return len(self.cases)
@@ -93,7 +96,7 @@ class Validator:
         for index, (image, label) in enumerate(zip(self.images, self.labels, strict=True)):
             probs = predict_volume(model, image, patch_size=self.patch_size, stride=self.stride,
                                    num_classes=self.num_classes, batch_size=self.batch_size,
-                                   amp=self.amp)
+                                   amp=self.amp, full_batches=self.full_batches)
             prediction = probs.argmax(0)
             scores.append(dice_per_class(prediction, label, self.num_classes))
             if index < slices:  # small device slices, copied with the scores below

@@ -152,3 +152,37 @@ def test_mirror_axes_are_checked():
         mirror_sets((0, 3))
     with pytest.raises(ValueError, match="distinct"):
         mirror_sets((1, 1))
+
+
+class BatchRecorder(TinyNet):
+    """TinyNet that notes the batch size of every forward pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.batches.append(x.shape[0])
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("mirror_axes", [(), (0, 2)])
+def test_full_batches_pad_the_last_batch_and_change_nothing(mirror_axes):
+    # 5 x 4 x 4 = 80 windows in batches of 7: 11 full batches and a remainder of 3
+    image = torch.from_numpy(np.random.default_rng(3).normal(size=(1, 13, 11, 9)))
+    patch, stride = (6, 5, 4), (2, 2, 2)
+    plain, full = BatchRecorder().double(), BatchRecorder().double()
+    expected = predict_volume(plain, image, patch_size=patch, stride=stride, num_classes=3,
+                              batch_size=7, mirror_axes=mirror_axes)
+    got = predict_volume(full, image, patch_size=patch, stride=stride, num_classes=3,
+                         batch_size=7, mirror_axes=mirror_axes, full_batches=True)
+    calls = len(mirror_sets(mirror_axes))
+    assert [len(window_starts(s, p, st)) for s, p, st in zip((13, 11, 9), patch, stride,
+                                                             strict=True)] == [5, 4, 4]
+    assert plain.batches == [7] * (11 * calls) + [3] * calls
+    assert full.batches == [7] * (12 * calls)
+    # per window the same float64 arithmetic: the zero windows' outputs are dropped
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+    if not mirror_axes:  # and BCP's window-by-window map (a float32 twin of the network)
+        reference = brute_force(TinyNet(), image.numpy(), patch, stride)
+        np.testing.assert_allclose(got.numpy(), reference, rtol=0, atol=2e-6)

@@ -88,6 +88,7 @@ class Spy:
     calls: Counter[str] = field(default_factory=Counter)
     built: list[dict[str, Tensor]] = field(default_factory=list)
     modes: set[str] = field(default_factory=set)
+    eval_batches: set[int] = field(default_factory=set)
 
 
 @pytest.fixture
@@ -107,6 +108,8 @@ def spy(monkeypatch: pytest.MonkeyPatch) -> Iterator[Spy]:
 
         def run(net: vnet.VNet, x: Tensor) -> Tensor:
             seen.modes.add(mode)
+            if not net.training:
+                seen.eval_batches.add(x.shape[0])
             seen.calls[("train" if net.training else "eval")
                        + ("/grad" if torch.is_grad_enabled() else "/no-grad")] += 1
             return fn(net, x)
@@ -150,9 +153,12 @@ def _train_twice(make: Callable[[Path, str | None], TrainConfig], spy: Spy, tmp_
     eager, compiled = tmp_path / "eager", tmp_path / "compiled"
     train(make(eager, None))
     assert not spy.calls
-    train(make(compiled, mode))
+    config = make(compiled, mode)
+    train(config)
     assert set(spy.calls) == {"train/grad", "train/no-grad", "eval/no-grad"}, spy.calls
     assert spy.modes == {mode}, spy.modes
+    # validation pads each case's last batch of windows (here its only window): one shape
+    assert spy.eval_batches == {config.validation.batch_size}, spy.eval_batches
     spy.calls.clear()
     return eager, compiled
 
