@@ -28,13 +28,14 @@ check them against scipy; the GPU test checks them on CUDA, where programs run c
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+
+from hco_cli.devices import launching_on
 
 BLOCK = 256
 LAUNCH: dict[str, Any] = {"num_warps": 4}
@@ -128,18 +129,11 @@ def roots(volumes: Tensor, connectivity: int) -> tuple[Tensor, Tensor]:
     sizes = torch.zeros(total, dtype=torch.int32, device=volumes.device)
     if total:
         grid = (triton.cdiv(total, BLOCK),)
-        with _on_device(volumes.device):
+        with launching_on(volumes.device):
             _merge_kernel[grid](fg, parent, total, sx, sy, sz, RANK=_RANK[connectivity],
                                 BLOCK=BLOCK, **LAUNCH)
             _flatten_kernel[grid](fg, parent, sizes, total, BLOCK=BLOCK, **LAUNCH)
     return parent, sizes
-
-
-def _on_device(device: torch.device) -> AbstractContextManager[Any]:
-    """Triton launches on the current CUDA device: make it the tensors' one if it is not."""
-    if device.type == "cuda" and torch.cuda.current_device() != device.index:
-        return torch.cuda.device(device)
-    return nullcontext()
 
 
 def largest_component(volumes: Tensor, connectivity: int) -> Tensor:

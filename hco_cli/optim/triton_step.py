@@ -22,7 +22,6 @@ in fp32, in their operation order, with IEEE division and square root (``div_rn`
 from __future__ import annotations
 
 import math
-from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
@@ -30,6 +29,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from hco_cli.devices import launching_on
 from hco_cli.optim.flat import ALIGN, FlatLayout
 from hco_cli.optim.masks import MaskSpec
 
@@ -237,13 +237,6 @@ class FusedHcoStep:
             self._row = 1 - row
         return (self.layout.block_segments, self.counts[row], self.counts[1 - row], self.total)
 
-    def _on_device(self) -> AbstractContextManager[Any]:
-        """Triton launches on the current CUDA device: make it the buffers' one if it is not."""
-        device = self.layout.device
-        if device.type == "cuda" and torch.cuda.current_device() != device.index:
-            return torch.cuda.device(device)
-        return nullcontext()
-
     def last_counts(self) -> Tensor:
         """Per-tensor admitted counts of the last step with g_U (valid until the next step)."""
         return self.counts[1 - self._row, :len(self.layout.params)]
@@ -260,7 +253,7 @@ class FusedHcoStep:
         g_l = grad_u if grad_l is None else grad_l  # a placeholder pointer when absent
         g_u = g_l if grad_u is None else grad_u
         decay = 1.0 - lr * weight_decay
-        with self._on_device():
+        with launching_on(self.layout.device):
             if has_u:
                 _sgd_mask_kernel[self._grid](buf, g_l, g_u, seg, counts, layout.size,
                                              float(momentum), HAS_L=grad_l is not None,
@@ -291,7 +284,7 @@ class FusedHcoStep:
             "HAS_L": grad_l is not None, "L2": weight_decay != 0 and not decoupled,
             "LERP_SMALL": abs(1.0 - beta1) < 0.5, "BLOCK": BLOCK, **LAUNCH,
         }
-        with self._on_device():
+        with launching_on(self.layout.device):
             if has_u:
                 _adam_mask_kernel[self._grid](layout.data, g_l, g_u, m, v, seg, counts,
                                               layout.size, **shared, **flags)
