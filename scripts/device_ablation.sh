@@ -119,7 +119,7 @@ collect)
   wait
   tail -n 40 $RUNS/sweep.log
   tar czf "$OUT/ablation.tar.gz" --exclude='*.pt' --exclude='*.nii.gz' -C "$RUNS" .
-  cp /tmp/lcc-step.json /tmp/lcc-step.log "$OUT/" 2>/dev/null
+  cp /tmp/lcc-step.json /tmp/lcc-step.log /tmp/speed3/det-ro*.json "$OUT/" 2>/dev/null
   [ -d /tmp/bench ] && cp /tmp/bench/* "$OUT/" 2>/dev/null
   ls -la "$OUT" ;;
 *) echo "usage: $0 stage DIR | bench | start ARMS SEEDS [GPUS PER] | wait S | collect"; exit 2 ;;

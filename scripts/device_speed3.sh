@@ -41,6 +41,9 @@
 #                (inductor), seeds 1-3, 300 + 600 iterations as results/speed/bf16-vs-fp32.md,
 #                diagnostics every 10 iterations, nine runs at once, then hco compare (6 min);
 #                NUMERICS_SEEDS="4 5 6" for other seeds
+#   det-ro       sgd-hco's self-training iteration under CUDA graphs without and with
+#                deterministic kernels (two processes, random volumes, no data needed: from a
+#                session's first call on, about 3 min), for a study's choice of compile setting
 #   concurrency  benchmarks/concurrency.py: 1, 2 and 4 processes of sgd and of sgd+compile-ro
 #                on the GPU (about 3.5 min); CONC_OPTIMIZERS="sgd,sgd+compile" CONC_PROCESSES=1,3
 #                for what an ablation round (three runs per GPU) would gain from compile: true
@@ -80,7 +83,9 @@ with_compile() {  # a copy of config $1 with compile: ${3:-reduce-overhead} and 
 }
 run_steps() {
   mkdir -p $WORK/runs
-  [ -d $DATA ] || hco prepare la /tmp/la --out $DATA --val 4 | tail -n 3
+  local what needs_data=0
+  for what in "$@"; do case $what in det-ro|first-conv) ;; *) needs_data=1 ;; esac; done
+  [ $needs_data = 0 ] || [ -d $DATA ] || hco prepare la /tmp/la --out $DATA --val 4 | tail -n 3
   for what in "$@"; do
     case $what in
     e2e)
@@ -123,6 +128,14 @@ run_steps() {
         python3 benchmarks/train_step.py --data $DATA --phases selftrain $flag \
           --optimizers sgd-hco,sgd-hco+compile,sgd-hco+compile-ro --iterations 20 --rounds 4 \
           --warmup 15 --json $WORK/det${flag:+-deterministic}.json
+      done ;;
+    det-ro)  # deterministic kernels' price under CUDA graphs alone, on random volumes (no
+      # data: it can run from a session's first call, while the LA parts are still staged)
+      step det-ro
+      for flag in "" --deterministic; do
+        python3 benchmarks/train_step.py --phases selftrain $flag \
+          --optimizers sgd-hco+compile-ro --iterations 20 --rounds 3 --warmup 10 \
+          --json $WORK/det-ro${flag:+-deterministic}.json 2>&1 | tail -n 1
       done ;;
     lcc)  # the Triton union-find against CuPy's labelling: GPU tests, the step, the iteration
       step lcc
