@@ -46,10 +46,10 @@ fi
   --no-cache-dir --upgrade --target $SITE .carry/wheels/*.whl || exit 1
 export PYTHONPATH=$SITE:$PWD
 hco() { python3 -m hco_cli "$@"; }
-progress() {  # one line per run: iteration of its planned total, recent rate, minutes left
+progress() {  # each run's state; a running one's iteration, recent rate and minutes left
   date +%T
-  [ -d $RUNS ] && python3 scripts/run_progress.py $RUNS --window 180
-  return 0  # no log yet is not a failure (`start ... && next` goes on)
+  [ -d $RUNS/_configs ] && hco sweep --status $RUNS 2>&1
+  return 0  # no plan yet is not a failure (`start ... && next` goes on)
 }
 case "${1:-}" in
 stage)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from rich.markup import escape
 from rich.table import Table
 
-from hco_cli.workflows.sweep_status import RunStatus
+from hco_cli.workflows.sweep_status import Progress, RunStatus
 
 if TYPE_CHECKING:
     from hco_cli.workflows import sweep as lib
@@ -51,17 +51,37 @@ def submission_table(submissions: list[Submission]) -> Table:
 
 
 def status_counts(states: list[RunStatus]) -> str:
-    """``3 done, 1 failed``: how many runs are in each state."""
+    """``3 done, 1 failed``: how many runs are in each state, and when the running ones
+    should end at their recent rates."""
     counts = {k: sum(s.state == k for s in states) for k in _STATE_STYLE}
-    return ", ".join(f"{n} {k}" for k, n in counts.items() if n)
+    text = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
+    left = [s.progress.minutes_left for s in states if s.progress is not None]
+    known = [m for m in left if m is not None]
+    if known:
+        text += f"; the running runs end in about {max(known):.1f} min at their recent rates"
+    return text
+
+
+def progress_text(progress: Progress | None) -> str:
+    """``8250/9500, 7.9 it/s, 2.6 min left``; ``-`` before a running run's first record."""
+    if progress is None:
+        return "-"
+    parts = [f"{progress.iteration}/{progress.total or '?'}"]
+    if progress.rate:
+        parts.append(f"{progress.rate:.1f} it/s")
+    left = progress.minutes_left
+    if left is not None:
+        parts.append(f"{left:.1f} min left")
+    return ", ".join(parts)
 
 
 def status_table(states: list[RunStatus], title: str) -> Table:
     table = Table(title=title)
-    for name in ("run", "state", "job id", "detail"):
+    for name in ("run", "state", "job id", "progress", "detail"):
         table.add_column(name, overflow="fold")
     for s in states:
         style = _STATE_STYLE[s.state]
         table.add_row(escape(f"{s.arm}/{s.name}"), f"[{style}]{s.state}[/]", s.job_id or "-",
+                      progress_text(s.progress) if s.state == "running" else "-",
                       escape(s.detail))
     return table

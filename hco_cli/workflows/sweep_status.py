@@ -7,7 +7,10 @@
     OUT/_jobs/<arm>/<run>.state.json        the job's own account: running, done or failed
 
 A job's account counts only if it names the submitted job id, so a resubmitted run reads
-``pending`` until its new job starts. ``hco sweep --status OUT`` renders :func:`sweep_status`.
+``pending`` until its new job starts. A running run's progress (iteration of the planned
+total, the rate over the last minutes of its log, minutes left at that rate) comes from the
+tail of its ``metrics.jsonl`` and its planned config. ``hco sweep --status OUT`` renders
+:func:`sweep_status`.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+
+import yaml
 
 from hco_cli.errors import CheckpointError
 from hco_cli.io_utils import write_json
@@ -36,6 +41,23 @@ _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 @dataclass(frozen=True)
+class Progress:
+    """How far a running run is: its last logged training iteration of the planned total, and
+    the iterations per second over the last ``window`` seconds of its log (validation pauses
+    inside the window count, as they will in the rest of the run)."""
+
+    iteration: int
+    total: int | None = None
+    rate: float | None = None
+
+    @property
+    def minutes_left(self) -> float | None:
+        if self.total is None or not self.rate:
+            return None
+        return max(self.total - self.iteration, 0) / self.rate / 60
+
+
+@dataclass(frozen=True)
 class RunStatus:
     """One run of a sweep as its files describe it."""
 
@@ -45,6 +67,7 @@ class RunStatus:
     state: RunState
     job_id: str | None = None
     detail: str = ""  # a failure's message, or the log's last line
+    progress: Progress | None = None  # running runs with a log
 
 
 # --------------------------------------------------------------------------- job records
@@ -99,6 +122,72 @@ def summary_path(run_dir: Path) -> Path:
     return RunFolder(run_dir).summary("best")
 
 
+# ---------------------------------------------------------------------------- progress
+def planned_iterations(framework: dict[str, Any]) -> int | None:
+    """The training iterations of a dumped framework config, all phases: BCP's pre-training +
+    self-training, CMT's epochs x iterations per epoch, the others' ``iterations``."""
+    def count(key: str) -> int | None:
+        value = framework.get(key)
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    pre, self_ = count("pretrain_iterations"), count("selftrain_iterations")
+    if self_ is not None:
+        return self_ + (pre or 0)
+    epochs, per_epoch = count("epochs"), count("iterations_per_epoch")
+    if epochs is not None and per_epoch is not None:
+        return epochs * per_epoch
+    return count("iterations")
+
+
+def _planned_total(config: Path) -> int | None:
+    try:
+        data = yaml.safe_load(config.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+    framework = data.get("framework") if isinstance(data, dict) else None
+    return planned_iterations(framework) if isinstance(framework, dict) else None
+
+
+def _tail_records(path: Path, max_bytes: int) -> list[dict[str, Any]]:
+    """The JSON records in the last ``max_bytes`` of a log that is being written: a line cut
+    by the start of the tail or by the writer is skipped."""
+    try:
+        with path.open("rb") as f:
+            f.seek(0, 2)
+            start = max(0, f.tell() - max_bytes)
+            f.seek(start)
+            lines = f.read().decode("utf-8", errors="replace").split("\n")
+    except OSError:
+        return []
+    if start:
+        lines = lines[1:]
+    records = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def run_progress(metrics: Path, total: int | None, *, window: float = 300.0,
+                 max_bytes: int = 4 << 20) -> Progress | None:
+    """A run's :class:`Progress` from the training records at the end of its metrics log (at
+    most ``max_bytes`` read), or None before its first record."""
+    train = [r for r in _tail_records(metrics, max_bytes)
+             if r.get("phase") != "val" and "split" not in r and isinstance(r.get("iter"), int)
+             and isinstance(r.get("time"), (int, float))]
+    if not train:
+        return None
+    last = train[-1]
+    first = next(r for r in train if r["time"] >= last["time"] - window)
+    span = last["time"] - first["time"]
+    rate = (last["iter"] - first["iter"]) / span if span > 0 else None
+    return Progress(last["iter"], total, rate)
+
+
 # ------------------------------------------------------------------------------ states
 def run_state(out: Path, arm: str, name: str) -> RunStatus:
     """The state of one planned run: done, failed, running or pending (see the module doc)."""
@@ -126,7 +215,10 @@ def run_state(out: Path, arm: str, name: str) -> RunStatus:
         ended = last_line(submitted.get("log"))
         if _SCHEDULER_END.search(ended):
             return status("failed", ended)
-        return status("running", log)
+        total = _planned_total(Path(out) / CONFIG_DIR / arm / f"{name}.yaml")
+        progress = run_progress(RunFolder(run_dir).metrics, total)
+        return RunStatus(arm, name, run_dir, "running", str(job_id) if job_id else None, log,
+                         progress)
     if submitted:
         return status("pending", f"submitted to {submitted.get('executor')}")
     return status("pending", "not submitted")
@@ -148,6 +240,7 @@ def sweep_status(out: Path) -> list[RunStatus]:
     return [run_state(out, arm, name) for arm, name in planned_runs(out)]
 
 
-__all__ = ["CONFIG_DIR", "JOBS_DIR", "LOG_DIR", "PRETRAIN_ARM", "RunStatus", "last_line",
-           "log_path", "planned_runs", "read_json", "record_state", "record_submission",
-           "run_state", "summary_path", "sweep_status"]
+__all__ = ["CONFIG_DIR", "JOBS_DIR", "LOG_DIR", "PRETRAIN_ARM", "Progress", "RunStatus",
+           "last_line", "log_path", "planned_iterations", "planned_runs", "read_json",
+           "record_state", "record_submission", "run_progress", "run_state", "summary_path",
+           "sweep_status"]

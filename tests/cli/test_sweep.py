@@ -103,12 +103,12 @@ def test_status_of_a_sweep_folder(config, tmp_path):
     (out / "sgd" / "all-s2" / "run.json").unlink()  # its job said done, its files disagree
     shown = sweep("--status", out)
     assert shown.exit_code == 0, shown.output
-    rows = [[c.strip() for c in line.split("│")[1:5]] for line in shown.output.splitlines()
+    rows = [[c.strip() for c in line.split("│")[1:6]] for line in shown.output.splitlines()
             if "sgd/all" in line]
     best = json.loads((out / "sgd" / "all-s1" / "run.json").read_text())["best"]["score"]
-    assert [[row[0], row[1], row[3]] for row in rows] == [
-        ["sgd/all-s1", "done", f"best dice {best:.4f}"],
-        ["sgd/all-s2", "failed", "ended before finishing"]]
+    assert [[row[0], row[1], row[3], row[4]] for row in rows] == [
+        ["sgd/all-s1", "done", "-", f"best dice {best:.4f}"],
+        ["sgd/all-s2", "failed", "-", "ended before finishing"]]
     assert shown.output.strip().splitlines()[-1] == "1 done, 1 failed"
 
 
