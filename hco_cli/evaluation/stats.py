@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from scipy import stats
+from scipy import optimize, stats
 
 from hco_cli.errors import ConfigError
 
@@ -179,6 +179,37 @@ def holm(pvalues: Sequence[float]) -> list[float]:
         running = max(running, min(1.0, (m - k) * float(p[idx])))
         out[idx] = running
     return [float(v) for v in out]
+
+
+def detectable_difference(std: float, n: int, *, two_sided: bool = False, alpha: float = 0.05,
+                          power: float = 0.8) -> float:
+    """The smallest true mean difference that a t-test over ``n`` paired differences with
+    standard deviation ``std`` detects with probability ``power`` at level ``alpha`` (its
+    sensitivity: how large an effect a non-significant result could still have missed).
+
+    The t statistic of n differences with mean d and standard deviation s follows the
+    noncentral t distribution with n - 1 degrees of freedom and noncentrality d sqrt(n) / s;
+    the noncentrality at which it exceeds the critical value with probability ``power`` (either
+    tail for ``two_sided``) is solved for and scaled back. NaN for n < 2 or a standard
+    deviation that is not finite and positive.
+    """
+    if n < 2 or not (math.isfinite(std) and std > 0):
+        return math.nan
+    df = n - 1
+    critical = float(stats.t.ppf(1 - (alpha / 2 if two_sided else alpha), df))
+
+    def shortfall(nc: float) -> float:
+        reached = float(stats.nct.sf(critical, df, nc))
+        if two_sided:  # the far tail; scipy returns NaN where it is below ~1e-20
+            far = float(stats.nct.cdf(-critical, df, nc))
+            reached += far if math.isfinite(far) else 0.0
+        return reached - power
+
+    high = 1.0
+    while shortfall(high) < 0:
+        high *= 2
+    nc = optimize.brentq(shortfall, 0.0, high, xtol=1e-12)
+    return float(nc * std / math.sqrt(n))
 
 
 def mean_sem(values: Sequence[float] | np.ndarray) -> tuple[float, float, int]:

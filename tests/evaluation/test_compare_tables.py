@@ -124,11 +124,13 @@ def test_per_seed_table_and_records(tmp_path: Path) -> None:
     result = compare_runs([f"sgd={tmp_path}/sgd/*", f"hco={tmp_path}/hco/*"])
     *_, seeds = comparison_tables(result)
     assert seeds.columns == ["Arm", "Class", "Metric", "s1", "s2", "Mean (sd)", "Better",
-                             "p t-test (seeds)"]
+                             "p t-test (seeds)", "Detectable (80%)"]
     dice = [c.text for c in seeds.rows[0]]
     assert dice[:5] == ["hco", "1", "Dice", "+2.00", "-1.00"]
     assert dice[5] == f"+0.50 ({np.std([2.0, -1.0], ddof=1):.2f})" and dice[6] == "1/2"
     assert dice[7] == f"{sps.ttest_1samp([0.02, -0.01], 0, alternative='greater').pvalue:.4f}"
+    detectable = stats.detectable_difference(float(np.std([0.02, -0.01], ddof=1)), 2)
+    assert dice[8] == f"{100 * detectable:.2f}"
     write_comparison(result, json_path=tmp_path / "c.json", csv_path=tmp_path / "c.csv")
     records = json.loads((tmp_path / "c.json").read_text(encoding="utf-8"))
     assert [r["level"] for r in records] == ["case"] * 4 + ["seed"] * 4

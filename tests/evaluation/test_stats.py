@@ -195,3 +195,34 @@ def test_invalid_margins(margin: float, hypothesis: stats.Hypothesis) -> None:
         stats.paired_test(A, B, metric="dice", hypothesis=hypothesis, margin=margin)
     stats.paired_test([0.8, 0.7, 0.9], [0.85, 0.71, 0.88], metric="dice",
                       hypothesis="two-sided", margin=0.0)  # no margin: fine
+
+
+@pytest.mark.parametrize("two_sided", [False, True])
+def test_detectable_difference_for_many_seeds_is_the_normal_formula(two_sided: bool) -> None:
+    # n = 400: the t test is the z test, whose detectable difference is
+    # (z_{1-alpha(/2)} + z_{power}) sd / sqrt(n)
+    z = sps.norm.ppf(0.975 if two_sided else 0.95) + sps.norm.ppf(0.8)
+    got = stats.detectable_difference(0.8, 400, two_sided=two_sided)
+    assert got == pytest.approx(z * 0.8 / 20, rel=3e-3)
+
+
+@pytest.mark.parametrize(("n", "two_sided"), [(3, False), (3, True), (5, False)])
+def test_detectable_difference_is_found_80_percent_of_the_time(n: int, two_sided: bool) -> None:
+    # simulated t tests of n normal differences whose true mean is the detectable difference
+    sd = 0.7
+    d = stats.detectable_difference(sd, n, two_sided=two_sided)
+    draws = np.random.default_rng(0).normal(d, sd, size=(200_000, n))
+    t = draws.mean(1) / (draws.std(1, ddof=1) / math.sqrt(n))
+    critical = sps.t.ppf(0.975 if two_sided else 0.95, n - 1)
+    found = (np.abs(t) > critical) if two_sided else (t > critical)
+    assert found.mean() == pytest.approx(0.8, abs=0.005)
+
+
+def test_detectable_difference_needs_two_seeds_and_a_spread() -> None:
+    assert math.isnan(stats.detectable_difference(1.0, 1))
+    assert math.isnan(stats.detectable_difference(0.0, 5))
+    assert math.isnan(stats.detectable_difference(math.nan, 5))
+    # fewer seeds, more spread: a larger difference is needed
+    assert stats.detectable_difference(1.0, 3) > stats.detectable_difference(1.0, 5) > 0
+    assert stats.detectable_difference(2.0, 5) == pytest.approx(
+        2 * stats.detectable_difference(1.0, 5))
