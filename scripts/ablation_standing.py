@@ -114,6 +114,8 @@ class Standing:
     p_better_cases: dict[str, tuple[float, float]]  # Holm-adjusted (Wilcoxon, t-test)
     p_better_seeds: dict[str, float]
     r: list[float]
+    # the gain the one-sided t-test over these seeds finds with 80 % power, per checkpoint
+    detectable: dict[str, float] = field(default_factory=dict)
     above_printed: dict[str, list[bool]] = field(default_factory=dict)
     # open readings: the mean ΔDice the seeds still to run must exceed for the mean over all
     # SEEDS_NEEDED seeds to clear the margin, per checkpoint
@@ -203,7 +205,10 @@ def standing(rounds: list[Round]) -> list[Standing]:
             delta=delta, mean={c: float(np.mean(d)) for c, d in delta.items()},
             better={c: sum(x > 0 for x in d) for c, d in delta.items()},
             p_worse_cases=worse, p_better_cases=better, p_better_seeds=seeds_p,
-            r=[_median_step(r.run(arm)) / _median_step(r.run(reference)) for r in where]))
+            r=[_median_step(r.run(arm)) / _median_step(r.run(reference)) for r in where],
+            detectable={c: stats.detectable_difference(
+                float(np.std(d, ddof=1)) if len(d) > 1 else math.nan, len(d))
+                for c, d in delta.items()}))
     _apply_rule(lines)
     return lines
 
@@ -251,6 +256,10 @@ def _p(value: float) -> str:
     return f"{value:.1e}" if value < 1e-3 else f"{value:.3f}"
 
 
+def _detectable(value: float) -> str:
+    return f"{value:.2f}" if math.isfinite(value) else "-"
+
+
 def _range(values: list[float]) -> str:
     finite = [v for v in values if math.isfinite(v)]
     if not finite:
@@ -263,7 +272,8 @@ def to_markdown(lines: list[Standing]) -> str:
     head = ["arm", "vs", "rounds (seeds)", "ΔDice best: mean (per seed)",
             "ΔDice last: mean (per seed)", "seeds better (best / last)",
             "p worse, cases (best / last)", "p better, cases (best)",
-            "p better, seeds (best)", "above printed (best / last)", "r", "rule"]
+            "p better, seeds (best)", "detectable, seeds (best / last)",
+            "above printed (best / last)", "r", "rule"]
     rows = []
     for line in lines:
         rounds = ", ".join(f"{n}{'c' if c else ''} ({s})"
@@ -278,7 +288,9 @@ def to_markdown(lines: list[Standing]) -> str:
             line.arm, line.reference, rounds, per["best"], per["last"],
             f"{line.better['best']} / {line.better['last']} of {n}",
             f"{_p(line.p_worse_cases['best'])} / {_p(line.p_worse_cases['last'])}",
-            f"{_p(wilcoxon)} / {_p(ttest)}", _p(line.p_better_seeds["best"]), above,
+            f"{_p(wilcoxon)} / {_p(ttest)}", _p(line.p_better_seeds["best"]),
+            " / ".join(_detectable(line.detectable.get(c, math.nan)) for c in CHECKPOINTS),
+            above,
             _range(line.r), line.rule])
     out = ["| " + " | ".join(head) + " |", "|" + "|".join(" --- " for _ in head) + "|"]
     out += ["| " + " | ".join(row) + " |" for row in rows]
@@ -287,7 +299,9 @@ def to_markdown(lines: list[Standing]) -> str:
         "ran compiled. p worse / better, cases: one-sided paired Wilcoxon (better: Wilcoxon / "
         "t-test) over the 20 test cases with the rounds pooled (runs averaged per case), "
         "Holm over the 4 metrics. p better, seeds: one-sided t-test over the per-seed "
-        "differences. above printed: seeds where the arm's Δ is above the printed update's "
+        "differences; detectable: the gain that test finds with 80 % power given the "
+        "seeds' spread (hco compare's Detectable (80%)). above printed: seeds where the "
+        "arm's Δ is above the printed update's "
         "(same gradient split) at the same seed. r: median step norm over the round's "
         "reference's. rule: the pre-registered rule (scripts/ablation_standing.py, README), "
         f"for the HCO readings with {SEEDS_NEEDED} seeds.")
