@@ -215,8 +215,13 @@ def run_state(out: Path, arm: str, name: str) -> RunStatus:
         ended = last_line(submitted.get("log"))
         if _SCHEDULER_END.search(ended):
             return status("failed", ended)
-        total = _planned_total(Path(out) / CONFIG_DIR / arm / f"{name}.yaml")
-        progress = run_progress(RunFolder(run_dir).metrics, total)
+        # the run's own config where it has written one (a resumed run may have been given a
+        # longer schedule), else the plan's
+        folder = RunFolder(run_dir)
+        total = _planned_total(folder.config)
+        if total is None:
+            total = _planned_total(Path(out) / CONFIG_DIR / arm / f"{name}.yaml")
+        progress = run_progress(folder.metrics, total)
         return RunStatus(arm, name, run_dir, "running", str(job_id) if job_id else None, log,
                          progress)
     if submitted:

@@ -94,6 +94,13 @@ def test_a_running_run_of_a_sweep_shows_its_progress(tmp_path: Path) -> None:
         _write(out / arm / "all-s1" / "metrics.jsonl", rows)
     sgd, hco = sweep_status(out)
     assert sgd.state == "running" and sgd.progress == Progress(2600, 9500, pytest.approx(20.0))
+    # a run resumed with a longer schedule: its own config.yaml counts over the plan's
+    (out / "sgd" / "all-s1" / "config.yaml").write_text(
+        "framework:\n  name: bcp\n  pretrain_iterations: 2000\n  selftrain_iterations: "
+        "15000\n", encoding="utf-8")
+    assert sweep_status(out)[0].progress == Progress(2600, 17000, pytest.approx(20.0))
+    (out / "sgd" / "all-s1" / "config.yaml").unlink()
+    sgd = sweep_status(out)[0]
     assert hco.state == "running" and hco.progress is None
     assert progress_text(sgd.progress) == "2600/9500, 20.0 it/s, 5.8 min left"
     assert progress_text(hco.progress) == "-"
