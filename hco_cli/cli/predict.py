@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import ValidationError
+from rich.markup import escape
 from rich.table import Table
 
 from hco_cli.cli.common import console, err_console, handle_errors
@@ -152,13 +153,15 @@ def _render(report: PredictionReport) -> None:
     for name in names + (["stitched on", "peak GPU MiB"] if gpu else []):
         table.add_column(name, justify="left" if name == "case" else "right")
     for c in report.cases:
-        row = [c.case, "x".join(map(str, c.prepared_shape)), "x".join(map(str, c.original_shape)),
+        row = [escape(c.case), "x".join(map(str, c.prepared_shape)),
+               "x".join(map(str, c.original_shape)),
                f"{c.seconds:.2f}"]
         table.add_row(*row, *([c.stitched_on, f"{c.peak_gpu_mib or 0:.0f}"] if gpu else []))
     console.print(table)
     for c in report.cases:
         if c.note:
-            err_console.print(f"[bold yellow]warning:[/] case {c.case}: {c.note}", soft_wrap=True)
+            err_console.print(f"[bold yellow]warning:[/] case {escape(c.case)}: {escape(c.note)}",
+                              soft_wrap=True)
     w = report.window
     mean = sum(c.seconds for c in report.cases) / max(1, len(report.cases))
     patch = "x".join(map(str, w.patch_size))

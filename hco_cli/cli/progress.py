@@ -10,6 +10,7 @@ runs out. ``hco prepare`` and ``hco predict`` show one bar over the cases, whose
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -70,7 +71,7 @@ class Display:
                 table.add_row(f"[bold]{key}[/]", str(e.info.get(key)))
             self.console.print(table)
         elif e.kind == "warning":
-            self.err_console.print(f"[bold yellow]warning:[/] {e.message}", soft_wrap=True)
+            self.err_console.print(f"[bold yellow]warning:[/] {escape(e.message)}", soft_wrap=True)
         elif e.kind == "phase":
             self.task = self.bar.add_task(e.phase, total=e.total, completed=e.iteration, info="")
         elif e.kind == "step" and self.task is not None:

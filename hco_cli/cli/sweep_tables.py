@@ -68,7 +68,8 @@ def progress_text(progress: Progress | None) -> str:
         return "-"
     parts = [f"{progress.iteration}/{progress.total or '?'}"]
     if progress.rate:
-        parts.append(f"{progress.rate:.1f} it/s")
+        rate = progress.rate
+        parts.append(f"{rate:.1f} it/s" if rate >= 1 else f"{rate:.2g} it/s")
     left = progress.minutes_left
     if left is not None:
         parts.append(f"{left:.1f} min left")

@@ -17,11 +17,12 @@ from typer.testing import CliRunner
 
 from hco_cli.cli.app import app
 from hco_cli.cli.compare import render
-from hco_cli.cli.progress import training_progress
+from hco_cli.cli.progress import Display, training_progress
 from hco_cli.evaluation import compare_tables
 from hco_cli.evaluation.compare import compare_runs
 from hco_cli.evaluation.evaluate import CaseResult, EvaluationSummary, _aggregate
 from hco_cli.evaluation.report import summary_table
+from hco_cli.training.events import ProgressEvent
 from tests.evaluation.compare_fixtures import cases, one_class, write_run
 
 runner = CliRunner()
@@ -107,3 +108,15 @@ def test_training_bar_keeps_its_times(width: int) -> None:
     line = last[-1].strip()
     assert re.search(r"1234/15000 .*\d:\d\d:\d\d eta [-\d]:[-\d]{2}:[-\d]{2} L 0\.3456", line), line
     assert "0:…" not in line and len(line) <= width
+
+
+def test_a_warning_prints_its_brackets() -> None:
+    # a training warning naming a YAML list ("also_select_on: [test]") must not lose it to
+    # rich's markup, which reads "[test]" as a style tag
+    out, err = io.StringIO(), io.StringIO()
+    console = Console(file=out, width=120, force_terminal=False)
+    err_console = Console(file=err, width=120, force_terminal=False)
+    with training_progress(console, disable=True) as bar:
+        Display(bar, console=console, err_console=err_console)(
+            ProgressEvent("warning", message="also_select_on: [test] keeps best-test.pt"))
+    assert err.getvalue().strip() == "warning: also_select_on: [test] keeps best-test.pt"

@@ -105,5 +105,6 @@ def test_a_running_run_of_a_sweep_shows_its_progress(tmp_path: Path) -> None:
     assert progress_text(sgd.progress) == "2600/9500, 20.0 it/s, 5.8 min left"
     assert progress_text(hco.progress) == "-"
     assert progress_text(Progress(5)) == "5/?"
+    assert progress_text(Progress(9, 10, 0.0125)) == "9/10, 0.013 it/s, 1.3 min left"
     assert status_counts([sgd, hco]) == (
         "2 running; the running runs end in about 5.8 min at their recent rates")
