@@ -262,8 +262,11 @@ def train_argv(run: SweepRun, options: SweepOptions) -> list[list[str]]:
     elif run.status == "new":
         commands.append([*hco, "train", "--config", str(run.config_file), "--force"])
     if needs_evaluation(run, options):
+        # where the run trained: its config's device (cuda with --gpus above 1; else the
+        # config's own, so that runs sharing one GPU, or the CPU, evaluate where they trained)
         commands.append([*hco, "predict", str(run.run_dir), "--split", "test", "--evaluate",
-                         "--device", "cuda", "--force", *(["--lcc"] if options.lcc else [])])
+                         "--device", run.config.device, "--force",
+                         *(["--lcc"] if options.lcc else [])])
     return commands
 
 

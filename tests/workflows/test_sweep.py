@@ -347,8 +347,9 @@ def test_train_argv_for_new_resumed_and_evaluated_runs(config, tmp_path):
                          str(dependent.config_file), "--force"]
     assert (dependent.config.optimizer.name, dependent.config.seed) == ("sgd-hco", 7)
     assert dependent.config.init_from == base.run_dir
+    # evaluated where it trained (a CUDA-less machine evaluated on CUDA after training here)
     assert predict_cmd[3:] == ["predict", str(dependent.run_dir), "--split", "test",
-                               "--evaluate", "--device", "cuda", "--force", "--lcc"]
+                               "--evaluate", "--device", "cpu", "--force", "--lcc"]
     assert train_argv(base, options) == [train_argv(base, options)[0]]  # never evaluated
     resumed = replace(dependent, status="resume")
     assert train_argv(resumed, options)[0][3:] == ["train", "--resume", str(dependent.run_dir)]
