@@ -206,9 +206,8 @@ def standing(rounds: list[Round]) -> list[Standing]:
             better={c: sum(x > 0 for x in d) for c, d in delta.items()},
             p_worse_cases=worse, p_better_cases=better, p_better_seeds=seeds_p,
             r=[_median_step(r.run(arm)) / _median_step(r.run(reference)) for r in where],
-            detectable={c: stats.detectable_difference(
-                float(np.std(d, ddof=1)) if len(d) > 1 else math.nan, len(d))
-                for c, d in delta.items()}))
+            detectable={c: stats.detectable_difference(*stats.nan_summary(d)[1:])
+                        for c, d in delta.items()}))
     _apply_rule(lines)
     return lines
 

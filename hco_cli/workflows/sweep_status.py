@@ -99,18 +99,25 @@ def read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def last_line(path: Path | str | None) -> str:
-    """The last non-empty line of a log (progress bars' carriage returns split lines too)."""
-    if not path:
-        return ""
+def _tail(path: Path | str, max_bytes: int) -> tuple[str, bool] | None:
+    """The last ``max_bytes`` of a file as text, and whether they start inside it (so that
+    their first line may be cut); None where it cannot be read."""
     try:
         with Path(path).open("rb") as f:
             f.seek(0, 2)
-            f.seek(max(0, f.tell() - 8192))
-            tail = f.read().decode("utf-8", errors="replace")
+            start = max(0, f.tell() - max_bytes)
+            f.seek(start)
+            return f.read().decode("utf-8", errors="replace"), start > 0
     except OSError:
+        return None
+
+
+def last_line(path: Path | str | None) -> str:
+    """The last non-empty line of a log (progress bars' carriage returns split lines too)."""
+    tail = _tail(path, 8192) if path else None
+    if tail is None:
         return ""
-    lines = [_ANSI.sub("", line).strip() for line in re.split(r"[\r\n]", tail)]
+    lines = [_ANSI.sub("", line).strip() for line in re.split(r"[\r\n]", tail[0])]
     return next((line for line in reversed(lines) if line), "")
 
 
@@ -151,16 +158,11 @@ def _planned_total(config: Path) -> int | None:
 def _tail_records(path: Path, max_bytes: int) -> list[dict[str, Any]]:
     """The JSON records in the last ``max_bytes`` of a log that is being written: a line cut
     by the start of the tail or by the writer is skipped."""
-    try:
-        with path.open("rb") as f:
-            f.seek(0, 2)
-            start = max(0, f.tell() - max_bytes)
-            f.seek(start)
-            lines = f.read().decode("utf-8", errors="replace").split("\n")
-    except OSError:
+    tail = _tail(path, max_bytes)
+    if tail is None:
         return []
-    if start:
-        lines = lines[1:]
+    text, cut = tail
+    lines = text.split("\n")[1 if cut else 0:]
     records = []
     for line in lines:
         try:
