@@ -14,8 +14,9 @@ sweep's run folders without weights); DEST the round's folder, e.g. ``results/ab
    others by name), best checkpoint and last iterate, two-sided, Holm: ``DEST/compare-{best,
    last}.{md,json}``; and ``--dynamics --bin 500`` with its plot: ``DEST/dynamics.{md,json,png}``;
 4. per run, the seconds per iteration of its training phase (self-training, or pre-training for
-   the shared pre-training run; first to last logged iteration, validation included) and the
-   run's wall minutes, printed for the README's round paragraph;
+   the shared pre-training run; first to last logged iteration, validation included), the
+   run's wall minutes, and where its logged time went (start-up, each training phase and each
+   phase's validations: ``wall_breakdown``), printed for the README's round paragraph;
 5. ``--pool N ...``: the round's arms pooled with the same arms of rounds N (runs pair by round
    and seed): ``compare-round<Ns>-{best,last}.{md,json}`` beside DEST, the arms that every one
    of those rounds holds;
@@ -40,6 +41,8 @@ import sys
 import tarfile
 import tempfile
 from pathlib import Path
+
+from hco_cli.evaluation.saved_results import wall_breakdown
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCES = ("sgd", "sgd-aa")
@@ -150,7 +153,14 @@ def rates(dest: Path) -> list[str]:
         name = "self-training" if phase == "selftrain" else "pre-training"
         lines.append(f"{run.relative_to(dest)}: {name} {per:.4f} s/iteration, wall "
                      + (f"{wall / 60:.1f} min" if wall else "-"))
+        lines.append("  where: " + "; ".join(
+            f"{s.name} {s.seconds:.1f} s" + (f" ({s.count} x {_short(s.each)})" if s.count > 1
+                                             else "") for s in wall_breakdown(run)))
     return lines
+
+
+def _short(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
 
 def main(argv: list[str] | None = None) -> int:
