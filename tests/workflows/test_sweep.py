@@ -255,6 +255,11 @@ def test_runs_per_gpu_auto_shares_a_gpu_where_two_runs_fit(config, tmp_path, mon
         per_gpu, why = resolve_runs_per_gpu(options, runs)
         assert per_gpu == expected, why
         assert why.startswith(f"auto: 2 runs of up to {largest / 2**30:.1f} GiB")
+    # CUDA graphs: one run already keeps the GPU busy, however much memory there is
+    graphs = [replace(r, config=r.config.model_copy(
+        update={"compile": "reduce-overhead"})) if r.optimizer == "sgd" else r for r in runs]
+    assert resolve_runs_per_gpu(options, graphs) == (
+        1, "auto: CUDA graphs (compile: reduce-overhead) keep one run's GPU busy")
 
 
 # ------------------------------------------------------------------- multi-GPU scheduling
