@@ -266,7 +266,8 @@ def wall_breakdown(run_dir: Path) -> list[WallShare]:
     compilation), then each later record's time since the one before, summed per training phase
     and per validation (by the phase it validated), in the order they first occur. The shares
     add up to the last record's time; validations of the test split ride in one record with
-    the validation split's, so they are in its share."""
+    the validation split's: where the record gives each split's ``seconds``, the splits other
+    than the logged one (``also_select_on``) take a share of their own, "scoring test (...)"."""
     path, records = read_run_records(run_dir)
     timed = [(n, r) for n, r in records if r.get("time") is not None]
     if not timed:
@@ -276,11 +277,23 @@ def wall_breakdown(run_dir: Path) -> list[WallShare]:
     for number, record in timed:
         time = _number(record["time"], f"{path}, line {number}: time", nullable=False)
         phase = str(record.get("phase"))
+        spent = time - (previous or 0.0)
         if phase == "val":
-            phase = f"validation ({record.get('train_phase', 'train')})"
-        name = "start-up to the first record" if previous is None else phase
-        share = shares.setdefault(name, [0.0, 0])
-        share[0] += time - (previous or 0.0)
-        share[1] += 1
+            trained = record.get("train_phase", "train")
+            phase = f"validation ({trained})"
+            per_split = record.get("seconds") or {}
+            for split, seconds in per_split.items():
+                if split != record.get("split"):
+                    value = _number(seconds, f"{path}, line {number}: seconds.{split}",
+                                    nullable=False)
+                    _add(shares, f"scoring {split} ({trained})", value)
+                    spent -= value
+        _add(shares, "start-up to the first record" if previous is None else phase, spent)
         previous = time
     return [WallShare(name, seconds, int(count)) for name, (seconds, count) in shares.items()]
+
+
+def _add(shares: dict[str, list[float]], name: str, seconds: float) -> None:
+    share = shares.setdefault(name, [0.0, 0])
+    share[0] += seconds
+    share[1] += 1

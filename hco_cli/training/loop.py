@@ -420,9 +420,13 @@ class _Trainer:
         # reference selects its reported weights: earlier phases need not score those splits.
         v = self.cfg.validation
         extra = v.also_select_on if phase is self.s.phases[-1] else []
-        results = {split: validator.evaluate(model, slices=slices if split == shown_split else 0)
-                   for split, validator in self.s.validation.scored.items()
-                   if split in (v.split, v.select_on) or split in extra}
+        results, seconds = {}, {}
+        for split, validator in self.s.validation.scored.items():
+            if split in (v.split, v.select_on) or split in extra:
+                started = time.perf_counter()  # evaluate ends on its one host synchronisation
+                results[split] = validator.evaluate(
+                    model, slices=slices if split == shown_split else 0)
+                seconds[split] = round(time.perf_counter() - started, 3)
         shown = results.get(shown_split)
         chosen = results.get(self.cfg.validation.select_on)
         score = chosen.dice if chosen is not None else None
@@ -433,7 +437,7 @@ class _Trainer:
             "dice": shown.dice if shown is not None else None,
             "dice_per_class": shown.per_class if shown is not None else None,
             "select_on": self.cfg.validation.select_on, "score": score, "best": improved,
-            "time": round(self._wall(), 3)}
+            "time": round(self._wall(), 3), "seconds": seconds}
         also = {split: results[split].dice for split in v.also_select_on if split in results}
         if also:
             record["also"] = also

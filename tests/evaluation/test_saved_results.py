@@ -119,7 +119,8 @@ def test_train_steps_errors(tmp_path: Path) -> None:
 
 def test_wall_breakdown_attributes_each_gap_to_the_record_that_ends_it(tmp_path: Path) -> None:
     """Two pre-training steps, a validation, two self-training steps and a validation (which
-    also scored the test split): the shares are the gaps between the logged times."""
+    also scored the test split, for 1.25 of its 1.75 s): the shares are the gaps between the
+    logged times, the test split's seconds taken out of the last validation's."""
     run = tmp_path / "r"
     run.mkdir()
     rows = [{"phase": "pretrain", "iter": 1, "time": 5.0},
@@ -128,7 +129,8 @@ def test_wall_breakdown_attributes_each_gap_to_the_record_that_ends_it(tmp_path:
             {"phase": "selftrain", "iter": 3, "time": 7.0},
             {"phase": "selftrain", "iter": 4, "time": 7.25},
             {"phase": "summary"},  # a record without a time takes no share
-            {"phase": "val", "train_phase": "selftrain", "split": "val", "time": 9.0}]
+            {"phase": "val", "train_phase": "selftrain", "split": "val", "time": 9.0,
+             "seconds": {"val": 0.25, "test": 1.25}}]
     with gzip.open(run / "metrics.jsonl.gz", "wt", encoding="utf-8") as f:
         f.write("".join(json.dumps(r) + "\n" for r in rows))
     shares = wall_breakdown(run)
@@ -136,7 +138,8 @@ def test_wall_breakdown_attributes_each_gap_to_the_record_that_ends_it(tmp_path:
                       WallShare("pretrain", 0.5, 1),
                       WallShare("validation (pretrain)", 0.75, 1),
                       WallShare("selftrain", 1.0, 2),
-                      WallShare("validation (selftrain)", 1.75, 1)]
+                      WallShare("scoring test (selftrain)", 1.25, 1),
+                      WallShare("validation (selftrain)", 0.5, 1)]
     assert sum(s.seconds for s in shares) == 9.0 and shares[3].each == 0.5
     (run / "metrics.jsonl.gz").unlink()
     (run / "metrics.jsonl").write_text(json.dumps({"phase": "pretrain", "time": "soon"}) + "\n",

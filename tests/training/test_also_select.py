@@ -3,6 +3,7 @@ selection), kept beside the val-selected best.pt, exact under resume."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,14 @@ def test_best_test_holds_the_selftraining_argmax_of_the_test_score(
     # only the final phase scores the extra split
     assert all("test" in r["also"] for r in selftrain)
     assert not any("also" in r for r in records if r["train_phase"] == "pretrain")
+    # each scored split's seconds, within the time the record took since the one before it
+    assert all(set(r["seconds"]) == {"val", "test"} for r in selftrain)
+    assert all(set(r["seconds"]) == {"val"} for r in records if r["train_phase"] == "pretrain")
+    logged = read_metrics(straight / "metrics.jsonl")
+    for before, record in itertools.pairwise(logged):
+        if record["phase"] == "val":
+            spent = sum(record["seconds"].values())
+            assert 0 < spent <= record["time"] - before["time"] + 2e-3  # times kept to 1 ms
     scores = [r["also"]["test"] for r in selftrain]
     best = selftrain[scores.index(max(scores))]  # the first of equal maxima
     saved = load_checkpoint(straight / "checkpoints/best-test.pt")
