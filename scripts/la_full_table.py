@@ -19,6 +19,14 @@ each seed's Dice difference to the ``sgd`` run of the same seed; and the one-sid
 tests "better than sgd" over the cases (Wilcoxon / t-test, Holm over the four metrics), as the
 paper tests (one-tailed paired Wilcoxon).
 
+Under each table, a verdict per HCO arm (``sgd-hco`` and the readings ``hco-*``) and selection
+on the paper's gain (its SGD-HCO minus its SGD Dice: +1.11 points at 8 labeled, +0.56 at 4), by
+a rule fixed on 2026-12-02, after seed 1 and before seeds 2-3 (:func:`verdict`): over the
+per-seed Dice differences d to ``sgd``, "gain" where the one-sided t-test of mean(d) > 0 gives
+p < 0.05; "the paper's gain excluded" where the one-sided 95 % upper confidence bound of
+mean(d) lies below the paper's gain; both can hold (a gain, smaller than the paper's);
+"undecided" otherwise, and with fewer than two seeds.
+
 The paper's rows are its Table 1 (BCP, "Repr" for SGD: its reproduction; mean (std) over 2
 seeds, 20 test cases; the text of the 8-labeled SGD HD95 cell is garbled in the paper's text
 and its Results paragraph gives 6.93) and the p-values its Results paragraph prints for
@@ -34,6 +42,8 @@ import re
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from scipy import stats as sstats
 
 from hco_cli.errors import HcoError
 from hco_cli.evaluation.compare import ArmSource, Checkpoint, Comparison, compare_sources
@@ -60,6 +70,9 @@ PAPER_P = {8: {"dice": 0.0016, "jaccard": 0.0016, "asd": 0.2729, "hd95": 0.0063}
 # The planned arms (issue 15; hco-r1: the reading the screening ablation carries), in order;
 # an arm run beyond them is listed after them.
 ARM_ORDER = ("sgd", "sgd-co", "sgd-hco", "hco-r1", "hco-r3")
+# The gain the paper reports for SGD-HCO over SGD (Dice, % points): what a verdict tests.
+PAPER_GAIN = {n: round(PAPER[n]["sgd-hco"][0][0] - PAPER[n]["sgd"][0][0], 2) for n in PAPER}
+ALPHA = 0.05
 BEGIN, END = "<!-- la-full:begin -->", "<!-- la-full:end -->"
 _LABELED_DIR = re.compile(r"(\d+)l$")
 
@@ -171,6 +184,36 @@ def _row(labeled: int, arm: str, arms: dict[str, list[Path]], checkpoint: Checkp
     return row
 
 
+def is_hco(arm: str) -> bool:
+    """The arms a verdict is given for: the printed update and the readings."""
+    return arm == "sgd-hco" or arm.startswith("hco-")
+
+
+def verdict(differences: list[float], paper_gain: float) -> str:
+    """The pre-registered reading of per-seed Dice differences (% points) against ``sgd``
+    (module docstring): a gain, the paper's gain excluded, both, or undecided."""
+    n = len(differences)
+    if n < 2:
+        return f"undecided ({n} seed{'s' if n != 1 else ''}; the rule needs two or more)"
+    mean = sum(differences) / n
+    sd = math.sqrt(sum((d - mean) ** 2 for d in differences) / (n - 1))
+    se = sd / math.sqrt(n)
+    t_crit = float(sstats.t.ppf(1 - ALPHA, n - 1))
+    upper = mean + t_crit * se
+    # identical differences (no spread): their sign decides
+    p = float(sstats.t.sf(mean / se, n - 1)) if se > 0 else float(mean <= 0)
+    gain = p < ALPHA
+    excluded = upper < paper_gain
+    stated = f"mean {mean:+.2f}, one-sided p {_p(p)}, 95 % upper bound {upper:+.2f}"
+    if gain and excluded:
+        return f"a gain, smaller than the paper's +{paper_gain:.2f} ({stated})"
+    if gain:
+        return f"a gain ({stated})"
+    if excluded:
+        return f"the paper's +{paper_gain:.2f} excluded ({stated})"
+    return f"undecided ({stated})"
+
+
 def _finite(value: float | None) -> float:
     return math.nan if value is None else float(value)
 
@@ -226,6 +269,16 @@ def to_markdown(lines: list[Row], labeled_counts: tuple[int, ...] = LABELED) -> 
                     + " | ".join(_cell(r.mean[m], r.std[m]) for m in METRICS)
                     + f" | {deltas} | {p_dice} | {p_hd} |")
         parts.append(header + "\n" + "\n".join(body))
+        judged = [r for r in ours if is_hco(r.arm)]
+        if judged and labeled in PAPER_GAIN:
+            gain = PAPER_GAIN[labeled]
+            parts.append(
+                f"Verdict on the paper's +{gain:.2f} (rule fixed 2026-12-02 before seeds 2-3: "
+                "over the per-seed differences, a gain where the one-sided t-test gives p < "
+                "0.05, the paper's gain excluded where the one-sided 95 % upper bound is below "
+                "it):\n\n" + "\n".join(
+                    f"- `{r.arm}`, {CHECKPOINTS[r.checkpoint]}: {verdict(r.delta_dice, gain)}"
+                    for r in judged))
     return "\n\n".join(parts) + "\n"
 
 
@@ -254,7 +307,10 @@ def main(argv: list[str] | None = None) -> int:
         write_json(args.json, json_safe({
             "rows": [asdict(r) for r in lines],
             "paper": {str(k): v for k, v in PAPER.items()},
-            "paper_p": {str(k): v for k, v in PAPER_P.items()}}))
+            "paper_p": {str(k): v for k, v in PAPER_P.items()},
+            "verdicts": [{"labeled": r.labeled, "arm": r.arm, "checkpoint": r.checkpoint,
+                          "verdict": verdict(r.delta_dice, PAPER_GAIN[r.labeled])}
+                         for r in lines if is_hco(r.arm) and r.labeled in PAPER_GAIN]}))
     print(table, end="")
     return 0
 
