@@ -15,8 +15,9 @@ sweep's run folders without weights); DEST the round's folder, e.g. ``results/ab
    last}.{md,json}``; and ``--dynamics --bin 500`` with its plot: ``DEST/dynamics.{md,json,png}``;
 4. per run, the seconds per iteration of its training phase (self-training, or pre-training for
    the shared pre-training run; first to last logged iteration, validation included), the
-   run's wall minutes, and where its logged time went (start-up, each training phase and each
-   phase's validations: ``wall_breakdown``), printed for the README's round paragraph;
+   run's wall minutes, and where its wall time went (``scripts/time_breakdown.py``: start-up,
+   steps, validation and its test scoring, pauses, per phase), printed for the README's round
+   paragraph;
 5. ``--pool N ...``: the round's arms pooled with the same arms of rounds N (runs pair by round
    and seed): ``compare-round<Ns>-{best,last}.{md,json}`` beside DEST, the arms that every one
    of those rounds holds;
@@ -41,8 +42,6 @@ import sys
 import tarfile
 import tempfile
 from pathlib import Path
-
-from hco_cli.evaluation.saved_results import wall_breakdown
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCES = ("sgd", "sgd-aa")
@@ -153,14 +152,20 @@ def rates(dest: Path) -> list[str]:
         name = "self-training" if phase == "selftrain" else "pre-training"
         lines.append(f"{run.relative_to(dest)}: {name} {per:.4f} s/iteration, wall "
                      + (f"{wall / 60:.1f} min" if wall else "-"))
-        lines.append("  where: " + "; ".join(
-            f"{s.name} {s.seconds:.1f} s" + (f" ({s.count} x {_short(s.each)})" if s.count > 1
-                                             else "") for s in wall_breakdown(run)))
     return lines
 
 
-def _short(seconds: float) -> str:
-    return f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
+def time_breakdown(dest: Path) -> str:
+    """``scripts/time_breakdown.py`` over the round's runs: where each one's wall time went."""
+    runs = [log.parent for log in sorted(dest.glob("*/*/metrics.jsonl.gz"))]
+    if not runs:
+        return ""
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "time_breakdown.py"),
+                           *map(str, runs)], cwd=ROOT, capture_output=True, encoding="utf-8",
+                          errors="replace")
+    if done.returncode:
+        raise RoundError(f"time_breakdown failed: {done.stderr.strip().splitlines()[-1:]}")
+    return done.stdout.rstrip("\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             unpack(args.tarball, args.dest)
             compress_logs(args.dest)
             print("\n".join(rates(args.dest)))
+            print(time_breakdown(args.dest))
             root = args.dest.parent.parent
             subprocess.run([sys.executable, str(ROOT / "scripts" / "la_full_table.py"),
                             str(root), "--readme", str(args.readme)],
@@ -204,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.pool:
             pooled(args.dest, arms, args.pool)
         print("\n".join(rates(args.dest)))
+        print(time_breakdown(args.dest))
         if args.standing:
             root = args.dest.parent
             subprocess.run([sys.executable, str(ROOT / "scripts" / "ablation_standing.py"),

@@ -14,6 +14,10 @@ measures 42 ms. Each run logs a record per training iteration and one per valida
   changes, the CUDA-graph recording of a new shape, a neighbour process), less one median step;
 - a gap that jumps over unlogged iterations counts as that many steps.
 
+A validation record that gives each scored split's ``seconds`` (runs logged since
+2026-12-02) also says how much of its validation went to splits other than the logged one
+(``validation.also_select_on``, e.g. the test cases every 200 iterations): *scoring*.
+
 Before the first record: start-up (data loading onto the device, model building, warm-up);
 after the last: the end of the run (final checkpoints, summaries). ``wall_seconds`` minus the
 last record's time is that tail, so steps + validation + pauses + start + tail = wall.
@@ -42,6 +46,7 @@ class Phase:
     validations: int = 0
     pauses: float = 0.0
     pause_count: int = 0
+    scoring: dict[str, float] = field(default_factory=dict)  # in validation: other splits
 
 
 @dataclass
@@ -63,7 +68,21 @@ def breakdown(records: list[dict], wall: float | None, spike: float = 5.0) -> Br
     first = min(r["time"] for r in order)
     last = max(r["time"] for r in order)
     out = Breakdown(wall=wall, start=first, tail=None if wall is None else wall - last)
-    # A validation record belongs to the gap between the iteration records around it.
+    # A validation record belongs to the gap between the iteration records around it; so do
+    # its other splits' seconds (none for a validation after its phase's last iteration).
+    scoring: dict[str, dict[str, float]] = {}
+    owner, pending = None, []
+    for r, it, v in zip(order, is_iter, is_val, strict=True):
+        if it:
+            if r["phase"] == owner:
+                for val in pending:
+                    bucket = scoring.setdefault(owner, {})
+                    for split, sec in (val.get("seconds") or {}).items():
+                        if split != val.get("split"):
+                            bucket[split] = bucket.get(split, 0.0) + sec
+            owner, pending = r["phase"], []
+        elif v:
+            pending.append(r)
     for name in dict.fromkeys(r["phase"] for r in iters):
         rows = [(i, r) for i, r in enumerate(order) if is_iter[i] and r["phase"] == name]
         gaps = []
@@ -75,6 +94,7 @@ def breakdown(records: list[dict], wall: float | None, spike: float = 5.0) -> Br
         plain = [g / s for g, s, v in gaps if v == 0]
         median = statistics.median(plain) if plain else 0.0
         phase.median_ms = 1000 * median
+        phase.scoring = scoring.get(name, {})
         for g, s, v in gaps:
             if v:
                 phase.validations += v
@@ -96,8 +116,9 @@ def report(run: Path, b: Breakdown) -> str:
     for name, p in b.phases.items():
         lines.append(
             f"  {name:<9} {p.iterations:6d} its, median {p.median_ms:6.1f} ms: steps "
-            f"{p.steps:8.1f} s, validation {p.validation:7.1f} s ({p.validations} records), "
-            f"pauses {p.pauses:6.1f} s ({p.pause_count}); "
+            f"{p.steps:8.1f} s, validation {p.validation:7.1f} s ({p.validations} records"
+            + "".join(f", of which {split} {sec:.1f} s" for split, sec in p.scoring.items())
+            + f"), pauses {p.pauses:6.1f} s ({p.pause_count}); "
             f"{1000 * (p.steps + p.validation + p.pauses) / p.iterations:6.1f} ms/it all in")
     if b.tail is not None:
         lines.append(f"  end (after the last record)        {b.tail:8.1f} s")

@@ -54,19 +54,6 @@ DIAGNOSED_FIELDS: tuple[str, ...] = (
 
 
 @dataclass(frozen=True)
-class WallShare:
-    """Where part of a run's logged time went: ``seconds`` over ``count`` records of one kind."""
-
-    name: str
-    seconds: float
-    count: int
-
-    @property
-    def each(self) -> float:
-        return self.seconds / self.count if self.count else math.nan
-
-
-@dataclass(frozen=True)
 class TrainStep:
     """One training-step record of ``metrics.jsonl`` (``ratio`` null -> NaN).
 
@@ -258,42 +245,3 @@ def read_train_steps(run_dir: Path) -> list[TrainStep]:
     path, records = read_run_records(run_dir)
     return [_train_step(record, f"{path}, line {number}") for number, record in records
             if record.get("phase") in TRAIN_PHASES]
-
-
-def wall_breakdown(run_dir: Path) -> list[WallShare]:
-    """Where a run's training time went, from the ``time`` of its log's records (seconds since
-    the run started): the time to its first record (start-up, data, the first step and any
-    compilation), then each later record's time since the one before, summed per training phase
-    and per validation (by the phase it validated), in the order they first occur. The shares
-    add up to the last record's time; validations of the test split ride in one record with
-    the validation split's: where the record gives each split's ``seconds``, the splits other
-    than the logged one (``also_select_on``) take a share of their own, "scoring test (...)"."""
-    path, records = read_run_records(run_dir)
-    timed = [(n, r) for n, r in records if r.get("time") is not None]
-    if not timed:
-        raise DataError(f"{path}: no record with a time")
-    shares: dict[str, list[float]] = {}
-    previous: float | None = None
-    for number, record in timed:
-        time = _number(record["time"], f"{path}, line {number}: time", nullable=False)
-        phase = str(record.get("phase"))
-        spent = time - (previous or 0.0)
-        if phase == "val":
-            trained = record.get("train_phase", "train")
-            phase = f"validation ({trained})"
-            per_split = record.get("seconds") or {}
-            for split, seconds in per_split.items():
-                if split != record.get("split"):
-                    value = _number(seconds, f"{path}, line {number}: seconds.{split}",
-                                    nullable=False)
-                    _add(shares, f"scoring {split} ({trained})", value)
-                    spent -= value
-        _add(shares, "start-up to the first record" if previous is None else phase, spent)
-        previous = time
-    return [WallShare(name, seconds, int(count)) for name, (seconds, count) in shares.items()]
-
-
-def _add(shares: dict[str, list[float]], name: str, seconds: float) -> None:
-    share = shares.setdefault(name, [0.0, 0])
-    share[0] += seconds
-    share[1] += 1

@@ -11,13 +11,7 @@ from typing import Any
 import pytest
 
 from hco_cli.errors import DataError
-from hco_cli.evaluation.saved_results import (
-    WallShare,
-    read_run_info,
-    read_summary,
-    read_train_steps,
-    wall_breakdown,
-)
+from hco_cli.evaluation.saved_results import read_run_info, read_summary, read_train_steps
 from tests.evaluation.compare_fixtures import cases, one_class, step, summary_dict, write_run
 
 
@@ -115,34 +109,3 @@ def test_train_steps_errors(tmp_path: Path) -> None:
     (run / "metrics.jsonl").write_text(record, encoding="utf-8")
     with pytest.raises(DataError, match="line 1: training record lacks loss_l"):
         read_train_steps(run)
-
-
-def test_wall_breakdown_attributes_each_gap_to_the_record_that_ends_it(tmp_path: Path) -> None:
-    """Two pre-training steps, a validation, two self-training steps and a validation (which
-    also scored the test split, for 1.25 of its 1.75 s): the shares are the gaps between the
-    logged times, the test split's seconds taken out of the last validation's."""
-    run = tmp_path / "r"
-    run.mkdir()
-    rows = [{"phase": "pretrain", "iter": 1, "time": 5.0},
-            {"phase": "pretrain", "iter": 2, "time": 5.5},
-            {"phase": "val", "train_phase": "pretrain", "iter": 2, "time": 6.25},
-            {"phase": "selftrain", "iter": 3, "time": 7.0},
-            {"phase": "selftrain", "iter": 4, "time": 7.25},
-            {"phase": "summary"},  # a record without a time takes no share
-            {"phase": "val", "train_phase": "selftrain", "split": "val", "time": 9.0,
-             "seconds": {"val": 0.25, "test": 1.25}}]
-    with gzip.open(run / "metrics.jsonl.gz", "wt", encoding="utf-8") as f:
-        f.write("".join(json.dumps(r) + "\n" for r in rows))
-    shares = wall_breakdown(run)
-    assert shares == [WallShare("start-up to the first record", 5.0, 1),
-                      WallShare("pretrain", 0.5, 1),
-                      WallShare("validation (pretrain)", 0.75, 1),
-                      WallShare("selftrain", 1.0, 2),
-                      WallShare("scoring test (selftrain)", 1.25, 1),
-                      WallShare("validation (selftrain)", 0.5, 1)]
-    assert sum(s.seconds for s in shares) == 9.0 and shares[3].each == 0.5
-    (run / "metrics.jsonl.gz").unlink()
-    (run / "metrics.jsonl").write_text(json.dumps({"phase": "pretrain", "time": "soon"}) + "\n",
-                                       encoding="utf-8")
-    with pytest.raises(DataError, match="time: expected a number"):
-        wall_breakdown(run)

@@ -15,7 +15,8 @@ tb = load_file("scripts/time_breakdown.py", "time_breakdown")
 
 
 def _log() -> list[dict]:
-    """Pre-training: 10 steps of 0.02 s from t = 2, a validation of 0.5 s after iteration 5.
+    """Pre-training: 10 steps of 0.02 s from t = 2, a validation of 0.5 s after iteration 5
+    (0.375 s of it scoring the test split), one more at no cost after iteration 10.
     Self-training: 10 steps of 0.05 s, a 1 s pause after iteration 14, iterations 17-18 not
     logged (one gap of three steps)."""
     rows, t = [], 2.0
@@ -24,7 +25,11 @@ def _log() -> list[dict]:
         if it == 5:
             t += 0.5
             rows.append({"phase": "pretrain", "iter": it, "split": "val", "dice": 0.5,
-                         "score": 0.5, "time": round(t, 6)})
+                         "score": 0.5, "time": round(t, 6),
+                         "seconds": {"val": 0.125, "test": 0.375}})
+        if it == 10:  # after the phase's last iteration: in no gap, its seconds in no share
+            rows.append({"phase": "pretrain", "iter": it, "split": "val", "dice": 0.5,
+                         "score": 0.5, "time": round(t, 6), "seconds": {"test": 9.0}})
         t += 0.02
     t += 0.05 - 0.02  # the first self-training step follows the last pre-training one
     for it in range(11, 21):
@@ -44,6 +49,7 @@ def test_every_second_is_placed() -> None:
     assert b.start == pytest.approx(2.0) and b.tail == pytest.approx(0.25)
     assert pre.iterations == 10 and pre.median_ms == pytest.approx(20.0)
     assert pre.validation == pytest.approx(0.5) and pre.validations == 1
+    assert pre.scoring == {"test": 0.375} and self_.scoring == {}
     assert pre.steps == pytest.approx(9 * 0.02) and pre.pauses == pytest.approx(0.0)
     assert self_.iterations == 10 and self_.median_ms == pytest.approx(50.0)
     assert self_.pauses == pytest.approx(1.0) and self_.pause_count == 1
@@ -62,7 +68,8 @@ def test_the_script_reads_a_gzipped_log(tmp_path: Path, capsys: pytest.CaptureFi
     tb.main()
     out = capsys.readouterr().out
     assert "pretrain      10 its, median   20.0 ms" in out
-    assert "validation     0.5 s (1 records)" in out and "pauses    1.0 s (1)" in out
+    assert "validation     0.5 s (1 records, of which test 0.4 s)" in out
+    assert "pauses    1.0 s (1)" in out
     assert "end (after the last record)             0.2 s" in out
     monkeypatch.setattr(sys, "argv", ["time_breakdown.py", str(tmp_path / "absent")])
     with pytest.raises(SystemExit, match=r"no metrics\.jsonl"):
