@@ -5,7 +5,7 @@
 # `wait` calls back to back (a machine idle for 30 s is given back) and it collects itself.
 #   device_speed3.sh start STEP...      STEP: e2e, e2e-2gpu, predict, cold, profile, reorder,
 #                                       loop-test, graph-test, gpu-tests, numerics,
-#                                       concurrency, closs, det, lcc, first-conv,
+#                                       concurrency, closs, det, det-ro, lcc, first-conv, val-fwd,
 #                                       run in the order given (predict and cold need e2e's run);
 #                                       results in /tmp/speed3
 #   device_speed3.sh wait SECONDS       progress; when the steps have ended, collect to $OUT
@@ -44,6 +44,10 @@
 #   det-ro       sgd-hco's self-training iteration under CUDA graphs without and with
 #                deterministic kernels (two processes, random volumes, no data needed: from a
 #                session's first call on, about 3 min), for a study's choice of compile setting
+#   val-fwd      benchmarks/window_forward.py: the sliding window's forward as validation and
+#                predict run it, CUDA graphs or eager, 8/16/32 windows per forward, channels-last
+#                or not, then the graph arms again with deterministic kernels (random windows, no
+#                data needed: from a session's first call on, about 3 min)
 #   concurrency  benchmarks/concurrency.py: 1, 2 and 4 processes of sgd and of sgd+compile-ro
 #                on the GPU (about 3.5 min); CONC_OPTIMIZERS="sgd,sgd+compile" CONC_PROCESSES=1,3
 #                for what an ablation round (three runs per GPU) would gain from compile: true
@@ -84,7 +88,7 @@ with_compile() {  # a copy of config $1 with compile: ${3:-reduce-overhead} and 
 run_steps() {
   mkdir -p $WORK/runs
   local what needs_data=0
-  for what in "$@"; do case $what in det-ro|first-conv) ;; *) needs_data=1 ;; esac; done
+  for what in "$@"; do case $what in det-ro|first-conv|val-fwd) ;; *) needs_data=1 ;; esac; done
   [ $needs_data = 0 ] || [ -d $DATA ] || hco prepare la /tmp/la --out $DATA --val 4 | tail -n 3
   for what in "$@"; do
     case $what in
@@ -129,6 +133,11 @@ run_steps() {
           --optimizers sgd-hco,sgd-hco+compile,sgd-hco+compile-ro --iterations 20 --rounds 4 \
           --warmup 15 --json $WORK/det${flag:+-deterministic}.json
       done ;;
+    val-fwd)  # validation's and predict's window forward: shapes, layouts, graphs, determinism
+      step val-fwd
+      python3 benchmarks/window_forward.py --json $WORK/val-fwd.json
+      python3 benchmarks/window_forward.py --deterministic --arms ro-b16-cl,ro-b32-cl \
+        --json $WORK/val-fwd-deterministic.json ;;
     det-ro)  # deterministic kernels' price under CUDA graphs alone, on random volumes (no
       # data: it can run from a session's first call, while the LA parts are still staged)
       step det-ro
