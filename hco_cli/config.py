@@ -298,8 +298,12 @@ def validate_config(data: Any, *, source: str = "config",
 
 
 def describe_error(exc: ValidationError) -> str:
-    """One line for the first error: dotted field, message, and the allowed keys if unknown."""
-    first = exc.errors()[0]
+    """One line for the first error: dotted field, message, and the allowed keys if unknown.
+
+    An unknown key goes first: a misspelt required key (``patch_sise``) is also reported as
+    the real one missing, and the misspelling is what the user has to see."""
+    errors = exc.errors()
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc = [str(p) for p in first["loc"]]
     where = ".".join(loc) or "config"
     message = first["msg"]

@@ -111,6 +111,14 @@ def test_unknown_key_lists_the_allowed_keys():
     assert message.startswith("config: validation.evry: unknown field; allowed: every, split")
 
 
+def test_a_misspelt_required_key_is_named_not_only_the_missing_one():
+    data = preset("la")
+    data["data"]["patch_sise"] = data["data"].pop("patch_size")
+    message = _error(data)
+    assert message.startswith("config: data.patch_sise: unknown field; allowed: ")
+    assert "patch_size" in message
+
+
 def test_unknown_framework_key_follows_the_discriminator():
     data = preset("la")
     data["framework"]["epochs"] = 3

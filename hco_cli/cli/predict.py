@@ -109,7 +109,8 @@ def predict(
                                       "entropy / log K (0 certain, 1 uniform).")] = False,
     lcc: Annotated[bool, _opt("Keep the largest connected component of each class.")] = False,
     evaluate: Annotated[bool, _opt("Score the predictions against the split's labels and write "
-                                   "RUN/eval/<checkpoint>/summary.json.")] = False,
+                                   "RUN/eval/<checkpoint>/summary.json (with --out: summary.json "
+                                   "beside the --out folder).")] = False,
     force: Annotated[bool, _opt("Replace an existing output folder.")] = False,
     pipeline: Annotated[bool, _opt("Write and score each case in background threads and "
                                    "processes while the next case is predicted (same files "

@@ -280,6 +280,11 @@ def _main_splits(listing: SourceListing, split: SplitOptions, *, shuffle: bool,
     if shuffle:
         train = labeled_first_order(train, seed=split.seed, has_label=has_label, groups=groups)
     labeled = split.labeled or labeled_capacity(train, has_label=has_label, groups=groups)
+    if not split.labeled and labeled < 1:  # no --labeled: say why no case can be labeled
+        held = f" after {len(test)} test case{'s' * (len(test) != 1)}" if test else ""
+        raise ConfigError(f"no labeled case is left to train on{held} ({len(train)} training "
+                          f"case{'s' * (len(train) != 1)}, "
+                          f"{sum(c in has_label for c in train)} with labels)")
     splits = ordered_splits(train, test, labeled=labeled, val=split.val, seed=split.seed,
                             has_label=has_label, groups=groups)
     splits.val = splits.val or list(listing.val)

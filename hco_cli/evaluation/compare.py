@@ -36,7 +36,13 @@ import numpy as np
 
 from hco_cli.errors import CheckpointError, ConfigError, DataError
 from hco_cli.evaluation import stats
-from hco_cli.evaluation.saved_results import RunInfo, Summary, read_run_info, read_summary
+from hco_cli.evaluation.saved_results import (
+    SCORING_KEYS,
+    RunInfo,
+    Summary,
+    read_run_info,
+    read_summary,
+)
 from hco_cli.runs.layout import EVAL_DIR, SUMMARY_FILE, EvalCheckpoint, RunFolder
 
 METRICS: tuple[str, ...] = ("dice", "jaccard", "asd", "hd95")  # the paper's column order
@@ -74,6 +80,9 @@ class Arm:
     # Pairing key -> what the glob's wildcards matched inside its components ("2/1" for
     # "round2-h200/eager-s1" under "round[23]-h200/eager-s*"); the last resort of the pairing.
     captures: dict[str, str] = field(default_factory=dict)
+    # How its predictions were made (saved_results.SCORING_KEYS), per key the values its
+    # summaries record (one where they agree); keys no summary records are absent.
+    scoring: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -448,6 +457,8 @@ def load_arm(source: ArmSource, *, checkpoint: Checkpoint = "best", intersect: b
                if r is not None},
         captures={k: c for k, c in zip(keys, _member_captures(source), strict=True)
                   if c is not None},
+        scoring={k: v for k in SCORING_KEYS if (v := tuple(dict.fromkeys(
+            s.scoring[k] for s in summaries.values() if k in s.scoring)))},
     )
 
 

@@ -137,7 +137,8 @@ def _p_caption(result: Comparison) -> str:
 def _test_caption(result: Comparison) -> str:
     return (
         f"{_p_caption(result)}. Dice/Jaccard in %, distances in {result.spacing_unit}s; "
-        f"mean (std) across {result.n_cases} cases, runs of a group averaged per case first."
+        f"mean (sample std, ddof=1) across {result.n_cases} cases, runs of a group averaged "
+        "per case first."
     )
 
 
@@ -364,12 +365,28 @@ def comparison_notes(result: Comparison) -> list[str]:
             notes.append(f"{name}: {', '.join(keys)} without a partner in {other}; the per-case "
                          "tests average such runs in with the paired ones, the per-seed test "
                          "leaves them out (narrow the glob to compare like with like)")
+    notes += scoring_notes(result)
     single = [a.name for a in result.arms if a.n_runs == 1]
     if single and not result.seed_differences and not seen:
         notes.append(f"one run in {', '.join(single)}: the per-case tests take the cases as "
                      "replicates and cannot see how much a result moves with the training seed, "
                      "which can exceed the differences they call significant; give every arm "
                      "several seeds (NAME=GLOB) for the per-seed test")
+    return notes
+
+
+def scoring_notes(result: Comparison) -> list[str]:
+    """A note per prediction setting (largest component, mirroring, stride) in which the
+    arms' summaries differ, or an arm's own summaries do: the tables then compare the
+    settings as well as the arms. Arms whose summaries record no setting are left out."""
+    notes = []
+    for key in sorted({k for arm in result.arms for k in arm.scoring}):
+        values = {arm.name: arm.scoring[key] for arm in result.arms if key in arm.scoring}
+        if len({v for vs in values.values() for v in vs}) > 1:
+            detail = ", ".join(f"{name} {' and '.join(vs)}" for name, vs in values.items())
+            notes.append(f"the predictions were not made alike, {key}: {detail} (as each "
+                         "summary.json records it); the differences include that setting's "
+                         "effect")
     return notes
 
 
@@ -404,7 +421,7 @@ def checkpoint_overview(results: Sequence[Comparison], *, compact: bool = False,
             columns += [f"Δ per seed {c}"] if seeds else []
         table = ReportTable(
             title=f"Class {cls}: {LABELS[metric]} by checkpoint", columns=columns,
-            caption=f"mean (std) over {first.n_cases} cases; Δ: mean paired difference to "
+            caption=f"mean (std, ddof=1) over {first.n_cases} cases; Δ: mean paired difference to "
             f"{first.arms[0].name} ({diff_unit}); {_p_caption(first)}{seed_caption}.",
         )
         cells = [(r, _mean_cells(r, cls), _p_cells(r, cls)) for r in results]

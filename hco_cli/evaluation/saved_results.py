@@ -10,7 +10,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,9 @@ from hco_cli.runs.layout import RunFolder
 
 SUMMARY_METRICS: tuple[str, ...] = ("dice", "jaccard", "hd95", "asd")
 SPACING_UNITS: tuple[str, ...] = ("voxel", "mm")
+# How ``hco predict --evaluate`` made the predictions it scored (recorded in its summary.json;
+# ``hco evaluate`` of files made elsewhere records none): comparisons note arms that differ.
+SCORING_KEYS: tuple[str, ...] = ("lcc", "tta_axes", "stride")
 TRAIN_PHASES: tuple[str, ...] = ("pretrain", "train", "selftrain")
 
 
@@ -30,6 +33,8 @@ class Summary:
     cases: dict[str, dict[str, dict[str, float]]]
     classes: tuple[str, ...]
     spacing_unit: str
+    # :data:`SCORING_KEYS` the summary records, each as compact JSON ("true", "[0, 1, 2]")
+    scoring: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -157,7 +162,8 @@ def read_summary(path: Path) -> Summary:
             raise DataError(
                 f"{path}: case {case} has classes {sorted(metrics)}, expected {list(classes)}"
             )
-    return Summary(path=path, cases=cases, classes=classes, spacing_unit=unit)
+    scoring = {k: json.dumps(data[k]) for k in SCORING_KEYS if k in data}
+    return Summary(path=path, cases=cases, classes=classes, spacing_unit=unit, scoring=scoring)
 
 
 def _class_key(cls: str) -> tuple[int, int | str]:

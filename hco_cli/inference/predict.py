@@ -183,8 +183,13 @@ def predict(runs: Path | Sequence[Path], options: PredictOptions, *,
         cases = dataset_cases(dataset, split, fold=fold)
     window = _window(first, channels, labels.num_classes, options, device)
     out = _output(options.out, loaded)
-    single = first.run_dir if len(loaded) == 1 else None
-    summary = (RunFolder(single).summary(first.checkpoint) if single
+    # A run's own eval/<checkpoint>/summary.json holds the scores of its default predictions
+    # only; predictions written elsewhere (--out: another setting, --tta, an ensemble) have
+    # their summary.json beside them, so `hco compare RUN` never reads the scores of a
+    # prediction made otherwise than it says.
+    own = RunFolder(first.run_dir) if len(loaded) == 1 and first.run_dir else None
+    summary = (own.summary(first.checkpoint)
+               if own and out.resolve() == own.predictions(first.checkpoint).resolve()
                else out.parent / SUMMARY_FILE)
     with hold(out):  # one writer of ``out`` for the whole prediction
         _check_output(out, force=options.force, summary=summary if options.evaluate else None,

@@ -146,6 +146,22 @@ def test_nnunet_folder_with_two_channels(tmp_path: Path) -> None:
         prepare_generic(tmp_path / "out2", root=root, split=SplitOptions(test=1))
 
 
+def test_no_case_left_to_label_names_the_cause_not_an_option_never_given(
+        tmp_path: Path) -> None:
+    for i in range(2):
+        image, label = _blob_case(i)
+        _nifti(tmp_path / "img" / f"c{i}.nii.gz", image)
+        _nifti(tmp_path / "lab" / f"c{i}.nii.gz", label)
+    globs = {"images": str(tmp_path / "img" / "*.nii.gz"),
+             "labels": str(tmp_path / "lab" / "*.nii.gz")}
+    with pytest.raises(ConfigError, match=r"^no labeled case is left to train on after 2 test "
+                                          r"cases \(0 training cases, 0 with labels\)$"):
+        prepare_generic(tmp_path / "out", **globs, split=SplitOptions(test=2))
+    with pytest.raises(ConfigError, match="--labeled 2: only 1 training cases"):
+        prepare_generic(tmp_path / "out", **globs, split=SplitOptions(test=1, labeled=2))
+    assert not (tmp_path / "out").exists()
+
+
 def _body_case(seed: int, shape: tuple[int, int, int] = (20, 18, 16)) -> tuple[np.ndarray, ...]:
     """A bright body [4:16, 3:15, 2:14] on a dark noisy background, a label inside it."""
     rng = np.random.default_rng(seed)

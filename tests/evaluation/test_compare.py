@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from pathlib import Path
@@ -437,3 +438,28 @@ def test_no_per_seed_differences_without_two_paired_runs(tmp_path: Path) -> None
     _seeded(tmp_path, "other", {"all-s7": 0.01, "all-s8": 0.0})
     result = compare_runs([f"{tmp_path}/sgd/*", f"{tmp_path}/hco/*", f"{tmp_path}/other/*"])
     assert result.seed_differences == []
+
+
+def test_arms_predicted_differently_are_noted(tmp_path: Path) -> None:
+    """Summaries of hco predict record how the predictions were made: arms (or an arm's runs)
+    that differ in it get a note naming the setting; a summary without settings (hco evaluate
+    of files made elsewhere) takes part in no such note."""
+
+    def noted(result: object) -> list[str]:
+        return [n for n in comparison_notes(result) if n.startswith("the predictions")]  # type: ignore[arg-type]
+
+    def summary(name: str, **settings: object) -> Path:
+        path = write_summary(tmp_path / name / "summary.json", cases(N), one_class(DICE_A))
+        data = json.loads(path.read_text(encoding="utf-8"))
+        path.write_text(json.dumps({**data, **settings}), encoding="utf-8")
+        return path
+
+    plain = summary("plain", lcc=True, tta_axes=[], stride=[18, 18, 4])
+    tta = summary("tta", lcc=True, tta_axes=[0, 1, 2], stride=[18, 18, 4])
+    bare = summary("bare")
+    (note,) = noted(compare_runs([str(plain), str(tta), str(bare)]))
+    assert note.startswith("the predictions were not made alike, tta_axes: ")
+    assert "tta_axes: plain [], tta [0, 1, 2] (as each" in note and "bare" not in note
+    assert noted(compare_runs([str(plain), str(bare)])) == []
+    (note,) = noted(compare_runs([f"a={tmp_path}/{{plain,tta}}/summary.json", str(plain)]))
+    assert "tta_axes: a [] and [0, 1, 2], plain [] (as" in note

@@ -56,8 +56,8 @@ def test_default_caption_is_unchanged(runs: list[str]) -> None:
     main, *_ = comparison_tables(compare_runs(runs))
     assert main.caption == (
         "p: one-sided paired Wilcoxon / t-test (Wilcoxon zero_method=wilcox); H1: arm better "
-        "than sgd. Dice/Jaccard in %, distances in voxels; mean (std) across 6 cases, runs of "
-        "a group averaged per case first.")
+        "than sgd. Dice/Jaccard in %, distances in voxels; mean (sample std, ddof=1) across 6 "
+        "cases, runs of a group averaged per case first.")
     compact = comparison_tables(compare_runs(runs), compact=True)
     assert compact[2].title == "Class 1: one-sided p (Wilcoxon / t-test)"
 

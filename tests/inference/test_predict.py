@@ -179,6 +179,26 @@ def test_default_output_and_evaluation_summary(tiny: tuple[Path, Path, nn.Module
     assert report.mean_dice is not None and set(report.mean_dice) == {"1"}
 
 
+def test_scores_of_predictions_written_elsewhere_go_beside_them(
+        tiny: tuple[Path, Path, nn.Module], tmp_path: Path) -> None:
+    """--out elsewhere (here with mirroring) leaves the run's own summary.json alone, which
+    holds the default predictions' scores; --out at the default folder writes that one."""
+    _, run, _ = tiny
+    plain = predict(run, PredictOptions(device="cpu", evaluate=True, force=True,
+                                        checkpoint="last"))
+    before = plain.summary.read_bytes()
+    tta = predict(run, PredictOptions(device="cpu", evaluate=True, checkpoint="last", tta=True,
+                                      out=tmp_path / "eval-tta" / "preds"))
+    assert tta.summary == tmp_path / "eval-tta" / "summary.json"
+    assert plain.summary.read_bytes() == before
+    assert read_summary(tta.summary).scoring["tta_axes"] == "[0, 1, 2]"
+    assert read_summary(plain.summary).scoring == {"lcc": "false", "tta_axes": "[]",
+                                                   "stride": "[8, 8, 8]"}
+    again = predict(run, PredictOptions(device="cpu", evaluate=True, force=True,
+                                        checkpoint="last", out=plain.out))
+    assert again.summary == plain.summary
+
+
 def test_raw_images_are_preprocessed_like_the_dataset(
     tiny: tuple[Path, Path, nn.Module], tmp_path: Path
 ) -> None:
