@@ -233,8 +233,9 @@ def to_markdown(lines: list[Row], labeled_counts: tuple[int, ...] = LABELED) -> 
     parts = []
     for labeled in labeled_counts:
         header = (f"**{labeled} labeled** (BCP, 2K + 15K; the paper: Table 1, mean (std) over "
-                  "2 seeds, p from its text (one-tailed Wilcoxon); ours: mean (std) over the 20 "
-                  "test cases, seeds averaged per case, p: one-sided paired Wilcoxon / t-test "
+                  "2 seeds, p from its text (one-tailed Wilcoxon); ours: mean (std, ddof=1) over "
+                  "the 20 test cases, seeds averaged per case, p: one-sided paired Wilcoxon / "
+                  "t-test "
                   "against `sgd`, Holm over the 4 metrics; after the per-seed differences, the "
                   "gain the one-sided t-test over the seeds finds with 80 % power)\n\n"
                   "| arm | selection | seeds | Dice (%) | Jaccard (%) | ASD (vox) | HD95 (vox) "
