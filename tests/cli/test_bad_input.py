@@ -48,6 +48,13 @@ def _lock(name: str) -> Callable[[Path, pytest.MonkeyPatch], Any]:
     return lambda w, mp: world.locked(w / name)
 
 
+def _scored_before(w: Path, mp: pytest.MonkeyPatch) -> Any:
+    """An earlier prediction's summary.json beside where this one goes (--out w/scored/preds)."""
+    (w / "scored").mkdir(exist_ok=True)
+    (w / "scored" / "summary.json").write_text("{}", encoding="utf-8")
+    return contextlib.nullcontext()
+
+
 def _in_workspace(w: Path, mp: pytest.MonkeyPatch) -> Any:
     mp.chdir(w)  # presets name data/<dataset> relative to the current folder
     return contextlib.nullcontext()
@@ -136,8 +143,9 @@ CASES = [
     Case("train-force-locked", [*TRAIN, "--run-dir", "{w}/runs/locked", "--force"],
          "is in use by process 4242", around=_lock("runs/locked")),
     # ------------------------------------------------------------------------- predict
-    Case("predict-evaluate-replaces-summary", [*PRED, "--out", "{w}/elsewhere", "--evaluate"],
-         "--evaluate would replace"),
+    Case("predict-evaluate-replaces-summary",
+         [*PRED, "--out", "{w}/scored/preds", "--evaluate"], "--evaluate would replace",
+         around=_scored_before),
     Case("predict-force-over-notes", [*PRED, "--out", "{w}/notes", "--force"],
          "was not written by hco"),
     Case("predict-force-over-dataset", [*PRED, "--out", "{w}/stray", "--force"],
