@@ -46,6 +46,7 @@ from pathlib import Path
 from scipy import stats as sstats
 
 from hco_cli.errors import HcoError
+from hco_cli.evaluation import stats
 from hco_cli.evaluation.compare import ArmSource, Checkpoint, Comparison, compare_sources
 from hco_cli.evaluation.saved_results import read_run_info
 from hco_cli.io_utils import between_markers, json_safe, write_json, write_text
@@ -192,12 +193,9 @@ def is_hco(arm: str) -> bool:
 def verdict(differences: list[float], paper_gain: float) -> str:
     """The pre-registered reading of per-seed Dice differences (% points) against ``sgd``
     (module docstring): a gain, the paper's gain excluded, both, or undecided."""
-    n = len(differences)
+    mean, se, n = stats.mean_sem(differences)
     if n < 2:
         return f"undecided ({n} seed{'s' if n != 1 else ''}; the rule needs two or more)"
-    mean = sum(differences) / n
-    sd = math.sqrt(sum((d - mean) ** 2 for d in differences) / (n - 1))
-    se = sd / math.sqrt(n)
     t_crit = float(sstats.t.ppf(1 - ALPHA, n - 1))
     upper = mean + t_crit * se
     # identical differences (no spread): their sign decides
