@@ -137,7 +137,11 @@ class ValidationConfig(_Section):
         "validation)")
     stride: tuple[int, int, int] = (18, 18, 4)
     batch_size: int = Field(default=4, ge=1, description="windows per forward pass (with "
-                            "compile, a case's last batch is padded to it: one compiled shape)")
+                            "compile, the last batch is padded to it: one compiled shape)")
+    stream_cases: bool = Field(default=True, description="run the split's windows as one "
+                               "stream, a case's last batch filled with the next case's "
+                               "windows (false: case by case, as before 2026-12-02; with "
+                               "compile every case's last batch is then padded)")
 
     @model_validator(mode="after")
     def _distinct_selections(self) -> ValidationConfig:

@@ -6,6 +6,7 @@
 #   device_speed3.sh start STEP...      STEP: e2e, e2e-2gpu, predict, cold, profile, reorder,
 #                                       loop-test, graph-test, gpu-tests, numerics,
 #                                       concurrency, closs, det, det-ro, lcc, first-conv, val-fwd,
+#                                       val-stream,
 #                                       run in the order given (predict and cold need e2e's run);
 #                                       results in /tmp/speed3
 #   device_speed3.sh wait SECONDS       progress; when the steps have ended, collect to $OUT
@@ -48,6 +49,10 @@
 #                predict run it, CUDA graphs or eager, 8/16/32 windows per forward, channels-last
 #                or not, then the graph arms again with deterministic kernels (random windows, no
 #                data needed: from a session's first call on, about 3 min)
+#   val-stream   benchmarks/validation_stream.py: validation's windows case by case (each case's
+#                last batch padded) against one stream over the 20 LA test shapes, CUDA graphs,
+#                with and without deterministic kernels: the time ratio and whether every
+#                case's map is bit for bit the same (random volumes, no data needed, about 1 min)
 #   concurrency  benchmarks/concurrency.py: 1, 2 and 4 processes of sgd and of sgd+compile-ro
 #                on the GPU (about 3.5 min); CONC_OPTIMIZERS="sgd,sgd+compile" CONC_PROCESSES=1,3
 #                for what an ablation round (three runs per GPU) would gain from compile: true
@@ -88,7 +93,7 @@ with_compile() {  # a copy of config $1 with compile: ${3:-reduce-overhead} and 
 run_steps() {
   mkdir -p $WORK/runs
   local what needs_data=0
-  for what in "$@"; do case $what in det-ro|first-conv|val-fwd) ;; *) needs_data=1 ;; esac; done
+  for what in "$@"; do case $what in det-ro|first-conv|val-fwd|val-stream) ;; *) needs_data=1 ;; esac; done
   [ $needs_data = 0 ] || [ -d $DATA ] || hco prepare la /tmp/la --out $DATA --val 4 | tail -n 3
   for what in "$@"; do
     case $what in
@@ -138,6 +143,11 @@ run_steps() {
       python3 benchmarks/window_forward.py --json $WORK/val-fwd.json
       python3 benchmarks/window_forward.py --deterministic --arms ro-b16-cl,ro-b32-cl \
         --json $WORK/val-fwd-deterministic.json ;;
+    val-stream)  # validation streamed across cases: bit for bit the same maps, and how fast
+      step val-stream
+      python3 benchmarks/validation_stream.py --json $WORK/val-stream.json
+      python3 benchmarks/validation_stream.py --deterministic \
+        --json $WORK/val-stream-deterministic.json ;;
     det-ro)  # deterministic kernels' price under CUDA graphs alone, on random volumes (no
       # data: it can run from a session's first call, while the LA parts are still staged)
       step det-ro

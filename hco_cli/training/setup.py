@@ -340,7 +340,8 @@ def _validation(config: TrainConfig, dataset: PreparedDataset, splits: dict[str,
         validation.scored[split] = Validator(
             dataset, splits[split], patch_size=config.data.patch_size, stride=v.stride,
             num_classes=num_classes, device=device, batch_size=v.batch_size,
-            amp=config.amp and device.type == "cuda", full_batches=bool(config.compile))
+            amp=config.amp and device.type == "cuda", full_batches=bool(config.compile),
+            stream=v.stream_cases)
     if v.select_on not in validation.splits:
         for p in phases:
             if p.restore_best:

@@ -3,13 +3,16 @@
 As BCP's ``var_all_case_LA``: the argmax of the window-averaged softmax (for two classes the
 same as foreground probability > 0.5), no largest-component filtering, mean foreground Dice
 over classes then over cases. All per-case numbers stay on the device until the end, so one
-validation costs one host synchronisation.
+validation costs one host synchronisation. The cases' windows run as one stream
+(:func:`~hco_cli.inference.sliding_window.predict_volumes`; ``validation.stream_cases``):
+under a static batch shape only the split's last batch is padded with zero windows, not every
+case's.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,7 +21,7 @@ from torch import Tensor, nn
 
 from hco_cli.data.dataset import PreparedDataset
 from hco_cli.errors import DataError
-from hco_cli.inference.sliding_window import predict_volume
+from hco_cli.inference.sliding_window import predict_volumes
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,7 @@ class Validator:
         batch_size: int = 4,
         amp: bool = False,
         full_batches: bool = False,
+        stream: bool = True,
     ) -> None:
         self.cases = list(cases)
         for case in self.cases:
@@ -86,17 +90,24 @@ class Validator:
         self.amp = amp
         # a compiled network (static shapes) sees one batch shape: no recompile per remainder
         self.full_batches = full_batches
+        # one stream of windows over the cases (False: case by case, each last batch its own)
+        self.stream = stream
 
     def __len__(self) -> int:
         return len(self.cases)
 
+    def _stream(self, model: nn.Module, images: list[Tensor]) -> Iterator[Tensor]:
+        return predict_volumes(model, images, patch_size=self.patch_size, stride=self.stride,
+                               num_classes=self.num_classes, batch_size=self.batch_size,
+                               amp=self.amp, full_batches=self.full_batches)
+
     def evaluate(self, model: nn.Module, *, slices: int = 0) -> ValidationResult:
         """Score every case; ``slices`` > 0 also returns the mid-slices of the first cases."""
         scores, kept = [], []
-        for index, (image, label) in enumerate(zip(self.images, self.labels, strict=True)):
-            probs = predict_volume(model, image, patch_size=self.patch_size, stride=self.stride,
-                                   num_classes=self.num_classes, batch_size=self.batch_size,
-                                   amp=self.amp, full_batches=self.full_batches)
+        maps = (self._stream(model, self.images) if self.stream
+                else (probs for image in self.images for probs in self._stream(model, [image])))
+        for index, (image, label, probs) in enumerate(zip(self.images, self.labels, maps,
+                                                          strict=True)):
             prediction = probs.argmax(0)
             scores.append(dice_per_class(prediction, label, self.num_classes))
             if index < slices:  # small device slices, copied with the scores below

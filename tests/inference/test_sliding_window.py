@@ -9,7 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from hco_cli.inference.sliding_window import logits_of, mirror_sets, predict_volume, window_starts
+from hco_cli.inference.sliding_window import (
+    logits_of,
+    mirror_sets,
+    predict_volume,
+    predict_volumes,
+    window_starts,
+)
 
 
 class TinyNet(nn.Module):
@@ -186,3 +192,48 @@ def test_full_batches_pad_the_last_batch_and_change_nothing(mirror_axes):
     if not mirror_axes:  # and BCP's window-by-window map (a float32 twin of the network)
         reference = brute_force(TinyNet(), image.numpy(), patch, stride)
         np.testing.assert_allclose(got.numpy(), reference, rtol=0, atol=2e-6)
+
+
+def test_stream_across_volumes_gives_each_volume_its_own_map():
+    # three volumes, one smaller than the patch (padded), windows 48 + 3 + 6 in batches of 5:
+    # batches cross volume borders, and each map equals the volume predicted alone, bit for bit
+    rng = np.random.default_rng(11)
+    shapes = [(13, 11, 9), (5, 11, 3), (8, 5, 7)]
+    images = [torch.from_numpy(rng.normal(size=(1, *s))) for s in shapes]
+    patch, stride = (6, 5, 4), (3, 3, 2)
+    net = BatchRecorder().double()
+    net.train()
+    calls: list[tuple[int, int]] = []
+    streamed = list(predict_volumes(net, images, patch_size=patch, stride=stride, num_classes=3,
+                                    batch_size=5, full_batches=True,
+                                    progress=lambda done, total: calls.append((done, total))))
+    assert net.training  # the mode is given back
+    windows = [math.prod(len(window_starts(max(d, p), p, st))
+                         for d, p, st in zip(s, patch, stride, strict=True)) for s in shapes]
+    assert windows == [48, 3, 6]
+    total = sum(windows)
+    assert net.batches == [5] * math.ceil(total / 5)  # only the stream's last batch is padded
+    assert calls == [(min(n, total), total) for n in range(5, total + 5, 5)]
+    assert [tuple(p.shape) for p in streamed] == [(3, *s) for s in shapes]
+    for image, got in zip(images, streamed, strict=True):
+        alone = predict_volume(TinyNet().double(), image, patch_size=patch, stride=stride,
+                               num_classes=3, batch_size=5, full_batches=True)
+        # float64: a CPU convolution's window may round differently in another batch (float32
+        # differs by an ulp here); on the GPU benchmarks/validation_stream.py checks bit equality
+        torch.testing.assert_close(got, alone, rtol=0, atol=1e-12)
+        reference = brute_force(TinyNet(), image.numpy(), patch, stride)
+        np.testing.assert_allclose(got.numpy(), reference, rtol=0, atol=2e-6)
+
+
+def test_stream_yields_each_volume_when_its_last_window_is_done():
+    # a consumer sees volume 0 before volume 1's later windows run: maps are not all held
+    images = [torch.zeros(1, 6, 5, 4), torch.zeros(1, 12, 5, 4)]
+    net = BatchRecorder()
+    stream = predict_volumes(net, images, patch_size=(6, 5, 4), stride=(2, 5, 4),
+                             num_classes=3, batch_size=2)
+    first = next(stream)
+    assert first.shape == (3, 6, 5, 4)
+    assert net.batches == [2]  # volume 0's one window and volume 1's first
+    rest = list(stream)
+    assert len(rest) == 1 and net.batches == [2, 2, 1]
+    assert list(predict_volumes(net, [], patch_size=(6, 5, 4), stride=2, num_classes=3)) == []
