@@ -20,7 +20,9 @@ kernel compilation). This benchmark starts one fresh child process that does wha
 ``predict_first`` / ``predict_again``
     the whole ``predict`` call with the CLI's defaults, twice in the process
 
-then, as a separate fresh process, ``hco predict`` itself (``cli``). The stages before
+then, as a separate fresh process, ``hco predict`` itself (``cli``: its wall seconds, when it
+wrote its last file and how long it took from there to exit), and once more under
+``python -X importtime`` (``cli_importtime``: the seconds of its top-level imports). The stages before
 ``predict_first`` are what the first call pays once: what a shorter cold start has to remove
 or overlap. Run it on the GPU machine after ``hco prepare la`` and a finished run::
 
@@ -100,14 +102,40 @@ def child(run: Path, data: Path, out: Path, device_name: str) -> dict[str, Any]:
             "torch": torch.__version__}
 
 
-def fresh_cli(run: Path, data: Path, out: Path, device: str) -> float:
-    """Wall seconds of one fresh ``hco predict --lcc --evaluate`` process."""
-    command = [sys.executable, "-m", "hco_cli", "predict", str(run), "--data", str(data),
-               "--split", "test", "--out", str(out), "--force", "--device", device, "--lcc",
-               "--evaluate"]
-    start = time.perf_counter()
-    subprocess.run(command, check=True, capture_output=True)
-    return time.perf_counter() - start
+def fresh_cli(run: Path, data: Path, out: Path, device: str,
+              importtime: bool = False) -> dict[str, float]:
+    """One fresh ``hco predict --lcc --evaluate`` process: its wall seconds (``wall``), when
+    it wrote its last file (``last_write``: every file under ``out``'s folder, by modification
+    time) and what came after that (``after_last_write``: summaries printed, threads and pools
+    joined, the interpreter and the CUDA context torn down). ``importtime`` runs it under
+    ``python -X importtime`` and adds ``imports``: the cumulative seconds of its top-level
+    imports (the flag's own cost included, so that process's wall is not comparable)."""
+    command = [sys.executable, *(["-X", "importtime"] if importtime else []), "-m", "hco_cli",
+               "predict", str(run), "--data", str(data), "--split", "test", "--out", str(out),
+               "--force", "--device", device, "--lcc", "--evaluate"]
+    wall_start, start = time.time(), time.perf_counter()
+    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    written = [p.stat().st_mtime for p in out.parent.rglob("*")
+               if p.is_file() and p.stat().st_mtime >= wall_start]
+    last = max(written) - wall_start if written else float("nan")
+    result = {"wall": wall, "last_write": last, "after_last_write": wall - last}
+    if importtime:
+        result["imports"] = top_level_imports(done.stderr)
+    return result
+
+
+def top_level_imports(stderr: str) -> float:
+    """Seconds of ``-X importtime``'s top-level imports (cumulative column, names not
+    indented), summed."""
+    total = 0
+    for line in stderr.splitlines():
+        if not line.startswith("import time:") or "|" not in line:
+            continue
+        _, cumulative, name = line.split("|", 2)
+        if cumulative.strip().isdigit() and name.startswith(" ") and not name[1:2].isspace():
+            total += int(cumulative)
+    return total / 1e6
 
 
 def fixture(root: Path, cases: int) -> tuple[Path, Path]:
@@ -136,6 +164,12 @@ def table(result: dict[str, Any]) -> str:
     lines.append(f"  first predict call over the second: {first_extra:+.3f} s")
     if result.get("cli_s") is not None:
         lines.append(f"  fresh hco predict process: {result['cli_s']:.3f} s")
+    if cli := result.get("cli"):
+        lines.append(f"    last file written at {cli['last_write']:.3f} s, then "
+                     f"{cli['after_last_write']:.3f} s to the exit")
+    if traced := result.get("cli_importtime"):
+        lines.append(f"  under -X importtime: top-level imports {traced['imports']:.3f} s of "
+                     f"{traced['wall']:.3f} s")
     return "\n".join(lines)
 
 
@@ -166,8 +200,12 @@ def main() -> None:
         subprocess.run([sys.executable, __file__, "--child", str(stages), "--run", str(run),
                         "--data", str(data), "--device", args.device], check=True)
         result = json.loads(stages.read_text(encoding="utf-8"))
-        result["cli_s"] = None if args.no_cli else fresh_cli(run, data, root / "cli",
-                                                             args.device)
+        result["cli_s"] = None
+        if not args.no_cli:
+            result["cli"] = fresh_cli(run, data, root / "cli" / "out", args.device)
+            result["cli_s"] = result["cli"]["wall"]
+            result["cli_importtime"] = fresh_cli(run, data, root / "cli-importtime" / "out",
+                                                 args.device, importtime=True)
     print(table(result))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

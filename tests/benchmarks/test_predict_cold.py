@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.benchmarks.scripts import load_benchmark
+
 ROOT = Path(__file__).resolve().parents[2]
 STAGES = ("import", "cuda_init", "load", "forward_first", "forward_again", "lcc_first",
           "lcc_again", "predict_first", "predict_again")
@@ -32,3 +34,16 @@ def test_cold_stages_on_cpu(tmp_path: Path) -> None:
     for stage in STAGES:
         assert stage in done.stdout
     assert "before predict" in done.stdout
+
+
+def test_top_level_imports_sum_the_unindented_cumulative_column() -> None:
+    predict_cold = load_benchmark("predict_cold")
+    stderr = "\n".join([
+        "import time: self [us] | cumulative | imported package",
+        "import time:       120 |        120 |   _io",
+        "import time:      1000 |     500000 | torch",
+        "import time:        50 |      20000 |     torch.nn",
+        "import time:        10 |     250000 | hco_cli.cli.app",
+        "a warning line",
+    ])
+    assert predict_cold.top_level_imports(stderr) == 0.75
