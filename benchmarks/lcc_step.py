@@ -33,7 +33,7 @@ from torch import Tensor
 
 from hco_cli.io_utils import write_json
 from hco_cli.ops import ccl_triton
-from hco_cli.ops.components import _lcc_cupy, _lcc_numpy
+from hco_cli.ops.components import lcc_cupy, lcc_numpy
 
 
 def teacher_labels(seed: int) -> np.ndarray:
@@ -93,9 +93,9 @@ def main(argv: list[str] | None = None) -> None:
     labels = teacher_labels(0)
     mask = torch.from_numpy(labels).to(device)
     arms: dict[str, Callable[[Tensor], Tensor]] = {
-        "cupy": lambda m: _lcc_cupy(m, args.connectivity),
+        "cupy": lambda m: lcc_cupy(m, args.connectivity),
         "triton": lambda m: ccl_triton.largest_component(m, args.connectivity)}
-    expected = _lcc_numpy(labels, args.connectivity)
+    expected = lcc_numpy(labels, args.connectivity)
     for name, fn in arms.items():  # warm-up (Triton compiles here) and the check
         if not np.array_equal(fn(mask).cpu().numpy(), expected):
             raise SystemExit(f"{name}: the largest components differ from scipy's")

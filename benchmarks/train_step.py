@@ -99,7 +99,7 @@ from hco_cli.io_utils import write_json
 from hco_cli.models import ModelConfig
 from hco_cli.models.roofline import bcp_iteration_cost
 from hco_cli.models.vnet import build_model, compile_forward
-from hco_cli.ops.components import _lcc_cupy
+from hco_cli.ops.components import lcc_cupy
 from hco_cli.optim import build_optimizer, plain_variant
 from hco_cli.ssl.config import BCPConfig
 from hco_cli.ssl.registry import build_framework
@@ -282,7 +282,7 @@ CANDIDATES = ("batched", "compile", "compile-ro", "lcc-first", "closs", "cupy-lc
 def _cupy_components(mask: Tensor, *, connectivity: int = 26) -> Tensor:
     """``+cupy-lcc``: ``largest_connected_component`` of a CUDA mask through CuPy."""
     volumes = mask.bool().reshape(-1, *mask.shape[-3:])
-    return _lcc_cupy(volumes, connectivity).reshape(mask.shape)
+    return lcc_cupy(volumes, connectivity).reshape(mask.shape)
 
 
 def _components_first(fw: Any) -> None:

@@ -48,11 +48,11 @@ def largest_connected_component(mask: ArrayT, *, connectivity: int = 26) -> Arra
         raise ValueError(
             f"expected a (X, Y, Z) or (B, X, Y, Z) mask, got shape {tuple(mask.shape)}")
     if isinstance(mask, np.ndarray):
-        return _lcc_numpy(mask.astype(bool, copy=False), connectivity)
+        return lcc_numpy(mask.astype(bool, copy=False), connectivity)
     volumes = mask.bool().reshape(-1, *mask.shape[-3:])
     backend = gpu_backend()  # read on every call for a tensor: a typo fails on a CPU too
     if volumes.device.type == "cpu":
-        out = torch.from_numpy(_lcc_numpy(volumes.numpy(), connectivity))
+        out = torch.from_numpy(lcc_numpy(volumes.numpy(), connectivity))
     else:
         out = _lcc_device(volumes, connectivity, backend)
     return out.reshape(mask.shape)
@@ -87,7 +87,7 @@ def _lcc_device(volumes: Tensor, connectivity: int, backend: str) -> Tensor:
             raise ConfigError(f"{BACKEND_ENV}=triton: {why}")
     if backend in ("auto", "cupy"):
         if _cupy_ndimage() is not None:
-            return _lcc_cupy(volumes, connectivity)
+            return lcc_cupy(volumes, connectivity)
         if backend == "cupy":
             raise ConfigError(f"{BACKEND_ENV}=cupy: CuPy is not installed")
     return lcc_torch(volumes, connectivity=connectivity)
@@ -111,7 +111,9 @@ def keep_largest_per_class(labels: ArrayT, num_classes: int, *, connectivity: in
     return result
 
 
-def _lcc_numpy(mask: np.ndarray, connectivity: int) -> np.ndarray:
+def lcc_numpy(mask: np.ndarray, connectivity: int) -> np.ndarray:
+    """The largest component of each (X, Y, Z) volume of ``mask`` by scipy's labelling (the
+    reference every other backend is tested against)."""
     structure = ndimage.generate_binary_structure(3, _RANK[connectivity])
     volumes = mask.reshape(-1, *mask.shape[-3:])
     out = np.zeros(volumes.shape, dtype=bool)
@@ -148,7 +150,7 @@ def _cupy_ndimage() -> Any | None:
         return None
 
 
-def _lcc_cupy(volumes: Tensor, connectivity: int) -> Tensor:
+def lcc_cupy(volumes: Tensor, connectivity: int) -> Tensor:
     """CuPy's scipy-compatible labelling of the whole batch at once, then torch on the labels.
 
     One ``label`` call labels the (B, X, Y, Z) batch with a structure that connects nothing
@@ -158,13 +160,23 @@ def _lcc_cupy(volumes: Tensor, connectivity: int) -> Tensor:
     """
     cupy = importlib.import_module("cupy")
     cnd = importlib.import_module("cupyx.scipy.ndimage")
-    stream = torch.cuda.current_stream(volumes.device).cuda_stream
-    with cupy.cuda.Device(volumes.device.index), cupy.cuda.ExternalStream(stream):
+    with cupy.cuda.Device(volumes.device.index), _cupy_stream(cupy, volumes.device):
         structure = cupy.asarray(_batch_structure(connectivity))
         labels, count = cnd.label(cupy.from_dlpack(volumes.to(torch.uint8).contiguous()),
                                   structure)
         labels = torch.from_dlpack(labels)
     return largest_of_labels(labels, int(count))
+
+
+def _cupy_stream(cupy: Any, device: torch.device) -> Any:
+    """torch's current stream on ``device`` as a CuPy stream: through the CUDA stream protocol
+    (``Stream.from_external``; torch's streams implement ``__cuda_stream__``), or by its handle
+    where CuPy predates it (``ExternalStream``, which newer CuPy deprecates)."""
+    stream = torch.cuda.current_stream(device)
+    from_external = getattr(cupy.cuda.Stream, "from_external", None)
+    if from_external is not None:
+        return from_external(stream)
+    return cupy.cuda.ExternalStream(stream.cuda_stream, device.index)
 
 
 def largest_of_labels(labels: Tensor, count: int) -> Tensor:

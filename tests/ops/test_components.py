@@ -14,7 +14,7 @@ from scipy import ndimage
 from hco_cli.errors import ConfigError
 from hco_cli.ops import components
 from hco_cli.ops.components import (
-    _lcc_cupy,
+    lcc_cupy,
     keep_largest_per_class,
     largest_connected_component,
     largest_of_labels,
@@ -176,13 +176,13 @@ def test_cupy_batched_labelling_equals_scipy(connectivity: int) -> None:
         batch = random_blobs(seed, (4, 24, 20, 16), 0.5 + 0.01 * seed)
         batch[2] = False  # an empty volume inside the batch
         batch[3, :, :, 0] = True  # touches volume 2's border only through the batch axis
-        got = _lcc_cupy(torch.from_numpy(batch).cuda(), connectivity).cpu().numpy()
+        got = lcc_cupy(torch.from_numpy(batch).cuda(), connectivity).cpu().numpy()
         for volume, result in zip(batch, got, strict=True):
             np.testing.assert_array_equal(result, scipy_reference(volume, connectivity))
     tie = np.zeros((2, 6, 6, 6), dtype=bool)
     tie[:, 4:6, 4:6, 4:6] = True
     tie[:, 0:2, 0:2, 0:2] = True
-    for got in (_lcc_cupy(torch.from_numpy(tie).cuda(), 26).cpu().numpy(),
+    for got in (lcc_cupy(torch.from_numpy(tie).cuda(), 26).cpu().numpy(),
                 largest_connected_component(torch.from_numpy(tie).cuda()).cpu().numpy()):
         assert got[:, 0:2, 0:2, 0:2].all() and not got[:, 4:6, 4:6, 4:6].any()
 
@@ -239,3 +239,32 @@ def test_auto_labels_without_a_triton_that_fails_and_triton_asked_for_refuses(
         components._lcc_device(batch, 26, "triton")
     with pytest.raises(ConfigError, match="HCO_LCC_BACKEND=cupy: CuPy is not installed"):
         components._lcc_device(batch, 26, "cupy")
+
+
+def test_cupy_gets_torchs_current_stream_by_the_protocol_or_by_handle(monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from hco_cli.ops import components
+
+    torch_stream = SimpleNamespace(cuda_stream=1234)
+    monkeypatch.setattr(components.torch.cuda, "current_stream", lambda device: torch_stream)
+    seen: list[tuple] = []
+
+    class WithProtocol:
+        @staticmethod
+        def from_external(obj):
+            seen.append(("from_external", obj))
+            return "protocol"
+
+    class Before:  # a CuPy without Stream.from_external
+        pass
+
+    def external(ptr, device_id):
+        seen.append(("ExternalStream", ptr, device_id))
+        return "handle"
+
+    device = torch.device("cuda", 1)
+    for stream_class in (WithProtocol, Before):
+        cupy = SimpleNamespace(cuda=SimpleNamespace(Stream=stream_class, ExternalStream=external))
+        components._cupy_stream(cupy, device)
+    assert seen == [("from_external", torch_stream), ("ExternalStream", 1234, 1)]
