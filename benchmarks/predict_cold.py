@@ -23,8 +23,8 @@ kernel compilation). This benchmark starts one fresh child process that does wha
 then, as a separate fresh process, ``hco predict`` itself (``cli``: its wall seconds, when it
 wrote its last file and how long it took from there to exit), and once more under
 ``python -X importtime`` (``cli_importtime``: the seconds of its top-level imports). The
-stages before ``predict_first`` are what the first call pays once: what a shorter cold start has to remove
-or overlap. Run it on the GPU machine after ``hco prepare la`` and a finished run::
+stages before ``predict_first`` are what the first call pays once: what a shorter cold start
+has to remove or overlap. Run it on the GPU machine after ``hco prepare la`` and a finished run::
 
     python benchmarks/predict_cold.py --run RUN --data data/la --cases 20 --json cold.json
 

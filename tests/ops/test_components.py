@@ -14,10 +14,10 @@ from scipy import ndimage
 from hco_cli.errors import ConfigError
 from hco_cli.ops import components
 from hco_cli.ops.components import (
-    lcc_cupy,
     keep_largest_per_class,
     largest_connected_component,
     largest_of_labels,
+    lcc_cupy,
     lcc_torch,
 )
 
