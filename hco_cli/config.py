@@ -141,7 +141,9 @@ class ValidationConfig(_Section):
     stream_cases: bool = Field(default=True, description="run the split's windows as one "
                                "stream, a case's last batch filled with the next case's "
                                "windows (false: case by case, as before 2026-12-02; with "
-                               "compile every case's last batch is then padded)")
+                               "compile every case's last batch is then padded). The same "
+                               "maps bit for bit with cuDNN autotuning; with deterministic "
+                               "kernels a bf16 window may round differently in another batch")
 
     @model_validator(mode="after")
     def _distinct_selections(self) -> ValidationConfig:
