@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import gc
+import os
 import sys
+import threading
 from typing import Annotated
 
 import typer
@@ -83,13 +87,42 @@ def main() -> None:
     """Console-script entry point."""
     try:
         app()
-    finally:
-        # The process ends next. The interpreter's collections at exit walk every object left
-        # (modules, typer, pydantic, NumPy internals): about 40 ms, a tenth of an `hco evaluate`
-        # of the LA test set. Frozen objects are skipped; files are closed by now, and atexit
-        # handlers and the flushing of stdout/stderr still run. Only where torch never loaded
-        # (evaluate, compare, prepare): frozen objects are never freed, and nanobind-based
-        # extensions that torch brings (Triton, with compile or the fused kernels) then print
-        # dozens of "leaked" lines at exit; there 40 ms is nothing beside the command.
-        if "torch" not in sys.modules:
-            gc.freeze()
+    except SystemExit as exc:
+        _finish(exc.code)
+        raise
+    _finish(0)
+
+
+def _finish(code: object) -> None:
+    """End the process once the command has ended, faster than the interpreter would.
+
+    Without torch: the interpreter's collections at exit walk every object left (modules,
+    typer, pydantic, NumPy internals), about 40 ms, a tenth of an `hco evaluate` of the LA test
+    set; frozen objects are skipped (files are closed by now; atexit handlers and the flushing
+    of stdout/stderr still run).
+
+    With torch loaded (train, predict, sweep, export): tearing its modules and extensions down
+    took 0.47-0.55 s after the command's last output on a 2-core CPU (0.18 s with frozen
+    objects, and then nanobind-based extensions that torch brings, Triton's, print dozens of
+    "leaked" lines). There the process ends as the interpreter would up to its teardown: the
+    threads that are not daemons joined, the atexit handlers run (multiprocessing's joining of
+    children, logging's flush, tracking sinks), stdout and stderr flushed, and then
+    :func:`os._exit` with the exit status ``sys.exit(code)`` gives. Every file hco writes is
+    closed (and renamed into place) before the command returns. A command that ends in an
+    exception other than SystemExit is not cut short: its traceback prints as usual.
+    """
+    if "torch" not in sys.modules:
+        gc.freeze()
+        return
+    status = 0 if code is None else code if isinstance(code, int) else 1
+    if not isinstance(code, (int, type(None))):
+        print(code, file=sys.stderr)  # what sys.exit("message") prints
+    main_thread = threading.main_thread()
+    for thread in threading.enumerate():
+        if thread is not main_thread and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a closed pipe (hco ... | head) ends quietly
+            stream.flush()
+    os._exit(status)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 from typing import get_args
 
 import pytest
@@ -78,3 +79,36 @@ def test_exit_is_quiet_after_torch_and_triton_loaded() -> None:
                           timeout=120, check=True)
     assert done.stdout.strip() == f"hco {__version__}"
     assert "leaked" not in done.stderr, done.stderr[-500:]
+
+
+def test_exit_with_torch_loaded_joins_threads_runs_atexit_and_keeps_the_status(
+        tmp_path: Path) -> None:
+    """With torch loaded, main() ends the process by os._exit after what the interpreter
+    would do before its teardown: a thread that is not a daemon finishes its work, atexit
+    handlers run, the output is flushed, and the exit status is the command's."""
+    code = ("import atexit, sys, threading, time\n"
+            "from pathlib import Path\n"
+            "import torch\n"
+            "out = Path(sys.argv[1])\n"
+            "def late():\n"
+            "    time.sleep(1.5)\n"
+            "    (out / 'thread').write_text('done')\n"
+            "threading.Thread(target=late).start()\n"
+            "atexit.register(lambda: (out / 'atexit').write_text('ran'))\n"
+            "sys.argv = ['hco'] + sys.argv[2:]\n"
+            "from hco_cli.cli.app import main\n"
+            "main()\n")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path), "--version"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-500:]
+    assert done.stdout.strip() == f"hco {__version__}"
+    assert (tmp_path / "thread").read_text() == "done"
+    assert (tmp_path / "atexit").read_text() == "ran"
+    # a refused command keeps its status and its one line
+    bad = subprocess.run([sys.executable, "-c", code, str(tmp_path), "predict",
+                          str(tmp_path / "missing-run")], capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 1
+    assert bad.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'missing-run'} does not exist (expected a run folder or a .pt "
+        "checkpoint)"]
