@@ -10,8 +10,8 @@ zero windows: 1248 windows computed for 1128 at batch 16 (9.6 %). The stream
 case's last batch with the next case's windows and pads only the split's last batch.
 
 Both paths score the same random volumes (by default the shapes of the 20 LA test cases, a
-fact of the dataset) with one randomly initialised LA V-Net (16 filters, eval mode, channels-
-last, bf16 autocast on CUDA, fp32 on the CPU): ``case`` calls
+fact of the dataset) with one randomly initialised LA V-Net (``window_forward.py``'s: 16
+filters, eval mode, channels-last, bf16 autocast on CUDA, fp32 on the CPU): ``case`` calls
 :func:`~hco_cli.inference.sliding_window.predict_volume` per volume with ``full_batches`` (the
 path before), ``stream`` the stream. Rounds are interleaved after a warm-up (the compile and
 graph capture of ``--mode ro`` happen there). Reported: the windows each path computes, the
@@ -26,16 +26,15 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from hco_cli.config import ModelConfig
 from hco_cli.inference.sliding_window import predict_volume, predict_volumes, window_starts
 from hco_cli.io_utils import write_json
-from hco_cli.models.vnet import build_model, compile_forward
 from hco_cli.training.setup import set_deterministic
 
 LA_TEST_SHAPES = (
@@ -60,17 +59,6 @@ def computed(shapes: list[tuple[int, ...]], patch: tuple[int, ...], stride: tupl
             "stream": math.ceil(sum(per_case) / batch) * batch}
 
 
-def network(mode: str, filters: int, device: torch.device, seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    model = build_model(ModelConfig(n_filters=filters), in_channels=1, num_classes=2)
-    model = model.to(device).eval()
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
-    if mode == "ro":
-        compile_forward(model, "reduce-overhead")
-    return model
-
-
 def by_case(model: nn.Module, images: list[Tensor], kw: dict) -> list[Tensor]:
     return [predict_volume(model, image, full_batches=True, **kw) for image in images]
 
@@ -92,9 +80,12 @@ def timed(fn, device: torch.device) -> float:  # type: ignore[no-untyped-def]
 def run(*, device: torch.device, mode: str, shapes: list[tuple[int, ...]],
         patch: tuple[int, ...], stride: tuple[int, ...], batch: int, filters: int,
         rounds: int, warmup: int, seed: int = 0) -> dict:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from window_forward import network, parse_arm  # the same random LA V-Net, one definition
+
     gen = torch.Generator(device=device).manual_seed(seed)
     images = [torch.randn(1, *s, generator=gen, device=device) for s in shapes]
-    model = network(mode, filters, device, seed)
+    model = network(parse_arm(f"{mode}-b{batch}-cl"), filters, device, seed)
     kw = {"patch_size": patch, "stride": stride, "num_classes": 2, "batch_size": batch,
           "amp": device.type == "cuda"}
     paths = {"case": lambda: by_case(model, images, kw),

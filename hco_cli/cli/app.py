@@ -114,9 +114,11 @@ def _finish(code: object) -> None:
     if "torch" not in sys.modules:
         gc.freeze()
         return
-    status = 0 if code is None else code if isinstance(code, int) else 1
-    if not isinstance(code, (int, type(None))):
+    if code is None or isinstance(code, int):
+        status = code or 0
+    else:
         print(code, file=sys.stderr)  # what sys.exit("message") prints
+        status = 1
     main_thread = threading.main_thread()
     for thread in threading.enumerate():
         if thread is not main_thread and not thread.daemon:
