@@ -24,7 +24,18 @@ then, as a separate fresh process, ``hco predict`` itself (``cli``: its wall sec
 wrote its last file and how long it took from there to exit), and once more under
 ``python -X importtime`` (``cli_importtime``: the seconds of its top-level imports). The
 stages before ``predict_first`` are what the first call pays once: what a shorter cold start
-has to remove or overlap. Run it on the GPU machine after ``hco prepare la`` and a finished run::
+has to remove or overlap.
+
+``--bytecode ROUNDS`` adds a ratio measured in the same call: fresh ``hco predict`` processes,
+alternating, with and without Python's compiled bytecode for every module they import. Both
+arms read bytecode from a private ``PYTHONPYCACHEPREFIX`` (one filled by a first, untimed
+process; one left empty, with ``PYTHONDONTWRITEBYTECODE=1`` so it stays empty), so the
+environment's own ``__pycache__`` folders take no part. An image that sets
+``PYTHONDONTWRITEBYTECODE=1`` and ships no ``.pyc`` files (the GPU image of this project does)
+compiles torch's sources in every process; a ``pip install`` writes them once. The result also
+says whether this environment writes bytecode and whether torch's is cached.
+
+Run it on the GPU machine after ``hco prepare la`` and a finished run::
 
     python benchmarks/predict_cold.py --run RUN --data data/la --cases 20 --json cold.json
 
@@ -34,7 +45,10 @@ has to remove or overlap. Run it on the GPU machine after ``hco prepare la`` and
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -102,19 +116,26 @@ def child(run: Path, data: Path, out: Path, device_name: str) -> dict[str, Any]:
             "torch": torch.__version__}
 
 
-def fresh_cli(run: Path, data: Path, out: Path, device: str,
-              importtime: bool = False) -> dict[str, float]:
+def fresh_cli(run: Path, data: Path, out: Path, device: str, importtime: bool = False,
+              env: dict[str, str] | None = None) -> dict[str, float]:
     """One fresh ``hco predict --lcc --evaluate`` process: its wall seconds (``wall``), when
     it wrote its last file (``last_write``: every file under ``out``'s folder, by modification
     time) and what came after that (``after_last_write``: summaries printed, threads and pools
     joined, the interpreter and the CUDA context torn down). ``importtime`` runs it under
     ``python -X importtime`` and adds ``imports``: the cumulative seconds of its top-level
-    imports (the flag's own cost included, so that process's wall is not comparable)."""
+    imports (the flag's own cost included, so that process's wall is not comparable). ``env``
+    sets environment variables for it ("" removes one)."""
     command = [sys.executable, *(["-X", "importtime"] if importtime else []), "-m", "hco_cli",
                "predict", str(run), "--data", str(data), "--split", "test", "--out", str(out),
                "--force", "--device", device, "--lcc", "--evaluate"]
     wall_start, start = time.time(), time.perf_counter()
-    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    environ = dict(os.environ)
+    for name, value in (env or {}).items():  # "" removes a variable
+        if value:
+            environ[name] = value
+        else:
+            environ.pop(name, None)
+    done = subprocess.run(command, check=True, capture_output=True, text=True, env=environ)
     wall = time.perf_counter() - start
     written = [p.stat().st_mtime for p in out.parent.rglob("*")
                if p.is_file() and p.stat().st_mtime >= wall_start]
@@ -123,6 +144,40 @@ def fresh_cli(run: Path, data: Path, out: Path, device: str,
     if importtime:
         result["imports"] = top_level_imports(done.stderr)
     return result
+
+
+def bytecode(run: Path, data: Path, root: Path, device: str, rounds: int) -> dict[str, Any]:
+    """Fresh ``hco predict`` processes with (``with``) and without (``without``) compiled
+    bytecode, alternating, ``rounds`` of each; ``ratio``: the median without over the median
+    with. ``environment``: whether this interpreter writes bytecode and whether torch's
+    ``__init__`` has a cached ``.pyc`` where imports look for it (no prefix)."""
+    filled, empty = root / "pyc-with", root / "pyc-without"
+    filled.mkdir()
+    empty.mkdir()
+    # The untimed first process compiles and writes what it imports into the filled prefix.
+    fresh_cli(run, data, root / "bytecode-fill" / "out", device,
+              env={"PYTHONPYCACHEPREFIX": str(filled), "PYTHONDONTWRITEBYTECODE": ""})
+    arms: dict[str, dict[str, str]] = {
+        "with": {"PYTHONPYCACHEPREFIX": str(filled), "PYTHONDONTWRITEBYTECODE": "1"},
+        "without": {"PYTHONPYCACHEPREFIX": str(empty), "PYTHONDONTWRITEBYTECODE": "1"},
+    }
+    walls: dict[str, list[float]] = {arm: [] for arm in arms}
+    for i in range(rounds):
+        for arm, env in arms.items():
+            result = fresh_cli(run, data, root / f"bytecode-{arm}-{i}" / "out", device, env=env)
+            walls[arm].append(result["wall"])
+    if any(empty.iterdir()):
+        raise RuntimeError(f"bytecode was written into {empty}: the 'without' arm is not clean")
+    torch_spec = importlib.util.find_spec("torch")
+    origin = torch_spec.origin if torch_spec is not None else None
+    cached = (origin is not None and sys.pycache_prefix is None
+              and Path(importlib.util.cache_from_source(origin)).exists())
+    medians = {arm: statistics.median(values) for arm, values in walls.items()}
+    return {"with": walls["with"], "without": walls["without"],
+            "median_with": medians["with"], "median_without": medians["without"],
+            "ratio": medians["without"] / medians["with"],
+            "environment": {"writes_bytecode": not sys.dont_write_bytecode,
+                            "torch_bytecode_cached": cached}}
 
 
 def top_level_imports(stderr: str) -> float:
@@ -170,6 +225,14 @@ def table(result: dict[str, Any]) -> str:
     if traced := result.get("cli_importtime"):
         lines.append(f"  under -X importtime: top-level imports {traced['imports']:.3f} s of "
                      f"{traced['wall']:.3f} s")
+    if code := result.get("bytecode"):
+        environment = code["environment"]
+        lines.append(f"  fresh hco predict, {len(code['with'])} each, alternating: with compiled "
+                     f"bytecode {code['median_with']:.3f} s, without "
+                     f"{code['median_without']:.3f} s (median; {code['ratio']:.2f}x)")
+        lines.append(f"    this environment writes bytecode: "
+                     f"{'yes' if environment['writes_bytecode'] else 'no'}; torch's is cached: "
+                     f"{'yes' if environment['torch_bytecode_cached'] else 'no'}")
     return "\n".join(lines)
 
 
@@ -182,6 +245,9 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=20, help="test cases (--synthetic)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-cli", action="store_true", help="skip the fresh hco predict")
+    parser.add_argument("--bytecode", type=int, default=0, metavar="ROUNDS",
+                        help="also time ROUNDS fresh hco predict processes with and without "
+                             "compiled bytecode, alternating")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -206,6 +272,8 @@ def main() -> None:
             result["cli_s"] = result["cli"]["wall"]
             result["cli_importtime"] = fresh_cli(run, data, root / "cli-importtime" / "out",
                                                  args.device, importtime=True)
+        if args.bytecode > 0:
+            result["bytecode"] = bytecode(run, data, root, args.device, args.bytecode)
     print(table(result))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

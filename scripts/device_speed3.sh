@@ -28,7 +28,9 @@
 #                benchmarks/components.py, the component sizes over the foreground only
 #                against the histogram over every voxel (about 2 min; alone on the card)
 #   cold         benchmarks/predict_cold.py on e2e's run (or RUN=...): a fresh predict's
-#                stages, imports to the second call, and a fresh hco predict (about 1 min)
+#                stages, imports to the second call, and a fresh hco predict (about 1 min);
+#                BYTECODE=N adds N fresh processes with and N without compiled bytecode
+#                (about 20 s per pair more)
 #   loop-test    the GPU tests of compiled training: tests/training/test_compile_loop.py (the
 #                real BCP and mean-teacher loops, float64 network with dropout, CUDA graphs
 #                against eager to 1e-8 after 4 steps) and tests/models/test_compile.py (about
@@ -176,7 +178,7 @@ run_steps() {
     cold)  # a fresh predict's stages; RUN=... names another finished run (default e2e's)
       step cold
       python3 benchmarks/predict_cold.py --run "${RUN:-$WORK/runs/e2e-sgd-hco}" --data $DATA \
-        --json $WORK/predict-cold.json ;;
+        --bytecode "${BYTECODE:-0}" --json $WORK/predict-cold.json ;;
     loop-test)
       step loop-test
       timeout 400 python3 -m pytest -q -m gpu -p no:cacheprovider \

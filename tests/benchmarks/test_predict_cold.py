@@ -47,3 +47,19 @@ def test_top_level_imports_sum_the_unindented_cumulative_column() -> None:
         "a warning line",
     ])
     assert predict_cold.top_level_imports(stderr) == 0.75
+
+
+@pytest.mark.slow
+def test_bytecode_arms_read_from_their_own_prefixes(tmp_path: Path) -> None:
+    """The 'with' arm's prefix holds torch's compiled bytecode (written by the untimed first
+    process), the 'without' arm's stays empty, and every process is timed."""
+    predict_cold = load_benchmark("predict_cold")
+    run, data = predict_cold.fixture(tmp_path / "fixture", 1)
+    result = predict_cold.bytecode(run, data, tmp_path, "cpu", 1)
+    assert len(result["with"]) == len(result["without"]) == 1
+    assert result["ratio"] == result["median_without"] / result["median_with"]
+    assert set(result["environment"]) == {"writes_bytecode", "torch_bytecode_cached"}
+    filled = list((tmp_path / "pyc-with").rglob("torch/__init__.*.pyc"))
+    assert len(filled) == 1
+    assert list((tmp_path / "pyc-with").rglob("hco_cli/cli/predict.*.pyc"))
+    assert not any((tmp_path / "pyc-without").iterdir())
