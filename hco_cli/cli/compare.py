@@ -1,4 +1,5 @@
-"""``hco compare``: paired tests between runs, seed groups or folds, or their loss dynamics."""
+"""``hco compare``: paired tests between runs, seed groups or folds, their loss dynamics or
+their validation curves."""
 
 from __future__ import annotations
 
@@ -72,13 +73,21 @@ Holm = Annotated[bool, _opt("--holm", help="Holm-adjust p-values across the 4 me
 Intersect = Annotated[bool, _opt("--intersect", help="Pair only the cases common to all arms.")]
 DynamicsFlag = Annotated[bool, _opt("--dynamics", help="Compare the L_U/L_L loss ratio per epoch "
                          "(RUN/metrics.jsonl or .gz) instead of test metrics.")]  # fmt: skip
-Bin = Annotated[int | None, _opt("--bin", min=1, default="1", help="--dynamics: epochs per row.")]
+CurvesFlag = Annotated[bool, _opt("--curves", help="Compare the validation Dice logged over "
+                       "training (RUN/metrics.jsonl or .gz), runs paired by seed, instead of "
+                       "test metrics.")]  # fmt: skip
+Split = Annotated[str | None, _opt("--split", help="--curves: the split whose Dice to compare "
+                  "(default: the one each run selected on; another logged by "
+                  "validation.also_select_on, e.g. test).")]  # fmt: skip
+Bin = Annotated[int | None, _opt("--bin", min=1, default="1", help="--dynamics: epochs per row; "
+                "--curves: validations per row.")]  # fmt: skip
 Frac = Annotated[float | None, _opt(default="0.3", help="--dynamics --plot: LOWESS span.")]
 Json = Annotated[Path | None, _opt("--json", dir_okay=False, help="Write the records as JSON.")]
 Csv = Annotated[Path | None, _opt("--csv", dir_okay=False, help="Write the records as CSV.")]
 Markdown = Annotated[Path | None, _opt("--markdown", dir_okay=False, help="Write Markdown tables.")]
 Plot = Annotated[Path | None, _opt("--plot", dir_okay=False, help="Box plots of per-case "
-                 "metrics (--dynamics: ratio trends); .png/.pdf/.svg; plot extra.")]  # fmt: skip
+                 "metrics (--dynamics: ratio trends; --curves: the curves); .png/.pdf/.svg; plot "
+                 "extra.")]  # fmt: skip
 
 
 def _rich(table: compare_tables.ReportTable, *, lines: box.Box = box.HEAVY_HEAD) -> Table:
@@ -135,13 +144,15 @@ def compare(
     arms: Arms, checkpoint: Checkpoint = None, test: Test = None, zero_method: ZeroMethod = None,
     alternative: Alternative = None, margin: Margin = None, holm: Holm = False,
     intersect: Intersect = False,
-    dynamics_mode: DynamicsFlag = False, bin_width: Bin = None, lowess_frac: Frac = None,
+    dynamics_mode: DynamicsFlag = False, curves_mode: CurvesFlag = False, split: Split = None,
+    bin_width: Bin = None, lowess_frac: Frac = None,
     json_path: Json = None, csv_path: Csv = None, markdown_path: Markdown = None,
     plot_path: Plot = None,
 ) -> None:  # fmt: skip
-    """Compare arms with paired Wilcoxon / t-tests per case, or their loss dynamics."""
+    """Compare arms with paired Wilcoxon / t-tests per case, their loss dynamics or their
+    validation curves."""
     # Deferred: SciPy's statistics load only when a command compares, never for --help.
-    from hco_cli.evaluation import compare_tables, dynamics, plots
+    from hco_cli.evaluation import compare_tables, curves, dynamics, plots
     from hco_cli.evaluation.compare import compare_checkpoints
 
     if plot_path is not None:
@@ -152,7 +163,21 @@ def compare(
             check_output_file(target, option=option)  # before the work, not after it
     outputs = {"json_path": json_path, "csv_path": csv_path, "markdown_path": markdown_path}
     notes: list[str] = []
-    if dynamics_mode:
+    if dynamics_mode and curves_mode:
+        raise ConfigError("--dynamics and --curves are two modes; give one")
+    if not curves_mode:
+        _reject("without --curves", split=split)
+    if curves_mode:
+        _reject("with --curves", checkpoint=checkpoint or None, test=test,
+                zero_method=zero_method, alternative=alternative, margin=margin or None, holm=holm,
+                intersect=intersect, lowess_frac=lowess_frac)  # fmt: skip
+        found = curves.compare_curves(arms, split=split, bin_width=bin_width or 1)
+        tables = render(curves.curves_tables(found), curves.curves_tables(found, compact=True),
+                        console)
+        curves.write_curves(found, **outputs)
+        if plot_path is not None:
+            plots.plot_curves(found, plot_path)
+    elif dynamics_mode:
         _reject("with --dynamics", checkpoint=checkpoint or None, test=test,
                 zero_method=zero_method, alternative=alternative, margin=margin or None, holm=holm,
                 intersect=intersect)  # fmt: skip
@@ -165,7 +190,7 @@ def compare(
         if plot_path is not None:
             plots.plot_dynamics(dyn, plot_path, frac=0.3 if lowess_frac is None else lowess_frac)
     else:
-        _reject("without --dynamics", bin=bin_width, lowess_frac=lowess_frac)
+        _reject("without --dynamics or --curves", bin=bin_width, lowess_frac=lowess_frac)
         chosen = (test or TestChoice.both).value
         checkpoints = [c.value for c in checkpoint or [CheckpointChoice.best]]
         if plot_path is not None and len(checkpoints) > 1:

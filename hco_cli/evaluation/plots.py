@@ -1,4 +1,4 @@
-"""Figures for ``hco compare``: per-case box plots and loss-ratio dynamics.
+"""Figures for ``hco compare``: per-case box plots, loss-ratio dynamics and validation curves.
 
 Plotting is the optional ``plot`` extra (matplotlib, statsmodels), imported only when a figure
 is asked for. Figures are drawn on matplotlib's Agg canvas directly, without pyplot, so no
@@ -17,6 +17,7 @@ import numpy as np
 
 from hco_cli.errors import ConfigError, MissingExtraError
 from hco_cli.evaluation.compare import Comparison
+from hco_cli.evaluation.curves import Curves
 from hco_cli.evaluation.dynamics import Dynamics
 from hco_cli.io_utils import atomic_path
 
@@ -150,4 +151,46 @@ def plot_dynamics(result: Dynamics, path: Path, *, frac: float = 0.3) -> None:
         ax.set_yscale("log" if key == "step_norm" else "linear")
         ax.set_title(f"{label} (LOWESS trend of the diagnosed steps)")
         ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def plot_curves(result: Curves, path: Path) -> None:
+    """Validation Dice over the iterations: each arm's mean over the seeds (thick) and each
+    run (thin) on top; below, each later arm's paired difference to the first arm per seed
+    (thin) and its mean (thick), in % points."""
+    check_plot_target(path)
+    fig = _figure(9.0, 7.0)
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 2]})
+    shared = result.points
+    x = np.array([i for _, i in shared], dtype=np.float64)
+    ref = result.arms[0]
+    for k, arm in enumerate(result.arms):
+        colour = f"C{k}"
+        per_seed = np.array([[arm.runs[s].dice[pt] * 100 for pt in shared]
+                             for s in result.seeds])
+        for values in per_seed:
+            top.plot(x, values, color=colour, linewidth=0.6, alpha=0.35)
+        top.plot(x, per_seed.mean(axis=0), color=colour, linewidth=1.8,
+                 label=f"{arm.name} (seeds: {len(result.seeds)})")
+        if k == 0:
+            continue
+        diffs = per_seed - np.array([[ref.runs[s].dice[pt] * 100 for pt in shared]
+                                     for s in result.seeds])
+        for values in diffs:
+            bottom.plot(x, values, color=colour, linewidth=0.6, alpha=0.35)
+        bottom.plot(x, diffs.mean(axis=0), color=colour, linewidth=1.8,
+                    label=f"{arm.name} - {ref.name}")
+    phases = list(dict.fromkeys(p for p, _ in shared))
+    for phase in phases[1:]:  # where a later phase starts
+        start = min(i for p, i in shared if p == phase)
+        for ax in (top, bottom):
+            ax.axvline(start, color="0.5", linestyle=":", linewidth=1)
+    bottom.axhline(0.0, color="k", linewidth=0.8)
+    top.set_ylabel(f"Dice on {result.split} (%)")
+    top.set_title(f"Validation curves (Dice on {result.split}; phases: {', '.join(phases)})")
+    bottom.set_ylabel("difference (% points)")
+    bottom.set_xlabel("iteration")
+    for ax in (top, bottom):
+        ax.grid(alpha=0.3)
+        ax.legend()
     _save(fig, path)

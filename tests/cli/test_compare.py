@@ -243,10 +243,41 @@ def test_dynamics_end_to_end(tmp_path: Path) -> None:
     assert (out / "d.png").stat().st_size > 0
 
 
+def test_curves_end_to_end(tmp_path: Path) -> None:
+    """Validation curves of two arms of two seeds each, paired by seed, as the tables, JSON
+    and a figure."""
+    for arm, shift in (("sgd", 0.0), ("hco", 0.01)):
+        for seed in (1, 2):
+            records = [{"phase": "val", "train_phase": "selftrain", "iter": it, "split": "val",
+                        "dice": 0.7 + 0.01 * seed + shift * k, "also": {"test": 0.6 + shift}}
+                       for k, it in enumerate((200, 400, 600))]
+            write_run(tmp_path, f"{arm}-s{seed}", seed=seed, steps=records)
+    out = tmp_path / "curves"
+    result = runner.invoke(
+        app, ["compare", "--curves", f"sgd={tmp_path}/sgd-s*", f"hco={tmp_path}/hco-s*",
+              "--bin", "2", "--json", str(out / "c.json"), "--plot", str(out / "c.png")],
+        env=WIDE)
+    assert result.exit_code == 0, result.output
+    assert "Dice on val over training (%, mean over 2 seeds)" in result.stdout
+    assert "+0.50, +0.50: +0.50 (0.00)" in result.stdout  # iterations 200-400: (0 + 1) / 2
+    summary = json.loads((out / "c.json").read_text(encoding="utf-8"))["summary"][0]
+    assert summary["differences"] == pytest.approx([1.0, 1.0]) and summary["n_better"] == 2
+    assert (out / "c.png").stat().st_size > 0
+    test = runner.invoke(app, ["compare", "--curves", "--split", "test",
+                               f"sgd={tmp_path}/sgd-s*", f"hco={tmp_path}/hco-s*"], env=WIDE)
+    assert test.exit_code == 0 and "Dice on test over training" in test.stdout
+    assert "+1.00, +1.00: +1.00 (0.00)" in test.stdout
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["only-one"], "at least two arms"),
+        (["--curves", "--checkpoint", "last", "{tmp}/run", "{tmp}/run2"],
+         "--checkpoint does not apply with --curves"),
+        (["--curves", "--dynamics", "{tmp}/run", "{tmp}/run2"], "two modes"),
+        (["--split", "test", "{a}", "{a}"], "--split does not apply without --curves"),
+        (["--curves", "{tmp}/run", "{tmp}/run2"], "no metrics.jsonl"),
         (["{a}", "g={tmp}/none-*"], "matched nothing"),
         (["{a}", "{tmp}/bad.json"], "invalid JSON"),
         (["{a}", "{tmp}/shape.json"], "not an evaluation summary"),

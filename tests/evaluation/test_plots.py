@@ -11,6 +11,7 @@ import pytest
 from hco_cli.errors import ConfigError, MissingExtraError
 from hco_cli.evaluation import plots
 from hco_cli.evaluation.compare import compare_runs
+from hco_cli.evaluation.curves import compare_curves
 from hco_cli.evaluation.dynamics import compare_dynamics
 from tests.evaluation.compare_fixtures import cases, one_class, step, write_run, write_summary
 
@@ -50,6 +51,21 @@ def test_dynamics_png_and_svg(tmp_path: Path) -> None:
     svg = tmp_path / "dyn.svg"
     plots.plot_dynamics(result, svg)
     assert "<svg" in svg.read_text(encoding="utf-8")
+
+
+def test_curves_png(tmp_path: Path) -> None:
+    for arm, level in (("sgd", 0.80), ("hco", 0.78)):
+        for seed in (1, 2):
+            records = [{"phase": "val", "train_phase": phase, "iter": it, "split": "val",
+                        "dice": level + 0.001 * it / 100 + 0.01 * seed}
+                       for phase, its in (("pretrain", (100, 200)), ("selftrain", (300, 400)))
+                       for it in its]
+            write_run(tmp_path, f"{arm}-s{seed}", seed=seed, steps=records)
+    result = compare_curves([f"sgd={tmp_path}/sgd-s*", f"hco={tmp_path}/hco-s*"])
+    png = tmp_path / "figs" / "curves.png"
+    plots.plot_curves(result, png)
+    assert png.read_bytes().startswith(PNG_MAGIC) and png.stat().st_size > 10_000
+    assert not list(png.parent.glob(".*tmp"))
 
 
 def test_lowess_trend_follows_a_noisy_line() -> None:
