@@ -7,7 +7,7 @@ import csv
 import io
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,6 +148,19 @@ def arm_labels(names: Sequence[str], *, short: int = 10) -> dict[str, str]:
     if all(len(n) <= short for n in names):
         return {n: n for n in names}
     return {n: _letter(i) for i, n in enumerate(names)}
+
+
+def labelled_tables(names: Sequence[str], build: Callable[[dict[str, str]], list[ReportTable]],
+                    *, compact: bool = False) -> list[ReportTable]:
+    """The tables ``build`` makes from the arms' table labels: their names, or with ``compact``
+    the short labels of :func:`arm_labels`, preceded by a legend where those are not the names."""
+    labels = arm_labels(names) if compact else {n: n for n in names}
+    tables = build(labels)
+    if all(labels[n] == n for n in names):
+        return tables
+    legend = ReportTable(title="Arms", columns=["Arm", "Runs of"],
+                         rows=[[Cell(labels[n]), Cell(n)] for n in names])
+    return [legend, *tables]
 
 
 def _letter(index: int) -> str:

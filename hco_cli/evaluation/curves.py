@@ -30,10 +30,10 @@ from hco_cli.evaluation.compare import ArmSource, resolve_arms
 from hco_cli.evaluation.compare_tables import (
     Cell,
     ReportTable,
-    arm_labels,
     clean_record,
     fmt,
     fmt_p,
+    labelled_tables,
     write_markdown,
     write_records,
 )
@@ -318,14 +318,9 @@ def _summary_table(result: Curves, labels: dict[str, str]) -> ReportTable:
 def curves_tables(result: Curves, *, compact: bool = False) -> list[ReportTable]:
     """The rows (each arm's mean, per-seed differences) and the per-phase summary;
     ``compact``: arms by short labels, with a legend first."""
-    names = [a.name for a in result.arms]
-    labels = arm_labels(names) if compact else {n: n for n in names}
-    tables = [_rows_table(result, labels), _summary_table(result, labels)]
-    if labels == {n: n for n in names}:
-        return tables
-    legend = ReportTable(title="Arms", columns=["Arm", "Runs of"],
-                         rows=[[Cell(labels[n]), Cell(n)] for n in names])
-    return [legend, *tables]
+    return labelled_tables([a.name for a in result.arms],
+                           lambda labels: [_rows_table(result, labels),
+                                           _summary_table(result, labels)], compact=compact)
 
 
 def write_curves(

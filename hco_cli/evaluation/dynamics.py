@@ -23,9 +23,9 @@ from hco_cli.evaluation.compare import ArmSource, resolve_arms
 from hco_cli.evaluation.compare_tables import (
     Cell,
     ReportTable,
-    arm_labels,
     clean_record,
     fmt,
+    labelled_tables,
     write_markdown,
     write_records,
 )
@@ -253,16 +253,13 @@ def dynamics_tables(result: Dynamics, *, compact: bool = False) -> list[ReportTa
     """Per-epoch table (mean ± SEM per arm, differences to the first arm), a summary and,
     where runs logged them, the optimizer diagnostics; ``compact``: arms by short labels
     (:func:`arm_labels`), with a legend first."""
-    names = [a.name for a in result.arms]
-    labels = arm_labels(names) if compact else {n: n for n in names}
-    tables = [_epoch_table(result, labels), _summary_table(result, labels)]
-    if result.diagnostics:
-        tables.append(diagnostics_table(result.diagnostics))
-    if labels == {n: n for n in names}:
+    def build(labels: dict[str, str]) -> list[ReportTable]:
+        tables = [_epoch_table(result, labels), _summary_table(result, labels)]
+        if result.diagnostics:
+            tables.append(diagnostics_table(result.diagnostics))
         return tables
-    legend = ReportTable(title="Arms", columns=["Arm", "Runs of"],
-                         rows=[[Cell(labels[n]), Cell(n)] for n in names])
-    return [legend, *tables]
+
+    return labelled_tables([a.name for a in result.arms], build, compact=compact)
 
 
 def write_dynamics(
