@@ -196,8 +196,7 @@ def verdict(differences: list[float], paper_gain: float) -> str:
     mean, se, n = stats.mean_sem(differences)
     if n < 2:
         return f"undecided ({n} seed{'s' if n != 1 else ''}; the rule needs two or more)"
-    t_crit = float(sstats.t.ppf(1 - ALPHA, n - 1))
-    upper = mean + t_crit * se
+    _, upper = stats.mean_bounds(differences, confidence=1 - ALPHA)
     # identical differences (no spread): their sign decides
     p = float(sstats.t.sf(mean / se, n - 1)) if se > 0 else float(mean <= 0)
     gain = p < ALPHA

@@ -105,6 +105,9 @@ class SeedDifference:
     # The true mean difference (beyond the margin) that this t-test over the seeds detects
     # with 80 % power at 0.05, given their standard deviation: stats.detectable_difference.
     detectable: float = math.nan
+    # One-sided 95 % bounds of the mean difference over the seeds (stats.mean_bounds): a true
+    # difference below the first, or above the second, is excluded at 0.05.
+    bounds: tuple[float, float] = (math.nan, math.nan)
 
     def as_dict(self) -> dict[str, Any]:
         return {"level": "seed", "arm": self.arm, "reference": self.reference,
@@ -114,7 +117,9 @@ class SeedDifference:
                 "mean": self.mean, "std": self.std,
                 "n_better": self.n_better, "p_ttest_seeds": self.p_ttest,
                 "alternative": self.hypothesis, "margin": self.margin,
-                "detectable_80": self.detectable if math.isfinite(self.detectable) else None}
+                "detectable_80": self.detectable if math.isfinite(self.detectable) else None,
+                "bound_low_95": self.bounds[0] if math.isfinite(self.bounds[0]) else None,
+                "bound_high_95": self.bounds[1] if math.isfinite(self.bounds[1]) else None}
 
 
 @dataclass(frozen=True)
@@ -608,7 +613,8 @@ def seed_differences(
                     n_better=int((sign * finite > 0).sum()), p_ttest=result.p_ttest,
                     hypothesis=hypothesis, margin=margin,
                     detectable=stats.detectable_difference(
-                        std, int(finite.size), two_sided=hypothesis == "two-sided")))
+                        std, int(finite.size), two_sided=hypothesis == "two-sided"),
+                    bounds=stats.mean_bounds(finite)))
     return out
 
 

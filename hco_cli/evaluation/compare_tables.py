@@ -307,14 +307,16 @@ def _seed_table(result: Comparison, labels: dict[str, str] | None = None) -> Rep
         title=f"Per-seed differences (checkpoint {result.checkpoint}: each run's mean over the "
         "cases minus the reference run's)",
         columns=["Arm", "Class", "Metric", *keys, "Mean (sd)", "Better", "p t-test (seeds)",
-                 "Detectable (80%)"],
+                 "Detectable (80%)", "95% bounds"],
         caption="Runs paired by seed (the part of their path the arm's glob matched, else "
         "run.json's seed, else, for a seed in several runs, what the wildcards matched); "
         "Dice/Jaccard in % points. Better: seeds where the arm is better. "
         f"p: {_sided(result)} paired t-test over the seeds{h1}, which, unlike the per-case "
         "tests, sees how much a result moves with the training seed. Detectable (80%): the "
         "true mean difference this test finds with 80 % power at 0.05 given the seeds' sd; "
-        "a smaller difference can hide behind a p above 0.05.",
+        "a smaller difference can hide behind a p above 0.05. 95% bounds: one-sided 95 % "
+        "confidence bounds of the mean difference over the seeds (t): a true difference below "
+        "the first, or above the second, is excluded at 0.05.",
     )
     for d in result.seed_differences:
         scale = 100.0 if d.metric in PERCENT else 1.0
@@ -324,8 +326,12 @@ def _seed_table(result: Comparison, labels: dict[str, str] | None = None) -> Rep
         mean = f"{d.mean * scale:+.2f}" if math.isfinite(d.mean) else "-"
         spread = f" ({d.std * scale:.2f})" if math.isfinite(d.std) else ""
         detectable = (f"{d.detectable * scale:.2f}" if math.isfinite(d.detectable) else "-")
+        low, high = d.bounds
+        bounds = (f"{low * scale:+.2f}, {high * scale:+.2f}"
+                  if math.isfinite(low) and math.isfinite(high) else "-")
         texts = [labels[d.arm] if labels else d.arm, d.class_, LABELS[d.metric], *cells,
-                 mean + spread, f"{d.n_better}/{len(d.keys)}", fmt_p(d.p_ttest), detectable]
+                 mean + spread, f"{d.n_better}/{len(d.keys)}", fmt_p(d.p_ttest), detectable,
+                 bounds]
         table.rows.append([Cell(t) for t in texts])
     return table
 

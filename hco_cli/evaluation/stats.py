@@ -220,6 +220,19 @@ def mean_sem(values: Sequence[float] | np.ndarray) -> tuple[float, float, int]:
     return _mean(v), sem, int(v.size)
 
 
+def mean_bounds(values: Sequence[float] | np.ndarray, *,
+                confidence: float = 0.95) -> tuple[float, float]:
+    """One-sided ``confidence`` bounds of the mean of the finite values by Student's t (the
+    ends of the two-sided ``2 confidence - 1`` interval): the true mean lies above the first
+    and, separately, below the second with that confidence. NaN for fewer than two values; a
+    sample without spread bounds its mean at the mean."""
+    mean, sem, n = mean_sem(values)
+    if n < 2:
+        return math.nan, math.nan
+    half = float(stats.t.ppf(confidence, n - 1)) * sem
+    return mean - half, mean + half
+
+
 def nan_summary(values: Sequence[float] | np.ndarray) -> tuple[float, float, int]:
     """Mean, sample standard deviation (ddof=1) and count of the finite values."""
     v = np.asarray(values, dtype=np.float64)

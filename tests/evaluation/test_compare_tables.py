@@ -124,18 +124,23 @@ def test_per_seed_table_and_records(tmp_path: Path) -> None:
     result = compare_runs([f"sgd={tmp_path}/sgd/*", f"hco={tmp_path}/hco/*"])
     *_, seeds = comparison_tables(result)
     assert seeds.columns == ["Arm", "Class", "Metric", "s1", "s2", "Mean (sd)", "Better",
-                             "p t-test (seeds)", "Detectable (80%)"]
+                             "p t-test (seeds)", "Detectable (80%)", "95% bounds"]
     dice = [c.text for c in seeds.rows[0]]
     assert dice[:5] == ["hco", "1", "Dice", "+2.00", "-1.00"]
     assert dice[5] == f"+0.50 ({np.std([2.0, -1.0], ddof=1):.2f})" and dice[6] == "1/2"
     assert dice[7] == f"{sps.ttest_1samp([0.02, -0.01], 0, alternative='greater').pvalue:.4f}"
     detectable = stats.detectable_difference(float(np.std([0.02, -0.01], ddof=1)), 2)
     assert dice[8] == f"{100 * detectable:.2f}"
+    # one-sided 95 % bounds: the ends of the 90 % t interval of the mean of +2 and -1
+    low, high = sps.t.interval(0.90, 1, loc=0.5, scale=np.std([2.0, -1.0], ddof=1) / np.sqrt(2))
+    assert dice[9] == f"{low:+.2f}, {high:+.2f}"
     write_comparison(result, json_path=tmp_path / "c.json", csv_path=tmp_path / "c.csv")
     records = json.loads((tmp_path / "c.json").read_text(encoding="utf-8"))
     assert [r["level"] for r in records] == ["case"] * 4 + ["seed"] * 4
     assert all(r["alternative"] == "better" for r in records)
     assert records[4]["keys"] == ["s1", "s2"] and records[4]["n_better"] == 1
+    assert records[4]["bound_low_95"] == pytest.approx(low / 100)
+    assert records[4]["bound_high_95"] == pytest.approx(high / 100)
     rows = list(csv.DictReader((tmp_path / "c.csv").open(encoding="utf-8")))
     assert json.loads(rows[4]["differences"]) == pytest.approx([0.02, -0.01])
 

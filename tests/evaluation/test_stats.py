@@ -164,6 +164,19 @@ def test_mean_sem() -> None:
     assert sem == pytest.approx(np.std([1, 2, 3, 6], ddof=1) / 2.0)
 
 
+def test_mean_bounds_are_the_ends_of_the_two_sided_interval() -> None:
+    values = [-0.90, -0.21, -0.95, math.nan]
+    low, high = stats.mean_bounds(values)
+    finite = np.array(values[:3])
+    expected = sps.t.interval(0.90, 2, loc=finite.mean(), scale=sps.sem(finite))
+    assert (low, high) == pytest.approx(expected)
+    # the one-sided t-test at the upper bound sits exactly at 0.05
+    at_bound = sps.ttest_1samp(finite, high, alternative="less").pvalue
+    assert at_bound == pytest.approx(0.05)
+    assert stats.mean_bounds([1.0, 1.0, 1.0]) == (1.0, 1.0)
+    assert all(math.isnan(b) for b in stats.mean_bounds([1.0]))
+
+
 @pytest.mark.parametrize(
     ("metric", "hypothesis", "margin", "shift", "alternative"),
     [("dice", "better", 0.03, 0.03, "greater"), ("dice", "worse", 0.03, 0.03, "less"),
