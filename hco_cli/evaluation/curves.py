@@ -102,6 +102,7 @@ class Curves:
     arms: list[ArmCurves]
     seeds: tuple[int, ...]  # the seeds every arm has
     points: list[Point] = field(default_factory=list)  # the validations every run has
+    unpaired: dict[str, list[int]] = field(default_factory=dict)  # arm -> seeds left out
     rows: list[Row] = field(default_factory=list)
     summaries: list[PhaseSummary] = field(default_factory=list)
 
@@ -219,8 +220,9 @@ def compare_curves(specs: Sequence[str], *, split: str | None = None,
                     key=_order)
     if not points:
         raise DataError("the runs share no validation iteration")
+    unpaired = {a.name: sorted(set(a.runs) - set(seeds)) for a in arms}
     result = Curves(split=names.pop(), bin_width=bin_width, arms=arms, seeds=tuple(seeds),
-                    points=points)
+                    points=points, unpaired={a: s for a, s in unpaired.items() if s})
     by_phase: dict[str, list[int]] = defaultdict(list)
     for phase, iteration in points:
         by_phase[phase].append(iteration)
@@ -289,6 +291,10 @@ def _rows_table(result: Curves, labels: dict[str, str]) -> ReportTable:
             cells.append(Cell(f"{per_seed}: {_signed(row.diff_mean(name))} ({spread})"
                               if len(result.seeds) > 1 else per_seed))
         table.rows.append(cells)
+    if result.unpaired:
+        left = "; ".join(f"{labels[a]}: {', '.join(map(str, s))}"
+                         for a, s in result.unpaired.items())
+        table.caption += f" Runs left out, their seed not in every arm (seeds): {left}."
     if len(table.rows) > 40 and result.bin_width == 1:
         table.caption += f" {len(table.rows)} rows: --bin N pools N validations per row."
     return table
@@ -330,13 +336,14 @@ def write_curves(
     csv_path: Path | None = None,
     markdown_path: Path | None = None,
 ) -> None:
-    """JSON: ``{"split", "bin_width", "seeds", "rows": [...], "summary": [...]}``; CSV: the
-    row records; Markdown: the tables."""
+    """JSON: ``{"split", "bin_width", "seeds", "unpaired", "rows": [...], "summary": [...]}``;
+    CSV: the row records; Markdown: the tables."""
     rows = result.row_records()
     payload = {
         "split": result.split,
         "bin_width": result.bin_width,
         "seeds": list(result.seeds),
+        "unpaired": result.unpaired,
         "rows": [clean_record(r) for r in rows],
         "summary": [clean_record({**vars(s), "seeds": list(s.seeds),
                                   "differences": list(s.differences)})

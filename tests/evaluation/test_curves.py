@@ -71,6 +71,16 @@ def test_bins_pool_validations(tmp_path: Path) -> None:
     assert result.summaries[1].differences == pytest.approx((1 / 3, 4 / 3))  # bins only group rows
 
 
+def test_a_seed_not_in_every_arm_is_left_out_and_said(tmp_path: Path) -> None:
+    arms = _arms(tmp_path)
+    write_run(tmp_path, "hco-s9", seed=9, steps=[val("selftrain", i, 0.9) for i in ITERS])
+    result = compare_curves(arms)
+    assert result.seeds == (1, 2) and result.unpaired == {"hco": [9]}
+    assert result.summaries[1].differences == pytest.approx((1 / 3, 4 / 3))
+    assert "Runs left out, their seed not in every arm (seeds): hco: 9." in (
+        curves_tables(result)[0].caption)
+
+
 def test_another_logged_split(tmp_path: Path) -> None:
     """--split test reads the also_select_on Dice; pre-training logged none, so it drops out."""
     result = compare_curves(_arms(tmp_path), split="test")
