@@ -1,15 +1,16 @@
 """Validation curves between arms: the Dice that training logged at each validation, runs
-paired by seed.
+paired by seed (and fold).
 
 ``hco train`` logs a validation record every ``validation.every`` iterations (``phase: val``,
 ``train_phase``, ``iter``, the selection split's ``dice`` and, under ``also``, the Dice of each
 ``also_select_on`` split). For each arm the curve is the mean over its runs at each logged
-iteration; each later arm's runs are paired with the reference's by the seed in their
-``run.json`` (the comparison needs the same iterations and seeds in both), and the paired
-differences (arm minus reference, Dice in % points) are summarised per row (``bin`` validations
-pooled) and over each training phase: the per-seed mean over the phase (the area between the
-two curves divided by its length), their mean and standard deviation over the seeds, the seeds
-where the arm is higher, and a one-sided paired t-test over the seeds that the arm is higher.
+iteration; each later arm's runs are paired with the reference's by the seed and fold in
+their ``run.json`` (``s1``, or ``L0U0-s1`` for a fold; the comparison uses the iterations and
+pairs every arm has), and the paired differences (arm minus reference, Dice in % points) are
+summarised per row (``bin`` validations pooled) and over each training phase: each pair's mean
+over the phase (the area between the two curves divided by its length), their mean and standard
+deviation over the pairs, the pairs where the arm is higher, and a one-sided paired t-test over
+the pairs that the arm is higher.
 Whether one optimizer reaches a given Dice sooner, or only ends higher, is read from the rows.
 """
 
@@ -47,26 +48,26 @@ class RunCurve:
     """One run's logged Dice (fractions) on the compared split, by (phase, iteration)."""
 
     path: Path
-    seed: int
+    key: str  # the seed, and the fold where there is one: "s1", "L0U0-s1"
     dice: dict[Point, float]
 
 
 @dataclass
 class ArmCurves:
     name: str
-    runs: dict[int, RunCurve]  # by seed
+    runs: dict[str, RunCurve]  # by key
 
 
 @dataclass(frozen=True)
 class Row:
     """One (phase, bin of validations): each arm's mean over its runs (fractions), and each
-    later arm's per-seed differences to the reference (% points) with their mean and sd."""
+    later arm's per-pair differences to the reference (% points) with their mean and sd."""
 
     phase: str
     first: int  # iterations of the bin's first and last validation
     last: int
     means: dict[str, float]
-    differences: dict[str, tuple[float, ...]]  # arm -> per seed, in the seeds' order
+    differences: dict[str, tuple[float, ...]]  # arm -> per pair, in the keys' order
 
     def diff_mean(self, arm: str) -> float:
         d = self.differences[arm]
@@ -85,13 +86,13 @@ class PhaseSummary:
     reference: str
     phase: str
     n_points: int
-    seeds: tuple[int, ...]
-    differences: tuple[float, ...]  # per seed: mean paired difference over the phase, % points
+    keys: tuple[str, ...]
+    differences: tuple[float, ...]  # per pair: mean paired difference over the phase, % points
     mean: float
     std: float
     n_better: int
-    p_ttest: float  # one-sided paired t-test over the seeds, H1: the arm higher; NaN below 2
-    rows_higher: int  # rows whose mean difference over the seeds is above zero
+    p_ttest: float  # one-sided paired t-test over the pairs, H1: the arm higher; NaN below 2
+    rows_higher: int  # rows whose mean difference over the pairs is above zero
     n_rows: int
 
 
@@ -100,30 +101,30 @@ class Curves:
     split: str
     bin_width: int
     arms: list[ArmCurves]
-    seeds: tuple[int, ...]  # the seeds every arm has
+    keys: tuple[str, ...]  # the pairs (seed, fold) every arm has
     points: list[Point] = field(default_factory=list)  # the validations every run has
-    unpaired: dict[str, list[int]] = field(default_factory=dict)  # arm -> seeds left out
+    unpaired: dict[str, list[str]] = field(default_factory=dict)  # arm -> keys left out
     rows: list[Row] = field(default_factory=list)
     summaries: list[PhaseSummary] = field(default_factory=list)
 
     def row_records(self) -> list[dict[str, Any]]:
         """One record per (row, arm): the arm's mean Dice (%) and, for later arms, the
-        difference to the reference per seed and its mean and sd (% points)."""
+        difference to the reference per pair and its mean and sd (% points)."""
         ref = self.arms[0].name
         out = []
         for row in self.rows:
             for arm in self.arms:
                 record: dict[str, Any] = {"split": self.split, "phase": row.phase,
                                           "first_iter": row.first, "last_iter": row.last,
-                                          "arm": arm.name, "runs": len(self.seeds),
+                                          "arm": arm.name, "runs": len(self.keys),
                                           "dice": row.means[arm.name] * 100}
                 if arm.name == ref:
                     record.update(reference=None, diff=None, diff_std=None)
                 else:
                     record.update(reference=ref, diff=row.diff_mean(arm.name),
                                   diff_std=row.diff_std(arm.name))
-                    for seed, d in zip(self.seeds, row.differences[arm.name], strict=True):
-                        record[f"diff_seed{seed}"] = d
+                    for key, d in zip(self.keys, row.differences[arm.name], strict=True):
+                        record[f"diff_{key}"] = d
                 out.append(record)
         return out
 
@@ -177,19 +178,21 @@ def read_run_curve(run_dir: Path, split: str | None) -> tuple[str, RunCurve]:
     if len(names) > 1:
         raise DataError(f"run {run_dir} selected on several splits ({', '.join(sorted(names))})"
                         f"; --split names the one to compare")
-    return names.pop(), RunCurve(Path(run_dir), info.seed, dice)
+    key = f"{info.fold}-s{info.seed}" if info.fold else f"s{info.seed}"
+    return names.pop(), RunCurve(Path(run_dir), key, dice)
 
 
 def _arm_curves(source: ArmSource, split: str | None) -> tuple[set[str], ArmCurves]:
-    runs: dict[int, RunCurve] = {}
+    runs: dict[str, RunCurve] = {}
     names: set[str] = set()
     for member in source.members:
         name, curve = read_run_curve(member, split)
         names.add(name)
-        if curve.seed in runs:
-            raise DataError(f"arm {source.name!r}: runs {runs[curve.seed].path} and {member} "
-                            f"have the same seed ({curve.seed}); --curves pairs runs by seed")
-        runs[curve.seed] = curve
+        if curve.key in runs:
+            raise DataError(f"arm {source.name!r}: runs {runs[curve.key].path} and {member} "
+                            f"have the same seed and fold ({curve.key}); --curves pairs runs "
+                            f"by them")
+        runs[curve.key] = curve
     return names, ArmCurves(source.name, runs)
 
 
@@ -212,17 +215,17 @@ def compare_curves(specs: Sequence[str], *, split: str | None = None,
     if len(names) > 1:
         raise DataError(f"the arms validated on different splits ({', '.join(sorted(names))}); "
                         f"--split names the one to compare")
-    seeds = sorted(set.intersection(*(set(a.runs) for a in arms)))
-    if not seeds:
-        raise DataError("no seed is common to every arm; --curves pairs runs by the seed in "
-                        "their run.json")
-    points = sorted(set.intersection(*(set(a.runs[s].dice) for a in arms for s in seeds)),
+    keys = sorted(set.intersection(*(set(a.runs) for a in arms)))
+    if not keys:
+        raise DataError("no seed (and fold) is common to every arm; --curves pairs runs by the "
+                        "seed and fold in their run.json")
+    points = sorted(set.intersection(*(set(a.runs[k].dice) for a in arms for k in keys)),
                     key=_order)
     if not points:
         raise DataError("the runs share no validation iteration")
-    unpaired = {a.name: sorted(set(a.runs) - set(seeds)) for a in arms}
-    result = Curves(split=names.pop(), bin_width=bin_width, arms=arms, seeds=tuple(seeds),
-                    points=points, unpaired={a: s for a, s in unpaired.items() if s})
+    unpaired = {a.name: sorted(set(a.runs) - set(keys)) for a in arms}
+    result = Curves(split=names.pop(), bin_width=bin_width, arms=arms, keys=tuple(keys),
+                    points=points, unpaired={a: k for a, k in unpaired.items() if k})
     by_phase: dict[str, list[int]] = defaultdict(list)
     for phase, iteration in points:
         by_phase[phase].append(iteration)
@@ -231,9 +234,9 @@ def compare_curves(specs: Sequence[str], *, split: str | None = None,
         iters = by_phase[phase]
         bins = [iters[i:i + bin_width] for i in range(0, len(iters), bin_width)]
         for block in bins:
-            means = {a.name: float(np.mean([[a.runs[s].dice[(phase, i)] for i in block]
-                                            for s in seeds])) for a in arms}
-            diffs = {a.name: tuple(_paired(ref, a, s, phase, block) for s in seeds)
+            means = {a.name: float(np.mean([[a.runs[k].dice[(phase, i)] for i in block]
+                                            for k in keys])) for a in arms}
+            diffs = {a.name: tuple(_paired(ref, a, k, phase, block) for k in keys)
                      for a in arms[1:]}
             result.rows.append(Row(phase, block[0], block[-1], means, diffs))
         for arm in arms[1:]:
@@ -241,22 +244,22 @@ def compare_curves(specs: Sequence[str], *, split: str | None = None,
     return result
 
 
-def _paired(ref: ArmCurves, arm: ArmCurves, seed: int, phase: str, iters: list[int]) -> float:
-    """The mean over ``iters`` of the arm's Dice minus the reference's, seed ``seed``, in %
+def _paired(ref: ArmCurves, arm: ArmCurves, key: str, phase: str, iters: list[int]) -> float:
+    """The mean over ``iters`` of the arm's Dice minus the reference's, pair ``key``, in %
     points."""
-    return float(np.mean([arm.runs[seed].dice[(phase, i)] - ref.runs[seed].dice[(phase, i)]
+    return float(np.mean([arm.runs[key].dice[(phase, i)] - ref.runs[key].dice[(phase, i)]
                           for i in iters])) * 100
 
 
 def _summary(result: Curves, ref: ArmCurves, arm: ArmCurves, phase: str,
              iters: list[int]) -> PhaseSummary:
-    diffs = np.array([_paired(ref, arm, s, phase, iters) for s in result.seeds])
+    diffs = np.array([_paired(ref, arm, k, phase, iters) for k in result.keys])
     test = stats.paired_test(np.zeros_like(diffs), diffs, metric="dice", tests=("ttest",),
                              hypothesis="better")
     rows = [r for r in result.rows if r.phase == phase]
     return PhaseSummary(
         arm=arm.name, reference=ref.name, phase=phase, n_points=len(iters),
-        seeds=result.seeds, differences=tuple(float(d) for d in diffs),
+        keys=result.keys, differences=tuple(float(d) for d in diffs),
         mean=float(diffs.mean()),
         std=float(diffs.std(ddof=1)) if diffs.size > 1 else math.nan,
         n_better=int((diffs > 0).sum()), p_ttest=test.p_ttest,
@@ -272,29 +275,28 @@ def _rows_table(result: Curves, labels: dict[str, str]) -> ReportTable:
     others = [a.name for a in result.arms[1:]]
     where = "Iterations" if result.bin_width == 1 else f"Iterations ({result.bin_width} per row)"
     table = ReportTable(
-        title=f"Dice on {result.split} over training (%, mean over {len(result.seeds)} "
-              f"seed{'s' if len(result.seeds) != 1 else ''})",
+        title=f"Dice on {result.split} over training (%, mean over {len(result.keys)} "
+              f"run{'s' if len(result.keys) != 1 else ''} per arm)",
         columns=["Phase", where, *[labels[a.name] for a in result.arms],
-                 *[f"{labels[o]} - {labels[ref]} per seed" for o in others]],
-        caption=f"Runs paired by the seed in their run.json (seeds "
-                f"{', '.join(map(str, result.seeds))}); the {len(result.points)} validations "
-                f"every run logged; differences in % points, arm minus {labels[ref]}, each "
-                f"seed's mean over the row's validations, then their mean (sd).",
+                 *[f"{labels[o]} - {labels[ref]} per pair" for o in others]],
+        caption=f"Runs paired by the seed and fold in their run.json ("
+                f"{', '.join(result.keys)}); the {len(result.points)} validations every run "
+                f"logged; differences in % points, arm minus {labels[ref]}, each pair's mean "
+                f"over the row's validations, then their mean (sd).",
     )
     for row in result.rows:
         span = str(row.first) if row.first == row.last else f"{row.first}-{row.last}"
         cells = [Cell(row.phase), Cell(span)]
         cells += [Cell(fmt(row.means[a.name], scale=100)) for a in result.arms]
         for name in others:
-            per_seed = ", ".join(_signed(d) for d in row.differences[name])
+            per_pair = ", ".join(_signed(d) for d in row.differences[name])
             spread = fmt(row.diff_std(name))
-            cells.append(Cell(f"{per_seed}: {_signed(row.diff_mean(name))} ({spread})"
-                              if len(result.seeds) > 1 else per_seed))
+            cells.append(Cell(f"{per_pair}: {_signed(row.diff_mean(name))} ({spread})"
+                              if len(result.keys) > 1 else per_pair))
         table.rows.append(cells)
     if result.unpaired:
-        left = "; ".join(f"{labels[a]}: {', '.join(map(str, s))}"
-                         for a, s in result.unpaired.items())
-        table.caption += f" Runs left out, their seed not in every arm (seeds): {left}."
+        left = "; ".join(f"{labels[a]}: {', '.join(k)}" for a, k in result.unpaired.items())
+        table.caption += f" Runs left out, without a partner in every arm: {left}."
     if len(table.rows) > 40 and result.bin_width == 1:
         table.caption += f" {len(table.rows)} rows: --bin N pools N validations per row."
     return table
@@ -304,11 +306,11 @@ def _summary_table(result: Curves, labels: dict[str, str]) -> ReportTable:
     ref = labels[result.arms[0].name]
     table = ReportTable(
         title=f"Curves against {ref} over each phase (Dice on {result.split})",
-        columns=["Arm", "Phase", "Validations", "Per seed", "Mean (sd)", "Better",
-                 "p t-test (seeds)", "Rows higher"],
-        caption="Per seed: the mean paired difference over the phase's validations (% points; "
+        columns=["Arm", "Phase", "Validations", "Per pair", "Mean (sd)", "Better",
+                 "p t-test (pairs)", "Rows higher"],
+        caption="Per pair: the mean paired difference over the phase's validations (% points; "
                 "the area between the curves over the phase's length). p: one-sided paired "
-                "t-test over the seeds, H1: the arm higher. Rows higher: rows whose mean "
+                "t-test over the pairs, H1: the arm higher. Rows higher: rows whose mean "
                 "difference is above zero.",
     )
     for s in result.summaries:
@@ -316,13 +318,13 @@ def _summary_table(result: Curves, labels: dict[str, str]) -> ReportTable:
             Cell(labels[s.arm]), Cell(s.phase), Cell(str(s.n_points)),
             Cell(", ".join(_signed(d) for d in s.differences)),
             Cell(f"{_signed(s.mean)} ({fmt(s.std)})"),
-            Cell(f"{s.n_better}/{len(s.seeds)}"), Cell(fmt_p(s.p_ttest)),
+            Cell(f"{s.n_better}/{len(s.keys)}"), Cell(fmt_p(s.p_ttest)),
             Cell(f"{s.rows_higher}/{s.n_rows}")])
     return table
 
 
 def curves_tables(result: Curves, *, compact: bool = False) -> list[ReportTable]:
-    """The rows (each arm's mean, per-seed differences) and the per-phase summary;
+    """The rows (each arm's mean, per-pair differences) and the per-phase summary;
     ``compact``: arms by short labels, with a legend first."""
     return labelled_tables([a.name for a in result.arms],
                            lambda labels: [_rows_table(result, labels),
@@ -336,16 +338,16 @@ def write_curves(
     csv_path: Path | None = None,
     markdown_path: Path | None = None,
 ) -> None:
-    """JSON: ``{"split", "bin_width", "seeds", "unpaired", "rows": [...], "summary": [...]}``;
+    """JSON: ``{"split", "bin_width", "pairs", "unpaired", "rows": [...], "summary": [...]}``;
     CSV: the row records; Markdown: the tables."""
     rows = result.row_records()
     payload = {
         "split": result.split,
         "bin_width": result.bin_width,
-        "seeds": list(result.seeds),
+        "pairs": list(result.keys),
         "unpaired": result.unpaired,
         "rows": [clean_record(r) for r in rows],
-        "summary": [clean_record({**vars(s), "seeds": list(s.seeds),
+        "summary": [clean_record({**vars(s), "keys": list(s.keys),
                                   "differences": list(s.differences)})
                     for s in result.summaries],
     }

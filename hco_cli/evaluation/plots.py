@@ -155,9 +155,9 @@ def plot_dynamics(result: Dynamics, path: Path, *, frac: float = 0.3) -> None:
 
 
 def plot_curves(result: Curves, path: Path) -> None:
-    """Validation Dice over the iterations: each arm's mean over the seeds (thick) and each
-    run (thin) on top; below, each later arm's paired difference to the first arm per seed
-    (thin) and its mean (thick), in % points."""
+    """Validation Dice over the iterations: each arm's mean over its runs (thick) and each
+    run (thin) on top; below, each later arm's paired difference to the first arm per pair of
+    runs (thin) and its mean (thick), in % points."""
     check_plot_target(path)
     fig = _figure(9.0, 7.0)
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 2]})
@@ -166,16 +166,16 @@ def plot_curves(result: Curves, path: Path) -> None:
     ref = result.arms[0]
     for k, arm in enumerate(result.arms):
         colour = f"C{k}"
-        per_seed = np.array([[arm.runs[s].dice[pt] * 100 for pt in shared]
-                             for s in result.seeds])
-        for values in per_seed:
+        per_run = np.array([[arm.runs[k].dice[pt] * 100 for pt in shared]
+                            for k in result.keys])
+        for values in per_run:
             top.plot(x, values, color=colour, linewidth=0.6, alpha=0.35)
-        top.plot(x, per_seed.mean(axis=0), color=colour, linewidth=1.8,
-                 label=f"{arm.name} (seeds: {len(result.seeds)})")
+        top.plot(x, per_run.mean(axis=0), color=colour, linewidth=1.8,
+                 label=f"{arm.name} (runs: {len(result.keys)})")
         if k == 0:
             continue
-        diffs = per_seed - np.array([[ref.runs[s].dice[pt] * 100 for pt in shared]
-                                     for s in result.seeds])
+        diffs = per_run - np.array([[ref.runs[k].dice[pt] * 100 for pt in shared]
+                                    for k in result.keys])
         for values in diffs:
             bottom.plot(x, values, color=colour, linewidth=0.6, alpha=0.35)
         bottom.plot(x, diffs.mean(axis=0), color=colour, linewidth=1.8,

@@ -258,7 +258,7 @@ def test_curves_end_to_end(tmp_path: Path) -> None:
               "--bin", "2", "--json", str(out / "c.json"), "--plot", str(out / "c.png")],
         env=WIDE)
     assert result.exit_code == 0, result.output
-    assert "Dice on val over training (%, mean over 2 seeds)" in result.stdout
+    assert "Dice on val over training (%, mean over 2 runs per arm)" in result.stdout
     assert "+0.50, +0.50: +0.50 (0.00)" in result.stdout  # iterations 200-400: (0 + 1) / 2
     summary = json.loads((out / "c.json").read_text(encoding="utf-8"))["summary"][0]
     assert summary["differences"] == pytest.approx([1.0, 1.0]) and summary["n_better"] == 2

@@ -43,7 +43,7 @@ def _arms(root: Path) -> list[str]:
 
 def test_rows_and_phase_summary_by_hand(tmp_path: Path) -> None:
     result = compare_curves(_arms(tmp_path))
-    assert result.split == "val" and result.seeds == (1, 2)
+    assert result.split == "val" and result.keys == ("s1", "s2")
     assert [(r.phase, r.first) for r in result.rows] == [
         ("pretrain", 100), ("selftrain", 200), ("selftrain", 300), ("selftrain", 400)]
     row = result.rows[2]  # iteration 300: sgd (0.82, 0.62), hco (0.80, 0.63)
@@ -75,10 +75,23 @@ def test_a_seed_not_in_every_arm_is_left_out_and_said(tmp_path: Path) -> None:
     arms = _arms(tmp_path)
     write_run(tmp_path, "hco-s9", seed=9, steps=[val("selftrain", i, 0.9) for i in ITERS])
     result = compare_curves(arms)
-    assert result.seeds == (1, 2) and result.unpaired == {"hco": [9]}
+    assert result.keys == ("s1", "s2") and result.unpaired == {"hco": ["s9"]}
     assert result.summaries[1].differences == pytest.approx((1 / 3, 4 / 3))
-    assert "Runs left out, their seed not in every arm (seeds): hco: 9." in (
+    assert "Runs left out, without a partner in every arm: hco: s9." in (
         curves_tables(result)[0].caption)
+
+
+def test_folds_pair_by_seed_and_fold(tmp_path: Path) -> None:
+    """Runs of one seed on two folds (an hco sweep's L x U folds) pair fold by fold."""
+    for arm, shift in (("sgd", 0.0), ("hco", 0.02)):
+        for fold, level in (("L0U0", 0.6), ("L1U1", 0.7)):
+            run = write_run(tmp_path, f"{arm}-{fold}-s1", seed=1,
+                            steps=[val("train", i, level + shift) for i in ITERS])
+            info = json.loads((run / "run.json").read_text(encoding="utf-8"))
+            (run / "run.json").write_text(json.dumps({**info, "fold": fold}), encoding="utf-8")
+    result = compare_curves([f"sgd={tmp_path}/sgd-*", f"hco={tmp_path}/hco-*"])
+    assert result.keys == ("L0U0-s1", "L1U1-s1")
+    assert result.summaries[0].differences == pytest.approx((2.0, 2.0))
 
 
 def test_another_logged_split(tmp_path: Path) -> None:
@@ -93,7 +106,7 @@ def test_another_logged_split(tmp_path: Path) -> None:
 def test_tables_and_files(tmp_path: Path) -> None:
     result = compare_curves(_arms(tmp_path / "runs"))
     tables = curves_tables(result)
-    assert tables[0].title.startswith("Dice on val over training (%, mean over 2 seeds)")
+    assert tables[0].title.startswith("Dice on val over training (%, mean over 2 runs per arm)")
     assert [c.text for c in tables[0].rows[2]] == [
         "selftrain", "300", "72.00", "71.50", "-2.00, +1.00: -0.50 (2.12)"]
     assert [c.text for c in tables[1].rows[1]][3:6] == ["+0.33, +1.33", "+0.83 (0.71)", "2/2"]
@@ -101,9 +114,9 @@ def test_tables_and_files(tmp_path: Path) -> None:
     write_curves(result, json_path=out / "c.json", csv_path=out / "c.csv",
                  markdown_path=out / "c.md")
     data = json.loads((out / "c.json").read_text(encoding="utf-8"))
-    assert data["split"] == "val" and data["seeds"] == [1, 2]
+    assert data["split"] == "val" and data["pairs"] == ["s1", "s2"]
     hco_300 = next(r for r in data["rows"] if r["arm"] == "hco" and r["first_iter"] == 300)
-    assert hco_300["diff_seed1"] == pytest.approx(-2.0) and hco_300["diff"] == pytest.approx(-0.5)
+    assert hco_300["diff_s1"] == pytest.approx(-2.0) and hco_300["diff"] == pytest.approx(-0.5)
     assert data["summary"][1]["mean"] == pytest.approx(5 / 6)
     assert (out / "c.csv").read_text(encoding="utf-8").startswith("split,phase,first_iter")
     assert "### Dice on val over training" in (out / "c.md").read_text(encoding="utf-8")
@@ -118,10 +131,10 @@ def test_errors(tmp_path: Path) -> None:
     other = tmp_path / "other"
     write_run(other, "a", seed=1, steps=[val("selftrain", 200, 0.5)])
     write_run(other, "b", seed=1, steps=[val("selftrain", 200, 0.6)])
-    with pytest.raises(DataError, match="the same seed"):
+    with pytest.raises(DataError, match="the same seed and fold"):
         compare_curves([arms[0], f"dup={other}/*"])
     write_run(other, "c", seed=7, steps=[val("selftrain", 200, 0.6)])
-    with pytest.raises(DataError, match="no seed is common"):
+    with pytest.raises(DataError, match="no seed"):
         compare_curves([arms[0], str(other / "c")])
     write_run(other, "d", seed=1, steps=[val("selftrain", 200, 0.6, split="test")])
     with pytest.raises(DataError, match="different splits"):
