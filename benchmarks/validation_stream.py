@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from hco_cli.inference.sliding_window import predict_volume, predict_volumes, window_starts
+from hco_cli.inference.sliding_window import predict_volume, predict_volumes, window_boxes
 from hco_cli.io_utils import write_json
 from hco_cli.training.setup import set_deterministic
 
@@ -46,8 +46,7 @@ LA_TEST_SHAPES = (
 
 
 def windows_of(shape: tuple[int, ...], patch: tuple[int, ...], stride: tuple[int, ...]) -> int:
-    return math.prod(len(window_starts(max(d, p), p, s))
-                     for d, p, s in zip(shape, patch, stride, strict=True))
+    return len(window_boxes(shape, patch, stride))
 
 
 def computed(shapes: list[tuple[int, ...]], patch: tuple[int, ...], stride: tuple[int, ...],

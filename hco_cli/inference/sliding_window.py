@@ -176,11 +176,7 @@ def predict_volumes(
         return iter(())
     volumes = []
     for image in images:
-        size = [max(d, p) for d, p in zip(image.shape[-3:], patch_size, strict=True)]
-        starts = itertools.product(*(window_starts(s, p, st)
-                                     for s, p, st in zip(size, patch_size, strides, strict=True)))
-        boxes = [tuple(slice(s, s + p) for s, p in zip(start, patch_size, strict=True))
-                 for start in starts]
+        boxes = window_boxes(image.shape[-3:], patch_size, strides)
         volumes.append(_Volume(image, boxes, left=len(boxes)))
     return _stream(models, volumes, patch_size=patch_size, batch_size=batch_size,
                    num_classes=num_classes, mirrors=mirror_sets(mirror_axes), amp=amp,
@@ -231,9 +227,25 @@ def _stream(models: list[nn.Module], volumes: list[_Volume], *, patch_size: Sequ
             m.train(mode)
 
 
+def window_boxes(shape: Sequence[int], patch_size: Sequence[int],
+                 strides: Sequence[int]) -> list[tuple[slice, ...]]:
+    """The windows of a volume of spatial ``shape``, as slices into it once :func:`_pad` has
+    padded it to at least the patch, in raster order."""
+    size = [d + pad for d, pad in zip(shape, _pads(shape, patch_size), strict=True)]
+    starts = itertools.product(*(window_starts(s, p, st)
+                                 for s, p, st in zip(size, patch_size, strides, strict=True)))
+    return [tuple(slice(s, s + p) for s, p in zip(start, patch_size, strict=True))
+            for start in starts]
+
+
+def _pads(shape: Sequence[int], patch_size: Sequence[int]) -> list[int]:
+    """Zero padding per axis that brings ``shape`` to at least the patch."""
+    return [max(p - d, 0) for d, p in zip(shape, patch_size, strict=True)]
+
+
 def _pad(image: Tensor, patch_size: Sequence[int]) -> tuple[Tensor, list[int]]:
     """``image`` zero-padded to at least the patch, and the padding per axis."""
-    pads = [max(p - d, 0) for d, p in zip(image.shape[-3:], patch_size, strict=True)]
+    pads = _pads(image.shape[-3:], patch_size)
     # F.pad takes (z_lo, z_hi, y_lo, y_hi, x_lo, x_hi); BCP puts the odd voxel after the volume.
     pad_arg = [v for p in reversed(pads) for v in (p // 2, p - p // 2)]
     return (F.pad(image, pad_arg) if any(pads) else image), pads
