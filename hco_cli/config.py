@@ -46,6 +46,10 @@ class DataConfig(_Section):
     path: Path
     fold: str | None = Field(default=None, description="L<i>U<j> fold of the dataset's grid")
     labeled: int | None = Field(default=None, ge=1, description="first N labeled cases only")
+    # The labeled cases past the first N: into the unlabeled pool, their labels unread, as the
+    # SSL literature's splits have it (BCP's LA at 4 labeled draws unlabeled from cases 4-79 of
+    # train.list), or left out of training altogether ("drop", a smaller training set).
+    labeled_rest: Literal["unlabeled", "drop"] = "unlabeled"
     patch_size: tuple[int, int, int]
     labeled_batch_size: int = Field(default=4, ge=1)
     unlabeled_batch_size: int = Field(default=4, ge=0)

@@ -27,9 +27,9 @@ from hco_cli.runs.layout import RunFolder
 
 # Keys a run cannot change half-way: they define its networks, data streams or identity.
 FIXED_KEYS = ("model", "framework.name", "optimizer.name", "data.path", "data.fold",
-              "data.labeled", "data.labeled_batch_size", "data.unlabeled_batch_size",
-              "data.unlabeled_includes_labeled", "distributed.processes", "run_dir",
-              "init_from", "seed", "phases")
+              "data.labeled", "data.labeled_rest", "data.labeled_batch_size",
+              "data.unlabeled_batch_size", "data.unlabeled_includes_labeled",
+              "distributed.processes", "run_dir", "init_from", "seed", "phases")
 _SHOWN = 4
 
 

@@ -162,7 +162,9 @@ def resolve_splits(dataset: PreparedDataset, config: TrainConfig) -> dict[str, l
         if n > len(splits["labeled"]):
             raise ConfigError(f"data.labeled = {n} but {dataset.root} has only "
                               f"{len(splits['labeled'])} labeled case(s) in this split")
-        splits["labeled"] = splits["labeled"][:n]
+        splits["labeled"], rest = splits["labeled"][:n], splits["labeled"][n:]
+        if config.data.labeled_rest == "unlabeled":  # in train.list order, as they came
+            splits["unlabeled"] = rest + splits["unlabeled"]
     return splits
 
 
