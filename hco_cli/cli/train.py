@@ -46,7 +46,9 @@ def train_command(
         "plan.")] = None,
     dataset: Annotated[str | None, _opt(f"Study preset: {', '.join(PRESET_NAMES)}.")] = None,
     optimizer: Annotated[str | None, _opt("Optimizer name, e.g. sgd-hco.")] = None,
-    labeled: Annotated[int | None, _opt("Use the first N labeled cases.", min=1)] = None,
+    labeled: Annotated[int | None, _opt(
+        "Use the first N labeled cases; the rest join the unlabeled pool (data.labeled_rest).",
+        min=1)] = None,
     seed: Annotated[int | None, _opt("Random seed.")] = None,
     iterations: Annotated[int | None, _opt(
         "Total iterations: bcp splits them pre:self in the configured ratio; cmt sets "
