@@ -134,6 +134,7 @@ class PatchSampler:
         self.unlabeled_batch_size = unlabeled_batch_size
         self.augment: Augment = augment
         self.unlabeled_crop: Crop = unlabeled_crop
+        self.labeled_cases, self.unlabeled_cases = list(labeled), list(unlabeled)
         self.images = [_to_tensor(dataset.image(c), self.device) for c in labeled]
         self.labels = [_label_tensor(dataset, c, self.device) for c in labeled]
         self.unlabeled_images = [_to_tensor(dataset.image(c), self.device) for c in unlabeled]
@@ -162,9 +163,12 @@ class PatchSampler:
         return batch
 
     def state_dict(self) -> dict[str, Any]:
-        """Generator state and stream positions, as tensors and ints (weights_only-safe)."""
+        """Generator state, stream positions and the cases the streams index, as tensors, ints
+        and strings (weights_only-safe)."""
         return {
             "generator": self.generator.get_state(),
+            "labeled_cases": list(self.labeled_cases),
+            "unlabeled_cases": list(self.unlabeled_cases),
             "epoch": self.epoch,
             "labeled_order": list(self._labeled_order),
             "labeled_pos": self._labeled_pos,
@@ -173,6 +177,22 @@ class PatchSampler:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue the saved streams; refused (:class:`DataError`) where they indexed other
+        cases than this sampler's: a re-prepared dataset or a changed split would otherwise go
+        on drawing, silently, from the wrong cases."""
+        for stream, mine in (("labeled", self.labeled_cases),
+                             ("unlabeled", self.unlabeled_cases)):
+            saved = state.get(f"{stream}_cases")  # absent before 2026-12-02: sizes only
+            order = [int(i) for i in state[f"{stream}_order"]]
+            if saved is not None and list(saved) != mine:
+                raise DataError(f"the run drew its {stream} patches from "
+                                f"{_difference(list(saved), mine)}; resume with the prepared "
+                                f"dataset and data.* settings it started with")
+            if order and max(order) >= len(mine):
+                raise DataError(f"the run drew its {stream} patches from more than "
+                                f"{len(mine)} cases, this dataset and config give {len(mine)}; "
+                                f"resume with the prepared dataset and data.* settings it "
+                                f"started with")
         self.generator.set_state(state["generator"])
         self.epoch = int(state["epoch"])
         self._labeled_order = [int(i) for i in state["labeled_order"]]
@@ -251,3 +271,11 @@ def _label_tensor(dataset: PreparedDataset, case: str, device: torch.device) -> 
     # uint8 stays uint8; wider labels (uint16) become int32, which torch indexes everywhere.
     dtype = np.uint8 if array.dtype == np.uint8 else np.int32
     return torch.from_numpy(np.array(array, dtype=dtype)).to(device)
+
+
+def _difference(saved: list[str], mine: list[str]) -> str:
+    """Where two case lists part: their sizes, or the first position they disagree at."""
+    if len(saved) != len(mine):
+        return f"{len(saved)} cases, this dataset and config give {len(mine)}"
+    i = next(i for i, (a, b) in enumerate(zip(saved, mine, strict=True)) if a != b)
+    return f"{len(saved)} cases, its case {i + 1} was {saved[i]!r}, here it is {mine[i]!r}"

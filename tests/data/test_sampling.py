@@ -167,6 +167,25 @@ def test_state_dict_resumes_exactly(toy):
     assert b.epoch == a.epoch
 
 
+def test_resume_on_other_cases_is_refused(toy):
+    a = _sampler(toy)
+    for _ in range(3):
+        a.next_batch()
+    state = a.state_dict()
+    assert state["unlabeled_cases"] == ["u1", "u2", "u3"]
+    # a labeled case moved into the unlabeled pool (data.labeled_rest): one case more
+    with pytest.raises(DataError, match="unlabeled patches from 3 cases, this dataset and "
+                                        "config give 4"):
+        _sampler(toy, unlabeled=["e", "u1", "u2", "u3"]).load_state_dict(state)
+    with pytest.raises(DataError, match="its case 2 was 'b', here it is 'c'"):
+        _sampler(toy, labeled=["a", "c", "b", "d", "e"]).load_state_dict(state)
+    # a checkpoint from before the case lists were saved: its indices must still fit
+    old = {k: v for k, v in state.items() if not k.endswith("_cases")}
+    with pytest.raises(DataError, match="labeled patches from more than 2 cases"):
+        _sampler(toy, labeled=["a", "b"]).load_state_dict(old)
+    _sampler(toy, seed=99).load_state_dict(old)
+
+
 def test_same_seed_same_batches_different_seed_differs(toy):
     a, b, c = _sampler(toy), _sampler(toy), _sampler(toy, seed=4)
     ba, bb, bc = a.next_batch(), b.next_batch(), c.next_batch()

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
 from hco_cli.data.dataset import PreparedDataset
 from hco_cli.data.prepare import prepare_synthetic
-from hco_cli.errors import ConfigError
+from hco_cli.errors import ConfigError, DataError
 from hco_cli.training import setup as run_setup
+from hco_cli.training.entry import resume, train
+from hco_cli.training.events import ProgressEvent
 from tests.training.test_loop import tiny_config
 
 
@@ -64,3 +67,24 @@ def test_run_records_the_pool_it_drew_from(synthetic: Path, tmp_path: Path) -> N
     info = built.run_info()
     assert (info["labeled"], info["unlabeled"]) == (2, 5)
     assert len(built.sampler.unlabeled_images) == 5
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_resume_on_a_reprepared_dataset_is_refused(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    prepare_synthetic(data, labeled=4, unlabeled=3, val=1, test=0, shape=(24, 24, 20))
+
+    def stop(event: ProgressEvent) -> None:
+        if event.kind == "step" and event.phase == "selftrain" and event.iteration == 2:
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        train(tiny_config(data, tmp_path / "run", data__labeled=2), progress=stop)
+    shutil.rmtree(data)  # the same path, prepared again with one unlabeled case fewer
+    prepare_synthetic(data, labeled=4, unlabeled=2, val=1, test=0, shape=(24, 24, 20))
+    with pytest.raises(DataError, match="unlabeled patches from 5 cases, this dataset and "
+                                        "config give 4"):
+        resume(tmp_path / "run")
