@@ -83,6 +83,7 @@ class Arm:
     # How its predictions were made (saved_results.SCORING_KEYS), per key the values its
     # summaries record (one where they agree); keys no summary records are absent.
     scoring: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    empty_policy: str | None = None  # hco evaluate --empty of its summaries (None: unrecorded)
 
 
 @dataclass(frozen=True)
@@ -287,30 +288,51 @@ def holds_one_evaluation(path: Path) -> bool:
     return not folder.run_json.is_file() and not (path / EVAL_DIR).is_dir()
 
 
+def _held_checkpoint(path: Path, summary: Summary) -> str | None:
+    """The checkpoint a summary file holds the evaluation of: its folder's name under a run's
+    eval/, else the one ``hco predict --evaluate`` recorded in it (a single checkpoint's name;
+    None for an ensemble of several, or a file ``hco evaluate`` wrote, which names none)."""
+    if RunFolder.of_summary(path) is not None and path.parent.name in get_args(Checkpoint):
+        return path.parent.name
+    return summary.checkpoint if summary.checkpoint in get_args(Checkpoint) else None
+
+
+def _summary_file(path: Path) -> Path | None:
+    """The summary a group member holding one evaluation is (a file, or a folder's
+    summary.json); None for a run folder."""
+    if path.is_file():
+        return path
+    folder = RunFolder(path)
+    if not folder.run_json.is_file() and not (path / EVAL_DIR).is_dir():
+        return path / SUMMARY_FILE if (path / SUMMARY_FILE).is_file() else None
+    return None
+
+
 def _names_no_checkpoint(path: Path) -> bool:
-    """A summary outside a run's eval/<checkpoint>/ folder: one evaluation of a checkpoint
-    that nothing names."""
-    owner = RunFolder.of_summary(path) if path.is_file() else None
-    named = owner is not None and path.parent.name in get_args(Checkpoint)
-    return holds_one_evaluation(path) and not named
+    """A summary that names no checkpoint: neither a run's eval/<checkpoint>/ folder holds it
+    nor does it record one."""
+    file = _summary_file(path)
+    return file is not None and _held_checkpoint(file, read_summary(file)) is None
 
 
 def _member(path: Path, checkpoint: Checkpoint) -> tuple[Summary, RunInfo | None]:
-    """Read one group member: a run folder's chosen evaluation, or a summary file."""
-    if path.is_file():
+    """Read one group member: a run folder's chosen evaluation, or a summary file (refused
+    where it names another checkpoint than ``checkpoint``)."""
+    file = _summary_file(path)
+    if file is not None:
+        summary = read_summary(file)
+        held = _held_checkpoint(file, summary)
+        if held is not None and held != checkpoint:
+            raise ConfigError(f"{file} is the {held!r} evaluation, not the {checkpoint!r} one "
+                              f"asked for: compare with --checkpoint {held}"
+                              + (", or name the run folder" if RunFolder.of_summary(file)
+                                 else ""))
         # RUN/eval/<checkpoint>/summary.json: take optimizer and L/U from RUN/run.json.
-        owner = RunFolder.of_summary(path)
-        held = path.parent.name
-        if owner is not None and held in get_args(Checkpoint) and held != checkpoint:
-            raise ConfigError(f"{path} is the {held!r} evaluation, not the {checkpoint!r} one "
-                              f"asked for: compare with --checkpoint {held}, or name the run "
-                              "folder")
+        owner = RunFolder.of_summary(file)
         in_run = owner is not None and owner.run_json.is_file()
-        return read_summary(path), (read_run_info(owner.path) if owner and in_run else None)
+        return summary, (read_run_info(owner.path) if owner and in_run else None)
     folder = RunFolder(path)
     if not folder.run_json.is_file() and not (path / EVAL_DIR).is_dir():
-        if (path / SUMMARY_FILE).is_file():
-            return read_summary(path / SUMMARY_FILE), None
         raise DataError(f"{path} is neither a run folder (no run.json or eval/) nor a summary")
     target = folder.summary(checkpoint)
     if not target.is_file():
@@ -333,6 +355,17 @@ def _same(values: dict[str, Any], what: str, context: str) -> Any:
                 f"{what} differ {context}: {first} has {items[0][1]}, {label} has {value}"
             )
     return items[0][1]
+
+
+def _same_recorded(policies: dict[str, str | None], context: str) -> str | None:
+    """The empty-mask convention the summaries that record one share (None where none does):
+    an empty prediction scores 0 distance under ``bcp`` and NaN under ``nan``, so means and
+    tests over a mix would compare different things."""
+    known = {k: v for k, v in policies.items() if v is not None}
+    if not known:
+        return None
+    return _same({k: f"--empty {v}" for k, v in known.items()},
+                 "empty-mask conventions (hco evaluate --empty)", context).removeprefix("--empty ")
 
 
 def align_cases(
@@ -431,6 +464,7 @@ def load_arm(source: ArmSource, *, checkpoint: Checkpoint = "best", intersect: b
     context = f"within arm {source.name!r}"
     classes = _same({k: s.classes for k, s in summaries.items()}, "class sets", context)
     unit = _same({k: s.spacing_unit for k, s in summaries.items()}, "spacing units", context)
+    policy = _same_recorded({k: s.empty_policy for k, s in summaries.items()}, context)
     cases, dropped = align_cases(
         {k: tuple(s.cases) for k, s in summaries.items()}, intersect=intersect, context=context
     )
@@ -464,6 +498,7 @@ def load_arm(source: ArmSource, *, checkpoint: Checkpoint = "best", intersect: b
                   if c is not None},
         scoring={k: v for k in SCORING_KEYS if (v := tuple(dict.fromkeys(
             s.scoring[k] for s in summaries.values() if k in s.scoring)))},
+        empty_policy=policy,
     )
 
 
@@ -471,6 +506,7 @@ def pair_arms(arms: list[Arm], *, intersect: bool = False) -> dict[str, int]:
     """Restrict every arm to the common cases (in place); return the dropped count per arm."""
     _same({a.name: a.classes for a in arms}, "class sets", "between arms")
     _same({a.name: a.spacing_unit for a in arms}, "spacing units", "between arms")
+    _same_recorded({a.name: a.empty_policy for a in arms}, "between arms")
     cases, dropped = align_cases(
         {a.name: a.cases for a in arms}, intersect=intersect, context="between arms"
     )

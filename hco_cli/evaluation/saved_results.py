@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hco_cli.errors import DataError
+from hco_cli.evaluation.metrics import EMPTY_POLICIES
 from hco_cli.runs.layout import RunFolder
 
 SUMMARY_METRICS: tuple[str, ...] = ("dice", "jaccard", "hd95", "asd")
@@ -35,6 +36,11 @@ class Summary:
     spacing_unit: str
     # :data:`SCORING_KEYS` the summary records, each as compact JSON ("true", "[0, 1, 2]")
     scoring: dict[str, str] = field(default_factory=dict)
+    # ``hco evaluate --empty``'s convention for empty masks; None where the file records none
+    empty_policy: str | None = None
+    # The checkpoint ``hco predict --evaluate`` scored ("best", "last", "best+last" for an
+    # ensemble of both, ...); None where the file records none (``hco evaluate``)
+    checkpoint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -163,7 +169,14 @@ def read_summary(path: Path) -> Summary:
                 f"{path}: case {case} has classes {sorted(metrics)}, expected {list(classes)}"
             )
     scoring = {k: json.dumps(data[k]) for k in SCORING_KEYS if k in data}
-    return Summary(path=path, cases=cases, classes=classes, spacing_unit=unit, scoring=scoring)
+    policy = data.get("empty_policy")
+    if policy is not None and policy not in EMPTY_POLICIES:
+        raise DataError(f"{path}: empty_policy must be one of {list(EMPTY_POLICIES)}, "
+                        f"got {policy!r}")
+    checkpoint = data.get("checkpoint")
+    return Summary(path=path, cases=cases, classes=classes, spacing_unit=unit, scoring=scoring,
+                   empty_policy=policy,
+                   checkpoint=checkpoint if isinstance(checkpoint, str) else None)
 
 
 def _class_key(cls: str) -> tuple[int, int | str]:

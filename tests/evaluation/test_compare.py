@@ -204,6 +204,61 @@ def test_summary_inside_a_run_reads_run_json(tmp_path: Path) -> None:
     assert (second.optimizer, second.labeled_unlabeled) == ("-", "-")
 
 
+def _with(path: Path, **keys: object) -> Path:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    path.write_text(json.dumps({**data, **keys}), encoding="utf-8")
+    return path
+
+
+def test_summary_recording_its_checkpoint_is_held_to_it(tmp_path: Path) -> None:
+    # hco predict --out X --evaluate writes X/../summary.json with the checkpoint it scored
+    last = _with(write_summary(tmp_path / "tta" / "summary.json", cases(N), one_class(DICE_B)),
+                 checkpoint="last")
+    write_run(tmp_path, "r", evals={"best": (cases(N), one_class(DICE_A)),
+                                    "last": (cases(N), one_class(DICE_A))})  # fmt: skip
+    with pytest.raises(ConfigError, match=r"is the 'last' evaluation, not the 'best' one "
+                                          r"asked for: compare with --checkpoint last$"):
+        compare_runs([str(tmp_path / "r"), str(last)])
+    with pytest.raises(ConfigError, match="is the 'last' evaluation"):  # its folder too
+        compare_runs([str(tmp_path / "r"), str(last.parent)])
+    result = compare_runs([str(tmp_path / "r"), str(last)], checkpoint="last")
+    (rec,) = _records(result, "dice")
+    assert rec.result.mean_diff == pytest.approx(float(np.mean(DICE_B) - np.mean(DICE_A)))
+    # two summaries that name "last" compare under --checkpoint last
+    other = _with(write_summary(tmp_path / "o.json", cases(N), one_class(DICE_A)),
+                  checkpoint="last")
+    compare_runs([str(last), str(other)], checkpoint="last")
+    # an ensemble of checkpoints, or a file hco evaluate wrote, names none
+    ens = _with(write_summary(tmp_path / "e.json", cases(N), one_class(DICE_A)),
+                checkpoint="best+last")
+    compare_runs([str(tmp_path / "r"), str(ens)])
+    with pytest.raises(ConfigError, match="names no checkpoint"):
+        compare_runs([str(ens), str(write_summary(tmp_path / "p.json", cases(N),
+                                                  one_class(DICE_B)))], checkpoint="last")
+
+
+def test_empty_mask_conventions_are_not_mixed(tmp_path: Path) -> None:
+    bcp = _with(write_summary(tmp_path / "bcp.json", cases(N), one_class(DICE_A)),
+                empty_policy="bcp")
+    nan = _with(write_summary(tmp_path / "nan.json", cases(N), one_class(DICE_B)),
+                empty_policy="nan")
+    nan2 = _with(write_summary(tmp_path / "nan2.json", cases(N), one_class(DICE_A)),
+                 empty_policy="nan")
+    with pytest.raises(DataError, match=r"empty-mask conventions \(hco evaluate --empty\) "
+                                        r"differ between arms: .* has --empty nan, .* has "
+                                        r"--empty bcp"):
+        compare_runs([str(nan), str(bcp)])
+    with pytest.raises(DataError, match=r"empty-mask conventions .* differ within arm 'mix'"):
+        compare_runs([f"mix={tmp_path}/{{bcp,nan}}.json", str(nan2)])
+    result = compare_runs([str(nan), str(nan2)])
+    assert [a.empty_policy for a in result.arms] == ["nan", "nan"]
+    # a summary that records no convention (written elsewhere) goes with either
+    plain = write_summary(tmp_path / "plain.json", cases(N), one_class(DICE_B))
+    assert compare_runs([str(plain), str(bcp)]).arms[1].empty_policy == "bcp"
+    with pytest.raises(DataError, match="empty_policy must be one of"):
+        compare_runs([str(_with(plain, empty_policy="zero")), str(bcp)])
+
+
 def test_arm_resolution_errors(tmp_path: Path) -> None:
     a = write_summary(tmp_path / "a.json", cases(N), one_class(DICE_A))
     with pytest.raises(ConfigError, match="at least two arms"):
