@@ -64,6 +64,10 @@ class CaseGeometry(_Model):
     source_image: str | None = None
     source_label: str | None = None
 
+    def source(self) -> Path | None:
+        """The image file the case was read from (its first channel), where one was."""
+        return Path(self.source_image) if self.source_image else None
+
 
 class DatasetInfo(_Model):
     """``dataset.json``: what the prepared dataset is."""

@@ -63,8 +63,15 @@ def read_volume(path: Path) -> tuple[np.ndarray, Geometry]:
     raise DataError(f"{path}: unsupported volume format (use NIfTI, NRRD, MHA/MHD or DICOM)")
 
 
-def write_volume(path: Path, array: np.ndarray, geometry: Geometry) -> None:
-    """Write an (x, y, z) array with ``geometry`` atomically; the format follows the extension."""
+def write_volume(path: Path, array: np.ndarray, geometry: Geometry, *,
+                 header_of: Path | None = None) -> None:
+    """Write an (x, y, z) array with ``geometry`` atomically; the format follows the extension.
+
+    ``header_of``: the NIfTI file the array lies on (a prediction's source scan). Where it is
+    there, on ``geometry``'s grid, its qform and sform with their codes and its spatial unit
+    are written as they are, so that every reader (nibabel prefers the sform, ITK tools may
+    take the qform) places the output where it places that scan, even where the two
+    transforms of the scan disagree."""
     path = Path(path)
     suffix = volume_suffix(path)
     if tuple(array.shape) != tuple(geometry.shape):
@@ -74,6 +81,11 @@ def write_volume(path: Path, array: np.ndarray, geometry: Geometry) -> None:
 
         image = nib.Nifti1Image(np.asarray(array), affine_from_geometry(geometry))
         image.header.set_xyzt_units("mm")
+        source = _nifti_header_on(header_of, geometry) if header_of is not None else None
+        if source is not None:
+            image.set_qform(source.get_qform(), code=int(source["qform_code"]))
+            image.set_sform(source.get_sform(), code=int(source["sform_code"]))
+            image.header.set_xyzt_units(*source.get_xyzt_units())
         with atomic_path(path, suffix=suffix) as tmp:
             nib.save(image, str(tmp))
     elif suffix in ITK_SUFFIXES:
@@ -86,6 +98,37 @@ def write_volume(path: Path, array: np.ndarray, geometry: Geometry) -> None:
             sitk.WriteImage(image, str(tmp), True)
     else:
         raise DataError(f"{path}: unsupported output format (use .nii.gz, .nrrd or .mha)")
+
+
+def _nifti_header_on(path: Path, geometry: Geometry) -> Any | None:
+    """The header of NIfTI file ``path`` where the file is there and lies on ``geometry``'s
+    grid (shape, spacing, origin, direction), else None."""
+    if volume_suffix(path) not in NIFTI_SUFFIXES or not path.is_file():
+        return None
+    import nibabel as nib
+
+    try:
+        image: Any = nib.load(str(path))
+        if tuple(image.shape[:3]) != tuple(geometry.shape):
+            return None
+        own = geometry_from_affine(_millimetres(image.affine, image.header), image.shape[:3])
+    except Exception:  # an unreadable source only loses the header's extras
+        return None
+    close = all(np.allclose(a, b, rtol=1e-5, atol=1e-4) for a, b in (
+        (own.spacing, geometry.spacing), (own.origin, geometry.origin),
+        (own.direction, geometry.direction)))
+    return image.header if close else None
+
+
+def _millimetres(affine: np.ndarray, header: Any) -> np.ndarray:
+    """A NIfTI affine in millimetres: metre and micron files scaled, as ITK reads them
+    (unknown units count as millimetres)."""
+    units = getattr(header, "get_xyzt_units", None)
+    unit = units()[0] if units is not None else "unknown"
+    scale = {"meter": 1000.0, "micron": 1e-3}.get(unit, 1.0)
+    out = np.array(affine, dtype=np.float64)
+    out[:3, :] *= scale
+    return out
 
 
 def affine_from_geometry(geometry: Geometry) -> np.ndarray:
@@ -129,7 +172,7 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, Geometry]:
         import nibabel as nib
 
         image: Any = nib.load(str(path))
-        array, affine = np.asanyarray(image.dataobj), image.affine
+        array, affine = np.asanyarray(image.dataobj), _millimetres(image.affine, image.header)
     array = _squeeze_3d(array, path)
     return array, geometry_from_affine(affine, array.shape)
 

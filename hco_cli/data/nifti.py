@@ -7,7 +7,9 @@ maps. :func:`read_plain_nifti` handles single-file NIfTI-1 (``.nii``, ``.nii.gz`
 - a valid sform (code 1-4): nibabel's affine is then the sform rows, as float64;
 - a numeric data type (integers, float32, float64), either byte order;
 - no intensity scaling: ``scl_slope`` 0 or not finite, or slope 1 and intercept 0 (nibabel
-  then returns the stored values unscaled, in the stored dtype).
+  then returns the stored values unscaled, in the stored dtype);
+- spatial units of millimetres or unknown (``xyzt_units``): metres and microns go through
+  nibabel, where :mod:`hco_cli.data.io` scales their affine to millimetres.
 
 For anything else (qform-only or no transform, scaling, NIfTI-2, an Analyze pair, a FreeSurfer
 header) it returns None, and the caller loads the file with nibabel. The array is the one
@@ -32,6 +34,7 @@ _MAGIC = b"n+1\x00"
 _DTYPES = {2: "u1", 4: "i2", 8: "i4", 16: "f4", 64: "f8", 256: "i1", 512: "u2", 768: "u4",
            1024: "i8", 1280: "u8"}
 _FREESURFER_ICO7 = (27307, 1, 6)  # nibabel reinterprets this shape
+_METER, _MICRON = 1, 3  # NIfTI's spatial unit codes (xyzt_units & 7); 2 is mm, 0 unknown
 
 
 def read_plain_nifti(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
@@ -79,6 +82,8 @@ def _layout(header: bytes) -> tuple[np.dtype, tuple[int, ...], int, np.ndarray] 
     datatype = struct.unpack_from(order + "h", header, 70)[0]
     offset, slope, inter = struct.unpack_from(order + "3f", header, 108)
     sform_code = struct.unpack_from(order + "h", header, 254)[0]
+    if header[123] & 0x07 in (_METER, _MICRON):
+        return None
     ndim = dim[0]
     shape = tuple(int(v) for v in dim[1:ndim + 1])
     if (not 1 <= ndim <= 7 or min(shape) < 1 or shape[:3] == _FREESURFER_ICO7

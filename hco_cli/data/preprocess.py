@@ -14,6 +14,8 @@ the border.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +28,8 @@ from hco_cli.errors import DataError
 
 Box = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
 SPACING_RTOL = 1e-3
+# 2**31 voxels a channel (8 GiB of float32): past any scan of this field at its target spacing
+MAX_RESAMPLED_VOXELS = 2**31
 ORIGIN_ATOL_MM = 1e-2
 DIRECTION_ATOL = 1e-3
 # Otsu foreground components smaller than this fraction of the largest one are noise.
@@ -61,6 +65,8 @@ def preprocess_case(
     geometry = raw.geometry
     if plan.spacing is not None and not np.allclose(geometry.spacing, plan.spacing,
                                                     rtol=SPACING_RTOL, atol=0.0):
+        check_resampled_size(geometry, plan.spacing, case=source.case,
+                             path=image_path or "synthetic")
         image, new_geometry = resample(image, geometry, plan.spacing, order=1)
         if label is not None:
             label = resample(label[None], geometry, plan.spacing, order=0)[0][0]
@@ -238,6 +244,23 @@ def resampled_geometry(geometry: Geometry, spacing: tuple[float, float, float]) 
     )
     return Geometry(shape=shape, spacing=spacing, origin=geometry.origin,  # type: ignore[arg-type]
                     direction=geometry.direction)
+
+
+def check_resampled_size(geometry: Geometry, spacing: tuple[float, float, float], *,
+                         case: str, path: str) -> None:
+    """Refuse a resampling whose grid would pass :data:`MAX_RESAMPLED_VOXELS`: a scan whose
+    header gives its spacing in metres, or a wrong spacing, instead of a memory error."""
+    shape = resampled_geometry(geometry, spacing).shape
+    voxels = math.prod(shape)
+    if voxels > MAX_RESAMPLED_VOXELS:
+        raise DataError(
+            f"case {case} ({path}): resampling spacing {_mm(geometry.spacing)} mm to "
+            f"{_mm(spacing)} mm would make a {shape} grid of {voxels:.2e} voxels; check the "
+            f"file's spacing and spatial units (NIfTI xyzt_units)")
+
+
+def _mm(spacing: Sequence[float]) -> str:
+    return "x".join(f"{v:g}" for v in spacing)
 
 
 def resample(

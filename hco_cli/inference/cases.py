@@ -146,7 +146,8 @@ def write_prediction(labels: np.ndarray, geometry: CaseGeometry, path: Path,
     """Write a prepared-grid map of class indices as NIfTI in the case's original geometry and
     original label values (atomically)."""
     original = to_original_grid(labels, prepared=geometry.prepared, original=geometry.original)
-    write_volume(path, label_map.to_values(original), geometry.original)
+    write_volume(path, label_map.to_values(original), geometry.original,
+                 header_of=geometry.source())
 
 
 def predict_cases(

@@ -84,4 +84,4 @@ def write_uncertainty(path: Path, probs: np.ndarray, geometry: CaseGeometry) -> 
     (cropped-away parts are certain background: 0)."""
     entropy = normalized_entropy(probs)
     original = to_original_grid(entropy, prepared=geometry.prepared, original=geometry.original)
-    write_volume(Path(path), original, geometry.original)
+    write_volume(Path(path), original, geometry.original, header_of=geometry.source())
