@@ -35,10 +35,18 @@ def volume_suffix(path: Path) -> str:
 
 
 def case_id_from_path(path: Path) -> str:
-    """File name without its volume extension (and without an nnU-Net ``_0000`` channel tag)."""
+    """File name without its volume extension: a label's or a prediction's case id (images
+    may carry an nnU-Net channel tag besides, see :func:`channel_tag`)."""
     suffix = volume_suffix(path)
-    stem = path.name[: -len(suffix)] if suffix else path.name
-    return stem[:-5] if len(stem) > 5 and stem[-5] == "_" and stem[-4:].isdigit() else stem
+    return path.name[: -len(suffix)] if suffix else path.name
+
+
+def channel_tag(stem: str) -> tuple[str, int] | None:
+    """``("case", 1)`` for ``case_0001``: the case and channel an nnU-Net-style image name
+    would give; None where the name ends in no ``_dddd``."""
+    if len(stem) > 5 and stem[-5] == "_" and stem[-4:].isdigit():
+        return stem[:-5], int(stem[-4:])
+    return None
 
 
 def is_dicom_dir(path: Path) -> bool:

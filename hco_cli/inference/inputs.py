@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from hco_cli.data.dataset import CaseGeometry, PreparedDataset, SplitName
-from hco_cli.data.io import case_id_from_path, volume_suffix
+from hco_cli.data.io import case_id_from_path, channel_tag, volume_suffix
 from hco_cli.data.plan import SPACING_TOLERANCE, DataPlan
 from hco_cli.data.preprocess import preprocess_case
 from hco_cli.data.sources import SourceCase, check_case_id
@@ -90,11 +90,25 @@ def group_images(paths: Sequence[Path], *, channels: int) -> dict[str, tuple[Pat
             raise DataError(f"{path}: unsupported file format (use {FORMATS})")
         else:
             files.append(path)
+    # A trailing _dddd is a channel tag where the case's channel 0 (its _0000) is among the
+    # files: 'p1_0000' and 'p1_0001' are two channels of p1, while 'scan_2023' and 'scan_2024'
+    # (or AMOS's amos_0001, ...) are cases of their own.
+    stems = {p: case_id_from_path(p) for p in files}
+    firsts = {tag[0] for stem in stems.values() if (tag := channel_tag(stem)) and tag[1] == 0}
+    named: dict[str, list[Path]] = {}
+    for path, stem in stems.items():
+        tag = channel_tag(stem)
+        case = tag[0] if tag and tag[0] in firsts else stem
+        if path not in named.setdefault(case, []):
+            named[case].append(path)
     groups: dict[str, list[Path]] = {}
-    for path in files:
-        case = check_case_id(case_id_from_path(path), str(path))
-        if path not in groups.setdefault(case, []):
-            groups[case].append(path)
+    for case, members in named.items():
+        # one file name in several folders ('atlas/*/srr.nii.gz'): each folder is a case,
+        # named by the folder, as hco prepare names the cases of such a pattern
+        several = len({p.parent for p in members}) > 1
+        for path in members:
+            key = check_case_id(path.parent.name if several else case, str(path))
+            groups.setdefault(key, []).append(path)
     for case, members in groups.items():
         if len(members) != channels:
             names = ", ".join(p.name for p in members)
