@@ -22,16 +22,14 @@ import numpy as np
 from scipy import ndimage
 
 from hco_cli.data.dataset import CaseGeometry, Geometry
+from hco_cli.data.grid import SPACING_RTOL, check_same_grid
 from hco_cli.data.plan import CropRule, Norm, PreprocessPlan
 from hco_cli.data.sources import RawCase, SourceCase
 from hco_cli.errors import DataError
 
 Box = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
-SPACING_RTOL = 1e-3
 # 2**31 voxels a channel (8 GiB of float32): past any scan of this field at its target spacing
 MAX_RESAMPLED_VOXELS = 2**31
-ORIGIN_ATOL_MM = 1e-2
-DIRECTION_ATOL = 1e-3
 # Otsu foreground components smaller than this fraction of the largest one are noise.
 OTSU_MIN_COMPONENT = 0.1
 _OTSU_BINS = 256
@@ -170,8 +168,11 @@ def otsu_threshold(values: np.ndarray) -> float:
 
 
 def checked_image(image: np.ndarray, *, case: str, path: str) -> np.ndarray:
-    """The image as float32, refusing non-numeric data and NaN/Inf voxels."""
-    if not (np.issubdtype(image.dtype, np.number) or image.dtype == np.bool_):
+    """The image as float32, refusing complex or non-numeric data and NaN/Inf voxels."""
+    if image.dtype.kind == "c":  # a cast to float would drop the imaginary part
+        raise DataError(f"case {case}: image {path} has complex type {image.dtype}; "
+                        "convert it to real values (e.g. the magnitude) first")
+    if image.dtype.kind not in "biuf":  # also refuses timedelta64, a numpy integer subtype
         raise DataError(f"case {case}: image {path} has non-numeric type {image.dtype}")
     out = np.asarray(image, dtype=np.float32)
     if not np.isfinite(out).all():
@@ -208,32 +209,6 @@ def checked_label(
                 f"(expected {sorted(allowed)})"
             )
     return out
-
-
-def check_same_grid(
-    image_geometry: Geometry, label_geometry: Geometry, *, case: str, image: str, label: str
-) -> None:
-    """Refuse a label whose voxel grid differs from its image's."""
-    if image_geometry.shape != label_geometry.shape:
-        raise DataError(
-            f"case {case}: label {label} has shape {label_geometry.shape} but image {image} "
-            f"has shape {image_geometry.shape}"
-        )
-    checks = (
-        ("spacing", np.allclose(image_geometry.spacing, label_geometry.spacing,
-                                rtol=SPACING_RTOL, atol=0.0)),
-        ("origin", np.allclose(image_geometry.origin, label_geometry.origin,
-                               rtol=0.0, atol=ORIGIN_ATOL_MM)),
-        ("direction", np.allclose(image_geometry.direction, label_geometry.direction,
-                                  rtol=0.0, atol=DIRECTION_ATOL)),
-    )
-    for name, same in checks:
-        if not same:
-            got, want = getattr(label_geometry, name), getattr(image_geometry, name)
-            raise DataError(
-                f"case {case}: label {label} has {name} {_fmt(got)} but image {image} "
-                f"has {name} {_fmt(want)}"
-            )
 
 
 def resampled_geometry(geometry: Geometry, spacing: tuple[float, float, float]) -> Geometry:
@@ -347,5 +322,3 @@ def cropped_geometry(geometry: Geometry, box: Box) -> Geometry:
     )
 
 
-def _fmt(values: tuple[float, ...]) -> str:
-    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"

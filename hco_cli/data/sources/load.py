@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from hco_cli.data.dataset import Geometry
+from hco_cli.data.grid import check_same_grid
 from hco_cli.data.io import read_volume
 from hco_cli.data.sources import RawCase, SourceCase
 from hco_cli.data.sources.synthetic import generate_case
@@ -54,14 +55,13 @@ def _load_h5(source: SourceCase) -> RawCase:
 def _load_volumes(source: SourceCase) -> RawCase:
     channels: list[np.ndarray] = []
     geometry: Geometry | None = None
-    for path in source.images:
+    for index, path in enumerate(source.images):
         array, geo = _read(source.case, path)
-        if geometry is not None and (geo.shape != geometry.shape):
-            raise DataError(
-                f"case {source.case}: channel {path} has shape {geo.shape}, "
-                f"expected {geometry.shape} like {source.images[0]}"
-            )
-        geometry = geometry or geo
+        if geometry is None:
+            geometry = geo
+        else:  # channels are stacked voxel by voxel: their grids must be the same
+            check_same_grid(geometry, geo, case=source.case, image=str(source.images[0]),
+                            label=str(path), what=f"channel {index}", against="channel 0")
         channels.append(array)
     if geometry is None:
         raise DataError(f"case {source.case}: no image file")
