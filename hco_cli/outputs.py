@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -107,6 +108,38 @@ def check_output_file(path: Path, *, option: str) -> None:
     if path.is_dir():
         raise OutputError(f"{option} {path} is a folder; give a file name")
     _check_parent(path, option=option)
+
+
+def check_distinct_outputs(outputs: Mapping[str, Path | None],
+                           inputs: Sequence[Path] = ()) -> None:
+    """One line now, before any work, when two output options (``outputs``: option -> path,
+    None where not given) name the same file, or one names a file or folder the command reads
+    (``inputs``): the last write would silently replace the others, or the input."""
+    seen: dict[str, Path] = {}
+    for option, path in outputs.items():
+        if path is None:
+            continue
+        for other, earlier in seen.items():
+            if _same_path(path, earlier):
+                raise OutputError(f"{other} and {option} both name {path}; the second would "
+                                  "overwrite the first: give each output its own file")
+        for source in inputs:
+            if _same_path(path, source):
+                raise OutputError(f"{option} {path} is an input of this command ({source}); "
+                                  f"writing it would replace it: choose another {option}")
+        seen[option] = Path(path)
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` are one file: the same resolved path (symbolic links and
+    ``..`` followed), or, where both exist, the same inode (hard links)."""
+    a, b = Path(a).expanduser(), Path(b).expanduser()
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # either is absent (or unreadable): the paths differ
+        return False
 
 
 def check_output_folder(path: Path, *, option: str) -> None:

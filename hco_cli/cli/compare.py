@@ -15,8 +15,8 @@ from rich.table import Table
 from rich.text import Text
 
 from hco_cli.cli.common import UNBOUNDED_WIDTH, console, handle_errors
-from hco_cli.errors import ConfigError
-from hco_cli.outputs import check_output_file
+from hco_cli.errors import ConfigError, HcoError
+from hco_cli.outputs import check_distinct_outputs, check_output_file
 
 if TYPE_CHECKING:
     from hco_cli.evaluation import compare_tables
@@ -132,6 +132,28 @@ def parse_margins(items: list[str] | None, percent: frozenset[str]) -> dict[str,
     return out
 
 
+def _read_paths(arms: list[str]) -> list[Path]:
+    """The files ``hco compare`` reads for its arms, which no output may name: each summary
+    file given, and each run folder's summaries, run.json and metrics log. An arm that does
+    not resolve adds nothing: the comparison says why, as before."""
+    from hco_cli.evaluation.compare import resolve_arm
+    from hco_cli.runs.layout import SUMMARY_FILE, RunFolder
+
+    paths: list[Path] = []
+    for spec in arms:
+        try:
+            members = resolve_arm(spec).members
+        except HcoError:
+            continue
+        for member in members:
+            paths.append(member)
+            if member.is_dir():
+                run = RunFolder(member)
+                paths += [member / SUMMARY_FILE, run.run_json, run.metrics, run.metrics_archive,
+                          *run.summaries().values()]
+    return paths
+
+
 def _reject(mode: str, **given: object) -> None:
     """Options that do not apply to the chosen mode are errors, never silently ignored."""
     for name, value in given.items():
@@ -161,6 +183,8 @@ def compare(
                            ("--markdown", markdown_path), ("--plot", plot_path)):
         if target is not None:
             check_output_file(target, option=option)  # before the work, not after it
+    check_distinct_outputs({"--json": json_path, "--csv": csv_path, "--markdown": markdown_path,
+                            "--plot": plot_path}, _read_paths(arms))
     outputs = {"json_path": json_path, "csv_path": csv_path, "markdown_path": markdown_path}
     notes: list[str] = []
     if dynamics_mode and curves_mode:

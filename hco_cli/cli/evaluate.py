@@ -9,7 +9,7 @@ import typer
 
 from hco_cli.cli.common import console, err_console, handle_errors
 from hco_cli.io_utils import write_json, write_text
-from hco_cli.outputs import check_output_file
+from hco_cli.outputs import check_distinct_outputs, check_output_file
 
 # evaluation.metrics.EmptyPolicy, written out so that `hco --help` loads no NumPy or SciPy
 # (tests/cli/test_app.py checks that the two agree).
@@ -92,6 +92,7 @@ def evaluate(
     for option, target in (("--csv", csv), ("--json", json)):
         if target is not None:
             check_output_file(target, option=option)  # before the work, not after it
+    check_distinct_outputs({"--csv": csv, "--json": json}, _read_paths(pred_dir, label_dir))
     summary = evaluate_folders(
         pred_dir,
         label_dir,
@@ -116,3 +117,23 @@ def evaluate(
         console.print(f"per-case metrics: {csv}")
     if json is not None:
         console.print(f"summary: {json}")
+
+
+def _read_paths(pred_dir: Path, label_dir: Path) -> list[Path]:
+    """The folders and files that ``hco evaluate`` reads, which no output may name: the
+    prediction volumes, and the label volumes, LA h5 files or prepared dataset's files."""
+    from hco_cli.data.io import volume_suffix
+    from hco_cli.evaluation.references import LA_FILE, LA_FOLDER
+
+    paths = [pred_dir, label_dir]
+    if pred_dir.is_dir():
+        paths += [p for p in pred_dir.iterdir() if p.is_file() and volume_suffix(p)]
+    if (label_dir / "dataset.json").is_file():  # a prepared dataset: its files, all of them
+        paths += [label_dir / name for name in ("dataset.json", "splits.json", "plans.json")]
+        cases = label_dir / "cases"
+        return paths + (list(cases.iterdir()) if cases.is_dir() else [])
+    folder = label_dir / LA_FOLDER if (label_dir / LA_FOLDER).is_dir() else label_dir
+    if folder.is_dir():
+        paths += [p / LA_FILE if p.is_dir() else p for p in folder.iterdir()
+                  if p.is_dir() or volume_suffix(p)]
+    return paths

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from hco_cli.evaluation import stats
-from hco_cli.evaluation.compare import Comparison
+from hco_cli.evaluation.compare import Arm, Comparison
 from hco_cli.io_utils import write_json, write_text
 
 LABELS = {"dice": "Dice", "jaccard": "Jaccard", "hd95": "HD95", "asd": "ASD"}
@@ -183,21 +183,33 @@ def _legend(result: Comparison, labels: dict[str, str]) -> ReportTable:
     return table
 
 
+def _finite_cases(arm: Arm, cls: str, metric: str) -> frozenset[str]:
+    """The cases whose value of ``metric`` is finite: those its mean covers."""
+    values = arm.values[(cls, metric)]
+    return frozenset(c for c, v in zip(arm.cases, values, strict=True) if math.isfinite(v))
+
+
 def _mean_cells(result: Comparison, cls: str) -> dict[str, list[Cell]]:
-    """Per arm, the ``mean (std)`` cell of each metric; the best mean of a column in bold."""
-    means = {m: [result.summary(a, cls, m)[0] for a in result.arms] for m in TABLE_METRICS}
+    """Per arm, the ``mean (std)`` cell of each metric; the best mean of a column in bold.
+
+    A mean over fewer cases than the comparison's (NaN values left out: a distance of a class
+    a prediction misses) says over how many, ``(n=K)``; a column whose arms' means cover
+    different cases marks no best, since their means are not of the same cases."""
     best = {}
-    for m, values in means.items():
+    for m in TABLE_METRICS:
+        covered = {_finite_cases(a, cls, m) for a in result.arms}
+        values = [result.summary(a, cls, m)[0] for a in result.arms]
         finite = [v for v in values if math.isfinite(v)]
         pick = max if stats.HIGHER_IS_BETTER[m] else min
-        best[m] = pick(finite) if finite else math.nan
+        best[m] = pick(finite) if finite and len(covered) == 1 else math.nan
     cells: dict[str, list[Cell]] = {}
     for arm in result.arms:
         row = []
         for m in TABLE_METRICS:
-            mean, std, _ = result.summary(arm, cls, m)
+            mean, std, n = result.summary(arm, cls, m)
             scale = 100.0 if m in PERCENT else 1.0
             text = f"{fmt(mean, scale=scale)} ({fmt(std, scale=scale)})"
+            text += f" (n={n})" if 0 < n < result.n_cases else ""
             row.append(Cell(text, bold=math.isfinite(mean) and mean == best[m]))
         cells[arm.name] = row
     return cells
