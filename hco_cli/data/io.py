@@ -151,11 +151,15 @@ def affine_from_geometry(geometry: Geometry) -> np.ndarray:
 def geometry_from_affine(affine: np.ndarray, shape: tuple[int, ...]) -> Geometry:
     """ITK (LPS) geometry of a NIfTI (RAS) affine."""
     lps = _LPS_FROM_RAS @ np.asarray(affine, dtype=float)
+    if not np.isfinite(lps[:3, :]).all():
+        raise DataError("the affine holds NaN or infinite values")
     columns = lps[:3, :3]
     spacing = np.linalg.norm(columns, axis=0)
     if np.any(spacing <= 0):
         raise DataError("degenerate affine: a voxel axis has zero length")
     direction = columns / spacing[None, :]
+    if abs(np.linalg.det(direction)) < 1e-3:  # unit columns: 1 when orthogonal
+        raise DataError("degenerate affine: its voxel axes are (nearly) parallel")
     return Geometry(
         shape=(int(shape[0]), int(shape[1]), int(shape[2])),
         spacing=(float(spacing[0]), float(spacing[1]), float(spacing[2])),
@@ -182,7 +186,10 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, Geometry]:
         image: Any = nib.load(str(path))
         array, affine = np.asanyarray(image.dataobj), _millimetres(image.affine, image.header)
     array = _squeeze_3d(array, path)
-    return array, geometry_from_affine(affine, array.shape)
+    try:
+        return array, geometry_from_affine(affine, array.shape)
+    except DataError as exc:
+        raise DataError(f"{path}: {exc}") from None
 
 
 def _read_itk(path: Path) -> tuple[np.ndarray, Geometry]:

@@ -86,3 +86,18 @@ def test_a_metre_scan_resampled_to_millimetres_is_refused_in_one_line(tmp_path: 
                                         r"\(6000, 5000, 4000\) grid .*xyzt_units"):
         check_resampled_size(geometry, (0.8, 0.8, 1.5), case="m", path=str(tmp_path / "m.nii.gz"))
     check_resampled_size(geometry, (800.0, 800.0, 1500.0), case="m", path="m.nii.gz")
+
+
+@pytest.mark.parametrize(("affine", "why"), [
+    (np.diag([np.nan, 1.0, 1.0, 1.0]), "NaN or infinite"),
+    (np.array([[1.0, 1, 0, 0], [0, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]), "nearly\\) parallel"),
+    (np.diag([0.0, 1.0, 1.0, 1.0]), "zero length"),
+])
+def test_degenerate_affines_are_refused_with_the_file(tmp_path: Path, affine: np.ndarray,
+                                                      why: str) -> None:
+    path = tmp_path / "bad.nii.gz"
+    image = nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), None)
+    image.header.set_sform(affine, code=2)  # written as given, not made orthogonal
+    nib.save(image, str(path))
+    with pytest.raises(DataError, match=f"bad.nii.gz: .*{why}"):
+        read_volume(path)
