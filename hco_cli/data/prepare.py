@@ -299,6 +299,8 @@ def _apply_lists(listing: SourceListing, lists: Path) -> SourceListing:
             raise DataError(f"case {case}: named in the split lists in {lists} but not found")
     listing.train_order, listing.test = labeled + unlabeled, test
     named = set(labeled + unlabeled + test)
+    # Cases on disk that the lists do not name are left out, but counted (never silently).
+    listing.skipped = [*listing.skipped, *(c.case for c in listing.cases if c.case not in named)]
     listing.cases = [c for c in listing.cases if c.case in named]
     return listing
 

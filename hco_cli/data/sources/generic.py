@@ -16,7 +16,10 @@ shared leading text (``img_*`` and ``seg_*``), they pair by the rest and take th
 nnU-Net v2 folders (``dataset.json`` with ``channel_names``) name channel files
 ``<case>_<XXXX><ext>``; MSD folders (``modality``) use ``<case><ext>``, one channel.
 ``imagesTs`` cases form the test split, with labels from ``labelsTs`` when it exists. A label
-named ``ignore`` in ``dataset.json`` (nnU-Net's convention) is the ignore label.
+named ``ignore`` in ``dataset.json`` (nnU-Net's convention) is the ignore label. No file is
+passed over without a word: a label without an image of its case, two files of one case and
+channel (a stale ``.nii`` beside the ``.nii.gz``) and a ``numTraining`` that differs from the
+training cases found are refused.
 """
 
 from __future__ import annotations
@@ -226,6 +229,7 @@ def list_nnunet(root: Path) -> SourceListing:
     n_channels = len(channel_names)
     train = _folder_cases(root, "imagesTr", "labelsTr", v2=v2, channels=n_channels,
                           labels_required=True)
+    _check_num_training(meta, len(train), root / "dataset.json")
     test: list[SourceCase] = []
     if (root / "imagesTs").is_dir():
         test = _folder_cases(root, "imagesTs", "labelsTs", v2=v2, channels=n_channels,
@@ -284,22 +288,44 @@ def parse_classes(text: str) -> dict[int, str]:
     return out
 
 
+def _check_num_training(meta: dict[str, Any], found: int, path: Path) -> None:
+    """Refuse a ``numTraining`` (where given as a number) that differs from the cases found."""
+    declared = meta.get("numTraining")
+    if isinstance(declared, str) and declared.strip().isdigit():
+        declared = int(declared)
+    if isinstance(declared, int) and not isinstance(declared, bool) and declared != found:
+        raise DataError(f"{path} says numTraining {declared}, imagesTr/labelsTr hold {found} "
+                        f"case{'s' * (found != 1)}")
+
+
+def _volume_files(folder: Path) -> list[tuple[Path, str]]:
+    """(path, stem) of the volume files in ``folder``; hidden and other files are passed over."""
+    out = []
+    for path in sorted(folder.iterdir()):
+        suffix = volume_suffix(path)
+        if suffix and not path.name.startswith("."):
+            out.append((path, path.name[: -len(suffix)]))
+    return out
+
+
 def _folder_cases(root: Path, images: str, labels: str, *, v2: bool, channels: int,
                   labels_required: bool) -> list[SourceCase]:
     folder = root / images
     if not folder.is_dir():
         raise DataError(f"not an nnU-Net/MSD folder: {folder} not found")
     grouped: dict[str, dict[int, Path]] = {}
-    for path in sorted(folder.iterdir()):
-        suffix = volume_suffix(path)
-        if not suffix or path.name.startswith("."):
-            continue
-        stem = path.name[: -len(suffix)]
+    for path, stem in _volume_files(folder):
         match = _CHANNEL.match(stem) if v2 else None
         if v2 and match is None:
-            raise DataError(f"{path}: expected <case>_<XXXX>{suffix} (nnU-Net channel suffix)")
+            raise DataError(f"{path}: expected <case>_<XXXX>{volume_suffix(path)} "
+                            "(nnU-Net channel suffix)")
         case, channel = (match.group(1), int(match.group(2))) if match else (stem, 0)
-        grouped.setdefault(check_case_id(case, str(path)), {})[channel] = path
+        files = grouped.setdefault(check_case_id(case, str(path)), {})
+        if channel in files:
+            raise DataError(f"case {case}: two files of channel {channel}: {files[channel]} and "
+                            f"{path} (remove the stale one)")
+        files[channel] = path
+    _check_label_files(root / labels, grouped, folder)
     out = []
     for case, files in grouped.items():
         if sorted(files) != list(range(channels)):
@@ -317,3 +343,18 @@ def _folder_cases(root: Path, images: str, labels: str, *, v2: bool, channels: i
     if not out:
         raise DataError(f"{folder}: no volume files")
     return out
+
+
+def _check_label_files(folder: Path, cases: dict[str, dict[int, Path]], images: Path) -> None:
+    """Refuse a label without an image of its case, and two label files of one case."""
+    if not folder.is_dir():
+        return
+    seen: dict[str, Path] = {}
+    for path, case in _volume_files(folder):
+        if case in seen:
+            raise DataError(f"case {case}: two label files: {seen[case]} and {path} "
+                            "(remove the stale one)")
+        seen[case] = path
+        if case not in cases:
+            raise DataError(f"case {case}: no image for label {path} (no file of case {case} "
+                            f"in {images})")
