@@ -21,7 +21,8 @@ from hco_cli.cli.progress import case_progress
 
 if TYPE_CHECKING:
     from hco_cli.data.prepare import PrepareSummary
-from hco_cli.errors import ConfigError
+from hco_cli.errors import ConfigError, OutputError
+from hco_cli.outputs import check_distinct_outputs, check_output_folder
 
 app = typer.Typer(
     help="Prepare a dataset from a source: [bold]la[/], [bold]pancreas[/], [bold]generic[/] "
@@ -81,6 +82,7 @@ def la(root: Annotated[Path, typer.Argument(help="Folder with train.list, test.l
        fold_size: FoldSize = None, workers: Workers = 1, force: Force = False,
        export_nnunet: Nnunet = None) -> None:
     """Left Atrium h5 (UA-MT/BCP layout): labeled = first N of train.list (default 8)."""
+    _check_nnunet_target(out, export_nnunet, force=force)
     from hco_cli.data import prepare as lib  # deferred: SciPy loads only when preparing
 
     split = lib.SplitOptions(labeled=labeled, val=val, seed=seed, folds_labeled=folds_labeled,
@@ -101,6 +103,7 @@ def pancreas(root: Annotated[Path, typer.Argument(help="Folder of NNNN.h5 files,
              folds_unlabeled: FoldsU = 0, fold_size: FoldSize = None, workers: Workers = 1,
              force: Force = False, export_nnunet: Nnunet = None) -> None:
     """NIH Pancreas-CT: BCP h5 + 12/50/18 lists, or raw CT with CoraNet's preprocessing."""
+    _check_nnunet_target(out, export_nnunet, force=force)
     from hco_cli.data import prepare as lib  # deferred: SciPy loads only when preparing
 
     split = lib.SplitOptions(labeled=labeled, val=val, test=test, seed=seed, fold_size=fold_size,
@@ -145,6 +148,7 @@ def generic(
     export_nnunet: Nnunet = None,
 ) -> None:
     """Image/label globs or an nnU-Net/MSD folder (NIfTI, NRRD, MHA/MHD, DICOM series)."""
+    _check_nnunet_target(out, export_nnunet, force=force)
     from hco_cli.data import prepare as lib  # deferred: SciPy loads only when preparing
     from hco_cli.data.sources.generic import parse_classes
 
@@ -179,6 +183,7 @@ def synthetic(out: Out, labeled: Annotated[int, _opt("Labeled cases.", min=1)] =
               fold_size: FoldSize = None, workers: Workers = 1, force: Force = False,
               export_nnunet: Nnunet = None) -> None:
     """Seeded 3D phantoms (organ-like blobs, texture, bias field, noise): the quick demo."""
+    _check_nnunet_target(out, export_nnunet, force=force)
     from hco_cli.data import prepare as lib  # deferred: SciPy loads only when preparing
 
     size = [int(v) for v in _numbers(shape, "--shape", 3)]
@@ -209,6 +214,18 @@ def _progress() -> Iterator[Callable[[int, int, str], None]]:
         task = bar.add_task("preparing", total=None)
         yield lambda done, total, case: bar.update(task, completed=done, total=total,
                                                    description=f"case {case}")
+
+
+def _check_nnunet_target(out: Path, target: Path | None, *, force: bool) -> None:
+    """Before any preparing: an --export-nnunet folder that cannot be written fails now, so
+    that a bad target leaves no prepared dataset behind."""
+    if target is None:
+        return
+    check_output_folder(target, option="--export-nnunet")
+    check_distinct_outputs({"--out": out, "--export-nnunet": target})
+    if target.is_dir() and any(target.iterdir()) and not force:
+        raise OutputError(f"--export-nnunet {target} already exists and is not empty; use "
+                          "--force to replace it")
 
 
 def _render(summary: PrepareSummary, *, nnunet_out: Path | None = None,

@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
 from hco_cli import __version__
@@ -59,6 +59,12 @@ class ExportOptions(BaseModel):
     tolerance: float = Field(default=1e-4, gt=0, description="max abs logit difference")
     opset: int | None = Field(default=None, ge=7, description="ONNX opset; default: torch's")
     force: bool = False
+
+    @model_validator(mode="after")
+    def _opset_for_onnx(self) -> ExportOptions:
+        if self.opset is not None and self.format != "onnx":
+            raise ValueError(f"--opset applies to --format onnx, not {self.format}")
+        return self
 
 
 @dataclass(frozen=True)

@@ -114,6 +114,8 @@ class PredictOptions(BaseModel):
     def _one_source(self) -> PredictOptions:
         if self.images and self.split is not None:
             raise ValueError("--split applies to prepared datasets, not to --images")
+        if self.images and self.fold is not None:
+            raise ValueError("--fold applies to prepared datasets, not to --images")
         if self.images and self.evaluate:
             raise ValueError("--evaluate needs a labeled split of a prepared dataset, "
                              "not --images")

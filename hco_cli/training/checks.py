@@ -72,12 +72,17 @@ def check_batches(config: TrainConfig) -> None:
         raise ConfigError(f"data.patch_size {list(d.patch_size)}: cmt umix cuts patches into "
                           f"{fw.blocks_per_axis} blocks per axis; use multiples of "
                           f"{fw.blocks_per_axis}")
+    multiples = config.model.size_multiples
+    bottleneck = math.prod(p // m for p, m in zip(d.patch_size, multiples, strict=True))
+    if config.model.normalization == "instancenorm" and bottleneck < 2:
+        raise ConfigError(
+            f"InstanceNorm needs more than one voxel per channel at the V-Net's bottleneck "
+            f"(patch / {list(multiples)} per axis): a patch of {list(d.patch_size)} gives "
+            f"{bottleneck}; use a larger patch")
     if config.model.normalization == "batchnorm":
         smallest = (d.labeled_batch_size // 2 if name == "bcp"
                     else min(d.labeled_batch_size, d.unlabeled_batch_size or d.labeled_batch_size))
-        multiples = config.model.size_multiples
-        values = smallest * math.prod(p // m for p, m in zip(d.patch_size, multiples,
-                                                              strict=True))
+        values = smallest * bottleneck
         if values < 2:
             raise ConfigError(
                 f"BatchNorm needs more than one value per channel at the V-Net's bottleneck "

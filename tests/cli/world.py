@@ -93,6 +93,9 @@ def build(root: Path) -> Path:
     write_config(configs / "bn_one_value.yaml", {
         **tiny_raw(data, runs / "new"),
         "data": {**tiny_raw(data, runs / "new")["data"], "labeled_batch_size": 1}})
+    write_config(configs / "in_one_voxel.yaml", {
+        **tiny_raw(data, runs / "new"),
+        "model": {**tiny_raw(data, runs / "new")["model"], "normalization": "instancenorm"}})
     (root / "notes").mkdir()
     (root / "notes" / "ideas.txt").write_text("my notes\n", encoding="utf-8")
     (root / "afile.txt").write_text("the user's file\n", encoding="utf-8")
