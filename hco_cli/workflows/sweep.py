@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+import traceback
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from typing import Literal, Protocol
 
 from hco_cli.errors import ConfigError, HcoError
 from hco_cli.inference.predict import PredictOptions, predict
+from hco_cli.io_utils import write_text
 from hco_cli.runs.layout import RunFolder
 from hco_cli.training.entry import resume, train
 from hco_cli.training.presets import build_config
@@ -47,6 +49,8 @@ from hco_cli.workflows.sweep_status import (
 from hco_cli.workflows.sweep_status import log_path as run_log_path
 
 Outcome = Literal["skipped", "resumed", "trained", "failed"]
+
+TRACEBACK_FILE = "traceback.txt"  # in a run folder: its unexpected error, whole
 
 
 @dataclass
@@ -139,6 +143,10 @@ def _run_in_process(runs: list[SweepRun], options: SweepOptions,
         except KeyboardInterrupt:
             end("interrupted")
             raise
+        except Exception as exc:  # one run's crash must not end the sweep
+            failed.add(run.run_dir)
+            outcomes.append(_read_outcome(run, "failed", end(_crashed(run, exc))))
+            continue
         try:
             if needs_evaluation(run, options):
                 progress("evaluate", run)
@@ -152,9 +160,23 @@ def _run_in_process(runs: list[SweepRun], options: SweepOptions,
         except KeyboardInterrupt:
             end("interrupted")
             raise
+        except Exception as exc:  # as above: recorded, the sweep goes on
+            outcomes.append(_read_outcome(run, "failed",
+                                          end(f"evaluation: {_crashed(run, exc)}")))
+            continue
         end(None)
         outcomes.append(_read_outcome(run, done[run.status]))
     return outcomes
+
+
+def _crashed(run: SweepRun, exc: Exception) -> str:
+    """The one line a run's unexpected error leaves in the sweep's table and state; its
+    traceback goes to ``RUN/traceback.txt`` (where the run folder exists) for a bug report."""
+    line = f"{type(exc).__name__}: {exc}".splitlines()[0]
+    if run.run_dir.is_dir():
+        write_text(run.run_dir / TRACEBACK_FILE, traceback.format_exc())
+        return f"{line} (traceback in {run.run_dir / TRACEBACK_FILE})"
+    return line
 
 
 def started(run: SweepRun, options: SweepOptions, *, executor: str,

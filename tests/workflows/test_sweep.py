@@ -119,6 +119,30 @@ def test_interrupted_run_is_resumed_and_others_started(config, tmp_path):
     assert {run_status(r.run_dir) for r in plan_sweep(options)} == {"done"}
 
 
+def test_a_crashing_run_is_recorded_and_the_sweep_goes_on(config, tmp_path, monkeypatch):
+    """An unexpected error (a bug, CUDA running out of memory) in one run: that run fails
+    with its one line and traceback file, the next runs still train, --status agrees."""
+    options = SweepOptions(config=config, optimizers=["sgd"], seeds=[5, 6], out=tmp_path / "sw")
+    real = train
+
+    def crash_first(config: Any, **kwargs: Any) -> Any:
+        if config.seed == 5:
+            config.run_dir.mkdir(parents=True)
+            raise ValueError("Expected more than 1 spatial element when training")
+        return real(config, **kwargs)
+
+    monkeypatch.setattr("hco_cli.workflows.sweep.train", crash_first)
+    report = run_sweep(options)
+    assert [o.outcome for o in report.outcomes] == ["failed", "trained"]
+    failed = report.outcomes[0]
+    assert failed.message.startswith("ValueError: Expected more than 1 spatial element")
+    assert "ValueError" in (failed.run.run_dir / "traceback.txt").read_text()
+    states = {name: json.loads(p.read_text())["state"] for name, p in
+              (("s5", tmp_path / "sw/_jobs/sgd/all-s5.state.json"),
+               ("s6", tmp_path / "sw/_jobs/sgd/all-s6.state.json"))}
+    assert states == {"s5": "failed", "s6": "done"}
+
+
 def test_share_pretraining_and_evaluate(config, tmp_path):
     """Every arm, the baseline included, starts from one pre-training-only run."""
     options = SweepOptions(config=config, optimizers=["sgd", "sgd-hco"], seeds=[1],
