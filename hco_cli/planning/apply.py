@@ -17,28 +17,37 @@ import copy
 from pathlib import Path
 from typing import Any
 
+from hco_cli.config import TrainConfig
 from hco_cli.data.dataset import PreparedDataset
 from hco_cli.data.plan import NetworkPlan, read_plan
+from hco_cli.models import ModelConfig
 from hco_cli.models.layout import DEFAULT_KERNELS, DEFAULT_STRIDES
 from hco_cli.planning.memory import GIB
 from hco_cli.planning.planner import PRESETS, PlanOptions, plan_dataset
 from hco_cli.planning.rules import UMIX_BLOCKS
 
 AUTO = "auto"
+# What a config that names neither computes with: the network the plan must be sized for.
+DEFAULT_FILTERS: int = ModelConfig.model_fields["n_filters"].default
+DEFAULT_AMP: bool = TrainConfig.model_fields["amp"].default
 
 
-def network_plan_for(data: Path, framework: str) -> NetworkPlan:
-    """The stored plan of dataset ``data`` for ``framework``, or a new one."""
+def network_plan_for(data: Path, framework: str, *, n_filters: int = 16,
+                     amp: bool = True) -> NetworkPlan:
+    """The stored plan of dataset ``data`` where it was made for ``framework`` and a network
+    of ``n_filters`` filters computing with (``amp``) or without bf16, or a new one for them:
+    a patch and batch sized for another width or precision would not fit the same memory."""
     PreparedDataset(Path(data))  # one clear error for a folder that is no prepared dataset
     stored = read_plan(Path(data)).network
-    if stored is not None and stored.framework == framework:
+    if (stored is not None and stored.framework == framework and stored.n_filters == n_filters
+            and stored.amp == amp):
         return stored
     source = read_plan(Path(data)).source.split(":", 1)[0]
     preset = next((p for p in PRESETS.values() if p.source == source), None)
     gpu = stored.memory_target_bytes / GIB if stored is not None else None
     options = PlanOptions(framework=framework,  # type: ignore[arg-type]
                           preset="auto" if preset and preset.framework == framework else "none",
-                          gpu_memory_gb=gpu)
+                          gpu_memory_gb=gpu, n_filters=n_filters, amp=amp)
     return plan_dataset(Path(data), options).network
 
 
@@ -77,4 +86,10 @@ def resolve_plan(raw: dict[str, Any]) -> dict[str, Any]:
     if not (isinstance(framework, dict) and isinstance(framework.get("name"), str)
             and isinstance(data, dict) and data.get("path")):
         return raw
-    return apply_plan(raw, network_plan_for(Path(str(data["path"])), framework["name"]))
+    model = raw.get("model")
+    model = model if isinstance(model, dict) else {}
+    n_filters, amp = model.get("n_filters", DEFAULT_FILTERS), raw.get("amp", DEFAULT_AMP)
+    if not (isinstance(n_filters, int) and isinstance(amp, bool)):
+        return raw  # validation reports them
+    return apply_plan(raw, network_plan_for(Path(str(data["path"])), framework["name"],
+                                            n_filters=n_filters, amp=amp))

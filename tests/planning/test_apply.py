@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from hco_cli.config import TrainConfig
-from hco_cli.planning.apply import apply_plan, resolve_plan
+from hco_cli.planning.apply import apply_plan, network_plan_for, resolve_plan
 from hco_cli.planning.planner import PlanOptions, plan_dataset, save_network_plan
 from hco_cli.training.presets import Overrides, build_config
 
@@ -73,3 +73,33 @@ def test_other_frameworks_plan_too(aniso_data: Path, framework: str) -> None:
     network = plan_dataset(aniso_data, PlanOptions(framework=framework)).network  # type: ignore[arg-type]
     assert network.framework == framework
     assert network.unlabeled_batch_size == (0 if framework == "supervised" else 2)
+
+
+def test_a_stored_plan_for_another_network_is_not_applied(aniso_data: Path,
+                                                          tmp_path: Path) -> None:
+    """hco plan --filters 32 --fp32 sized patch and batch for that network: a config of 8
+    filters in bf16 gets a plan of its own (the same memory target), not the stored one."""
+    data = tmp_path / "data"
+    shutil.copytree(aniso_data, data)
+    wide = plan_dataset(data, PlanOptions(framework="bcp", n_filters=32, amp=False,
+                                          gpu_memory_gb=1)).network
+    save_network_plan(data, wide)
+    assert network_plan_for(data, "bcp", n_filters=32, amp=False) == wide
+    narrow = network_plan_for(data, "bcp", n_filters=8, amp=True)
+    assert (narrow.n_filters, narrow.amp) == (8, True)
+    assert narrow.memory_target_bytes == wide.memory_target_bytes
+    assert network_plan_for(data, "bcp", n_filters=32, amp=True).amp is True
+    # resolve_plan asks for the config's network (model.n_filters, amp; else their defaults)
+    asked: list[tuple[int, bool]] = []
+
+    def spy(path: Path, framework: str, *, n_filters: int, amp: bool) -> Any:
+        asked.append((n_filters, amp))
+        return wide
+
+    raw = {"data": {"path": str(data), "patch_size": [16, 16, 16]},
+           "model": {"name": "vnet"}, "framework": {"name": "bcp"}, "plan": "auto"}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("hco_cli.planning.apply.network_plan_for", spy)
+        resolve_plan(raw)
+        resolve_plan({**raw, "model": {"name": "vnet", "n_filters": 8}, "amp": True})
+    assert asked == [(16, False), (8, True)]
