@@ -232,7 +232,7 @@ def _around(case: Case, w: Path, mp: pytest.MonkeyPatch) -> Iterator[None]:
 
 def test_the_matrix_covers_every_command() -> None:
     commands = {c.args[0] for c in CASES}
-    assert commands == {"prepare", "train", "predict", "evaluate", "compare", "sweep"}
+    assert commands == {"prepare", "train", "predict", "evaluate", "compare", "sweep", "export"}
     assert len(CASES) >= 40 and len({c.id for c in CASES}) == len(CASES)
 
 
