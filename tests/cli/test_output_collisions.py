@@ -18,18 +18,11 @@ from hco_cli.cli.app import app
 from hco_cli.data.dataset import Geometry
 from hco_cli.data.io import write_volume
 from hco_cli.errors import OutputError
+from tests.cli.test_compare import _error_line
 from tests.evaluation.compare_fixtures import cases, one_class, write_run, write_summary
 
 runner = CliRunner()
 WIDE = {"COLUMNS": "250"}
-
-
-def _error_line(result) -> str:  # type: ignore[no-untyped-def]
-    assert result.exit_code == 1, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    return lines[0]
 
 
 def _files(folder: Path) -> dict[str, bytes]:

@@ -6,7 +6,6 @@ import re
 import warnings
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 
@@ -16,26 +15,7 @@ from hco_cli.data.prepare import SplitOptions, prepare_generic
 from hco_cli.data.preprocess import checked_image
 from hco_cli.errors import DataError
 from hco_cli.inference.inputs import image_cases
-
-SHAPE = (12, 10, 8)
-
-
-def _nifti(path: Path, array: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(array, np.eye(4)), str(path))
-    return path
-
-
-def _image(seed: int) -> np.ndarray:
-    image = np.random.default_rng(seed).normal(0.0, 5.0, SHAPE).astype(np.float32)
-    image[3:9, 2:8, 2:6] += 100.0
-    return image
-
-
-def _label() -> np.ndarray:
-    label = np.zeros(SHAPE, np.uint8)
-    label[4:8, 3:7, 3:5] = 1
-    return label
+from tests.data.test_channel_geometry import SHAPE, _image, _label, _nifti
 
 
 @pytest.mark.parametrize("dtype", [np.complex64, np.complex128])
