@@ -186,7 +186,10 @@ def synthetic(out: Out, labeled: Annotated[int, _opt("Labeled cases.", min=1)] =
     _check_nnunet_target(out, export_nnunet, force=force)
     from hco_cli.data import prepare as lib  # deferred: SciPy loads only when preparing
 
-    size = [int(v) for v in _numbers(shape, "--shape", 3)]
+    numbers = _numbers(shape, "--shape", 3)
+    if any(v != int(v) for v in numbers):
+        raise ConfigError(f"--shape: expected whole numbers of voxels, got {shape!r}")
+    size = [int(v) for v in numbers]
     with _progress() as step:
         summary = lib.prepare_synthetic(
             out, labeled=labeled, unlabeled=unlabeled, val=val, test=test, classes=classes,

@@ -88,6 +88,8 @@ CASES = [
          "Invalid value for '--labeled'"),
     Case("prepare-bad-shape", ["prepare", "synthetic", "--out", "{w}/new", "--shape", "24,24"],
          "--shape: expected 3 numbers"),
+    Case("prepare-fractional-shape", [*SYN[:2], "--out", "{w}/new", "--shape", "32.9,32,16"],
+         "--shape: expected whole numbers of voxels"),
     Case("prepare-unknown-option", [*SYN, "--out", "{w}/new", "--bogus"],
          "No such option: --bogus"),
     Case("prepare-missing-out", ["prepare", "synthetic"], "Missing option '--out'"),
