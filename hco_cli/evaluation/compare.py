@@ -302,10 +302,8 @@ def _summary_file(path: Path) -> Path | None:
     summary.json); None for a run folder."""
     if path.is_file():
         return path
-    folder = RunFolder(path)
-    if not folder.run_json.is_file() and not (path / EVAL_DIR).is_dir():
-        return path / SUMMARY_FILE if (path / SUMMARY_FILE).is_file() else None
-    return None
+    return path / SUMMARY_FILE if holds_one_evaluation(path) and (
+        path / SUMMARY_FILE).is_file() else None
 
 
 def _names_no_checkpoint(path: Path) -> bool:
@@ -331,9 +329,9 @@ def _member(path: Path, checkpoint: Checkpoint) -> tuple[Summary, RunInfo | None
         owner = RunFolder.of_summary(file)
         in_run = owner is not None and owner.run_json.is_file()
         return summary, (read_run_info(owner.path) if owner and in_run else None)
-    folder = RunFolder(path)
-    if not folder.run_json.is_file() and not (path / EVAL_DIR).is_dir():
+    if holds_one_evaluation(path):
         raise DataError(f"{path} is neither a run folder (no run.json or eval/) nor a summary")
+    folder = RunFolder(path)
     target = folder.summary(checkpoint)
     if not target.is_file():
         found = list(folder.summaries())

@@ -98,9 +98,7 @@ def group_images(paths: Sequence[Path], *, channels: int) -> dict[str, tuple[Pat
     named: dict[str, list[Path]] = {}
     for path, stem in stems.items():
         tag = channel_tag(stem)
-        case = tag[0] if tag and tag[0] in firsts else stem
-        if path not in named.setdefault(case, []):
-            named[case].append(path)
+        named.setdefault(tag[0] if tag and tag[0] in firsts else stem, []).append(path)
     groups: dict[str, list[Path]] = {}
     for case, members in named.items():
         # one file name in several folders ('atlas/*/srr.nii.gz'): each folder is a case,

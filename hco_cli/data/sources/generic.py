@@ -30,12 +30,11 @@ import re
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from hco_cli.data.io import volume_suffix
+from hco_cli.data.io import channel_tag, volume_suffix
 from hco_cli.data.sources import SourceCase, SourceListing, check_case_id, check_unique
 from hco_cli.errors import ConfigError, DataError
 
 _WILDCARD = re.compile(r"\*\*|\*|\?|\[[^\]]+\]")
-_CHANNEL = re.compile(r"^(.+)_(\d{4})$")
 _SEPARATORS = "_-."
 NNUNET_CHANNEL_TAG = "_0000"
 
@@ -315,11 +314,11 @@ def _folder_cases(root: Path, images: str, labels: str, *, v2: bool, channels: i
         raise DataError(f"not an nnU-Net/MSD folder: {folder} not found")
     grouped: dict[str, dict[int, Path]] = {}
     for path, stem in _volume_files(folder):
-        match = _CHANNEL.match(stem) if v2 else None
-        if v2 and match is None:
+        tag = channel_tag(stem) if v2 else None
+        if v2 and tag is None:
             raise DataError(f"{path}: expected <case>_<XXXX>{volume_suffix(path)} "
                             "(nnU-Net channel suffix)")
-        case, channel = (match.group(1), int(match.group(2))) if match else (stem, 0)
+        case, channel = tag if tag else (stem, 0)
         files = grouped.setdefault(check_case_id(case, str(path)), {})
         if channel in files:
             raise DataError(f"case {case}: two files of channel {channel}: {files[channel]} and "
