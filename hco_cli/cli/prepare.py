@@ -231,6 +231,13 @@ def _check_nnunet_target(out: Path, target: Path | None, *, force: bool) -> None
                           "--force to replace it")
 
 
+def _counted_ids(cases: list[str], shown: int = 6) -> str:
+    """``"N: id, id, ..."`` with at most ``shown`` ids, sorted, and how many more."""
+    ids = sorted(cases)
+    more = f", ... ({len(ids) - shown} more)" if len(ids) > shown else ""
+    return f"{len(ids)}: {', '.join(ids[:shown])}{more}"
+
+
 def _render(summary: PrepareSummary, *, nnunet_out: Path | None = None,
             force: bool = False) -> None:
     low, high = summary.shape_range()
@@ -248,9 +255,10 @@ def _render(summary: PrepareSummary, *, nnunet_out: Path | None = None,
         table.add_row("fold grid", f"{len(folds.labeled)} labeled x {len(folds.unlabeled)} "
                       "unlabeled (L{i}U{j})")
     if summary.skipped:
-        table.add_row("skipped (absent or unlisted)", str(len(summary.skipped)))
+        table.add_row("skipped (absent or unlisted)", _counted_ids(summary.skipped))
     if summary.dropped_empty_labels:
-        table.add_row("empty labels dropped (unlabeled)", str(len(summary.dropped_empty_labels)))
+        table.add_row("empty labels dropped (unlabeled)",
+                      _counted_ids(summary.dropped_empty_labels))
     console.print(table)
     if nnunet_out is not None:
         nnunet.write(summary.out, nnunet_out, force=force)

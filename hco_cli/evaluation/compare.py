@@ -319,14 +319,13 @@ def _member(path: Path, checkpoint: Checkpoint) -> tuple[Summary, RunInfo | None
     file = _summary_file(path)
     if file is not None:
         summary = read_summary(file)
+        # RUN/eval/<checkpoint>/summary.json: take optimizer and L/U from RUN/run.json.
+        owner = RunFolder.of_summary(file)
         held = _held_checkpoint(file, summary)
         if held is not None and held != checkpoint:
             raise ConfigError(f"{file} is the {held!r} evaluation, not the {checkpoint!r} one "
                               f"asked for: compare with --checkpoint {held}"
-                              + (", or name the run folder" if RunFolder.of_summary(file)
-                                 else ""))
-        # RUN/eval/<checkpoint>/summary.json: take optimizer and L/U from RUN/run.json.
-        owner = RunFolder.of_summary(file)
+                              + (", or name the run folder" if owner else ""))
         in_run = owner is not None and owner.run_json.is_file()
         return summary, (read_run_info(owner.path) if owner and in_run else None)
     if holds_one_evaluation(path):

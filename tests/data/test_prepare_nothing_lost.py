@@ -61,7 +61,8 @@ def test_cli_summary_shows_the_unlisted_scans(tmp_path: Path) -> None:
                                  "PANCREAS_*/ct.nii.gz", "--labels", "label*.nii.gz",
                                  "--lists", str(lists), "--out", str(tmp_path / "data" / "ds")])
     assert result.exit_code == 0, result.output
-    assert re.search(r"skipped \(absent or unlisted\)\s*\S*\s*2\b", result.stdout), result.stdout
+    assert re.search(r"skipped \(absent or unlisted\)\s*\S*\s*2: 0002, 0004\b", result.stdout), \
+        result.stdout
 
 
 def _nnunet(root: Path, n: int = 3, *, num_training: object = None, msd: bool = False) -> Path:
@@ -107,6 +108,16 @@ def test_a_label_without_its_image_is_refused_in_imagests_too(tmp_path: Path) ->
     _nifti(root / "labelsTs" / "t1.nii.gz", np.ones(SHAPE, np.uint8))
     with pytest.raises(DataError, match=r"^case t1: no image for label .*labelsTs/t1\.nii\.gz"):
         prepare_generic(tmp_path / "out", root=root)
+
+
+def test_test_labels_without_an_images_folder_are_refused(tmp_path: Path) -> None:
+    root = _nnunet(tmp_path / "Dataset001_Toy")
+    _nifti(root / "labelsTs" / "t0.nii.gz", np.ones(SHAPE, np.uint8))
+    with pytest.raises(DataError, match=r"labelsTs: test labels without an imagesTs folder "
+                                        r"beside them \(") as caught:
+        prepare_generic(tmp_path / "out", root=root)
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("declared", [5, 2, "5"], ids=["more", "fewer", "text"])

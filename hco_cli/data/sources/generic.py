@@ -17,7 +17,8 @@ nnU-Net v2 folders (``dataset.json`` with ``channel_names``) name channel files
 ``<case>_<XXXX><ext>``; MSD folders (``modality``) use ``<case><ext>``, one channel.
 ``imagesTs`` cases form the test split, with labels from ``labelsTs`` when it exists. A label
 named ``ignore`` in ``dataset.json`` (nnU-Net's convention) is the ignore label. No file is
-passed over without a word: a label without an image of its case, two files of one case and
+passed over without a word: a label without an image of its case (``labelsTs`` without
+``imagesTs`` too), two files of one case and
 channel (a stale ``.nii`` beside the ``.nii.gz``) and a ``numTraining`` that differs from the
 training cases found are refused.
 """
@@ -230,6 +231,9 @@ def list_nnunet(root: Path) -> SourceListing:
                           labels_required=True)
     _check_num_training(meta, len(train), root / "dataset.json")
     test: list[SourceCase] = []
+    if (root / "labelsTs").is_dir() and not (root / "imagesTs").is_dir():
+        raise DataError(f"{root / 'labelsTs'}: test labels without an imagesTs folder beside "
+                        "them (add their images as imagesTs or move labelsTs away)")
     if (root / "imagesTs").is_dir():
         test = _folder_cases(root, "imagesTs", "labelsTs", v2=v2, channels=n_channels,
                              labels_required=(root / "labelsTs").is_dir())
