@@ -3,12 +3,14 @@ their validation curves."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 from rich import box
+from rich.cells import cell_len
 from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
@@ -90,15 +92,43 @@ Plot = Annotated[Path | None, _opt("--plot", dir_okay=False, help="Box plots of 
                  "extra.")]  # fmt: skip
 
 
-def _rich(table: compare_tables.ReportTable, *, lines: box.Box = box.HEAVY_HEAD) -> Table:
-    """A rich table whose cells wrap (or fold) but are never cut short with an ellipsis."""
+def _rich(table: compare_tables.ReportTable, *, lines: box.Box = box.HEAVY_HEAD,
+          width: int | None = None) -> Table:
+    """A rich table whose cells wrap but are never cut short with an ellipsis; with ``width``
+    (the narrow layout), its columns sized by :func:`_column_widths` so that none is narrower
+    than its longest word and a number is never folded across lines."""
     out = Table(title=table.title, caption=table.caption, caption_justify="left", box=lines,
                 pad_edge=lines is not box.SIMPLE_HEAD)
-    for column in table.columns:
-        out.add_column(column, overflow="fold")
+    widths = _column_widths(table, width) if width else [None] * len(table.columns)
+    for column, size in zip(table.columns, widths, strict=True):
+        out.add_column(column, overflow="fold", width=size)
     for row in table.rows:
         out.add_row(*(Text(c.text, style="bold" if c.bold else "") for c in row))
     return out
+
+
+# What a column of the narrow layout (box.SIMPLE_HEAD, no edge padding) adds to its text: a
+# space either side and the rule between columns.
+COLUMN_EXTRA = 3
+
+
+def _text_widths(table: compare_tables.ReportTable) -> tuple[list[int], list[int]]:
+    """Per column, its longest word and its longest cell on one line (header included)."""
+    texts = [[name, *(row[i].text for row in table.rows)] for i, name in enumerate(table.columns)]
+    words = [max(cell_len(w) for t in column for w in [*t.split(), "-"]) for column in texts]
+    return words, [max(cell_len(t) for t in column) for column in texts]
+
+
+def _column_widths(table: compare_tables.ReportTable, width: int) -> list[int | None]:
+    """Text widths of the columns within ``width``: natural where the table fits, else each
+    column's longest word plus a share of the room left, by how much more its text wants."""
+    low, high = _text_widths(table)
+    room = width - COLUMN_EXTRA * len(low)
+    if sum(high) <= room:
+        return [None] * len(low)
+    spare, wants = max(room - sum(low), 0), [h - lo for lo, h in zip(low, high, strict=True)]
+    total = sum(wants) or 1
+    return [lo + spare * want // total for lo, want in zip(low, wants, strict=True)]
 
 
 def render(full: list[compare_tables.ReportTable], compact: list[compare_tables.ReportTable],
@@ -109,7 +139,40 @@ def render(full: list[compare_tables.ReportTable], compact: list[compare_tables.
     unbounded = console.options.update_width(UNBOUNDED_WIDTH)  # the natural width of a table
     if all(Measurement.get(console, unbounded, t).maximum <= console.width for t in tables):
         return tables
-    return [_rich(t, lines=box.SIMPLE_HEAD) for t in compact]  # no vertical rules: narrower
+    return [_rich(part, lines=box.SIMPLE_HEAD, width=console.width)  # no vertical rules
+            for t in compact for part in _split_to_fit(t, console.width)]
+
+
+def _split_to_fit(table: compare_tables.ReportTable, width: int
+                  ) -> list[compare_tables.ReportTable]:
+    """``table`` as it is where its columns' longest words fit ``width`` side by side;
+    otherwise its columns in groups that do, each beside the first column (the arm); the
+    caption goes under the last group."""
+    need = [w + COLUMN_EXTRA for w in _text_widths(table)[0]]
+    rest = list(range(1, len(table.columns)))
+    if sum(need) <= width or len(rest) < 2:
+        return [table]
+
+    def pack(cap: int) -> list[list[int]]:
+        groups: list[list[int]] = [[]]
+        for i in rest:
+            if groups[-1] and sum(need[j] for j in groups[-1]) + need[i] > cap:
+                groups.append([])
+            groups[-1].append(i)
+        return groups
+
+    room = width - need[0]
+    groups = pack(room)
+    # as many groups, of about the same width (the last one not a sliver under its caption)
+    even = -(-sum(need[1:]) // len(groups))
+    while even < room and len(pack(even)) > len(groups):
+        even += 1
+    groups = pack(min(even, room))
+    return [replace(table, title=f"{table.title} ({k}/{len(groups)})",
+                    columns=[table.columns[i] for i in (0, *group)],
+                    rows=[[row[i] for i in (0, *group)] for row in table.rows],
+                    caption=table.caption if k == len(groups) else "")
+            for k, group in enumerate(groups, start=1)]
 
 
 def parse_margins(items: list[str] | None, percent: frozenset[str]) -> dict[str, float]:

@@ -14,9 +14,10 @@ Those per-case tests take the cases as the replicates: they cannot see how much 
 with the training seed (an A/A control, the same optimizer with other random streams, can
 differ "significantly" from its twin over 20 cases). So, where arms are groups of runs, each
 run's mean over the cases is also paired with the reference run of the same seed (the part of
-the run's path that the arm's glob matched, e.g. ``all-s1`` of ``runs/sgd/*``; else the seed
-in ``run.json``), giving per-seed differences and a paired t-test over seeds (with the same
-alternative hypothesis as the per-case tests).
+the run's path that the arm's glob matched, e.g. ``all-s1`` of ``runs/sgd/*``; the runs that
+leaves alone, or all where no such part is shared, by the seed in ``run.json``), giving
+per-seed differences and a paired t-test over seeds (with the same alternative hypothesis as
+the per-case tests).
 """
 
 from __future__ import annotations
@@ -84,6 +85,9 @@ class Arm:
     # summaries record (one where they agree); keys no summary records are absent.
     scoring: dict[str, tuple[str, ...]] = field(default_factory=dict)
     empty_policy: str | None = None  # hco evaluate --empty of its summaries (None: unrecorded)
+    # (class, metric) -> the run values that are NaN in cases where another run of the group
+    # is finite (an empty prediction in one seed): the NaN-aware average leaves them out.
+    partial_nan: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -103,8 +107,9 @@ class SeedDifference:
     p_ttest: float  # paired t-test over the seeds; NaN with fewer than 2
     hypothesis: stats.Hypothesis = "better"
     margin: float = 0.0  # the test's margin (stats module), in the metric's units
-    # The true mean difference (beyond the margin) that this t-test over the seeds detects
-    # with 80 % power at 0.05, given their standard deviation: stats.detectable_difference.
+    # The true mean difference (arm minus reference, signed; either sign for two-sided) at
+    # which this t-test over the seeds rejects with 80 % power at 0.05, given their standard
+    # deviation: stats.detectable_mean.
     detectable: float = math.nan
     # One-sided 95 % bounds of the mean difference over the seeds (stats.mean_bounds): a true
     # difference below the first, or above the second, is excluded at 0.05.
@@ -127,17 +132,21 @@ class SeedDifference:
 class Pairing:
     """How the runs of one arm pair with the reference's, worked out once per comparison.
 
-    ``pairs``: (label, reference key, arm key) of the runs that share a key, else a run.json
-    seed, else (a seed in several runs) what the wildcards matched, where that pairs them.
-    ``repeated``: see :func:`_repeated_seeds` (then no pairs). ``unpaired``: where at least two
-    runs pair (so that the per-seed test runs), the runs of either arm left without a partner
+    ``pairs``: (label, reference key, arm key) of the runs that share a key (and then the rest
+    by :func:`_seed_pairs_of_the_rest`), else a run.json seed, else (a seed in several runs)
+    what the wildcards matched, where that pairs them. ``repeated``: see
+    :func:`_repeated_seeds` (then no pairs). ``unpaired``: where at least two runs pair (so
+    that the per-seed test runs), the runs of either arm left without a partner
     ({arm name: [keys]}): the per-case tests average them in with the paired ones, the per-seed
     test leaves them out (a glob spanning one round too many, or a seed missing in one arm).
+    ``reseeded``: (key, reference seed, arm seed) of the runs a shared key paired although
+    their run.json seeds differ (an A/A control's offset seeds; else misnamed folders).
     """
 
     pairs: tuple[tuple[str, str, str], ...]
     repeated: dict[str, dict[str, list[str]]]
     unpaired: dict[str, list[str]]
+    reseeded: tuple[tuple[str, str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -466,11 +475,15 @@ def load_arm(source: ArmSource, *, checkpoint: Checkpoint = "best", intersect: b
         {k: tuple(s.cases) for k, s in summaries.items()}, intersect=intersect, context=context
     )
     values: dict[tuple[str, str], np.ndarray] = {}
+    partial_nan: dict[tuple[str, str], int] = {}
     keys = _member_keys(source)
     members: dict[str, dict[tuple[str, str], np.ndarray]] = {k: {} for k in keys}
     for cls in classes:
         for metric in METRICS:
             stack = np.array([[s.cases[c][cls][metric] for c in cases] for s in summaries.values()])
+            nan = np.isnan(stack)
+            if partial := int(nan[:, ~nan.all(axis=0)].sum()):
+                partial_nan[(cls, metric)] = partial
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN case -> NaN
                 values[(cls, metric)] = np.nanmean(stack, axis=0)
@@ -496,6 +509,7 @@ def load_arm(source: ArmSource, *, checkpoint: Checkpoint = "best", intersect: b
         scoring={k: v for k in SCORING_KEYS if (v := tuple(dict.fromkeys(
             s.scoring[k] for s in summaries.values() if k in s.scoring)))},
         empty_policy=policy,
+        partial_nan=partial_nan,
     )
 
 
@@ -592,7 +606,7 @@ def pairing(ref: Arm, arm: Arm) -> Pairing:
     common = sorted(set(ref.members) & set(arm.members))
     captured = _capture_pairs(ref, arm)
     if common:
-        pairs = [(k, k, k) for k in common]
+        pairs = [(k, k, k) for k in common] + _seed_pairs_of_the_rest(ref, arm, common)
     elif captured and any(len(set(a.seeds.values())) < len(a.seeds) for a in (ref, arm)):
         pairs = captured
     elif repeated:
@@ -600,7 +614,7 @@ def pairing(ref: Arm, arm: Arm) -> Pairing:
     else:
         by_seed_ref = {v: k for k, v in ref.seeds.items()}
         by_seed_arm = {v: k for k, v in arm.seeds.items()}
-        shared = sorted(set(by_seed_ref) & set(by_seed_arm))
+        shared = sorted(set(by_seed_ref) & set(by_seed_arm), key=_seed_number)
         pairs = [(s, by_seed_ref[s], by_seed_arm[s]) for s in shared]
     unpaired: dict[str, list[str]] = {}
     if len(pairs) >= 2:
@@ -608,7 +622,33 @@ def pairing(ref: Arm, arm: Arm) -> Pairing:
             alone = sorted(set(a.members) - paired)
             if alone:
                 unpaired[a.name] = alone
-    return Pairing(tuple(pairs), repeated, unpaired)
+    reseeded = tuple((k, ref.seeds[k], arm.seeds[k]) for k in common
+                     if k in ref.seeds and k in arm.seeds and ref.seeds[k] != arm.seeds[k])
+    return Pairing(tuple(pairs), repeated, unpaired, reseeded)
+
+
+def _seed_number(label: str) -> int:
+    """The N of a ``"seed N"`` label (so that seed 10 sorts after seed 2)."""
+    return int(label.rsplit(" ", 1)[1])
+
+
+def _seed_pairs_of_the_rest(ref: Arm, arm: Arm, keyed: list[str]) -> list[tuple[str, str, str]]:
+    """(seed, reference key, arm key) of the runs no shared key pairs, by run.json seed where
+    the seed is in one such run of each arm and in none of the runs the keys paired (a seed
+    re-run for one arm in another session: ``s3/sgd/all-s3`` with ``s4/sgd-hco/all-s3``)."""
+    taken = {a.seeds.get(k) for a in (ref, arm) for k in keyed}
+
+    def rest(a: Arm) -> dict[str, str]:
+        keys_of: dict[str, list[str]] = {}
+        for key in a.members:
+            if key not in keyed and key in a.seeds:
+                keys_of.setdefault(a.seeds[key], []).append(key)
+        return {seed: keys[0] for seed, keys in keys_of.items()
+                if len(keys) == 1 and seed not in taken}
+
+    left, right = rest(ref), rest(arm)
+    return [(seed, left[seed], right[seed])
+            for seed in sorted(left.keys() & right.keys(), key=_seed_number)]
 
 
 def seed_differences(
@@ -645,8 +685,9 @@ def seed_differences(
                     mean=float(np.mean(finite)) if finite.size else math.nan, std=std,
                     n_better=int((sign * finite > 0).sum()), p_ttest=result.p_ttest,
                     hypothesis=hypothesis, margin=margin,
-                    detectable=stats.detectable_difference(
-                        std, int(finite.size), two_sided=hypothesis == "two-sided"),
+                    detectable=stats.detectable_mean(
+                        std, int(finite.size), metric=metric, hypothesis=hypothesis,
+                        margin=margin),
                     bounds=stats.mean_bounds(finite)))
     return out
 

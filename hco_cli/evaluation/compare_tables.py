@@ -320,13 +320,15 @@ def _seed_table(result: Comparison, labels: dict[str, str] | None = None) -> Rep
         "cases minus the reference run's)",
         columns=["Arm", "Class", "Metric", *keys, "Mean (sd)", "Better", "p t-test (seeds)",
                  "Detectable (80%)", "95% bounds"],
-        caption="Runs paired by seed (the part of their path the arm's glob matched, else "
-        "run.json's seed, else, for a seed in several runs, what the wildcards matched); "
+        caption="Runs paired by seed (the part of their path the arm's glob matched, then "
+        "run.json's seed for the runs left, else, for a seed in several runs, what the "
+        "wildcards matched); "
         "Dice/Jaccard in % points. Better: seeds where the arm is better. "
         f"p: {_sided(result)} paired t-test over the seeds{h1}, which, unlike the per-case "
         "tests, sees how much a result moves with the training seed. Detectable (80%): the "
-        "true mean difference this test finds with 80 % power at 0.05 given the seeds' sd; "
-        "a smaller difference can hide behind a p above 0.05. 95% bounds: one-sided 95 % "
+        "true mean difference (arm minus reference; ± for two-sided) at which this test "
+        "rejects with 80 % power at 0.05 given the seeds' sd; a smaller one can hide behind a "
+        "p above 0.05. 95% bounds: one-sided 95 % "
         "confidence bounds of the mean difference over the seeds (t): a true difference below "
         "the first, or above the second, is excluded at 0.05.",
     )
@@ -337,7 +339,8 @@ def _seed_table(result: Comparison, labels: dict[str, str] | None = None) -> Rep
                  for k in keys]
         mean = f"{d.mean * scale:+.2f}" if math.isfinite(d.mean) else "-"
         spread = f" ({d.std * scale:.2f})" if math.isfinite(d.std) else ""
-        detectable = (f"{d.detectable * scale:.2f}" if math.isfinite(d.detectable) else "-")
+        detectable = ("-" if not math.isfinite(d.detectable) else f"±{d.detectable * scale:.2f}"
+                      if d.hypothesis == "two-sided" else f"{d.detectable * scale:+.2f}")
         low, high = d.bounds
         bounds = (f"{low * scale:+.2f}, {high * scale:+.2f}"
                   if math.isfinite(low) and math.isfinite(high) else "-")
@@ -391,11 +394,24 @@ def comparison_notes(result: Comparison) -> list[str]:
             notes.append(f"{name}: a seed in more than one run ({runs}); such runs are averaged "
                          "per case with the others, and the arms are not paired by seed")
     for arm in result.arms[1:]:
+        if reseeded := result.pairings[arm.name].reseeded:
+            which = ", ".join(f"{k}: {a} / {b}" for k, a, b in reseeded)
+            notes.append(f"{arm.name}: paired with {ref.name} by the runs' folder names although "
+                         f"their run.json seeds differ ({which}); right for an A/A control's "
+                         "offset seeds, otherwise name the folders by seed")
         for name, keys in result.pairings[arm.name].unpaired.items():
             other = arm.name if name == ref.name else ref.name
             notes.append(f"{name}: {', '.join(keys)} without a partner in {other}; the per-case "
                          "tests average such runs in with the paired ones, the per-seed test "
                          "leaves them out (narrow the glob to compare like with like)")
+    for arm in result.arms:
+        if arm.partial_nan:
+            counts = ", ".join(f"{LABELS[m]} {n}" if len(arm.classes) == 1 else
+                               f"{c} {LABELS[m]} {n}" for (c, m), n in arm.partial_nan.items())
+            notes.append(f"{arm.name}: run values NaN (an empty mask) in cases that other runs "
+                         f"of the arm score ({counts}); the per-case tests average each such "
+                         "case over the runs that score it, the per-seed test leaves the case "
+                         "out of that seed's pair only")
     notes += scoring_notes(result)
     single = [a.name for a in result.arms if a.n_runs == 1]
     if single and not result.seed_differences and not seen:

@@ -304,6 +304,34 @@ def test_per_seed_differences_pair_runs_by_the_glob_match(tmp_path: Path) -> Non
     (hd95,) = [d for d in result.seed_differences if d.metric == "hd95"]
     assert np.allclose(hd95.differences, -20 * expected) and hd95.n_better == 2
     assert hd95.p_ttest == pytest.approx(dice.p_ttest)  # lower is better: the same evidence
+    (note,) = comparison_notes(result)  # the pairing by folder over differing seeds is said
+    assert note.startswith("aa: paired with sgd by the runs' folder names although their "
+                           "run.json seeds differ (all-s1: seed 1 / seed 1001, all-s2: seed 2 /")
+
+
+def test_a_seed_rerun_in_another_session_still_pairs_by_its_seed(tmp_path: Path) -> None:
+    """Seeds 1-2 of both arms share session folders; seed 3 ran in two sessions (one per
+    arm): the keys pair seeds 1-2 and run.json pairs seed 3, so the per-seed test has three
+    seeds (not two, with seed 3 named unpaired)."""
+    _seeded(tmp_path / "s12", "sgd", {"all-s1": 0.0, "all-s2": 0.01})
+    _seeded(tmp_path / "s12", "hco", {"all-s1": 0.02, "all-s2": 0.0}, optimizer="sgd-hco")
+    _seeded(tmp_path / "s3", "sgd", {"all-s3": -0.01})
+    _seeded(tmp_path / "s4", "hco", {"all-s3": 0.005}, optimizer="sgd-hco")
+    result = compare_runs([f"sgd={tmp_path}/*/sgd/*", f"hco={tmp_path}/*/hco/*"])
+    (dice,) = [d for d in result.seed_differences if d.metric == "dice"]
+    assert dice.keys == ("s12/all-s1", "s12/all-s2", "seed 3")
+    assert np.allclose(dice.differences, [0.02, -0.01, 0.015], atol=1e-12)
+    assert dice.p_ttest == pytest.approx(
+        sps.ttest_1samp([0.02, -0.01, 0.015], 0.0, alternative="greater").pvalue)
+    assert comparison_notes(result) == []
+    # Not vacuous: a seed the keys already paired is not paired a second time.
+    _seeded(tmp_path / "s5", "hco", {"all-s1": 0.0}, optimizer="sgd-hco")
+    _seeded(tmp_path / "s6", "sgd", {"all-s1": 0.0})
+    result = compare_runs([f"sgd={tmp_path}/*/sgd/*", f"hco={tmp_path}/*/hco/*"])
+    (dice,) = [d for d in result.seed_differences if d.metric == "dice"]
+    assert dice.keys == ("s12/all-s1", "s12/all-s2", "seed 3")
+    assert [n.split(" without")[0] for n in comparison_notes(result)] == ["sgd: s6/all-s1",
+                                                                          "hco: s5/all-s1"]
 
 
 @pytest.mark.parametrize(("hypothesis", "alternative"),
@@ -322,6 +350,32 @@ def test_per_seed_t_test_follows_the_hypothesis(
     assert by_metric["hd95"].p_ttest == pytest.approx(by_metric["dice"].p_ttest)
     assert by_metric["dice"].n_better == 2  # seeds where the arm is better, whatever H1
     assert by_metric["dice"].as_dict()["alternative"] == hypothesis
+
+
+def test_a_nan_in_one_seed_of_a_case_is_averaged_around_and_said(tmp_path: Path) -> None:
+    """An empty prediction in seed 1 only (HD95 NaN in case 0): the arm's case 0 is the mean of
+    seeds 2-3 (the groups' NaN-aware average), and a note counts the value left out; where
+    every seed is NaN in the case, the case is excluded from the test and no note is needed."""
+    _seeded(tmp_path, "sgd", {"all-s1": 0.0, "all-s2": 0.01, "all-s3": -0.01})
+    _seeded(tmp_path, "hco", {"all-s2": 0.02, "all-s3": 0.0}, optimizer="sgd-hco")
+    _seeded(tmp_path, "hco", {"all-s1": 0.01}, optimizer="sgd-hco", nan_case=0)
+    result = compare_runs([f"sgd={tmp_path}/sgd/*", f"hco={tmp_path}/hco/*"])
+    (hd95,) = _records(result, "hd95")
+    hco = result.arms[1]
+    assert hco.values[("1", "hd95")][0] == pytest.approx(20 * (1 - DICE_A[0] - 0.01))
+    assert hd95.result.n == N and hd95.result.n_excluded == 0
+    assert hco.partial_nan == {("1", "hd95"): 1} and result.arms[0].partial_nan == {}
+    (note,) = [n for n in comparison_notes(result) if "NaN" in n]
+    assert note.startswith("hco: run values NaN (an empty mask) in cases that other runs of "
+                           "the arm score (HD95 1);")
+    # Not vacuous: NaN in every seed of the case leaves it out of the test, without the note.
+    for key in ("all-s2", "all-s3"):
+        shutil.rmtree(tmp_path / "hco" / key)
+    _seeded(tmp_path, "hco", {"all-s2": 0.02, "all-s3": 0.0}, optimizer="sgd-hco", nan_case=0)
+    result = compare_runs([f"sgd={tmp_path}/sgd/*", f"hco={tmp_path}/hco/*"])
+    (hd95,) = _records(result, "hd95")
+    assert hd95.result.n_excluded == 1 and result.arms[1].partial_nan == {}
+    assert not [n for n in comparison_notes(result) if "NaN" in n]
 
 
 def test_per_seed_differences_fall_back_to_run_json_seeds(tmp_path: Path) -> None:

@@ -132,7 +132,7 @@ def test_per_seed_table_and_records(tmp_path: Path) -> None:
     assert dice[5] == f"+0.50 ({np.std([2.0, -1.0], ddof=1):.2f})" and dice[6] == "1/2"
     assert dice[7] == f"{sps.ttest_1samp([0.02, -0.01], 0, alternative='greater').pvalue:.4f}"
     detectable = stats.detectable_difference(float(np.std([0.02, -0.01], ddof=1)), 2)
-    assert dice[8] == f"{100 * detectable:.2f}"
+    assert dice[8] == f"{100 * detectable:+.2f}"
     # one-sided 95 % bounds: the ends of the 90 % t interval of the mean of +2 and -1
     low, high = sps.t.interval(0.90, 1, loc=0.5, scale=np.std([2.0, -1.0], ddof=1) / np.sqrt(2))
     assert dice[9] == f"{low:+.2f}, {high:+.2f}"

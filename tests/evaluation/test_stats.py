@@ -87,6 +87,20 @@ def test_zero_methods_differ_on_zero_differences() -> None:
     assert pratt == pytest.approx(0.080078125)
 
 
+@pytest.mark.parametrize("zero_method", ["wilcox", "pratt", "zsplit"])
+def test_one_case_with_a_zero_difference_gives_nan_not_an_error(
+    zero_method: stats.ZeroMethod
+) -> None:
+    """scipy's permutation path raises on a single observation (one case left, its difference
+    zero: an HD95 where every other case of an arm is NaN); the test cannot run, so NaN."""
+    with pytest.raises(ValueError):  # not vacuous: scipy itself refuses
+        sps.wilcoxon([5.0], [5.0], zero_method=zero_method, alternative="less")
+    res = stats.paired_test([5.0, math.nan], [5.0, 7.0], metric="hd95", zero_method=zero_method)
+    assert res.n == 1 and res.n_excluded == 1
+    assert math.isnan(res.p_wilcoxon) and math.isnan(res.p_ttest)
+    assert res.mean_diff == 0.0
+
+
 def test_direction_lower_is_better() -> None:
     a = np.array([10.0, 12.0, 9.0, 15.0, 11.0, 13.0, 8.0, 14.0])
     b = a - np.array([2.0, 3.0, 1.0, 4.0, 2.5, 3.5, 1.5, 2.0])  # B clearly lower
@@ -229,6 +243,33 @@ def test_detectable_difference_is_found_80_percent_of_the_time(n: int, two_sided
     critical = sps.t.ppf(0.975 if two_sided else 0.95, n - 1)
     found = (np.abs(t) > critical) if two_sided else (t > critical)
     assert found.mean() == pytest.approx(0.8, abs=0.005)
+
+
+@pytest.mark.parametrize(("metric", "hypothesis", "margin", "expected_sign"), [
+    ("dice", "better", 0.0, 1), ("dice", "better", 0.005, 1), ("dice", "worse", 0.005, -1),
+    ("hd95", "better", 1.0, -1), ("hd95", "worse", 0.0, 1)])
+def test_detectable_mean_is_rejected_80_percent_of_the_time_by_paired_test(
+    metric: str, hypothesis: stats.Hypothesis, margin: float, expected_sign: int
+) -> None:
+    """Differences drawn around detectable_mean: paired_test's own t-test (with the margin and
+    the alternative) rejects 80 % of the time; the value is signed in the alternative's
+    direction from the null value (-margin for Dice, +margin for HD95)."""
+    sd, n = 0.004 if metric == "dice" else 0.8, 4
+    d = stats.detectable_mean(sd, n, metric=metric, hypothesis=hypothesis, margin=margin)
+    null = -margin if metric == "dice" else margin
+    assert np.sign(d - null) == expected_sign
+    assert abs(d - null) == pytest.approx(stats.detectable_difference(sd, n))
+    draws = np.random.default_rng(1).normal(d, sd, size=(100_000, n))
+    shift = margin if metric == "dice" else -margin  # B moved towards better by the margin
+    p = sps.ttest_1samp(draws + shift, 0.0, axis=1,
+                        alternative=stats.alternative_for(metric, hypothesis)).pvalue
+    assert np.mean(p < 0.05) == pytest.approx(0.8, abs=0.005)
+    for row, p_row in zip(draws[:20], p[:20], strict=True):  # the same test as paired_test's
+        assert stats.paired_test(np.zeros(n), row, metric=metric, tests=("ttest",),
+                                 hypothesis=hypothesis, margin=margin).p_ttest == \
+            pytest.approx(p_row, rel=1e-9)
+    two = stats.detectable_mean(sd, n, metric=metric, hypothesis="two-sided")
+    assert two == pytest.approx(stats.detectable_difference(sd, n, two_sided=True))
 
 
 def test_detectable_difference_needs_two_seeds_and_a_spread() -> None:
