@@ -149,6 +149,13 @@ class ValidationConfig(_Section):
                                "maps bit for bit with cuDNN autotuning; with deterministic "
                                "kernels a bf16 window may round differently in another batch")
 
+    @field_validator("stride")
+    @classmethod
+    def _positive_stride(cls, value: tuple[int, int, int]) -> tuple[int, int, int]:
+        if min(value) < 1:
+            raise ValueError("every stride must be >= 1")
+        return value
+
     @model_validator(mode="after")
     def _distinct_selections(self) -> ValidationConfig:
         if len(set(self.also_select_on)) < len(self.also_select_on):
@@ -253,6 +260,17 @@ def slurm_minutes(text: str) -> int:
 CompileMode = Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"]
 
 
+def stride_gap(patch: tuple[int, int, int], stride: tuple[int, int, int]) -> str | None:
+    """Where a sliding window's ``stride`` is longer than its ``patch`` on an axis (voxels
+    between two windows would get no prediction), a one-line reason; else None."""
+    for axis, (p, s) in enumerate(zip(patch, stride, strict=True)):
+        if s > p:
+            return (f"stride {','.join(map(str, stride))} is longer than the patch "
+                    f"{','.join(map(str, patch))} on axis {'xyz'[axis]}: the voxels between "
+                    "two windows would get no prediction")
+    return None
+
+
 class TrainConfig(_Section):
     """Everything a training run depends on; saved with the run and in every checkpoint."""
 
@@ -290,6 +308,12 @@ class TrainConfig(_Section):
                                          "and network layout from the dataset's plan (hco "
                                          "plan), filled in when the config is built")
 
+    @model_validator(mode="after")
+    def _windows_cover(self) -> TrainConfig:
+        if gap := stride_gap(self.data.patch_size, self.validation.stride):
+            raise ValueError(f"validation.{gap}")
+        return self
+
 
 def validate_config(data: Any, *, source: str = "config",
                     try_optimizer: bool = True) -> TrainConfig:
@@ -315,7 +339,7 @@ def describe_error(exc: ValidationError) -> str:
     errors = exc.errors()
     first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc = [str(p) for p in first["loc"]]
-    where = ".".join(loc) or "config"
+    where = ".".join(loc)  # empty for TrainConfig's own checks, which name their fields
     message = first["msg"]
     if first["type"] == "value_error":
         message = message.removeprefix("Value error, ")
@@ -324,7 +348,7 @@ def describe_error(exc: ValidationError) -> str:
         message = "unknown field" + (f"; allowed: {', '.join(allowed)}" if allowed else "")
     elif first["type"] == "missing":
         message = "is required"
-    return f"{where}: {message}"
+    return f"{where}: {message}" if where else message
 
 
 def _allowed_keys(parent: list[str]) -> list[str]:

@@ -104,6 +104,20 @@ def test_literal_error_names_field_and_allowed_values():
     assert _error(data) == "config: data.augment: Input should be 'bcp', 'flip' or 'none'"
 
 
+def test_a_validation_stride_longer_than_the_patch_is_refused():
+    """Windows 48 apart on a 32-voxel patch leave 16 voxels between them unpredicted."""
+    data = preset("la")
+    data["data"]["patch_size"] = [112, 112, 32]
+    data["validation"]["stride"] = [18, 18, 32]
+    validate_config(data)  # a stride equal to the patch tiles without gaps
+    data["validation"]["stride"] = [18, 0, 32]
+    assert _error(data) == "config: validation.stride: every stride must be >= 1"
+    data["validation"]["stride"] = [18, 18, 48]
+    assert _error(data) == ("config: validation.stride 18,18,48 is longer than the patch "
+                            "112,112,32 on axis z: the voxels between two windows would get "
+                            "no prediction")
+
+
 def test_unknown_key_lists_the_allowed_keys():
     data = preset("la")
     data["validation"]["evry"] = 3

@@ -25,6 +25,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from hco_cli.config import stride_gap
 from hco_cli.data.dataset import SplitName
 from hco_cli.data.labels import LabelMap
 from hco_cli.errors import ConfigError, DataError
@@ -289,8 +290,11 @@ def _window(run: LoadedRun, channels: int, num_classes: int, options: PredictOpt
         )
     config = run.config
     amp = options.amp if options.amp is not None else bool(config.amp and device.type == "cuda")
+    stride = options.stride or tuple(config.validation.stride)
+    if gap := stride_gap(run.patch_size, stride):
+        raise ConfigError(("--" if options.stride else "the run's validation.") + gap)
     return Window(patch_size=run.patch_size,
-                  stride=options.stride or tuple(config.validation.stride),
+                  stride=stride,
                   num_classes=num_classes,
                   batch_size=options.batch_size or config.validation.batch_size,
                   amp=amp, lcc=options.lcc, mirror_axes=TTA_AXES if options.tta else (),

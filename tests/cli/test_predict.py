@@ -107,6 +107,11 @@ def test_images_with_split_is_refused(tiny: tuple[Path, Path], tmp_path: Path) -
 def test_bad_stride(tiny: tuple[Path, Path]) -> None:
     _, run = tiny
     assert "--stride" in _error([str(run), "--stride", "8,x"])
+    # longer than the 16-voxel patch: holes between windows, refused before any output
+    assert _error([str(run), "--stride", "8,8,17"]) == (
+        "error: --stride 8,8,17 is longer than the patch 16,16,16 on axis z: the voxels "
+        "between two windows would get no prediction")
+    assert not (run / "eval").exists() or not any((run / "eval").rglob("*.nii.gz"))
 
 
 def test_parse_stride_forms() -> None:
