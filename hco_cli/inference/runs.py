@@ -157,7 +157,9 @@ def run_plan(run: LoadedRun, dataset: Path | None = None) -> DataPlan:
 
 
 def check_labels(run: LoadedRun, dataset: PreparedDataset) -> None:
-    """Refuse a dataset whose label map differs from the one the run trained with."""
+    """Refuse a dataset whose label map differs from the one the run trained with, or that
+    was prepared with another plan (spacing, crop, normalization: the network would see
+    voxels unlike those it learnt on)."""
     if run.plan is None:
         return
     trained = run.plan.labels
@@ -165,6 +167,19 @@ def check_labels(run: LoadedRun, dataset: PreparedDataset) -> None:
             trained.ignore_value != dataset.labels.ignore_value):
         raise DataError(f"dataset {dataset.root} has label values {list(dataset.labels.values)} "
                         f"but run {run.run_dir} trained on {list(trained.values)}")
+    plan_file = Path(dataset.root) / PLAN_FILE
+    if not plan_file.is_file():
+        return
+    # What was done to the voxels; not the statistics of the cases (another dataset prepared
+    # the same way has other spacings and shapes) nor the network plan.
+    theirs = read_plan(plan_file)
+    where = _first_difference(
+        {"channels": run.plan.channels, **run.plan.preprocess.model_dump(mode="json")},
+        {"channels": theirs.channels, **theirs.preprocess.model_dump(mode="json")}, "")
+    if where is not None:
+        raise DataError(f"dataset {dataset.root} was prepared with another plan than run "
+                        f"{run.run_dir} trained on ({PLAN_FILE} differ in {where}); predict its "
+                        "scans with --images, which applies the run's plan")
 
 
 def open_dataset(given: Path | None, runs: Sequence[LoadedRun]) -> PreparedDataset:

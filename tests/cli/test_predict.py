@@ -179,3 +179,27 @@ def test_gpu_stitching_on_the_cpu(pair: tuple[Path, Path], tmp_path: Path) -> No
     _, runs = pair
     line = _error([str(runs / "s1"), "--device", "cpu", "--stitch", "gpu"])
     assert "--stitch gpu needs a CUDA device" in line
+
+
+def test_a_dataset_prepared_with_another_plan_is_refused(tiny: tuple[Path, Path],
+                                                         tmp_path: Path) -> None:
+    """--data naming a dataset prepared otherwise (here resampled to 2 mm where the run's was
+    kept at native spacing) is refused before anything is written; the same dataset copied
+    elsewhere, its statistics aside, still predicts."""
+    dataset, run = tiny
+    other = tmp_path / "other"
+    shutil.copytree(dataset, other)
+    plan = json.loads((other / "plans.json").read_text(encoding="utf-8"))
+    plan["spacing_median"] = [3.0, 3.0, 3.0]  # another dataset's statistics: not refused
+    (other / "plans.json").write_text(json.dumps(plan), encoding="utf-8")
+    out = tmp_path / "preds"
+    result = runner.invoke(app, ["predict", str(run), "--data", str(other), "--out", str(out),
+                                 "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    plan["preprocess"]["spacing"] = [2.0, 2.0, 2.0]
+    (other / "plans.json").write_text(json.dumps(plan), encoding="utf-8")
+    line = _error([str(run), "--data", str(other), "--out", str(tmp_path / "p2")])
+    assert line == (f"error: dataset {other} was prepared with another plan than run {run} "
+                    "trained on (plans.json differ in spacing (None vs [2.0, 2.0, 2.0])); "
+                    "predict its scans with --images, which applies the run's plan")
+    assert not (tmp_path / "p2").exists()
