@@ -104,9 +104,9 @@ def group_images(paths: Sequence[Path], *, channels: int) -> dict[str, tuple[Pat
         # one file name in several folders ('atlas/*/srr.nii.gz'): each folder is a case,
         # named by the folder, as hco prepare names the cases of such a pattern
         several = len({p.parent for p in members}) > 1
-        for path in members:
-            key = check_case_id(path.parent.name if several else case, str(path))
-            groups.setdefault(key, []).append(path)
+        ids = folder_ids(members) if several else [case] * len(members)
+        for path, key in zip(members, ids, strict=True):
+            groups.setdefault(check_case_id(key, str(path)), []).append(path)
     for case, members in groups.items():
         if len(members) != channels:
             names = ", ".join(p.name for p in members)
@@ -115,6 +115,17 @@ def group_images(paths: Sequence[Path], *, channels: int) -> dict[str, tuple[Pat
                 f"{channels} channel(s); name channels {case}_0000, {case}_0001, ..."
             )
     return {case: tuple(sorted(members, key=lambda p: p.name)) for case, members in groups.items()}
+
+
+def folder_ids(paths: Sequence[Path]) -> list[str]:
+    """Case ids of files named alike in several folders, as ``hco prepare`` gives them: the
+    nearest folder's name, and while ids repeat, every id with its next folder up in front
+    (``site1/caseA``, ``site2/caseA``, ``site1/caseB``: ``site1_caseA``, ...)."""
+    folders = [list(reversed(Path(p).resolve().parent.parts)) for p in paths]
+    ids = [f.pop(0) for f in folders]
+    while len(set(ids)) < len(ids) and any(folders):
+        ids = [f"{f.pop(0)}_{i}" if f else i for f, i in zip(folders, ids, strict=True)]
+    return ids
 
 
 def expand_globs(paths: Sequence[Path]) -> list[Path]:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from hco_cli.data.io import case_id_from_path, channel_tag
+from hco_cli.data.sources.generic import case_ids
 from hco_cli.errors import DataError
 from hco_cli.evaluation.evaluate import evaluate_folders
 from hco_cli.inference.inputs import group_images
@@ -54,6 +55,20 @@ def test_one_file_name_in_several_folders_is_named_by_its_folder(tmp_path: Path)
         _touch(tmp_path / case, "srr.nii.gz")
     assert _names(group_images([Path(f"{tmp_path}/*/srr.nii.gz")], channels=1)) == {
         "GA21": ["srr.nii.gz"], "GA30": ["srr.nii.gz"]}
+
+
+def test_nested_folders_name_cases_as_prepare_does(tmp_path: Path) -> None:
+    """site1/caseA, site2/caseA and site1/caseB: the folder names repeat, so every id gets
+    its next folder up in front, as hco prepare's ids of 'nest/*/*/srr.nii.gz' (the same
+    rule: data.sources.generic.case_ids)."""
+    for site, case in (("site1", "caseA"), ("site2", "caseA"), ("site1", "caseB")):
+        _touch(tmp_path / "nest" / site / case, "srr.nii.gz")
+    files = sorted((tmp_path / "nest").glob("*/*/srr.nii.gz"))
+    expected = case_ids("nest/*/*/srr.nii.gz",
+                        [p.relative_to(tmp_path).as_posix() for p in files])
+    groups = group_images([Path(f"{tmp_path}/nest/*/*/srr.nii.gz")], channels=1)
+    assert sorted(groups) == sorted(expected) == ["site1_caseA", "site1_caseB", "site2_caseA"]
+    assert groups["site2_caseA"] == (tmp_path / "nest" / "site2" / "caseA" / "srr.nii.gz",)
 
 
 def test_evaluate_pairs_numbered_cases_by_their_whole_name(tmp_path: Path) -> None:
