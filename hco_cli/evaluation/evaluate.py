@@ -225,9 +225,12 @@ def evaluate_case(task: CaseTask) -> CaseResult:
     gt, gt_geometry = read_label(task.label)
     pred, gt = _as_labels(pred, task.pred), _as_labels(gt, task.label.path)
     if pred.shape != gt.shape:
+        hint = ("; a prepared dataset holds its labels on the prepared (cropped, resampled) "
+                "grid, while predictions are written on the scans' own: evaluate against the "
+                "original label files" if task.label.kind == "prepared" else "")
         raise DataError(
             f"case {task.case}: prediction shape {pred.shape} differs from label shape "
-            f"{gt.shape} ({task.pred})"
+            f"{gt.shape} ({task.pred}){hint}"
         )
     if gt_geometry is not None:
         _check_geometry(task.case, pred_geometry, gt_geometry)

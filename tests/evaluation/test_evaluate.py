@@ -157,6 +157,13 @@ def test_prepared_dataset_labels_spacing_and_classes(tmp_path: Path) -> None:
     write_volume(tmp_path / "pred" / "p1.nii.gz", pred, Geometry(shape=pred.shape, spacing=SPACING))
     with pytest.raises(DataError, match="case p1: prediction spacing"):
         evaluate_folders(tmp_path / "pred", dataset, jobs=1)
+    # a prediction on the scan's own grid against a cropped dataset's labels: said so
+    big = np.pad(pred, 2)
+    write_volume(tmp_path / "pred" / "p1.nii.gz", big, Geometry(shape=big.shape, spacing=spacing))
+    with pytest.raises(DataError, match=r"differs from label shape .*a prepared dataset holds "
+                                        r"its labels on the prepared \(cropped, resampled\) "
+                                        r"grid.*evaluate against the original label files$"):
+        evaluate_folders(tmp_path / "pred", dataset, jobs=1)
 
 
 def test_missing_pairs_named_or_dropped(folders: Path) -> None:
