@@ -115,6 +115,11 @@ class SeedDifference:
     # difference below the first, or above the second, is excluded at 0.05.
     bounds: tuple[float, float] = (math.nan, math.nan)
 
+    @property
+    def n_finite(self) -> int:
+        """The seeds whose difference is a number (the denominator of ``n_better``)."""
+        return sum(math.isfinite(d) for d in self.differences)
+
     def as_dict(self) -> dict[str, Any]:
         return {"level": "seed", "arm": self.arm, "reference": self.reference,
                 "class": self.class_,

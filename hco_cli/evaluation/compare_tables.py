@@ -345,7 +345,7 @@ def _seed_table(result: Comparison, labels: dict[str, str] | None = None) -> Rep
         bounds = (f"{low * scale:+.2f}, {high * scale:+.2f}"
                   if math.isfinite(low) and math.isfinite(high) else "-")
         texts = [labels[d.arm] if labels else d.arm, d.class_, LABELS[d.metric], *cells,
-                 mean + spread, f"{d.n_better}/{len(d.keys)}", fmt_p(d.p_ttest), detectable,
+                 mean + spread, f"{d.n_better}/{d.n_finite}", fmt_p(d.p_ttest), detectable,
                  bounds]
         table.rows.append([Cell(t) for t in texts])
     return table
@@ -489,7 +489,7 @@ def checkpoint_overview(results: Sequence[Comparison], *, compact: bool = False,
                                  if (d.arm, d.class_, d.metric) == (arm.name, cls, metric)), None)
                     row.append(Cell("-" if seed is None else
                                     f"{_signed(seed.mean, scale)} ({seed.n_better}/"
-                                    f"{len(seed.keys)}), p {fmt_p(seed.p_ttest)}"))
+                                    f"{seed.n_finite}), p {fmt_p(seed.p_ttest)}"))
             table.rows.append(row)
         tables.append(table)
     return tables

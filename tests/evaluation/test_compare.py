@@ -13,7 +13,13 @@ from scipy import stats as sps
 
 from hco_cli.errors import CheckpointError, ConfigError, DataError
 from hco_cli.evaluation import stats
-from hco_cli.evaluation.compare import _glob_regex, compare_runs, expand_braces, resolve_arm
+from hco_cli.evaluation.compare import (
+    SeedDifference,
+    _glob_regex,
+    compare_runs,
+    expand_braces,
+    resolve_arm,
+)
 from hco_cli.evaluation.compare_tables import comparison_notes
 from tests.evaluation.compare_fixtures import cases, one_class, write_run, write_summary
 
@@ -572,3 +578,12 @@ def test_arms_predicted_differently_are_noted(tmp_path: Path) -> None:
     assert noted(compare_runs([str(plain), str(bare)])) == []
     (note,) = noted(compare_runs([f"a={tmp_path}/{{plain,tta}}/summary.json", str(plain)]))
     assert "tta_axes: a [] and [0, 1, 2], plain [] (as" in note
+
+
+def test_seeds_without_a_difference_are_not_counted_in_better() -> None:
+    """A seed whose pair has no finite case (every HD95 NaN) has no difference: "Better" reads
+    1/2, not 1/3."""
+    seed = SeedDifference(arm="b", reference="a", class_="1", metric="hd95",
+                          keys=("s1", "s2", "s3"), differences=(-1.0, math.nan, 0.5),
+                          mean=-0.25, std=1.06, n_better=1, p_ttest=0.4)
+    assert seed.n_finite == 2
