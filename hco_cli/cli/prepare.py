@@ -6,6 +6,7 @@ Four thin subcommands (one per kind of source), each calling one function of
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import Enum
@@ -129,17 +130,20 @@ def generic(
                                              min=1)] = None,
     spacing: Annotated[str | None, _opt("Resample to X,Y,Z mm (or one number).")] = None,
     norm: Annotated[Norm | None, _opt("zscore (MR default) | ct (CT default) | none.")] = None,
-    ct_window: Annotated[str, _opt("HU window mapped onto [0, 1] by --norm ct.")] = "-125,275",
+    ct_window: Annotated[str | None, _opt("HU window LOW,HIGH mapped onto [0, 1] by --norm ct "
+                                          "(default -125,275).")] = None,
     crop: Annotated[Crop, _opt("Crop every case to a box from its image alone: nonzero "
                                "voxels, or the Otsu foreground (the body).")] = Crop.none,
     crop_foreground: Annotated[bool, _opt("Same as --crop otsu.", "--crop-foreground")] = False,
     crop_train_by_label: Annotated[bool, _opt(
         "Crop training cases that have labels around their label instead (val, test and "
         "label-less cases keep --crop).", "--crop-train-by-label")] = False,
-    crop_margin: Annotated[int, _opt("Crop margin in voxels.", min=0)] = 0,
+    crop_margin: Annotated[int, _opt("Crop margin in voxels (with --crop or "
+                                     "--crop-train-by-label).", min=0)] = 0,
     group: Annotated[str | None, _opt(
         "Regex whose first group (or match) names a case's patient: a patient's cases share "
-        "one split. Default: the text before _frame or _t<digits>; '.+' groups nothing.")]
+        "one split. Default: ids ending in _frame<digits> or _t<digits> group by the text before "
+        "it (patient001_frame01 -> patient001); '.+' groups nothing.")]
     = None,
     labeled: Labeled = None, val: Val = 0, test: Test = None,
     test_list: Annotated[Path | None, _opt("File of test case ids, one a line.")] = None,
@@ -156,7 +160,7 @@ def generic(
                              seed=seed, folds_labeled=folds_labeled, group=group,
                              folds_unlabeled=folds_unlabeled, fold_size=fold_size)
     grid = _numbers(spacing, "--spacing", 3) if spacing else None
-    low, high = _numbers(ct_window, "--ct-window", 2)
+    window = _numbers(ct_window, "--ct-window", 2) if ct_window is not None else None
     if crop_foreground and crop not in (Crop.none, Crop.otsu):
         raise ConfigError(f"--crop-foreground is --crop otsu; it contradicts --crop {crop.value}")
     with _progress() as step:
@@ -164,7 +168,8 @@ def generic(
             out, root=root, images=images, labels=labels, unlabeled=unlabeled,
             classes=parse_classes(classes) if classes else None, ignore_label=ignore_label,
             spacing=(grid[0], grid[1], grid[2]) if grid else None,
-            norm=norm.value if norm else None, ct_window=(low, high),
+            norm=norm.value if norm else None,
+            ct_window=(window[0], window[1]) if window else None,
             crop="otsu" if crop_foreground else crop.value,
             crop_train_by_label=crop_train_by_label, crop_margin=crop_margin, split=split,
             force=force, workers=workers, progress=step)
@@ -200,11 +205,13 @@ def synthetic(out: Out, labeled: Annotated[int, _opt("Labeled cases.", min=1)] =
 
 
 def _numbers(text: str, option: str, count: int) -> tuple[float, ...]:
-    """Comma-separated numbers; one number stands for all three with --spacing."""
+    """Comma-separated finite numbers; one number stands for all three with --spacing."""
     try:
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
         raise ConfigError(f"{option}: {text!r} is not a comma-separated list of numbers") from None
+    if not all(math.isfinite(v) for v in values):
+        raise ConfigError(f"{option}: {text!r} holds a value that is not a finite number")
     values = values * 3 if len(values) == 1 and option == "--spacing" else values
     if len(values) != count or (option == "--spacing" and min(values) <= 0):
         raise ConfigError(f"{option}: expected {count} numbers (spacings > 0), got {text!r}")
@@ -231,6 +238,11 @@ def _check_nnunet_target(out: Path, target: Path | None, *, force: bool) -> None
                           "--force to replace it")
 
 
+def _mm(value: float) -> str:
+    """A spacing to 4 significant digits, without trailing zeros (0.999999 -> 1)."""
+    return f"{float(f'{value:.4g}'):g}"
+
+
 def _counted_ids(cases: list[str], shown: int = 6) -> str:
     """``"N: id, id, ..."`` with at most ``shown`` ids, sorted, and how many more."""
     ids = sorted(cases)
@@ -245,7 +257,8 @@ def _render(summary: PrepareSummary, *, nnunet_out: Path | None = None,
     for name in ("labeled", "unlabeled", "val", "test"):
         table.add_row(f"{name} cases", str(len(getattr(summary.splits, name))))
     table.add_row("shape min / max", f"{low} / {high}")
-    table.add_row("spacing (mm)", ", ".join(f"{v:g}" for v in summary.info.spacing))
+    median = ", median" if summary.spacings_differ() else ""
+    table.add_row(f"spacing (mm{median})", ", ".join(_mm(v) for v in summary.info.spacing))
     for name, share in summary.class_fractions().items():
         table.add_row(f"voxels: {name}", f"{100 * share:.2f} %")
     if summary.info.ignore_label is not None:

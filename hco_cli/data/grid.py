@@ -2,6 +2,10 @@
 
 Tolerances: spacing relative 1e-3, origin 0.01 mm, direction cosines 1e-3 (headers written by
 different tools round differently; a real mismatch is far larger).
+
+Geometries are held in ITK's LPS convention (:mod:`hco_cli.data.dataset`); errors show origins
+and directions in the NIfTI/RAS convention (x and y negated), as nibabel and the NIfTI header
+show them, and say so.
 """
 
 from __future__ import annotations
@@ -38,11 +42,24 @@ def check_same_grid(
     for name, same in checks:
         if not same:
             got, want = getattr(label_geometry, name), getattr(image_geometry, name)
+            shown = {"spacing": "spacing", "origin": "origin (RAS, mm)",
+                     "direction": "direction (RAS)"}[name]
             raise DataError(
-                f"case {case}: {what} {label} has {name} {_fmt(got)} but {against} {image} "
-                f"has {name} {_fmt(want)}"
+                f"case {case}: {what} {label} has {shown} {_fmt(_ras(name, got))} but "
+                f"{against} {image} has {_fmt(_ras(name, want))}"
             )
 
 
+def _ras(name: str, values: tuple[float, ...]) -> tuple[float, ...]:
+    """An LPS origin or row-major direction matrix in RAS (x and y rows negated); a spacing
+    unchanged."""
+    if name == "origin":
+        return (-values[0], -values[1], values[2])
+    if name == "direction":
+        return tuple(-v if i < 6 else v for i, v in enumerate(values))
+    return values
+
+
 def _fmt(values: tuple[float, ...]) -> str:
-    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
+    # + 0.0 turns -0.0 (a negated zero) into 0, as the header shows it
+    return "(" + ", ".join(f"{v + 0.0:.4g}" for v in values) + ")"

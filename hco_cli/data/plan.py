@@ -27,10 +27,12 @@ What it fixes:
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from hco_cli.data.labels import LabelMap
 from hco_cli.io_utils import write_text
@@ -40,9 +42,30 @@ PLAN_FILE = "plans.json"
 Norm = Literal["zscore", "ct", "none"]
 CropRule = Literal["none", "nonzero", "otsu"]
 Spacing = tuple[float, float, float]
+# The HU window of ``--norm ct`` where none is given: the abdominal soft-tissue window of the
+# pancreas protocols (BCP/CoraNet).
+CT_WINDOW = (-125.0, 275.0)
 # A native-spacing plan takes scans whose spacing lies within this factor of the prepared
 # range as they are; others are resampled to the prepared median spacing.
 SPACING_TOLERANCE = 1.25
+
+
+def spacing_problem(spacing: Sequence[float]) -> str | None:
+    """Why a target spacing cannot be resampled to (None where it can): every value must be
+    finite and above 0."""
+    if not all(math.isfinite(v) and v > 0 for v in spacing):
+        return "spacings must be finite numbers above 0"
+    return None
+
+
+def ct_window_problem(window: Sequence[float]) -> str | None:
+    """Why a CT window cannot be mapped onto [0, 1] (None where it can): both bounds finite
+    and the low one first (an empty or reversed window makes every voxel NaN or constant)."""
+    if not all(math.isfinite(v) for v in window):
+        return "both bounds must be finite numbers"
+    if window[0] >= window[1]:
+        return "the low bound must come first and be below the high one (e.g. -125,275)"
+    return None
 
 
 class PreprocessPlan(BaseModel):
@@ -52,7 +75,7 @@ class PreprocessPlan(BaseModel):
 
     spacing: Spacing | None = Field(default=None, description="None: native, no resampling")
     norm: Norm = "zscore"
-    ct_window: tuple[float, float] = (-125.0, 275.0)
+    ct_window: tuple[float, float] = CT_WINDOW
     crop: CropRule = "none"
     # Training cases with labels (labeled and unlabeled splits: fold grids draw labeled folds
     # from both) cropped around their label; val, test and label-less cases keep the image
@@ -63,6 +86,22 @@ class PreprocessPlan(BaseModel):
     # The label map; None while the values are still to be discovered from the cases.
     labels: LabelMap | None = None
     ignore_label: int | None = Field(default=None, ge=1)
+
+    @field_validator("spacing")
+    @classmethod
+    def _usable_spacing(cls, spacing: Spacing | None) -> Spacing | None:
+        problem = spacing_problem(spacing) if spacing is not None else None
+        if problem:
+            raise ValueError(problem)
+        return spacing
+
+    @field_validator("ct_window")
+    @classmethod
+    def _usable_window(cls, window: tuple[float, float]) -> tuple[float, float]:
+        problem = ct_window_problem(window)
+        if problem:
+            raise ValueError(problem)
+        return window
 
     @model_validator(mode="after")
     def _same_ignore(self) -> PreprocessPlan:

@@ -21,8 +21,17 @@ from pydantic import BaseModel, ConfigDict, Field
 from hco_cli import __version__
 from hco_cli.data.dataset import DatasetInfo, PreparedDataset, Splits
 from hco_cli.data.fingerprint import fingerprint_dataset, write_fingerprint
+from hco_cli.data.grid import SPACING_RTOL
 from hco_cli.data.labels import LabelMap, build_label_map
-from hco_cli.data.plan import CropRule, DataPlan, Norm, PreprocessPlan
+from hco_cli.data.plan import (
+    CT_WINDOW,
+    CropRule,
+    DataPlan,
+    Norm,
+    PreprocessPlan,
+    ct_window_problem,
+    spacing_problem,
+)
 from hco_cli.data.sources import SourceListing, read_list
 from hco_cli.data.sources import la as la_source
 from hco_cli.data.sources import pancreas as pancreas_source
@@ -83,6 +92,13 @@ class PrepareSummary:
         """Per-axis minimum and maximum of the prepared shapes."""
         shapes = np.array([c.shape for c in self.cases])
         return tuple(int(v) for v in shapes.min(0)), tuple(int(v) for v in shapes.max(0))
+
+    def spacings_differ(self) -> bool:
+        """Whether the stored cases differ in spacing (kept native), so that the dataset's
+        spacing is their median rather than every case's."""
+        spacings = np.array([c.spacing for c in self.cases], dtype=float)
+        return len(spacings) > 1 and not np.allclose(spacings, spacings[0],
+                                                     rtol=SPACING_RTOL, atol=0.0)
 
     def class_fractions(self) -> dict[str, float]:
         """Fraction of labeled voxels per class (named, with its value where that differs
@@ -152,7 +168,7 @@ def prepare_generic(
     labels: str | None = None, unlabeled: str | None = None,
     classes: dict[int, str] | None = None, ignore_label: int | None = None,
     spacing: tuple[float, float, float] | None = None, norm: Norm | None = None,
-    ct_window: tuple[float, float] = (-125.0, 275.0), crop: CropRule = "none",
+    ct_window: tuple[float, float] | None = None, crop: CropRule = "none",
     crop_train_by_label: bool = False, crop_margin: int = 0,
     split: SplitOptions | None = None, force: bool = False, workers: int = 1,
     progress: Progress | None = None,
@@ -161,8 +177,12 @@ def prepare_generic(
 
     ``classes`` (value -> name) fixes the label values; otherwise they are discovered.
     ``ignore_label`` marks unannotated voxels (no class; skipped by losses and metrics).
+    ``ct_window`` (default -125..275 HU) applies to CT normalisation only, ``crop_margin`` to a
+    crop only: given where nothing uses them, they are refused rather than recorded unused.
     """
     split = split or SplitOptions()
+    _check_generic_options(spacing=spacing, ct_window=ct_window, crop=crop,
+                           crop_train_by_label=crop_train_by_label, crop_margin=crop_margin)
     if images is None:
         if labels is not None or unlabeled is not None or root is None:
             raise ConfigError("give --images and --labels patterns, or an nnU-Net/MSD folder")
@@ -180,10 +200,12 @@ def prepare_generic(
         listing.ignore_label = ignore_label
     norm = norm or ("ct" if listing.modality == "CT" else "zscore")
     listing.modality = "CT" if norm == "ct" else listing.modality
-    if crop_margin < 0:
-        raise ConfigError(f"--crop-margin must be >= 0, got {crop_margin}")
-    plan = PreprocessPlan(spacing=spacing, norm=norm, ct_window=ct_window, crop=crop,
-                          crop_train_by_label=crop_train_by_label, crop_margin=crop_margin,
+    if ct_window is not None and norm != "ct":
+        raise ConfigError(f"--ct-window applies to --norm ct only; this dataset is normalised "
+                          f"with {norm} (add --norm ct, or leave --ct-window out)")
+    plan = PreprocessPlan(spacing=spacing, norm=norm, ct_window=ct_window or CT_WINDOW,
+                          crop=crop, crop_train_by_label=crop_train_by_label,
+                          crop_margin=crop_margin,
                           labels=_declared(listing) if listing.classes else None,
                           ignore_label=listing.ignore_label)
     group = split.group if split.group is not None else DEFAULT_GROUP
@@ -205,6 +227,27 @@ def prepare_synthetic(
                          folds_unlabeled=folds_unlabeled, fold_size=fold_size)
     return _prepare(listing, PreprocessPlan(norm="zscore", labels=_declared(listing)), out,
                     split=split, force=force, workers=workers, progress=progress)
+
+
+def _check_generic_options(
+    *, spacing: tuple[float, float, float] | None, ct_window: tuple[float, float] | None,
+    crop: CropRule, crop_train_by_label: bool, crop_margin: int,
+) -> None:
+    """Refuse numbers that would spoil every case (NaN spacing, an empty or reversed CT
+    window) and a crop margin with no crop to widen, before any case is read."""
+    if spacing is not None and (problem := spacing_problem(spacing)):
+        raise ConfigError(f"--spacing {_numbers_text(spacing)}: {problem}")
+    if ct_window is not None and (problem := ct_window_problem(ct_window)):
+        raise ConfigError(f"--ct-window {_numbers_text(ct_window)}: {problem}")
+    if crop_margin < 0:
+        raise ConfigError(f"--crop-margin must be >= 0, got {crop_margin}")
+    if crop_margin and crop == "none" and not crop_train_by_label:
+        raise ConfigError(f"--crop-margin {crop_margin} needs --crop (or --crop-train-by-label): "
+                          "without a crop there is no box to widen")
+
+
+def _numbers_text(values: tuple[float, ...]) -> str:
+    return ",".join(f"{v:g}" for v in values)
 
 
 def _prepare(
@@ -328,8 +371,10 @@ def _declared(listing: SourceListing) -> LabelMap:
 
 
 def _discovered(stats: list[CaseStats], ignore: int | None) -> LabelMap:
-    """The label map of every value found in the stored labels."""
-    values = {v for s in stats for v, n in enumerate(s.label_counts) if n}
+    """The label map of every value found in the labels as read: a class whose few voxels
+    resampling lost keeps its place (it counts 0 voxels), so the map matches the raw data."""
+    values = {v for s in stats for v in s.label_values}
+    values |= {v for s in stats for v, n in enumerate(s.label_counts) if n}
     return build_label_map(values, ignore=ignore)
 
 

@@ -43,6 +43,9 @@ class PreparedCase:
     label: np.ndarray | None
     geometry: CaseGeometry
     dropped_empty_label: bool = False
+    # Values of the label as read, before resampling and cropping, while the label map is still
+    # to be discovered: a small region that a coarse spacing loses still names its class.
+    label_values: tuple[int, ...] = ()
 
 
 def preprocess_case(
@@ -60,6 +63,7 @@ def preprocess_case(
     image = checked_image(raw.image, case=source.case, path=image_path or "synthetic")
     label, dropped = _checked_case_label(source, raw, plan, allow_empty_label=allow_empty_label,
                                          image_path=image_path, label_path=label_path)
+    values = present_values(label) if label is not None and plan.labels is None else ()
     geometry = raw.geometry
     if plan.spacing is not None and not np.allclose(geometry.spacing, plan.spacing,
                                                     rtol=SPACING_RTOL, atol=0.0):
@@ -87,7 +91,13 @@ def preprocess_case(
         source_image=image_path, source_label=label_path if source.label else None,
     )
     return PreparedCase(image=np.ascontiguousarray(image, dtype=np.float32),
-                        label=label, geometry=case_geometry, dropped_empty_label=dropped)
+                        label=label, geometry=case_geometry, dropped_empty_label=dropped,
+                        label_values=values)
+
+
+def present_values(label: np.ndarray) -> tuple[int, ...]:
+    """The values that occur in a checked (non-negative integer) label, increasing."""
+    return tuple(int(v) for v in np.flatnonzero(np.bincount(label.ravel())))
 
 
 def _checked_case_label(

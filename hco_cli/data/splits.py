@@ -5,8 +5,11 @@ Definitions used by every source:
 - *groups*: cases that must share a split, such as the frames of one patient. Generic folders
   group by ``--group REGEX`` (the first capture group of its first match in the case id, or
   the whole match; an id without a match is its own group), by default
-  :data:`DEFAULT_GROUP`: the text before ``_frame`` or ``_t<digits>``, so ``patient001_frame01``
-  and ``patient001_frame12`` go together. Lists (LA, pancreas) give every case its own group.
+  :data:`DEFAULT_GROUP`: an id that *ends* in a time point, ``_frame<digits>`` (ACDC's
+  ``patient001_frame01`` and ``patient001_frame12``) or ``_t<digits>`` (longitudinal scans
+  ``s2_t1``, ``s2_t2``), belongs to the text before it. Elsewhere in an id such text is no time
+  point: ``fetal_t2_000`` (a T2 scan) is its own group. Lists (LA, pancreas) give every case its
+  own group.
 - *training order*: the training ids in the order the labeled subset is taken from. LA and
   the pancreas lists use their file order (the protocol: labeled = first N); generic folders
   use a seeded permutation of the groups whose cases all have labels (a group's cases stay
@@ -43,7 +46,9 @@ from hco_cli.data.dataset import Folds, Splits
 from hco_cli.errors import ConfigError
 
 PURPOSE_TEST, PURPOSE_LABELED, PURPOSE_VAL, PURPOSE_FOLDS = 1, 2, 3, 4
-DEFAULT_GROUP = r"^(.+?)_(?:frame|t\d)"
+# A time-point suffix only at the end of the id: MRI modality names inside ids (``_t1_``,
+# ``_t2_000``, ``_T1w``) would otherwise merge every case of a site into one group.
+DEFAULT_GROUP = r"^(.+)_(?:frame|t)\d+$"
 Groups = Mapping[str, str]
 
 

@@ -51,6 +51,8 @@ class CaseStats:
     # Voxel count per stored label value (index = value); empty without label.
     label_counts: list[int] = field(default_factory=list)
     dropped_empty_label: bool = False
+    # Values of the label as read, before resampling, where the label map is discovered.
+    label_values: list[int] = field(default_factory=list)
 
 
 @contextlib.contextmanager
@@ -90,7 +92,8 @@ def write_case(cases_dir: Path, prepared: PreparedCase) -> CaseStats:
     grid = prepared.geometry.prepared
     return CaseStats(case=case, shape=grid.shape, spacing=grid.spacing,
                      has_label=prepared.label is not None, label_counts=counts,
-                     dropped_empty_label=prepared.dropped_empty_label)
+                     dropped_empty_label=prepared.dropped_empty_label,
+                     label_values=list(prepared.label_values))
 
 
 def process_case(job: CaseJob, plan: PreprocessPlan, cases_dir: Path) -> CaseStats:

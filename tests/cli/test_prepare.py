@@ -210,3 +210,88 @@ def test_sample_config_prepare_line_runs(fetal_source: Path, tmp_path: Path, con
     result = runner.invoke(app, [*words[1:], "--workers", "2"])
     assert result.exit_code == 0, result.output
     check_config(build_config(config_file=path, overrides=Overrides(data=out)))
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (["--norm", "ct", "--ct-window", "5,5"],
+     r"--ct-window 5,5: the low bound must come first and be below the high one"),
+    (["--norm", "ct", "--ct-window", "275,-125"],
+     r"--ct-window 275,-125: the low bound must come first"),
+    (["--norm", "ct", "--ct-window", "nan,1"],
+     r"--ct-window: 'nan,1' holds a value that is not a finite number"),
+    (["--spacing", "nan"], r"--spacing: 'nan' holds a value that is not a finite number"),
+    (["--spacing", "1,inf,1"], r"--spacing: '1,inf,1' holds a value that is not a finite"),
+    (["--spacing", "0"], r"--spacing: expected 3 numbers \(spacings > 0\), got '0'"),
+    (["--crop-margin", "3"], r"--crop-margin 3 needs --crop \(or --crop-train-by-label\)"),
+    (["--ct-window", "-100,200"],
+     r"--ct-window applies to --norm ct only; this dataset is normalised with zscore"),
+    (["--norm", "none", "--ct-window", "-100,200"],
+     r"--ct-window applies to --norm ct only; this dataset is normalised with none"),
+])
+def test_unusable_or_unused_numbers_are_refused_in_one_line(
+    tmp_path: Path, options: list[str], message: str
+) -> None:
+    _source(tmp_path / "src")
+    code, _, err = _prepare(tmp_path, *options)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 1 and len(lines) == 1, err
+    assert re.search(message, lines[0]), lines[0]
+    assert "Traceback" not in err and "dataset.json" not in err
+    assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())
+
+
+def test_crop_margin_and_ct_window_where_they_are_used(tmp_path: Path) -> None:
+    _source(tmp_path / "src")
+    plan_path = tmp_path / "data" / "ds" / "plans.json"
+    for options, margin in ((["--crop-margin", "0"], 0),
+                            (["--crop-margin", "2", "--crop-train-by-label"], 2),
+                            (["--crop-margin", "1", "--crop", "nonzero"], 1)):
+        code, _, err = _prepare(tmp_path, *options, "--force")
+        assert code == 0, err
+        plan = json.loads(plan_path.read_text(encoding="utf-8"))
+        assert plan["preprocess"]["crop_margin"] == margin
+    code, _, err = _prepare(tmp_path, "--norm", "ct", "--ct-window", "-100,200", "--force")
+    assert code == 0, err
+    plan = json.loads(plan_path.read_text(encoding="utf-8"))
+    assert plan["preprocess"]["ct_window"] == [-100.0, 200.0]
+    image = np.load(tmp_path / "data" / "ds" / "cases" / "c0_image.npy")
+    # N(0, 1) voxels in a -100..200 HU window: all within [0, 1], near 100/300
+    assert image.min() > 0.0 and image.max() < 1.0
+    assert abs(float(image.mean()) - 1 / 3) < 0.01
+
+
+def test_an_nnunet_ct_folder_takes_a_ct_window_without_norm(tmp_path: Path) -> None:
+    root = tmp_path / "Dataset002_Ct"
+    meta = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "organ": 1},
+            "numTraining": 2, "file_ending": ".nii.gz"}
+    root.mkdir()
+    (root / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
+    for i in range(2):
+        label = np.zeros(SHAPE, np.uint8)
+        label[4:10, 3:9, 2:8] = 1
+        _save(root / "imagesTr" / f"ct_{i:03d}_0000.nii.gz", np.full(SHAPE, 50.0, np.float32))
+        _save(root / "labelsTr" / f"ct_{i:03d}.nii.gz", label)
+    result = runner.invoke(app, ["prepare", "generic", str(root), "--out", str(tmp_path / "ds"),
+                                 "--ct-window", "0,100"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads((tmp_path / "ds" / "plans.json").read_text(encoding="utf-8"))
+    assert plan["preprocess"]["norm"] == "ct" and plan["preprocess"]["ct_window"] == [0.0, 100.0]
+    np.testing.assert_allclose(np.load(tmp_path / "ds" / "cases" / "ct_000_image.npy"), 0.5)
+
+
+def test_summary_names_a_native_spacing_the_median_and_rounds_it(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for i, mm in enumerate((0.8, 1.2002, 1.2002)):
+        label = np.zeros(SHAPE, np.uint8)
+        label[4:10, 3:9, 2:8] = 1
+        _save(tmp_path / "src" / f"c{i}" / "img.nii.gz",
+              rng.normal(size=SHAPE).astype(np.float32), (mm, mm, mm))
+        _save(tmp_path / "src" / f"c{i}" / "seg.nii.gz", label, (mm, mm, mm))
+    code, out, err = _prepare(tmp_path)
+    assert code == 0, err
+    assert re.search(r"spacing \(mm, median\)\s+\S\s+1\.2, 1\.2, 1\.2\s", out), out
+    info = json.loads((tmp_path / "data" / "ds" / "dataset.json").read_text(encoding="utf-8"))
+    assert info["spacing"] == pytest.approx([1.2002] * 3, abs=1e-6)  # stored unrounded
+    code, out, err = _prepare(tmp_path, "--spacing", "1.5", "--force")
+    assert code == 0, err
+    assert re.search(r"spacing \(mm\)\s+\S\s+1\.5, 1\.5, 1\.5\s", out), out

@@ -135,3 +135,19 @@ def test_predict_images_loads_channels_that_line_up(tmp_path: Path) -> None:
     _channels(tmp_path / "scans", "scan", None)
     [case] = image_cases([tmp_path / "scans"], _plan())
     assert case.load().image.shape == (2, *SHAPE)
+
+
+@pytest.mark.parametrize(("affine", "shown"), [
+    (np.array([[1.0, 0, 0, 5.0], [0, 1.0, 0, -7.5], [0, 0, 1.0, 2.0], [0, 0, 0, 1.0]]),
+     "has origin (RAS, mm) (5, -7.5, 2) but channel 0 {first} has (0, 0, 0)"),
+    (MIRRORED, "has direction (RAS) (-1, 0, 0, 0, 1, 0, 0, 0, 1) but channel 0 {first} has "
+               "(1, 0, 0, 0, 1, 0, 0, 0, 1)"),
+])
+def test_origins_and_directions_are_shown_as_the_nifti_header_has_them(
+        tmp_path: Path, affine: np.ndarray, shown: str) -> None:
+    """Geometry is held in LPS; the message shows the RAS numbers of the files' affines (what
+    nibabel prints), not x and y with their signs flipped."""
+    first, second = _channels(tmp_path, "case", affine)
+    with pytest.raises(DataError) as exc:
+        load_case(SourceCase("case", "volume", images=(first, second)))
+    assert _message(exc).endswith(shown.format(first=first))

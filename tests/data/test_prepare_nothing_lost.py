@@ -164,3 +164,42 @@ def test_cli_refuses_in_one_line(tmp_path: Path, damage: str) -> None:
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.exit_code == 1 and len(lines) == 1, result.output
     assert lines[0].startswith("error: ") and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("msd", [False, True])
+def test_a_label_is_found_whatever_its_volume_extension(tmp_path: Path, msd: bool) -> None:
+    """An image ``c1_0000.nii.gz`` (MSD: ``c1.nii.gz``) with the label ``c1.nii``: that is the
+    case's label, not a missing one."""
+    root = _nnunet(tmp_path / "Dataset001_Toy", msd=msd)
+    gz = root / "labelsTr" / "c1.nii.gz"
+    label = np.asarray(nib.load(str(gz)).dataobj)
+    gz.unlink()
+    _nifti(root / "labelsTr" / "c1.nii", label)
+    summary = prepare_generic(tmp_path / "out", root=root)
+    assert len(summary.cases) == 3 and all(c.has_label for c in summary.cases)
+    geometry = PreparedDataset(tmp_path / "out").geometry("c1")
+    assert geometry.source_label == str((root / "labelsTr" / "c1.nii").absolute())
+
+
+def test_a_case_without_any_label_file_is_named_with_its_folder(tmp_path: Path) -> None:
+    root = _nnunet(tmp_path / "Dataset001_Toy", num_training=3)
+    (root / "labelsTr" / "c2.nii.gz").unlink()
+    with pytest.raises(DataError) as caught:
+        prepare_generic(tmp_path / "out", root=root)
+    assert str(caught.value) == (
+        f"case c2: no label file c2.<ext> in {root / 'labelsTr'} (.nii.gz, .nii, .nrrd, .mha, "
+        f"...) for image {root / 'imagesTr' / 'c2_0000.nii.gz'}")
+
+
+def test_msd_multi_modality_4d_images_are_refused_with_the_way_out(tmp_path: Path) -> None:
+    root = _nnunet(tmp_path / "Task05_Prostate", msd=True)
+    meta = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
+    meta["modality"] = {"0": "T2", "1": "ADC"}
+    (root / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
+    with pytest.raises(DataError) as caught:
+        prepare_generic(tmp_path / "out", root=root)
+    message = str(caught.value)
+    assert message.startswith(f"{root / 'dataset.json'}: MSD 'modality' names 2 channels, "
+                              "stored as one 4D image a case, which hco does not read")
+    assert "<case>_0000, <case>_0001" in message and "channel_names" in message
+    assert "\n" not in message and "expected 0..1" not in message

@@ -79,10 +79,21 @@ def test_fold_grid_errors() -> None:
 GROUPED = [f"p{p}_frame{f:02d}" for p in range(6) for f in (1, 12)] + ["lone"]
 
 
-def test_default_groups_take_the_text_before_frame_or_t() -> None:
+def test_default_groups_take_the_text_before_a_final_frame_or_t() -> None:
     groups = case_groups(["p1_frame01", "p1_frame12", "s2_t3", "s2_t10", "solo", "x_total"])
     assert groups == {"p1_frame01": "p1", "p1_frame12": "p1", "s2_t3": "s2", "s2_t10": "s2",
                       "solo": "solo", "x_total": "x_total"}
+
+
+def test_mri_modality_names_inside_ids_are_no_time_points() -> None:
+    """``_t2`` of ``fetal_t2_000`` names a T2 scan: every case stays its own group (the old
+    pattern put them all in group ``fetal``); a final ``_t<digits>`` is still a time point."""
+    ids = ["fetal_t2_000", "fetal_t2_001", "fetal_t2_002", "sub01_T1w", "sub02_T1w",
+           "brain_t1_ce_7", "p3_frame01_ed", "s4_t1", "s4_t2"]
+    groups = case_groups(ids)
+    assert groups == {**{case: case for case in ids[:7]}, "s4_t1": "s4", "s4_t2": "s4"}
+    test = pick_test(ids[:3], 2, seed=0, has_label=set(ids), groups=groups)
+    assert len(test) == 2 and set(test) < set(ids[:3])
     assert case_groups(["a-1", "a-2", "b-1"], r"^([a-z]+)-") == {"a-1": "a", "a-2": "a",
                                                                   "b-1": "b"}
     with pytest.raises(ConfigError, match="--group '\\(' is not a regular expression"):

@@ -190,3 +190,40 @@ def test_two_frames_per_patient_prepare_as_cases_in_grouped_splits(tmp_path: Pat
     ungrouped = prepare_generic(tmp_path / "y", root=root, images=images, labels=labels,
                                 split=SplitOptions(labeled=3, test=3, group=".+"))
     assert len(ungrouped.splits.test) == 3 and not ungrouped.splits.groups
+
+
+def test_a_class_that_resampling_loses_stays_in_the_discovered_map(tmp_path: Path) -> None:
+    """Eight voxels of value 9 vanish at 4 mm; the map is read from the raw labels, so class 9
+    keeps its index (with 0 stored voxels) and the 500s keep theirs."""
+    for i in range(3):
+        label = _label(VALUES)
+        if i == 0:
+            label[1:3, 1:3, 1:3] = 9
+        _nifti(tmp_path / "images" / f"case{i}.nii.gz", _body(i))
+        _nifti(tmp_path / "labels" / f"case{i}.nii.gz", label)
+    summary = prepare_generic(tmp_path / "out", root=tmp_path, images="images/*.nii.gz",
+                              labels="labels/*.nii.gz", spacing=(4.0, 4.0, 4.0),
+                              split=SplitOptions(labeled=3))
+    info = json.loads((tmp_path / "out" / "dataset.json").read_text(encoding="utf-8"))
+    assert info["label_values"] == [0, 9, 200, 500, 600]
+    assert summary.class_fractions()["class 9 (value 9)"] == 0.0
+    data = PreparedDataset(tmp_path / "out")
+    stored = np.load(tmp_path / "out" / "cases" / "case0_label.npy")
+    assert data.num_classes == 5 and 1 not in np.unique(stored)
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"spacing": (float("nan"), 1.0, 1.0)}, r"^--spacing nan,1,1: spacings must be finite"),
+    ({"spacing": (1.0, float("inf"), 1.0)}, r"^--spacing 1,inf,1: spacings must be finite"),
+    ({"norm": "ct", "ct_window": (275.0, -125.0)}, r"^--ct-window 275,-125: the low bound"),
+    ({"ct_window": (-100.0, 200.0)}, r"^--ct-window applies to --norm ct only; this dataset "
+                                     r"is normalised with zscore"),
+    ({"crop_margin": 2}, r"^--crop-margin 2 needs --crop"),
+])
+def test_the_library_refuses_unusable_or_unused_numbers(
+        tmp_path: Path, options: dict[str, object], message: str) -> None:
+    root = _source(tmp_path / "src", n=2)
+    with pytest.raises(ConfigError, match=message):
+        prepare_generic(tmp_path / "out", root=root, images="images/*.nii.gz",
+                        labels="labels/*.nii.gz", **options)  # type: ignore[arg-type]
+    assert not (tmp_path / "out").exists()

@@ -14,7 +14,9 @@ leading folders). Images and labels pair by case id; when the two sides differ o
 shared leading text (``img_*`` and ``seg_*``), they pair by the rest and take the image's id.
 
 nnU-Net v2 folders (``dataset.json`` with ``channel_names``) name channel files
-``<case>_<XXXX><ext>``; MSD folders (``modality``) use ``<case><ext>``, one channel.
+``<case>_<XXXX><ext>``; MSD folders (``modality``) use ``<case><ext>``, one channel (MSD's
+multi-modality datasets keep their channels in one 4D file, which is refused with a word on
+converting it to the v2 layout). A label is ``<case>`` with any volume extension.
 ``imagesTs`` cases form the test split, with labels from ``labelsTs`` when it exists. A label
 named ``ignore`` in ``dataset.json`` (nnU-Net's convention) is the ignore label. No file is
 passed over without a word: a label without an image of its case (``labelsTs`` without
@@ -227,6 +229,12 @@ def list_nnunet(root: Path) -> SourceListing:
     v2 = "channel_names" in meta
     channel_names = meta.get("channel_names") or meta.get("modality") or {"0": "image"}
     n_channels = len(channel_names)
+    if not v2 and n_channels > 1:
+        raise DataError(
+            f"{root / 'dataset.json'}: MSD 'modality' names {n_channels} channels, stored as one "
+            "4D image a case, which hco does not read; split each image into 3D files "
+            "<case>_0000, <case>_0001, ... and name them in 'channel_names' (the nnU-Net v2 "
+            "layout that nnUNetv2_convert_MSD_dataset writes)")
     train = _folder_cases(root, "imagesTr", "labelsTr", v2=v2, channels=n_channels,
                           labels_required=True)
     _check_num_training(meta, len(train), root / "dataset.json")
@@ -328,31 +336,33 @@ def _folder_cases(root: Path, images: str, labels: str, *, v2: bool, channels: i
             raise DataError(f"case {case}: two files of channel {channel}: {files[channel]} and "
                             f"{path} (remove the stale one)")
         files[channel] = path
-    _check_label_files(root / labels, grouped, folder)
+    found = _label_files(root / labels, grouped, folder)
     out = []
     for case, files in grouped.items():
         if sorted(files) != list(range(channels)):
             raise DataError(
                 f"case {case}: {folder} has channels {sorted(files)}, expected 0..{channels - 1}"
             )
-        first = files[0]
-        label = root / labels / (case + volume_suffix(first))
-        if not label.exists() and labels_required:
-            raise DataError(f"case {case}: label file not found: {label}")
+        label = found.get(case)
+        if label is None and labels_required:
+            raise DataError(f"case {case}: no label file {case}.<ext> in {root / labels} "
+                            f"(.nii.gz, .nii, .nrrd, .mha, ...) for image {files[0]}")
         out.append(SourceCase(case=case, reader="volume",
                               images=tuple(files[c] for c in range(channels)),
-                              label=label if label.exists() else None,
-                              has_label=label.exists()))
+                              label=label, has_label=label is not None))
     if not out:
         raise DataError(f"{folder}: no volume files")
     return out
 
 
-def _check_label_files(folder: Path, cases: dict[str, dict[int, Path]], images: Path) -> None:
-    """Refuse a label without an image of its case, and two label files of one case."""
-    if not folder.is_dir():
-        return
+def _label_files(folder: Path, cases: dict[str, dict[int, Path]],
+                 images: Path) -> dict[str, Path]:
+    """The label file of each case in ``folder``, whatever its volume extension (an image
+    ``.nii.gz`` may have a ``.nii`` label); refuses a label without an image of its case and
+    two label files of one case."""
     seen: dict[str, Path] = {}
+    if not folder.is_dir():
+        return seen
     for path, case in _volume_files(folder):
         if case in seen:
             raise DataError(f"case {case}: two label files: {seen[case]} and {path} "
@@ -361,3 +371,4 @@ def _check_label_files(folder: Path, cases: dict[str, dict[int, Path]], images: 
         if case not in cases:
             raise DataError(f"case {case}: no image for label {path} (no file of case {case} "
                             f"in {images})")
+    return seen
