@@ -36,6 +36,13 @@ Device = Literal["auto", "cpu", "cuda"]
 Split = Literal["val", "test"]
 
 
+def _all_positive(value: tuple[int, int, int], what: str) -> tuple[int, int, int]:
+    """``value`` where every entry is at least 1; else a ValueError naming ``what``."""
+    if min(value) < 1:
+        raise ValueError(f"every {what} must be >= 1")
+    return value
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -63,9 +70,7 @@ class DataConfig(_Section):
     @field_validator("patch_size")
     @classmethod
     def _positive(cls, value: tuple[int, int, int]) -> tuple[int, int, int]:
-        if min(value) < 1:
-            raise ValueError("every patch dimension must be >= 1")
-        return value
+        return _all_positive(value, "patch dimension")
 
     @field_validator("fold")
     @classmethod
@@ -152,9 +157,7 @@ class ValidationConfig(_Section):
     @field_validator("stride")
     @classmethod
     def _positive_stride(cls, value: tuple[int, int, int]) -> tuple[int, int, int]:
-        if min(value) < 1:
-            raise ValueError("every stride must be >= 1")
-        return value
+        return _all_positive(value, "stride")
 
     @model_validator(mode="after")
     def _distinct_selections(self) -> ValidationConfig:
