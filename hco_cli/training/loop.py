@@ -125,7 +125,8 @@ def read_resume_point(run_dir: Path, *, processes: int | None = None,
     meta = ResumeMeta.of(state, source=str(last))
     if meta.finished:
         raise CheckpointError(f"run {run_dir} already finished; nothing to resume")
-    config, changes = resume_config(run_dir, state["config"], accept=accept_config_changes)
+    config, changes = resume_config(run_dir, state["config"], accept=accept_config_changes,
+                                    iteration=meta.global_iter)
     check_sinks(config.tracking.sinks)
     count = meta.processes
     distributed.check_resume_processes(count, requested=processes)

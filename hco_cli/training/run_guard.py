@@ -29,7 +29,11 @@ from hco_cli.runs.layout import RunFolder
 FIXED_KEYS = ("model", "framework.name", "optimizer.name", "data.path", "data.fold",
               "data.labeled", "data.labeled_rest", "data.labeled_batch_size",
               "data.unlabeled_batch_size", "data.unlabeled_includes_labeled",
+              "data.patch_size", "data.augment", "data.unlabeled_crop",
               "distributed.processes", "run_dir", "init_from", "seed", "phases")
+# The length of BCP's pre-training, fixed once it is over (the iterations already trained
+# would no longer add up to it, and the self-training's iteration axis would shift).
+PRETRAIN_LENGTH = "framework.pretrain_iterations"
 _SHOWN = 4
 
 
@@ -103,14 +107,15 @@ def _describe(changes: dict[str, list[Any]]) -> str:
     return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
 
 
-def resume_config(run_dir: Path, saved: dict[str, Any], *,
-                  accept: bool) -> tuple[TrainConfig, dict[str, list[Any]]]:
+def resume_config(run_dir: Path, saved: dict[str, Any], *, accept: bool,
+                  iteration: int | None = None) -> tuple[TrainConfig, dict[str, list[Any]]]:
     """The configuration to resume with, and what the user changed in ``config.yaml``.
 
     The checkpoint's configuration when ``config.yaml`` resolves to the same (their hashes
     agree); otherwise the edited one if ``accept`` and no key of :data:`FIXED_KEYS` changed,
     else a one-line refusal that lists the changed keys. ``run_dir`` is the folder resumed:
-    a copied or moved run writes where it is.
+    a copied or moved run writes where it is. ``iteration`` (the iterations trained) makes the
+    pre-training's length fixed once it is reached.
     """
     run_dir = Path(run_dir)
     source = str(RunFolder(run_dir).checkpoint("last"))
@@ -124,6 +129,9 @@ def resume_config(run_dir: Path, saved: dict[str, Any], *,
         return stored, {}
     changes = config_changes(before, after)
     fixed = [k for k in changes if _fixed(k)]
+    pretrain = changes.get(PRETRAIN_LENGTH)
+    if pretrain and iteration is not None and pretrain[0] is not None and iteration >= pretrain[0]:
+        fixed.append(PRETRAIN_LENGTH)
     if fixed:
         raise CheckpointError(
             f"{yaml_path} differs from last.pt in {_describe(changes)}; "

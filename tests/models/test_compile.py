@@ -69,7 +69,7 @@ def test_compiled_forward_and_backward_match_eager() -> None:
 
 
 def test_compile_config_accepts_only_torch_modes() -> None:
-    base = {"data": {"path": "data/x", "patch_size": [16, 16, 16]},
+    base = {"data": {"path": "data/x", "patch_size": [32, 32, 16]},
             "framework": {"name": "supervised"}, "optimizer": {"name": "sgd"}}
     assert validate_config(base).compile is False
     assert validate_config({**base, "compile": True}).compile is True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from hco_cli.runs.checkpoint import load_checkpoint
 from hco_cli.runs.folder import config_hash
 from hco_cli.training.entry import resume, train
 from hco_cli.training.events import ProgressEvent
-from hco_cli.training.run_guard import config_changes, flatten
+from hco_cli.training.run_guard import config_changes, flatten, resume_config
 from tests.cli.world import Stop, tiny_raw
 
 runner = CliRunner()
@@ -144,3 +145,34 @@ def test_interrupted_is_one_line_with_exit_code_130() -> None:
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines == ["error: interrupted; continue from the last checkpoint with: hco train "
                      "--resume runs/x"]
+
+
+@pytest.mark.parametrize(("edit", "iteration", "refused"), [
+    ({"framework": {"pretrain_iterations": 8}}, 2, None),  # still pre-training: extendable
+    ({"framework": {"pretrain_iterations": 8}}, 5, "framework.pretrain_iterations"),
+    ({"framework": {"selftrain_iterations": 12}}, 5, None),
+    ({"data": {"patch_size": [24, 24, 8]}}, 2, "data.patch_size"),
+    ({"data": {"augment": "flip"}}, 2, "data.augment"),
+])
+def test_a_finished_pretraining_and_the_data_streams_cannot_change(
+    data: Path, tmp_path: Path, edit: dict[str, Any], iteration: int, refused: str | None
+) -> None:
+    """BCP with 4 pre-training iterations: lengthening them once they are over would leave
+    the trained iterations short of them and shift the self-training's iteration axis; a
+    new patch or augmentation changes the data stream. Refused even with --accept."""
+    run = tmp_path / "run"
+    raw = tiny_raw(data, run)
+    raw["framework"] = {"name": "bcp", "pretrain_iterations": 4, "selftrain_iterations": 8}
+    saved = validate_config(raw).model_dump(mode="json")
+    edited = json.loads(json.dumps(saved))
+    for section, values in edit.items():
+        edited[section].update(values)
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(edited), encoding="utf-8")
+    if refused is None:
+        _, changes = resume_config(run, saved, accept=True, iteration=iteration)
+        assert list(changes) == [f"{s}.{k}" for s, v in edit.items() for k in v]
+        return
+    with pytest.raises(CheckpointError, match=rf"{re.escape(refused)} cannot change within a "
+                                              "run"):
+        resume_config(run, saved, accept=True, iteration=iteration)
