@@ -33,8 +33,10 @@ from hco_cli.io_utils import write_text
 from hco_cli.models.layout import DEFAULT_STRIDES
 from hco_cli.optim import optimizer_info
 from hco_cli.planning.memory import FRAMEWORKS, GIB, NetworkShape, estimate_memory
+from hco_cli.runs.folder import read_config_data
 from hco_cli.runs.layout import RunFolder
 from hco_cli.training.presets import Overrides, build_config, load_yaml
+from hco_cli.training.run_guard import config_changes
 from hco_cli.training.tracking import check_available as check_sinks
 from hco_cli.workflows.sweep_status import CONFIG_DIR, PRETRAIN_ARM, read_json, summary_path
 
@@ -180,9 +182,38 @@ def _run(out: Path, arm: str, seed: int, fold: str | None, config: TrainConfig,
          init_from: Path | None) -> SweepRun:
     assert config.run_dir is not None
     run_dir = config.run_dir
+    status = run_status(run_dir)
+    if status != "new":
+        _check_trained_as_planned(run_dir, config, out)
     return SweepRun(run_dir=run_dir, arm=arm, optimizer=config.optimizer.name, seed=seed,
-                    fold=fold, status=run_status(run_dir), init_from=init_from, config=config,
+                    fold=fold, status=status, init_from=init_from, config=config,
                     config_file=Path(out) / CONFIG_DIR / arm / f"{run_dir.name}.yaml")
+
+
+# Keys that say where and how a run is watched, not what it learns: a sweep run again with
+# other values of these still reuses its finished runs.
+_UNDEFINING = ("run_dir", "device", "tracking", "slurm", "log_every", "checkpoint_every",
+               "diagnostics_every")
+
+
+def _check_trained_as_planned(run_dir: Path, config: TrainConfig, out: Path) -> None:
+    """Refuse to reuse (skip as done, or resume) a run that its folder's ``config.yaml`` says
+    was trained otherwise than this sweep would train it: its results would be reported under
+    the sweep's new config."""
+    stored_file = RunFolder(run_dir).config
+    if not stored_file.is_file():
+        return
+    stored = validate_config(read_config_data(run_dir), source=str(stored_file),
+                             try_optimizer=False)
+    changes = {k: v for k, v in config_changes(stored.model_dump(mode="json"),
+                                                config.model_dump(mode="json")).items()
+               if not any(k == u or k.startswith(u + ".") for u in _UNDEFINING)}
+    if changes:
+        shown = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in list(changes.items())[:3])
+        more = f" and {len(changes) - 3} more" if len(changes) > 3 else ""
+        raise ConfigError(f"{run_dir} was trained with another config than this sweep gives it "
+                          f"({shown}{more}); sweep into another --out, or remove the run to "
+                          f"train it again (sweep folder {out})")
 
 
 def _optimizer_section(base: TrainConfig, arm: Arm) -> dict[str, Any]:

@@ -96,6 +96,31 @@ def test_second_invocation_skips_finished_runs(swept):
     assert {p: p.stat().st_mtime_ns for p in files} == before
 
 
+def test_a_sweep_rerun_with_another_config_does_not_reuse_its_runs(swept, tmp_path):
+    """The finished grid planned again from an edited config: a new learning rate is refused
+    in one line before any plan file is rewritten (the old runs would be reported as trained
+    with it); a new log interval (how a run is watched, not what it learns) still skips them."""
+    options, _ = swept
+    raw = yaml.safe_load(options.config.read_text())
+    planned = sorted(options.out.glob("_configs/*/*.yaml"))
+    before = {p: p.read_text() for p in planned}
+    raw["optimizer"]["lr"] = 0.05
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=r"sgd/all-s1 was trained with another config than "
+                                          r"this sweep gives it \(optimizer\.lr 0\.01 -> 0\.05\)"
+                                          r"; sweep into another --out") as caught:
+        plan_sweep(options.model_copy(update={"config": edited}))
+    assert "\n" not in str(caught.value)
+    with pytest.raises(ConfigError, match="was trained with another config"):
+        run_sweep(options.model_copy(update={"config": edited}))
+    assert {p: p.read_text() for p in planned} == before  # the plan files are untouched
+    raw["optimizer"]["lr"] = yaml.safe_load(options.config.read_text())["optimizer"]["lr"]
+    raw["log_every"] = 2
+    edited.write_text(yaml.safe_dump(raw))
+    assert {r.status for r in plan_sweep(options.model_copy(update={"config": edited}))} == {"done"}
+
+
 class _Stop(Exception):
     pass
 
