@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from hco_cli.config import TrainConfig, validate_config
 from hco_cli.errors import ConfigError
@@ -163,6 +164,19 @@ def test_overrides_apply():
     assert (c.optimizer.name, c.data.labeled, c.seed, c.data.fold) == ("sgd", 2, 5, "L0U1")
     assert (c.run_dir, c.data.path, c.init_from) == (Path("r"), Path("d"), Path("other"))
     assert (c.device, c.validation.select_on, c.deterministic) == ("cpu", "test", True)
+
+
+def test_no_flags_turn_off_what_a_config_turns_on(tmp_path):
+    """--no-deterministic / --no-sync-batchnorm (False) override a config's true; None (the
+    flag not given) keeps it."""
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({**preset("synthetic"), "deterministic": True,
+                                    "distributed": {"sync_batchnorm": True}}))
+    kept = build_config(config_file=path, overrides=Overrides())
+    assert kept.deterministic is True and kept.distributed.sync_batchnorm is True
+    off = build_config(config_file=path, overrides=Overrides(deterministic=False,
+                                                             sync_batchnorm=False))
+    assert off.deterministic is False and off.distributed.sync_batchnorm is False
 
 
 def test_config_file_or_dataset_exactly_once(tmp_path):

@@ -63,15 +63,17 @@ def train_command(
                                             "--resume")] = None,
     select_on: Annotated[Literal["val", "test"] | None, _opt(
         "Split that chooses best.pt (test inflates results).")] = None,
-    deterministic: Annotated[bool, _opt(
-        "Deterministic cuDNN and torch algorithms (slower).")] = False,
+    deterministic: Annotated[bool | None, _opt(
+        "Deterministic cuDNN and torch algorithms (slower); --no-deterministic turns off a "
+        "config's.")] = None,
     gpus: Annotated[int | None, _opt(
         "Data-parallel processes, one per GPU (CPU processes with --device cpu). Each draws "
         "its own batch of the configured size: the global batch is N times larger and the "
         "learning rate is unchanged; --iterations still counts steps (divide it by N to see "
         "the same number of samples). With --resume: must match the saved run.", min=1)] = None,
-    sync_batchnorm: Annotated[bool, _opt("BatchNorm statistics over all GPUs (SyncBatchNorm).")
-                              ] = False,
+    sync_batchnorm: Annotated[bool | None, _opt(
+        "BatchNorm statistics over all GPUs (SyncBatchNorm); --no-sync-batchnorm turns off a "
+        "config's.")] = None,
     plan: Annotated[str | None, _opt(
         "auto: patch size, batch sizes and network layout from the dataset's plan (hco plan; "
         "planned now for the config's framework if the dataset has none).")] = None,
@@ -96,8 +98,8 @@ def train_command(
     is_main = environment_rank() == 0  # under torchrun, rank 0 alone renders
     if resume_dir is not None:
         given = [config, dataset, optimizer, labeled, seed, iterations, fold, run_dir, data,
-                 device, init_from, select_on, plan, log]
-        if any(v is not None for v in given) or deterministic or force or sync_batchnorm:
+                 device, init_from, select_on, plan, log, deterministic, sync_batchnorm]
+        if any(v is not None for v in given) or force:
             raise ConfigError("--resume continues a run with its saved configuration; "
                               "give no other options (but --gpus, --accept-config-changes)")
         with training_progress(console, disable=not is_main) as bar:

@@ -103,9 +103,9 @@ class Overrides:
     device: str | None = None
     init_from: Path | None = None
     select_on: str | None = None
-    deterministic: bool = False
+    deterministic: bool | None = None  # None: the config's
     processes: int | None = None
-    sync_batchnorm: bool = False
+    sync_batchnorm: bool | None = None
     plan: str | None = None
     sinks: tuple[str, ...] | None = None  # --log: tracking sinks besides metrics.jsonl
 
@@ -146,7 +146,7 @@ def build_config(*, config_file: Path | None = None, dataset: str | None = None,
         "data": {"labeled": o.labeled, "fold": o.fold, "path": o.data},
         "optimizer": {"name": o.optimizer}, "validation": {"select_on": o.select_on},
         "distributed": {"processes": o.processes,
-                        "sync_batchnorm": True if o.sync_batchnorm else None}}
+                        "sync_batchnorm": o.sync_batchnorm}}
     for section, values in sections.items():
         for key, value in values.items():
             if value is not None:
@@ -155,8 +155,8 @@ def build_config(*, config_file: Path | None = None, dataset: str | None = None,
         raw.setdefault("tracking", {})["sinks"] = list(o.sinks)
     top = {"seed": o.seed, "run_dir": o.run_dir, "device": o.device, "init_from": o.init_from}
     raw.update({k: str(v) if isinstance(v, Path) else v for k, v in top.items() if v is not None})
-    if o.deterministic:
-        raw["deterministic"] = True
+    if o.deterministic is not None:
+        raw["deterministic"] = o.deterministic
     if o.plan is not None:
         if o.plan != AUTO:
             raise ConfigError(f"--plan {o.plan!r}: the only plan is 'auto' (the dataset's)")
