@@ -83,7 +83,8 @@ def train_command(
         metavar="SINK")
     ] = None,
     force: Annotated[bool, _opt("Replace an existing run folder that hco wrote (a run; "
-                                "nothing else).")] = False,
+                                "nothing else). The old run is deleted when the new one "
+                                "starts, not when it finishes.")] = False,
     accept_config_changes: Annotated[bool, _opt(
         "With --resume: continue with the values edited into RUN/config.yaml since the last "
         "checkpoint (e.g. a longer schedule), recorded in run.json; without it an edited "
