@@ -68,6 +68,27 @@ def hold(target: Path, *, enabled: bool = True) -> Iterator[None]:
             _remove_empty(made)
 
 
+def abandoned(target: Path) -> bool:
+    """Whether ``target``'s lock file is there but no process holds it: its holder died (a
+    command that ends removes the file). False without ``fcntl``."""
+    path = lock_path(target)
+    if fcntl is None:
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return True
+    finally:
+        os.close(fd)
+
+
 def _acquire(path: Path, target: Path) -> int:
     """Lock ``path`` (made if missing); retry when a releasing holder unlinked it meanwhile."""
     assert fcntl is not None

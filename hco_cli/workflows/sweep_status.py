@@ -26,6 +26,7 @@ import yaml
 
 from hco_cli.errors import CheckpointError
 from hco_cli.io_utils import write_json
+from hco_cli.locks import abandoned
 from hco_cli.runs.layout import RunFolder
 
 LOG_DIR = "_logs"
@@ -217,6 +218,9 @@ def run_state(out: Path, arm: str, name: str) -> RunStatus:
         ended = last_line(submitted.get("log"))
         if _SCHEDULER_END.search(ended):
             return status("failed", ended)
+        if submitted.get("executor") == "local" and abandoned(run_dir):
+            return status("failed", "stopped: no process holds the run any more (killed?); "
+                          "hco sweep again resumes it")
         # the run's own config where it has written one (a resumed run may have been given a
         # longer schedule), else the plan's
         folder = RunFolder(run_dir)

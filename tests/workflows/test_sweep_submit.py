@@ -16,6 +16,7 @@ import torch
 
 from hco_cli.config import SlurmConfig, slurm_minutes
 from hco_cli.errors import CheckpointError, ConfigError
+from hco_cli.locks import hold, lock_path
 from hco_cli.runs.checkpoint import load_checkpoint
 from hco_cli.training.events import ProgressEvent
 from hco_cli.training.logging import read_metrics
@@ -311,3 +312,25 @@ def test_status_needs_no_torch() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_local_run_whose_process_died_is_not_reported_running(tmp_path: Path) -> None:
+    """A local sweep killed mid-run (SIGTERM) leaves state.json saying running and the run's
+    lock file unheld: --status says it stopped, not that it runs; while a process holds the
+    lock, it runs; a run on Slurm (the lock is another node's) is not judged by it."""
+    out = tmp_path / "sw"
+    for arm in ("local", "slurm"):
+        (out / "_configs" / arm).mkdir(parents=True)
+        (out / "_configs" / arm / "all-s1.yaml").write_text("{}")
+        (out / arm / "all-s1").mkdir(parents=True)
+    record_submission(out, "local", "all-s1", executor="local", job_id="4242")
+    record_state(out, "local", "all-s1", job_id="4242", state="running")
+    record_submission(out, "slurm", "all-s1", executor="slurm", job_id="9")
+    record_state(out, "slurm", "all-s1", job_id="9", state="running")
+    with hold(out / "local" / "all-s1"), hold(out / "slurm" / "all-s1"):
+        assert [s.state for s in sweep_status(out)] == ["running", "running"]
+    for arm in ("local", "slurm"):  # what a killed holder leaves: the file, unlocked
+        lock_path(out / arm / "all-s1").write_text("4242\n")
+    local, slurm = sweep_status(out)
+    assert (local.state, slurm.state) == ("failed", "running")
+    assert local.detail.startswith("stopped: no process holds the run any more")
