@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -44,6 +47,21 @@ def _runs_per_gpu(text: str) -> int | Literal["auto"]:
 
 
 @handle_errors
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (kill, a job scheduler's stop) handled as Ctrl-C inside the block: the sweep
+    stops the runs it started and records them interrupted, instead of dying with its
+    children still training and its state saying they run."""
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def sweep(
     config: Annotated[Path | None, _opt("YAML config every run starts from (see "
                                         "sample_configs/).")] = None,
@@ -139,7 +157,7 @@ def sweep(
     def show(action: str, run: lib.SweepRun) -> None:
         console.print(f"[bold]{action}[/] {escape(str(run.run_dir))}")
 
-    with hold(out):  # one sweep writes OUT at a time (each run also locks its own folder)
+    with hold(out), _terminate_as_interrupt():  # one sweep writes OUT at a time
         try:
             report = lib.run_sweep(options, progress=show)
         except KeyboardInterrupt as exc:

@@ -10,6 +10,7 @@ goes, for ``hco sweep --status``.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -235,6 +236,24 @@ def schedule(runs: Sequence[SweepRun], *, workers: int, launch: Launcher,
     codes: dict[Path, int | None] = {}
     running: dict[int, tuple[SweepRun, Job]] = {}
     launched: set[Path] = set()
+    try:
+        _schedule_loop(runs, by_dir, pending, codes, running, launched, workers=workers,
+                       launch=launch, wait=wait)
+    except BaseException:
+        # Ctrl-C, or SIGTERM turned into it by hco sweep: stop the runs this sweep started
+        # (each saves where it got to), so none goes on unseen after the sweep has ended.
+        for _, job in running.values():
+            stop = getattr(job, "stop", None)
+            if stop is not None:
+                stop()
+        raise
+    return codes
+
+
+def _schedule_loop(runs: Sequence[SweepRun], by_dir: dict[Path, SweepRun],
+                   pending: list[SweepRun], codes: dict[Path, int | None],
+                   running: dict[int, tuple[SweepRun, Job]], launched: set[Path], *,
+                   workers: int, launch: Launcher, wait: Callable[[], None]) -> None:
     while pending or running:
         for slot, (run, job) in list(running.items()):
             code = job.poll()
@@ -258,7 +277,6 @@ def schedule(runs: Sequence[SweepRun], *, workers: int, launch: Launcher,
             wait()
         elif pending:  # cannot happen: every base precedes its dependents in grid order
             raise HcoError(f"sweep: {pending[0].run_dir} waits for a base that never runs")
-    return codes
 
 
 def _base_state(base: SweepRun, codes: dict[Path, int | None],
@@ -332,6 +350,22 @@ class _Chain:
         with self.log.open("ab") as sink:
             self.proc = subprocess.Popen(command, env=self.env, stdout=sink,
                                          stderr=subprocess.STDOUT)
+
+    def stop(self, grace: float = 60.0) -> None:
+        """Interrupt the running command as Ctrl-C would (hco train saves where it got to),
+        then terminate it if it has not ended within ``grace`` seconds; start no other."""
+        self.commands = []
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            self.proc.terminate()
+            self.proc.wait()
+        if self.on_exit is not None:
+            self.on_exit(self.proc.returncode)
+            self.on_exit = None
 
     def poll(self) -> int | None:
         assert self.proc is not None  # set in __init__

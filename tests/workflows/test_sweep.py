@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from hco_cli.cli.sweep import _terminate_as_interrupt
 from hco_cli.data.prepare import prepare_synthetic
 from hco_cli.errors import ConfigError, DataError, HcoError
 from hco_cli.training.entry import train
@@ -20,6 +24,7 @@ from hco_cli.workflows.sweep import (
     Arm,
     SweepOptions,
     SweepRun,
+    _Chain,
     load_arms,
     plan_sweep,
     resolve_runs_per_gpu,
@@ -433,3 +438,36 @@ def test_ablation_arm_names_mean_one_arm_in_every_file():
             first = seen.setdefault(name, (path.name, arm))
             assert first[1] == arm, f"{name}: {first[0]} and {path.name} differ"
     assert {"sgd", "hco-r3", "hco-r4", "sgd-co", "hco-r1-region"} <= set(seen)
+
+
+def test_an_interrupted_schedule_stops_the_runs_it_started(tmp_path):
+    """Ctrl-C (or SIGTERM, which hco sweep turns into it) while two runs train as subprocesses:
+    both get SIGINT, as a terminal's Ctrl-C would give them, and have ended when the sweep
+    re-raises, each recorded with its exit code; none trains on unseen."""
+    ended: dict[str, int] = {}
+    jobs: list[_Chain] = []
+
+    def launch(run: SweepRun, index: int) -> _Chain:
+        job = _Chain([[sys.executable, "-c", "import time; time.sleep(120)"]], env=dict(os.environ),
+                     log=tmp_path / f"{run.arm}.log",
+                     on_exit=lambda code, key=run.run_dir.name: ended.__setitem__(key, code))
+        jobs.append(job)
+        return job
+
+    def wait() -> None:
+        raise KeyboardInterrupt
+
+    runs = [r for r in _grid(tmp_path) if r.arm == "_pretrain"]  # two runs, no dependents
+    with pytest.raises(KeyboardInterrupt):
+        schedule(runs, workers=2, launch=launch, needs_work=lambda r: True, wait=wait)
+    assert len(jobs) == 2 and all(job.proc is not None and job.proc.poll() is not None
+                                  for job in jobs)
+    assert sorted(ended) == ["all-s1", "all-s2"] and all(c != 0 for c in ended.values())
+
+
+def test_sweep_turns_sigterm_into_ctrl_c_inside_its_block():
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt), _terminate_as_interrupt():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises before this ends
+    assert signal.getsignal(signal.SIGTERM) is before
