@@ -84,9 +84,18 @@ SweepProgress = Callable[[str, SweepRun], None]
 
 
 class Job(Protocol):
-    """A launched run: ``poll()`` is None while it works, then its exit code."""
+    """A launched run: ``poll()`` is None while it works, then its exit code; ``stop()``
+    interrupts it (as Ctrl-C) and ``wait_stopped(deadline)`` waits for that, then ends it."""
 
     def poll(self) -> int | None: ...
+
+    def stop(self) -> None: ...
+
+    def wait_stopped(self, deadline: float) -> None: ...
+
+
+# How long the runs of an interrupted sweep get to save their state before they are ended.
+STOP_GRACE_SECONDS = 60.0
 
 
 Launcher = Callable[[SweepRun, int], Job]
@@ -242,10 +251,12 @@ def schedule(runs: Sequence[SweepRun], *, workers: int, launch: Launcher,
     except BaseException:
         # Ctrl-C, or SIGTERM turned into it by hco sweep: stop the runs this sweep started
         # (each saves where it got to), so none goes on unseen after the sweep has ended.
-        for _, job in running.values():
-            stop = getattr(job, "stop", None)
-            if stop is not None:
-                stop()
+        jobs = [job for _, job in running.values()]
+        for job in jobs:
+            job.stop()
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        for job in jobs:
+            job.wait_stopped(deadline)
         raise
     return codes
 
@@ -335,6 +346,10 @@ class SubprocessLauncher:
         return _Chain(train_argv(run, self.options), env=env, log=log, on_exit=exited)
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class _Chain:
     """Sequential subprocesses; the first non-zero exit code ends the chain."""
 
@@ -348,18 +363,26 @@ class _Chain:
     def _next(self) -> None:
         command = self.commands.pop(0)
         with self.log.open("ab") as sink:
+            # Ctrl-C reaches the run (a sweep started in the background hands its children
+            # SIGINT ignored, and Python then never turns it into KeyboardInterrupt).
             self.proc = subprocess.Popen(command, env=self.env, stdout=sink,
-                                         stderr=subprocess.STDOUT)
+                                         stderr=subprocess.STDOUT,
+                                         preexec_fn=_default_sigint)
 
-    def stop(self, grace: float = 60.0) -> None:
-        """Interrupt the running command as Ctrl-C would (hco train saves where it got to),
-        then terminate it if it has not ended within ``grace`` seconds; start no other."""
+    def stop(self) -> None:
+        """Interrupt the running command as Ctrl-C would (hco train saves where it got to);
+        start no other."""
         self.commands = []
-        if self.proc is None or self.proc.poll() is not None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+
+    def wait_stopped(self, deadline: float) -> None:
+        """Wait for the interrupted command until ``deadline`` (``time.monotonic()``), then
+        terminate it; record its exit code."""
+        if self.proc is None:
             return
-        self.proc.send_signal(signal.SIGINT)
         try:
-            self.proc.wait(grace)
+            self.proc.wait(max(deadline - time.monotonic(), 0.0))
         except subprocess.TimeoutExpired:
             self.proc.terminate()
             self.proc.wait()
