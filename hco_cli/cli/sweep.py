@@ -46,7 +46,6 @@ def _runs_per_gpu(text: str) -> int | Literal["auto"]:
     return int(text)
 
 
-@handle_errors
 @contextlib.contextmanager
 def _terminate_as_interrupt() -> Iterator[None]:
     """SIGTERM (kill, a job scheduler's stop) handled as Ctrl-C inside the block: the sweep
@@ -62,6 +61,7 @@ def _terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@handle_errors
 def sweep(
     config: Annotated[Path | None, _opt("YAML config every run starts from (see "
                                         "sample_configs/).")] = None,
