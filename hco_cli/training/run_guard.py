@@ -97,11 +97,14 @@ def config_changes(before: dict[str, Any], after: dict[str, Any]) -> dict[str, l
             if old.get(k) != new.get(k)}
 
 
-def _fixed(key: str) -> bool:
-    return any(key == f or key.startswith(f + ".") for f in FIXED_KEYS)
+def under(key: str, prefixes: tuple[str, ...]) -> bool:
+    """Whether dotted ``key`` is one of ``prefixes`` or lies below one (``model.n_filters``
+    under ``model``)."""
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
 
 
-def _describe(changes: dict[str, list[Any]]) -> str:
+def describe_changes(changes: dict[str, list[Any]]) -> str:
+    """The first changed keys as ``key old -> new``, and how many more."""
     shown = [f"{k} {a!r} -> {b!r}" for k, (a, b) in list(changes.items())[:_SHOWN]]
     more = len(changes) - _SHOWN
     return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
@@ -128,18 +131,18 @@ def resume_config(run_dir: Path, saved: dict[str, Any], *, accept: bool,
     if config_hash(before) == config_hash(after):
         return stored, {}
     changes = config_changes(before, after)
-    fixed = [k for k in changes if _fixed(k)]
+    fixed = [k for k in changes if under(k, FIXED_KEYS)]
     pretrain = changes.get(PRETRAIN_LENGTH)
     if pretrain and iteration is not None and pretrain[0] is not None and iteration >= pretrain[0]:
         fixed.append(PRETRAIN_LENGTH)
     if fixed:
         raise CheckpointError(
-            f"{yaml_path} differs from last.pt in {_describe(changes)}; "
+            f"{yaml_path} differs from last.pt in {describe_changes(changes)}; "
             f"{', '.join(fixed)} cannot change within a run: restore config.yaml or start a "
             "new run")
     if not accept:
         raise ConfigError(
-            f"{yaml_path} was edited since last.pt ({_describe(changes)}); restore it, or "
+            f"{yaml_path} was edited since last.pt ({describe_changes(changes)}); restore it, or "
             f"resume with the edit: hco train --resume {run_dir} --accept-config-changes")
     return edited, changes
 

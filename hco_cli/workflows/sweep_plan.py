@@ -36,7 +36,7 @@ from hco_cli.planning.memory import FRAMEWORKS, GIB, NetworkShape, estimate_memo
 from hco_cli.runs.folder import read_config_data
 from hco_cli.runs.layout import RunFolder
 from hco_cli.training.presets import Overrides, build_config, load_yaml
-from hco_cli.training.run_guard import config_changes
+from hco_cli.training.run_guard import config_changes, describe_changes, under
 from hco_cli.training.tracking import check_available as check_sinks
 from hco_cli.workflows.sweep_status import CONFIG_DIR, PRETRAIN_ARM, read_json, summary_path
 
@@ -207,13 +207,11 @@ def _check_trained_as_planned(run_dir: Path, config: TrainConfig, out: Path) -> 
                              try_optimizer=False)
     changes = {k: v for k, v in config_changes(stored.model_dump(mode="json"),
                                                 config.model_dump(mode="json")).items()
-               if not any(k == u or k.startswith(u + ".") for u in _UNDEFINING)}
+               if not under(k, _UNDEFINING)}
     if changes:
-        shown = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in list(changes.items())[:3])
-        more = f" and {len(changes) - 3} more" if len(changes) > 3 else ""
         raise ConfigError(f"{run_dir} was trained with another config than this sweep gives it "
-                          f"({shown}{more}); sweep into another --out, or remove the run to "
-                          f"train it again (sweep folder {out})")
+                          f"({describe_changes(changes)}); sweep into another --out, or remove "
+                          f"the run to train it again (sweep folder {out})")
 
 
 def _optimizer_section(base: TrainConfig, arm: Arm) -> dict[str, Any]:
