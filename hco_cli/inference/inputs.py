@@ -28,6 +28,7 @@ from hco_cli.data.io import case_id_from_path, channel_tag, volume_suffix
 from hco_cli.data.plan import SPACING_TOLERANCE, DataPlan
 from hco_cli.data.preprocess import preprocess_case
 from hco_cli.data.sources import SourceCase, check_case_id
+from hco_cli.data.sources.generic import with_folders
 from hco_cli.data.sources.load import load_case
 from hco_cli.errors import DataError
 
@@ -122,10 +123,7 @@ def folder_ids(paths: Sequence[Path]) -> list[str]:
     nearest folder's name, and while ids repeat, every id with its next folder up in front
     (``site1/caseA``, ``site2/caseA``, ``site1/caseB``: ``site1_caseA``, ...)."""
     folders = [list(reversed(Path(p).resolve().parent.parts)) for p in paths]
-    ids = [f.pop(0) for f in folders]
-    while len(set(ids)) < len(ids) and any(folders):
-        ids = [f"{f.pop(0)}_{i}" if f else i for f, i in zip(folders, ids, strict=True)]
-    return ids
+    return with_folders([f.pop(0) for f in folders], folders)
 
 
 def expand_globs(paths: Sequence[Path]) -> list[Path]:

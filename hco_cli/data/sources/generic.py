@@ -55,6 +55,12 @@ def case_ids(pattern: str, paths: list[str]) -> list[str]:
         ids = strip_common_suffix([_stem(q[-1]) for q in pieces], tail)
     else:
         ids = [f.pop(0) if f else _stem(q[-1]) for f, q in zip(folders, pieces, strict=True)]
+    return with_folders(ids, folders)
+
+
+def with_folders(ids: list[str], folders: list[list[str]]) -> list[str]:
+    """``ids`` made distinct: while any repeats, every id gets its next folder up in front
+    (``folders``: each id's remaining folder names, nearest first; consumed)."""
     while len(set(ids)) < len(ids) and any(folders):
         ids = [f"{f.pop(0)}_{i}" if f else i for f, i in zip(folders, ids, strict=True)]
     return ids
