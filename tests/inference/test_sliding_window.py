@@ -187,8 +187,11 @@ def test_full_batches_pad_the_last_batch_and_change_nothing(mirror_axes):
                                                              strict=True)] == [5, 4, 4]
     assert plain.batches == [7] * (11 * calls) + [3] * calls
     assert full.batches == [7] * (12 * calls)
-    # per window the same float64 arithmetic: the zero windows' outputs are dropped
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+    # per window the same float64 network: the zero windows' outputs are dropped. The map is
+    # float32, and a CPU may pick another float64 convolution kernel for a batch of 3 than of
+    # 7 (oneDNN on AMX CPUs does), which can move a probability by one float32 ulp (<= 2**-23)
+    assert got.dtype == expected.dtype == torch.float32
+    torch.testing.assert_close(got, expected, rtol=0, atol=2.0**-23)
     if not mirror_axes:  # and BCP's window-by-window map (a float32 twin of the network)
         reference = brute_force(TinyNet(), image.numpy(), patch, stride)
         np.testing.assert_allclose(got.numpy(), reference, rtol=0, atol=2e-6)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -367,7 +368,14 @@ def test_two_processes_write_one_run_and_stay_identical(straight: Path) -> None:
 def test_same_streams_on_two_processes_equal_one_process(synthetic: Path,
                                                          tmp_path: Path) -> None:
     """With every rank on rank 0's streams the averaged gradients are one process's own."""
-    one = train(tiny_config(synthetic, tmp_path / "one", processes=1))
+    # Each of the two ranks computes on cpu_count // 2 threads: so does the one process, since
+    # on some CPUs (AMX, oneDNN) a convolution's sums depend on the thread count.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // 2))
+    try:
+        one = train(tiny_config(synthetic, tmp_path / "one", processes=1))
+    finally:
+        torch.set_num_threads(threads)
     two = launch(tiny_config(synthetic, tmp_path / "two"), processes=2, same_streams=True)
     assert one.best_dice == two.best_dice
     a = load_checkpoint(tmp_path / "one/checkpoints/last.pt")
