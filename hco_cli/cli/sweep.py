@@ -104,8 +104,8 @@ def sweep(
     log: Annotated[list[str] | None, _opt("Tracking sinks of every run: tensorboard, mlflow "
                                           "(repeat or comma-separate).", metavar="SINK")] = None,
     status: Annotated[Path | None, _opt(
-        "Show each run of the sweep folder OUT (pending, running, done, failed with the "
-        "log's last line) from its files, and exit.", metavar="OUT")] = None,
+        "Show each run of the sweep folder OUT (pending, running, done, interrupted, failed "
+        "with the log's last line) from its files, and exit.", metavar="OUT")] = None,
     dry_run: Annotated[bool, _opt("Print the plan (status done / resume / new) and exit.")
                        ] = False,
 ) -> None:

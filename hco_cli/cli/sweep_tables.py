@@ -13,7 +13,8 @@ if TYPE_CHECKING:
     from hco_cli.workflows import sweep as lib
     from hco_cli.workflows.sweep_submit import Submission
 
-_STATE_STYLE = {"done": "green", "running": "cyan", "pending": "yellow", "failed": "bold red"}
+_STATE_STYLE = {"done": "green", "running": "cyan", "pending": "yellow",
+                "interrupted": "magenta", "failed": "bold red"}
 
 
 def plan_table(runs: list[lib.SweepRun]) -> Table:

@@ -49,10 +49,14 @@ class RunInfo(BaseModel):
     best: BestScore
     # validation.also_select_on: each split's best of the final phase (best-<split>.pt).
     also_best: dict[str, BestScore] | None = None
+    # The prepared dataset's four digests (hco_cli.data.identity); None in runs before them.
+    dataset_identity: dict[str, str] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """The file's content (``config_changes`` and ``also_best`` only once there are some)."""
-        unset = {k for k in ("config_changes", "also_best") if getattr(self, k) is None}
+        """The file's content (``config_changes``, ``also_best`` and ``dataset_identity`` only
+        once there are some)."""
+        unset = {k for k in ("config_changes", "also_best", "dataset_identity")
+                 if getattr(self, k) is None}
         return self.model_dump(mode="json", exclude=unset)
 
 
@@ -71,6 +75,8 @@ class ResumeMeta(BaseModel):
     processes: int = Field(default=1, ge=1)  # data-parallel processes that wrote it
     run_best: BestScore
     also_best: dict[str, BestScore] = Field(default_factory=dict)  # validation.also_select_on
+    # The dataset it trains on (hco_cli.data.identity); None in checkpoints before it existed.
+    dataset_identity: dict[str, str] | None = None
 
     @classmethod
     def of(cls, state: dict[str, Any], *, source: str) -> ResumeMeta:

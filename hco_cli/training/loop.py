@@ -47,6 +47,7 @@ from hco_cli.training.logging import MetricsWriter
 from hco_cli.training.run_guard import (
     change_history,
     check_resumable,
+    check_same_dataset,
     resume_config,
     run_session,
 )
@@ -127,6 +128,7 @@ def read_resume_point(run_dir: Path, *, processes: int | None = None,
         raise CheckpointError(f"run {run_dir} already finished; nothing to resume")
     config, changes = resume_config(run_dir, state["config"], accept=accept_config_changes,
                                     iteration=meta.global_iter)
+    check_same_dataset(run_dir, config.data.path, meta.dataset_identity)
     check_sinks(config.tracking.sinks)
     count = meta.processes
     distributed.check_resume_processes(count, requested=processes)
@@ -498,7 +500,8 @@ class _Trainer:
 
     def _model_payload(self, model_state: dict[str, Tensor]) -> dict[str, Any]:
         return {"model": model_state, "config": self.cfg.model_dump(mode="json"),
-                "in_channels": self.s.in_channels, "num_classes": self.s.num_classes}
+                "in_channels": self.s.in_channels, "num_classes": self.s.num_classes,
+                "dataset_identity": self.s.dataset_identity}
 
     def _checkpoint(self, phase_index: int, local: int, iteration: int) -> None:
         """Save last.pt (rank 0, with every rank's random streams); refuse NaN/Inf weights."""
@@ -522,7 +525,8 @@ class _Trainer:
                          lr=self.lr, elapsed=self._wall(), finished=self.finished,
                          processes=self.ctx.world_size,
                          run_best=BestScore(**self.run_best),
-                         also_best=self.also_best).payload(),
+                         also_best=self.also_best,
+                         dataset_identity=self.s.dataset_identity or None).payload(),
             "framework": fw_state,
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             "carried": self.carried, "rng": mine["rng"], "sampler": mine["sampler"],

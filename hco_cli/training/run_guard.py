@@ -4,7 +4,8 @@ One writer at a time (the folder's lock, held for the command's life), the tempo
 checkpoints that a killed run was writing removed, Ctrl-C turned into a line that says how to
 continue, and a resumed run's configuration compared with its ``config.yaml``: a user who
 edits the file and resumes gets either a refusal naming the changed keys or, with
-``--accept-config-changes``, the edited values, recorded in ``run.json``.
+``--accept-config-changes``, the edited values, recorded in ``run.json``. A resume on a dataset
+prepared again since the run started is refused (:mod:`hco_cli.data.identity`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from hco_cli.config import TrainConfig, validate_config
+from hco_cli.data.identity import DatasetIdentity, changed_parts, dataset_identity
 from hco_cli.errors import CheckpointError, ConfigError, Interrupted
 from hco_cli.locks import hold
 from hco_cli.outputs import remove_stale_in
@@ -78,6 +80,19 @@ def check_resumable(run_dir: Path) -> None:
             f"run {run_dir} has no checkpoints/last.pt: it stopped before its first checkpoint "
             "and holds nothing to resume; the hco train command that started it starts it "
             "again (no --force needed)")
+
+
+def check_same_dataset(run_dir: Path, data_path: Path,
+                       recorded: DatasetIdentity | None) -> None:
+    """Refuse to resume on a dataset prepared again since the run started (its labels,
+    splits, preprocessing or cases differ from what ``last.pt`` recorded); a checkpoint from
+    before identities were recorded resumes unchecked."""
+    changed = changed_parts(recorded, dataset_identity(data_path)) if recorded else []
+    if changed:
+        raise CheckpointError(
+            f"{data_path} was prepared again since run {run_dir} started: its "
+            f"{' and '.join(changed)} differ from those the run trained on, and one run cannot "
+            "train on two datasets; restore that preparation, or start a new run")
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:

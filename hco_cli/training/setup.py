@@ -20,6 +20,7 @@ from torch import nn
 from hco_cli.config import TrainConfig, validate_config
 from hco_cli.data.batch import Batch
 from hco_cli.data.dataset import PreparedDataset
+from hco_cli.data.identity import DatasetIdentity, changed_parts, dataset_identity
 from hco_cli.data.sampling import PatchSampler
 from hco_cli.errors import ConfigError
 from hco_cli.models.vnet import build_model, compile_forward
@@ -106,6 +107,8 @@ class RunSetup:
     ctx: DistributedContext = SINGLE_PROCESS
     # config.yaml edits accepted on resume (--accept-config-changes), kept in run.json.
     config_changes: list[dict[str, Any]] = field(default_factory=list)
+    # The prepared dataset's digests, kept in last.pt and run.json (hco_cli.data.identity).
+    dataset_identity: DatasetIdentity = field(default_factory=dict)
 
     @property
     def amp(self) -> bool:
@@ -140,7 +143,8 @@ class RunSetup:
                 "select_on": cfg.validation.select_on,
                 "init_from": str(cfg.init_from) if cfg.init_from else None,
                 "warnings": list(self.warnings),
-                **({"config_changes": self.config_changes} if self.config_changes else {})}
+                **({"config_changes": self.config_changes} if self.config_changes else {}),
+                **({"dataset_identity": self.dataset_identity} if self.dataset_identity else {})}
 
     def summary(self) -> dict[str, Any]:
         return {**self.run_info(), "run_dir": str(self.run_dir),
@@ -222,8 +226,9 @@ def build_setup(config: TrainConfig, *, resuming: bool = False,
     if config.distributed.sync_batchnorm:
         _sync_batchnorm(framework, device)
     phases = framework.phases()
-    skipped, init_optimizers = _init_from(config, framework, phases, num_classes,
-                                          load=not resuming)
+    identity = dataset_identity(dataset)
+    skipped, init_optimizers, init_warnings = _init_from(config, framework, phases, num_classes,
+                                                         identity, load=not resuming)
     skipped |= _unselected(config, phases)
     if ctx.stream_seed(config.seed) != config.seed:  # this rank's own dropout streams
         seed_everything(ctx.stream_seed(config.seed))
@@ -236,8 +241,8 @@ def build_setup(config: TrainConfig, *, resuming: bool = False,
     return RunSetup(config=config, run_dir=config.run_dir, device=device, dataset=dataset,
                     splits=splits, sampler=sampler, validation=validation, framework=framework,
                     phases=phases, skipped=skipped, in_channels=in_channels,
-                    num_classes=num_classes, warnings=warnings, init_optimizers=init_optimizers,
-                    ctx=ctx)
+                    num_classes=num_classes, warnings=init_warnings + warnings,
+                    init_optimizers=init_optimizers, ctx=ctx, dataset_identity=identity)
 
 
 def _cpu_warning(config: TrainConfig, device: torch.device, phases: list[Phase]) -> list[str]:
@@ -290,13 +295,16 @@ def _unselected(config: TrainConfig, phases: list[Phase]) -> set[str]:
 
 
 def _init_from(config: TrainConfig, framework: Framework, phases: list[Phase],
-               num_classes: int, *, load: bool) -> tuple[set[str], dict[str, Any] | None]:
+               num_classes: int, identity: DatasetIdentity, *,
+               load: bool) -> tuple[set[str], dict[str, Any] | None, list[str]]:
     """Load another run's pretrain.pt into the eval model; the pretrain phase is skipped.
 
-    Returns the skipped phases and, for phases that carry the optimizer over, its saved state.
+    Returns the skipped phases, for phases that carry the optimizer over its saved state, and
+    a warning where the pre-training saw other splits or cases of this dataset (one prepared
+    with other labels or preprocessing is refused: its network saw other inputs or classes).
     """
     if config.init_from is None:
-        return set(), None
+        return set(), None, []
     shared = {p.name for p in phases if p.produces_shareable_checkpoint}
     if not shared:
         raise ConfigError(f"--init-from needs a framework with a pretrain phase; "
@@ -309,13 +317,33 @@ def _init_from(config: TrainConfig, framework: Framework, phases: list[Phase],
                 data["num_classes"]) != num_classes:
             raise ConfigError(f"--init-from {config.init_from}: its model or classes differ "
                               "from this run's")
+        warnings = _init_from_dataset(config, data.get("dataset_identity"), identity)
         framework.eval_model().load_state_dict(data["model"])
         if any(p.carry_optimizer for p in phases):
             if "optimizers" not in data:
                 raise ConfigError(f"--init-from {config.init_from}: its pretrain.pt holds no "
                                   "optimizer state, which this run's self-training restores")
-            return shared, data["optimizers"]
-    return shared, None
+            return shared, data["optimizers"], warnings
+        return shared, None, warnings
+    return shared, None, []
+
+
+def _init_from_dataset(config: TrainConfig, theirs: DatasetIdentity | None,
+                       ours: DatasetIdentity) -> list[str]:
+    """Refuse a pre-training on a dataset prepared with other labels or preprocessing; warn
+    where only its splits or cases differ (a pretrain.pt from before identities: nothing)."""
+    if not theirs:
+        return []
+    changed = changed_parts(theirs, ours)
+    if {"labels", "preprocessing"} & set(changed):
+        raise ConfigError(f"--init-from {config.init_from}: it pre-trained on {config.data.path} "
+                          f"prepared with other {' and '.join(changed)}; pre-train on this "
+                          "preparation of the dataset")
+    if changed:
+        return [f"--init-from {config.init_from} pre-trained on {config.data.path} with other "
+                f"{' and '.join(changed)} (the dataset was prepared again since): its weights "
+                "saw other cases than this run's"]
+    return []
 
 
 def _validation(config: TrainConfig, dataset: PreparedDataset, splits: dict[str, list[str]],

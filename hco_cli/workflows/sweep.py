@@ -42,6 +42,7 @@ from hco_cli.workflows.sweep_plan import (
 )
 from hco_cli.workflows.sweep_status import (
     PRETRAIN_ARM,
+    JobState,
     read_json,
     record_state,
     record_submission,
@@ -151,7 +152,7 @@ def _run_in_process(runs: list[SweepRun], options: SweepOptions,
             outcomes.append(_read_outcome(run, "failed", end(str(exc))))
             continue
         except KeyboardInterrupt:
-            end("interrupted")
+            end("interrupted", interrupted=True)
             raise
         except Exception as exc:  # one run's crash must not end the sweep
             failed.add(run.run_dir)
@@ -168,7 +169,7 @@ def _run_in_process(runs: list[SweepRun], options: SweepOptions,
             outcomes.append(_read_outcome(run, "failed", end(f"evaluation: {exc}")))
             continue
         except KeyboardInterrupt:
-            end("interrupted")
+            end("interrupted", interrupted=True)
             raise
         except Exception as exc:  # as above: recorded, the sweep goes on
             outcomes.append(_read_outcome(run, "failed",
@@ -189,19 +190,27 @@ def _crashed(run: SweepRun, exc: Exception) -> str:
     return line
 
 
+class RunEnd(Protocol):
+    """Records how a run started by :func:`started` ended; returns the message."""
+
+    def __call__(self, message: str | None, *, interrupted: bool = False) -> str: ...
+
+
 def started(run: SweepRun, options: SweepOptions, *, executor: str,
-            log: Path | None = None) -> Callable[[str | None], str]:
+            log: Path | None = None) -> RunEnd:
     """Record that ``run`` starts now (for ``hco sweep --status``); return the function that
-    records its end: ``end(None)`` when done, ``end(message)`` when it failed."""
+    records its end: ``end(None)`` when done, ``end(message)`` when it failed,
+    ``end(message, interrupted=True)`` when Ctrl-C stopped it."""
     job_id = uuid.uuid4().hex[:12]
     out, arm, name = options.out, run.arm, run.run_dir.name
     record_submission(out, arm, name, executor=executor, job_id=job_id, log=log,
                       evaluate=options.evaluate and arm != PRETRAIN_ARM)
     record_state(out, arm, name, job_id=job_id, state="running")
 
-    def end(message: str | None) -> str:
-        record_state(out, arm, name, job_id=job_id, state="done" if message is None else "failed",
-                     message=message or "")
+    def end(message: str | None, *, interrupted: bool = False) -> str:
+        state: JobState = ("interrupted" if interrupted else "done" if message is None
+                           else "failed")
+        record_state(out, arm, name, job_id=job_id, state=state, message=message or "")
         return message or ""
 
     return end
@@ -340,8 +349,11 @@ class SubprocessLauncher:
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": device}
         end = started(run, self.options, executor="local", log=log)
 
-        def exited(code: int) -> None:
-            end(None if code == 0 else f"exit code {code}; see {log}")
+        def exited(code: int, stopped: bool) -> None:
+            # 130: hco's exit on Ctrl-C (the sweep's stop sends the same); a command that the
+            # stop had to terminate was interrupted too
+            interrupted = code != 0 and (stopped or code in (130, -signal.SIGINT))
+            end(None if code == 0 else f"exit code {code}; see {log}", interrupted=interrupted)
 
         return _Chain(train_argv(run, self.options), env=env, log=log, on_exit=exited)
 
@@ -354,9 +366,10 @@ class _Chain:
     """Sequential subprocesses; the first non-zero exit code ends the chain."""
 
     def __init__(self, commands: list[list[str]], *, env: dict[str, str], log: Path,
-                 on_exit: Callable[[int], None] | None = None) -> None:
+                 on_exit: Callable[[int, bool], None] | None = None) -> None:
         self.commands, self.env, self.log = list(commands), env, log
-        self.on_exit = on_exit
+        self.on_exit = on_exit  # with the exit code and whether stop() ended it
+        self.stopped = False
         self.proc: subprocess.Popen[bytes] | None = None
         self._next()
 
@@ -374,6 +387,7 @@ class _Chain:
         start no other."""
         self.commands = []
         if self.proc is not None and self.proc.poll() is None:
+            self.stopped = True
             self.proc.send_signal(signal.SIGINT)
 
     def wait_stopped(self, deadline: float) -> None:
@@ -387,7 +401,7 @@ class _Chain:
             self.proc.terminate()
             self.proc.wait()
         if self.on_exit is not None:
-            self.on_exit(self.proc.returncode)
+            self.on_exit(self.proc.returncode, self.stopped)
             self.on_exit = None
 
     def poll(self) -> int | None:
@@ -397,7 +411,7 @@ class _Chain:
             self._next()
             return None
         if code is not None and self.on_exit is not None:
-            self.on_exit(code)
+            self.on_exit(code, self.stopped)
             self.on_exit = None
         return code
 

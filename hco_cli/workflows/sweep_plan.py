@@ -17,7 +17,8 @@ that run has finished.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -28,12 +29,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hco_cli.config import TrainConfig, describe_error, validate_config
 from hco_cli.data.dataset import PreparedDataset
+from hco_cli.data.identity import DatasetIdentity, changed_parts, dataset_identity
 from hco_cli.errors import ConfigError
 from hco_cli.io_utils import write_text
 from hco_cli.models.layout import DEFAULT_STRIDES
 from hco_cli.optim import optimizer_info
 from hco_cli.planning.memory import FRAMEWORKS, GIB, NetworkShape, estimate_memory
-from hco_cli.runs.folder import read_config_data
+from hco_cli.runs.folder import read_config_data, read_run_info
 from hco_cli.runs.layout import RunFolder
 from hco_cli.training.presets import Overrides, build_config, load_yaml
 from hco_cli.training.run_guard import config_changes, describe_changes, under
@@ -155,6 +157,8 @@ def plan_sweep(options: SweepOptions) -> list[SweepRun]:
     check_sinks(options.log if options.log is not None else base.tracking.sinks)
     device = "cuda" if options.gpus > 1 else None
     sinks = tuple(options.log) if options.log is not None else None
+    # The dataset's identity, read once and only where a run folder exists to check it against.
+    identity = functools.cache(lambda: dataset_identity(base.data.path))
     runs = []
     for fold in folds or [base.data.fold]:
         for seed in seeds:
@@ -164,13 +168,13 @@ def plan_sweep(options: SweepOptions) -> list[SweepRun]:
                 config = _resolve(options, base.optimizer.model_dump(mode="json"),
                                   Overrides(seed=seed, fold=fold, run_dir=shared, device=device,
                                             sinks=sinks), phases=["pretrain"])
-                runs.append(_run(options.out, PRETRAIN_ARM, seed, fold, config, None))
+                runs.append(_run(options.out, PRETRAIN_ARM, seed, fold, config, None, identity))
             for name, arm in arms.items():
                 run_dir = _cell_dir(options.out, name, fold, seed)
                 config = _resolve(options, _optimizer_section(base, arm), Overrides(
                     seed=seed + arm.seed_offset, fold=fold, run_dir=run_dir, device=device,
                     init_from=shared, sinks=sinks), framework=arm.framework)
-                runs.append(_run(options.out, name, seed, fold, config, shared))
+                runs.append(_run(options.out, name, seed, fold, config, shared, identity))
     return runs
 
 
@@ -179,12 +183,13 @@ def _cell_dir(out: Path, arm: str, fold: str | None, seed: int) -> Path:
 
 
 def _run(out: Path, arm: str, seed: int, fold: str | None, config: TrainConfig,
-         init_from: Path | None) -> SweepRun:
+         init_from: Path | None, identity: Callable[[], DatasetIdentity]) -> SweepRun:
     assert config.run_dir is not None
     run_dir = config.run_dir
     status = run_status(run_dir)
     if status != "new":
         _check_trained_as_planned(run_dir, config, out)
+        _check_same_dataset(run_dir, config, out, identity)
     return SweepRun(run_dir=run_dir, arm=arm, optimizer=config.optimizer.name, seed=seed,
                     fold=fold, status=status, init_from=init_from, config=config,
                     config_file=Path(out) / CONFIG_DIR / arm / f"{run_dir.name}.yaml")
@@ -212,6 +217,21 @@ def _check_trained_as_planned(run_dir: Path, config: TrainConfig, out: Path) -> 
         raise ConfigError(f"{run_dir} was trained with another config than this sweep gives it "
                           f"({describe_changes(changes)}); sweep into another --out, or remove "
                           f"the run to train it again (sweep folder {out})")
+
+
+def _check_same_dataset(run_dir: Path, config: TrainConfig, out: Path,
+                        current: Callable[[], DatasetIdentity]) -> None:
+    """Refuse to reuse a run whose ``run.json`` says it trained on another preparation of the
+    sweep's dataset (prepared again since, with other splits, cases or preprocessing)."""
+    if not RunFolder(run_dir).run_json.is_file():
+        return
+    recorded = read_run_info(run_dir).dataset_identity
+    changed = changed_parts(recorded, current()) if recorded else []
+    if changed:
+        raise ConfigError(f"{run_dir} was trained on another preparation of "
+                          f"{config.data.path} (its {' and '.join(changed)} differ): its "
+                          "results would be reported as this dataset's; sweep into another "
+                          f"--out, or remove the run to train it again (sweep folder {out})")
 
 
 def _optimizer_section(base: TrainConfig, arm: Arm) -> dict[str, Any]:

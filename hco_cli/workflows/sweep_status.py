@@ -4,7 +4,8 @@
     OUT/<arm>/<run>/                        the run folder (run.json, checkpoints/last.pt, ...)
     OUT/_logs/<arm>/<run>.log               what the run printed (subprocesses, jobs)
     OUT/_jobs/<arm>/<run>.submitted.json    the executor's latest submission: job id, log
-    OUT/_jobs/<arm>/<run>.state.json        the job's own account: running, done or failed
+    OUT/_jobs/<arm>/<run>.state.json        the job's own account: running, done, interrupted
+                                            or failed
 
 A job's account counts only if it names the submitted job id, so a resubmitted run reads
 ``pending`` until its new job starts. A running run's progress (iteration of the planned
@@ -34,7 +35,8 @@ CONFIG_DIR = "_configs"
 JOBS_DIR = "_jobs"
 PRETRAIN_ARM = "_pretrain"
 
-RunState = Literal["pending", "running", "done", "failed"]
+RunState = Literal["pending", "running", "done", "interrupted", "failed"]
+JobState = Literal["running", "done", "interrupted", "failed"]
 # How Slurm ends a job in its log (time limit, scancel, memory, node failure).
 _SCHEDULER_END = re.compile(r"CANCELLED|DUE TO TIME LIMIT|oom[-_ ]kill|OUT_OF_MEMORY|"
                             r"NODE_FAIL|PREEMPTED", re.IGNORECASE)
@@ -85,7 +87,7 @@ def record_submission(out: Path, arm: str, name: str, *, executor: str, job_id: 
 
 
 def record_state(out: Path, arm: str, name: str, *, job_id: str,
-                 state: Literal["running", "done", "failed"], message: str = "") -> None:
+                 state: JobState, message: str = "") -> None:
     """The job's own account of itself (or its executor's, for one that died unannounced)."""
     write_json(_record(out, arm, name, "state"), {
         "job_id": job_id, "state": state, "message": message, "time": time.time()})
@@ -193,7 +195,8 @@ def run_progress(metrics: Path, total: int | None, *, window: float = 300.0,
 
 # ------------------------------------------------------------------------------ states
 def run_state(out: Path, arm: str, name: str) -> RunStatus:
-    """The state of one planned run: done, failed, running or pending (see the module doc)."""
+    """The state of one planned run: done, interrupted, failed, running or pending (see the
+    module doc)."""
     out = Path(out)
     run_dir = out / arm / name
     submitted = read_json(_record(out, arm, name, "submitted"))
@@ -212,6 +215,8 @@ def run_state(out: Path, arm: str, name: str) -> RunStatus:
         best = (info.get("best") or {}).get("score")
         return status("done", "" if best is None else f"best dice {best:.4f}")
     state = account.get("state")
+    if state == "interrupted":  # Ctrl-C (or the sweep's SIGTERM): nothing failed
+        return status("interrupted", _interrupted_detail(run_dir))
     if state in ("failed", "done"):  # done here: the job ended, the run is not finished
         return status("failed", account.get("message") or log or "ended before finishing")
     if state == "running":
@@ -235,6 +240,12 @@ def run_state(out: Path, arm: str, name: str) -> RunStatus:
     return status("pending", "not submitted")
 
 
+def _interrupted_detail(run_dir: Path) -> str:
+    if RunFolder(run_dir).checkpoint("last").is_file():
+        return "stopped by Ctrl-C; hco sweep again resumes it from its last checkpoint"
+    return "stopped by Ctrl-C before its first checkpoint; hco sweep again starts it"
+
+
 def planned_runs(out: Path) -> list[tuple[str, str]]:
     """(arm, run name) of every run the plan wrote, cell by cell, shared pre-training first."""
     configs = sorted(Path(out).glob(f"{CONFIG_DIR}/*/*.yaml"))
@@ -251,7 +262,7 @@ def sweep_status(out: Path) -> list[RunStatus]:
     return [run_state(out, arm, name) for arm, name in planned_runs(out)]
 
 
-__all__ = ["CONFIG_DIR", "JOBS_DIR", "LOG_DIR", "PRETRAIN_ARM", "Progress", "RunStatus",
-           "last_line", "log_path", "planned_iterations", "planned_runs", "read_json",
-           "record_state", "record_submission", "run_progress", "run_state", "summary_path",
-           "sweep_status"]
+__all__ = ["CONFIG_DIR", "JOBS_DIR", "LOG_DIR", "PRETRAIN_ARM", "JobState", "Progress",
+           "RunState", "RunStatus", "last_line", "log_path", "planned_iterations",
+           "planned_runs", "read_json", "record_state", "record_submission", "run_progress",
+           "run_state", "summary_path", "sweep_status"]

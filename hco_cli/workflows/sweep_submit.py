@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple, Protocol
 
 from hco_cli.config import SlurmConfig
-from hco_cli.errors import ConfigError, HcoError, MissingExtraError
+from hco_cli.errors import ConfigError, HcoError, Interrupted, MissingExtraError
 from hco_cli.inference.predict import PredictOptions, predict
 from hco_cli.runs.layout import RunFolder
 from hco_cli.training.entry import resume, train
@@ -86,9 +86,10 @@ class SweepJob:
         except BaseException as exc:
             text = str(exc) if isinstance(exc, HcoError) else f"{type(exc).__name__}: {exc}"
             message = (text.splitlines() or [type(exc).__name__])[0]
-            log.line(f"error: {message}")
-            record_state(self.out, self.arm, name, job_id=job_id, state="failed",
-                         message=message)
+            stopped = isinstance(exc, (KeyboardInterrupt, Interrupted))
+            log.line(f"{'interrupted' if stopped else 'error'}: {message}")
+            record_state(self.out, self.arm, name, job_id=job_id,
+                         state="interrupted" if stopped else "failed", message=message)
             raise
         record_state(self.out, self.arm, name, job_id=job_id, state="done")
         log.line(f"done ({outcome})")

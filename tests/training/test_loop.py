@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -226,6 +227,27 @@ def test_init_from_skips_pretraining(synthetic, straight, tmp_path):
     assert [r["phase"] for r in records if r["phase"] != "val"] == ["selftrain"]
     assert records[0]["iter"] == 2  # global numbering continues after the shared pre-training
     assert pre["kind"] == "pretrain" and not (second / "checkpoints/pretrain.pt").exists()
+
+
+def test_init_from_another_preparation_warns_or_is_refused(synthetic, straight, tmp_path):
+    """A pre-training from the dataset prepared with other splits only warns (its weights saw
+    other cases); one prepared with another normalisation is refused before training."""
+    first, _ = straight
+    copy = Path(shutil.copytree(synthetic, tmp_path / "data"))
+    splits = json.loads((copy / "splits.json").read_text(encoding="utf-8"))
+    splits["val"], splits["test"] = splits["test"], splits["val"]
+    (copy / "splits.json").write_text(json.dumps(splits), encoding="utf-8")
+    result = train(tiny_config(copy, tmp_path / "split", init_from=str(first),
+                               framework__selftrain_iterations=1))
+    assert [w for w in result.warnings if "pre-trained on" in w] == [
+        f"--init-from {first} pre-trained on {copy} with other splits (the dataset was "
+        "prepared again since): its weights saw other cases than this run's"]
+    plan = json.loads((copy / "plans.json").read_text(encoding="utf-8"))
+    plan["preprocess"]["norm"] = "none"
+    (copy / "plans.json").write_text(json.dumps(plan), encoding="utf-8")
+    with pytest.raises(ConfigError, match=rf"--init-from {first}: it pre-trained on {copy} "
+                       "prepared with other splits and preprocessing; pre-train on this"):
+        train(tiny_config(copy, tmp_path / "norm", init_from=str(first)))
 
 
 def test_without_val_cases_no_best_is_written(tmp_path, monkeypatch):

@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import typer
 import yaml
 from typer.testing import CliRunner
 
 from hco_cli.cli.common import handle_errors
 from hco_cli.config import validate_config
+from hco_cli.data.identity import dataset_identity
 from hco_cli.data.prepare import prepare_synthetic
 from hco_cli.errors import CheckpointError, ConfigError, Interrupted
 from hco_cli.runs.checkpoint import load_checkpoint
@@ -129,6 +131,38 @@ def test_a_moved_run_resumes_where_it_is(data: Path, tmp_path: Path) -> None:
     resume(moved)
     assert not first.exists()
     assert json.loads((moved / "run.json").read_text(encoding="utf-8"))["finished"] is True
+
+
+def test_a_dataset_prepared_again_is_refused_on_resume(data: Path, tmp_path: Path) -> None:
+    """A run records what it trains on; a resume on another preparation of the same folder
+    says what changed, and resumes once the preparation it started with is back."""
+    copy = Path(shutil.copytree(data, tmp_path / "data"))
+    run = _interrupted(copy, tmp_path / "run")
+    recorded = dataset_identity(copy)
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["dataset_identity"] == recorded
+    assert json.loads((run / "run.json").read_text(encoding="utf-8"))[
+        "dataset_identity"] == recorded
+    splits = copy / "splits.json"
+    kept = splits.read_text(encoding="utf-8")
+    raw = json.loads(kept)
+    raw["val"], raw["test"] = raw["test"], raw["val"]  # prepared again with another split
+    splits.write_text(json.dumps(raw), encoding="utf-8")
+    with pytest.raises(CheckpointError, match=rf"{copy} was prepared again since run {run} "
+                       r"started: its splits differ .* start a new run$"):
+        resume(run)
+    splits.write_text(kept, encoding="utf-8")
+    assert resume(run).finished
+    best = load_checkpoint(run / "checkpoints" / "best.pt")
+    assert best["dataset_identity"] == recorded
+
+
+def test_a_run_from_before_identities_resumes_unchecked(data: Path, tmp_path: Path) -> None:
+    run = _interrupted(data, tmp_path / "run")
+    last = run / "checkpoints" / "last.pt"
+    state = load_checkpoint(last)
+    del state["dataset_identity"]
+    torch.save(state, last)
+    assert resume(run).finished
 
 
 def test_interrupted_is_one_line_with_exit_code_130() -> None:

@@ -6,10 +6,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from hco_cli.data.dataset import PreparedDataset
 from hco_cli.data.prepare import prepare_synthetic
-from hco_cli.errors import ConfigError, DataError
+from hco_cli.errors import CheckpointError, ConfigError, DataError
+from hco_cli.runs.checkpoint import load_checkpoint
 from hco_cli.training import setup as run_setup
 from hco_cli.training.entry import resume, train
 from hco_cli.training.events import ProgressEvent
@@ -85,6 +87,14 @@ def test_resume_on_a_reprepared_dataset_is_refused(tmp_path: Path) -> None:
         train(tiny_config(data, tmp_path / "run", data__labeled=2), progress=stop)
     shutil.rmtree(data)  # the same path, prepared again with one unlabeled case fewer
     prepare_synthetic(data, labeled=4, unlabeled=2, val=1, test=0, shape=(24, 24, 20))
+    with pytest.raises(CheckpointError, match=r"prepared again since run .* started: its "
+                                              r"splits and cases differ"):
+        resume(tmp_path / "run")
+    # a last.pt from before dataset identities: its case lists still catch the new split
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    state = load_checkpoint(last)
+    del state["dataset_identity"]
+    torch.save(state, last)
     with pytest.raises(DataError, match="unlabeled patches from 5 cases, this dataset and "
                                         "config give 4"):
         resume(tmp_path / "run")

@@ -12,6 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 
@@ -34,6 +35,7 @@ from hco_cli.workflows.sweep import (
     train_argv,
 )
 from hco_cli.workflows.sweep_plan import PROCESS_BYTES, run_memory_bytes
+from hco_cli.workflows.sweep_status import run_state
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -126,6 +128,26 @@ def test_a_sweep_rerun_with_another_config_does_not_reuse_its_runs(swept, tmp_pa
     assert {r.status for r in plan_sweep(options.model_copy(update={"config": edited}))} == {"done"}
 
 
+def test_a_sweep_does_not_reuse_runs_of_another_preparation(swept):
+    """The dataset prepared again under the same path (here: one label voxel of one case
+    changed): the finished runs trained on the old cases are refused, not reported as the new
+    dataset's; with the old preparation back they are reused."""
+    options, _ = swept
+    data = Path(yaml.safe_load(options.config.read_text())["data"]["path"])
+    label = sorted((data / "cases").glob("*_label.npy"))[0]
+    kept = label.read_bytes()
+    array = np.load(label)
+    array[0, 0, 0] = 1 - min(int(array[0, 0, 0]), 1)
+    np.save(label, array)
+    try:
+        with pytest.raises(ConfigError, match=r"sgd/all-s1 was trained on another preparation "
+                           rf"of {data} \(its cases differ\): its results would be reported"):
+            plan_sweep(options)
+    finally:
+        label.write_bytes(kept)
+    assert {r.status for r in plan_sweep(options)} == {"done"}
+
+
 class _Stop(Exception):
     pass
 
@@ -171,6 +193,33 @@ def test_a_crashing_run_is_recorded_and_the_sweep_goes_on(config, tmp_path, monk
               (("s5", tmp_path / "sw/_jobs/sgd/all-s5.state.json"),
                ("s6", tmp_path / "sw/_jobs/sgd/all-s6.state.json"))}
     assert states == {"s5": "failed", "s6": "done"}
+
+
+def test_a_run_stopped_by_ctrl_c_reads_interrupted_not_failed(config, tmp_path, monkeypatch):
+    """Ctrl-C in a run of a local sweep: the sweep stops, the run's account says interrupted
+    (nothing failed) and --status says what the next hco sweep does with it."""
+    options = SweepOptions(config=config, optimizers=["sgd"], seeds=[7, 8], out=tmp_path / "sw")
+    real = train
+
+    def ctrl_c(event: ProgressEvent) -> None:
+        if event.kind == "step" and event.phase == "selftrain" and event.iteration == 1:
+            raise KeyboardInterrupt
+
+    def interrupted_first(config: Any, **kwargs: Any) -> Any:
+        return real(config, progress=ctrl_c if config.seed == 7 else None, **kwargs)
+
+    monkeypatch.setattr("hco_cli.workflows.sweep.train", interrupted_first)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(options)
+    account = json.loads((tmp_path / "sw/_jobs/sgd/all-s7.state.json").read_text())
+    assert (account["state"], account["message"]) == ("interrupted", "interrupted")
+    stopped = run_state(options.out, "sgd", "all-s7")
+    assert (stopped.state, stopped.detail) == (
+        "interrupted", "stopped by Ctrl-C; hco sweep again resumes it from its last checkpoint")
+    assert run_state(options.out, "sgd", "all-s8").state == "pending"  # never started
+    (tmp_path / "sw/sgd/all-s7/checkpoints/last.pt").unlink()
+    assert run_state(options.out, "sgd", "all-s7").detail == (
+        "stopped by Ctrl-C before its first checkpoint; hco sweep again starts it")
 
 
 def test_share_pretraining_and_evaluate(config, tmp_path):
@@ -443,14 +492,15 @@ def test_ablation_arm_names_mean_one_arm_in_every_file():
 def test_an_interrupted_schedule_stops_the_runs_it_started(tmp_path):
     """Ctrl-C (or SIGTERM, which hco sweep turns into it) while two runs train as subprocesses:
     both get SIGINT, as a terminal's Ctrl-C would give them, and have ended when the sweep
-    re-raises, each recorded with its exit code; none trains on unseen."""
-    ended: dict[str, int] = {}
+    re-raises, each recorded with its exit code and as stopped; none trains on unseen."""
+    ended: dict[str, tuple[int, bool]] = {}
     jobs: list[_Chain] = []
 
     def launch(run: SweepRun, index: int) -> _Chain:
         job = _Chain([[sys.executable, "-c", "import time; time.sleep(120)"]], env=dict(os.environ),
                      log=tmp_path / f"{run.arm}.log",
-                     on_exit=lambda code, key=run.run_dir.name: ended.__setitem__(key, code))
+                     on_exit=lambda code, stopped, key=run.run_dir.name: ended.__setitem__(
+                         key, (code, stopped)))
         jobs.append(job)
         return job
 
@@ -462,7 +512,9 @@ def test_an_interrupted_schedule_stops_the_runs_it_started(tmp_path):
         schedule(runs, workers=2, launch=launch, needs_work=lambda r: True, wait=wait)
     assert len(jobs) == 2 and all(job.proc is not None and job.proc.poll() is not None
                                   for job in jobs)
-    assert sorted(ended) == ["all-s1", "all-s2"] and all(c != 0 for c in ended.values())
+    assert sorted(ended) == ["all-s1", "all-s2"]
+    # each ended by the stop (the launcher records such a run interrupted, not failed)
+    assert all(code != 0 and stopped for code, stopped in ended.values())
 
 
 def test_sweep_turns_sigterm_into_ctrl_c_inside_its_block():
