@@ -88,6 +88,9 @@ class Arm:
     # (class, metric) -> the run values that are NaN in cases where another run of the group
     # is finite (an empty prediction in one seed): the NaN-aware average leaves them out.
     partial_nan: dict[tuple[str, str], int] = field(default_factory=dict)
+    # Pairing key -> the digests of the dataset preparation the run trained on (run.json's
+    # dataset_identity; keys of runs that record none are absent).
+    preparations: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -515,6 +518,8 @@ def load_arm(source: ArmSource, *, checkpoint: Checkpoint = "best", intersect: b
             s.scoring[k] for s in summaries.values() if k in s.scoring)))},
         empty_policy=policy,
         partial_nan=partial_nan,
+        preparations={k: r.dataset_identity for k, (_, r) in zip(keys, loaded, strict=True)
+                      if r is not None and r.dataset_identity is not None},
     )
 
 

@@ -412,7 +412,7 @@ def comparison_notes(result: Comparison) -> list[str]:
                          f"of the arm score ({counts}); the per-case tests average each such "
                          "case over the runs that score it, the per-seed test leaves the case "
                          "out of that seed's pair only")
-    notes += scoring_notes(result)
+    notes += scoring_notes(result) + preparation_notes(result)
     single = [a.name for a in result.arms if a.n_runs == 1]
     if single and not result.seed_differences and not seen:
         notes.append(f"one run in {', '.join(single)}: the per-case tests take the cases as "
@@ -420,6 +420,28 @@ def comparison_notes(result: Comparison) -> list[str]:
                      "which can exceed the differences they call significant; give every arm "
                      "several seeds (NAME=GLOB) for the per-seed test")
     return notes
+
+
+def preparation_notes(result: Comparison) -> list[str]:
+    """A note where the runs trained on more than one preparation of their dataset (the
+    digests in their run.json differ): numbered in order of appearance, per arm and run, with
+    the parts that differ. Runs that record no preparation are left out."""
+    seen: list[dict[str, str]] = []
+    per_arm: dict[str, list[str]] = {}
+    for arm in result.arms:
+        for key, digests in arm.preparations.items():
+            prepared = dict(digests)
+            if prepared not in seen:
+                seen.append(prepared)
+            per_arm.setdefault(arm.name, []).append(f"{key} #{seen.index(prepared) + 1}")
+    if len(seen) < 2:
+        return []
+    parts = [p for p in dict.fromkeys(k for s in seen for k in s)
+             if len({s.get(p) for s in seen}) > 1]
+    runs = "; ".join(f"{arm}: {', '.join(keys)}" for arm, keys in per_arm.items())
+    return [f"the runs trained on {len(seen)} preparations of their dataset (their "
+            f"{' and '.join(parts)} differ): {runs}; the arms then differ in their data as "
+            "well as in what the comparison names"]
 
 
 def scoring_notes(result: Comparison) -> list[str]:

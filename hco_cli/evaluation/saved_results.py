@@ -55,6 +55,9 @@ class RunInfo:
     fold: str | None
     labeled: int
     unlabeled: int
+    # The digests of the prepared dataset it trained on (hco_cli.data.identity); None in runs
+    # from before hco recorded them.
+    dataset_identity: tuple[tuple[str, str], ...] | None = None
 
 
 # The optimizer diagnostics ``hco train`` adds to a step record every diagnostics_every steps
@@ -203,7 +206,17 @@ def read_run_info(run_dir: Path) -> RunInfo:
         fold=_string(data["fold"], f"{path}: fold", nullable=True),
         labeled=_integer(data["labeled"], f"{path}: labeled"),
         unlabeled=_integer(data["unlabeled"], f"{path}: unlabeled"),
+        dataset_identity=_identity(data.get("dataset_identity"), f"{path}: dataset_identity"),
     )
+
+
+def _identity(value: Any, where: str) -> tuple[tuple[str, str], ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise DataError(f"{where}: expected an object of strings")
+    return tuple(sorted(value.items()))
 
 
 def _train_step(record: dict[str, Any], where: str) -> TrainStep:

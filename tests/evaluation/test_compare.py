@@ -315,6 +315,37 @@ def test_per_seed_differences_pair_runs_by_the_glob_match(tmp_path: Path) -> Non
                            "run.json seeds differ (all-s1: seed 1 / seed 1001, all-s2: seed 2 /")
 
 
+def _record_preparation(run: Path, **digests: str) -> None:
+    info = json.loads((run / "run.json").read_text(encoding="utf-8"))
+    info["dataset_identity"] = {"labels": "a", "splits": "b", "preprocessing": "c",
+                                "cases": "d", **digests}
+    (run / "run.json").write_text(json.dumps(info), encoding="utf-8")
+
+
+def test_runs_of_another_preparation_of_the_dataset_are_noted(tmp_path: Path) -> None:
+    """One sgd-hco seed trained after the dataset was prepared again (other cases under the
+    same ids): the comparison says which runs trained on which preparation; a run from before
+    identities (seed 3 of sgd) is left out of the count; one preparation says nothing."""
+    _seeded(tmp_path, "sgd", {"all-s1": 0.0, "all-s2": 0.01, "all-s3": -0.01})
+    _seeded(tmp_path, "hco", {"all-s1": 0.0, "all-s2": 0.0, "all-s3": 0.0})
+    for arm in ("sgd", "hco"):
+        for key in ("all-s1", "all-s2"):
+            _record_preparation(tmp_path / arm / key)
+    _record_preparation(tmp_path / "hco" / "all-s3", cases="e")
+    specs = [f"sgd={tmp_path}/sgd/*", f"hco={tmp_path}/hco/*"]
+    (note,) = [n for n in comparison_notes(compare_runs(specs)) if "preparations" in n]
+    assert note == ("the runs trained on 2 preparations of their dataset (their cases differ): "
+                    "sgd: all-s1 #1, all-s2 #1; hco: all-s1 #1, all-s2 #1, all-s3 #2; the arms "
+                    "then differ in their data as well as in what the comparison names")
+    _record_preparation(tmp_path / "hco" / "all-s3")
+    assert not [n for n in comparison_notes(compare_runs(specs)) if "preparations" in n]
+    (tmp_path / "hco" / "all-s3" / "run.json").write_text(json.dumps(
+        {**json.loads((tmp_path / "hco" / "all-s3" / "run.json").read_text()),
+         "dataset_identity": ["a"]}), encoding="utf-8")
+    with pytest.raises(DataError, match=r"run.json: dataset_identity: expected an object"):
+        compare_runs(specs)
+
+
 def test_a_seed_rerun_in_another_session_still_pairs_by_its_seed(tmp_path: Path) -> None:
     """Seeds 1-2 of both arms share session folders; seed 3 ran in two sessions (one per
     arm): the keys pair seeds 1-2 and run.json pairs seed 3, so the per-seed test has three
