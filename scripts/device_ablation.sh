@@ -13,6 +13,7 @@
 #                                         back: a machine idle for 30 s is given back, runs and
 #                                         all, and a separate collect call can come too late)
 #   device_ablation.sh collect            last-iterate evaluations, then logs/summaries to $OUT
+#                                         (ablation.tar.gz; ablation-then.tar.gz with THEN_*)
 # Staging: the parts of datasets/la in four carry folders of at most ~45 MB each (the repo
 # travels too, 64 MiB per call), e.g. .carry/la1 (la-train-04,05,07, with .carry/wheels),
 # .carry/la2 (la-train-00,01,02), .carry/la3 (la-train-03,06, la-test-00), .carry/la4
@@ -23,24 +24,34 @@
 # that the arms of one seed can run in different sessions and stay symmetric (issue 15).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 COLUMNS=160
-SITE=/tmp/site RUNS=/tmp/ablation DATA=data/la
+SITE=/tmp/site RUNS=/tmp/ablation THEN_RUNS=/tmp/ablation-then DATA=data/la
 # The screening schedule by default; CONFIG=sample_configs/la_bcp_study1.yaml (or _4l) runs
 # issue 15's full protocol with the same verbs (one or two runs per GPU fit one lease).
 CONFIG=${CONFIG:-sample_configs/la_bcp_sgd_screen.yaml}
+# THEN_CONFIG with THEN_ARMS (and THEN_SEEDS, else the same seeds) chains a second sweep after
+# the first, into $THEN_RUNS, collected into ablation-then.tar.gz: so that one lease can hold
+# a run of each label count (issue 15: R3 at 8 labeled, then R1 at 4).
 # COMPILE=reduce-overhead (or true) runs every arm through torch.compile (CUDA graphs), and
 # DETERMINISTIC=1 with deterministic cuDNN and torch algorithms (with which CUDA graphs train
-# bit for bit as compile: true, tests/training/test_cuda_graph_loop.py), from a copy of CONFIG
-# beside it; a study keeps one setting for all its arms and rounds.
-if [ -n "${COMPILE:-}${DETERMINISTIC:-}" ]; then
+# bit for bit as compile: true, tests/training/test_cuda_graph_loop.py), from a copy of the
+# config beside it; a study keeps one setting for all its arms and rounds.
+derive() {  # the config with COMPILE / DETERMINISTIC appended, as a file beside it
+  local config=$1 key derived
+  [ -z "${COMPILE:-}${DETERMINISTIC:-}" ] && { echo "$config"; return 0; }
   for key in ${COMPILE:+compile} ${DETERMINISTIC:+deterministic}; do
-    grep -q "^$key:" "$CONFIG" && { echo "$CONFIG already sets $key"; exit 2; }
+    grep -q "^$key:" "$config" && { echo "$config already sets $key" >&2; return 2; }
   done
-  derived="${CONFIG%.yaml}${COMPILE:+.compile-$COMPILE}${DETERMINISTIC:+.deterministic}.yaml"
-  { cat "$CONFIG"
+  derived="${config%.yaml}${COMPILE:+.compile-$COMPILE}${DETERMINISTIC:+.deterministic}.yaml"
+  { cat "$config"
     [ -n "${COMPILE:-}" ] && printf 'compile: %s\n' "$COMPILE"
     [ -n "${DETERMINISTIC:-}" ] && printf 'deterministic: true\n'
     true; } > "$derived"
-  CONFIG=$derived
+  echo "$derived"
+}
+CONFIG=$(derive "$CONFIG") || exit 2
+if [ -n "${THEN_CONFIG:-}" ]; then
+  [ -n "${THEN_ARMS:-}" ] || { echo "THEN_CONFIG needs THEN_ARMS"; exit 2; }
+  THEN_CONFIG=$(derive "$THEN_CONFIG") || exit 2
 fi
 [ -d $SITE/pydantic ] || python3 -m pip install -q --no-index --no-deps --no-compile \
   --no-cache-dir --upgrade --target $SITE .carry/wheels/*.whl || exit 1
@@ -49,6 +60,7 @@ hco() { python3 -m hco_cli "$@"; }
 progress() {  # each run's state; a running one's iteration, recent rate and minutes left
   date +%T
   [ -d $RUNS/_configs ] && hco sweep --status $RUNS 2>&1
+  [ -d $THEN_RUNS/_configs ] && hco sweep --status $THEN_RUNS 2>&1
   return 0  # no plan yet is not a failure (`start ... && next` goes on)
 }
 case "${1:-}" in
@@ -96,9 +108,18 @@ start)
   fi
   mkdir -p $RUNS
   share=--share-pretraining; [ "${SHARE_PRETRAINING:-1}" = 0 ] && share=--no-share-pretraining
-  setsid nohup python3 -m hco_cli sweep --config "$CONFIG" \
-    --arms "$ARMS" --seeds "$SEEDS" --out $RUNS $share --evaluate --lcc \
-    --gpus "$GPUS" --runs-per-gpu "$PER" > $RUNS/sweep.log 2>&1 < /dev/null &
+  first=(python3 -m hco_cli sweep --config "$CONFIG" --arms "$ARMS" --seeds "$SEEDS"
+         --out $RUNS $share --evaluate --lcc --gpus "$GPUS" --runs-per-gpu "$PER")
+  if [ -n "${THEN_CONFIG:-}" ]; then  # one after the other, the second whatever the first did
+    mkdir -p $THEN_RUNS
+    then=(python3 -m hco_cli sweep --config "$THEN_CONFIG" --arms "$THEN_ARMS"
+          --seeds "${THEN_SEEDS:-$SEEDS}" --out $THEN_RUNS $share --evaluate --lcc
+          --gpus "$GPUS" --runs-per-gpu "$PER")
+    setsid nohup bash -c "$(printf '%q ' "${first[@]}") > $RUNS/sweep.log 2>&1; \
+      $(printf '%q ' "${then[@]}") > $THEN_RUNS/sweep.log 2>&1" > /dev/null 2>&1 < /dev/null &
+  else
+    setsid nohup "${first[@]}" > $RUNS/sweep.log 2>&1 < /dev/null &
+  fi
   sleep 20; cat $RUNS/sweep.log; progress ;;
 wait)
   end=$((SECONDS + $2))
@@ -107,9 +128,11 @@ wait)
     sleep 10
   done
   progress; tail -n 5 $RUNS/sweep.log
+  [ -f $THEN_RUNS/sweep.log ] && tail -n 5 $THEN_RUNS/sweep.log
   pgrep -f "hco_cli sweep" > /dev/null || exec bash "$0" collect ;;
 collect)
-  for run in $RUNS/[!_]*/*/; do
+  for run in $RUNS/[!_]*/*/ $THEN_RUNS/[!_]*/*/; do
+    [ -d "$run" ] || continue
     for which in last best-test; do
       [ -f "$run/checkpoints/$which.pt" ] && [ ! -f "$run/eval/$which/summary.json" ] && \
         hco predict "$run" --checkpoint $which --split test --lcc --evaluate --force \
@@ -119,6 +142,10 @@ collect)
   wait
   tail -n 40 $RUNS/sweep.log
   tar czf "$OUT/ablation.tar.gz" --exclude='*.pt' --exclude='*.nii.gz' -C "$RUNS" .
+  if [ -d $THEN_RUNS ]; then
+    tail -n 20 $THEN_RUNS/sweep.log
+    tar czf "$OUT/ablation-then.tar.gz" --exclude='*.pt' --exclude='*.nii.gz' -C "$THEN_RUNS" .
+  fi
   cp /tmp/lcc-step.json /tmp/lcc-step.log /tmp/speed3/det-ro*.json "$OUT/" 2>/dev/null
   [ -d /tmp/bench ] && cp /tmp/bench/* "$OUT/" 2>/dev/null
   ls -la "$OUT" ;;

@@ -477,10 +477,12 @@ def test_sample_arms_files_load_and_plan(config, tmp_path):
 
 
 def test_ablation_arm_names_mean_one_arm_in_every_file():
-    """The ablation's rounds pool by glob over arm folders (results/ablation/round*/NAME), so an
+    """The ablation's rounds and the full-protocol study pool by glob over arm folders
+    (results/ablation/round*/NAME, results/la-full/*/*/NAME), so an
     arm name must stand for the same optimizer, options and framework in every arms file."""
-    paths = sorted((ROOT / "sample_configs" / "arms").glob("la_ablation*.yaml"))
-    assert len(paths) >= 5
+    arms = ROOT / "sample_configs" / "arms"
+    paths = sorted([*arms.glob("la_ablation*.yaml"), *arms.glob("la_full*.yaml")])
+    assert len(paths) >= 10
     seen: dict[str, tuple[str, object]] = {}
     for path in paths:
         for name, arm in load_arms(path).items():
