@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from hco_cli.config import TrainConfig, validate_config
-from hco_cli.errors import ConfigError
+from hco_cli.data.dataset import Folds, Splits
+from hco_cli.errors import ConfigError, DataError
 from hco_cli.optim import OPTIMIZER_NAMES
 from hco_cli.training.presets import (
     PRESETS,
@@ -164,6 +165,20 @@ def test_overrides_apply():
     assert (c.optimizer.name, c.data.labeled, c.seed, c.data.fold) == ("sgd", 2, 5, "L0U1")
     assert (c.run_dir, c.data.path, c.init_from) == (Path("r"), Path("d"), Path("other"))
     assert (c.device, c.validation.select_on, c.deterministic) == ("cpu", "test", True)
+
+
+def test_fold_none_unsets_the_presets_fold():
+    """--fold none trains the fetal recipe on a dataset's own labeled/unlabeled split (one
+    prepared without a fold grid); a fold grid's dataset says how to get there."""
+    assert build_config(dataset="fetal").data.fold == "L0U0"
+    assert build_config(dataset="fetal", overrides=Overrides(fold="none")).data.fold is None
+    assert build_config(dataset="fetal", overrides=Overrides(fold="None")).data.fold is None
+    with pytest.raises(DataError, match=r"^fold L0U0 asked for, but this dataset was prepared "
+                       r"without a fold grid: train on its labeled/unlabeled split with --fold "
+                       r"none \(data.fold: null\), or prepare it with --folds-labeled"):
+        Splits(labeled=["a"], unlabeled=["b"]).resolve("L0U0")
+    with pytest.raises(DataError, match="fold L1U0 does not exist: this dataset has 1 labeled"):
+        Splits(labeled=["a"], folds=Folds(labeled=[["a"]], unlabeled=[["b"]])).resolve("L1U0")
 
 
 def test_no_flags_turn_off_what_a_config_turns_on(tmp_path):

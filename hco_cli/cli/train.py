@@ -53,7 +53,9 @@ def train_command(
     iterations: Annotated[int | None, _opt(
         "Total iterations: bcp splits them pre:self in the configured ratio; cmt sets "
         "epochs = round(N / iterations_per_epoch); others set iterations = N.", min=1)] = None,
-    fold: Annotated[str | None, _opt("Fold of the dataset grid, e.g. L0U1.")] = None,
+    fold: Annotated[str | None, _opt("Fold of the dataset grid, e.g. L0U1; none: the "
+                                     "dataset's own labeled/unlabeled split, whatever fold the "
+                                     "preset or config names.")] = None,
     run_dir: Annotated[Path | None, _opt("Run folder (default runs/<name>).")] = None,
     data: Annotated[Path | None, _opt("Prepared dataset folder (overrides the preset).")] = None,
     device: Annotated[Literal["auto", "cpu", "cuda"] | None, _opt("Training device.")] = None,

@@ -132,6 +132,12 @@ class Splits(_Model):
             raise DataError(f"fold {fold!r} is not of the form L<i>U<j>, e.g. L0U1")
         i, j = int(match.group(1)), int(match.group(2))
         nl, nu = len(self.folds.labeled), len(self.folds.unlabeled)
+        if not nl and not nu:
+            raise DataError(
+                f"fold {fold} asked for, but this dataset was prepared without a fold grid: "
+                "train on its labeled/unlabeled split with --fold none (data.fold: null), or "
+                "prepare it with --folds-labeled/--folds-unlabeled"
+            )
         if i >= nl or j >= nu:
             raise DataError(
                 f"fold {fold} does not exist: this dataset has {nl} labeled and {nu} unlabeled "

@@ -110,6 +110,10 @@ class Overrides:
     sinks: tuple[str, ...] | None = None  # --log: tracking sinks besides metrics.jsonl
 
 
+# --fold none: no fold, the dataset's labeled/unlabeled split (a preset's or config's fold unset).
+NO_FOLD = "none"
+
+
 def preset(name: str) -> dict[str, Any]:
     """A deep copy of preset ``name``'s raw config."""
     if name not in PRESETS:
@@ -151,6 +155,8 @@ def build_config(*, config_file: Path | None = None, dataset: str | None = None,
         for key, value in values.items():
             if value is not None:
                 raw.setdefault(section, {})[key] = str(value) if isinstance(value, Path) else value
+    if o.fold is not None and o.fold.lower() == NO_FOLD:  # --fold none: the dataset's own split
+        raw["data"]["fold"] = None
     if o.sinks is not None:
         raw.setdefault("tracking", {})["sinks"] = list(o.sinks)
     top = {"seed": o.seed, "run_dir": o.run_dir, "device": o.device, "init_from": o.init_from}

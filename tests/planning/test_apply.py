@@ -49,11 +49,25 @@ def test_anisotropic_plan_sets_layout_and_umix_blocks(aniso_data: Path) -> None:
     out = apply_plan(raw, network)
     assert raw["data"]["patch_size"] == [16, 16, 16]  # a copy: the input is left alone
     assert out["data"]["patch_size"] == list(network.patch_size)
+    # another patch than the configured one: the half-patch stride of nnU-Net
+    assert out["validation"]["stride"] == [p // 2 for p in network.patch_size]
     assert out["model"]["strides"][0] == [2, 2, 1]
     assert out["framework"]["blocks_per_axis"] == list(network.umix_blocks)
     resolved = resolve_plan({**raw, "plan": "auto"})
     assert resolved["data"]["patch_size"] == out["data"]["patch_size"]
     assert resolve_plan({"plan": "auto"}) == {"plan": "auto"}  # validation reports the rest
+
+
+def test_a_configured_stride_stays_with_its_own_patch(aniso_data: Path) -> None:
+    """The plan keeps the reference stride where the patch is the configured one (the paper
+    presets pin theirs) and replaces it where the plan chose another patch."""
+    network = plan_dataset(aniso_data, PlanOptions(framework="bcp")).network
+    raw = {"data": {"path": str(aniso_data), "patch_size": list(network.patch_size)},
+           "framework": {"name": "bcp"}, "validation": {"stride": [18, 18, 4]}}
+    assert apply_plan(raw, network)["validation"]["stride"] == [18, 18, 4]
+    raw["data"]["patch_size"] = [112, 112, 80]
+    assert apply_plan(raw, network)["validation"] == {"stride": [32, 32, 6]}
+    assert network.patch_size == (64, 64, 12)
 
 
 def test_config_auto_follows_the_stored_framework(aniso_data: Path, tmp_path: Path) -> None:
