@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -24,10 +25,12 @@ def evaluate(
     label_dir: Annotated[
         Path,
         typer.Argument(
-            help="Reference labels: a folder of label volumes with the same case ids; the LA "
-            "layout (<CASE>/mri_norm2.h5, key 'label': the '2018LA_Seg_Training Set' folder "
-            "or its parent); or a prepared dataset (has dataset.json: its labels and prepared "
-            "spacing). With the last two, labels without a prediction are skipped."
+            help="Reference labels: a folder of label volumes with the same case ids; a "
+            "quoted pattern of label volumes ('atlas/*/parcellation.nii.gz'; case ids as hco "
+            "prepare generic --labels gives them); the LA layout (<CASE>/mri_norm2.h5, key "
+            "'label': the '2018LA_Seg_Training Set' folder or its parent); or a prepared "
+            "dataset (has dataset.json: its labels and prepared spacing). With the last three, "
+            "labels without a prediction are skipped."
         ),
     ],
     mm: Annotated[
@@ -128,6 +131,8 @@ def _read_paths(pred_dir: Path, label_dir: Path) -> list[Path]:
     paths = [pred_dir, label_dir]
     if pred_dir.is_dir():
         paths += [p for p in pred_dir.iterdir() if p.is_file() and volume_suffix(p)]
+    if not label_dir.exists() and set("*?[") & set(str(label_dir)):  # a pattern's files
+        return paths + [Path(p) for p in glob.glob(str(label_dir), recursive=True)]
     if (label_dir / "dataset.json").is_file():  # a prepared dataset: its files, all of them
         paths += [label_dir / name for name in ("dataset.json", "splits.json", "plans.json")]
         cases = label_dir / "cases"

@@ -15,6 +15,7 @@ import numpy as np
 
 from hco_cli.data.dataset import Geometry, PreparedDataset
 from hco_cli.data.io import case_id_from_path, read_volume, volume_suffix
+from hco_cli.data.sources.generic import match_cases
 from hco_cli.errors import DataError
 
 LA_FOLDER = "2018LA_Seg_Training Set"
@@ -42,7 +43,11 @@ class References:
 
 
 def find_labels(folder: Path) -> References:
-    """The references in ``folder``: label volumes, the LA h5 layout or a prepared dataset."""
+    """The references in ``folder``: label volumes, the LA h5 layout or a prepared dataset;
+    or, where ``folder`` is a quoted pattern that names no path, the label volumes it
+    matches (:func:`pattern_labels`)."""
+    if not folder.exists() and is_pattern(folder):
+        return pattern_labels(str(folder))
     if not folder.is_dir():
         raise DataError(f"label folder not found: {folder}")
     if (folder / "dataset.json").is_file():
@@ -71,6 +76,26 @@ def find_labels(folder: Path) -> References:
             "folders and no dataset.json"
         )
     return References(found, any(s.kind == "h5" for s in found.values()), [])
+
+
+def is_pattern(path: Path) -> bool:
+    """Whether ``path`` holds a glob wildcard (``*``, ``?``, ``[``)."""
+    return bool(set("*?[") & set(str(path)))
+
+
+def pattern_labels(pattern: str) -> References:
+    """The label volumes a glob matches (``'atlas/*/parcellation.nii.gz'``), with the case ids
+    ``hco prepare generic --labels`` gives them: file names without their shared suffix, else
+    the folders' names. A pool: labels without a prediction are skipped, as a prepared
+    dataset's are."""
+    matched = match_cases(pattern, base=None, option="labels")
+    sources = {}
+    for case, path in matched.items():
+        if not (path.is_file() and volume_suffix(path)):
+            raise DataError(f"labels {pattern!r} matches {path}, which is not a label volume "
+                            "(.nii.gz, .nrrd, .mha)")
+        sources[case] = LabelSource("volume", path, case)
+    return References(sources, True, [])
 
 
 def add_unique(found: dict[str, Path], case: str, path: Path) -> None:

@@ -175,3 +175,34 @@ def test_help_documents_the_policies() -> None:
     options = ("--mm", "--empty", "bcp", "--allow-missing", "--classes", "--jobs", "--csv")
     for text in (*options, "dataset.json"):
         assert text in result.stdout
+
+
+def test_a_pattern_of_nested_label_files_reads_as_the_flat_folder(dirs: Path) -> None:
+    """Labels in the layout of many public sets (<CASE>/seg.nii.gz): a quoted pattern gives
+    the case ids that hco prepare generic --labels gives (the folders' names), the same
+    numbers as the flat folder, labels without a prediction skipped; a pattern that matches
+    nothing, or matches what is no label volume, is one line."""
+    for i in range(3):
+        target = dirs / "atlas" / f"c{i}" / "seg.nii.gz"
+        target.parent.mkdir(parents=True)
+        (dirs / "labels" / f"c{i}.nii.gz").rename(target)
+    (dirs / "pred" / "c2.nii.gz").unlink()  # a pool: c2's label has no prediction
+    flat = dirs / "flat"
+    flat.mkdir()
+    for i in range(2):
+        (flat / f"c{i}.nii.gz").write_bytes((dirs / "atlas" / f"c{i}" / "seg.nii.gz").read_bytes())
+    outs = {}
+    for name, labels in (("pattern", f"{dirs}/atlas/*/seg.nii.gz"), ("flat", str(flat))):
+        out = dirs / f"{name}.json"
+        result = runner.invoke(app, ["evaluate", str(dirs / "pred"), labels, "--json", str(out)])
+        assert result.exit_code == 0, result.output
+        outs[name] = json.loads(out.read_text(encoding="utf-8"))
+    assert [c["case"] for c in outs["pattern"]["metric_per_case"]] == ["c0", "c1"]
+    assert outs["pattern"]["metric_per_case"] == outs["flat"]["metric_per_case"]
+    line = one_error_line(runner.invoke(app, ["evaluate", str(dirs / "pred"),
+                                              f"{dirs}/atlas/*/none.nii.gz"]))
+    assert line == f"error: labels '{dirs}/atlas/*/none.nii.gz' matches no file"
+    (dirs / "atlas" / "c0" / "notes.txt").write_text("x", encoding="utf-8")
+    line = one_error_line(runner.invoke(app, ["evaluate", str(dirs / "pred"),
+                                              f"{dirs}/atlas/*/*"]))
+    assert "which is not a label volume" in line
