@@ -173,9 +173,9 @@ def test_fold_none_unsets_the_presets_fold():
     assert build_config(dataset="fetal").data.fold == "L0U0"
     assert build_config(dataset="fetal", overrides=Overrides(fold="none")).data.fold is None
     assert build_config(dataset="fetal", overrides=Overrides(fold="None")).data.fold is None
-    with pytest.raises(DataError, match=r"^fold L0U0 asked for, but this dataset was prepared "
-                       r"without a fold grid: train on its labeled/unlabeled split with --fold "
-                       r"none \(data.fold: null\), or prepare it with --folds-labeled"):
+    with pytest.raises(DataError, match=r"^fold L0U0 does not exist: this dataset was "
+                       r"prepared without a fold grid; leave the fold out \(hco train: --fold "
+                       r"none, data.fold: null\) for its labeled/unlabeled split, or prepare"):
         Splits(labeled=["a"], unlabeled=["b"]).resolve("L0U0")
     with pytest.raises(DataError, match="fold L1U0 does not exist: this dataset has 1 labeled"):
         Splits(labeled=["a"], folds=Folds(labeled=[["a"]], unlabeled=[["b"]])).resolve("L1U0")

@@ -134,9 +134,9 @@ class Splits(_Model):
         nl, nu = len(self.folds.labeled), len(self.folds.unlabeled)
         if not nl and not nu:
             raise DataError(
-                f"fold {fold} asked for, but this dataset was prepared without a fold grid: "
-                "train on its labeled/unlabeled split with --fold none (data.fold: null), or "
-                "prepare it with --folds-labeled/--folds-unlabeled"
+                f"fold {fold} does not exist: this dataset was prepared without a fold grid; "
+                "leave the fold out (hco train: --fold none, data.fold: null) for its "
+                "labeled/unlabeled split, or prepare it with --folds-labeled/--folds-unlabeled"
             )
         if i >= nl or j >= nu:
             raise DataError(
