@@ -15,6 +15,7 @@ from hco_cli.training.presets import (
     PRESETS,
     Overrides,
     build_config,
+    iterations_note,
     load_yaml,
     preset,
     with_iterations,
@@ -214,6 +215,14 @@ def test_iterations_override_per_framework():
     assert (tiny.framework.pretrain_iterations, tiny.framework.selftrain_iterations) == (0, 1)
     cmt = with_iterations(build_config(dataset="fetal"), 100)
     assert cmt.framework.epochs == 3 and cmt.framework.iterations == 117
+    assert iterations_note(cmt, 100) == (
+        "cmt trains whole epochs of 39 iterations (framework.iterations_per_epoch): "
+        "--iterations 100 gives 3 epochs, 117 iterations")
+    assert iterations_note(with_iterations(cmt, 20), 20) == (
+        "cmt trains whole epochs of 39 iterations (framework.iterations_per_epoch): "
+        "--iterations 20 gives 1 epoch, 39 iterations")
+    assert iterations_note(with_iterations(cmt, 78), 78) is None
+    assert iterations_note(bcp, 170) is None
     data = preset("synthetic")
     data["framework"] = {"name": "mean-teacher"}
     mt = with_iterations(validate_config(data), 7)

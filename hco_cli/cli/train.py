@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from hco_cli.cli.common import console, err_console, handle_errors
@@ -96,7 +97,12 @@ def train_command(
     # Deferred: torch loads only when a command trains, never for --help.
     from hco_cli.training.distributed import environment_rank
     from hco_cli.training.entry import resume, train
-    from hco_cli.training.presets import Overrides, build_config, check_prepared
+    from hco_cli.training.presets import (
+        Overrides,
+        build_config,
+        check_prepared,
+        iterations_note,
+    )
 
     is_main = environment_rank() == 0  # under torchrun, rank 0 alone renders
     if resume_dir is not None:
@@ -119,6 +125,9 @@ def train_command(
                               sync_batchnorm=sync_batchnorm, plan=plan,
                               sinks=_sinks(log) if log is not None else None)
         cfg = build_config(config_file=config, dataset=dataset, overrides=overrides)
+        note = iterations_note(cfg, iterations) if iterations is not None else None
+        if note and is_main:
+            err_console.print(f"[bold yellow]note:[/] {escape(note)}", soft_wrap=True)
         if data is None:  # the dataset the preset or config names: say how to make it
             check_prepared(cfg, preset=dataset, config_file=config)
         with training_progress(console, disable=not is_main) as bar:

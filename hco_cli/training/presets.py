@@ -212,6 +212,20 @@ def with_iterations(config: TrainConfig, total: int) -> TrainConfig:
     return validate_config(data, source="--iterations")
 
 
+def iterations_note(config: TrainConfig, requested: int) -> str | None:
+    """What ``--iterations`` gave where it is not what was asked: CMT trains whole epochs of
+    UCMT's length (:func:`with_iterations`), so the total is a multiple of it."""
+    fw = config.framework.model_dump(mode="json")
+    if fw["name"] != "cmt":
+        return None
+    total = fw["epochs"] * fw["iterations_per_epoch"]
+    if total == requested:
+        return None
+    return (f"cmt trains whole epochs of {fw['iterations_per_epoch']} iterations "
+            f"(framework.iterations_per_epoch): --iterations {requested} gives "
+            f"{fw['epochs']} epoch{'s' if fw['epochs'] != 1 else ''}, {total} iterations")
+
+
 def prepare_line(config_file: Path) -> str | None:
     """The ``# Prepare:`` line of a config file's comments (continued over lines that end in
     a backslash), as the sample configs state it."""
