@@ -254,8 +254,14 @@ def _render(summary: PrepareSummary, *, nnunet_out: Path | None = None,
             force: bool = False) -> None:
     low, high = summary.shape_range()
     table = Table(title=f"{summary.out} ({summary.seconds:.1f} s)", show_header=False)
+    labeled = {c.case for c in summary.cases if c.has_label}
     for name in ("labeled", "unlabeled", "val", "test"):
-        table.add_row(f"{name} cases", str(len(getattr(summary.splits, name))))
+        ids = getattr(summary.splits, name)
+        # val and test cases without a label (an imagesTs without labelsTs) are predicted,
+        # never scored: say so where it happens
+        bare = sum(c not in labeled for c in ids) if name in ("val", "test") else 0
+        table.add_row(f"{name} cases", f"{len(ids)}" + (f" ({bare} without a label: predicted, "
+                                                       "not scored)" if bare else ""))
     table.add_row("shape min / max", f"{low} / {high}")
     median = ", median" if summary.spacings_differ() else ""
     table.add_row(f"spacing (mm{median})", ", ".join(_mm(v) for v in summary.info.spacing))

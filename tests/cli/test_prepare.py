@@ -295,3 +295,26 @@ def test_summary_names_a_native_spacing_the_median_and_rounds_it(tmp_path: Path)
     code, out, err = _prepare(tmp_path, "--spacing", "1.5", "--force")
     assert code == 0, err
     assert re.search(r"spacing \(mm\)\s+\S\s+1\.5, 1\.5, 1\.5\s", out), out
+
+
+def test_test_cases_without_labels_are_named_in_the_summary(tmp_path: Path) -> None:
+    """An nnU-Net folder with imagesTs but no labelsTs: its test cases are prepared without
+    labels, and the summary says they will be predicted but not scored."""
+    root = tmp_path / "Dataset003_Bare"
+    meta = {"channel_names": {"0": "MRI"}, "labels": {"background": 0, "organ": 1},
+            "numTraining": 2, "file_ending": ".nii.gz"}
+    root.mkdir()
+    (root / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        folder = "imagesTr" if i < 2 else "imagesTs"
+        _save(root / folder / f"mr_{i:03d}_0000.nii.gz", rng.normal(size=SHAPE).astype(np.float32))
+        if i < 2:
+            label = np.zeros(SHAPE, np.uint8)
+            label[4:10, 3:9, 2:8] = 1
+            _save(root / "labelsTr" / f"mr_{i:03d}.nii.gz", label)
+    result = runner.invoke(app, ["prepare", "generic", str(root), "--out", str(tmp_path / "ds")])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"test cases\s+│\s+1 \(1 without a label: predicted, not scored\)",
+                     result.stdout), result.stdout
+    assert re.search(r"labeled cases\s+│\s+2\s+│", result.stdout), result.stdout
