@@ -365,17 +365,22 @@ def test_two_processes_write_one_run_and_stay_identical(straight: Path) -> None:
     assert first["fingerprint"] == pytest.approx(fingerprint([_student(last)]), rel=1e-12)
 
 
-def test_same_streams_on_two_processes_equal_one_process(synthetic: Path,
-                                                         tmp_path: Path) -> None:
-    """With every rank on rank 0's streams the averaged gradients are one process's own."""
-    # Each of the two ranks computes on cpu_count // 2 threads: so does the one process, since
-    # on some CPUs (AMX, oneDNN) a convolution's sums depend on the thread count.
+def _one_process_on_rank_threads(config: TrainConfig) -> Any:
+    """Train ``config`` in this process on the threads each of two ranks gets (cpu_count //
+    2): on some CPUs (AMX, oneDNN) a convolution's sums depend on the thread count, so a
+    one-process twin of a two-rank run must compute on as many."""
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // 2))
     try:
-        one = train(tiny_config(synthetic, tmp_path / "one", processes=1))
+        return train(config)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_same_streams_on_two_processes_equal_one_process(synthetic: Path,
+                                                         tmp_path: Path) -> None:
+    """With every rank on rank 0's streams the averaged gradients are one process's own."""
+    one = _one_process_on_rank_threads(tiny_config(synthetic, tmp_path / "one", processes=1))
     two = launch(tiny_config(synthetic, tmp_path / "two"), processes=2, same_streams=True)
     assert one.best_dice == two.best_dice
     a = load_checkpoint(tmp_path / "one/checkpoints/last.pt")
@@ -435,7 +440,8 @@ def test_flat_optimizers_overlap_the_reduce_and_keep_ranks_identical(synthetic: 
     assert not torch.equal(first["sampler"]["generator"], second["sampler"]["generator"])
     assert first["fingerprint"] == second["fingerprint"]
 
-    one = train(_flat(tiny_config(synthetic, tmp_path / "one"), processes=1))
+    one = _one_process_on_rank_threads(_flat(tiny_config(synthetic, tmp_path / "one"),
+                                             processes=1))
     two = launch(_flat(tiny_config(synthetic, tmp_path / "two")), processes=2,
                  same_streams=True)
     assert one.best_dice == two.best_dice
