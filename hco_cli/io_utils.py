@@ -89,6 +89,12 @@ def _move_into_place(tmp: Path, target: Path, *, kind: Kind, force: bool, option
     shutil.rmtree(old)
 
 
+def is_glob(path: Path | str) -> bool:
+    """Whether ``path`` holds a glob wildcard (``*``, ``?``, ``[``): a quoted pattern the
+    command expands itself where it names no existing path."""
+    return bool(set("*?[") & set(str(path)))
+
+
 def json_safe(value: Any) -> Any:
     """``value`` with NaN and infinities as None (strict JSON has neither), through nested
     dicts, lists and tuples (tuples become lists, as JSON writes them anyway)."""

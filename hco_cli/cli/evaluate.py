@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 import typer
 
 from hco_cli.cli.common import console, err_console, handle_errors
-from hco_cli.io_utils import write_json, write_text
+from hco_cli.io_utils import is_glob, write_json, write_text
 from hco_cli.outputs import check_distinct_outputs, check_output_file
 
 # evaluation.metrics.EmptyPolicy, written out so that `hco --help` loads no NumPy or SciPy
@@ -131,7 +131,7 @@ def _read_paths(pred_dir: Path, label_dir: Path) -> list[Path]:
     paths = [pred_dir, label_dir]
     if pred_dir.is_dir():
         paths += [p for p in pred_dir.iterdir() if p.is_file() and volume_suffix(p)]
-    if not label_dir.exists() and set("*?[") & set(str(label_dir)):  # a pattern's files
+    if not label_dir.exists() and is_glob(label_dir):  # a pattern's files
         return paths + [Path(p) for p in glob.glob(str(label_dir), recursive=True)]
     if (label_dir / "dataset.json").is_file():  # a prepared dataset: its files, all of them
         paths += [label_dir / name for name in ("dataset.json", "splits.json", "plans.json")]

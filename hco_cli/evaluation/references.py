@@ -17,6 +17,7 @@ from hco_cli.data.dataset import Geometry, PreparedDataset
 from hco_cli.data.io import case_id_from_path, read_volume, volume_suffix
 from hco_cli.data.sources.generic import match_cases
 from hco_cli.errors import DataError
+from hco_cli.io_utils import is_glob
 
 LA_FOLDER = "2018LA_Seg_Training Set"
 LA_FILE = "mri_norm2.h5"
@@ -46,7 +47,7 @@ def find_labels(folder: Path) -> References:
     """The references in ``folder``: label volumes, the LA h5 layout or a prepared dataset;
     or, where ``folder`` is a quoted pattern that names no path, the label volumes it
     matches (:func:`pattern_labels`)."""
-    if not folder.exists() and is_pattern(folder):
+    if not folder.exists() and is_glob(folder):
         return pattern_labels(str(folder))
     if not folder.is_dir():
         raise DataError(f"label folder not found: {folder}")
@@ -76,11 +77,6 @@ def find_labels(folder: Path) -> References:
             "folders and no dataset.json"
         )
     return References(found, any(s.kind == "h5" for s in found.values()), [])
-
-
-def is_pattern(path: Path) -> bool:
-    """Whether ``path`` holds a glob wildcard (``*``, ``?``, ``[``)."""
-    return bool(set("*?[") & set(str(path)))
 
 
 def pattern_labels(pattern: str) -> References:

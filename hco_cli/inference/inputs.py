@@ -31,6 +31,7 @@ from hco_cli.data.sources import SourceCase, check_case_id
 from hco_cli.data.sources.generic import with_folders
 from hco_cli.data.sources.load import load_case
 from hco_cli.errors import DataError
+from hco_cli.io_utils import is_glob
 
 FORMATS = ".nii, .nii.gz, .nrrd, .nhdr, .mha or .mhd"
 
@@ -131,7 +132,7 @@ def expand_globs(paths: Sequence[Path]) -> list[Path]:
     becomes the paths it matches, sorted."""
     out: list[Path] = []
     for path in map(Path, paths):
-        if path.exists() or not set("*?[") & set(str(path)):
+        if path.exists() or not is_glob(path):
             out.append(path)
             continue
         matches = sorted(glob.glob(str(path)))

@@ -21,11 +21,11 @@ from torch import nn
 from hco_cli.data.dataset import PreparedDataset
 from hco_cli.data.plan import PLAN_FILE, DataPlan, read_plan
 from hco_cli.errors import CheckpointError, ConfigError, DataError
+from hco_cli.io_utils import is_glob
 from hco_cli.runs.checkpoint import load_model_for_inference
 from hco_cli.runs.layout import EvalCheckpoint, RunFolder
 
 Which = EvalCheckpoint
-_WILDCARDS = frozenset("*?[")
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def expand_runs(paths: Sequence[Path]) -> list[Path]:
     out: list[Path] = []
     for path in map(Path, paths):
         text = str(path)
-        if path.exists() or not _WILDCARDS & set(text):
+        if path.exists() or not is_glob(text):
             out.append(path)
             continue
         matches = [Path(p) for p in sorted(glob.glob(text))]
