@@ -22,6 +22,7 @@ from torch import Tensor
 from hco_cli import __version__
 from hco_cli.config import TrainConfig
 from hco_cli.data.batch import Batch
+from hco_cli.data.identity import DatasetIdentity
 from hco_cli.errors import CheckpointError, TrainingDivergedError
 from hco_cli.optim import (
     DIAGNOSTIC_KEYS,
@@ -106,6 +107,7 @@ class ResumePoint:
     meta: ResumeMeta  # where it stopped, validated
     config: TrainConfig
     changes: dict[str, list[Any]]
+    dataset_identity: DatasetIdentity  # of the dataset now, checked against the run's
 
     @property
     def processes(self) -> int:
@@ -128,20 +130,21 @@ def read_resume_point(run_dir: Path, *, processes: int | None = None,
         raise CheckpointError(f"run {run_dir} already finished; nothing to resume")
     config, changes = resume_config(run_dir, state["config"], accept=accept_config_changes,
                                     iteration=meta.global_iter)
-    check_same_dataset(run_dir, config.data.path, meta.dataset_identity)
+    identity = check_same_dataset(run_dir, config.data.path, meta.dataset_identity)
     check_sinks(config.tracking.sinks)
     count = meta.processes
     distributed.check_resume_processes(count, requested=processes)
     distributed.check_devices(count, device=config.device,
                               sync_batchnorm=config.distributed.sync_batchnorm)
-    return ResumePoint(state=state, meta=meta, config=config, changes=changes)
+    return ResumePoint(state=state, meta=meta, config=config, changes=changes,
+                       dataset_identity=identity)
 
 
 def continue_local(run_dir: Path, point: ResumePoint, *, progress: ProgressCallback | None = None,
                    sinks: Sequence[Sink] = ()) -> RunResult:
     """Continue ``point`` in this process (the caller holds the run session)."""
     ctx = distributed.join(resolve_device(point.config.device))
-    setup = build_setup(point.config, resuming=True, ctx=ctx)
+    setup = build_setup(point.config, resuming=True, ctx=ctx, identity=point.dataset_identity)
     setup.config_changes = change_history(run_dir, point.changes, point.meta.global_iter)
     return _run(setup, progress=progress, state=point.state, sinks=sinks)
 

@@ -83,16 +83,18 @@ def check_resumable(run_dir: Path) -> None:
 
 
 def check_same_dataset(run_dir: Path, data_path: Path,
-                       recorded: DatasetIdentity | None) -> None:
-    """Refuse to resume on a dataset prepared again since the run started (its labels,
-    splits, preprocessing or cases differ from what ``last.pt`` recorded); a checkpoint from
-    before identities were recorded resumes unchecked."""
-    changed = changed_parts(recorded, dataset_identity(data_path)) if recorded else []
+                       recorded: DatasetIdentity | None) -> DatasetIdentity:
+    """The identity of the dataset at ``data_path``, refused where it was prepared again since
+    the run started (its labels, splits, preprocessing or cases differ from what ``last.pt``
+    recorded); a checkpoint from before identities were recorded resumes unchecked."""
+    current = dataset_identity(data_path)
+    changed = changed_parts(recorded, current) if recorded else []
     if changed:
         raise CheckpointError(
             f"{data_path} was prepared again since run {run_dir} started: its "
             f"{' and '.join(changed)} differ from those the run trained on, and one run cannot "
             "train on two datasets; restore that preparation, or start a new run")
+    return current
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:

@@ -194,12 +194,14 @@ def resolve_run_dir(config: TrainConfig) -> TrainConfig:
 
 
 def build_setup(config: TrainConfig, *, resuming: bool = False,
-                ctx: DistributedContext = SINGLE_PROCESS) -> RunSetup:
+                ctx: DistributedContext = SINGLE_PROCESS,
+                identity: DatasetIdentity | None = None) -> RunSetup:
     """Seed, then build data, framework and validators for ``config`` on this process.
 
     Under data parallelism every rank builds identical networks (the run seed), then seeds its
     sampler, framework and dropout streams from :meth:`DistributedContext.stream_seed`; rank 0
-    alone loads validation data.
+    alone loads validation data. ``identity``: the dataset's, where the caller has read it
+    (a resume, which checked it against the run's).
     """
     device = ctx.device(resolve_device(config.device))
     data_device = device if config.data.device == "auto" else ctx.device(
@@ -226,7 +228,7 @@ def build_setup(config: TrainConfig, *, resuming: bool = False,
     if config.distributed.sync_batchnorm:
         _sync_batchnorm(framework, device)
     phases = framework.phases()
-    identity = dataset_identity(dataset)
+    identity = dataset_identity(dataset) if identity is None else identity
     skipped, init_optimizers, init_warnings = _init_from(config, framework, phases, num_classes,
                                                          identity, load=not resuming)
     skipped |= _unselected(config, phases)
