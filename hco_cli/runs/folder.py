@@ -93,6 +93,15 @@ def write_run_info(run_dir: Path, info: RunInfo) -> None:
     write_json(RunFolder(run_dir).run_json, info.to_json())
 
 
+def recorded_finished(run_dir: Path) -> bool:
+    """Whether ``run.json`` says the run finished; False where it is missing or unreadable (a
+    run stopped between writing its final ``last.pt`` and its ``run.json``)."""
+    try:
+        return read_run_info(run_dir).finished
+    except CheckpointError:
+        return False
+
+
 def read_run_info(run_dir: Path) -> RunInfo:
     """The run's run.json, validated; CheckpointError naming the file and the field."""
     path = RunFolder(run_dir).run_json

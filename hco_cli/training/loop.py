@@ -37,6 +37,7 @@ from hco_cli.runs.files import BestScore, ResumeMeta, RunInfo
 from hco_cli.runs.folder import (
     copy_plan,
     prepare_run_dir,
+    recorded_finished,
     write_config,
     write_run_info,
 )
@@ -126,8 +127,10 @@ def read_resume_point(run_dir: Path, *, processes: int | None = None,
     last = RunFolder(run_dir).checkpoint("last")
     state = ckpt.load_checkpoint(last)
     meta = ResumeMeta.of(state, source=str(last))
-    if meta.finished:
+    if meta.finished and recorded_finished(run_dir):
         raise CheckpointError(f"run {run_dir} already finished; nothing to resume")
+    # A final last.pt whose run.json still says unfinished (stopped between the two writes):
+    # the resume runs no iteration and writes the run's record.
     config, changes = resume_config(run_dir, state["config"], accept=accept_config_changes,
                                     iteration=meta.global_iter)
     identity = check_same_dataset(run_dir, config.data.path, meta.dataset_identity)
@@ -232,6 +235,10 @@ class _Trainer:
             if self.ctx.is_main:
                 self.metrics.truncate_after(self.meta.global_iter)
             self.run_best = self.meta.run_best.model_dump()
+            if self.meta.finished:  # last.pt is final; only run.json was not written
+                self.finished = True
+                self.also_best = dict(self.meta.also_best)
+                return self._result()
         else:
             self._write_info()
         phases = self.s.phases
@@ -255,6 +262,10 @@ class _Trainer:
         self.finished = True
         total = sum(p.iterations for p in phases)
         self._checkpoint(len(phases), 0, total)
+        return self._result()
+
+    def _result(self) -> RunResult:
+        """Write the finished run's ``run.json`` and tell the caller how it went."""
         info = self._write_info()
         self.progress(ProgressEvent("end", info=info))
         return RunResult(run_dir=self.s.run_dir, best_dice=self.run_best["score"],

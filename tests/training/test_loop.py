@@ -107,6 +107,28 @@ def test_interrupted_and_resumed_run_is_bit_identical(synthetic, straight, tmp_p
         resume(tmp_path / "b")
 
 
+def test_resume_of_a_final_checkpoint_without_its_record_writes_the_record(straight, tmp_path):
+    """Stopped between the final last.pt and run.json: --resume runs no iteration, leaves
+    last.pt and the metrics as they were, and writes run.json as finished."""
+    run_a, _ = straight
+    run = tmp_path / "run"
+    shutil.copytree(run_a, run)
+    info = json.loads((run / "run.json").read_text(encoding="utf-8"))
+    (run / "run.json").write_text(json.dumps({**info, "finished": False}), encoding="utf-8")
+    last = (run / "checkpoints/last.pt").read_bytes()
+    metrics = (run / "metrics.jsonl").read_text(encoding="utf-8")
+    events: list[ProgressEvent] = []
+    result = resume(run, progress=events.append)
+    assert not [e for e in events if e.kind == "step"]
+    assert (run / "checkpoints/last.pt").read_bytes() == last
+    assert (run / "metrics.jsonl").read_text(encoding="utf-8") == metrics
+    again = json.loads((run / "run.json").read_text(encoding="utf-8"))
+    assert again["finished"] is True and again["best"] == info["best"]
+    assert result.best_dice == info["best"]["score"]
+    with pytest.raises(CheckpointError, match="already finished"):
+        resume(run)
+
+
 def test_run_folder_contents_and_records(straight):
     run, result = straight
     for name in ("config.yaml", "run.json", "metrics.jsonl", "checkpoints/last.pt",
