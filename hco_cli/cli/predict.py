@@ -159,6 +159,8 @@ def _render(report: PredictionReport) -> None:
                f"{c.seconds:.2f}"]
         table.add_row(*row, *([c.stitched_on, f"{c.peak_gpu_mib or 0:.0f}"] if gpu else []))
     console.print(table)
+    for message in report.warnings:
+        err_console.print(f"[bold yellow]warning:[/] {escape(message)}", soft_wrap=True)
     for c in report.cases:
         if c.note:
             err_console.print(f"[bold yellow]warning:[/] case {escape(c.case)}: {escape(c.note)}",

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -53,6 +53,7 @@ from hco_cli.inference.runs import (
     open_dataset,
     run_plan,
     shared_fold,
+    split_warnings,
 )
 from hco_cli.inference.scoring import (
     checkpoint_label,
@@ -141,6 +142,7 @@ class PredictionReport:
     summary: Path | None = None
     mean_dice: dict[str, float] | None = None
     channels_last: bool = False
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def passes_per_window(self) -> int:
@@ -169,7 +171,7 @@ def predict(runs: Path | Sequence[Path], options: PredictOptions, *,
                        options.checkpoint, device)
     channels_last = _channels_last(loaded, options, device)
     first = loaded[0]
-    dataset, split = None, None
+    dataset, split, warnings = None, None, []
     if options.images:
         plans = [run_plan(r, options.data) for r in loaded]
         check_plans(plans, [r.path for r in loaded])
@@ -181,6 +183,7 @@ def predict(runs: Path | Sequence[Path], options: PredictOptions, *,
         for run in loaded:
             check_labels(run, dataset)
         split = options.split or "test"
+        warnings = split_warnings(loaded, dataset, split)
         # The runs' fold names cases of the runs' dataset only.
         fold = shared_fold(loaded, options.fold, split) if options.data is None else options.fold
         cases = dataset_cases(dataset, split, fold=fold)
@@ -218,7 +221,7 @@ def predict(runs: Path | Sequence[Path], options: PredictOptions, *,
             device=str(device), window=window, dataset=dataset.root if dataset else None,
             split=split, runs=[r.path for r in loaded], outputs=outputs,
             cases=[replace(c, path=out / c.path.relative_to(tmp)) for c in written],
-            channels_last=channels_last)
+            channels_last=channels_last, warnings=warnings)
         if references is not None:
             _evaluate(report, references, labels, summary, scores=scores)
     return report
@@ -248,6 +251,7 @@ def _summary_extra(report: PredictionReport) -> dict[str, object]:
                "lcc": report.window.lcc, "stride": list(report.window.stride),
                "runs": [str(r) for r in report.runs],
                "tta_axes": list(report.window.mirror_axes),
+               **({"warnings": report.warnings} if report.warnings else {}),
                "prediction_per_case": {c.case: {"seconds": c.seconds, "stitched_on": c.stitched_on,
                                                 "peak_gpu_mib": c.peak_gpu_mib}
                                        for c in report.cases}}

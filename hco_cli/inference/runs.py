@@ -19,10 +19,12 @@ import torch
 from torch import nn
 
 from hco_cli.data.dataset import PreparedDataset
+from hco_cli.data.identity import DatasetIdentity, dataset_identity
 from hco_cli.data.plan import PLAN_FILE, DataPlan, read_plan
 from hco_cli.errors import CheckpointError, ConfigError, DataError
 from hco_cli.io_utils import is_glob
 from hco_cli.runs.checkpoint import load_model_for_inference
+from hco_cli.runs.folder import read_run_info
 from hco_cli.runs.layout import EvalCheckpoint, RunFolder
 
 Which = EvalCheckpoint
@@ -38,6 +40,9 @@ class LoadedRun:
     model: nn.Module
     config: Any
     plan: DataPlan | None
+    # The four digests of the dataset it trained on (run.json; None for a loose .pt file and
+    # for runs from before dataset identities).
+    dataset_identity: DatasetIdentity | None = None
 
     @property
     def patch_size(self) -> tuple[int, int, int]:
@@ -92,7 +97,15 @@ def load_run(path: Path, which: Which | None, device: torch.device) -> LoadedRun
     run_dir, name = locate_run(path, which)
     model, config = load_model_for_inference(path, which=which or "best", device=device)
     plan = read_plan(run_dir / PLAN_FILE) if run_dir and (run_dir / PLAN_FILE).is_file() else None
-    return LoadedRun(path, run_dir, name, model, config, plan)
+    return LoadedRun(path, run_dir, name, model, config, plan,
+                     _recorded_identity(run_dir) if run_dir else None)
+
+
+def _recorded_identity(run_dir: Path) -> DatasetIdentity | None:
+    try:
+        return read_run_info(run_dir).dataset_identity
+    except CheckpointError:  # an unreadable run.json: predicting needs only the weights
+        return None
 
 
 def load_runs(paths: Sequence[Path], which: Which | None, device: torch.device) -> list[LoadedRun]:
@@ -180,6 +193,30 @@ def check_labels(run: LoadedRun, dataset: PreparedDataset) -> None:
         raise DataError(f"dataset {dataset.root} was prepared with another plan than run "
                         f"{run.run_dir} trained on ({PLAN_FILE} differ in {where}); predict its "
                         "scans with --images, which applies the run's plan")
+
+
+def split_warnings(runs: Sequence[LoadedRun], dataset: PreparedDataset,
+                   split: str) -> list[str]:
+    """Warnings for runs whose dataset was split again since they trained: ``dataset`` is the
+    folder a run trained on, or holds the same cases, and its ``splits.json`` differs from the
+    run's, so the predicted ``split`` may now hold cases the run trained on (its scores would
+    be inflated). A warning, not a refusal: a fold grid added to the same splits changes the
+    digest too, and the run's training cases themselves are not recorded to compare."""
+    recorded = [r for r in runs if r.dataset_identity]
+    if not recorded:
+        return []
+    current = dataset_identity(dataset)
+    root = Path(dataset.root).resolve()
+    out = []
+    for run in recorded:
+        theirs = run.dataset_identity or {}
+        same_data = (Path(run.config.data.path).resolve() == root
+                     or theirs.get("cases") == current["cases"])
+        if same_data and theirs.get("splits") != current["splits"]:
+            out.append(f"{dataset.root} was split again since run {run.run_dir} trained on it "
+                       f"(splits.json differs): its {split} split may hold cases the run "
+                       "trained on, which would inflate its scores")
+    return out
 
 
 def open_dataset(given: Path | None, runs: Sequence[LoadedRun]) -> PreparedDataset:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +13,11 @@ import torch
 from torch import nn
 
 import hco_cli.inference.predict as predict_module
+from hco_cli.config import validate_config
 from hco_cli.data.dataset import CaseGeometry, Geometry, PreparedDataset
 from hco_cli.data.io import read_volume, write_volume
 from hco_cli.data.labels import build_label_map
-from hco_cli.data.prepare import SplitOptions, prepare_generic
+from hco_cli.data.prepare import SplitOptions, prepare_generic, prepare_synthetic
 from hco_cli.errors import ConfigError, DataError, OutputError
 from hco_cli.evaluation.saved_results import read_summary
 from hco_cli.inference.inputs import InputCase, LoadedCase, dataset_cases, group_images
@@ -28,7 +30,8 @@ from hco_cli.inference.predict import (
     predict_cases,
 )
 from hco_cli.inference.runs import load_runs
-from tests.inference.tiny_run import PATCH, tiny_dataset, tiny_run
+from hco_cli.training.entry import train
+from tests.inference.tiny_run import PATCH, tiny_config, tiny_dataset, tiny_run
 
 # A reference only; the GPU image has no SimpleITK, so there this module is skipped.
 sitk = pytest.importorskip("SimpleITK")
@@ -321,3 +324,26 @@ def test_channels_last_network_predicts_the_same_labels(
     assert not any(layouts[0]) and all(layouts[1]) and layouts[1]
     for a, b in zip(plain.cases, last.cases, strict=True):
         assert np.array_equal(read_volume(a.path)[0], read_volume(b.path)[0])
+
+
+def test_a_dataset_split_again_since_training_is_named(tmp_path: Path) -> None:
+    """A run trained on a dataset whose splits.json changed since: the test split may hold
+    cases the run trained on, and predict says so (and summary.json keeps it)."""
+    dataset = tmp_path / "syn"
+    prepare_synthetic(dataset, labeled=2, unlabeled=1, test=2, classes=1, shape=(16, 16, 16))
+    run = tmp_path / "run"
+    config = tiny_config(dataset).model_dump(mode="json")
+    config["data"]["labeled_batch_size"] = 2
+    train(validate_config({**config, "run_dir": str(run)}))
+    first = predict(run, PredictOptions(device="cpu", out=tmp_path / "a", checkpoint="last"))
+    assert first.warnings == []
+    splits = json.loads((dataset / "splits.json").read_text(encoding="utf-8"))
+    splits["labeled"], splits["test"] = [splits["test"][0]], [splits["labeled"][0],
+                                                              *splits["test"][1:]]
+    (dataset / "splits.json").write_text(json.dumps(splits), encoding="utf-8")
+    report = predict(run, PredictOptions(device="cpu", out=tmp_path / "b", evaluate=True,
+                                                checkpoint="last"))
+    assert len(report.warnings) == 1 and "split again" in report.warnings[0]
+    assert str(run) in report.warnings[0]
+    assert report.summary is not None
+    assert json.loads(report.summary.read_text(encoding="utf-8"))["warnings"] == report.warnings
