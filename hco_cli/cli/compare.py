@@ -43,6 +43,11 @@ class ZeroMethodChoice(str, Enum):
     zsplit = "zsplit"
 
 
+class HolmChoice(str, Enum):
+    metrics = "metrics"
+    all = "all"
+
+
 class AlternativeChoice(str, Enum):
     better = "better"
     worse = "worse"
@@ -71,7 +76,11 @@ Margin = Annotated[list[str] | None, _opt("--margin", metavar="METRIC=VALUE", he
                    "Repeat per metric (dice, jaccard, hd95, asd); 0 for the others.")]  # fmt: skip
 ZeroMethod = Annotated[ZeroMethodChoice | None, _opt(default="wilcox", help="Wilcoxon "
                        "treatment of zero differences (scipy's zero_method).")]  # fmt: skip
-Holm = Annotated[bool, _opt("--holm", help="Holm-adjust p-values across the 4 metrics.")]
+Holm = Annotated[bool, _opt("--holm", help="Holm-adjust p-values across the 4 metrics of each "
+                 "arm and class (--holm-over all: across every test of the comparison).")]
+HolmOver = Annotated[HolmChoice | None, _opt(help="The family --holm adjusts over: the 4 "
+                     "metrics of each arm and class, or all the comparison's tests (every "
+                     "arm, class and metric); implies --holm.")]  # fmt: skip
 Intersect = Annotated[bool, _opt("--intersect", help="Pair only the cases common to all arms.")]
 DynamicsFlag = Annotated[bool, _opt("--dynamics", help="Compare the L_U/L_L loss ratio per epoch "
                          "(RUN/metrics.jsonl or .gz) instead of test metrics.")]  # fmt: skip
@@ -228,6 +237,7 @@ def _reject(mode: str, **given: object) -> None:
 def compare(
     arms: Arms, checkpoint: Checkpoint = None, test: Test = None, zero_method: ZeroMethod = None,
     alternative: Alternative = None, margin: Margin = None, holm: Holm = False,
+    holm_over: HolmOver = None,
     intersect: Intersect = False,
     dynamics_mode: DynamicsFlag = False, curves_mode: CurvesFlag = False, split: Split = None,
     bin_width: Bin = None, lowess_frac: Frac = None,
@@ -257,6 +267,7 @@ def compare(
     if curves_mode:
         _reject("with --curves", checkpoint=checkpoint or None, test=test,
                 zero_method=zero_method, alternative=alternative, margin=margin or None, holm=holm,
+                holm_over=holm_over,
                 intersect=intersect, lowess_frac=lowess_frac)  # fmt: skip
         found = curves.compare_curves(arms, split=split, bin_width=bin_width or 1)
         tables = render(curves.curves_tables(found), curves.curves_tables(found, compact=True),
@@ -267,6 +278,7 @@ def compare(
     elif dynamics_mode:
         _reject("with --dynamics", checkpoint=checkpoint or None, test=test,
                 zero_method=zero_method, alternative=alternative, margin=margin or None, holm=holm,
+                holm_over=holm_over,
                 intersect=intersect)  # fmt: skip
         if lowess_frac is not None and plot_path is None:
             raise ConfigError("--lowess-frac needs --plot")
@@ -287,7 +299,8 @@ def compare(
             cast(Any, checkpoints),
             tests=cast(Any, ("wilcoxon", "ttest") if chosen == "both" else (chosen,)),
             zero_method=cast(Any, (zero_method or ZeroMethodChoice.wilcox).value),
-            holm=holm,
+            holm=holm or holm_over is not None,
+            holm_family=cast(Any, (holm_over or HolmChoice.metrics).value),
             intersect=intersect,
             hypothesis=cast(Any, (alternative or AlternativeChoice.better).value),
             margins=parse_margins(margin, compare_tables.PERCENT),

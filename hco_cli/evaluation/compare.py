@@ -29,9 +29,9 @@ import os
 import re
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -48,6 +48,9 @@ from hco_cli.runs.layout import EVAL_DIR, SUMMARY_FILE, EvalCheckpoint, RunFolde
 
 METRICS: tuple[str, ...] = ("dice", "jaccard", "asd", "hd95")  # the paper's column order
 Checkpoint = EvalCheckpoint
+# The family a Holm adjustment runs over: the 4 metrics of one arm and class, or every test
+# of the comparison (all arms, classes and metrics).
+HolmFamily = Literal["metrics", "all"]
 _GLOB_CHARS = frozenset("*?[{")
 _BRACES = re.compile(r"\{([^{}]*)\}")
 
@@ -170,6 +173,7 @@ class ComparisonRecord:
     p_holm_ttest: float | None = None
     hypothesis: stats.Hypothesis = "better"
     margin: float = 0.0
+    holm_family: HolmFamily | None = None  # the family the Holm p-values were adjusted over
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -186,6 +190,7 @@ class ComparisonRecord:
         if self.p_holm_wilcoxon is not None or self.p_holm_ttest is not None:
             out["p_holm_wilcoxon"] = self.p_holm_wilcoxon
             out["p_holm_ttest"] = self.p_holm_ttest
+            out["holm_family"] = self.holm_family
         return out
 
 
@@ -204,6 +209,7 @@ class Comparison:
     pairings: dict[str, Pairing] = field(default_factory=dict)  # arm name -> its pairing
     hypothesis: stats.Hypothesis = "better"
     margins: dict[str, float] = field(default_factory=dict)  # metric -> margin (its units)
+    holm_family: HolmFamily = "metrics"
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -544,7 +550,7 @@ def pair_arms(arms: list[Arm], *, intersect: bool = False) -> dict[str, int]:
 
 def _records(
     arms: list[Arm], *, tests: tuple[stats.TestName, ...], zero_method: stats.ZeroMethod,
-    holm: bool, hypothesis: stats.Hypothesis, margins: dict[str, float],
+    holm: HolmFamily | None, hypothesis: stats.Hypothesis, margins: dict[str, float],
 ) -> list[ComparisonRecord]:
     ref = arms[0]
     records: list[ComparisonRecord] = []
@@ -562,15 +568,30 @@ def _records(
                 )
                 for m in METRICS
             ]
-            # Holm runs over the metrics of one (arm vs reference, class) family, per test.
-            hw = stats.holm([r.p_wilcoxon for r in results]) if holm else [None] * len(results)
-            ht = stats.holm([r.p_ttest for r in results]) if holm else [None] * len(results)
             records += [
-                ComparisonRecord(arm.name, ref.name, cls, m, r, hw[i], ht[i], hypothesis,
+                ComparisonRecord(arm.name, ref.name, cls, m, r, None, None, hypothesis,
                                  margins.get(m, 0.0))
-                for i, (m, r) in enumerate(zip(METRICS, results, strict=True))
+                for m, r in zip(METRICS, results, strict=True)
             ]
-    return records
+    return _holm_adjusted(records, holm) if holm is not None else records
+
+
+def _holm_adjusted(records: list[ComparisonRecord],
+                   family: HolmFamily) -> list[ComparisonRecord]:
+    """``records`` with Holm-adjusted p-values, per test, within each family: the 4 metrics of
+    one (arm vs reference, class) (``metrics``), or every record of the comparison, all arms,
+    classes and metrics together (``all``)."""
+    groups: dict[tuple[str, str] | None, list[int]] = {}
+    for i, rec in enumerate(records):
+        groups.setdefault((rec.arm, rec.class_) if family == "metrics" else None, []).append(i)
+    out = list(records)
+    for members in groups.values():
+        hw = stats.holm([records[i].result.p_wilcoxon for i in members])
+        ht = stats.holm([records[i].result.p_ttest for i in members])
+        for i, pw, pt in zip(members, hw, ht, strict=True):
+            out[i] = replace(records[i], p_holm_wilcoxon=pw, p_holm_ttest=pt,
+                             holm_family=family)
+    return out
 
 
 def _repeated_seeds(ref: Arm, arm: Arm) -> dict[str, dict[str, list[str]]]:
@@ -718,6 +739,13 @@ def compare_runs(
                            hypothesis=hypothesis, margins=margins, **options)
 
 
+def _checked_family(family: str) -> HolmFamily:
+    if family not in get_args(HolmFamily):
+        raise ConfigError(f"unknown Holm family {family!r}; expected one of "
+                          f"{', '.join(get_args(HolmFamily))}")
+    return family  # type: ignore[return-value]
+
+
 def _checked_margins(
     checkpoint: Checkpoint = "best",
     tests: Sequence[stats.TestName] = stats.TESTS,
@@ -747,6 +775,7 @@ def compare_sources(
     tests: Sequence[stats.TestName] = stats.TESTS,
     zero_method: stats.ZeroMethod = "wilcox",
     holm: bool = False,
+    holm_family: HolmFamily = "metrics",
     intersect: bool = False,
     hypothesis: stats.Hypothesis = "better",
     margins: dict[str, float] | None = None,
@@ -766,11 +795,13 @@ def compare_sources(
     test_tuple = tuple(tests)
     return Comparison(
         arms=arms,
-        records=_records(arms, tests=test_tuple, zero_method=zero_method, holm=holm,
+        records=_records(arms, tests=test_tuple, zero_method=zero_method,
+                         holm=_checked_family(holm_family) if holm else None,
                          hypothesis=hypothesis, margins=margins),
         tests=test_tuple,
         zero_method=zero_method,
         holm=holm,
+        holm_family=holm_family,
         checkpoint=checkpoint,
         dropped_cases=dropped,
         seed_differences=seed_differences(arms, pairings, hypothesis=hypothesis,

@@ -128,7 +128,9 @@ def _h1(result: Comparison, reference: str) -> str:
 def _p_caption(result: Comparison) -> str:
     """What the p-values are: the tests, their options and the alternative."""
     names = " / ".join(TEST_LABELS[t] for t in result.tests)
-    holm = ", Holm-adjusted across the 4 metrics" if result.holm else ""
+    holm = ("" if not result.holm else ", Holm-adjusted across the 4 metrics"
+            if result.holm_family == "metrics" else
+            f", Holm-adjusted across all {len(result.records)} tests (arms, classes, metrics)")
     wilcox = f" (Wilcoxon zero_method={result.zero_method})" if "wilcoxon" in result.tests else ""
     sided = "" if result.hypothesis == "two-sided" else "one-sided "
     return f"p: {sided}paired {names}{wilcox}{holm}; {_h1(result, result.arms[0].name)}"

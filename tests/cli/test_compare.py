@@ -79,6 +79,16 @@ def test_single_test_holm_and_zero_method(arms: list[str], tmp_path: Path) -> No
     assert all(r["p_ttest"] is None and r["p_holm_wilcoxon"] is not None for r in records)
 
 
+def test_holm_over_all_implies_holm_and_says_so(arms: list[str], tmp_path: Path) -> None:
+    target = tmp_path / "h.json"
+    result = runner.invoke(app, ["compare", *arms, "--holm-over", "all", "--json", str(target)],
+                           env=WIDE)
+    assert result.exit_code == 0, result.output
+    records = json.loads(target.read_text(encoding="utf-8"))
+    assert "Holm-adjusted across all" in result.stdout
+    assert {r["holm_family"] for r in records if r["level"] == "case"} == {"all"}
+
+
 def test_alternative_worse_in_every_output(arms: list[str], tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = runner.invoke(
@@ -288,6 +298,9 @@ def test_curves_end_to_end(tmp_path: Path) -> None:
         (["{tmp}/run", "{a}"], "no 'best' evaluation"),
         (["--dynamics", "{tmp}/run", "{tmp}/run2"], "no metrics.jsonl"),
         (["--dynamics", "--holm", "{tmp}/run", "{tmp}/run2"], "--holm does not apply"),
+        (["--curves", "--holm-over", "all", "{tmp}/run", "{tmp}/run2"],
+         "--holm-over does not apply with --curves"),
+        (["{a}", "{a}", "--holm-over", "arms"], "'arms' is not one of 'metrics', 'all'"),
         (["--bin", "3", "{a}", "{a}"], "--bin does not apply without --dynamics"),
         (["{a}", "{a}", "--alternative", "less"], "'less' is not one of 'better', 'worse', "
                                                   "'two-sided'"),

@@ -147,6 +147,32 @@ def test_three_arms_each_against_the_first(tmp_path: Path) -> None:
     assert len(result.records) == 8
 
 
+def test_holm_over_all_tests_of_the_comparison(tmp_path: Path) -> None:
+    """holm_family='all': one Holm family over both arms' 8 tests (the step-down by hand);
+    'metrics': one per arm, so each arm's adjusted p-values are at most the 'all' ones."""
+    paths = [
+        str(write_summary(tmp_path / f"{n}.json", cases(N), one_class(d)))
+        for n, d in [("x", DICE_A), ("y", DICE_B), ("z", DICE_B + 0.01)]
+    ]
+    specs = [f"base={paths[0]}", f"co={paths[1]}", f"hco={paths[2]}"]
+    every = compare_runs(specs, holm=True, holm_family="all")
+    raw = np.array([r.result.p_ttest for r in every.records])
+    order = np.argsort(raw)
+    hand = np.minimum(1.0, np.maximum.accumulate(raw[order] * np.arange(8, 0, -1)))
+    np.testing.assert_allclose(np.array([r.p_holm_ttest for r in every.records])[order], hand,
+                               rtol=1e-12)
+    assert {r.as_dict()["holm_family"] for r in every.records} == {"all"}
+    per_arm = compare_runs(specs, holm=True)
+    for arm in ("co", "hco"):
+        mine = [r for r in per_arm.records if r.arm == arm]
+        assert [r.p_holm_ttest for r in mine] == stats.holm([r.result.p_ttest for r in mine])
+    pairs = list(zip(per_arm.records, every.records, strict=True))
+    assert all(a.p_holm_wilcoxon <= b.p_holm_wilcoxon for a, b in pairs)  # type: ignore[operator]
+    assert any(a.p_holm_ttest != b.p_holm_ttest for a, b in pairs)
+    with pytest.raises(ConfigError, match="unknown Holm family 'arms'"):
+        compare_runs(specs, holm=True, holm_family="arms")
+
+
 def test_case_sets_must_match_unless_intersect(tmp_path: Path) -> None:
     a = write_summary(tmp_path / "a.json", cases(N), one_class(DICE_A))
     b = write_summary(tmp_path / "b.json", cases(N)[2:], one_class(DICE_B[2:]))
