@@ -1,10 +1,19 @@
 """Loss-ratio dynamics between arms (the paper's Study 5).
 
 For every training step with a finite ``ratio`` (L_U / L_L, as logged by ``hco train``) the
-ratio is pooled per epoch over all runs of an arm (seeds or L x U folds), giving the mean and
-the standard error of the mean across those steps. Each later arm is compared with the first
-epoch by epoch (difference of means, SEM of the difference assuming independent arms) and on
+ratio is pooled per epoch (or bin of epochs) over all runs of an arm (seeds or L x U folds),
+giving the mean over those steps and its standard error. Consecutive steps of a run can be
+correlated, so the standard error is not sd/sqrt(steps) but the batch-means one
+(:func:`~hco_cli.evaluation.stats.batch_means_sem`): each run's steps of the bin, in logged
+order, are cut into contiguous batches (about sqrt(steps per run) of them, none spanning two
+runs) and the spread of all the runs' batch means gives the SE. It is NaN ("-" in the tables,
+null in JSON) for a bin with a single step. Each later arm is compared with the first epoch by
+epoch (difference of means, its SE sqrt(SE_a^2 + SE_b^2) assuming independent arms) and on
 average over the epochs both arms have.
+
+The JSON/CSV keys ``sem_ratio`` and ``sem_diff`` keep their names, so that files written before
+stay readable, but hold these batch-means standard errors (earlier files: sd/sqrt(steps), with
+the steps of all runs taken as independent).
 """
 
 from __future__ import annotations
@@ -36,14 +45,15 @@ from hco_cli.evaluation.diagnostics_report import (
     summary_records,
 )
 from hco_cli.evaluation.saved_results import TRAIN_PHASES, TrainStep, read_train_steps
-from hco_cli.evaluation.stats import mean_sem
+from hco_cli.evaluation.stats import batch_means_sem
 
 EpochKey = tuple[str, int]  # (phase, first epoch of the bin)
 
 
 @dataclass(frozen=True)
 class EpochStat:
-    """Ratio statistics of one (phase, epoch bin), pooled over an arm's runs."""
+    """Ratio statistics of one (phase, epoch bin), pooled over an arm's runs; ``sem``: the
+    batch-means standard error of ``mean`` (module docstring)."""
 
     phase: str
     epoch: int
@@ -122,19 +132,28 @@ def _phase_offsets(all_steps: list[TrainStep]) -> dict[str, int]:
     return offsets
 
 
+def _binned(run: list[TrainStep], bin_width: int) -> dict[EpochKey, list[float]]:
+    """One run's ratios per (phase, epoch bin), each list in the run's logged (time) order."""
+    out: dict[EpochKey, list[float]] = defaultdict(list)
+    for s in run:
+        out[(s.phase, s.epoch // bin_width * bin_width)].append(s.ratio)
+    return out
+
+
 def _arm_dynamics(
     name: str, runs: list[list[TrainStep]], offsets: dict[str, int], bin_width: int
 ) -> ArmDynamics:
-    steps = [s for run in runs for s in run if math.isfinite(s.ratio)]
+    finite = [[s for s in run if math.isfinite(s.ratio)] for run in runs]
+    steps = [s for run in finite for s in run]
     if not steps:
         raise DataError(f"arm {name!r}: no training step with a finite loss ratio")
-    pooled: dict[EpochKey, list[float]] = defaultdict(list)
-    for s in steps:
-        pooled[(s.phase, s.epoch // bin_width * bin_width)].append(s.ratio)
-    order = sorted(pooled, key=_phase_order)
+    pooled: dict[EpochKey, list[list[float]]] = defaultdict(list)
+    for run in finite:
+        for key, ratios in _binned(run, bin_width).items():
+            pooled[key].append(ratios)
     epochs = []
-    for phase, epoch in order:
-        mean, sem, n = mean_sem(pooled[(phase, epoch)])
+    for phase, epoch in sorted(pooled, key=_phase_order):
+        mean, sem, n = batch_means_sem(pooled[(phase, epoch)])
         centre = epoch + offsets[phase] + (bin_width - 1) / 2
         epochs.append(EpochStat(phase, epoch, centre, n, mean, sem))
     return ArmDynamics(
@@ -196,10 +215,14 @@ def _epoch_table(result: Dynamics, labels: dict[str, str]) -> ReportTable:
     others = [a.name for a in result.arms[1:]]
     unit = "Epoch" if result.bin_width == 1 else f"Epochs (bins of {result.bin_width})"
     table = ReportTable(
-        title="L_U / L_L per epoch (mean ± SEM across steps)",
+        title="L_U / L_L per epoch (mean ± batch-means SE)",
         columns=["Phase", unit, *[labels[a.name] for a in result.arms],
                  *[f"{labels[o]} - {labels[ref]}" for o in others]],
-        caption="Only steps with a finite ratio count; runs of an arm are pooled per epoch.",
+        caption="Only steps with a finite ratio count; runs of an arm are pooled per epoch. "
+        "±: standard error from batch means (each run's steps cut into about sqrt(steps per "
+        "run) contiguous blocks, whose means' spread over all runs gives the SE), which allows "
+        "for autocorrelation between neighbouring steps; '-' for a single step. Differences: "
+        "± sqrt(SE_a^2 + SE_b^2), the arms taken as independent.",
     )
     by_arm = {a.name: {(e.phase, e.epoch): e for e in a.epochs} for a in result.arms}
     for key in sorted({k for stats_ in by_arm.values() for k in stats_}, key=_phase_order):
@@ -250,9 +273,9 @@ def _summary_table(result: Dynamics, labels: dict[str, str]) -> ReportTable:
 
 
 def dynamics_tables(result: Dynamics, *, compact: bool = False) -> list[ReportTable]:
-    """Per-epoch table (mean ± SEM per arm, differences to the first arm), a summary and,
-    where runs logged them, the optimizer diagnostics; ``compact``: arms by short labels
-    (:func:`arm_labels`), with a legend first."""
+    """Per-epoch table (mean ± batch-means SE per arm, differences to the first arm), a
+    summary and, where runs logged them, the optimizer diagnostics; ``compact``: arms by short
+    labels (:func:`arm_labels`), with a legend first."""
     def build(labels: dict[str, str]) -> list[ReportTable]:
         tables = [_epoch_table(result, labels), _summary_table(result, labels)]
         if result.diagnostics:

@@ -103,10 +103,11 @@ def _trend(x: np.ndarray, y: np.ndarray, frac: float) -> tuple[np.ndarray, np.nd
 
 
 def plot_dynamics(result: Dynamics, path: Path, *, frac: float = 0.3) -> None:
-    """LOWESS trend of L_U/L_L over epochs per arm, with a ±SEM band around the trend.
+    """LOWESS trend of L_U/L_L over epochs per arm, with a ± standard-error band around it.
 
     The trend is fitted to the raw step-wise ratios (as in the paper's Figure 3); the band at
-    each epoch is the trend value ± the SEM of that epoch's steps. ``frac`` is the LOWESS
+    each epoch is the trend value ± the batch-means standard error of that epoch's steps
+    (:func:`~hco_cli.evaluation.stats.batch_means_sem`). ``frac`` is the LOWESS
     span (fraction of the points used for each local fit). Where runs logged optimizer
     diagnostics, three more panels show their LOWESS trends: the step norm, cos(g_L, g_U) and
     the admitted fraction.
@@ -129,10 +130,10 @@ def plot_dynamics(result: Dynamics, path: Path, *, frac: float = 0.3) -> None:
         centre = np.interp(ex, xs, ys) if xs.size > 1 else np.full(ex.shape, ys.mean())
         ax.fill_between(ex, centre - sem, centre + sem, color=colour, alpha=0.25, linewidth=0)
         ax.plot(xs, ys, color=colour, label=f"{arm.name} (runs: {arm.n_runs})")
-    bands = "" if result.bin_width == 1 else f" (SEM bands per {result.bin_width} epochs)"
+    bands = "" if result.bin_width == 1 else f" (SE bands per {result.bin_width} epochs)"
     ax.set_xlabel(f"epoch{bands}")
     ax.set_ylabel("L_U / L_L")
-    ax.set_title("Unlabeled-to-labeled loss ratio (LOWESS trend ± SEM)")
+    ax.set_title("Unlabeled-to-labeled loss ratio (LOWESS trend ± batch-means SE)")
     ax.grid(alpha=0.3)
     ax.legend()
     colours = {arm.name: f"C{i}" for i, arm in enumerate(result.arms)}

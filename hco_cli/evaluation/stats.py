@@ -260,3 +260,44 @@ def nan_summary(values: Sequence[float] | np.ndarray) -> tuple[float, float, int
     v = np.asarray(values, dtype=np.float64)
     v = v[np.isfinite(v)]
     return _mean(v), _std(v), int(v.size)
+
+
+def batch_means_sem(runs: Sequence[Sequence[float] | np.ndarray]) -> tuple[float, float, int]:
+    """Mean, batch-means standard error of the mean and count of the finite values of one or
+    more time series (``runs``: one sequence per run, each in time order).
+
+    Neighbouring values of a series (training steps) can be correlated, and then sd/sqrt(n)
+    (:func:`mean_sem`) is too small. Batch means, the standard estimator of MCMC output
+    analysis (Flegal & Jones 2010, Ann. Statist. 38: 1034-1070), cuts each series into
+    contiguous batches long enough for their means to be nearly independent and takes the
+    standard error from the spread of those means: with ``a`` batches of ``b`` values,
+    SE = sd(batch means, ddof=1) / sqrt(a). Here the batch length is one for all runs,
+    ``b = floor(sqrt(n / k))`` for ``n`` values in ``k`` runs (sqrt(n) batches of sqrt(n)
+    values for a single series, the usual choice), and each run is cut on its own into
+    ``max(1, n_r // b)`` contiguous batches of near-equal length (``numpy.array_split``), so
+    that no batch straddles two runs and every value is in exactly one batch (runs of equal
+    length get batches of ``b`` or ``b + 1`` values; a run shorter than ``2 b`` is one batch).
+    As the lengths ``b_j`` can differ, each batch mean is weighted by its length, sigma^2 =
+    sum_j b_j (mean_j - mean)^2 / (a - 1) and SE = sqrt(sigma^2 / n), which is the formula
+    above for equal lengths; ``mean`` is that of all ``n`` values.
+
+    The batch means of all runs are pooled, so a difference in level between runs (seeds)
+    counts as uncertainty, but only as much as a batch-to-batch difference does: runs that
+    stay apart for the whole series are a seed effect this SE understates (it is then an SE
+    for these runs, not for a new seed). With few values per run the batches are short and
+    the SE tends to sd/sqrt(n), which does not allow for autocorrelation; with fewer than two
+    batches (fewer than two values) the SE is NaN. Non-finite values are dropped, the rest
+    keep their order.
+    """
+    series = [v[np.isfinite(v)] for v in (np.asarray(r, dtype=np.float64).ravel() for r in runs)]
+    series = [v for v in series if v.size]
+    n = sum(v.size for v in series)
+    if not n:
+        return math.nan, math.nan, 0
+    size = max(1, math.isqrt(n // len(series)))
+    batches = [b for v in series for b in np.array_split(v, max(1, v.size // size))]
+    mean = float(np.mean(np.concatenate(series)))
+    if len(batches) < 2:
+        return mean, math.nan, n
+    spread = sum(b.size * (float(b.mean()) - mean) ** 2 for b in batches)
+    return mean, math.sqrt(spread / (len(batches) - 1) / n), n

@@ -1,4 +1,5 @@
-"""Loss-ratio dynamics: per-epoch mean ± SEM pooled over a group, differences to the first arm."""
+"""Loss-ratio dynamics: per-epoch mean ± batch-means SE pooled over a group, differences to the
+first arm."""
 
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ def _runs(root: Path) -> tuple[str, str]:
 
 
 def test_epoch_mean_sem_and_differences(tmp_path: Path) -> None:
+    """At most three steps per run and epoch: the batch length floor(sqrt(steps / runs)) is 1,
+    so every step is its own batch and the batch-means SE is sd/sqrt(n) of the steps."""
     result = compare_dynamics(_runs(tmp_path))
     a, b = result.arms
     assert (a.n_runs, b.n_runs) == (1, 2)
@@ -55,8 +58,33 @@ def test_bins_pool_epochs(tmp_path: Path) -> None:
     (e,) = result.arms[0].epochs
     assert (e.epoch, e.n_steps, e.x) == (0, 5, 0.5)
     assert e.mean == pytest.approx(np.mean([1, 2, 3, 2, 4]))
+    # 5 steps of one run: batch length floor(sqrt(5)) = 2, so 2 batches, [1, 2, 3] (mean 2)
+    # and [2, 4] (mean 3); SE^2 = (3 (2 - 2.4)^2 + 2 (3 - 2.4)^2) / (2 - 1) / 5.
+    assert e.sem == pytest.approx(math.sqrt((3 * 0.4**2 + 2 * 0.6**2) / 5))
     with pytest.raises(ConfigError, match="--bin"):
         compare_dynamics(_runs(tmp_path / "x"), bin_width=0)
+
+
+def test_batches_stay_within_a_run_in_time_order(tmp_path: Path) -> None:
+    """Two runs of 16 steps in one bin, one rising, one falling: each run's steps are cut in
+    logged order into 4 batches of 4 (floor(sqrt(32 / 2)) = 4), and the 8 batch means give the
+    SE. Batches over both runs' steps of an epoch would all have mean 2 (SE 0), and the plain
+    SEM over the 32 steps is smaller still than the batch-means SE of these trends."""
+    up = [1 + t / 10 for t in range(16)]
+    down = [3 - t / 10 for t in range(16)]
+    write_run(tmp_path, "mix-s0", steps=[step(t, t, r) for t, r in enumerate(up)])
+    write_run(tmp_path, "mix-s1", steps=[step(t, t, r) for t, r in enumerate(down)])
+    write_run(tmp_path, "flat", steps=[step(t, t, 2.0) for t in range(16)])
+    result = compare_dynamics([f"mix={tmp_path}/mix-s*", str(tmp_path / "flat")], bin_width=16)
+    (e,) = result.arms[0].epochs
+    batch_means = [1.15, 1.55, 1.95, 2.35, 2.85, 2.45, 2.05, 1.65]
+    expected = float(np.std(batch_means, ddof=1)) / math.sqrt(8)
+    assert (e.n_steps, e.mean) == (32, pytest.approx(2.0))
+    assert e.sem == pytest.approx(expected)
+    assert e.sem > 1.5 * float(np.std(up + down, ddof=1)) / math.sqrt(32)
+    flat = result.arms[1].epochs[0]
+    assert flat.sem == 0.0
+    assert result.diffs[("flat", ("selftrain", 0))][1] == pytest.approx(expected)
 
 
 def test_phases_with_restarting_epochs_are_laid_end_to_end(tmp_path: Path) -> None:
