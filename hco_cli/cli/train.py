@@ -86,8 +86,9 @@ def train_command(
         metavar="SINK")
     ] = None,
     force: Annotated[bool, _opt("Replace an existing run folder that hco wrote (a run; "
-                                "nothing else). The old run is deleted when the new one "
-                                "starts, not when it finishes.")] = False,
+                                "nothing else). The old run is kept in PARENT/.NAME.replaced "
+                                "until the new one writes its first checkpoint, then deleted "
+                                "(not when the new one finishes).")] = False,
     accept_config_changes: Annotated[bool, _opt(
         "With --resume: continue with the values edited into RUN/config.yaml since the last "
         "checkpoint (e.g. a longer schedule), recorded in run.json; without it an edited "

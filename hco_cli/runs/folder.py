@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -41,12 +42,30 @@ def is_stub(run_dir: Path) -> bool:
     return read_marker(run_dir) == "run" and not RunFolder(run_dir).checkpoint("last").is_file()
 
 
+def replaced_path(run_dir: Path) -> Path:
+    """Where ``--force`` keeps the run it replaces (``PARENT/.NAME.replaced``) until the new
+    run has written its first checkpoint."""
+    run_dir = Path(run_dir)
+    return run_dir.with_name(f".{run_dir.name}.replaced")
+
+
+def discard_replaced(run_dir: Path) -> None:
+    """Delete the run that ``run_dir`` replaced, once ``run_dir`` holds a checkpoint of its own
+    (called under the run's lock)."""
+    aside = replaced_path(run_dir)
+    if aside.is_dir() and not aside.is_symlink():
+        shutil.rmtree(aside)
+
+
 def prepare_run_dir(run_dir: Path, *, force: bool = False) -> str | None:
     """Create ``run_dir``, marked as an hco run, under its lock (held by the caller).
 
     A non-empty folder is refused unless ``force``, and with ``force`` unless hco wrote it as
-    a run; a stub (:func:`is_stub`) is replaced without ``force``. Returns a note for the user
-    when a stub was replaced.
+    a run; a stub (:func:`is_stub`) is replaced without ``force``. A run replaced with
+    ``force`` is not deleted at once but moved to :func:`replaced_path`, and deleted when the
+    new run writes its first checkpoint (:func:`discard_replaced`): a replacement that fails
+    first (out of memory at its first step, Ctrl-C) loses nothing. Returns a note for the
+    user when a stub or a run was replaced.
     """
     run_dir = Path(run_dir)
     check_output_folder(run_dir, option="--run-dir")
@@ -61,7 +80,14 @@ def prepare_run_dir(run_dir: Path, *, force: bool = False) -> str | None:
                 "overwrite it with --force, or choose another --run-dir"
             )
         check_replaceable(run_dir, "run", option="--run-dir")
-        shutil.rmtree(run_dir)
+        if is_stub(run_dir):
+            shutil.rmtree(run_dir)
+        else:
+            aside = replaced_path(run_dir)
+            discard_replaced(run_dir)  # an older replaced run: its replacement checkpointed
+            os.replace(run_dir, aside)
+            note = (f"replacing {run_dir}: the old run is kept in {aside} until the new one "
+                    "writes its first checkpoint")
     run_dir.mkdir(parents=True, exist_ok=True)
     write_marker(run_dir, "run")
     return note

@@ -15,7 +15,7 @@ from pathlib import Path
 from hco_cli.config import TrainConfig
 from hco_cli.runs.folder import prepare_run_dir
 from hco_cli.training import distributed
-from hco_cli.training.events import ProgressCallback, RunResult
+from hco_cli.training.events import ProgressCallback, ProgressEvent, RunResult
 from hco_cli.training.launch import launch
 from hco_cli.training.loop import checked_config, continue_local, read_resume_point, run_local
 from hco_cli.training.run_guard import run_session
@@ -39,7 +39,9 @@ def train(config: TrainConfig, *, progress: ProgressCallback | None = None,
     assert config.run_dir is not None  # checked_config fills it in
     with run_session(config.run_dir, main=distributed.environment_rank() == 0):
         check_config(config)
-        prepare_run_dir(config.run_dir, force=force)  # before spawning: errors come at once
+        note = prepare_run_dir(config.run_dir, force=force)  # before spawning: errors at once
+        if note and progress is not None:
+            progress(ProgressEvent("warning", message=note))
         return launch(config, processes=processes, progress=progress, sinks=sinks)
 
 

@@ -36,6 +36,7 @@ from hco_cli.runs import checkpoint as ckpt
 from hco_cli.runs.files import BestScore, ResumeMeta, RunInfo
 from hco_cli.runs.folder import (
     copy_plan,
+    discard_replaced,
     prepare_run_dir,
     recorded_finished,
     write_config,
@@ -546,6 +547,7 @@ class _Trainer:
             "carried": self.carried, "rng": mine["rng"], "sampler": mine["sampler"],
             "phase_best": self.phase_best, **extra}
         ckpt.save_checkpoint(self.folder.checkpoint("last"), payload)
+        discard_replaced(self.s.run_dir)  # the run --force replaced: this one can resume now
         self._write_info()
 
     def _networks(self) -> list[torch.nn.Module]:

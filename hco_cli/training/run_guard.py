@@ -24,6 +24,7 @@ from hco_cli.runs.folder import (
     config_hash,
     read_config_data,
     read_run_info,
+    replaced_path,
 )
 from hco_cli.runs.layout import RunFolder
 
@@ -62,8 +63,11 @@ def interrupted_message(run_dir: Path) -> str:
     if RunFolder(run_dir).checkpoint("last").is_file():
         return (f"interrupted; continue from the last checkpoint with: "
                 f"hco train --resume {run_dir}")
+    aside = replaced_path(run_dir)
+    kept = (f"; the run it replaced is kept in {aside} (to get it back, delete {run_dir}, "
+            f"which holds nothing, and rename {aside} to it)" if aside.is_dir() else "")
     return (f"interrupted before the first checkpoint of {run_dir}, so there is nothing to "
-            "resume; the same hco train command starts it again")
+            f"resume; the same hco train command starts it again{kept}")
 
 
 def check_resumable(run_dir: Path) -> None:

@@ -16,7 +16,13 @@ from torch import nn
 from hco_cli.config import TrainConfig, validate_config
 from hco_cli.data.batch import Batch
 from hco_cli.data.prepare import prepare_synthetic
-from hco_cli.errors import CheckpointError, ConfigError, OutputError, TrainingDivergedError
+from hco_cli.errors import (
+    CheckpointError,
+    ConfigError,
+    Interrupted,
+    OutputError,
+    TrainingDivergedError,
+)
 from hco_cli.optim.protocol import TwoSource
 from hco_cli.runs.checkpoint import load_checkpoint
 from hco_cli.runs.folder import RUN_INFO_KEYS
@@ -168,6 +174,32 @@ def test_refuses_a_non_empty_run_dir(synthetic, tmp_path):
         train(tiny_config(synthetic, run))
     with pytest.raises(OutputError, match="was not written by hco"):
         train(tiny_config(synthetic, run), force=True)
+
+
+def test_force_keeps_the_replaced_run_until_the_first_checkpoint(synthetic, straight, tmp_path):
+    """--force moves the old run aside; a replacement stopped before its first checkpoint
+    leaves it there (and says where), one that checkpoints deletes it."""
+    run_a, _ = straight
+    run = tmp_path / "run"
+    shutil.copytree(run_a, run)
+    old_last = (run / "checkpoints/last.pt").read_bytes()
+    aside = tmp_path / ".run.replaced"
+
+    events: list[ProgressEvent] = []
+
+    def record_then_stop(event: ProgressEvent) -> None:
+        events.append(event)
+        if event.kind == "step":
+            raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted, match=r"the run it replaced is kept in .*\.run\.replaced"):
+        train(tiny_config(synthetic, run), force=True, progress=record_then_stop)
+    assert any("old run is kept in" in (e.message or "") for e in events if e.kind == "warning")
+    assert (aside / "checkpoints/last.pt").read_bytes() == old_last
+    assert not (run / "checkpoints/last.pt").exists()
+    train(tiny_config(synthetic, run))  # the stub is replaced; the old run stays aside
+    assert not aside.exists()  # gone once the new run wrote its last.pt
+    assert json.loads((run / "run.json").read_text(encoding="utf-8"))["finished"] is True
 
 
 def test_test_selection_warns(synthetic, tmp_path, monkeypatch):
