@@ -48,17 +48,19 @@ def _runs_per_gpu(text: str) -> int | Literal["auto"]:
 
 @contextlib.contextmanager
 def _terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM (kill, a job scheduler's stop) handled as Ctrl-C inside the block: the sweep
-    stops the runs it started and records them interrupted, instead of dying with its
-    children still training and its state saying they run."""
+    """SIGTERM (kill, a job scheduler's stop) and SIGHUP (the terminal closed) handled as
+    Ctrl-C inside the block: the sweep stops the runs it started (each in a process group of
+    its own, which neither signal reaches) and records them interrupted, instead of dying
+    with its children still training and its state saying they run."""
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 @handle_errors

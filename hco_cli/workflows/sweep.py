@@ -9,6 +9,7 @@ goes, for ``hco sweep --status``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -358,7 +359,13 @@ class SubprocessLauncher:
         return _Chain(train_argv(run, self.options), env=env, log=log, on_exit=exited)
 
 
-def _default_sigint() -> None:
+def _own_group_default_sigint() -> None:
+    """In the child, before it runs: a process group of its own, so that a terminal's Ctrl-C
+    reaches only the sweep, which passes exactly one SIGINT on (:meth:`_Chain.stop`; a second
+    one would interrupt the run's own handling of the first), and SIGINT at its default (a
+    sweep started in the background hands its children SIGINT ignored, and Python then never
+    turns it into KeyboardInterrupt)."""
+    os.setpgid(0, 0)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
@@ -376,19 +383,17 @@ class _Chain:
     def _next(self) -> None:
         command = self.commands.pop(0)
         with self.log.open("ab") as sink:
-            # Ctrl-C reaches the run (a sweep started in the background hands its children
-            # SIGINT ignored, and Python then never turns it into KeyboardInterrupt).
             self.proc = subprocess.Popen(command, env=self.env, stdout=sink,
                                          stderr=subprocess.STDOUT,
-                                         preexec_fn=_default_sigint)
+                                         preexec_fn=_own_group_default_sigint)
 
     def stop(self) -> None:
-        """Interrupt the running command as Ctrl-C would (hco train saves where it got to);
-        start no other."""
+        """Interrupt the running command as Ctrl-C would (hco train stops, keeping its last
+        checkpoint); start no other."""
         self.commands = []
         if self.proc is not None and self.proc.poll() is None:
             self.stopped = True
-            self.proc.send_signal(signal.SIGINT)
+            self._signal_group(signal.SIGINT)
 
     def wait_stopped(self, deadline: float) -> None:
         """Wait for the interrupted command until ``deadline`` (``time.monotonic()``), then
@@ -398,11 +403,19 @@ class _Chain:
         try:
             self.proc.wait(max(deadline - time.monotonic(), 0.0))
         except subprocess.TimeoutExpired:
-            self.proc.terminate()
+            self._signal_group(signal.SIGTERM)
             self.proc.wait()
         if self.on_exit is not None:
             self.on_exit(self.proc.returncode, self.stopped)
             self.on_exit = None
+
+    def _signal_group(self, signum: int) -> None:
+        """``signum`` to the command and every process it started (its training workers), as
+        a terminal's Ctrl-C reaches them all: they share the process group the command
+        opened (:func:`_own_group_default_sigint`)."""
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError):  # the group ended meanwhile
+            os.killpg(self.proc.pid, signum)
 
     def poll(self) -> int | None:
         assert self.proc is not None  # set in __init__

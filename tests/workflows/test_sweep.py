@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -519,9 +520,76 @@ def test_an_interrupted_schedule_stops_the_runs_it_started(tmp_path):
     assert all(code != 0 and stopped for code, stopped in ended.values())
 
 
-def test_sweep_turns_sigterm_into_ctrl_c_inside_its_block():
-    before = signal.getsignal(signal.SIGTERM)
+# A training command as the sweep starts it: it counts the SIGINTs it gets (in a file), starts
+# one worker of its own that does the same (a data-parallel run's), and after the first one
+# waits a second for a second one before exiting as hco does on Ctrl-C.
+_COUNTING = r"""
+import signal, subprocess, sys, time
+from pathlib import Path
+out, worker = Path(sys.argv[1]), len(sys.argv) > 2
+count = 0
+def on_sigint(signum, frame):
+    global count
+    count += 1
+    out.write_text(str(count))
+signal.signal(signal.SIGINT, on_sigint)
+if worker:
+    child = subprocess.Popen([sys.executable, "-c", sys.argv[2], str(out) + ".worker"])
+    while not Path(str(out) + ".worker.ready").exists():
+        time.sleep(0.02)
+out.with_name(out.name + ".ready").write_text("")
+end = time.time() + 60
+while not count and time.time() < end:
+    time.sleep(0.02)
+time.sleep(1.0)
+if worker:
+    child.wait()
+sys.exit(130)
+"""
+
+# The sweep: one command in a _Chain, stopped on Ctrl-C as hco sweep stops its runs.
+_SWEEP = r"""
+import os, sys, time
+from pathlib import Path
+from hco_cli.workflows.sweep import _Chain
+out, counting = Path(sys.argv[1]), sys.argv[2]
+job = _Chain([[sys.executable, "-c", counting, str(out), counting]], env=dict(os.environ),
+             log=out.with_name("run.log"))
+try:
+    while True:
+        time.sleep(0.02)
+except KeyboardInterrupt:
+    job.stop()
+    job.wait_stopped(time.monotonic() + 30)
+    sys.exit(0 if job.proc.returncode == 130 else 1)
+"""
+
+
+def test_ctrl_c_at_the_terminal_reaches_each_run_process_once(tmp_path):
+    """The terminal's Ctrl-C goes to the sweep's process group; the sweep passes one SIGINT
+    to each run's whole process group (its workers too), so no process gets two (a second
+    one would interrupt the run's own handling of the first)."""
+    out = tmp_path / "count"
+    sweep = subprocess.Popen([sys.executable, "-c", _SWEEP, str(out), _COUNTING],
+                             start_new_session=True, cwd=Path(__file__).parents[2])
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "count.ready").exists():
+            assert sweep.poll() is None and time.monotonic() < deadline, "never got ready"
+            time.sleep(0.02)
+        os.killpg(sweep.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        assert sweep.wait(60) == 0
+    finally:
+        if sweep.poll() is None:
+            os.killpg(sweep.pid, signal.SIGKILL)
+    assert out.read_text() == "1"
+    assert (tmp_path / "count.worker").read_text() == "1"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_sweep_turns_sigterm_and_sighup_into_ctrl_c_inside_its_block(signum):
+    before = signal.getsignal(signum)
     with pytest.raises(KeyboardInterrupt), _terminate_as_interrupt():
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signum)
         time.sleep(5)  # the handler raises before this ends
-    assert signal.getsignal(signal.SIGTERM) is before
+    assert signal.getsignal(signum) is before
