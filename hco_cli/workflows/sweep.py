@@ -383,8 +383,10 @@ class _Chain:
     def _next(self) -> None:
         command = self.commands.pop(0)
         with self.log.open("ab") as sink:
-            self.proc = subprocess.Popen(command, env=self.env, stdout=sink,
-                                         stderr=subprocess.STDOUT,
+            # stdin closed: a process group other than the terminal's that read from it
+            # would be stopped (SIGTTIN).
+            self.proc = subprocess.Popen(command, env=self.env, stdin=subprocess.DEVNULL,
+                                         stdout=sink, stderr=subprocess.STDOUT,
                                          preexec_fn=_own_group_default_sigint)
 
     def stop(self) -> None:
