@@ -208,10 +208,13 @@ def predict(runs: Path | Sequence[Path], options: PredictOptions, *,
         scores: list[CaseResult] | None = None
         with atomic_dir(out, kind="predictions", force=options.force) as tmp:
             if options.pipeline:
-                written, scores = predict_cases_pipelined(
-                    [r.model for r in loaded], cases, tmp, window, labels=labels, device=device,
-                    outputs=outputs, references=references, progress=progress,
-                    window_progress=window_progress)
+                try:
+                    written, scores = predict_cases_pipelined(
+                        [r.model for r in loaded], cases, tmp, window, labels=labels,
+                        device=device, outputs=outputs, references=references,
+                        progress=progress, window_progress=window_progress)
+                except DataError as exc:  # scored in the temporary folder: name the output
+                    raise DataError(str(exc).replace(str(tmp), str(out))) from None
             else:
                 written = predict_cases([r.model for r in loaded], cases, tmp, window,
                                         labels=labels, device=device, outputs=outputs,

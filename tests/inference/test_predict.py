@@ -19,6 +19,7 @@ from hco_cli.data.io import read_volume, write_volume
 from hco_cli.data.labels import build_label_map
 from hco_cli.data.prepare import SplitOptions, prepare_generic, prepare_synthetic
 from hco_cli.errors import ConfigError, DataError, OutputError
+from hco_cli.evaluation.references import LabelSource
 from hco_cli.evaluation.saved_results import read_summary
 from hco_cli.inference.inputs import InputCase, LoadedCase, dataset_cases, group_images
 from hco_cli.inference.predict import (
@@ -347,3 +348,22 @@ def test_a_dataset_split_again_since_training_is_named(tmp_path: Path) -> None:
     assert str(run) in report.warnings[0]
     assert report.summary is not None
     assert json.loads(report.summary.read_text(encoding="utf-8"))["warnings"] == report.warnings
+
+
+def test_a_scoring_error_names_the_output_not_its_temporary_folder(
+    tiny: tuple[Path, Path, nn.Module], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reference label on another grid than the scan (a user's own data): the one line
+    names the prediction where it would have been written, not the temporary folder it was
+    scored in, and nothing is left behind."""
+    _, run, _ = tiny
+    wrong = tmp_path / "wrong.nii.gz"
+    write_volume(wrong, np.zeros((5, 5, 5), np.uint8), Geometry(shape=(5, 5, 5),
+                                                                 spacing=(1.0, 1.0, 1.0)))
+    monkeypatch.setattr(predict_module, "reference_labels", lambda dataset, cases, split: {
+        c: LabelSource("volume", wrong, c) for c in cases})
+    out = tmp_path / "preds"
+    with pytest.raises(DataError, match="prediction shape") as caught:
+        predict(run, PredictOptions(device="cpu", out=out, evaluate=True, checkpoint="last"))
+    assert f"({out}/" in str(caught.value) and ".tmp" not in str(caught.value)
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["wrong.nii.gz"]
