@@ -260,7 +260,7 @@ def schedule(runs: Sequence[SweepRun], *, workers: int, launch: Launcher,
                        launch=launch, wait=wait)
     except BaseException:
         # Ctrl-C, or SIGTERM turned into it by hco sweep: stop the runs this sweep started
-        # (each saves where it got to), so none goes on unseen after the sweep has ended.
+        # (each keeps its last checkpoint), so none goes on unseen after the sweep has ended.
         jobs = [job for _, job in running.values()]
         for job in jobs:
             job.stop()
