@@ -244,8 +244,7 @@ def compare(
     json_path: Json = None, csv_path: Csv = None, markdown_path: Markdown = None,
     plot_path: Plot = None,
 ) -> None:  # fmt: skip
-    """Compare arms with paired Wilcoxon / t-tests per case, their loss dynamics or their
-    validation curves."""
+    """Compare arms: paired Wilcoxon / t-tests per case, loss dynamics or validation curves."""
     # Deferred: SciPy's statistics load only when a command compares, never for --help.
     from hco_cli.evaluation import compare_tables, curves, dynamics, plots
     from hco_cli.evaluation.compare import compare_checkpoints
