@@ -46,6 +46,7 @@ from hco_cli.runs.layout import RunFolder
 from hco_cli.ssl.base import Phase, StepResult
 from hco_cli.training import distributed
 from hco_cli.training.events import ProgressCallback, ProgressEvent, RunResult
+from hco_cli.training.interrupt import StopRequest
 from hco_cli.training.logging import MetricsWriter
 from hco_cli.training.run_guard import (
     change_history,
@@ -210,6 +211,8 @@ class _Trainer:
         # validation.also_select_on: each split's best of the current phase (best-<split>.pt)
         self.also_best: dict[str, BestScore] = {}
         self.finished = False
+        self.stop = StopRequest()  # Ctrl-C: stop at the next iteration, saved there
+        self.saved_at: int | None = None  # the iteration of the last periodic checkpoint
 
     # ----------------------------------------------------------------------------- driving
     def run(self) -> RunResult:
@@ -221,7 +224,8 @@ class _Trainer:
                                         info=self.s.summary()))
         status: Status = "failed"
         try:
-            result = self._run_phases()
+            with self.stop.installed(enabled=not self.ctx.active):
+                result = self._run_phases()
             status = "finished"
         except KeyboardInterrupt:
             status = "killed"
@@ -253,12 +257,15 @@ class _Trainer:
             self.progress(ProgressEvent("phase", phase=phase.name, iteration=first,
                                         total=phase.iterations))
             for i in range(first, phase.iterations):
+                if self.stop.requested and i > 0:  # a phase's iteration 0 saves no state
+                    self._stop_at(index, i, offset + i)
                 self._step(phase, i, offset)
                 done = i + 1
                 if done % self.cfg.validation.every == 0:
                     self._validate(phase, offset + done)
                 if (offset + done) % self.cfg.checkpoint_every == 0 and done < phase.iterations:
                     self._checkpoint(index, done, offset + done)
+                    self.saved_at = offset + done
             self._end_phase(index, phase, offset)
         self.finished = True
         total = sum(p.iterations for p in phases)
@@ -273,6 +280,13 @@ class _Trainer:
                          best_iteration=self.run_best["iter"], iterations=self.s.plan,
                          wall_seconds=self._wall(), warnings=list(self.s.warnings),
                          select_on=self.cfg.validation.select_on)
+
+    def _stop_at(self, index: int, local: int, iteration: int) -> None:
+        """End the run as Ctrl-C does, with ``last.pt`` at this iteration boundary (Ctrl-C asked
+        for it: :mod:`~hco_cli.training.interrupt`)."""
+        if self.saved_at != iteration:
+            self._checkpoint(index, local, iteration)
+        raise KeyboardInterrupt
 
     def _warn(self, message: str) -> None:
         """A warning at run time (a failed sink): shown, and kept in run.json."""

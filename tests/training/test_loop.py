@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import signal
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -111,6 +113,40 @@ def test_interrupted_and_resumed_run_is_bit_identical(synthetic, straight, tmp_p
     assert json.loads((tmp_path / "b/run.json").read_text(encoding="utf-8"))["finished"] is True
     with pytest.raises(CheckpointError, match="already finished"):
         resume(tmp_path / "b")
+
+
+def test_ctrl_c_saves_at_the_next_iteration_and_the_resume_is_bit_identical(
+        synthetic, straight, tmp_path):
+    """A real SIGINT after global iteration 3 (checkpoints every 2): the run stops at the next
+    iteration boundary with last.pt there (3, not the periodic 2), and the resumed run ends
+    with the straight run's weights."""
+    run_a, _ = straight
+
+    def ctrl_c(event: ProgressEvent) -> None:
+        if event.kind == "step" and event.phase == "selftrain" and event.iteration == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(Interrupted, match="continue from the last checkpoint"):
+        train(tiny_config(synthetic, tmp_path / "b"), progress=ctrl_c)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert load_checkpoint(tmp_path / "b/checkpoints/last.pt")["global_iter"] == 3
+    resume(tmp_path / "b")
+    a = _tensors(load_checkpoint(run_a / "checkpoints/last.pt")["framework"])
+    b = _tensors(load_checkpoint(tmp_path / "b/checkpoints/last.pt")["framework"])
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_second_ctrl_c_stops_at_once(synthetic, tmp_path):
+    """Two SIGINTs in one iteration: the second interrupts where it lands, and last.pt stays
+    the periodic one (iteration 2)."""
+    def ctrl_c_twice(event: ProgressEvent) -> None:
+        if event.kind == "step" and event.phase == "selftrain" and event.iteration == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(Interrupted):
+        train(tiny_config(synthetic, tmp_path / "c"), progress=ctrl_c_twice)
+    assert load_checkpoint(tmp_path / "c/checkpoints/last.pt")["global_iter"] == 2
 
 
 def test_resume_of_a_final_checkpoint_without_its_record_writes_the_record(straight, tmp_path):
