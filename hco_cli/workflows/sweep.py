@@ -260,7 +260,7 @@ def schedule(runs: Sequence[SweepRun], *, workers: int, launch: Launcher,
                        launch=launch, wait=wait)
     except BaseException:
         # Ctrl-C, or SIGTERM turned into it by hco sweep: stop the runs this sweep started
-        # (each keeps its last checkpoint), so none goes on unseen after the sweep has ended.
+        # (each saves where it stopped, as on Ctrl-C), so none goes on unseen after the sweep.
         jobs = [job for _, job in running.values()]
         for job in jobs:
             job.stop()
@@ -390,8 +390,8 @@ class _Chain:
                                          preexec_fn=_own_group_default_sigint)
 
     def stop(self) -> None:
-        """Interrupt the running command as Ctrl-C would (hco train stops, keeping its last
-        checkpoint); start no other."""
+        """Interrupt the running command as Ctrl-C would (a one-process hco train stops at its
+        next iteration with a checkpoint there); start no other."""
         self.commands = []
         if self.proc is not None and self.proc.poll() is None:
             self.stopped = True
