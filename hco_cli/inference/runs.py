@@ -222,7 +222,7 @@ def split_warnings(runs: Sequence[LoadedRun], dataset: PreparedDataset,
 def open_dataset(given: Path | None, runs: Sequence[LoadedRun]) -> PreparedDataset:
     """``--data``, else the runs' shared training dataset."""
     if given is None:
-        paths = sorted({str(r.config.data.path) for r in runs})
+        paths = sorted({str(Path(r.config.data.path).absolute()) for r in runs})
         if len(paths) > 1:
             raise ConfigError(f"the runs were trained on different datasets ({', '.join(paths)});"
                               " choose the one to predict with --data")

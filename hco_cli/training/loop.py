@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from hco_cli import __version__
-from hco_cli.config import TrainConfig
+from hco_cli.config import TrainConfig, validate_config
 from hco_cli.data.batch import Batch
 from hco_cli.data.identity import DatasetIdentity
 from hco_cli.errors import CheckpointError, TrainingDivergedError
@@ -88,11 +88,21 @@ def run_local(config: TrainConfig, *, progress: ProgressCallback | None = None,
 
 
 def checked_config(config: TrainConfig) -> TrainConfig:
-    """``config`` with its run folder filled in, once its sinks and devices are checked."""
+    """``config`` with its run folder filled in and its dataset's path made absolute, once its
+    sinks and devices are checked.
+
+    The run keeps the absolute path (``config.yaml``, checkpoints), so that ``--resume`` and
+    ``hco predict RUN`` find the dataset from any folder, not only from the one the run was
+    started in (runs from before keep the relative path they were given)."""
     check_sinks(config.tracking.sinks)
     d = config.distributed
     distributed.check_devices(d.processes, device=config.device, sync_batchnorm=d.sync_batchnorm)
-    return resolve_run_dir(config)
+    config = resolve_run_dir(config)
+    if config.data.path.is_absolute():
+        return config
+    data = config.model_dump(mode="json")
+    data["data"]["path"] = str(config.data.path.absolute())  # symbolic links kept as named
+    return validate_config(data)
 
 
 def _run(setup: RunSetup, *, progress: ProgressCallback | None,
@@ -135,7 +145,13 @@ def read_resume_point(run_dir: Path, *, processes: int | None = None,
     # the resume runs no iteration and writes the run's record.
     config, changes = resume_config(run_dir, state["config"], accept=accept_config_changes,
                                     iteration=meta.global_iter)
-    identity = check_same_dataset(run_dir, config.data.path, meta.dataset_identity)
+    data = config.data.path
+    if not data.is_absolute() and not (data / "dataset.json").is_file():
+        raise CheckpointError(
+            f"run {run_dir} trained on {data}, a path relative to the folder it was started "
+            f"from, and there is no prepared dataset at {data} from here ({Path.cwd()}); "
+            "resume it from the folder it was started in")
+    identity = check_same_dataset(run_dir, data, meta.dataset_identity)
     check_sinks(config.tracking.sinks)
     count = meta.processes
     distributed.check_resume_processes(count, requested=processes)

@@ -133,6 +133,43 @@ def test_a_moved_run_resumes_where_it_is(data: Path, tmp_path: Path) -> None:
     assert json.loads((moved / "run.json").read_text(encoding="utf-8"))["finished"] is True
 
 
+def test_a_relative_dataset_path_is_kept_absolute_and_resumes_from_anywhere(
+        data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Started from the dataset's parent with a relative data.path: the run stores it
+    absolute, so --resume works from another folder."""
+    monkeypatch.chdir(data.parent)
+    run = tmp_path / "run"
+    with contextlib.suppress(Stop):
+        train(validate_config(tiny_raw(Path(data.name), run)), progress=_stop_at(2))
+    stored = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))["data"]["path"]
+    assert stored == str(data)
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["config"]["data"]["path"] == stored
+    monkeypatch.chdir(tmp_path)
+    resume(run)
+    assert json.loads((run / "run.json").read_text(encoding="utf-8"))["finished"] is True
+
+
+def test_an_older_run_with_a_relative_path_says_where_to_resume_from(
+        data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run from before absolute paths (its config.yaml and last.pt hold data.path relative)
+    resumed from another folder: one line saying the path is relative, not 'run hco prepare'."""
+    run = _interrupted(data, tmp_path / "run")
+    raw = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+    raw["data"]["path"] = data.name
+    (run / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    last = run / "checkpoints" / "last.pt"
+    state = load_checkpoint(last)
+    state["config"]["data"]["path"] = data.name
+    torch.save(state, last)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointError, match=f"trained on {data.name}, a path relative to the "
+                                              "folder it was started from"):
+        resume(run)
+    monkeypatch.chdir(data.parent)
+    resume(run)
+    assert json.loads((run / "run.json").read_text(encoding="utf-8"))["finished"] is True
+
+
 def test_a_dataset_prepared_again_is_refused_on_resume(data: Path, tmp_path: Path) -> None:
     """A run records what it trains on; a resume on another preparation of the same folder
     says what changed, and resumes once the preparation it started with is back."""

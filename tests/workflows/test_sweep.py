@@ -104,6 +104,23 @@ def test_second_invocation_skips_finished_runs(swept):
     assert {p: p.stat().st_mtime_ns for p in files} == before
 
 
+def test_a_relative_dataset_path_in_the_sweep_config_reuses_its_runs(swept, tmp_path,
+                                                                    monkeypatch):
+    """The runs store data.path absolute; the same sweep config giving it relative to the
+    folder it runs from is the same dataset, so the finished runs are reused."""
+    options, report = swept
+    stored = yaml.safe_load((report.outcomes[0].run.run_dir / "config.yaml").read_text())
+    data = Path(stored["data"]["path"])
+    assert data.is_absolute()
+    raw = yaml.safe_load(options.config.read_text())
+    raw["data"]["path"] = data.name
+    relative = tmp_path / "relative.yaml"
+    relative.write_text(yaml.safe_dump(raw))
+    monkeypatch.chdir(data.parent)
+    assert {r.status for r in plan_sweep(options.model_copy(update={"config": relative}))} == {
+        "done"}
+
+
 def test_a_sweep_rerun_with_another_config_does_not_reuse_its_runs(swept, tmp_path):
     """The finished grid planned again from an edited config: a new learning rate is refused
     in one line before any plan file is rewritten (the old runs would be reported as trained
