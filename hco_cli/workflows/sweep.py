@@ -10,6 +10,7 @@ goes, for ``hco sweep --status``.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
@@ -359,14 +360,44 @@ class SubprocessLauncher:
         return _Chain(train_argv(run, self.options), env=env, log=log, on_exit=exited)
 
 
-def _own_group_default_sigint() -> None:
-    """In the child, before it runs: a process group of its own, so that a terminal's Ctrl-C
-    reaches only the sweep, which passes exactly one SIGINT on (:meth:`_Chain.stop`; a second
-    one would interrupt the run's own handling of the first), and SIGINT at its default (a
-    sweep started in the background hands its children SIGINT ignored, and Python then never
-    turns it into KeyboardInterrupt)."""
-    os.setpgid(0, 0)
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+_PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+def _libc_prctl() -> Callable[..., int] | None:
+    """libc's ``prctl`` on Linux, looked up in the sweep (never in a forked child, where
+    loading could wait on a lock another thread held at the fork); None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+def _child_setup(parent: int, prctl: Callable[..., int] | None) -> Callable[[], None]:
+    """What a run's process does before it starts (``preexec_fn``):
+
+    - a process group of its own, so that a terminal's Ctrl-C reaches only the sweep, which
+      passes exactly one SIGINT on (:meth:`_Chain.stop`; a second would interrupt the run's
+      own handling of the first);
+    - SIGINT at its default (a sweep started in the background hands its children SIGINT
+      ignored, and Python then never turns it into KeyboardInterrupt);
+    - on Linux, SIGINT when the sweep dies however it dies (``kill -9``, the OOM killer), so
+      that a run does not train on unwatched but stops at its next iteration with a checkpoint
+      there, as on Ctrl-C (``PR_SET_PDEATHSIG``; the sweep starts runs from its main thread,
+      whose end is the process's)."""
+    def setup() -> None:
+        os.setpgid(0, 0)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if prctl is not None:
+            prctl(_PR_SET_PDEATHSIG, int(signal.SIGINT))
+            if os.getppid() != parent:  # the sweep died before the call above
+                os.kill(os.getpid(), signal.SIGINT)
+
+    return setup
+
+
+_PRCTL = _libc_prctl()
 
 
 class _Chain:
@@ -387,7 +418,7 @@ class _Chain:
             # would be stopped (SIGTTIN).
             self.proc = subprocess.Popen(command, env=self.env, stdin=subprocess.DEVNULL,
                                          stdout=sink, stderr=subprocess.STDOUT,
-                                         preexec_fn=_own_group_default_sigint)
+                                         preexec_fn=_child_setup(os.getpid(), _PRCTL))
 
     def stop(self) -> None:
         """Interrupt the running command as Ctrl-C would (a one-process hco train stops at its
@@ -414,7 +445,7 @@ class _Chain:
     def _signal_group(self, signum: int) -> None:
         """``signum`` to the command and every process it started (its training workers), as
         a terminal's Ctrl-C reaches them all: they share the process group the command
-        opened (:func:`_own_group_default_sigint`)."""
+        opened (:func:`_child_setup`)."""
         assert self.proc is not None
         with contextlib.suppress(ProcessLookupError):  # the group ended meanwhile
             os.killpg(self.proc.pid, signum)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -541,7 +542,7 @@ def test_an_interrupted_schedule_stops_the_runs_it_started(tmp_path):
 # one worker of its own that does the same (a data-parallel run's), and after the first one
 # waits a second for a second one before exiting as hco does on Ctrl-C.
 _COUNTING = r"""
-import signal, subprocess, sys, time
+import os, signal, subprocess, sys, time
 from pathlib import Path
 out, worker = Path(sys.argv[1]), len(sys.argv) > 2
 count = 0
@@ -554,7 +555,7 @@ if worker:
     child = subprocess.Popen([sys.executable, "-c", sys.argv[2], str(out) + ".worker"])
     while not Path(str(out) + ".worker.ready").exists():
         time.sleep(0.02)
-out.with_name(out.name + ".ready").write_text("")
+out.with_name(out.name + ".ready").write_text(str(os.getpid()))
 end = time.time() + 60
 while not count and time.time() < end:
     time.sleep(0.02)
@@ -601,6 +602,31 @@ def test_ctrl_c_at_the_terminal_reaches_each_run_process_once(tmp_path):
             os.killpg(sweep.pid, signal.SIGKILL)
     assert out.read_text() == "1"
     assert (tmp_path / "count.worker").read_text() == "1"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_sweep_killed_outright_stops_its_runs_as_ctrl_c_would(tmp_path):
+    """SIGKILL of the sweep (no handler can run): each run still gets one SIGINT, from the
+    kernel, and stops instead of training on unwatched."""
+    out = tmp_path / "count"
+    sweep = subprocess.Popen([sys.executable, "-c", _SWEEP, str(out), _COUNTING],
+                             start_new_session=True, cwd=Path(__file__).parents[2])
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "count.worker.ready").exists():
+            assert sweep.poll() is None and time.monotonic() < deadline, "never got ready"
+            time.sleep(0.02)
+        os.kill(sweep.pid, signal.SIGKILL)
+        sweep.wait(10)
+        deadline = time.monotonic() + 20
+        while not out.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert out.read_text() == "1"
+    finally:
+        if sweep.poll() is None:
+            os.killpg(sweep.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError, ValueError, FileNotFoundError):
+            os.killpg(int((tmp_path / "count.ready").read_text()), signal.SIGKILL)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
