@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -583,10 +584,10 @@ except KeyboardInterrupt:
 """
 
 
-def test_ctrl_c_at_the_terminal_reaches_each_run_process_once(tmp_path):
-    """The terminal's Ctrl-C goes to the sweep's process group; the sweep passes one SIGINT
-    to each run's whole process group (its workers too), so no process gets two (a second
-    one would interrupt the run's own handling of the first)."""
+@contextlib.contextmanager
+def _counting_sweep(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """The sweep script in a session of its own, once its run and the run's worker count
+    SIGINTs; whatever is left of them is killed on the way out."""
     out = tmp_path / "count"
     sweep = subprocess.Popen([sys.executable, "-c", _SWEEP, str(out), _COUNTING],
                              start_new_session=True, cwd=Path(__file__).parents[2])
@@ -595,12 +596,22 @@ def test_ctrl_c_at_the_terminal_reaches_each_run_process_once(tmp_path):
         while not (tmp_path / "count.ready").exists():
             assert sweep.poll() is None and time.monotonic() < deadline, "never got ready"
             time.sleep(0.02)
-        os.killpg(sweep.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
-        assert sweep.wait(60) == 0
+        yield sweep
     finally:
         if sweep.poll() is None:
             os.killpg(sweep.pid, signal.SIGKILL)
-    assert out.read_text() == "1"
+        with contextlib.suppress(ProcessLookupError, ValueError):  # the run's own group
+            os.killpg(int((tmp_path / "count.ready").read_text()), signal.SIGKILL)
+
+
+def test_ctrl_c_at_the_terminal_reaches_each_run_process_once(tmp_path):
+    """The terminal's Ctrl-C goes to the sweep's process group; the sweep passes one SIGINT
+    to each run's whole process group (its workers too), so no process gets two (a second
+    one would interrupt the run's own handling of the first)."""
+    with _counting_sweep(tmp_path) as sweep:
+        os.killpg(sweep.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        assert sweep.wait(60) == 0
+    assert (tmp_path / "count").read_text() == "1"
     assert (tmp_path / "count.worker").read_text() == "1"
 
 
@@ -609,24 +620,13 @@ def test_a_sweep_killed_outright_stops_its_runs_as_ctrl_c_would(tmp_path):
     """SIGKILL of the sweep (no handler can run): each run still gets one SIGINT, from the
     kernel, and stops instead of training on unwatched."""
     out = tmp_path / "count"
-    sweep = subprocess.Popen([sys.executable, "-c", _SWEEP, str(out), _COUNTING],
-                             start_new_session=True, cwd=Path(__file__).parents[2])
-    try:
-        deadline = time.monotonic() + 60
-        while not (tmp_path / "count.worker.ready").exists():
-            assert sweep.poll() is None and time.monotonic() < deadline, "never got ready"
-            time.sleep(0.02)
+    with _counting_sweep(tmp_path) as sweep:
         os.kill(sweep.pid, signal.SIGKILL)
         sweep.wait(10)
         deadline = time.monotonic() + 20
         while not out.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert out.read_text() == "1"
-    finally:
-        if sweep.poll() is None:
-            os.killpg(sweep.pid, signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError, ValueError, FileNotFoundError):
-            os.killpg(int((tmp_path / "count.ready").read_text()), signal.SIGKILL)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
