@@ -334,6 +334,14 @@ def validate_config(data: Any, *, source: str = "config",
         raise ConfigError(f"{source}: {describe_error(exc)}") from None
 
 
+def with_absolute_data_path(config: TrainConfig) -> dict[str, Any]:
+    """``config`` as JSON data with ``data.path`` absolute (symbolic links kept as named): how
+    hco train stores a run's dataset, and how a sweep compares a stored run with its plan."""
+    data = config.model_dump(mode="json")
+    data["data"]["path"] = str(config.data.path.absolute())
+    return data
+
+
 def describe_error(exc: ValidationError) -> str:
     """One line for the first error: dotted field, message, and the allowed keys if unknown.
 

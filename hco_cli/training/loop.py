@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from hco_cli import __version__
-from hco_cli.config import TrainConfig, validate_config
+from hco_cli.config import TrainConfig, validate_config, with_absolute_data_path
 from hco_cli.data.batch import Batch
 from hco_cli.data.identity import DatasetIdentity
 from hco_cli.errors import CheckpointError, TrainingDivergedError
@@ -100,9 +100,7 @@ def checked_config(config: TrainConfig) -> TrainConfig:
     config = resolve_run_dir(config)
     if config.data.path.is_absolute():
         return config
-    data = config.model_dump(mode="json")
-    data["data"]["path"] = str(config.data.path.absolute())  # symbolic links kept as named
-    return validate_config(data)
+    return validate_config(with_absolute_data_path(config))
 
 
 def _run(setup: RunSetup, *, progress: ProgressCallback | None,
@@ -228,7 +226,6 @@ class _Trainer:
         self.also_best: dict[str, BestScore] = {}
         self.finished = False
         self.stop = StopRequest()  # Ctrl-C: stop at the next iteration, saved there
-        self.saved_at: int | None = None  # the iteration of the last periodic checkpoint
 
     # ----------------------------------------------------------------------------- driving
     def run(self) -> RunResult:
@@ -281,7 +278,6 @@ class _Trainer:
                     self._validate(phase, offset + done)
                 if (offset + done) % self.cfg.checkpoint_every == 0 and done < phase.iterations:
                     self._checkpoint(index, done, offset + done)
-                    self.saved_at = offset + done
             self._end_phase(index, phase, offset)
         self.finished = True
         total = sum(p.iterations for p in phases)
@@ -300,7 +296,7 @@ class _Trainer:
     def _stop_at(self, index: int, local: int, iteration: int) -> None:
         """End the run as Ctrl-C does, with ``last.pt`` at this iteration boundary (Ctrl-C asked
         for it: :mod:`~hco_cli.training.interrupt`)."""
-        if self.saved_at != iteration:
+        if iteration % self.cfg.checkpoint_every:  # else the loop has just saved it
             self._checkpoint(index, local, iteration)
         raise KeyboardInterrupt
 
