@@ -18,7 +18,7 @@ against the reference of its own round: ``sgd`` where the round has one, else th
   runs of the same rounds likewise): one-sided paired Wilcoxon and t-test, Holm over the four
   metrics, for "worse than the reference" and for "better";
 - the t-test over the seeds' differences ("better");
-- r: the median step norm (``step_norm`` in metrics.jsonl.gz) over the self-training steps
+- r: the median step norm (``step_norm`` in the run's log) over the self-training steps
   relative to the round's reference, its range over the rounds.
 
 The rule (README, "How the ablation will name its reading", written before the rounds it binds)
@@ -40,8 +40,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import gzip
-import json
 import math
 import re
 import statistics
@@ -54,6 +52,7 @@ import numpy as np
 from hco_cli.errors import HcoError
 from hco_cli.evaluation import stats
 from hco_cli.evaluation.compare import ArmSource, Checkpoint, Comparison, compare_sources
+from hco_cli.evaluation.saved_results import read_run_records
 from hco_cli.io_utils import between_markers, json_safe, write_json, write_text
 
 CHECKPOINTS: tuple[Checkpoint, ...] = ("best", "last")
@@ -142,12 +141,8 @@ def find_rounds(root: Path) -> list[Round]:
 
 @functools.cache
 def _median_step(run: Path) -> float:
-    path = run / "metrics.jsonl.gz"
-    opener = gzip.open if path.is_file() else open
-    path = path if path.is_file() else run / "metrics.jsonl"
-    with opener(path, "rt", encoding="utf-8") as lines:
-        norms = [r["step_norm"] for r in map(json.loads, lines)
-                 if r.get("phase") == "selftrain" and r.get("step_norm") is not None]
+    norms = [r["step_norm"] for _, r in read_run_records(run)[1]
+             if r.get("phase") == "selftrain" and r.get("step_norm") is not None]
     return statistics.median(norms) if norms else math.nan
 
 

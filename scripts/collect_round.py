@@ -8,8 +8,9 @@ sweep's run folders without weights); DEST the round's folder, e.g. ``results/ab
 (it must not exist: a round is committed once). In order:
 
 1. the tarball is unpacked into DEST (a temporary folder renamed into place, owner-writable);
-2. every ``metrics.jsonl`` becomes ``metrics.jsonl.gz`` (level 9, no name or time in the
-   header: recompressing a log does not change the file);
+2. every ``metrics.jsonl`` becomes ``metrics.jsonl.xz`` (preset 9e, a quarter smaller than
+   gzip -9: the tracked files travel with every device call; xz keeps no name or time, so
+   recompressing a log does not change the file);
 3. ``hco compare`` of the round's arms (the reference first: ``sgd``, else ``sgd-aa``; then the
    others by name), best checkpoint and last iterate, two-sided, Holm: ``DEST/compare-{best,
    last}.{md,json}``; and ``--dynamics --bin 500`` with its plot: ``DEST/dynamics.{md,json,png}``;
@@ -33,8 +34,8 @@ The commands it runs are printed, so that the README can list them as the way to
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
+import lzma
 import os
 import shutil
 import subprocess
@@ -42,6 +43,9 @@ import sys
 import tarfile
 import tempfile
 from pathlib import Path
+
+from hco_cli.evaluation.saved_results import read_run_records
+from hco_cli.runs.layout import RunFolder
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCES = ("sgd", "sgd-aa")
@@ -75,17 +79,21 @@ def unpack(tarball: Path, dest: Path) -> None:
 
 
 def compress_logs(dest: Path) -> list[Path]:
-    """Each metrics.jsonl as metrics.jsonl.gz (deterministic header), the plain file removed."""
+    """Each metrics.jsonl as metrics.jsonl.xz (RunFolder.metrics_archive), the plain file
+    removed."""
     done = []
     for log in sorted(dest.rglob("metrics.jsonl")):
-        target = log.with_name(log.name + ".gz")
-        with log.open("rb") as src, open(target, "wb") as raw, \
-                gzip.GzipFile(filename="", mode="wb", compresslevel=9, fileobj=raw,
-                              mtime=0) as out:
-            shutil.copyfileobj(src, out)
+        target = RunFolder(log.parent).metrics_archive
+        target.write_bytes(lzma.compress(log.read_bytes(), preset=9 | lzma.PRESET_EXTREME))
         log.unlink()
         done.append(target)
     return done
+
+
+def logged_runs(dest: Path) -> list[Path]:
+    """The run folders (DEST/ARM/RUN) that hold a compressed log."""
+    return [run for run in sorted(dest.glob("*/*/")) if run.is_dir()
+            and any(log.is_file() for log in RunFolder(run).metrics_logs[1:])]
 
 
 def arms_of(round_dir: Path) -> list[str]:
@@ -138,10 +146,8 @@ def pooled(dest: Path, arms: list[str], rounds: list[int]) -> None:
 def rates(dest: Path) -> list[str]:
     """Per run: seconds per iteration of its last training phase, and wall minutes."""
     lines = []
-    for log in sorted(dest.glob("*/*/metrics.jsonl.gz")):
-        run = log.parent
-        with gzip.open(log, "rt", encoding="utf-8") as rows:
-            records = [r for r in map(json.loads, rows) if "time" in r and "iter" in r]
+    for run in logged_runs(dest):
+        records = [r for _, r in read_run_records(run)[1] if "time" in r and "iter" in r]
         phase = "selftrain" if any(r.get("phase") == "selftrain" for r in records) \
             else "pretrain"
         steps = [r for r in records if r.get("phase") == phase]
@@ -157,7 +163,7 @@ def rates(dest: Path) -> list[str]:
 
 def time_breakdown(dest: Path) -> str:
     """``scripts/time_breakdown.py`` over the round's runs: where each one's wall time went."""
-    runs = [log.parent for log in sorted(dest.glob("*/*/metrics.jsonl.gz"))]
+    runs = logged_runs(dest)
     if not runs:
         return ""
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "time_breakdown.py"),

@@ -221,7 +221,7 @@ def _read_paths(arms: list[str]) -> list[Path]:
             paths.append(member)
             if member.is_dir():
                 run = RunFolder(member)
-                paths += [member / SUMMARY_FILE, run.run_json, run.metrics, run.metrics_archive,
+                paths += [member / SUMMARY_FILE, run.run_json, *run.metrics_logs,
                           *run.summaries().values()]
     return paths
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import lzma
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,8 @@ SPACING_UNITS: tuple[str, ...] = ("voxel", "mm")
 # ``hco evaluate`` of files made elsewhere records none): comparisons note arms that differ.
 SCORING_KEYS: tuple[str, ...] = ("lcc", "tta_axes", "stride")
 TRAIN_PHASES: tuple[str, ...] = ("pretrain", "train", "selftrain")
+# The compressed run logs, by suffix (RunFolder.metrics_logs): ``.xz`` archives, older ``.gz``
+_ARCHIVE_OPENERS: dict[str, Callable[..., Any]] = {".xz": lzma.open, ".gz": gzip.open}
 
 
 @dataclass(frozen=True)
@@ -236,23 +240,24 @@ def _train_step(record: dict[str, Any], where: str) -> TrainStep:
 
 
 def read_run_records(run_dir: Path) -> tuple[Path, list[tuple[int, dict[str, Any]]]]:
-    """Every record of ``RUN/metrics.jsonl`` (or of ``metrics.jsonl.gz``, an archived run's) in
-    logged order, with its line number, and the file read.
+    """Every record of ``RUN/metrics.jsonl`` (or of an archived run's ``metrics.jsonl.xz`` or
+    ``.gz``: :attr:`RunFolder.metrics_logs`) in logged order, with its line number, and the
+    file read.
 
     An unparsable *last* line without a trailing newline is taken as a write still in
     progress (a run being trained) and skipped; any other bad line is an error.
     """
-    folder = RunFolder(run_dir)
-    path = folder.metrics if folder.metrics.is_file() else folder.metrics_archive
-    if not path.is_file():
-        raise DataError(f"run {run_dir} has no metrics.jsonl (nor metrics.jsonl.gz)")
+    path = next((p for p in RunFolder(run_dir).metrics_logs if p.is_file()), None)
+    if path is None:
+        raise DataError(f"run {run_dir} has no metrics.jsonl (nor metrics.jsonl.xz or .gz)")
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rt", encoding="utf-8") as f:
-                text = f.read()
-        else:
+        opener = _ARCHIVE_OPENERS.get(path.suffix)
+        if opener is None:
             text = path.read_text(encoding="utf-8")
-    except (OSError, EOFError, UnicodeDecodeError) as exc:
+        else:
+            with opener(path, "rt", encoding="utf-8") as f:
+                text = f.read()
+    except (OSError, EOFError, UnicodeDecodeError, lzma.LZMAError) as exc:
         raise DataError(f"cannot read {path}: {exc}") from None
     lines = text.split("\n")
     records: list[tuple[int, dict[str, Any]]] = []

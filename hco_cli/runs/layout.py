@@ -5,7 +5,8 @@
     RUN/plans.json               the dataset's preprocessing plan, with the run's patch size
     RUN/run.json                 summary read by ``hco compare`` and ``hco sweep --status``
     RUN/metrics.jsonl            per-iteration and validation records
-    RUN/metrics.jsonl.gz         the same, compressed (an archived run; read-only)
+    RUN/metrics.jsonl.xz         the same, compressed (an archived run; read-only;
+                                 RUN/metrics.jsonl.gz in runs archived before 2026-12-03)
     RUN/checkpoints/last.pt      everything needed to resume exactly
     RUN/checkpoints/best.pt      eval-model weights chosen on validation
     RUN/checkpoints/pretrain.pt  eval-model weights at the end of a shareable phase
@@ -52,9 +53,16 @@ class RunFolder:
 
     @property
     def metrics_archive(self) -> Path:
-        """``metrics.jsonl.gz``: a finished run's log compressed for keeping (about 5x
+        """``metrics.jsonl.xz``: a finished run's log compressed for keeping (about 6x
         smaller); read by ``hco compare --dynamics`` where ``metrics.jsonl`` is absent."""
-        return self.path / "metrics.jsonl.gz"
+        return self.path / "metrics.jsonl.xz"
+
+    @property
+    def metrics_logs(self) -> tuple[Path, Path, Path]:
+        """The log's possible files, in the order a reader takes the first present: the plain
+        log of a run (being) trained, the archive, and ``metrics.jsonl.gz``, the archive of runs
+        archived before 2026-12-03 (gzip, a quarter larger than xz)."""
+        return self.metrics, self.metrics_archive, self.path / "metrics.jsonl.gz"
 
     @property
     def checkpoints(self) -> Path:

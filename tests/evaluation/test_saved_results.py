@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import lzma
 import math
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,28 @@ def test_train_steps_read_an_archived_log(tmp_path: Path) -> None:
     assert read_train_steps(run) == expected
     (run / "metrics.jsonl.gz").write_bytes(b"\x1f\x8b not gzip")
     with pytest.raises(DataError, match=r"cannot read .*metrics\.jsonl\.gz"):
+        read_train_steps(run)
+
+
+def test_train_steps_read_an_xz_archive_before_a_gz_one(tmp_path: Path) -> None:
+    """metrics.jsonl.xz (today's archive) gives the plain log's steps and is taken before an
+    older metrics.jsonl.gz; a broken one is a one-line error naming it."""
+    run = write_run(tmp_path, "r", steps=[step(0, 1, 0.5), step(0, 2, 1.5)])
+    plain = run / "metrics.jsonl"
+    expected = read_train_steps(run)
+    (run / "metrics.jsonl.xz").write_bytes(lzma.compress(plain.read_bytes()))
+    with gzip.open(run / "metrics.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.write(json.dumps({"phase": "selftrain", "iter": 9, "epoch": 0, "loss_l": 1.0,
+                            "loss_u": 2.0, "ratio": 2.0}) + "\n")
+    plain.unlink()
+    assert read_train_steps(run) == expected
+    (run / "metrics.jsonl.xz").write_bytes(b"\xfd7zXZ\0 truncated")
+    with pytest.raises(DataError, match=r"cannot read .*metrics\.jsonl\.xz"):
+        read_train_steps(run)
+    (run / "metrics.jsonl.xz").unlink()
+    assert [s.ratio for s in read_train_steps(run)] == [2.0]
+    (run / "metrics.jsonl.gz").unlink()
+    with pytest.raises(DataError, match=r"no metrics\.jsonl \(nor metrics\.jsonl\.xz or \.gz\)"):
         read_train_steps(run)
 
 

@@ -3,8 +3,8 @@ way everywhere, the in-round and pooled comparisons written, refusals in one lin
 
 from __future__ import annotations
 
-import gzip
 import json
+import lzma
 import tarfile
 from pathlib import Path
 
@@ -52,11 +52,13 @@ def test_a_round_unpacked_compressed_compared_and_pooled(tmp_path: Path,
     assert "self-training 0.1000 s/iteration" in out and "$ hco compare" in out
     assert "selftrain     10 its, median  100.0 ms: steps      0.9 s" in out  # time_breakdown
     logs = sorted(dest.rglob("metrics.jsonl*"))
-    assert logs and all(p.name == "metrics.jsonl.gz" for p in logs)
-    raw = logs[0].read_bytes()
-    assert raw[4:8] == b"\0\0\0\0"  # no modification time in the gzip header
-    with gzip.open(logs[0], "rt", encoding="utf-8") as lines:
+    assert logs and all(p.name == "metrics.jsonl.xz" for p in logs)
+    with lzma.open(logs[0], "rt", encoding="utf-8") as lines:
         assert json.loads(next(lines))["iter"] == 1
+    again = tmp_path / "again" / "round9"  # the same tarball collects into the same bytes
+    assert cr.main([str(tarball), str(again)]) == 0
+    assert [p.read_bytes() for p in sorted(again.rglob("metrics.jsonl*"))] == \
+        [p.read_bytes() for p in logs]
     table = (dest / "compare-last.md").read_text(encoding="utf-8")
     assert table.index("| sgd |") < table.index("| hco-r3 |") < table.index("| hco-r4 |")
     assert "two-sided" in table
@@ -91,7 +93,7 @@ def test_a_full_protocol_batch_rewrites_the_study_table(tmp_path: Path,
     readme.write_text("<!-- la-full:begin -->\nold\n<!-- la-full:end -->\n", encoding="utf-8")
     dest = tmp_path / "la-full" / "8l" / "session1"
     assert cr.main([str(tarball), str(dest), "--full-protocol", "--readme", str(readme)]) == 0
-    assert (dest / "sgd-hco" / "all-s1" / "metrics.jsonl.gz").is_file()
+    assert (dest / "sgd-hco" / "all-s1" / "metrics.jsonl.xz").is_file()
     text = readme.read_text(encoding="utf-8")
     assert "old" not in text and "| `sgd-hco` (hco) | best on validation | 1 | " in text
     assert "| +1.00 | " in text  # one seed: the difference of the two runs' means
