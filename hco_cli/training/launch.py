@@ -5,6 +5,12 @@ LOCAL_RANK) and calls :func:`~hco_cli.training.loop.run_local` or ``resume_local
 join the process group (:mod:`hco_cli.training.distributed`). Rank 0's progress events and
 result come back through a queue; the first worker that fails ends the others, and its
 one-line error is raised here.
+
+Ctrl-C belongs to this process: the workers ignore SIGINT, the first Ctrl-C here asks them
+through a shared event to stop with a checkpoint where they next agree
+(:mod:`~hco_cli.training.interrupt`) and is raised here as KeyboardInterrupt once they have;
+a second one ends them at once. On Linux a worker is also ended (SIGTERM) when this process
+dies without ending it.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import queue as queue_module
+import signal
 import socket
 import sys
 import traceback
@@ -23,10 +30,14 @@ from typing import Any
 from hco_cli import errors
 from hco_cli.config import TrainConfig, validate_config
 from hco_cli.errors import HcoError
+from hco_cli.processes import libc_prctl, signal_on_parent_death
 from hco_cli.training.distributed import SAME_STREAMS_ENV
 from hco_cli.training.events import ProgressCallback, ProgressEvent, RunResult
+from hco_cli.training.interrupt import SharedFlag, StopRequest, launcher_notice
 from hco_cli.training.loop import resume_local, run_local
 from hco_cli.training.tracking import Sink
+
+INTERRUPTED = 130  # a worker's exit code once it has stopped on the launcher's Ctrl-C
 
 WorkerHook = Callable[[int, ProgressEvent], None]
 """Called in every worker process with its rank and each of its progress events."""
@@ -40,6 +51,7 @@ class _Job:
     same_streams: bool
     accept_config_changes: bool = False
     sinks: tuple[Sink, ...] = ()  # rank 0's extra tracking sinks
+    parent: int = 0  # the launching process's pid
 
 
 def launch(config: TrainConfig | None = None, *, resume_dir: Path | None = None,
@@ -58,16 +70,21 @@ def launch(config: TrainConfig | None = None, *, resume_dir: Path | None = None,
         raise ValueError("give exactly one of config or resume_dir")
     context = mp.get_context("spawn")
     channel = context.Queue()
+    stop = StopRequest(shared=context.Event())
     port = _free_port()
     job = _Job(config=config.model_dump(mode="json") if config is not None else None,
                resume_dir=resume_dir, hook=worker_hook, same_streams=same_streams,
-               accept_config_changes=accept_config_changes, sinks=tuple(sinks))
-    workers = [context.Process(target=_worker, args=(rank, processes, port, job, channel),
+               accept_config_changes=accept_config_changes, sinks=tuple(sinks),
+               parent=os.getpid())
+    workers = [context.Process(target=_worker,
+                               args=(rank, processes, port, job, channel, stop.shared),
                                name=f"hco-rank{rank}") for rank in range(processes)]
     for worker in workers:
         worker.start()
+    notice = launcher_notice(config.log_every if config is not None else None)
     try:
-        return _supervise(workers, channel, progress or (lambda event: None))
+        with stop.installed(notice=notice):
+            return _supervise(workers, channel, progress or (lambda event: None), stop)
     finally:
         for worker in workers:
             if worker.is_alive():
@@ -79,8 +96,10 @@ def launch(config: TrainConfig | None = None, *, resume_dir: Path | None = None,
                 worker.join()
 
 
-def _supervise(workers: list[Any], channel: Any, progress: ProgressCallback) -> RunResult:
-    """Forward rank 0's events until every worker has exited; raise the first failure."""
+def _supervise(workers: list[Any], channel: Any, progress: ProgressCallback,
+               stop: StopRequest) -> RunResult:
+    """Forward rank 0's events until every worker has exited; raise the first failure, or
+    KeyboardInterrupt where Ctrl-C here stopped them all (each with its checkpoint saved)."""
     result: list[RunResult] = []
     while True:
         message = _get(channel, timeout=0.2)
@@ -89,11 +108,15 @@ def _supervise(workers: list[Any], channel: Any, progress: ProgressCallback) -> 
             continue
         codes = [w.exitcode for w in workers]
         failed = [(r, c) for r, c in enumerate(codes) if c not in (None, 0)]
-        if not failed and any(c is None for c in codes):
+        # Stopping on Ctrl-C, the first to save and exit waits for the others to do the same.
+        stopping = stop.requested and all(c == INTERRUPTED for _, c in failed)
+        if any(c is None for c in codes) and (not failed or stopping):
             continue
         # Everyone exited, or one failed: what they put before exiting is still queued.
         while (message := _get(channel, timeout=1.0)) is not None:
             _handle(message, progress, result)
+        if stop.requested and all(c == INTERRUPTED for c in codes):
+            raise KeyboardInterrupt
         if failed:
             rank, code = failed[0]
             raise HcoError(f"training process {rank} ended with exit code {code}")
@@ -136,8 +159,12 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _worker(rank: int, world: int, port: int, job: _Job, channel: Any) -> None:
-    """One training process: rank ``rank`` of ``world``, reporting through ``channel``."""
+def _worker(rank: int, world: int, port: int, job: _Job, channel: Any,
+            stop: SharedFlag | None = None) -> None:
+    """One training process: rank ``rank`` of ``world``, reporting through ``channel``; it
+    stops with a checkpoint once ``stop`` is set (the launcher's Ctrl-C)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher's to handle
+    signal_on_parent_death(signal.SIGTERM, parent=job.parent, prctl=libc_prctl())
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
     if job.same_streams:
@@ -153,16 +180,18 @@ def _worker(rank: int, world: int, port: int, job: _Job, channel: Any) -> None:
     try:
         if job.resume_dir is not None:
             result = resume_local(job.resume_dir, progress=progress,
-                                  accept_config_changes=job.accept_config_changes, sinks=sinks)
+                                  accept_config_changes=job.accept_config_changes, sinks=sinks,
+                                  stop=StopRequest(shared=stop))
         else:
             assert job.config is not None  # launch() passes exactly one of the two
-            result = run_local(validate_config(job.config), progress=progress, sinks=sinks)
+            result = run_local(validate_config(job.config), progress=progress, sinks=sinks,
+                               stop=StopRequest(shared=stop))
         if rank == 0:
             channel.put(("result", result))
     except HcoError as exc:
         _report(channel, (rank, type(exc).__name__, str(exc)))
-    except KeyboardInterrupt:  # Ctrl-C reaches every process; the parent reports it
-        sys.exit(130)
+    except KeyboardInterrupt:  # stopped by the launcher's Ctrl-C, checkpoint saved
+        sys.exit(INTERRUPTED)
     except BaseException as exc:  # a bug: its traceback goes to stderr, one line to the parent
         traceback.print_exc()
         _report(channel, (rank, "", f"training process {rank} failed: "

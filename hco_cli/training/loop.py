@@ -68,11 +68,13 @@ from hco_cli.training.trees import all_finite, cpu_tree
 
 
 def run_local(config: TrainConfig, *, progress: ProgressCallback | None = None,
-              force: bool = False, sinks: Sequence[Sink] = ()) -> RunResult:
+              force: bool = False, sinks: Sequence[Sink] = (),
+              stop: StopRequest | None = None) -> RunResult:
     """Train ``config`` from scratch in this process: the only one, or one rank of a group.
 
     :func:`hco_cli.training.entry.train` calls it when no workers need launching; each launched
-    worker (:mod:`hco_cli.training.launch`) and each torchrun process calls it directly.
+    worker (:mod:`hco_cli.training.launch`) and each torchrun process calls it directly. A
+    launched worker passes ``stop``, its launcher's Ctrl-C (:mod:`~.interrupt`).
     """
     config = checked_config(config)
     assert config.run_dir is not None  # checked_config fills it in
@@ -84,7 +86,7 @@ def run_local(config: TrainConfig, *, progress: ProgressCallback | None = None,
             setup.warnings += [note] if note else []
             write_config(setup.run_dir, setup.config.model_dump(mode="json"))
             copy_plan(setup.run_dir, setup.config.data.path, setup.config.data.patch_size)
-        return _run(setup, progress=progress, state=None, sinks=sinks)
+        return _run(setup, progress=progress, state=None, sinks=sinks, stop=stop)
 
 
 def checked_config(config: TrainConfig) -> TrainConfig:
@@ -104,8 +106,9 @@ def checked_config(config: TrainConfig) -> TrainConfig:
 
 
 def _run(setup: RunSetup, *, progress: ProgressCallback | None,
-         state: dict[str, Any] | None, sinks: Sequence[Sink]) -> RunResult:
-    result = _Trainer(setup, progress=progress, state=state, sinks=sinks).run()
+         state: dict[str, Any] | None, sinks: Sequence[Sink],
+         stop: StopRequest | None = None) -> RunResult:
+    result = _Trainer(setup, progress=progress, state=state, sinks=sinks, stop=stop).run()
     distributed.leave(setup.ctx)
     return result
 
@@ -160,21 +163,22 @@ def read_resume_point(run_dir: Path, *, processes: int | None = None,
 
 
 def continue_local(run_dir: Path, point: ResumePoint, *, progress: ProgressCallback | None = None,
-                   sinks: Sequence[Sink] = ()) -> RunResult:
+                   sinks: Sequence[Sink] = (), stop: StopRequest | None = None) -> RunResult:
     """Continue ``point`` in this process (the caller holds the run session)."""
     ctx = distributed.join(resolve_device(point.config.device))
     setup = build_setup(point.config, resuming=True, ctx=ctx, identity=point.dataset_identity)
     setup.config_changes = change_history(run_dir, point.changes, point.meta.global_iter)
-    return _run(setup, progress=progress, state=point.state, sinks=sinks)
+    return _run(setup, progress=progress, state=point.state, sinks=sinks, stop=stop)
 
 
 def resume_local(run_dir: Path, *, progress: ProgressCallback | None = None,
-                 accept_config_changes: bool = False, sinks: Sequence[Sink] = ()) -> RunResult:
+                 accept_config_changes: bool = False, sinks: Sequence[Sink] = (),
+                 stop: StopRequest | None = None) -> RunResult:
     """Continue the run in ``run_dir`` in this process: a launched or torchrun worker."""
     run_dir = Path(run_dir)
     with run_session(run_dir, main=distributed.environment_rank() == 0):
         point = read_resume_point(run_dir, accept_config_changes=accept_config_changes)
-        return continue_local(run_dir, point, progress=progress, sinks=sinks)
+        return continue_local(run_dir, point, progress=progress, sinks=sinks, stop=stop)
 
 
 def _mean_diagnostics(optimizers: dict[str, TwoSourceOptimizer]) -> dict[str, Tensor] | None:
@@ -195,7 +199,8 @@ class _Trainer:
     """State of one run: phases, optimizers, buffered logs, best weights, checkpoints."""
 
     def __init__(self, setup: RunSetup, *, progress: ProgressCallback | None,
-                 state: dict[str, Any] | None, sinks: Sequence[Sink] = ()) -> None:
+                 state: dict[str, Any] | None, sinks: Sequence[Sink] = (),
+                 stop: StopRequest | None = None) -> None:
         self.s = setup
         self.cfg = setup.config
         self.ctx = setup.ctx
@@ -225,7 +230,8 @@ class _Trainer:
         # validation.also_select_on: each split's best of the current phase (best-<split>.pt)
         self.also_best: dict[str, BestScore] = {}
         self.finished = False
-        self.stop = StopRequest()  # Ctrl-C: stop at the next iteration, saved there
+        # Ctrl-C: stop at the next iteration (data-parallel: where the ranks agree), saved there
+        self.stop = stop or StopRequest()
 
     # ----------------------------------------------------------------------------- driving
     def run(self) -> RunResult:
@@ -270,7 +276,7 @@ class _Trainer:
             self.progress(ProgressEvent("phase", phase=phase.name, iteration=first,
                                         total=phase.iterations))
             for i in range(first, phase.iterations):
-                if self.stop.requested and i > 0:  # a phase's iteration 0 saves no state
+                if i > 0 and self._stop_now(i):  # a phase's iteration 0 saves no state
                     self._stop_at(index, i, offset + i)
                 self._step(phase, i, offset)
                 done = i + 1
@@ -292,6 +298,17 @@ class _Trainer:
                          best_iteration=self.run_best["iter"], iterations=self.s.plan,
                          wall_seconds=self._wall(), warnings=list(self.s.warnings),
                          select_on=self.cfg.validation.select_on)
+
+    def _stop_now(self, i: int) -> bool:
+        """Whether Ctrl-C asks the run to stop before the phase's iteration ``i``. One process:
+        as soon as it was pressed. Data-parallel (hco's launcher): every ``log_every``
+        iterations the ranks agree, so that all of them stop at one iteration (each may see the
+        launcher's request at another); under torchrun never (it stops the ranks itself)."""
+        if not self.ctx.active:
+            return self.stop.requested
+        if self.stop.shared is None or i % self.cfg.log_every:
+            return False
+        return any(self.ctx.gather_objects(self.stop.requested))
 
     def _stop_at(self, index: int, local: int, iteration: int) -> None:
         """End the run as Ctrl-C does, with ``last.pt`` at this iteration boundary (Ctrl-C asked

@@ -10,7 +10,6 @@ goes, for ``hco sweep --status``.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import subprocess
@@ -26,6 +25,7 @@ from typing import Literal, Protocol
 from hco_cli.errors import ConfigError, HcoError
 from hco_cli.inference.predict import PredictOptions, predict
 from hco_cli.io_utils import write_text
+from hco_cli.processes import libc_prctl, signal_on_parent_death
 from hco_cli.runs.layout import RunFolder
 from hco_cli.training.entry import resume, train
 from hco_cli.training.presets import build_config
@@ -360,20 +360,6 @@ class SubprocessLauncher:
         return _Chain(train_argv(run, self.options), env=env, log=log, on_exit=exited)
 
 
-_PR_SET_PDEATHSIG = 1  # prctl(2)
-
-
-def _libc_prctl() -> Callable[..., int] | None:
-    """libc's ``prctl`` on Linux, looked up in the sweep (never in a forked child, where
-    loading could wait on a lock another thread held at the fork); None elsewhere."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
 def _child_setup(parent: int, prctl: Callable[..., int] | None) -> Callable[[], None]:
     """What a run's process does before it starts (``preexec_fn``):
 
@@ -389,15 +375,12 @@ def _child_setup(parent: int, prctl: Callable[..., int] | None) -> Callable[[], 
     def setup() -> None:
         os.setpgid(0, 0)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
-        if prctl is not None:
-            prctl(_PR_SET_PDEATHSIG, int(signal.SIGINT))
-            if os.getppid() != parent:  # the sweep died before the call above
-                os.kill(os.getpid(), signal.SIGINT)
+        signal_on_parent_death(signal.SIGINT, parent=parent, prctl=prctl)
 
     return setup
 
 
-_PRCTL = _libc_prctl()
+_PRCTL = libc_prctl()
 
 
 class _Chain:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import gc
 import json
 import os
+import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -419,6 +421,48 @@ def test_interrupted_two_process_run_resumes_exactly(synthetic: Path, straight: 
     mb = [r for r in read_metrics(run / "metrics.jsonl") if r["phase"] != "val"]
     assert [r["iter"] for r in mb] == [1, 2, 3, 4]
     assert [r["loss_l"] for r in ma] == [r["loss_l"] for r in mb]
+
+
+def hold_rank1_after_selftrain_step_1(rank: int, event: ProgressEvent) -> None:
+    """Worker hook: rank 1 pauses after self-training's first step, so that rank 0 waits for it
+    in the next step's gradient all-reduce while the launcher takes its Ctrl-C."""
+    if rank == 1 and event.kind == "step" and event.phase == "selftrain" and event.iteration == 1:
+        time.sleep(2.0)
+
+
+@pytest.mark.slow  # 25-30 s: the slow tier (pyproject.toml)
+def test_ctrl_c_stops_a_two_process_run_where_the_ranks_agree(
+        synthetic: Path, straight: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A real SIGINT to the launching process (the workers ignore SIGINT): both ranks stop
+    with one checkpoint at the next log_every boundary (self-training's iteration 2, global
+    3, between the periodic checkpoints), the launch raises KeyboardInterrupt, the handler is
+    put back, and the resume ends bit for bit where the straight run ended."""
+    run = tmp_path / "c"
+
+    def interrupt(event: ProgressEvent) -> None:
+        if event.kind == "step" and event.phase == "selftrain" and event.iteration == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        launch(tiny_config(synthetic, run), processes=2, progress=interrupt,
+               worker_hook=hold_rank1_after_selftrain_step_1)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert "Ctrl-C: stopping within 2 iterations" in capfd.readouterr().err
+    saved = load_checkpoint(run / "checkpoints/last.pt")
+    assert saved["global_iter"] == 3 and len(saved["replicas"]) == 2
+    assert [r["iter"] for r in read_metrics(run / "metrics.jsonl") if r["phase"] != "val"] \
+        == [1, 2, 3]
+    resume(run)
+    a = load_checkpoint(straight / "checkpoints/last.pt")
+    b = load_checkpoint(run / "checkpoints/last.pt")
+    ta, tb = _networks(a), _networks(b)
+    assert ta.keys() == tb.keys()
+    for key in ta:
+        assert torch.equal(ta[key], tb[key]), key
+    ma = [r["loss_l"] for r in read_metrics(straight / "metrics.jsonl") if r["phase"] != "val"]
+    mb = [r["loss_l"] for r in read_metrics(run / "metrics.jsonl") if r["phase"] != "val"]
+    assert ma == mb
 
 
 def _flat(config: TrainConfig, *, processes: int = 2) -> TrainConfig:
