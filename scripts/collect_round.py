@@ -26,7 +26,11 @@ sweep's run folders without weights); DEST the round's folder, e.g. ``results/ab
 
 ``--full-protocol`` is for a batch of issue 15's study (``results/la-full/<L>l/<session>``, any
 session name): steps 1, 2 and 4, then ``scripts/la_full_table.py --readme README.md`` over the
-study's folder (its comparisons span sessions, so there are none per batch).
+study's folder (its comparisons span sessions, so there are none per batch), and the curves
+over every session at that number of labeled cases (``results/la-full/curves/``): ``hco compare
+--curves`` on test (with its plot) and on validation, and ``--dynamics``, of ``sgd`` and
+``sgd-hco`` over all their seeds (``<L>l-*``) and, once other arms have run, of every arm on
+the seeds that all of them have (``<L>l-all-arms-*``).
 
 The commands it runs are printed, so that the README can list them as the way to reproduce.
 """
@@ -50,6 +54,8 @@ from hco_cli.runs.layout import RunFolder
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCES = ("sgd", "sgd-aa")
 CHECKPOINTS = ("best", "last")
+# The full-protocol study's arms: the printed pair, then the others in the order they ran.
+STUDY_ARMS = ("sgd", "sgd-hco", "sgd-co", "hco-r1", "hco-r3")
 
 
 class RoundError(Exception):
@@ -132,6 +138,25 @@ def compare(dest: Path, arms: list[str]) -> None:
          "--markdown", str(dest / "dynamics.md"), "--json", str(dest / "dynamics.json")])
 
 
+def study_curves(labeled: Path, out: Path) -> None:
+    """The full-protocol study's curves at one number of labeled cases (``labeled``:
+    ``results/la-full/<L>l``), written to ``out`` (see the module's docstring)."""
+    present = [a for a in STUDY_ARMS if any(labeled.glob(f"*/{a}/*/run.json"))]
+    if not set(STUDY_ARMS[:2]) <= set(present):
+        return
+    groups = [("", list(STUDY_ARMS[:2]))] + ([("-all-arms", present)] if len(present) > 2
+                                              else [])
+    for suffix, arms in groups:
+        specs = [f"{a}={labeled}/*/{a}/*" for a in arms]
+        stem = f"{out / labeled.name}{suffix}"
+        for split in ("test", "val"):
+            plot = ["--plot", f"{stem}-test.png"] if split == "test" and not suffix else []
+            hco(["compare", "--curves", *specs, "--split", split, "--bin", "10",
+                 "--markdown", f"{stem}-{split}.md", "--json", f"{stem}-{split}.json", *plot])
+        hco(["compare", "--dynamics", *specs, "--bin", "500", "--markdown",
+             f"{stem}-dynamics.md", "--json", f"{stem}-dynamics.json"])
+
+
 def pooled(dest: Path, arms: list[str], rounds: list[int]) -> None:
     parent, number = dest.parent, int(dest.name.removeprefix("round"))
     numbers = sorted({*rounds, number})
@@ -205,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
                             str(root), "--readme", str(args.readme)],
                            cwd=ROOT, check=True, capture_output=True)
             print(f"Study 1 table: {args.readme}, from {root}")
+            curves = root / "curves"
+            curves.mkdir(exist_ok=True)
+            study_curves(args.dest.parent, curves)
             return 0
         if not args.dest.name.startswith("round") or \
                 not args.dest.name.removeprefix("round").isdigit():

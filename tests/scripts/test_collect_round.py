@@ -7,6 +7,7 @@ import json
 import lzma
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,11 +20,19 @@ cr = load_file("scripts/collect_round.py", "collect_round")
 DICE = np.array([0.80, 0.85, 0.90, 0.70, 0.75, 0.88, 0.81, 0.79])
 
 
-def _round(root: Path, seed: int, arms: dict[str, float]) -> None:
+def _validation(it: int, dice: float) -> dict[str, Any]:
+    """A self-training validation record as hco train logs it, with the test split's Dice."""
+    return {"phase": "val", "train_phase": "selftrain", "iter": it, "split": "val",
+            "dice": dice, "dice_per_class": [dice], "best": False, "also": {"test": dice - 0.1}}
+
+
+def _round(root: Path, seed: int, arms: dict[str, float], *, validations: bool = False) -> None:
     for arm, shift in arms.items():
         steps = [step(0, i, 1.0 + shift) for i in range(1, 11)]
         for i, record in enumerate(steps):
             record["time"] = 0.1 * (i + 1)
+        if validations:
+            steps += [_validation(it, 0.8 + shift + 0.01 * it) for it in (5, 10)]
         evals = {c: (cases(8), one_class(DICE + shift)) for c in ("best", "last", "best-test")}
         write_run(root / arm, f"all-s{seed}", seed=seed, optimizer="sgd", steps=steps,
                   evals=evals)
@@ -31,9 +40,10 @@ def _round(root: Path, seed: int, arms: dict[str, float]) -> None:
     (root / "sweep.log").write_text("done\n", encoding="utf-8")
 
 
-def _tarball(tmp_path: Path, seed: int, arms: dict[str, float]) -> Path:
+def _tarball(tmp_path: Path, seed: int, arms: dict[str, float], *,
+             validations: bool = False) -> Path:
     sweep = tmp_path / f"sweep{seed}"
-    _round(sweep, seed, arms)
+    _round(sweep, seed, arms, validations=validations)
     out = tmp_path / f"ablation{seed}.tar.gz"
     with tarfile.open(out, "w:gz") as archive:
         archive.add(sweep, arcname=".")
@@ -88,7 +98,7 @@ def test_refusals_leave_nothing_behind(tmp_path: Path, capsys: pytest.CaptureFix
 def test_a_full_protocol_batch_rewrites_the_study_table(tmp_path: Path,
                                                         capsys: pytest.CaptureFixture[str]
                                                         ) -> None:
-    tarball = _tarball(tmp_path, 1, {"sgd": 0.0, "sgd-hco": 0.01})
+    tarball = _tarball(tmp_path, 1, {"sgd": 0.0, "sgd-hco": 0.01}, validations=True)
     readme = tmp_path / "README.md"
     readme.write_text("<!-- la-full:begin -->\nold\n<!-- la-full:end -->\n", encoding="utf-8")
     dest = tmp_path / "la-full" / "8l" / "session1"
@@ -97,6 +107,22 @@ def test_a_full_protocol_batch_rewrites_the_study_table(tmp_path: Path,
     text = readme.read_text(encoding="utf-8")
     assert "old" not in text and "| `sgd-hco` (hco) | best on validation | 1 | " in text
     assert "| +1.00 | " in text  # one seed: the difference of the two runs' means
+    curves = tmp_path / "la-full" / "curves"
+    assert sorted(p.name for p in curves.iterdir()) == [
+        f"8l-{kind}.{ext}" for kind, ext in (("dynamics", "json"), ("dynamics", "md"),
+                                             ("test", "json"), ("test", "md"), ("test", "png"),
+                                             ("val", "json"), ("val", "md"))]
+    test = json.loads((curves / "8l-test.json").read_text(encoding="utf-8"))
+    assert "sgd-hco" in json.dumps(test)
+    # sgd-hco's test Dice is 1.00 point above sgd's at both validations
+    assert "+1.00" in (curves / "8l-test.md").read_text(encoding="utf-8")
+    (tmp_path / "sweep1").rename(tmp_path / "sweep1-pair1")
+    more = _tarball(tmp_path, 1, {"sgd-co": 0.02}, validations=True)  # a later batch, seed 1
+    assert cr.main([str(more), str(dest.with_name("session2")), "--full-protocol",
+                    "--readme", str(readme)]) == 0
+    table = (curves / "8l-all-arms-test.md").read_text(encoding="utf-8")
+    assert "sgd-co - sgd per pair" in table and "sgd-hco - sgd per pair" in table
+    assert (curves / "8l-all-arms-dynamics.json").is_file()
     capsys.readouterr()
     assert cr.main([str(tarball), str(tmp_path / "la-full" / "x" / "s2"),
                     "--full-protocol"]) == 1
