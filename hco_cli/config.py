@@ -334,12 +334,21 @@ def validate_config(data: Any, *, source: str = "config",
         raise ConfigError(f"{source}: {describe_error(exc)}") from None
 
 
-def with_absolute_data_path(config: TrainConfig) -> dict[str, Any]:
-    """``config`` as JSON data with ``data.path`` absolute (symbolic links kept as named): how
-    hco train stores a run's dataset, and how a sweep compares a stored run with its plan."""
+def with_absolute_paths(config: TrainConfig) -> dict[str, Any]:
+    """``config`` as JSON data with ``data.path`` and ``init_from`` absolute (symbolic links
+    kept as named): how hco train stores a run's dataset and the run it starts from, and how a
+    sweep compares a stored run with its plan."""
     data = config.model_dump(mode="json")
     data["data"]["path"] = str(config.data.path.absolute())
+    if config.init_from is not None:
+        data["init_from"] = str(config.init_from.absolute())
     return data
+
+
+def has_relative_paths(config: TrainConfig) -> bool:
+    """Whether :func:`with_absolute_paths` would change ``config``."""
+    return not config.data.path.is_absolute() or (
+        config.init_from is not None and not config.init_from.is_absolute())
 
 
 def describe_error(exc: ValidationError) -> str:

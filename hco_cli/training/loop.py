@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from hco_cli import __version__
-from hco_cli.config import TrainConfig, validate_config, with_absolute_data_path
+from hco_cli.config import TrainConfig, has_relative_paths, validate_config, with_absolute_paths
 from hco_cli.data.batch import Batch
 from hco_cli.data.identity import DatasetIdentity
 from hco_cli.errors import CheckpointError, TrainingDivergedError
@@ -90,19 +90,20 @@ def run_local(config: TrainConfig, *, progress: ProgressCallback | None = None,
 
 
 def checked_config(config: TrainConfig) -> TrainConfig:
-    """``config`` with its run folder filled in and its dataset's path made absolute, once its
-    sinks and devices are checked.
+    """``config`` with its run folder filled in and its dataset's path (and ``init_from``)
+    made absolute, once its sinks and devices are checked.
 
-    The run keeps the absolute path (``config.yaml``, checkpoints), so that ``--resume`` and
+    The run keeps the absolute paths (``config.yaml``, checkpoints), so that ``--resume`` and
     ``hco predict RUN`` find the dataset from any folder, not only from the one the run was
-    started in (runs from before keep the relative path they were given)."""
+    started in, and the record names the run it started from wherever it is read (runs from
+    before keep the relative paths they were given)."""
     check_sinks(config.tracking.sinks)
     d = config.distributed
     distributed.check_devices(d.processes, device=config.device, sync_batchnorm=d.sync_batchnorm)
     config = resolve_run_dir(config)
-    if config.data.path.is_absolute():
+    if not has_relative_paths(config):
         return config
-    return validate_config(with_absolute_data_path(config))
+    return validate_config(with_absolute_paths(config))
 
 
 def _run(setup: RunSetup, *, progress: ProgressCallback | None,

@@ -27,7 +27,7 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from hco_cli.config import TrainConfig, describe_error, validate_config, with_absolute_data_path
+from hco_cli.config import TrainConfig, describe_error, validate_config, with_absolute_paths
 from hco_cli.data.dataset import PreparedDataset
 from hco_cli.data.identity import DatasetIdentity, changed_parts, dataset_identity
 from hco_cli.errors import ConfigError
@@ -210,10 +210,10 @@ def _check_trained_as_planned(run_dir: Path, config: TrainConfig, out: Path) -> 
         return
     stored = validate_config(read_config_data(run_dir), source=str(stored_file),
                              try_optimizer=False)
-    # data.path absolute on both sides: hco train stores it so, the sweep's config may give
-    # it relative to this folder, and runs from before hold it as they were given it.
-    changes = {k: v for k, v in config_changes(with_absolute_data_path(stored),
-                                                with_absolute_data_path(config)).items()
+    # data.path and init_from absolute on both sides: hco train stores them so, the sweep's
+    # config may give them relative to this folder, and runs from before hold them as given.
+    changes = {k: v for k, v in config_changes(with_absolute_paths(stored),
+                                                with_absolute_paths(config)).items()
                if not under(k, _UNDEFINING)}
     if changes:
         raise ConfigError(f"{run_dir} was trained with another config than this sweep gives it "

@@ -27,7 +27,7 @@ from hco_cli.errors import (
 )
 from hco_cli.optim.protocol import TwoSource
 from hco_cli.runs.checkpoint import load_checkpoint
-from hco_cli.runs.folder import RUN_INFO_KEYS
+from hco_cli.runs.folder import RUN_INFO_KEYS, read_config_data
 from hco_cli.ssl.base import Framework, Phase, StepResult, two_source_step
 from hco_cli.ssl.losses import mix_loss
 from hco_cli.training import setup as run_setup
@@ -306,11 +306,15 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(synthetic, tmp_path
         assert records[-1]["iter"] == 6 and records[-1]["loss_l"] is None
 
 
-def test_init_from_skips_pretraining(synthetic, straight, tmp_path):
+def test_init_from_skips_pretraining(synthetic, straight, tmp_path, monkeypatch):
+    """--init-from, given relative to the working folder, skips pre-training; the run stores
+    it absolute, naming the run it started from wherever its record is read."""
     first, _ = straight
     pre = load_checkpoint(first / "checkpoints/pretrain.pt")
     second = tmp_path / "second"
-    train(tiny_config(synthetic, second, init_from=str(first), framework__selftrain_iterations=1))
+    monkeypatch.chdir(first.parent)
+    train(tiny_config(synthetic, second, init_from=first.name, framework__selftrain_iterations=1))
+    assert read_config_data(second)["init_from"] == str(first.absolute())
     info = json.loads((second / "run.json").read_text(encoding="utf-8"))
     assert info["iterations"] == {"pretrain": 0, "selftrain": 1}
     records = read_metrics(second / "metrics.jsonl")

@@ -624,7 +624,8 @@ def test_a_sweep_killed_outright_stops_its_runs_as_ctrl_c_would(tmp_path):
         os.kill(sweep.pid, signal.SIGKILL)
         sweep.wait(10)
         deadline = time.monotonic() + 20
-        while not out.exists() and time.monotonic() < deadline:
+        # the count is written by truncating and writing: wait for its text, not the file
+        while not (out.exists() and out.read_text()) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert out.read_text() == "1"
 
