@@ -65,10 +65,10 @@ def test_a_round_unpacked_compressed_compared_and_pooled(tmp_path: Path,
     assert logs and all(p.name == "metrics.jsonl.xz" for p in logs)
     with lzma.open(logs[0], "rt", encoding="utf-8") as lines:
         assert json.loads(next(lines))["iter"] == 1
-    again = tmp_path / "again" / "round9"  # the same tarball collects into the same bytes
-    assert cr.main([str(tarball), str(again)]) == 0
-    assert [p.read_bytes() for p in sorted(again.rglob("metrics.jsonl*"))] == \
-        [p.read_bytes() for p in logs]
+    again = tmp_path / "again" / "arm" / "run"  # the same log compresses into the same bytes
+    again.mkdir(parents=True)
+    (again / "metrics.jsonl").write_bytes(lzma.decompress(logs[0].read_bytes()))
+    assert [p.read_bytes() for p in cr.compress_logs(tmp_path / "again")] == [logs[0].read_bytes()]
     table = (dest / "compare-last.md").read_text(encoding="utf-8")
     assert table.index("| sgd |") < table.index("| hco-r3 |") < table.index("| hco-r4 |")
     assert "two-sided" in table
@@ -116,14 +116,26 @@ def test_a_full_protocol_batch_rewrites_the_study_table(tmp_path: Path,
     assert "sgd-hco" in json.dumps(test)
     # sgd-hco's test Dice is 1.00 point above sgd's at both validations
     assert "+1.00" in (curves / "8l-test.md").read_text(encoding="utf-8")
-    (tmp_path / "sweep1").rename(tmp_path / "sweep1-pair1")
-    more = _tarball(tmp_path, 1, {"sgd-co": 0.02}, validations=True)  # a later batch, seed 1
-    assert cr.main([str(more), str(dest.with_name("session2")), "--full-protocol",
-                    "--readme", str(readme)]) == 0
-    table = (curves / "8l-all-arms-test.md").read_text(encoding="utf-8")
-    assert "sgd-co - sgd per pair" in table and "sgd-hco - sgd per pair" in table
-    assert (curves / "8l-all-arms-dynamics.json").is_file()
     capsys.readouterr()
     assert cr.main([str(tarball), str(tmp_path / "la-full" / "x" / "s2"),
                     "--full-protocol"]) == 1
     assert "results/la-full/<L>l/<session>" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # 15 s: six hco compare processes
+def test_the_study_curves_add_every_arm_on_the_common_seeds(tmp_path: Path) -> None:
+    """A later session's arm (sgd-co, seed 1 only) beside the pair (seeds 1 and 2): the pair's
+    curves keep both seeds, the all-arm ones pair seed 1 across all three arms."""
+    labeled = tmp_path / "la-full" / "8l"
+    _round(labeled / "s1", 1, {"sgd": 0.0, "sgd-hco": 0.01}, validations=True)
+    _round(labeled / "s2", 2, {"sgd": 0.0, "sgd-hco": 0.01}, validations=True)
+    _round(labeled / "s3", 1, {"sgd-co": 0.02}, validations=True)
+    assert len(cr.compress_logs(labeled)) == 5  # archived logs only, as committed
+    out = tmp_path / "curves"
+    out.mkdir()
+    cr.study_curves(labeled, out)
+    pair = (out / "8l-test.md").read_text(encoding="utf-8")
+    assert "(s1, s2)" in pair and "sgd-co" not in pair
+    table = (out / "8l-all-arms-test.md").read_text(encoding="utf-8")
+    assert "(s1)" in table and "sgd-co - sgd per pair" in table
+    assert "sgd-hco - sgd per pair" in table and (out / "8l-all-arms-dynamics.json").is_file()
