@@ -138,16 +138,21 @@ def compare(dest: Path, arms: list[str]) -> None:
          "--markdown", str(dest / "dynamics.md"), "--json", str(dest / "dynamics.json")])
 
 
+def study_groups(labeled: Path) -> list[tuple[str, list[str]]]:
+    """The study's curve files at one number of labeled cases, as (name suffix, arm specs):
+    the printed pair, and every arm once more than the pair has run (none before the pair)."""
+    present = [a for a in STUDY_ARMS if any(labeled.glob(f"*/{a}/*/run.json"))]
+    if not set(STUDY_ARMS[:2]) <= set(present):
+        return []
+    groups = [("", list(STUDY_ARMS[:2]))] + ([("-all-arms", present)] if len(present) > 2
+                                              else [])
+    return [(suffix, [f"{a}={labeled}/*/{a}/*" for a in arms]) for suffix, arms in groups]
+
+
 def study_curves(labeled: Path, out: Path) -> None:
     """The full-protocol study's curves at one number of labeled cases (``labeled``:
     ``results/la-full/<L>l``), written to ``out`` (see the module's docstring)."""
-    present = [a for a in STUDY_ARMS if any(labeled.glob(f"*/{a}/*/run.json"))]
-    if not set(STUDY_ARMS[:2]) <= set(present):
-        return
-    groups = [("", list(STUDY_ARMS[:2]))] + ([("-all-arms", present)] if len(present) > 2
-                                              else [])
-    for suffix, arms in groups:
-        specs = [f"{a}={labeled}/*/{a}/*" for a in arms]
+    for suffix, specs in study_groups(labeled):
         stem = f"{out / labeled.name}{suffix}"
         for split in ("test", "val"):
             plot = ["--plot", f"{stem}-test.png"] if split == "test" and not suffix else []

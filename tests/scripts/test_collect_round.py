@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from hco_cli.evaluation.curves import compare_curves, write_curves
 from tests.evaluation.compare_fixtures import cases, one_class, step, write_run
-from tests.file_modules import load_file
+from tests.file_modules import ROOT, load_file
 
 cr = load_file("scripts/collect_round.py", "collect_round")
 
@@ -139,3 +140,31 @@ def test_the_study_curves_add_every_arm_on_the_common_seeds(tmp_path: Path) -> N
     table = (out / "8l-all-arms-test.md").read_text(encoding="utf-8")
     assert "(s1)" in table and "sgd-co - sgd per pair" in table
     assert "sgd-hco - sgd per pair" in table and (out / "8l-all-arms-dynamics.json").is_file()
+
+
+def _regenerated(labeled: str, suffix: str, split: str, tmp_path: Path) -> bool:
+    """Whether results/la-full/curves/<labeled><suffix>-<split>.json is what the committed runs
+    give (compare_curves in this process, as collect_round's hco compare calls compute it)."""
+    specs = dict(cr.study_groups(Path("results/la-full") / labeled))[suffix]
+    out = tmp_path / f"{labeled}{suffix}-{split}.json"
+    write_curves(compare_curves(specs, split=split, bin_width=10), json_path=out)
+    committed = ROOT / "results" / "la-full" / "curves" / out.name
+    return json.loads(out.read_text(encoding="utf-8")) == json.loads(
+        committed.read_text(encoding="utf-8"))
+
+
+def test_committed_all_arm_curves_are_what_the_runs_give(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)  # the committed files name the runs relative to the repository
+    assert _regenerated("8l", "-all-arms", "test", tmp_path)
+
+
+@pytest.mark.slow  # 10 s: every committed curve file of the study
+def test_every_committed_study_curve_is_what_the_runs_give(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    monkeypatch.chdir(ROOT)
+    for labeled in ("8l", "4l"):
+        for suffix, _ in cr.study_groups(Path("results/la-full") / labeled):
+            for split in ("test", "val"):
+                assert _regenerated(labeled, suffix, split, tmp_path), (labeled, suffix, split)
