@@ -1,18 +1,21 @@
-"""Ctrl-C during a run: stop at an iteration boundary with a checkpoint there.
+"""Ctrl-C or SIGTERM during a run: stop at an iteration boundary with a checkpoint there.
 
-Without it, Ctrl-C ends a run at once and the resume starts from the last periodic checkpoint
-(``checkpoint_every``, 1000 iterations by default: minutes of GPU time, hours on a CPU). A
-KeyboardInterrupt can land anywhere, half-way through an optimizer step, so a checkpoint
-cannot be written from where it lands; instead, the first Ctrl-C only asks the training loop
-to stop at the next iteration boundary, where the state is whole, save ``last.pt`` there and
-then end as Ctrl-C does. A second Ctrl-C ends the run at once, as before.
+Without it, Ctrl-C (or a cluster's SIGTERM at a time limit or preemption, or ``kill``) ends
+a run at once and the resume starts from the last periodic checkpoint (``checkpoint_every``,
+1000 iterations by default: minutes of GPU time, hours on a CPU). A KeyboardInterrupt can land
+anywhere, half-way through an optimizer step, so a checkpoint cannot be written from where it
+lands; instead, the first SIGINT or SIGTERM only asks the training loop to stop at the next
+iteration boundary, where the state is whole, save ``last.pt`` there and then end as Ctrl-C
+does (exit code 130). After it both signals are back at their defaults: a second one of
+either ends the run at once, as before (and a supervisor that escalates to SIGTERM, as
+``hco sweep`` does after 60 s, still ends a run that does not stop).
 
-One process: the run's main thread owns Ctrl-C (:meth:`StopRequest.installed`). A
+One process: the run's main thread owns the signals (:meth:`StopRequest.installed`). A
 data-parallel run of ``hco train --gpus N`` (:mod:`~hco_cli.training.launch`): the launching
-process owns it and passes the request to its workers through a shared event; the workers
-ignore SIGINT and agree every ``log_every`` iterations on whether any of them has seen the
-request, so that all of them save and stop at the same iteration. Under torchrun, which owns
-the signals of its workers, Ctrl-C stops at once.
+process owns them and passes the request to its workers through a shared event; the workers
+ignore both (Slurm signals every process of a job) and agree every ``log_every`` iterations on
+whether any of them has seen the request, so that all of them save and stop at the same
+iteration. Under torchrun, which owns the signals of its workers, a run stops at once.
 """
 
 from __future__ import annotations
@@ -23,18 +26,17 @@ import signal
 import threading
 from collections.abc import Iterator
 from types import FrameType
-from typing import Protocol
+from typing import Any, Protocol
 
-NOTICE = (b"\nCtrl-C: stopping after this iteration, with a checkpoint there "
-          b"(Ctrl-C again to stop at once)\n")
+NOTICE = "stopping after this iteration, with a checkpoint there"
+_NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
 
 
-def launcher_notice(every: int | None) -> bytes:
-    """What the launching process of a data-parallel run says on the first Ctrl-C (``every``:
+def launcher_notice(every: int | None) -> str:
+    """What the launching process of a data-parallel run says on the first signal (``every``:
     the run's ``log_every``, where known)."""
     within = f"{every} iterations" if every is not None else "log_every iterations"
-    return (f"\nCtrl-C: stopping within {within}, where the processes next agree, with a "
-            "checkpoint there (Ctrl-C again to stop at once)\n").encode()
+    return f"stopping within {within}, where the processes next agree, with a checkpoint there"
 
 
 class SharedFlag(Protocol):
@@ -58,30 +60,38 @@ class StopRequest:
         return self._asked or (self.shared is not None and self.shared.is_set())
 
     @contextlib.contextmanager
-    def installed(self, *, enabled: bool = True, notice: bytes = NOTICE) -> Iterator[None]:
-        """Within the block, the first Ctrl-C sets :attr:`requested` (and ``shared``), writes
-        ``notice`` to stderr and puts Python's handler back, so that the second one interrupts;
-        nothing changes where not ``enabled``, off the main thread, or where SIGINT has another
-        handler."""
-        usable = (enabled and threading.current_thread() is threading.main_thread()
-                  and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
-        if not usable:
+    def installed(self, *, enabled: bool = True, notice: str = NOTICE) -> Iterator[None]:
+        """Within the block, the first SIGINT or SIGTERM sets :attr:`requested` (and
+        ``shared``), writes ``notice`` to stderr and puts both signals' handlers back, so that
+        the next one interrupts (SIGINT) or ends the process (SIGTERM). Off the main thread or
+        where not ``enabled`` nothing changes, and a signal is left alone where it has another
+        handler than Python's default (a job runner's own)."""
+        if not enabled or threading.current_thread() is not threading.main_thread():
             yield
             return
+        defaults: dict[signal.Signals, Any] = {signal.SIGINT: signal.default_int_handler,
+                                               signal.SIGTERM: signal.SIG_DFL}
+        owned = [s for s, handler in defaults.items() if signal.getsignal(s) is handler]
+
+        def restore() -> None:
+            for signum in owned:
+                signal.signal(signum, defaults[signum])
 
         def request(signum: int, frame: FrameType | None) -> None:
             self._asked = True
             if self.shared is not None:
                 self.shared.set()
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+            restore()
+            name = _NAMES.get(signal.Signals(signum), signal.Signals(signum).name)
             with contextlib.suppress(OSError):
-                os.write(2, notice)
+                os.write(2, f"\n{name}: {notice} (Ctrl-C again to stop at once)\n".encode())
 
-        signal.signal(signal.SIGINT, request)
+        for signum in owned:
+            signal.signal(signum, request)
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+            restore()
 
 
 __all__ = ["NOTICE", "SharedFlag", "StopRequest", "launcher_notice"]

@@ -6,11 +6,11 @@ join the process group (:mod:`hco_cli.training.distributed`). Rank 0's progress 
 result come back through a queue; the first worker that fails ends the others, and its
 one-line error is raised here.
 
-Ctrl-C belongs to this process: the workers ignore SIGINT, the first Ctrl-C here asks them
+SIGINT and SIGTERM belong to this process: the workers ignore both, the first here asks them
 through a shared event to stop with a checkpoint where they next agree
 (:mod:`~hco_cli.training.interrupt`) and is raised here as KeyboardInterrupt once they have;
-a second one ends them at once. On Linux a worker is also ended (SIGTERM) when this process
-dies without ending it.
+a second one ends them at once (SIGKILL, which they cannot ignore). On Linux a worker is also
+killed when this process dies without ending it.
 """
 
 from __future__ import annotations
@@ -86,14 +86,11 @@ def launch(config: TrainConfig | None = None, *, resume_dir: Path | None = None,
         with stop.installed(notice=notice):
             return _supervise(workers, channel, progress or (lambda event: None), stop)
     finally:
-        for worker in workers:
-            if worker.is_alive():
-                worker.terminate()
-        for worker in workers:
-            worker.join(timeout=10)
+        for worker in workers:  # they ignore SIGTERM (the interrupt module's docstring)
             if worker.is_alive():
                 worker.kill()
-                worker.join()
+        for worker in workers:
+            worker.join()
 
 
 def _supervise(workers: list[Any], channel: Any, progress: ProgressCallback,
@@ -163,8 +160,9 @@ def _worker(rank: int, world: int, port: int, job: _Job, channel: Any,
             stop: SharedFlag | None = None) -> None:
     """One training process: rank ``rank`` of ``world``, reporting through ``channel``; it
     stops with a checkpoint once ``stop`` is set (the launcher's Ctrl-C)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher's to handle
-    signal_on_parent_death(signal.SIGTERM, parent=job.parent, prctl=libc_prctl())
+    for signum in (signal.SIGINT, signal.SIGTERM):  # the launcher's to handle
+        signal.signal(signum, signal.SIG_IGN)
+    signal_on_parent_death(signal.SIGKILL, parent=job.parent, prctl=libc_prctl())
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
     if job.same_streams:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import multiprocessing as mp
 import os
 import signal
 import time
@@ -436,25 +437,32 @@ def hold_rank1_after_selftrain_step_1(rank: int, event: ProgressEvent) -> None:
         time.sleep(2.0)
 
 
-@pytest.mark.slow  # 25-30 s: the slow tier (pyproject.toml)
+@pytest.mark.slow  # 25-30 s each: the slow tier (pyproject.toml)
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_stops_a_two_process_run_where_the_ranks_agree(
-        synthetic: Path, straight: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
-) -> None:
-    """A real SIGINT to the launching process (the workers ignore SIGINT): both ranks stop
-    with one checkpoint at the next log_every boundary (self-training's iteration 2, global
-    3, between the periodic checkpoints), the launch raises KeyboardInterrupt, the handler is
-    put back, and the resume ends bit for bit where the straight run ended."""
+        synthetic: Path, straight: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str],
+        signum: signal.Signals) -> None:
+    """A real SIGINT to the launching process (a terminal's Ctrl-C), or SIGTERM to it and to
+    every worker (as Slurm signals a job's processes; the workers ignore both): both ranks
+    stop with one checkpoint at the next log_every boundary (self-training's iteration 2,
+    global 3, between the periodic checkpoints), the launch raises KeyboardInterrupt, the
+    handlers are put back, and the resume ends bit for bit where the straight run ended."""
     run = tmp_path / "c"
 
     def interrupt(event: ProgressEvent) -> None:
         if event.kind == "step" and event.phase == "selftrain" and event.iteration == 1:
-            os.kill(os.getpid(), signal.SIGINT)
+            if signum == signal.SIGTERM:
+                for worker in mp.active_children():
+                    os.kill(worker.pid, signum)
+            os.kill(os.getpid(), signum)
 
     with pytest.raises(KeyboardInterrupt):
         launch(tiny_config(synthetic, run), processes=2, progress=interrupt,
                worker_hook=hold_rank1_after_selftrain_step_1)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    assert "Ctrl-C: stopping within 2 iterations" in capfd.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+    assert f"{name}: stopping within 2 iterations" in capfd.readouterr().err
     saved = load_checkpoint(run / "checkpoints/last.pt")
     assert saved["global_iter"] == 3 and len(saved["replicas"]) == 2
     assert [r["iter"] for r in read_metrics(run / "metrics.jsonl") if r["phase"] != "val"] \

@@ -115,20 +115,22 @@ def test_interrupted_and_resumed_run_is_bit_identical(synthetic, straight, tmp_p
         resume(tmp_path / "b")
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_saves_at_the_next_iteration_and_the_resume_is_bit_identical(
-        synthetic, straight, tmp_path):
-    """A real SIGINT after global iteration 3 (checkpoints every 2): the run stops at the next
-    iteration boundary with last.pt there (3, not the periodic 2), and the resumed run ends
-    with the straight run's weights."""
+        synthetic, straight, tmp_path, signum):
+    """A real SIGINT (or SIGTERM, a cluster's time limit) after global iteration 3
+    (checkpoints every 2): the run stops at the next iteration boundary with last.pt there (3,
+    not the periodic 2), and the resumed run ends with the straight run's weights."""
     run_a, _ = straight
 
     def ctrl_c(event: ProgressEvent) -> None:
         if event.kind == "step" and event.phase == "selftrain" and event.iteration == 2:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signum)
 
     with pytest.raises(Interrupted, match="continue from the last checkpoint"):
         train(tiny_config(synthetic, tmp_path / "b"), progress=ctrl_c)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     assert load_checkpoint(tmp_path / "b/checkpoints/last.pt")["global_iter"] == 3
     resume(tmp_path / "b")
     a = _tensors(load_checkpoint(run_a / "checkpoints/last.pt")["framework"])
