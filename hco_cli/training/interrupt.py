@@ -48,7 +48,7 @@ class SharedFlag(Protocol):
 
 
 class StopRequest:
-    """Whether the run was asked to stop: by a Ctrl-C that :meth:`installed` caught, or through
+    """Whether the run was asked to stop: by a signal that :meth:`installed` caught, or through
     ``shared``, the flag the launching process of a data-parallel run sets (in the workers)."""
 
     def __init__(self, shared: SharedFlag | None = None) -> None:
