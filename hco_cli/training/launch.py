@@ -51,7 +51,7 @@ class _Job:
     same_streams: bool
     accept_config_changes: bool = False
     sinks: tuple[Sink, ...] = ()  # rank 0's extra tracking sinks
-    parent: int = 0  # the launching process's pid
+    parent: int | None = None  # the launching process's pid (None: no death signal)
 
 
 def launch(config: TrainConfig | None = None, *, resume_dir: Path | None = None,
@@ -162,7 +162,8 @@ def _worker(rank: int, world: int, port: int, job: _Job, channel: Any,
     stops with a checkpoint once ``stop`` is set (the launcher's Ctrl-C)."""
     for signum in (signal.SIGINT, signal.SIGTERM):  # the launcher's to handle
         signal.signal(signum, signal.SIG_IGN)
-    signal_on_parent_death(signal.SIGKILL, parent=job.parent, prctl=libc_prctl())
+    if job.parent is not None:
+        signal_on_parent_death(signal.SIGKILL, parent=job.parent, prctl=libc_prctl())
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
     if job.same_streams:
