@@ -345,12 +345,6 @@ def with_absolute_paths(config: TrainConfig) -> dict[str, Any]:
     return data
 
 
-def has_relative_paths(config: TrainConfig) -> bool:
-    """Whether :func:`with_absolute_paths` would change ``config``."""
-    return not config.data.path.is_absolute() or (
-        config.init_from is not None and not config.init_from.is_absolute())
-
-
 def describe_error(exc: ValidationError) -> str:
     """One line for the first error: dotted field, message, and the allowed keys if unknown.
 

@@ -37,7 +37,7 @@ from hco_cli.training.interrupt import SharedFlag, StopRequest, launcher_notice
 from hco_cli.training.loop import resume_local, run_local
 from hco_cli.training.tracking import Sink
 
-INTERRUPTED = 130  # a worker's exit code once it has stopped on the launcher's Ctrl-C
+INTERRUPTED = 130  # a worker's exit code once it has stopped on the launcher's signal
 
 WorkerHook = Callable[[int, ProgressEvent], None]
 """Called in every worker process with its rank and each of its progress events."""
@@ -159,7 +159,7 @@ def _free_port() -> int:
 def _worker(rank: int, world: int, port: int, job: _Job, channel: Any,
             stop: SharedFlag | None = None) -> None:
     """One training process: rank ``rank`` of ``world``, reporting through ``channel``; it
-    stops with a checkpoint once ``stop`` is set (the launcher's Ctrl-C)."""
+    stops with a checkpoint once ``stop`` is set (the launcher's SIGINT or SIGTERM)."""
     for signum in (signal.SIGINT, signal.SIGTERM):  # the launcher's to handle
         signal.signal(signum, signal.SIG_IGN)
     if job.parent is not None:

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from hco_cli import __version__
-from hco_cli.config import TrainConfig, has_relative_paths, validate_config, with_absolute_paths
+from hco_cli.config import TrainConfig, validate_config, with_absolute_paths
 from hco_cli.data.batch import Batch
 from hco_cli.data.identity import DatasetIdentity
 from hco_cli.errors import CheckpointError, TrainingDivergedError
@@ -101,9 +101,8 @@ def checked_config(config: TrainConfig) -> TrainConfig:
     d = config.distributed
     distributed.check_devices(d.processes, device=config.device, sync_batchnorm=d.sync_batchnorm)
     config = resolve_run_dir(config)
-    if not has_relative_paths(config):
-        return config
-    return validate_config(with_absolute_paths(config))
+    absolute = with_absolute_paths(config)
+    return config if absolute == config.model_dump(mode="json") else validate_config(absolute)
 
 
 def _run(setup: RunSetup, *, progress: ProgressCallback | None,
@@ -301,8 +300,8 @@ class _Trainer:
                          select_on=self.cfg.validation.select_on)
 
     def _stop_now(self, i: int) -> bool:
-        """Whether Ctrl-C asks the run to stop before the phase's iteration ``i``. One process:
-        as soon as it was pressed. Data-parallel (hco's launcher): every ``log_every``
+        """Whether a signal asks the run to stop before the phase's iteration ``i``. One
+        process: as soon as it came. Data-parallel (hco's launcher): every ``log_every``
         iterations the ranks agree, so that all of them stop at one iteration (each may see the
         launcher's request at another); under torchrun never (it stops the ranks itself)."""
         if not self.ctx.active:
