@@ -6,6 +6,8 @@ anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import signal
+
 
 class HcoError(Exception):
     """Base class of expected, user-actionable failures."""
@@ -43,8 +45,23 @@ class MissingExtraError(HcoError):
     """An optional dependency (an extra) is not installed."""
 
 
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C, with a message saying what was kept and how to continue.
+class Stopped(KeyboardInterrupt):
+    """A run that stopped on a signal (Ctrl-C's SIGINT, or SIGTERM) with its checkpoint saved.
 
-    A KeyboardInterrupt still, so that callers that stop on Ctrl-C keep doing so.
+    A KeyboardInterrupt still, so that callers that stop on Ctrl-C keep doing so; ``signum``
+    gives the exit code, 128 plus the signal's number as shells report a process the signal
+    ended (130 for Ctrl-C, 143 for SIGTERM), so that a job runner that reads the code sees which
+    signal it was.
     """
+
+    def __init__(self, *args: object, signum: int = signal.SIGINT) -> None:
+        super().__init__(*args)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + int(self.signum)
+
+
+class Interrupted(Stopped):
+    """Ctrl-C (or SIGTERM), with a message saying what was kept and how to continue."""

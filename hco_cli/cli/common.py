@@ -19,7 +19,7 @@ from rich.console import Console, ConsoleDimensions
 from rich.markup import escape
 from typer.core import TyperGroup
 
-from hco_cli.errors import HcoError
+from hco_cli.errors import HcoError, Stopped
 
 F = TypeVar("F", bound=Callable[..., Any])
 # Wide enough for any table: logs, CI and pipes keep every column whole (nothing to fit).
@@ -101,7 +101,8 @@ def handle_errors(func: F) -> F:
         except KeyboardInterrupt as exc:
             if debug_enabled():
                 raise
-            raise fail(str(exc) or INTERRUPTED, code=130) from None
+            code = exc.exit_code if isinstance(exc, Stopped) else 130
+            raise fail(str(exc) or INTERRUPTED, code=code) from None
 
     return wrapper  # type: ignore[return-value]
 

@@ -6,9 +6,10 @@ a run at once and the resume starts from the last periodic checkpoint (``checkpo
 anywhere, half-way through an optimizer step, so a checkpoint cannot be written from where it
 lands; instead, the first SIGINT or SIGTERM only asks the training loop to stop at the next
 iteration boundary, where the state is whole, save ``last.pt`` there and then end as Ctrl-C
-does (exit code 130). After it both signals are back at their defaults: a second one of
-either ends the run at once, as before (and a supervisor that escalates to SIGTERM, as
-``hco sweep`` does after 60 s, still ends a run that does not stop).
+does, with 128 plus the signal's number as its exit code (130 for Ctrl-C, 143 for SIGTERM,
+what a shell reports for a process the signal ended). After it both signals are back at
+their defaults: a second one of either ends the run at once, as before (and a supervisor that
+escalates to SIGTERM, as ``hco sweep`` does after 60 s, still ends a run that does not stop).
 
 One process: the run's main thread owns the signals (:meth:`StopRequest.installed`). A
 data-parallel run of ``hco train --gpus N`` (:mod:`~hco_cli.training.launch`): the launching
@@ -54,6 +55,7 @@ class StopRequest:
     def __init__(self, shared: SharedFlag | None = None) -> None:
         self.shared = shared
         self._asked = False
+        self.signum: int | None = None  # the signal that asked, where this process caught it
 
     @property
     def requested(self) -> bool:
@@ -79,6 +81,7 @@ class StopRequest:
 
         def request(signum: int, frame: FrameType | None) -> None:
             self._asked = True
+            self.signum = signum
             if self.shared is not None:
                 self.shared.set()
             restore()

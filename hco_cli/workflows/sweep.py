@@ -352,9 +352,9 @@ class SubprocessLauncher:
         end = started(run, self.options, executor="local", log=log)
 
         def exited(code: int, stopped: bool) -> None:
-            # 130: hco's exit on Ctrl-C (the sweep's stop sends the same); a command that the
-            # stop had to terminate was interrupted too
-            interrupted = code != 0 and (stopped or code in (130, -signal.SIGINT))
+            # 130 / 143: hco's exit on Ctrl-C (the sweep's stop sends the same) / on SIGTERM; a
+            # command that the stop had to terminate was interrupted too
+            interrupted = code != 0 and (stopped or code in (130, 143, -signal.SIGINT))
             end(None if code == 0 else f"exit code {code}; see {log}", interrupted=interrupted)
 
         return _Chain(train_argv(run, self.options), env=env, log=log, on_exit=exited)

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from hco_cli.cli.app import app
 from hco_cli.config import TrainConfig, validate_config
 from hco_cli.data.prepare import prepare_synthetic
-from hco_cli.errors import CheckpointError, HcoError
+from hco_cli.errors import CheckpointError, HcoError, Stopped
 from hco_cli.models.vnet import build_model
 from hco_cli.optim import build_optimizer
 from hco_cli.optim.sync import GradientSync
@@ -456,9 +456,10 @@ def test_ctrl_c_stops_a_two_process_run_where_the_ranks_agree(
                     os.kill(worker.pid, signum)
             os.kill(os.getpid(), signum)
 
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Stopped) as stopped:
         launch(tiny_config(synthetic, run), processes=2, progress=interrupt,
                worker_hook=hold_rank1_after_selftrain_step_1)
+    assert stopped.value.signum == signum  # the launcher's exit code: 130 / 143
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"

@@ -127,8 +127,9 @@ def test_ctrl_c_saves_at_the_next_iteration_and_the_resume_is_bit_identical(
         if event.kind == "step" and event.phase == "selftrain" and event.iteration == 2:
             os.kill(os.getpid(), signum)
 
-    with pytest.raises(Interrupted, match="continue from the last checkpoint"):
+    with pytest.raises(Interrupted, match="continue from the last checkpoint") as stopped:
         train(tiny_config(synthetic, tmp_path / "b"), progress=ctrl_c)
+    assert stopped.value.exit_code == {signal.SIGINT: 130, signal.SIGTERM: 143}[signum]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     assert load_checkpoint(tmp_path / "b/checkpoints/last.pt")["global_iter"] == 3

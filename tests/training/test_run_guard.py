@@ -6,6 +6,7 @@ import contextlib
 import json
 import re
 import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +20,12 @@ from hco_cli.cli.common import handle_errors
 from hco_cli.config import validate_config
 from hco_cli.data.identity import dataset_identity
 from hco_cli.data.prepare import prepare_synthetic
-from hco_cli.errors import CheckpointError, ConfigError, Interrupted
+from hco_cli.errors import CheckpointError, ConfigError, Interrupted, Stopped
 from hco_cli.runs.checkpoint import load_checkpoint
 from hco_cli.runs.folder import config_hash
 from hco_cli.training.entry import resume, train
 from hco_cli.training.events import ProgressEvent
-from hco_cli.training.run_guard import config_changes, flatten, resume_config
+from hco_cli.training.run_guard import config_changes, flatten, resume_config, run_session
 from tests.cli.world import Stop, tiny_raw
 
 runner = CliRunner()
@@ -216,6 +217,22 @@ def test_interrupted_is_one_line_with_exit_code_130() -> None:
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines == ["error: interrupted; continue from the last checkpoint with: hco train "
                      "--resume runs/x"]
+
+
+def test_a_run_stopped_by_sigterm_exits_143_through_the_run_session(tmp_path: Path) -> None:
+    """The signal that stopped a run reaches the exit code through run_session's message
+    (128 + 15, as a shell reports a process SIGTERM ended); a bare KeyboardInterrupt stays 130."""
+    demo = typer.Typer()
+
+    @demo.command()
+    @handle_errors
+    def work(term: bool = False) -> None:
+        with run_session(tmp_path / "run"):
+            raise Stopped(signum=signal.SIGTERM) if term else KeyboardInterrupt
+
+    assert runner.invoke(demo, ["--term"]).exit_code == 143
+    result = runner.invoke(demo, [])
+    assert result.exit_code == 130 and "nothing to resume" in result.stderr
 
 
 @pytest.mark.parametrize(("edit", "iteration", "refused"), [
