@@ -83,9 +83,9 @@ HolmOver = Annotated[HolmChoice | None, _opt(help="The family --holm adjusts ove
                      "arm, class and metric); implies --holm.")]  # fmt: skip
 Intersect = Annotated[bool, _opt("--intersect", help="Pair only the cases common to all arms.")]
 DynamicsFlag = Annotated[bool, _opt("--dynamics", help="Compare the L_U/L_L loss ratio per epoch "
-                         "(RUN/metrics.jsonl or .gz) instead of test metrics.")]  # fmt: skip
+                         "(RUN/metrics.jsonl, .xz or .gz) instead of test metrics.")]  # fmt: skip
 CurvesFlag = Annotated[bool, _opt("--curves", help="Compare the validation Dice logged over "
-                       "training (RUN/metrics.jsonl or .gz), runs paired by seed, instead of "
+                       "training (RUN/metrics.jsonl, .xz or .gz), runs paired by seed, instead of "
                        "test metrics.")]  # fmt: skip
 Split = Annotated[str | None, _opt("--split", help="--curves: the split whose Dice to compare "
                   "(default: the one each run selected on; another logged by "
