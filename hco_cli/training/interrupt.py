@@ -16,7 +16,13 @@ data-parallel run of ``hco train --gpus N`` (:mod:`~hco_cli.training.launch`): t
 process owns them and passes the request to its workers through a shared event; the workers
 ignore both (Slurm signals every process of a job) and agree every ``log_every`` iterations on
 whether any of them has seen the request, so that all of them save and stop at the same
-iteration. Under torchrun, which owns the signals of its workers, a run stops at once.
+iteration. Under torchrun (or another launcher that starts the ranks itself) each rank catches
+the signals and the ranks agree in the same way. torchrun starts its workers in sessions of
+their own, so a terminal's Ctrl-C reaches only the agent, which passes the signal on to every
+worker and kills them ``--shutdown_timeout`` seconds later (30 by default); Slurm signals the
+agent and the workers alike. A worker therefore sees the signal once or twice in quick
+succession and keeps its handlers to the end (:meth:`StopRequest.installed` with
+``keep=True``): its escalation is the agent's kill, not a second signal.
 """
 
 from __future__ import annotations
@@ -34,8 +40,8 @@ _NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
 
 
 def launcher_notice(every: int | None) -> str:
-    """What the launching process of a data-parallel run says on the first signal (``every``:
-    the run's ``log_every``, where known)."""
+    """What a data-parallel run says on the first signal, from hco's launching process or from
+    torchrun's rank 0 (``every``: the run's ``log_every``, where known)."""
     within = f"{every} iterations" if every is not None else "log_every iterations"
     return f"stopping within {within}, where the processes next agree, with a checkpoint there"
 
@@ -62,12 +68,14 @@ class StopRequest:
         return self._asked or (self.shared is not None and self.shared.is_set())
 
     @contextlib.contextmanager
-    def installed(self, *, enabled: bool = True, notice: str = NOTICE) -> Iterator[None]:
+    def installed(self, *, enabled: bool = True, notice: str | None = NOTICE,
+                  keep: bool = False) -> Iterator[None]:
         """Within the block, the first SIGINT or SIGTERM sets :attr:`requested` (and
-        ``shared``), writes ``notice`` to stderr and puts both signals' handlers back, so that
-        the next one interrupts (SIGINT) or ends the process (SIGTERM). Off the main thread or
-        where not ``enabled`` nothing changes, and a signal is left alone where it has another
-        handler than Python's default (a job runner's own)."""
+        ``shared``), writes ``notice`` to stderr (where given) and puts both signals' handlers
+        back, so that the next one interrupts (SIGINT) or ends the process (SIGTERM); with
+        ``keep`` the handlers stay to the end of the block and later signals change nothing.
+        Off the main thread or where not ``enabled`` nothing changes, and a signal is left
+        alone where it has another handler than Python's default (a job runner's own)."""
         if not enabled or threading.current_thread() is not threading.main_thread():
             yield
             return
@@ -80,14 +88,20 @@ class StopRequest:
                 signal.signal(signum, defaults[signum])
 
         def request(signum: int, frame: FrameType | None) -> None:
+            if self._asked and keep:
+                return
             self._asked = True
             self.signum = signum
             if self.shared is not None:
                 self.shared.set()
-            restore()
+            if not keep:
+                restore()
+            if notice is None:
+                return
             name = _NAMES.get(signal.Signals(signum), signal.Signals(signum).name)
+            again = "" if keep else " (Ctrl-C again to stop at once)"
             with contextlib.suppress(OSError):
-                os.write(2, f"\n{name}: {notice} (Ctrl-C again to stop at once)\n".encode())
+                os.write(2, f"\n{name}: {notice}{again}\n".encode())
 
         for signum in owned:
             signal.signal(signum, request)

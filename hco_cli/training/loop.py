@@ -9,6 +9,7 @@ checkpoints and resumes exactly from ``last.pt``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import time
@@ -47,7 +48,7 @@ from hco_cli.runs.layout import RunFolder
 from hco_cli.ssl.base import Phase, StepResult
 from hco_cli.training import distributed
 from hco_cli.training.events import ProgressCallback, ProgressEvent, RunResult
-from hco_cli.training.interrupt import StopRequest
+from hco_cli.training.interrupt import StopRequest, launcher_notice
 from hco_cli.training.logging import MetricsWriter
 from hco_cli.training.run_guard import (
     change_history,
@@ -244,7 +245,7 @@ class _Trainer:
                                         info=self.s.summary()))
         status: Status = "failed"
         try:
-            with self.stop.installed(enabled=not self.ctx.active):
+            with self._signals_caught():
                 result = self._run_phases()
             status = "finished"
         except KeyboardInterrupt:
@@ -300,14 +301,26 @@ class _Trainer:
                          wall_seconds=self._wall(), warnings=list(self.s.warnings),
                          select_on=self.cfg.validation.select_on)
 
+    def _signals_caught(self) -> contextlib.AbstractContextManager[None]:
+        """Where Ctrl-C and SIGTERM ask this process to stop (:mod:`~hco_cli.training.interrupt`):
+        one process, the run's; under hco's launcher, which owns the signals and passes them on
+        through ``stop.shared``, none; under torchrun every rank, to the end (its agent passes a
+        signal on once and then kills), rank 0 saying so."""
+        if not self.ctx.active:
+            return self.stop.installed()
+        if self.stop.shared is not None:
+            return contextlib.nullcontext()
+        notice = launcher_notice(self.cfg.log_every) if self.ctx.is_main else None
+        return self.stop.installed(notice=notice, keep=True)
+
     def _stop_now(self, i: int) -> bool:
         """Whether a signal asks the run to stop before the phase's iteration ``i``. One
-        process: as soon as it came. Data-parallel (hco's launcher): every ``log_every``
-        iterations the ranks agree, so that all of them stop at one iteration (each may see the
-        launcher's request at another); under torchrun never (it stops the ranks itself)."""
+        process: as soon as it came. Data-parallel (hco's launcher or torchrun): every
+        ``log_every`` iterations the ranks agree, so that all of them stop at one iteration
+        (each may see the signal at another, or not at all)."""
         if not self.ctx.active:
             return self.stop.requested
-        if self.stop.shared is None or i % self.cfg.log_every:
+        if i % self.cfg.log_every:
             return False
         return any(self.ctx.gather_objects(self.stop.requested))
 

@@ -52,3 +52,18 @@ def test_nothing_is_installed_when_not_enabled() -> None:
     with stop.installed(enabled=False):
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_kept_handlers_take_every_later_signal_and_remember_the_first(
+        capfd: pytest.CaptureFixture[str]) -> None:
+    """A torchrun rank (keep=True): Slurm's SIGTERM and then the agent's own change nothing
+    after the first, which gives the exit code (128 + 15); a rank other than 0 says nothing."""
+    stop = StopRequest()
+    with stop.installed(notice=None, keep=True):
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGINT)  # would raise KeyboardInterrupt without keep
+        os.kill(os.getpid(), signal.SIGTERM)  # would end the process without keep
+        assert stop.requested and stop.signum == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert capfd.readouterr().err == ""
