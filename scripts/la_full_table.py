@@ -201,7 +201,9 @@ def verdict(differences: list[float], paper_gain: float) -> str:
     p = float(sstats.t.sf(mean / se, n - 1)) if se > 0 else float(mean <= 0)
     gain = p < ALPHA
     excluded = upper < paper_gain
-    stated = f"mean {mean:+.2f}, one-sided p {_p(p)}, 95 % upper bound {upper:+.2f}"
+    # the degrees of freedom shown: with two seeds a verdict rests on two numbers
+    stated = (f"mean {mean:+.2f} over {n} seeds, one-sided p {_p(p)} with {n - 1} degree"
+              f"{'s' if n > 2 else ''} of freedom, 95 % upper bound {upper:+.2f}")
     if gain and excluded:
         return f"a gain, smaller than the paper's +{paper_gain:.2f} ({stated})"
     if gain:

@@ -102,12 +102,14 @@ def test_main_writes_and_errors_in_one_line(root: Path, tmp_path: Path,
 
 @pytest.mark.parametrize(("differences", "expected"), [
     # mean 0.6, sd 0.1, n 3: t = 10.39 on 2 df, p = 0.0046; upper bound 0.6 + 2.920 x 0.0577
-    ([0.5, 0.7, 0.6], "a gain, smaller than the paper's +1.11 (mean +0.60, one-sided p 0.005, "
-                      "95 % upper bound +0.77)"),
-    ([1.5, 2.5, 2.0], "a gain (mean +2.00, one-sided p 0.010, 95 % upper bound +2.84)"),
-    ([-1.0, -0.5, -1.5], "the paper's +1.11 excluded (mean -1.00, one-sided p 0.963, "
-                         "95 % upper bound -0.16)"),
-    ([2.0, -1.0, 1.0], "undecided (mean +0.67, one-sided p 0.264, 95 % upper bound +3.24)"),
+    ([0.5, 0.7, 0.6], "a gain, smaller than the paper's +1.11 (mean +0.60 over 3 seeds, one-sided "
+                      "p 0.005 with 2 degrees of freedom, 95 % upper bound +0.77)"),
+    ([1.5, 2.5, 2.0], "a gain (mean +2.00 over 3 seeds, one-sided p 0.010 with 2 degrees of "
+                      "freedom, 95 % upper bound +2.84)"),
+    ([-1.0, -0.5, -1.5], "the paper's +1.11 excluded (mean -1.00 over 3 seeds, one-sided p 0.963 "
+                         "with 2 degrees of freedom, 95 % upper bound -0.16)"),
+    ([2.0, -1.0, 1.0], "undecided (mean +0.67 over 3 seeds, one-sided p 0.264 with 2 degrees of "
+                        "freedom, 95 % upper bound +3.24)"),
     ([-1.45], "undecided (1 seed; the rule needs two or more)"),
 ])
 def test_verdict_follows_the_preregistered_rule(differences: list[float], expected: str) -> None:
@@ -118,6 +120,6 @@ def test_verdicts_are_listed_under_the_table_for_the_hco_arms(root: Path) -> Non
     text = lf.to_markdown(lf.rows(lf.find_runs(root)))
     # sgd-hco 1 and 3 points above sgd on its two seeds at each selection: mean 2, sd 1.414,
     # t = 2 on 1 df, p = 0.148; upper bound 2 + 6.314 x 1 = 8.31
-    assert ("- `sgd-hco`, best on test (as the reference code): undecided (mean +2.00, "
-            "one-sided p 0.148, 95 % upper bound +8.31)") in text
+    assert ("- `sgd-hco`, best on test (as the reference code): undecided (mean +2.00 over 2 "
+            "seeds, one-sided p 0.148 with 1 degree of freedom, 95 % upper bound +8.31)") in text
     assert "Verdict on the paper's +1.11" in text and "- `sgd`," not in text
