@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -11,7 +13,7 @@ from rich.table import Table
 
 from hco_cli.cli.common import console, err_console, handle_errors
 from hco_cli.cli.progress import Display, training_progress
-from hco_cli.errors import ConfigError
+from hco_cli.errors import ConfigError, Stopped
 from hco_cli.training.events import RunResult
 
 # The names of training.presets.PRESETS, written out so that `hco --help` loads no torch
@@ -25,6 +27,18 @@ def _opt(text: str, *names: str, **kwargs: Any) -> Any:
 
 def _sinks(values: list[str]) -> tuple[str, ...]:
     return tuple(v.strip() for text in values for v in text.split(",") if v.strip())
+
+
+@contextlib.contextmanager
+def _quiet_stop(is_main: bool) -> Iterator[None]:
+    """Under torchrun, a rank other than 0 that stopped on a signal exits with its code and
+    says nothing: rank 0 says what was kept (a failure still gets every rank's line)."""
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        if is_main:
+            raise
+        raise typer.Exit(exc.exit_code if isinstance(exc, Stopped) else 130) from None
 
 
 def _render(result: RunResult) -> None:
@@ -112,7 +126,7 @@ def train_command(
         if any(v is not None for v in given) or force:
             raise ConfigError("--resume continues a run with its saved configuration; "
                               "give no other options (but --gpus, --accept-config-changes)")
-        with training_progress(console, disable=not is_main) as bar:
+        with _quiet_stop(is_main), training_progress(console, disable=not is_main) as bar:
             display = Display(bar, console=console, err_console=err_console)
             result = resume(resume_dir, progress=display if is_main else None,
                             processes=gpus, accept_config_changes=accept_config_changes)
@@ -131,7 +145,7 @@ def train_command(
             err_console.print(f"[bold yellow]note:[/] {escape(note)}", soft_wrap=True)
         if data is None:  # the dataset the preset or config names: say how to make it
             check_prepared(cfg, preset=dataset, config_file=config)
-        with training_progress(console, disable=not is_main) as bar:
+        with _quiet_stop(is_main), training_progress(console, disable=not is_main) as bar:
             display = Display(bar, console=console, err_console=err_console)
             result = train(cfg, progress=display if is_main else None, force=force)
     if is_main:

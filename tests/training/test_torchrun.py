@@ -131,6 +131,7 @@ def test_a_signal_to_torchrun_stops_every_rank_at_one_iteration_with_a_checkpoin
     assert code != 0, text[-3000:]
     assert "SIGTERM: stopping within 2 iterations" in text, text[-3000:]
     assert "error: interrupted; continue from the last checkpoint" in text  # rank 0's line
+    assert text.count("error: ") == 1  # rank 1 stops without a word
     saved = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     stopped_at = saved["global_iter"]
     assert 8 <= stopped_at < 41 and stopped_at % 2 == 1  # 1 pre-training + an even count
