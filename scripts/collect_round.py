@@ -98,8 +98,10 @@ def compress_logs(dest: Path) -> list[Path]:
 
 def logged_runs(dest: Path) -> list[Path]:
     """The run folders (DEST/ARM/RUN) that hold a compressed log."""
-    return [run for run in sorted(dest.glob("*/*/")) if run.is_dir()
-            and any(log.is_file() for log in RunFolder(run).metrics_logs[1:])]
+    def archived(folder: RunFolder) -> bool:
+        return any(log.is_file() for log in folder.metrics_logs if log != folder.metrics)
+
+    return [run for run in sorted(dest.glob("*/*/")) if run.is_dir() and archived(RunFolder(run))]
 
 
 def arms_of(round_dir: Path) -> list[str]:
