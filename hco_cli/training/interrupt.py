@@ -39,7 +39,7 @@ NOTICE = "stopping after this iteration, with a checkpoint there"
 _NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
 
 
-def launcher_notice(every: int | None) -> str:
+def agreement_notice(every: int | None) -> str:
     """What a data-parallel run says on the first signal, from hco's launching process or from
     torchrun's rank 0 (``every``: the run's ``log_every``, where known)."""
     within = f"{every} iterations" if every is not None else "log_every iterations"
@@ -111,4 +111,4 @@ class StopRequest:
             restore()
 
 
-__all__ = ["NOTICE", "SharedFlag", "StopRequest", "launcher_notice"]
+__all__ = ["NOTICE", "SharedFlag", "StopRequest", "agreement_notice"]

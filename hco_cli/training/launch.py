@@ -33,7 +33,7 @@ from hco_cli.errors import HcoError, Stopped
 from hco_cli.processes import libc_prctl, signal_on_parent_death
 from hco_cli.training.distributed import SAME_STREAMS_ENV
 from hco_cli.training.events import ProgressCallback, ProgressEvent, RunResult
-from hco_cli.training.interrupt import SharedFlag, StopRequest, launcher_notice
+from hco_cli.training.interrupt import SharedFlag, StopRequest, agreement_notice
 from hco_cli.training.loop import resume_local, run_local
 from hco_cli.training.tracking import Sink
 
@@ -81,7 +81,7 @@ def launch(config: TrainConfig | None = None, *, resume_dir: Path | None = None,
                                name=f"hco-rank{rank}") for rank in range(processes)]
     for worker in workers:
         worker.start()
-    notice = launcher_notice(config.log_every if config is not None else None)
+    notice = agreement_notice(config.log_every if config is not None else None)
     try:
         with stop.installed(notice=notice):
             return _supervise(workers, channel, progress or (lambda event: None), stop)

@@ -48,7 +48,7 @@ from hco_cli.runs.layout import RunFolder
 from hco_cli.ssl.base import Phase, StepResult
 from hco_cli.training import distributed
 from hco_cli.training.events import ProgressCallback, ProgressEvent, RunResult
-from hco_cli.training.interrupt import StopRequest, launcher_notice
+from hco_cli.training.interrupt import StopRequest, agreement_notice
 from hco_cli.training.logging import MetricsWriter
 from hco_cli.training.run_guard import (
     change_history,
@@ -310,7 +310,7 @@ class _Trainer:
             return self.stop.installed()
         if self.stop.shared is not None:
             return contextlib.nullcontext()
-        notice = launcher_notice(self.cfg.log_every) if self.ctx.is_main else None
+        notice = agreement_notice(self.cfg.log_every) if self.ctx.is_main else None
         return self.stop.installed(notice=notice, keep=True)
 
     def _stop_now(self, i: int) -> bool:
