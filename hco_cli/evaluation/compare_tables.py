@@ -312,27 +312,47 @@ def _details_table(result: Comparison, labels: dict[str, str] | None = None) -> 
     return table
 
 
+def pairs_are_seeds(result: Comparison) -> bool:
+    """Whether every arm's paired runs differ in their run.json seed, so that the pairs are
+    seeds; else (the folds of one seed, or a seed run twice) they are only pairs of runs, and
+    the tables say so."""
+    seeds = result.arms[0].seeds
+    for pairing in result.pairings.values():
+        paired = [seeds.get(reference) for _, reference, _ in pairing.pairs]
+        if None in paired or len(set(paired)) < len(paired):
+            return False
+    return True
+
+
 def _seed_table(result: Comparison, labels: dict[str, str] | None = None) -> ReportTable:
-    """Per-seed differences: each paired run's mean over the cases minus its reference run's."""
+    """Per-seed differences: each paired run's mean over the cases minus its reference run's
+    (per-pair where the pairs are not seeds: :func:`pairs_are_seeds`)."""
     keys = list(dict.fromkeys(k for d in result.seed_differences for k in d.keys))
     shown = result.hypothesis == "worse" or result.margins
     h1 = f" ({_h1(result, 'the reference run')})" if shown else ""
+    if pairs_are_seeds(result):
+        title, units = "Per-seed", "seeds"
+        moves = "with the training seed"
+    else:
+        title, units = "Per-pair", "pairs"
+        moves = ("from one pair of runs to the next (here not seeds: runs of one seed, such as "
+                 "the folds of a grid, whose differences share that seed)")
     table = ReportTable(
-        title=f"Per-seed differences (checkpoint {result.checkpoint}: each run's mean over the "
+        title=f"{title} differences (checkpoint {result.checkpoint}: each run's mean over the "
         "cases minus the reference run's)",
-        columns=["Arm", "Class", "Metric", *keys, "Mean (sd)", "Better", "p t-test (seeds)",
+        columns=["Arm", "Class", "Metric", *keys, "Mean (sd)", "Better", f"p t-test ({units})",
                  "Detectable (80%)", "95% bounds"],
         caption="Runs paired by seed (the part of their path the arm's glob matched, then "
         "run.json's seed for the runs left, else, for a seed in several runs, what the "
         "wildcards matched); "
-        "Dice/Jaccard in % points. Better: seeds where the arm is better. "
-        f"p: {_sided(result)} paired t-test over the seeds{h1}, which, unlike the per-case "
-        "tests, sees how much a result moves with the training seed. Detectable (80%): the "
+        f"Dice/Jaccard in % points. Better: {units} where the arm is better. "
+        f"p: {_sided(result)} paired t-test over the {units}{h1}, which, unlike the per-case "
+        f"tests, sees how much a result moves {moves}. Detectable (80%): the "
         "true mean difference (arm minus reference; ± for two-sided) at which this test "
-        "rejects with 80 % power at 0.05 given the seeds' sd; a smaller one can hide behind a "
-        "p above 0.05. 95% bounds: one-sided 95 % "
-        "confidence bounds of the mean difference over the seeds (t): a true difference below "
-        "the first, or above the second, is excluded at 0.05.",
+        f"rejects with 80 % power at 0.05 given the {units}' sd; a smaller one can hide behind "
+        "a p above 0.05. 95% bounds: one-sided 95 % "
+        f"confidence bounds of the mean difference over the {units} (t): a true difference "
+        "below the first, or above the second, is excluded at 0.05.",
     )
     for d in result.seed_differences:
         scale = 100.0 if d.metric in PERCENT else 1.0
@@ -479,17 +499,19 @@ def checkpoint_overview(results: Sequence[Comparison], *, compact: bool = False,
     unit = "%" if metric in PERCENT else ("vox" if first.spacing_unit == "voxel" else "mm")
     diff_unit = "% points" if metric in PERCENT else unit
     seeds = any(r.seed_differences for r in results)
+    pair, pairs = (("seed", "seeds") if all(pairs_are_seeds(r) for r in results)
+                   else ("pair", "pairs"))
     labels = arm_labels([a.name for a in first.arms]) if compact else None
     tables = [_legend(first, labels)] if labels is not None and legend else []
-    seed_caption = (". Δ per seed: the mean of the per-seed differences (seeds where the arm is "
-                    "better), p: t-test over the seeds") if seeds else ""
+    seed_caption = (f". Δ per {pair}: the mean of the per-{pair} differences ({pairs} where the "
+                    f"arm is better), p: t-test over the {pairs}") if seeds else ""
     for cls in first.classes:
         columns = ["Arm"] if compact else ["Arm", "Runs"]
         for r in results:
             c = r.checkpoint
             columns += [f"{LABELS[metric]} {c} ({unit})", f"Δ {c}"]
             columns += [] if compact else [f"p {c}"]
-            columns += [f"Δ per seed {c}"] if seeds else []
+            columns += [f"Δ per {pair} {c}"] if seeds else []
         table = ReportTable(
             title=f"Class {cls}: {LABELS[metric]} by checkpoint", columns=columns,
             caption=f"mean (std, ddof=1) over {first.n_cases} cases; Δ: mean paired difference to "

@@ -13,7 +13,12 @@ from scipy import stats as sps
 
 from hco_cli.evaluation import stats
 from hco_cli.evaluation.compare import compare_runs
-from hco_cli.evaluation.compare_tables import comparison_tables, write_comparison
+from hco_cli.evaluation.compare_tables import (
+    checkpoint_overview,
+    comparison_tables,
+    pairs_are_seeds,
+    write_comparison,
+)
 from tests.evaluation.compare_fixtures import cases, one_class, write_run
 
 DICE_A = np.array([0.80, 0.85, 0.90, 0.70, 0.75, 0.88])
@@ -145,6 +150,31 @@ def test_per_seed_table_and_records(tmp_path: Path) -> None:
     assert records[4]["bound_high_95"] == pytest.approx(high / 100)
     rows = list(csv.DictReader((tmp_path / "c.csv").open(encoding="utf-8")))
     assert json.loads(rows[4]["differences"]) == pytest.approx([0.02, -0.01])
+
+
+def test_runs_of_one_seed_pair_as_pairs_not_seeds(tmp_path: Path) -> None:
+    """The folds of one seed (a fold grid's runs, paired by their folder names) are pairs of
+    runs, not seeds: the per-run table, its t-test column and the checkpoint overview say so;
+    runs of distinct seeds keep "seed"."""
+    for fold, (a, b) in (("L0U0-s1", (0.0, 0.02)), ("L1U1-s1", (0.01, 0.0))):
+        write_run(tmp_path / "sgd", fold, seed=1, evals={"best": (cases(6), one_class(DICE_A + a))})
+        write_run(tmp_path / "hco", fold, optimizer="sgd-hco", seed=1,
+                  evals={"best": (cases(6), one_class(DICE_A + b))})
+    result = compare_runs([f"sgd={tmp_path}/sgd/*", f"hco={tmp_path}/hco/*"])
+    assert not pairs_are_seeds(result)
+    *_, pairs = comparison_tables(result)
+    assert pairs.title.startswith("Per-pair differences")
+    assert pairs.columns[3:6] == ["L0U0-s1", "L1U1-s1", "Mean (sd)"]
+    assert "p t-test (pairs)" in pairs.columns and "pairs where the arm is better" in pairs.caption
+    overview = checkpoint_overview([result])
+    assert "Δ per pair best" in overview[0].columns
+    for seed in (1, 2):
+        for arm, optimizer in (("sgd", "sgd"), ("hco", "sgd-hco")):
+            write_run(tmp_path / "seeds" / arm, f"s{seed}", optimizer=optimizer, seed=seed,
+                      evals={"best": (cases(6), one_class(DICE_A))})
+    seeds = compare_runs([f"sgd={tmp_path}/seeds/sgd/*", f"hco={tmp_path}/seeds/hco/*"])
+    assert pairs_are_seeds(seeds)
+    assert "Δ per seed best" in checkpoint_overview([seeds])[0].columns
 
 
 @pytest.mark.parametrize(
