@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hco_cli.cli.app import app
 from hco_cli.io_utils import atomic_path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,8 +123,6 @@ def in_root() -> Iterator[None]:
 def hco_compare(args: list[str]) -> None:
     """``hco compare ARGS`` in this process: its tables printed to nothing, its error (one
     line) raised."""
-    from hco_cli.cli.app import app
-
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
