@@ -299,6 +299,7 @@ def run_profile(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[s
     return json.loads(out.read_text(encoding="utf-8")), capsys.readouterr().out
 
 
+@pytest.mark.slow  # 12 s of CPU training and profiling
 def test_cpu_profile_of_two_and_four_iterations(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
