@@ -60,8 +60,19 @@ class Stopped(KeyboardInterrupt):
 
     @property
     def exit_code(self) -> int:
-        return 128 + int(self.signum)
+        return exit_code(self)
 
 
 class Interrupted(Stopped):
     """Ctrl-C (or SIGTERM), with a message saying what was kept and how to continue."""
+
+
+def stop_signal(exc: BaseException) -> int:
+    """The signal an interrupt stands for: a :class:`Stopped`'s own, else Ctrl-C's SIGINT (a
+    bare KeyboardInterrupt)."""
+    return int(exc.signum) if isinstance(exc, Stopped) else int(signal.SIGINT)
+
+
+def exit_code(exc: BaseException) -> int:
+    """The exit code of a command the interrupt ``exc`` ended: 128 plus its signal's number."""
+    return 128 + stop_signal(exc)

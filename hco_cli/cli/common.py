@@ -19,7 +19,7 @@ from rich.console import Console, ConsoleDimensions
 from rich.markup import escape
 from typer.core import TyperGroup
 
-from hco_cli.errors import HcoError, Stopped
+from hco_cli.errors import HcoError, exit_code
 
 F = TypeVar("F", bound=Callable[..., Any])
 # Wide enough for any table: logs, CI and pipes keep every column whole (nothing to fit).
@@ -101,8 +101,7 @@ def handle_errors(func: F) -> F:
         except KeyboardInterrupt as exc:
             if debug_enabled():
                 raise
-            code = exc.exit_code if isinstance(exc, Stopped) else 130
-            raise fail(str(exc) or INTERRUPTED, code=code) from None
+            raise fail(str(exc) or INTERRUPTED, code=exit_code(exc)) from None
 
     return wrapper  # type: ignore[return-value]
 

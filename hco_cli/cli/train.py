@@ -13,7 +13,7 @@ from rich.table import Table
 
 from hco_cli.cli.common import console, err_console, handle_errors
 from hco_cli.cli.progress import Display, training_progress
-from hco_cli.errors import ConfigError, Stopped
+from hco_cli.errors import ConfigError, exit_code
 from hco_cli.training.events import RunResult
 
 # The names of training.presets.PRESETS, written out so that `hco --help` loads no torch
@@ -38,7 +38,7 @@ def _quiet_stop(is_main: bool) -> Iterator[None]:
     except KeyboardInterrupt as exc:
         if is_main:
             raise
-        raise typer.Exit(exc.exit_code if isinstance(exc, Stopped) else 130) from None
+        raise typer.Exit(exit_code(exc)) from None
 
 
 def _render(result: RunResult) -> None:

@@ -35,6 +35,8 @@ from collections.abc import Iterator
 from types import FrameType
 from typing import Any, Protocol
 
+from hco_cli.errors import Stopped
+
 NOTICE = "stopping after this iteration, with a checkpoint there"
 _NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
 
@@ -66,6 +68,11 @@ class StopRequest:
     @property
     def requested(self) -> bool:
         return self._asked or (self.shared is not None and self.shared.is_set())
+
+    def stopped(self) -> Stopped:
+        """What a run that stopped on this request raises: the signal this process caught,
+        else (a worker told through ``shared``) Ctrl-C's."""
+        return Stopped(signum=self.signum or signal.SIGINT)
 
     @contextlib.contextmanager
     def installed(self, *, enabled: bool = True, notice: str | None = NOTICE,

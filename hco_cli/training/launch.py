@@ -29,7 +29,7 @@ from typing import Any
 
 from hco_cli import errors
 from hco_cli.config import TrainConfig, validate_config
-from hco_cli.errors import HcoError, Stopped
+from hco_cli.errors import HcoError
 from hco_cli.processes import libc_prctl, signal_on_parent_death
 from hco_cli.training.distributed import SAME_STREAMS_ENV
 from hco_cli.training.events import ProgressCallback, ProgressEvent, RunResult
@@ -113,7 +113,7 @@ def _supervise(workers: list[Any], channel: Any, progress: ProgressCallback,
         while (message := _get(channel, timeout=1.0)) is not None:
             _handle(message, progress, result)
         if stop.requested and all(c == INTERRUPTED for c in codes):
-            raise Stopped(signum=stop.signum or signal.SIGINT)
+            raise stop.stopped()
         if failed:
             rank, code = failed[0]
             raise HcoError(f"training process {rank} ended with exit code {code}")

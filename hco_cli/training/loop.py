@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from hco_cli import __version__
 from hco_cli.config import TrainConfig, validate_config, with_absolute_paths
 from hco_cli.data.batch import Batch
 from hco_cli.data.identity import DatasetIdentity
-from hco_cli.errors import CheckpointError, Stopped, TrainingDivergedError
+from hco_cli.errors import CheckpointError, TrainingDivergedError
 from hco_cli.optim import (
     DIAGNOSTIC_KEYS,
     TwoSourceOptimizer,
@@ -329,7 +328,7 @@ class _Trainer:
         for it: :mod:`~hco_cli.training.interrupt`)."""
         if iteration % self.cfg.checkpoint_every:  # else the loop has just saved it
             self._checkpoint(index, local, iteration)
-        raise Stopped(signum=self.stop.signum or signal.SIGINT)
+        raise self.stop.stopped()
 
     def _warn(self, message: str) -> None:
         """A warning at run time (a failed sink): shown, and kept in run.json."""

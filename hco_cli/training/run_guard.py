@@ -11,14 +11,13 @@ prepared again since the run started is refused (:mod:`hco_cli.data.identity`).
 from __future__ import annotations
 
 import contextlib
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from hco_cli.config import TrainConfig, validate_config
 from hco_cli.data.identity import DatasetIdentity, changed_parts, dataset_identity
-from hco_cli.errors import CheckpointError, ConfigError, Interrupted, Stopped
+from hco_cli.errors import CheckpointError, ConfigError, Interrupted, stop_signal
 from hco_cli.locks import hold
 from hco_cli.outputs import remove_stale_in
 from hco_cli.runs.folder import (
@@ -56,8 +55,7 @@ def run_session(run_dir: Path, *, main: bool = True) -> Iterator[None]:
         except KeyboardInterrupt as exc:
             if not main:
                 raise
-            signum = exc.signum if isinstance(exc, Stopped) else signal.SIGINT
-            raise Interrupted(interrupted_message(run_dir), signum=signum) from exc
+            raise Interrupted(interrupted_message(run_dir), signum=stop_signal(exc)) from exc
 
 
 def interrupted_message(run_dir: Path) -> str:
