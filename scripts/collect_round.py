@@ -29,8 +29,9 @@ session name): steps 1, 2 and 4, then ``scripts/la_full_table.py --readme README
 study's folder (its comparisons span sessions, so there are none per batch), and the curves
 over every session at that number of labeled cases (``results/la-full/curves/``): ``hco compare
 --curves`` on test (with its plot) and on validation, and ``--dynamics``, of ``sgd`` and
-``sgd-hco`` over all their seeds (``<L>l-*``) and, once other arms have run, of every arm on
-the seeds that all of them have (``<L>l-all-arms-*``).
+``sgd-hco`` over all their seeds (``<L>l-*``), once other arms have run, of every arm on
+the seeds that all of them have (``<L>l-all-arms-*``), and, once two or more have, the test and
+validation curves of each beside the pair on the seeds the three share (``<L>l-<arm>-*``).
 
 The commands it runs are printed, so that the README can list them as the way to reproduce.
 """
@@ -142,26 +143,34 @@ def compare(dest: Path, arms: list[str]) -> None:
 
 def study_groups(labeled: Path) -> list[tuple[str, list[str]]]:
     """The study's curve files at one number of labeled cases, as (name suffix, arm specs):
-    the printed pair, and every arm once more than the pair has run (none before the pair)."""
+    the printed pair, every arm once more than the pair has run (none before the pair), and,
+    once two or more arms beside the pair have run, each of them with the pair
+    (``-<arm>``), so that an arm's curves use all the seeds it shares with the pair rather than
+    only those every arm has."""
     present = [a for a in STUDY_ARMS if any(labeled.glob(f"*/{a}/*/run.json"))]
-    if not set(STUDY_ARMS[:2]) <= set(present):
+    pair = list(STUDY_ARMS[:2])
+    if not set(pair) <= set(present):
         return []
-    groups = [("", list(STUDY_ARMS[:2]))] + ([("-all-arms", present)] if len(present) > 2
-                                              else [])
+    others = [a for a in present if a not in pair]
+    groups = [("", pair)] + ([("-all-arms", present)] if others else [])
+    if len(others) > 1:
+        groups += [(f"-{arm}", [*pair, arm]) for arm in others]
     return [(suffix, [f"{a}={labeled}/*/{a}/*" for a in arms]) for suffix, arms in groups]
 
 
 def study_curves(labeled: Path, out: Path) -> None:
     """The full-protocol study's curves at one number of labeled cases (``labeled``:
-    ``results/la-full/<L>l``), written to ``out`` (see the module's docstring)."""
+    ``results/la-full/<L>l``), written to ``out`` (see the module's docstring). The dynamics,
+    which pool every run of an arm, are written for the pair and for all arms only."""
     for suffix, specs in study_groups(labeled):
         stem = f"{out / labeled.name}{suffix}"
         for split in ("test", "val"):
             plot = ["--plot", f"{stem}-test.png"] if split == "test" and not suffix else []
             hco(["compare", "--curves", *specs, "--split", split, "--bin", "10",
                  "--markdown", f"{stem}-{split}.md", "--json", f"{stem}-{split}.json", *plot])
-        hco(["compare", "--dynamics", *specs, "--bin", "500", "--markdown",
-             f"{stem}-dynamics.md", "--json", f"{stem}-dynamics.json"])
+        if suffix in ("", "-all-arms"):
+            hco(["compare", "--dynamics", *specs, "--bin", "500", "--markdown",
+                 f"{stem}-dynamics.md", "--json", f"{stem}-dynamics.json"])
 
 
 def pooled(dest: Path, arms: list[str], rounds: list[int]) -> None:

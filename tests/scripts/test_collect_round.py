@@ -140,6 +140,21 @@ def test_the_study_curves_add_every_arm_on_the_common_seeds(tmp_path: Path) -> N
     table = (out / "8l-all-arms-test.md").read_text(encoding="utf-8")
     assert "(s1)" in table and "sgd-co - sgd per pair" in table
     assert "sgd-hco - sgd per pair" in table and (out / "8l-all-arms-dynamics.json").is_file()
+    assert not list(out.glob("8l-sgd-co-*"))  # one arm beside the pair: all-arms says it all
+
+
+def test_each_arm_beside_the_pair_gets_its_own_curves(tmp_path: Path) -> None:
+    """Two arms beside the pair: the all-arm curves pair only the seeds all four have, so each
+    arm also gets its curves beside the pair, on every seed it shares with it."""
+    labeled = tmp_path / "8l"
+    for arm in ("sgd", "sgd-hco", "sgd-co", "hco-r1"):
+        (labeled / "s1" / arm / "all-s1").mkdir(parents=True)
+        (labeled / "s1" / arm / "all-s1" / "run.json").write_text("{}", encoding="utf-8")
+    groups = dict(cr.study_groups(labeled))
+    assert list(groups) == ["", "-all-arms", "-sgd-co", "-hco-r1"]
+    assert groups["-hco-r1"] == [f"{a}={labeled}/*/{a}/*" for a in ("sgd", "sgd-hco", "hco-r1")]
+    assert [spec.split("=")[0] for spec in groups["-all-arms"]] == [
+        "sgd", "sgd-hco", "sgd-co", "hco-r1"]
 
 
 def _regenerated(labeled: str, suffix: str, split: str, tmp_path: Path) -> bool:
