@@ -11,7 +11,10 @@
 #                                         short progress summary; when the sweep has ended it
 #                                         collects in the same call (keep polling calls back to
 #                                         back: a machine idle for 30 s is given back, runs and
-#                                         all, and a separate collect call can come too late)
+#                                         all, and a separate collect call can come too late);
+#                                         while it runs, the runs already done come back in
+#                                         ablation-partial.tar.gz (and -then-partial), so that a
+#                                         machine taken back mid-batch loses only the unfinished
 #   device_ablation.sh collect            last-iterate evaluations, then logs/summaries to $OUT
 #                                         (ablation.tar.gz; ablation-then.tar.gz with THEN_*)
 # Staging: the parts of datasets/la in four carry folders of at most ~45 MB each (the repo
@@ -24,7 +27,9 @@
 # that the arms of one seed can run in different sessions and stay symmetric (issue 15).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 COLUMNS=160
-SITE=/tmp/site RUNS=/tmp/ablation THEN_RUNS=/tmp/ablation-then DATA=data/la
+# (SITE, RUNS and THEN_RUNS can be set from outside, for tests/scripts/test_device_ablation.py)
+SITE=${SITE:-/tmp/site} RUNS=${RUNS:-/tmp/ablation} THEN_RUNS=${THEN_RUNS:-/tmp/ablation-then}
+DATA=data/la
 # The screening schedule by default; CONFIG=sample_configs/la_bcp_study1.yaml (or _4l) runs
 # issue 15's full protocol with the same verbs (one or two runs per GPU fit one lease).
 CONFIG=${CONFIG:-sample_configs/la_bcp_sgd_screen.yaml}
@@ -62,6 +67,45 @@ progress() {  # each run's state; a running one's iteration, recent rate and min
   [ -d $RUNS/_configs ] && hco sweep --status $RUNS 2>&1
   [ -d $THEN_RUNS/_configs ] && hco sweep --status $THEN_RUNS 2>&1
   return 0  # no plan yet is not a failure (`start ... && next` goes on)
+}
+is_done() {  # ROOT ARM RUN: the sweep's job for the run has ended well and scored its best
+  grep -q '"state": *"done"' "$1/_jobs/$2/$3.state.json" 2>/dev/null \
+    && [ -f "$1/$2/$3/eval/best/summary.json" ]
+}
+evaluate() {  # WHICH ROOT...: the last iterate and the test-selected checkpoint of the runs
+  # (WHICH=all: every run folder, as the final collect; done: only finished ones, since a
+  # running run keeps its resume checkpoint as last.pt)
+  local which=$1 root run rel checkpoint; shift
+  for root in "$@"; do
+    for run in $root/[!_]*/*/; do
+      [ -d "$run" ] || continue
+      rel=${run#"$root"/}; rel=${rel%/}
+      [ "$which" = all ] || is_done "$root" "${rel%%/*}" "${rel#*/}" || continue
+      for checkpoint in last best-test; do
+        [ -f "$run/checkpoints/$checkpoint.pt" ] \
+          && [ ! -f "$run/eval/$checkpoint/summary.json" ] \
+          && hco predict "$run" --checkpoint $checkpoint --split test --lcc --evaluate --force \
+            > /dev/null &
+      done
+    done
+  done
+  wait
+}
+pack_done() {  # ROOT TARBALL: the runs whose job is done, with their config, job files and
+  # the sweep's log, without weights or predictions; nothing where none is done yet
+  local root=$1 tarball=$2 state rel arm run list=()
+  for state in "$root"/_jobs/*/*.state.json; do
+    rel=${state#"$root"/_jobs/}; arm=${rel%%/*}; run=${rel#*/}; run=${run%.state.json}
+    is_done "$root" "$arm" "$run" || continue
+    list+=("$arm/$run")
+    for f in "$root/_configs/$arm/$run.yaml" "$root/_jobs/$arm/$run".*; do
+      [ -f "$f" ] && list+=("${f#"$root"/}")
+    done
+  done
+  [ ${#list[@]} -gt 0 ] || return 0
+  [ -f "$root/sweep.log" ] && list+=(sweep.log)
+  tar czf "$tarball.tmp" --exclude='*.pt' --exclude='*.nii.gz' -C "$root" "${list[@]}" \
+    && mv "$tarball.tmp" "$tarball" && echo "done so far: $tarball (${#list[@]} paths)"
 }
 case "${1:-}" in
 stage)
@@ -129,17 +173,15 @@ wait)
   done
   progress; tail -n 5 $RUNS/sweep.log
   [ -f $THEN_RUNS/sweep.log ] && tail -n 5 $THEN_RUNS/sweep.log
-  pgrep -f "hco_cli sweep" > /dev/null || exec bash "$0" collect ;;
+  pgrep -f "hco_cli sweep" > /dev/null || exec bash "$0" collect
+  bash "$0" partial ;;
+partial)  # what is done while the sweeps still run (wait calls it)
+  evaluate done $RUNS $THEN_RUNS
+  pack_done $RUNS "$OUT/ablation-partial.tar.gz"
+  [ -d $THEN_RUNS ] && pack_done $THEN_RUNS "$OUT/ablation-then-partial.tar.gz"
+  true ;;
 collect)
-  for run in $RUNS/[!_]*/*/ $THEN_RUNS/[!_]*/*/; do
-    [ -d "$run" ] || continue
-    for which in last best-test; do
-      [ -f "$run/checkpoints/$which.pt" ] && [ ! -f "$run/eval/$which/summary.json" ] && \
-        hco predict "$run" --checkpoint $which --split test --lcc --evaluate --force \
-          > /dev/null &
-    done
-  done
-  wait
+  evaluate all $RUNS $THEN_RUNS
   tail -n 40 $RUNS/sweep.log
   tar czf "$OUT/ablation.tar.gz" --exclude='*.pt' --exclude='*.nii.gz' -C "$RUNS" .
   if [ -d $THEN_RUNS ]; then
@@ -149,5 +191,6 @@ collect)
   cp /tmp/lcc-step.json /tmp/lcc-step.log /tmp/speed3/det-ro*.json "$OUT/" 2>/dev/null
   [ -d /tmp/bench ] && cp /tmp/bench/* "$OUT/" 2>/dev/null
   ls -la "$OUT" ;;
-*) echo "usage: $0 stage DIR | bench | start ARMS SEEDS [GPUS PER] | wait S | collect"; exit 2 ;;
+*) echo "usage: $0 stage DIR | bench | start ARMS SEEDS [GPUS PER] | wait S | partial | collect"
+   exit 2 ;;
 esac
