@@ -331,10 +331,10 @@ def _seed_table(result: Comparison, labels: dict[str, str] | None = None) -> Rep
     shown = result.hypothesis == "worse" or result.margins
     h1 = f" ({_h1(result, 'the reference run')})" if shown else ""
     if pairs_are_seeds(result):
-        title, units = "Per-seed", "seeds"
+        title, units, paired = "Per-seed", "seeds", "Runs paired by seed ("
         moves = "with the training seed"
     else:
-        title, units = "Per-pair", "pairs"
+        title, units, paired = "Per-pair", "pairs", "Runs paired by "
         moves = ("from one pair of runs to the next (here not seeds: runs of one seed, such as "
                  "the folds of a grid, whose differences share that seed)")
     table = ReportTable(
@@ -342,9 +342,9 @@ def _seed_table(result: Comparison, labels: dict[str, str] | None = None) -> Rep
         "cases minus the reference run's)",
         columns=["Arm", "Class", "Metric", *keys, "Mean (sd)", "Better", f"p t-test ({units})",
                  "Detectable (80%)", "95% bounds"],
-        caption="Runs paired by seed (the part of their path the arm's glob matched, then "
+        caption=f"{paired}the part of their path the arm's glob matched, then "
         "run.json's seed for the runs left, else, for a seed in several runs, what the "
-        "wildcards matched); "
+        f"wildcards matched{')' if paired.endswith('(') else ''}; "
         f"Dice/Jaccard in % points. Better: {units} where the arm is better. "
         f"p: {_sided(result)} paired t-test over the {units}{h1}, which, unlike the per-case "
         f"tests, sees how much a result moves {moves}. Detectable (80%): the "

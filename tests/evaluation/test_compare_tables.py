@@ -166,6 +166,9 @@ def test_runs_of_one_seed_pair_as_pairs_not_seeds(tmp_path: Path) -> None:
     assert pairs.title.startswith("Per-pair differences")
     assert pairs.columns[3:6] == ["L0U0-s1", "L1U1-s1", "Mean (sd)"]
     assert "p t-test (pairs)" in pairs.columns and "pairs where the arm is better" in pairs.caption
+    assert pairs.caption.startswith("Runs paired by the part of their path the arm's glob "
+                                    "matched, then run.json's seed")
+    assert "seed (" not in pairs.caption and "wildcards matched; " in pairs.caption
     overview = checkpoint_overview([result])
     assert "Δ per pair best" in overview[0].columns
     for seed in (1, 2):
@@ -175,6 +178,9 @@ def test_runs_of_one_seed_pair_as_pairs_not_seeds(tmp_path: Path) -> None:
     seeds = compare_runs([f"sgd={tmp_path}/seeds/sgd/*", f"hco={tmp_path}/seeds/hco/*"])
     assert pairs_are_seeds(seeds)
     assert "Δ per seed best" in checkpoint_overview([seeds])[0].columns
+    assert comparison_tables(seeds)[-1].caption.startswith(
+        "Runs paired by seed (the part of their path the arm's glob matched, then run.json's "
+        "seed for the runs left, else, for a seed in several runs, what the wildcards matched); ")
 
 
 @pytest.mark.parametrize(
