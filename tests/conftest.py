@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -32,11 +34,18 @@ def fetal_source() -> Path:
 
 
 @pytest.fixture(scope="session")
-def la_unpacked(tmp_path_factory: pytest.TempPathFactory, la_source: Path) -> Path:
-    """LA parts train-00 and test-00 unpacked once per session into the UA-MT layout."""
-    import subprocess
-    import sys
-
+def la_unpacked(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+                ) -> Path:
+    """LA parts train-00 and test-00 unpacked once per session into the UA-MT layout; on the
+    GPU machine, where ../shared does not travel, ``$HCO_LA_UNPACKED`` names the set the device
+    scripts' staging calls unpacked there (``/tmp/la``, all 100 cases): for the GPU tier
+    (``-m gpu``) alone, whose one test of real data takes any cases."""
+    staged = os.environ.get("HCO_LA_UNPACKED")
+    if staged:
+        if not (Path(staged) / "2018LA_Seg_Training Set").is_dir():
+            pytest.fail(f"HCO_LA_UNPACKED={staged} holds no unpacked LA set")
+        return Path(staged)
+    la_source: Path = request.getfixturevalue("la_source")
     dest = tmp_path_factory.mktemp("la")
     subprocess.run(
         [sys.executable, str(la_source / "unpack"), str(dest), "la-train-00", "la-test-00"],
