@@ -27,6 +27,12 @@ p < 0.05; "the paper's gain excluded" where the one-sided 95 % upper confidence 
 mean(d) lies below the paper's gain; both can hold (a gain, smaller than the paper's);
 "undecided" otherwise, and with fewer than two seeds.
 
+Under the verdicts, each reading (``hco-*``) against the printed update (``sgd-hco``) on the
+seeds both have, per selection: the per-seed Dice differences (reading minus printed), their
+mean (sd), on how many seeds the reading was better, and the one-sided paired t-test over the
+seeds (H1: the reading better) with its 95 % lower bound; descriptive, not a verdict of the
+rule (which judges every arm against ``sgd``): it says which HCO, not whether HCO helps.
+
 The paper's rows are its Table 1 (BCP, "Repr" for SGD: its reproduction; mean (std) over 2
 seeds, 20 test cases; the text of the 8-labeled SGD HD95 cell is garbled in the paper's text
 and its Results paragraph gives 6.93) and the p-values its Results paragraph prints for
@@ -57,6 +63,7 @@ PERCENT = frozenset({"dice", "jaccard"})
 CHECKPOINTS: dict[Checkpoint, str] = {"best": "best on validation", "last": "last iterate",
                                       "best-test": "best on test (as the reference code)"}
 REFERENCE = "sgd"
+PRINTED = "sgd-hco"  # the printed update, what the readings are held against
 # Table 1, BCP rows: (mean, std) of Dice %, Jaccard %, ASD, HD95 (voxels).
 PAPER: dict[int, dict[str, tuple[tuple[float, float], ...]]] = {
     8: {"sgd": ((89.64, 3.55), (81.41, 5.52), (1.78, 0.86), (6.93, 3.93)),
@@ -93,6 +100,23 @@ class Row:
     p_ttest: dict[str, float] = field(default_factory=dict)
     # the Dice gain the one-sided t-test over these seeds finds with 80 % power (% points)
     detectable: float = math.nan
+
+
+@dataclass
+class ReadingRow:
+    """A reading against the printed update at one checkpoint, over their common seeds
+    (Dice, % points, reading minus printed)."""
+
+    labeled: int
+    arm: str
+    checkpoint: Checkpoint
+    seeds: list[str]
+    delta_dice: list[float]
+    mean: float
+    std: float
+    n_better: int
+    p_ttest: float  # one-sided, H1: the reading better; NaN with fewer than 2 seeds
+    lower: float  # one-sided 95 % lower bound of the mean difference
 
 
 def find_runs(root: Path) -> dict[int, dict[str, list[Path]]]:
@@ -185,6 +209,39 @@ def _row(labeled: int, arm: str, arms: dict[str, list[Path]], checkpoint: Checkp
     return row
 
 
+def reading_rows(runs: dict[int, dict[str, list[Path]]]) -> list[ReadingRow]:
+    """Each reading against the printed update, per labeled count and checkpoint, on the seeds
+    both have (none where they share none)."""
+    out = []
+    for labeled in sorted(runs, reverse=True):
+        arms = runs[labeled]
+        if PRINTED not in arms:
+            continue
+        for arm in _ordered(arms):
+            if not arm.startswith("hco-"):
+                continue
+            common = {_seed(r) for r in arms[arm]} & {_seed(r) for r in arms[PRINTED]}
+            if not common:
+                continue
+            printed = ArmSource(name=PRINTED, spec=PRINTED, members=tuple(
+                r for r in arms[PRINTED] if _seed(r) in common))
+            reading = ArmSource(name=arm, spec=arm, members=tuple(
+                r for r in arms[arm] if _seed(r) in common))
+            for checkpoint in CHECKPOINTS:
+                result = compare_sources([printed, reading], checkpoint=checkpoint,
+                                         hypothesis="better")
+                cls = result.classes[0]
+                dice = next((d for d in result.seed_differences
+                             if d.metric == "dice" and d.class_ == cls), None)
+                if dice is None:  # one run each, not paired by seed: no per-seed row
+                    continue
+                out.append(ReadingRow(
+                    labeled, arm, checkpoint, _seed_of(result, 1),
+                    [100 * d for d in dice.differences], 100 * dice.mean, 100 * dice.std,
+                    dice.n_better, _finite(dice.p_ttest), 100 * dice.bounds[0]))
+    return out
+
+
 def is_hco(arm: str) -> bool:
     """The arms a verdict is given for: the printed update and the readings."""
     return arm == "sgd-hco" or arm.startswith("hco-")
@@ -227,8 +284,19 @@ def _p(value: float) -> str:
     return f"{value:.2g}" if value < 0.001 else f"{value:.3f}"
 
 
-def to_markdown(lines: list[Row], labeled_counts: tuple[int, ...] = LABELED) -> str:
-    """One table per labeled count: the paper's rows, then ours per arm and checkpoint."""
+def _reading_line(r: ReadingRow) -> str:
+    spread = f" ({r.std:.2f})" if math.isfinite(r.std) else ""  # one seed: no sd, no test
+    lower = f"{r.lower:+.2f}" if math.isfinite(r.lower) else "-"
+    return (f"| `{r.arm}` | {CHECKPOINTS[r.checkpoint]} | {len(r.seeds)} | "
+            + ", ".join(f"{d:+.2f}" for d in r.delta_dice)
+            + f" | {r.mean:+.2f}{spread} | {r.n_better}/{len(r.delta_dice)} | {_p(r.p_ttest)} "
+            f"| {lower} |")
+
+
+def to_markdown(lines: list[Row], labeled_counts: tuple[int, ...] = LABELED,
+                readings: list[ReadingRow] | None = None) -> str:
+    """One table per labeled count: the paper's rows, then ours per arm and checkpoint, the
+    verdicts, and the readings against the printed update."""
     parts = []
     for labeled in labeled_counts:
         header = (f"**{labeled} labeled** (BCP, 2K + 15K; the paper: Table 1, mean (std) over "
@@ -279,6 +347,16 @@ def to_markdown(lines: list[Row], labeled_counts: tuple[int, ...] = LABELED) -> 
                 "it):\n\n" + "\n".join(
                     f"- `{r.arm}`, {CHECKPOINTS[r.checkpoint]}: {verdict(r.delta_dice, gain)}"
                     for r in judged))
+        against = [r for r in readings or [] if r.labeled == labeled]
+        if against:
+            parts.append(
+                f"The readings against the printed update (`{PRINTED}`), {labeled} labeled: Dice "
+                "per seed, reading minus printed (% points), on the seeds both have; p: one-sided "
+                "paired t-test over the seeds (H1: the reading better), with the one-sided 95 % "
+                "lower bound of the mean (descriptive: which HCO, not whether HCO helps)\n\n"
+                "| reading | selection | seeds | ΔDice per seed | mean (sd) | better | p (seeds) "
+                "| 95 % lower bound |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n"
+                + "\n".join(_reading_line(r) for r in against))
     return "\n\n".join(parts) + "\n"
 
 
@@ -293,8 +371,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.root is not None and not args.root.is_dir():
             raise HcoError(f"{args.root}: no such folder")
-        lines = rows(find_runs(args.root or Path("results/la-full")))
-        table = to_markdown(lines)
+        runs = find_runs(args.root or Path("results/la-full"))
+        lines, against = rows(runs), reading_rows(runs)
+        table = to_markdown(lines, readings=against)
         if args.readme:
             text = args.readme.read_text(encoding="utf-8")
             write_text(args.readme, between_markers(text, BEGIN, END, table))
@@ -306,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         write_json(args.json, json_safe({
             "rows": [asdict(r) for r in lines],
+            "readings_vs_printed": [asdict(r) for r in against],
             "paper": {str(k): v for k, v in PAPER.items()},
             "paper_p": {str(k): v for k, v in PAPER_P.items()},
             "verdicts": [{"labeled": r.labeled, "arm": r.arm, "checkpoint": r.checkpoint,

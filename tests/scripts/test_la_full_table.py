@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import stats as sps
 
 from hco_cli.evaluation import stats
 from tests.evaluation.compare_fixtures import cases, one_class, write_run
@@ -79,7 +80,8 @@ def test_an_arm_a_seed_ahead_is_compared_over_the_shared_seeds(root: Path) -> No
 
 
 def test_readme_table_is_what_the_committed_runs_give() -> None:
-    table = lf.to_markdown(lf.rows(lf.find_runs(ROOT / "results" / "la-full")))
+    runs = lf.find_runs(ROOT / "results" / "la-full")
+    table = lf.to_markdown(lf.rows(runs), readings=lf.reading_rows(runs))
     assert_readme_holds(lf.BEGIN, lf.END, table,
                         "python scripts/la_full_table.py --readme README.md")
 
@@ -123,3 +125,29 @@ def test_verdicts_are_listed_under_the_table_for_the_hco_arms(root: Path) -> Non
     assert ("- `sgd-hco`, best on test (as the reference code): undecided (mean +2.00 over 2 "
             "seeds, one-sided p 0.148 with 1 degree of freedom, 95 % upper bound +8.31)") in text
     assert "Verdict on the paper's +1.11" in text and "- `sgd`," not in text
+
+
+def test_readings_are_held_against_the_printed_update_on_their_common_seeds(root: Path) -> None:
+    """hco-r1 0.5 and 1.5 points above the printed update (seeds 1 and 2; its seed 3 has no
+    printed partner and is left out): per-seed differences, the t-test over the seeds and the
+    lower bound as scipy gives them for (0.5, 1.5)."""
+    for seed, gain in ((1, 0.015), (2, 0.045)):
+        _run(root, f"session{seed}", "hco-r1", seed, BASE + 0.002 * seed + gain + NOISE)
+    _run(root, "session3", "hco-r1", 3, BASE)
+    readings = lf.reading_rows(lf.find_runs(root))
+    assert [(r.arm, r.checkpoint) for r in readings] == [
+        ("hco-r1", "best"), ("hco-r1", "last"), ("hco-r1", "best-test")]
+    test = readings[2]
+    assert test.seeds == ["seed 1", "seed 2"] and test.n_better == 2
+    assert test.delta_dice == pytest.approx([0.5, 1.5])
+    diffs = np.array([0.5, 1.5])
+    t = sps.ttest_1samp(diffs, 0.0, alternative="greater")
+    assert test.p_ttest == pytest.approx(t.pvalue)
+    low, _ = sps.t.interval(0.90, 1, loc=1.0, scale=diffs.std(ddof=1) / np.sqrt(2))
+    assert test.lower == pytest.approx(low)
+    text = lf.to_markdown(lf.rows(lf.find_runs(root)), readings=readings)
+    assert (f"| `hco-r1` | best on test (as the reference code) | 2 | +0.50, +1.50 | +1.00 (0.71) "
+            f"| 2/2 | {t.pvalue:.3f} | {low:+.2f} |") in text
+    assert "The readings against the printed update (`sgd-hco`), 8 labeled" in text
+    # no reading, no such table
+    assert "readings against" not in lf.to_markdown(lf.rows(lf.find_runs(root)), readings=[])
