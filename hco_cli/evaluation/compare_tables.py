@@ -407,6 +407,9 @@ def comparison_notes(result: Comparison) -> list[str]:
         detail = ", ".join(f"{k}: {v}" for k, v in dropped.items())
         notes.append(f"--intersect: paired {result.n_cases} common cases; dropped {detail}")
     ref, seen = result.arms[0], set()
+    # the per-pair test's name, as the tables give it (pairs_are_seeds)
+    test, pair = (("per-seed test", "that seed's pair") if pairs_are_seeds(result)
+                  else ("per-pair test", "that pair"))
     for paired in result.pairings.values():
         for name, repeated in paired.repeated.items():
             if name in seen:
@@ -424,7 +427,7 @@ def comparison_notes(result: Comparison) -> list[str]:
         for name, keys in result.pairings[arm.name].unpaired.items():
             other = arm.name if name == ref.name else ref.name
             notes.append(f"{name}: {', '.join(keys)} without a partner in {other}; the per-case "
-                         "tests average such runs in with the paired ones, the per-seed test "
+                         f"tests average such runs in with the paired ones, the {test} "
                          "leaves them out (narrow the glob to compare like with like)")
     for arm in result.arms:
         if arm.partial_nan:
@@ -432,8 +435,8 @@ def comparison_notes(result: Comparison) -> list[str]:
                                f"{c} {LABELS[m]} {n}" for (c, m), n in arm.partial_nan.items())
             notes.append(f"{arm.name}: run values NaN (an empty mask) in cases that other runs "
                          f"of the arm score ({counts}); the per-case tests average each such "
-                         "case over the runs that score it, the per-seed test leaves the case "
-                         "out of that seed's pair only")
+                         f"case over the runs that score it, the {test} leaves the case "
+                         f"out of {pair} only")
     notes += scoring_notes(result) + preparation_notes(result)
     single = [a.name for a in result.arms if a.n_runs == 1]
     if single and not result.seed_differences and not seen:

@@ -15,6 +15,7 @@ from hco_cli.evaluation import stats
 from hco_cli.evaluation.compare import compare_runs
 from hco_cli.evaluation.compare_tables import (
     checkpoint_overview,
+    comparison_notes,
     comparison_tables,
     pairs_are_seeds,
     write_comparison,
@@ -169,6 +170,11 @@ def test_runs_of_one_seed_pair_as_pairs_not_seeds(tmp_path: Path) -> None:
     assert pairs.caption.startswith("Runs paired by the part of their path the arm's glob "
                                     "matched, then run.json's seed")
     assert "seed (" not in pairs.caption and "wildcards matched; " in pairs.caption
+    # a fold the other arm lacks: the note names the per-pair test, as the table does
+    write_run(tmp_path / "sgd", "L2U2-s1", seed=1, evals={"best": (cases(6), one_class(DICE_A))})
+    notes = comparison_notes(compare_runs([f"sgd={tmp_path}/sgd/*", f"hco={tmp_path}/hco/*"]))
+    assert any("L2U2-s1 without a partner in hco" in n and "the per-pair test leaves them out"
+               in n for n in notes), notes
     overview = checkpoint_overview([result])
     assert "Δ per pair best" in overview[0].columns
     for seed in (1, 2):
