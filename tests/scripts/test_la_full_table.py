@@ -113,6 +113,10 @@ def test_main_writes_and_errors_in_one_line(root: Path, tmp_path: Path,
     ([2.0, -1.0, 1.0], "undecided (mean +0.67 over 3 seeds, one-sided p 0.264 with 2 degrees of "
                         "freedom, 95 % upper bound +3.24)"),
     ([-1.45], "undecided (1 seed; the rule needs two or more)"),
+    # R1's last iterate after two seeds (2026-12-03b): mean 0.14, sd 0.028, t = 7 on 1 df
+    ([0.12, 0.16], "interim, 2 of the 3 planned seeds: a gain, smaller than the paper's +1.11 "
+                   "(mean +0.14 over 2 seeds, one-sided p 0.045 with 1 degree of freedom, 95 % "
+                   "upper bound +0.27)"),
 ])
 def test_verdict_follows_the_preregistered_rule(differences: list[float], expected: str) -> None:
     assert lf.verdict(differences, 1.11) == expected
@@ -122,8 +126,9 @@ def test_verdicts_are_listed_under_the_table_for_the_hco_arms(root: Path) -> Non
     text = lf.to_markdown(lf.rows(lf.find_runs(root)))
     # sgd-hco 1 and 3 points above sgd on its two seeds at each selection: mean 2, sd 1.414,
     # t = 2 on 1 df, p = 0.148; upper bound 2 + 6.314 x 1 = 8.31
-    assert ("- `sgd-hco`, best on test (as the reference code): undecided (mean +2.00 over 2 "
-            "seeds, one-sided p 0.148 with 1 degree of freedom, 95 % upper bound +8.31)") in text
+    assert ("- `sgd-hco`, best on test (as the reference code): interim, 2 of the 3 planned "
+            "seeds: undecided (mean +2.00 over 2 seeds, one-sided p 0.148 with 1 degree of "
+            "freedom, 95 % upper bound +8.31)") in text
     assert "Verdict on the paper's +1.11" in text and "- `sgd`," not in text
 
 
