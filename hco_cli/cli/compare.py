@@ -82,6 +82,11 @@ HolmOver = Annotated[HolmChoice | None, _opt(help="The family --holm adjusts ove
                      "metrics of each arm and class, or all the comparison's tests (every "
                      "arm, class and metric); implies --holm.")]  # fmt: skip
 Intersect = Annotated[bool, _opt("--intersect", help="Pair only the cases common to all arms.")]
+CommonSeeds = Annotated[bool, _opt(
+    "--common-seeds",
+    help="Keep only the runs whose run.json seed every arm has (one run per seed), so that the "
+         "per-case tests, which average each arm's runs per case, compare like with like; "
+         "the runs left out are named under the tables.")]
 DynamicsFlag = Annotated[bool, _opt("--dynamics", help="Compare the L_U/L_L loss ratio per epoch "
                          "(RUN/metrics.jsonl, .xz or .gz) instead of test metrics.")]  # fmt: skip
 CurvesFlag = Annotated[bool, _opt("--curves", help="Compare the validation Dice logged over "
@@ -238,7 +243,7 @@ def compare(
     arms: Arms, checkpoint: Checkpoint = None, test: Test = None, zero_method: ZeroMethod = None,
     alternative: Alternative = None, margin: Margin = None, holm: Holm = False,
     holm_over: HolmOver = None,
-    intersect: Intersect = False,
+    intersect: Intersect = False, common_seeds: CommonSeeds = False,
     dynamics_mode: DynamicsFlag = False, curves_mode: CurvesFlag = False, split: Split = None,
     bin_width: Bin = None, lowess_frac: Frac = None,
     json_path: Json = None, csv_path: Csv = None, markdown_path: Markdown = None,
@@ -266,7 +271,7 @@ def compare(
     if curves_mode:
         _reject("with --curves", checkpoint=checkpoint or None, test=test,
                 zero_method=zero_method, alternative=alternative, margin=margin or None, holm=holm,
-                holm_over=holm_over,
+                holm_over=holm_over, common_seeds=common_seeds,
                 intersect=intersect, lowess_frac=lowess_frac)  # fmt: skip
         found = curves.compare_curves(arms, split=split, bin_width=bin_width or 1)
         tables = render(curves.curves_tables(found), curves.curves_tables(found, compact=True),
@@ -277,7 +282,7 @@ def compare(
     elif dynamics_mode:
         _reject("with --dynamics", checkpoint=checkpoint or None, test=test,
                 zero_method=zero_method, alternative=alternative, margin=margin or None, holm=holm,
-                holm_over=holm_over,
+                holm_over=holm_over, common_seeds=common_seeds,
                 intersect=intersect)  # fmt: skip
         if lowess_frac is not None and plot_path is None:
             raise ConfigError("--lowess-frac needs --plot")
@@ -301,6 +306,7 @@ def compare(
             holm=holm or holm_over is not None,
             holm_family=cast(Any, (holm_over or HolmChoice.metrics).value),
             intersect=intersect,
+            common_seeds=common_seeds,
             hypothesis=cast(Any, (alternative or AlternativeChoice.better).value),
             margins=parse_margins(margin, compare_tables.PERCENT),
         )

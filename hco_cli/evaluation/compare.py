@@ -210,6 +210,9 @@ class Comparison:
     hypothesis: stats.Hypothesis = "better"
     margins: dict[str, float] = field(default_factory=dict)  # metric -> margin (its units)
     holm_family: HolmFamily = "metrics"
+    # with common_seeds: arm name -> the pairing keys of the runs left out (a seed not in
+    # every arm)
+    left_out: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -768,6 +771,40 @@ def _checked_margins(
     return {m: given[m] for m in METRICS if given.get(m)}
 
 
+def on_common_seeds(sources: Sequence[ArmSource], arms: Sequence[Arm]
+                    ) -> tuple[list[ArmSource], dict[str, list[str]]]:
+    """The sources cut to the runs whose run.json seed every arm has, and per arm the pairing
+    keys of the runs left out; one run per seed in each arm (folds of one seed, or a seed run
+    twice, cannot be matched by seed alone)."""
+    seeds_of = []
+    for source, arm in zip(sources, arms, strict=True):
+        keys = _member_keys(source)
+        for key, member in zip(keys, source.members, strict=True):
+            if key not in arm.seeds:
+                raise ConfigError(f"--common-seeds matches runs by the seed in their run.json; "
+                                  f"{member} has none")
+        by_seed: dict[str, list[str]] = {}
+        for key in keys:
+            by_seed.setdefault(arm.seeds[key], []).append(key)
+        for seed, repeated in by_seed.items():
+            if len(repeated) > 1:
+                raise ConfigError(f"--common-seeds needs one run per seed; arm {arm.name!r} has "
+                                  f"{seed} in {', '.join(repeated)}")
+        seeds_of.append([arm.seeds[k] for k in keys])
+    common = set.intersection(*(set(seeds) for seeds in seeds_of))
+    if not common:
+        raise ConfigError("--common-seeds: the arms share no seed")
+    cut, left_out = [], {}
+    for source, seeds in zip(sources, seeds_of, strict=True):
+        keys = _member_keys(source)
+        keep = tuple(m for m, seed in zip(source.members, seeds, strict=True) if seed in common)
+        if len(keep) < len(source.members):
+            left_out[source.name] = [k for k, seed in zip(keys, seeds, strict=True)
+                                     if seed not in common]
+        cut.append(replace(source, members=keep))
+    return cut, left_out
+
+
 def compare_sources(
     sources: Sequence[ArmSource],
     *,
@@ -779,17 +816,26 @@ def compare_sources(
     intersect: bool = False,
     hypothesis: stats.Hypothesis = "better",
     margins: dict[str, float] | None = None,
+    common_seeds: bool = False,
 ) -> Comparison:
     """Load, group, pair and test arms already resolved (first = reference; a caller can list
     the runs of an arm itself, e.g. the rounds where an arm ran); ``hypothesis`` is the
     alternative of every test, per case and over seeds; ``margins`` (metric -> margin in the
-    metric's stored units: Dice as a fraction) shift its tests as :mod:`stats` describes."""
+    metric's stored units: Dice as a fraction) shift its tests as :mod:`stats` describes;
+    ``common_seeds``: every arm keeps only the runs of the seeds all arms have
+    (:func:`on_common_seeds`), so that the per-case tests, which average each arm's runs per
+    case, compare like with like."""
     margins = _checked_margins(checkpoint, tests, hypothesis, margins)
     if checkpoint != "best" and all(_names_no_checkpoint(m) for s in sources for m in s.members):
         raise ConfigError(f"checkpoint {checkpoint!r} applies to run folders and their "
                           "eval/<checkpoint>/ summaries, and every arm here is a summary that "
                           "names no checkpoint")
     arms = [load_arm(s, checkpoint=checkpoint, intersect=intersect) for s in sources]
+    left_out: dict[str, list[str]] = {}
+    if common_seeds:
+        sources, left_out = on_common_seeds(sources, arms)
+        if left_out:
+            arms = [load_arm(s, checkpoint=checkpoint, intersect=intersect) for s in sources]
     dropped = pair_arms(arms, intersect=intersect)
     pairings = {arm.name: pairing(arms[0], arm) for arm in arms[1:]}
     test_tuple = tuple(tests)
@@ -809,6 +855,7 @@ def compare_sources(
         pairings=pairings,
         hypothesis=hypothesis,
         margins=margins,
+        left_out=left_out,
     )
 
 

@@ -402,6 +402,9 @@ def comparison_notes(result: Comparison) -> list[str]:
     if result.checkpoint == "best-test":
         notes.append("best-test: each run's weights chosen on these test cases (the reference "
                      "code's selection), an optimistic figure, not a held-out result")
+    for name, keys in result.left_out.items():
+        notes.append(f"--common-seeds: {name}: left out {', '.join(keys)} (a seed not in every "
+                     "arm)")
     dropped = {k: v for k, v in result.dropped_cases.items() if v}
     if dropped:
         detail = ", ".join(f"{k}: {v}" for k, v in dropped.items())
@@ -428,7 +431,8 @@ def comparison_notes(result: Comparison) -> list[str]:
             other = arm.name if name == ref.name else ref.name
             notes.append(f"{name}: {', '.join(keys)} without a partner in {other}; the per-case "
                          f"tests average such runs in with the paired ones, the {test} "
-                         "leaves them out (narrow the glob to compare like with like)")
+                         "leaves them out (--common-seeds, or a narrower glob, compares like "
+                         "with like)")
     for arm in result.arms:
         if arm.partial_nan:
             counts = ", ".join(f"{LABELS[m]} {n}" if len(arm.classes) == 1 else

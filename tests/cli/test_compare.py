@@ -192,6 +192,30 @@ def test_several_checkpoints_side_by_side(tmp_path: Path) -> None:
     assert "| Arm | Runs | Dice best (%) | Δ best | p best | Δ per seed best |" in markdown
 
 
+def test_common_seeds_from_the_command_line(tmp_path: Path) -> None:
+    """sgd a seed ahead of hco: --common-seeds drops sgd's seed 3 from the per-case tests, the
+    run counts say so and the note names it (checked against scipy on seeds 1-2)."""
+    for seed in (1, 2, 3):
+        write_run(tmp_path / "sgd", f"s{seed}", seed=seed,
+                  evals={"best": (cases(8), one_class(DICE_A + 0.01 * seed))})
+    for seed in (1, 2):
+        write_run(tmp_path / "hco", f"s{seed}", optimizer="sgd-hco", seed=seed,
+                  evals={"best": (cases(8), one_class(DICE_B + 0.01 * seed))})
+    specs = [f"sgd={tmp_path}/sgd/*", f"hco={tmp_path}/hco/*"]
+    result = runner.invoke(app, ["compare", *specs, "--common-seeds", "--test", "wilcoxon"],
+                           env=WIDE)
+    assert result.exit_code == 0, result.output
+    text = result.stdout
+    assert "--common-seeds: sgd: left out s3 (a seed not in every arm)" in " ".join(text.split())
+    hco_row = next(line for line in text.splitlines() if line.startswith("│ hco "))
+    p = sps.wilcoxon(DICE_B, DICE_A, alternative="greater").pvalue  # seeds 1-2 shift alike
+    assert fmt_p(p) in hco_row
+    sgd_row = next(line for line in text.splitlines() if line.startswith("│ sgd "))
+    assert f"{100 * (DICE_A.mean() + 0.015):.2f}" in sgd_row  # seeds 1-2, not 1-3
+    plain = runner.invoke(app, ["compare", *specs, "--test", "wilcoxon"], env=WIDE)
+    assert "without a partner in hco" in " ".join(plain.stdout.split())
+
+
 def test_a_run_summary_must_be_the_checkpoint_asked_for(tmp_path: Path) -> None:
     """RUN/eval/last/summary.json is the last iterate: compared under the default (best) it
     would be labelled as the best checkpoint, so it is refused; with --checkpoint last it is
@@ -315,6 +339,10 @@ def test_curves_end_to_end(tmp_path: Path) -> None:
         (["{a}", "{a}", "--margin", "dice=1", "--alternative", "two-sided"], "one-sided"),
         (["--dynamics", "--margin", "dice=1", "{tmp}/run", "{tmp}/run2"],
          "--margin does not apply with --dynamics"),
+        (["--curves", "--common-seeds", "{tmp}/run", "{tmp}/run2"],
+         "--common-seeds does not apply with --curves"),
+        (["{a}", "{tmp}/short.json", "--common-seeds", "--intersect"],
+         "matches runs by the seed in their run.json"),
     ],
 )
 def test_errors_are_one_line(tmp_path: Path, argv: list[str], message: str) -> None:

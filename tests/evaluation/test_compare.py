@@ -397,6 +397,46 @@ def test_a_seed_rerun_in_another_session_still_pairs_by_its_seed(tmp_path: Path)
                                                                           "hco: s5/all-s1"]
 
 
+def test_common_seeds_keeps_the_runs_of_the_seeds_every_arm_has(tmp_path: Path) -> None:
+    """sgd has seeds 1-3, hco seeds 1-2 (a study under way): by default the per-case tests
+    average sgd's seed 3 in (with a note); with common_seeds each arm keeps seeds 1-2, so the
+    per-case values are the two seeds' means, and the note names what was left out."""
+    _seeded(tmp_path, "sgd", {"all-s1": 0.0, "all-s2": 0.01, "all-s3": -0.03})
+    _seeded(tmp_path, "hco", {"all-s1": 0.02, "all-s2": 0.0}, optimizer="sgd-hco")
+    specs = [f"sgd={tmp_path}/sgd/*", f"hco={tmp_path}/hco/*"]
+    mixed = compare_runs(specs)
+    (record,) = [r for r in mixed.records if r.metric == "dice"]
+    assert record.result.mean_a == pytest.approx(np.mean(DICE_A) - 0.02 / 3)
+    assert any("all-s3 without a partner in hco" in n for n in comparison_notes(mixed))
+    like = compare_runs(specs, common_seeds=True)
+    (record,) = [r for r in like.records if r.metric == "dice"]
+    assert record.result.mean_a == pytest.approx(np.mean(DICE_A) + 0.005)
+    assert record.result.mean_b == pytest.approx(np.mean(DICE_A) + 0.01)
+    assert like.arms[0].n_runs == 2 and like.left_out == {"sgd": ["all-s3"]}
+    assert comparison_notes(like) == [
+        "--common-seeds: sgd: left out all-s3 (a seed not in every arm)"]
+    (dice,) = [d for d in like.seed_differences if d.metric == "dice"]
+    assert np.allclose(dice.differences, [0.02, -0.01], atol=1e-12)
+    # nothing to leave out: the same comparison as without the option
+    both = [f"sgd={tmp_path}/sgd/all-s[12]", f"hco={tmp_path}/hco/*"]
+    assert compare_runs(both, common_seeds=True).left_out == {}
+
+
+def test_common_seeds_refuses_what_seeds_cannot_match(tmp_path: Path) -> None:
+    _seeded(tmp_path, "sgd", {"all-s1": 0.0, "all-s2": 0.01})
+    _seeded(tmp_path, "hco", {"all-s3": 0.0}, optimizer="sgd-hco")
+    with pytest.raises(ConfigError, match="--common-seeds: the arms share no seed"):
+        compare_runs([f"sgd={tmp_path}/sgd/*", f"hco={tmp_path}/hco/*"], common_seeds=True)
+    _seeded(tmp_path, "twice", {"a-s1": 0.0, "b-s1": 0.01})  # folds of one seed
+    with pytest.raises(ConfigError, match=r"one run per seed; arm 'twice' has seed 1 in a-s1, "
+                                          r"b-s1"):
+        compare_runs([f"sgd={tmp_path}/sgd/*", f"twice={tmp_path}/twice/*"], common_seeds=True)
+    write_summary(tmp_path / "bare" / "summary.json", cases(N), one_class(DICE_A))
+    with pytest.raises(ConfigError, match=r"matches runs by the seed in their run\.json; .*bare"):
+        compare_runs([f"sgd={tmp_path}/sgd/*", f"bare={tmp_path}/bare/summary.json"],
+                     common_seeds=True)
+
+
 @pytest.mark.parametrize(("hypothesis", "alternative"),
                          [("better", "greater"), ("worse", "less"), ("two-sided", "two-sided")])
 def test_per_seed_t_test_follows_the_hypothesis(
