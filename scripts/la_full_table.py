@@ -174,19 +174,15 @@ def _row(labeled: int, arm: str, arms: dict[str, list[Path]], checkpoint: Checkp
     """The arm's row; against ``sgd`` over the seeds both have (while a study is under way an
     arm can be a seed ahead or behind), alone where they share none or it is ``sgd``."""
     runs = arms[arm]
-    common = ({_seed(r) for r in runs} & {_seed(r) for r in arms[REFERENCE]}
-              if arm != REFERENCE and REFERENCE in arms else set())
-    if not common:
-        own = ArmSource(name=arm, spec=arm, members=tuple(runs))
+    own = ArmSource(name=arm, spec=arm, members=tuple(runs))
+    if arm == REFERENCE or REFERENCE not in arms or not (
+            {_seed(r) for r in runs} & {_seed(r) for r in arms[REFERENCE]}):
         result = compare_sources([own], checkpoint=checkpoint)
         index = 0
     else:
-        own = ArmSource(name=arm, spec=arm,
-                        members=tuple(r for r in runs if _seed(r) in common))
-        ref = ArmSource(name=REFERENCE, spec=REFERENCE,
-                        members=tuple(r for r in arms[REFERENCE] if _seed(r) in common))
+        ref = ArmSource(name=REFERENCE, spec=REFERENCE, members=tuple(arms[REFERENCE]))
         result = compare_sources([ref, own], checkpoint=checkpoint, holm=True,
-                                 hypothesis="better")
+                                 hypothesis="better", common_seeds=True)
         index = 1
     cls = result.classes[0]
     mean, std = {}, {}
@@ -222,16 +218,13 @@ def reading_rows(runs: dict[int, dict[str, list[Path]]]) -> list[ReadingRow]:
         for arm in _ordered(arms):
             if not arm.startswith("hco-"):
                 continue
-            common = {_seed(r) for r in arms[arm]} & {_seed(r) for r in arms[PRINTED]}
-            if not common:
+            if not {_seed(r) for r in arms[arm]} & {_seed(r) for r in arms[PRINTED]}:
                 continue
-            printed = ArmSource(name=PRINTED, spec=PRINTED, members=tuple(
-                r for r in arms[PRINTED] if _seed(r) in common))
-            reading = ArmSource(name=arm, spec=arm, members=tuple(
-                r for r in arms[arm] if _seed(r) in common))
+            printed = ArmSource(name=PRINTED, spec=PRINTED, members=tuple(arms[PRINTED]))
+            reading = ArmSource(name=arm, spec=arm, members=tuple(arms[arm]))
             for checkpoint in CHECKPOINTS:
                 result = compare_sources([printed, reading], checkpoint=checkpoint,
-                                         hypothesis="better")
+                                         hypothesis="better", common_seeds=True)
                 cls = result.classes[0]
                 dice = next((d for d in result.seed_differences
                              if d.metric == "dice" and d.class_ == cls), None)
