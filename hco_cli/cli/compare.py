@@ -85,8 +85,8 @@ Intersect = Annotated[bool, _opt("--intersect", help="Pair only the cases common
 CommonSeeds = Annotated[bool, _opt(
     "--common-seeds",
     help="Keep only the runs whose run.json seed every arm has (one run per seed), so that the "
-         "per-case tests, which average each arm's runs per case, compare like with like; "
-         "the runs left out are named under the tables.")]
+         "per-case tests, which average each arm's runs per case (or --dynamics, which pools "
+         "them), compare like with like; the runs left out are named under the tables.")]
 DynamicsFlag = Annotated[bool, _opt("--dynamics", help="Compare the L_U/L_L loss ratio per epoch "
                          "(RUN/metrics.jsonl, .xz or .gz) instead of test metrics.")]  # fmt: skip
 CurvesFlag = Annotated[bool, _opt("--curves", help="Compare the validation Dice logged over "
@@ -282,11 +282,11 @@ def compare(
     elif dynamics_mode:
         _reject("with --dynamics", checkpoint=checkpoint or None, test=test,
                 zero_method=zero_method, alternative=alternative, margin=margin or None, holm=holm,
-                holm_over=holm_over, common_seeds=common_seeds,
+                holm_over=holm_over,
                 intersect=intersect)  # fmt: skip
         if lowess_frac is not None and plot_path is None:
             raise ConfigError("--lowess-frac needs --plot")
-        dyn = dynamics.compare_dynamics(arms, bin_width=bin_width or 1)
+        dyn = dynamics.compare_dynamics(arms, bin_width=bin_width or 1, common_seeds=common_seeds)
         tables = render(dynamics.dynamics_tables(dyn),
                         dynamics.dynamics_tables(dyn, compact=True), console)
         dynamics.write_dynamics(dyn, **outputs)

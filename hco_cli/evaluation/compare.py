@@ -771,26 +771,38 @@ def _checked_margins(
     return {m: given[m] for m in METRICS if given.get(m)}
 
 
-def on_common_seeds(sources: Sequence[ArmSource], arms: Sequence[Arm]
-                    ) -> tuple[list[ArmSource], dict[str, list[str]]]:
+def _run_seed(member: Path) -> str | None:
+    """The ``seed N`` of a run folder or of the run a summary belongs to (run.json); None for
+    a summary outside a run."""
+    file = _summary_file(member)
+    folder = RunFolder.of_summary(file) if file is not None else RunFolder(member)
+    if folder is None or not folder.run_json.is_file():
+        return None
+    return f"seed {read_run_info(folder.path).seed}"
+
+
+def on_common_seeds(sources: Sequence[ArmSource]) -> tuple[list[ArmSource], dict[str, list[str]]]:
     """The sources cut to the runs whose run.json seed every arm has, and per arm the pairing
     keys of the runs left out; one run per seed in each arm (folds of one seed, or a seed run
     twice, cannot be matched by seed alone)."""
     seeds_of = []
-    for source, arm in zip(sources, arms, strict=True):
+    for source in sources:
         keys = _member_keys(source)
-        for key, member in zip(keys, source.members, strict=True):
-            if key not in arm.seeds:
+        seeds = []
+        for member in source.members:
+            seed = _run_seed(member)
+            if seed is None:
                 raise ConfigError(f"--common-seeds matches runs by the seed in their run.json; "
                                   f"{member} has none")
+            seeds.append(seed)
         by_seed: dict[str, list[str]] = {}
-        for key in keys:
-            by_seed.setdefault(arm.seeds[key], []).append(key)
+        for key, seed in zip(keys, seeds, strict=True):
+            by_seed.setdefault(seed, []).append(key)
         for seed, repeated in by_seed.items():
             if len(repeated) > 1:
-                raise ConfigError(f"--common-seeds needs one run per seed; arm {arm.name!r} has "
-                                  f"{seed} in {', '.join(repeated)}")
-        seeds_of.append([arm.seeds[k] for k in keys])
+                raise ConfigError(f"--common-seeds needs one run per seed; arm {source.name!r} "
+                                  f"has {seed} in {', '.join(repeated)}")
+        seeds_of.append(seeds)
     common = set.intersection(*(set(seeds) for seeds in seeds_of))
     if not common:
         raise ConfigError("--common-seeds: the arms share no seed")
@@ -830,12 +842,10 @@ def compare_sources(
         raise ConfigError(f"checkpoint {checkpoint!r} applies to run folders and their "
                           "eval/<checkpoint>/ summaries, and every arm here is a summary that "
                           "names no checkpoint")
-    arms = [load_arm(s, checkpoint=checkpoint, intersect=intersect) for s in sources]
     left_out: dict[str, list[str]] = {}
     if common_seeds:
-        sources, left_out = on_common_seeds(sources, arms)
-        if left_out:
-            arms = [load_arm(s, checkpoint=checkpoint, intersect=intersect) for s in sources]
+        sources, left_out = on_common_seeds(sources)
+    arms = [load_arm(s, checkpoint=checkpoint, intersect=intersect) for s in sources]
     dropped = pair_arms(arms, intersect=intersect)
     pairings = {arm.name: pairing(arms[0], arm) for arm in arms[1:]}
     test_tuple = tuple(tests)

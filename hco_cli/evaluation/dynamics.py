@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from hco_cli.errors import ConfigError, DataError
-from hco_cli.evaluation.compare import ArmSource, resolve_arms
+from hco_cli.evaluation.compare import ArmSource, on_common_seeds, resolve_arms
 from hco_cli.evaluation.compare_tables import (
     Cell,
     ReportTable,
@@ -94,6 +94,8 @@ class Dynamics:
     diffs: dict[tuple[str, EpochKey], tuple[float, float]] = field(default_factory=dict)
     # The optimizer diagnostics of the arms whose runs logged them (hco >= the readings).
     diagnostics: list[ArmDiagnostics] = field(default_factory=list)
+    # with common_seeds: arm name -> the runs left out (a seed not in every arm)
+    left_out: dict[str, list[str]] = field(default_factory=dict)
 
     def epoch_records(self) -> list[dict[str, Any]]:
         """One record per (arm, phase, epoch bin), with the difference to the reference."""
@@ -190,16 +192,21 @@ def _against_reference(
     )
 
 
-def compare_dynamics(specs: Sequence[str], *, bin_width: int = 1) -> Dynamics:
-    """Per-epoch L_U/L_L of each arm and its difference to the first arm."""
+def compare_dynamics(specs: Sequence[str], *, bin_width: int = 1,
+                     common_seeds: bool = False) -> Dynamics:
+    """Per-epoch L_U/L_L of each arm and its difference to the first arm; ``common_seeds``:
+    each arm pools only the runs of the seeds every arm has (:func:`on_common_seeds`)."""
     if bin_width < 1:
         raise ConfigError(f"--bin must be a positive number of epochs, got {bin_width}")
     sources = resolve_arms(specs)
+    left_out: dict[str, list[str]] = {}
+    if common_seeds:
+        sources, left_out = on_common_seeds(sources)
     steps = {s.name: _arm_steps(s) for s in sources}
     everything = [st for runs in steps.values() for run in runs for st in run]
     offsets = _phase_offsets([st for st in everything if math.isfinite(st.ratio)])
     arms = [_arm_dynamics(n, runs, offsets, bin_width) for n, runs in steps.items()]
-    result = Dynamics(arms=arms, summaries=[], bin_width=bin_width)
+    result = Dynamics(arms=arms, summaries=[], bin_width=bin_width, left_out=left_out)
     result.summaries = [_against_reference(arms[0], a, result.diffs) for a in arms[1:]]
     found = (arm_diagnostics(name, runs, offsets) for name, runs in steps.items())
     result.diagnostics = [d for d in found if d is not None]
@@ -255,7 +262,9 @@ def _summary_table(result: Dynamics, labels: dict[str, str]) -> ReportTable:
             "Higher",
         ],
         caption="Mean ratio: mean of an arm's per-epoch means. Diff, rel. diff and the count of "
-        "epochs where the arm is higher use the epochs both arms have.",
+        "epochs where the arm is higher use the epochs both arms have."
+        + "".join(f" --common-seeds: {labels[name]}: left out {', '.join(keys)} (a seed not in "
+                  "every arm)." for name, keys in result.left_out.items()),
     )
     vs: list[DynamicsSummary | None] = [None, *result.summaries]
     for arm, s in zip(result.arms, vs, strict=True):
@@ -300,6 +309,7 @@ def write_dynamics(
         "epochs": [clean_record(r) for r in epochs],
         "summary": [clean_record(vars(s)) for s in result.summaries],
         "diagnostics": summary_records(result.diagnostics) if result.diagnostics else [],
+        **({"left_out": result.left_out} if result.left_out else {}),
     }
     write_records(epochs, json_path=json_path, csv_path=csv_path, json_payload=payload)
     if markdown_path is not None:

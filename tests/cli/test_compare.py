@@ -278,6 +278,29 @@ def test_dynamics_end_to_end(tmp_path: Path) -> None:
     assert (out / "d.png").stat().st_size > 0
 
 
+def test_dynamics_with_common_seeds_pools_only_the_shared_seeds(tmp_path: Path) -> None:
+    """sgd seeds 1-2 at ratio 1.0 and a seed 3 at 3.0 that hco lacks: pooled, sgd's mean ratio
+    is pulled up; with --common-seeds it is 1.0 and the difference hco's 0.2."""
+    for seed, level in ((1, 1.0), (2, 1.0), (3, 3.0)):
+        write_run(tmp_path / "sgd", f"s{seed}", seed=seed,
+                  steps=[step(e, 3 * e + k, level) for e in range(4) for k in range(3)])
+    for seed in (1, 2):
+        write_run(tmp_path / "hco", f"s{seed}", seed=seed, optimizer="sgd-hco",
+                  steps=[step(e, 3 * e + k, 1.2) for e in range(4) for k in range(3)])
+    specs = [f"sgd={tmp_path}/sgd/*", f"hco={tmp_path}/hco/*"]
+    out = tmp_path / "d.json"
+    pooled = runner.invoke(app, ["compare", "--dynamics", *specs], env=WIDE)
+    assert pooled.exit_code == 0, pooled.output
+    assert "-0.467" in pooled.stdout  # 1.2 against (1 + 1 + 3) / 3
+    result = runner.invoke(app, ["compare", "--dynamics", *specs, "--common-seeds",
+                                 "--json", str(out)], env=WIDE)
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text(encoding="utf-8"))
+    assert data["summary"][0]["mean_diff"] == pytest.approx(0.2)
+    assert data["left_out"] == {"sgd": ["s3"]}
+    assert "--common-seeds: sgd: left out s3" in " ".join(result.stdout.split())
+
+
 def test_curves_end_to_end(tmp_path: Path) -> None:
     """Validation curves of two arms of two seeds each, paired by seed, as the tables, JSON
     and a figure."""
