@@ -400,9 +400,13 @@ def run_status(run_dir: Path) -> PlanStatus:
 
 
 def compare_command(runs: Sequence[SweepRun], out: Path) -> str:
-    """The ``hco compare`` line that reads the sweep, one group per arm."""
+    """The ``hco compare`` line that reads the sweep, one group per arm; with one arm, a
+    placeholder for the reference's runs first (a comparison needs two arms)."""
     names = dict.fromkeys(r.arm for r in runs if r.arm != PRETRAIN_ARM)
-    return "hco compare " + " ".join(f"'{n}={Path(out) / n}/*'" for n in names)
+    groups = [f"'{n}={Path(out) / n}/*'" for n in names]
+    if len(groups) == 1:
+        groups.insert(0, "'REFERENCE=<its run folders>'")
+    return "hco compare " + " ".join(groups)
 
 
 def needs_evaluation(run: SweepRun, options: SweepOptions) -> bool:

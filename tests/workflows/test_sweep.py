@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -37,7 +37,7 @@ from hco_cli.workflows.sweep import (
     schedule,
     train_argv,
 )
-from hco_cli.workflows.sweep_plan import PROCESS_BYTES, run_memory_bytes
+from hco_cli.workflows.sweep_plan import PROCESS_BYTES, compare_command, run_memory_bytes
 from hco_cli.workflows.sweep_status import run_state
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -94,6 +94,14 @@ def test_sweep_trains_every_cell_into_the_compare_layout(swept):
         assert outcome.best_dice == info["best"]["score"]
     assert report.compare_command == (f"hco compare 'sgd={options.out}/sgd/*' "
                                       f"'sgd-hco={options.out}/sgd-hco/*'")
+
+
+def test_a_one_arm_sweep_names_the_reference_it_needs(tmp_path: Path) -> None:
+    """A comparison needs two arms: a sweep of one arm (a reading run alone) says where the
+    reference's runs go instead of printing a line that fails."""
+    runs = [cast(Any, SimpleNamespace(arm=arm)) for arm in ("_pretrain", "hco-r1", "hco-r1")]
+    assert compare_command(runs, tmp_path) == (
+        f"hco compare 'REFERENCE=<its run folders>' 'hco-r1={tmp_path}/hco-r1/*'")
 
 
 def test_second_invocation_skips_finished_runs(swept):
