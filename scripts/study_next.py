@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""Issue 15's next GPU batch, from the runs committed under ``results/la-full``.
+
+    python3 scripts/study_next.py [ROOT] [--runs N] [--session NAME]
+
+The study's plan is :data:`PLAN`: every (labeled count, arm, seed) the issue and the screening
+ablation's rule call for, in the order the batches run (DEVELOPERS.md gives the reasons). This
+script finds the planned runs that no committed run folder holds yet (a run folder's
+``run.json`` gives its arm, seed and labeled count), takes the first ``N`` (two fit a one-GPU
+session: about 11 minutes each), and prints the ``device_ablation.sh start`` line that runs
+them one after the other (the second through ``THEN_*``), then the ``collect_round.py`` lines
+that commit what comes back. It prints nothing to run once the plan is done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+CONFIGS = {8: "sample_configs/la_bcp_study1.yaml", 4: "sample_configs/la_bcp_study1_4l.yaml"}
+# One arms file per arm run alone (the pair files run two arms of one seed).
+ARMS_FILES = {"sgd-co": "sample_configs/arms/la_full_co.yaml",
+              "hco-r1": "sample_configs/arms/la_full_r1.yaml",
+              "hco-r3": "sample_configs/arms/la_full_pair3.yaml"}
+SEEDS = (1, 2, 3)
+# (labeled, arm) in the order the batches run; each for seeds 1-3 unless done already.
+ORDER = ((8, "sgd"), (8, "sgd-hco"), (4, "sgd"), (4, "sgd-hco"), (8, "sgd-co"), (8, "hco-r1"),
+         (4, "hco-r1"), (8, "hco-r3"))
+PLAN = tuple((labeled, arm, seed) for labeled, arm in ORDER for seed in SEEDS)
+SETTINGS = "COMPILE=reduce-overhead DETERMINISTIC=1 SHARE_PRETRAINING=0 LCC_CHECK=0"
+
+
+@dataclass(frozen=True)
+class Planned:
+    labeled: int
+    arm: str
+    seed: int
+
+    def __str__(self) -> str:
+        return f"{self.arm} s{self.seed} {self.labeled}l"
+
+
+def done_runs(root: Path) -> set[Planned]:
+    """Every committed run of the study: ``<L>l/<session>/<arm>/<run>/run.json``."""
+    out = set()
+    for info in root.glob("*l/*/*/*/run.json"):
+        arm = info.parent.parent.name
+        if arm.startswith("_"):
+            continue
+        record = json.loads(info.read_text(encoding="utf-8"))
+        out.add(Planned(int(record["labeled"]), arm, int(record["seed"])))
+    return out
+
+
+def missing(root: Path) -> list[Planned]:
+    done = done_runs(root)
+    return [p for p in (Planned(*t) for t in PLAN) if p not in done]
+
+
+def batch_lines(runs: list[Planned], session: str) -> list[str]:
+    """The start line for ``runs`` (one, or two chained) and the collect lines."""
+    first, *rest = runs
+    if first.arm not in ARMS_FILES or any(r.arm not in ARMS_FILES for r in rest):
+        raise ValueError(f"no one-arm file for {', '.join(map(str, runs))}: the "
+                         "printed pair runs from la_full_pair1.yaml, two arms of one seed "
+                         "(DEVELOPERS.md)")
+    start = f"CONFIG={CONFIGS[first.labeled]}"
+    collect = [f"python scripts/collect_round.py <files_at>/ablation.tar.gz "
+               f"results/la-full/{first.labeled}l/{session} --full-protocol"]
+    if rest:
+        (then,) = rest
+        start += (f" THEN_CONFIG={CONFIGS[then.labeled]} THEN_ARMS={ARMS_FILES[then.arm]}"
+                  f" THEN_SEEDS={then.seed}")
+        folder = session if then.labeled != first.labeled else f"{session}-then"
+        collect.append(f"python scripts/collect_round.py <files_at>/ablation-then.tar.gz "
+                       f"results/la-full/{then.labeled}l/{folder} --full-protocol")
+    start += (f" {SETTINGS} bash scripts/device_ablation.sh start {ARMS_FILES[first.arm]}"
+              f" {first.seed} 1 1")
+    return [start, *collect]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("root", nargs="?", type=Path, default=Path("results/la-full"))
+    parser.add_argument("--runs", type=int, default=2, choices=(1, 2),
+                        help="runs in the batch (two fit a one-GPU session)")
+    parser.add_argument("--session", default="<session>",
+                        help="the session's folder name under <L>l/ (e.g. 2026-12-04)")
+    args = parser.parse_args(argv)
+    if not args.root.is_dir():
+        print(f"error: {args.root}: no such folder", file=sys.stderr)
+        return 1
+    todo = missing(args.root)
+    print(f"{len(PLAN) - len(todo)} of {len(PLAN)} planned runs done; left: "
+          + (", ".join(map(str, todo)) or "none"))
+    if todo:
+        try:
+            print("\n".join(batch_lines(todo[:args.runs], args.session)))
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""scripts/study_next.py on constructed study folders: which planned runs are left, and the
+start and collect lines of the next batch (the second run chained through THEN_*)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.file_modules import ROOT, load_file
+
+sn = load_file("scripts/study_next.py", "study_next")
+
+
+def _run(root: Path, labeled: int, session: str, arm: str, seed: int) -> None:
+    run = root / f"{labeled}l" / session / arm / f"all-s{seed}"
+    run.mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"labeled": labeled, "seed": seed}),
+                                  encoding="utf-8")
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """Everything before sgd-co's seed 3 at 8 labeled (as on 2026-12-03c), and a shared
+    pre-training folder that is no arm."""
+    for seed in (1, 2, 3):
+        for labeled in (8, 4):
+            for arm in ("sgd", "sgd-hco"):
+                _run(tmp_path, labeled, f"s{seed}", arm, seed)
+        _run(tmp_path, 8, f"r{seed}", "hco-r1", seed)
+    for seed in (1, 2):
+        _run(tmp_path, 8, f"c{seed}", "sgd-co", seed)
+    (tmp_path / "8l" / "s1" / "_pretrain" / "all-s1").mkdir(parents=True)
+    return tmp_path
+
+
+def test_the_next_batch_chains_a_run_of_the_other_label_count(root: Path,
+                                                               capsys: pytest.CaptureFixture[str]
+                                                               ) -> None:
+    assert [(p.labeled, p.arm, p.seed) for p in sn.missing(root)] == [
+        (8, "sgd-co", 3), (4, "hco-r1", 1), (4, "hco-r1", 2), (4, "hco-r1", 3),
+        (8, "hco-r3", 1), (8, "hco-r3", 2), (8, "hco-r3", 3)]
+    assert sn.main([str(root), "--session", "2026-12-04"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("17 of 24 planned runs done; left: sgd-co s3 8l, hco-r1 s1 4l")
+    assert lines[1] == (
+        "CONFIG=sample_configs/la_bcp_study1.yaml THEN_CONFIG=sample_configs/la_bcp_study1_4l.yaml"
+        " THEN_ARMS=sample_configs/arms/la_full_r1.yaml THEN_SEEDS=1 COMPILE=reduce-overhead"
+        " DETERMINISTIC=1 SHARE_PRETRAINING=0 LCC_CHECK=0 bash scripts/device_ablation.sh start"
+        " sample_configs/arms/la_full_co.yaml 3 1 1")
+    assert lines[2:] == [
+        "python scripts/collect_round.py <files_at>/ablation.tar.gz "
+        "results/la-full/8l/2026-12-04 --full-protocol",
+        "python scripts/collect_round.py <files_at>/ablation-then.tar.gz "
+        "results/la-full/4l/2026-12-04 --full-protocol"]
+    for line in lines[1:3]:  # every file the lines name is in the repository
+        for word in line.split():
+            value = word.split("=", 1)[-1]
+            if value.startswith(("sample_configs/", "scripts/")):
+                assert (ROOT / value).is_file(), value
+
+
+def test_two_runs_of_one_label_count_go_to_separate_folders(root: Path) -> None:
+    _run(root, 8, "c3", "sgd-co", 3)
+    _run(root, 4, "q1", "hco-r1", 1)
+    _run(root, 4, "q2", "hco-r1", 2)
+    _run(root, 4, "q3", "hco-r1", 3)
+    lines = sn.batch_lines(sn.missing(root)[:2], "x")
+    assert "THEN_SEEDS=2" in lines[0] and lines[0].endswith("la_full_pair3.yaml 1 1 1")
+    assert lines[2].endswith("ablation-then.tar.gz results/la-full/8l/x-then --full-protocol")
+
+
+def test_done_and_errors(root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for p in sn.missing(root):
+        _run(root, p.labeled, "late", p.arm, p.seed)
+    assert sn.main([str(root)]) == 0
+    assert capsys.readouterr().out == "24 of 24 planned runs done; left: none\n"
+    assert sn.main([str(tmp_path / "absent")]) == 1
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'absent'}: no such folder"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert sn.main([str(empty)]) == 1  # the printed pair first: no one-arm file for it
+    assert capsys.readouterr().err.startswith("error: no one-arm file for sgd s1 8l, sgd s2 8l: ")
