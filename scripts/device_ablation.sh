@@ -15,6 +15,7 @@
 #                                         while it runs, the runs already done come back in
 #                                         ablation-partial.tar.gz (and -then-partial), so that a
 #                                         machine taken back mid-batch loses only the unfinished
+#                                         run
 #   device_ablation.sh collect            last-iterate evaluations, then logs/summaries to $OUT
 #                                         (ablation.tar.gz; ablation-then.tar.gz with THEN_*)
 # Staging: the parts of datasets/la in four carry folders of at most ~45 MB each (the repo

@@ -117,7 +117,7 @@ class ReadingRow:
     mean: float
     std: float
     n_better: int
-    p_ttest: float  # one-sided, H1: the reading better; NaN with fewer than 2 seeds
+    p_ttest: float  # one-sided, H1: the reading better
     lower: float  # one-sided 95 % lower bound of the mean difference
 
 
@@ -170,13 +170,18 @@ def _seed(run: Path) -> int:
     return read_run_info(run).seed
 
 
+def _share_a_seed(a: list[Path], b: list[Path]) -> bool:
+    """Whether two arms' runs have a seed in common (else compare_sources' common_seeds has
+    nothing to pair)."""
+    return bool({_seed(r) for r in a} & {_seed(r) for r in b})
+
+
 def _row(labeled: int, arm: str, arms: dict[str, list[Path]], checkpoint: Checkpoint) -> Row:
     """The arm's row; against ``sgd`` over the seeds both have (while a study is under way an
     arm can be a seed ahead or behind), alone where they share none or it is ``sgd``."""
     runs = arms[arm]
     own = ArmSource(name=arm, spec=arm, members=tuple(runs))
-    if arm == REFERENCE or REFERENCE not in arms or not (
-            {_seed(r) for r in runs} & {_seed(r) for r in arms[REFERENCE]}):
+    if arm == REFERENCE or REFERENCE not in arms or not _share_a_seed(runs, arms[REFERENCE]):
         result = compare_sources([own], checkpoint=checkpoint)
         index = 0
     else:
@@ -218,7 +223,7 @@ def reading_rows(runs: dict[int, dict[str, list[Path]]]) -> list[ReadingRow]:
         for arm in _ordered(arms):
             if not arm.startswith("hco-"):
                 continue
-            if not {_seed(r) for r in arms[arm]} & {_seed(r) for r in arms[PRINTED]}:
+            if not _share_a_seed(arms[arm], arms[PRINTED]):
                 continue
             printed = ArmSource(name=PRINTED, spec=PRINTED, members=tuple(arms[PRINTED]))
             reading = ArmSource(name=arm, spec=arm, members=tuple(arms[arm]))
@@ -228,7 +233,7 @@ def reading_rows(runs: dict[int, dict[str, list[Path]]]) -> list[ReadingRow]:
                 cls = result.classes[0]
                 dice = next((d for d in result.seed_differences
                              if d.metric == "dice" and d.class_ == cls), None)
-                if dice is None:  # one run each, not paired by seed: no per-seed row
+                if dice is None:  # fewer than two common seeds: no per-seed differences
                     continue
                 out.append(ReadingRow(
                     labeled, arm, checkpoint, _seed_of(result, 1),
@@ -285,12 +290,11 @@ def _p(value: float) -> str:
 
 
 def _reading_line(r: ReadingRow) -> str:
-    spread = f" ({r.std:.2f})" if math.isfinite(r.std) else ""  # one seed: no sd, no test
-    lower = f"{r.lower:+.2f}" if math.isfinite(r.lower) else "-"
+    """One row of the readings' table (two seeds or more: reading_rows)."""
     return (f"| `{r.arm}` | {CHECKPOINTS[r.checkpoint]} | {len(r.seeds)} | "
             + ", ".join(f"{d:+.2f}" for d in r.delta_dice)
-            + f" | {r.mean:+.2f}{spread} | {r.n_better}/{len(r.delta_dice)} | {_p(r.p_ttest)} "
-            f"| {lower} |")
+            + f" | {r.mean:+.2f} ({r.std:.2f}) | {r.n_better}/{len(r.delta_dice)} | "
+            f"{_p(r.p_ttest)} | {r.lower:+.2f} |")
 
 
 def to_markdown(lines: list[Row], labeled_counts: tuple[int, ...] = LABELED,

@@ -785,35 +785,28 @@ def on_common_seeds(sources: Sequence[ArmSource]) -> tuple[list[ArmSource], dict
     """The sources cut to the runs whose run.json seed every arm has, and per arm the pairing
     keys of the runs left out; one run per seed in each arm (folds of one seed, or a seed run
     twice, cannot be matched by seed alone)."""
-    seeds_of = []
+    keyed = []  # per source: its members' seed -> (pairing key, member)
     for source in sources:
-        keys = _member_keys(source)
-        seeds = []
-        for member in source.members:
+        by_seed: dict[str, tuple[str, Path]] = {}
+        for key, member in zip(_member_keys(source), source.members, strict=True):
             seed = _run_seed(member)
             if seed is None:
                 raise ConfigError(f"--common-seeds matches runs by the seed in their run.json; "
                                   f"{member} has none")
-            seeds.append(seed)
-        by_seed: dict[str, list[str]] = {}
-        for key, seed in zip(keys, seeds, strict=True):
-            by_seed.setdefault(seed, []).append(key)
-        for seed, repeated in by_seed.items():
-            if len(repeated) > 1:
+            if seed in by_seed:
                 raise ConfigError(f"--common-seeds needs one run per seed; arm {source.name!r} "
-                                  f"has {seed} in {', '.join(repeated)}")
-        seeds_of.append(seeds)
-    common = set.intersection(*(set(seeds) for seeds in seeds_of))
+                                  f"has {seed} in {by_seed[seed][0]}, {key}")
+            by_seed[seed] = (key, member)
+        keyed.append(by_seed)
+    common = set.intersection(*(set(by_seed) for by_seed in keyed))
     if not common:
         raise ConfigError("--common-seeds: the arms share no seed")
     cut, left_out = [], {}
-    for source, seeds in zip(sources, seeds_of, strict=True):
-        keys = _member_keys(source)
-        keep = tuple(m for m, seed in zip(source.members, seeds, strict=True) if seed in common)
-        if len(keep) < len(source.members):
-            left_out[source.name] = [k for k, seed in zip(keys, seeds, strict=True)
-                                     if seed not in common]
-        cut.append(replace(source, members=keep))
+    for source, by_seed in zip(sources, keyed, strict=True):
+        if dropped := [key for seed, (key, _) in by_seed.items() if seed not in common]:
+            left_out[source.name] = dropped
+        cut.append(replace(source, members=tuple(
+            member for seed, (_, member) in by_seed.items() if seed in common)))
     return cut, left_out
 
 

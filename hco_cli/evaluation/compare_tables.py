@@ -331,10 +331,10 @@ def _seed_table(result: Comparison, labels: dict[str, str] | None = None) -> Rep
     shown = result.hypothesis == "worse" or result.margins
     h1 = f" ({_h1(result, 'the reference run')})" if shown else ""
     if pairs_are_seeds(result):
-        title, units, paired = "Per-seed", "seeds", "Runs paired by seed ("
+        title, units, opening, closing = "Per-seed", "seeds", "Runs paired by seed (", ")"
         moves = "with the training seed"
     else:
-        title, units, paired = "Per-pair", "pairs", "Runs paired by "
+        title, units, opening, closing = "Per-pair", "pairs", "Runs paired by ", ""
         moves = ("from one pair of runs to the next (here not seeds: runs of one seed, such as "
                  "the folds of a grid, whose differences share that seed)")
     table = ReportTable(
@@ -342,9 +342,9 @@ def _seed_table(result: Comparison, labels: dict[str, str] | None = None) -> Rep
         "cases minus the reference run's)",
         columns=["Arm", "Class", "Metric", *keys, "Mean (sd)", "Better", f"p t-test ({units})",
                  "Detectable (80%)", "95% bounds"],
-        caption=f"{paired}the part of their path the arm's glob matched, then "
+        caption=f"{opening}the part of their path the arm's glob matched, then "
         "run.json's seed for the runs left, else, for a seed in several runs, what the "
-        f"wildcards matched{')' if paired.endswith('(') else ''}; "
+        f"wildcards matched{closing}; "
         f"Dice/Jaccard in % points. Better: {units} where the arm is better. "
         f"p: {_sided(result)} paired t-test over the {units}{h1}, which, unlike the per-case "
         f"tests, sees how much a result moves {moves}. Detectable (80%): the "
@@ -396,15 +396,18 @@ def comparison_tables(result: Comparison, *, compact: bool = False,
     return [*tables, _details_table(result, labels), *seeds]
 
 
+def left_out_note(arm: str, keys: Sequence[str]) -> str:
+    """What ``--common-seeds`` left out of an arm (here and under ``--dynamics``)."""
+    return f"--common-seeds: {arm}: left out {', '.join(keys)} (a seed not in every arm)"
+
+
 def comparison_notes(result: Comparison) -> list[str]:
     """Short remarks to print under the tables (test-set selection, --intersect drops)."""
     notes = []
     if result.checkpoint == "best-test":
         notes.append("best-test: each run's weights chosen on these test cases (the reference "
                      "code's selection), an optimistic figure, not a held-out result")
-    for name, keys in result.left_out.items():
-        notes.append(f"--common-seeds: {name}: left out {', '.join(keys)} (a seed not in every "
-                     "arm)")
+    notes += [left_out_note(name, keys) for name, keys in result.left_out.items()]
     dropped = {k: v for k, v in result.dropped_cases.items() if v}
     if dropped:
         detail = ", ".join(f"{k}: {v}" for k, v in dropped.items())

@@ -35,6 +35,7 @@ from hco_cli.evaluation.compare_tables import (
     clean_record,
     fmt,
     labelled_tables,
+    left_out_note,
     write_markdown,
     write_records,
 )
@@ -263,8 +264,8 @@ def _summary_table(result: Dynamics, labels: dict[str, str]) -> ReportTable:
         ],
         caption="Mean ratio: mean of an arm's per-epoch means. Diff, rel. diff and the count of "
         "epochs where the arm is higher use the epochs both arms have."
-        + "".join(f" --common-seeds: {labels[name]}: left out {', '.join(keys)} (a seed not in "
-                  "every arm)." for name, keys in result.left_out.items()),
+        + "".join(f" {left_out_note(labels[name], keys)}."
+                  for name, keys in result.left_out.items()),
     )
     vs: list[DynamicsSummary | None] = [None, *result.summaries]
     for arm, s in zip(result.arms, vs, strict=True):
