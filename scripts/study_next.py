@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Issue 15's next GPU batch, from the runs committed under ``results/la-full``.
 
-    python3 scripts/study_next.py [ROOT] [--runs N] [--session NAME]
+    python3 scripts/study_next.py [ROOT] [--runs N] [--budget S] [--session NAME]
 
 The study's plan is :data:`PLAN`: every (labeled count, arm, seed) the issue and the screening
 ablation's rule call for, in the order the batches run (DEVELOPERS.md gives the reasons). This
@@ -9,7 +9,8 @@ script finds the planned runs that no committed run folder holds yet (a run fold
 ``run.json`` gives its arm, seed and labeled count), takes the first ``N`` (two fit a one-GPU
 session: about 11 minutes each), and prints the ``device_ablation.sh start`` line that runs
 them one after the other (the second through ``THEN_*``), then the ``collect_round.py`` lines
-that commit what comes back. It prints nothing to run once the plan is done.
+that commit what comes back (``--budget``: no more runs than the session's device time
+left holds). It prints nothing to run once the plan is done.
 """
 
 from __future__ import annotations
@@ -31,6 +32,16 @@ ORDER = ((8, "sgd"), (8, "sgd-hco"), (4, "sgd"), (4, "sgd-hco"), (8, "sgd-co"), 
          (4, "hco-r1"), (8, "hco-r3"))
 PLAN = tuple((labeled, arm, seed) for labeled, arm in ORDER for seed in SEEDS)
 SETTINGS = "COMPILE=reduce-overhead DETERMINISTIC=1 SHARE_PRETRAINING=0 LCC_CHECK=0"
+# Device seconds, from the sessions' notes (one H200): the six staging calls and the start
+# (135-232 s held), one full-protocol run with its last-iterate and test-selected scoring
+# (10.0-11.1 min, rounded up), and the collecting call's margin. `--budget` sizes a batch with
+# them, so that a session that lost time to refused calls starts only what it can bring back.
+STAGING_S, RUN_S, COLLECT_S = 240, 680, 60
+
+
+def runs_that_fit(budget_s: float) -> int:
+    """How many chained runs (0, 1 or 2) finish and come back within ``budget_s``."""
+    return max(0, min(2, int((budget_s - STAGING_S - COLLECT_S) // RUN_S)))
 
 
 @dataclass(frozen=True)
@@ -87,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("root", nargs="?", type=Path, default=Path("results/la-full"))
     parser.add_argument("--runs", type=int, default=2, choices=(1, 2),
                         help="runs in the batch (two fit a one-GPU session)")
+    parser.add_argument("--budget", type=float, default=None, metavar="SECONDS",
+                        help="device time left (the status tool's budget_left_s) before "
+                             "staging: the batch shrinks to the runs that fit it")
     parser.add_argument("--session", default="<session>",
                         help="the session's folder name under <L>l/ (e.g. 2026-12-04)")
     args = parser.parse_args(argv)
@@ -96,9 +110,16 @@ def main(argv: list[str] | None = None) -> int:
     todo = missing(args.root)
     print(f"{len(PLAN) - len(todo)} of {len(PLAN)} planned runs done; left: "
           + (", ".join(map(str, todo)) or "none"))
+    runs = args.runs
+    if todo and args.budget is not None:
+        runs = min(runs, runs_that_fit(args.budget))
+        if runs == 0:
+            print(f"{args.budget:.0f} s of device time do not hold the staging and one run "
+                  f"(~{STAGING_S + RUN_S + COLLECT_S} s): nothing to start this session")
+            return 0
     if todo:
         try:
-            print("\n".join(batch_lines(todo[:args.runs], args.session)))
+            print("\n".join(batch_lines(todo[:runs], args.session)))
         except ValueError as err:
             print(f"error: {err}", file=sys.stderr)
             return 1

@@ -82,3 +82,21 @@ def test_done_and_errors(root: Path, tmp_path: Path, capsys: pytest.CaptureFixtu
     empty.mkdir()
     assert sn.main([str(empty)]) == 1  # the printed pair first: no one-arm file for it
     assert capsys.readouterr().err.startswith("error: no one-arm file for sgd s1 8l, sgd s2 8l: ")
+
+
+def test_the_budget_shrinks_the_batch_to_what_comes_back(root: Path,
+                                                          capsys: pytest.CaptureFixture[str]
+                                                          ) -> None:
+    two = sn.STAGING_S + 2 * sn.RUN_S + sn.COLLECT_S
+    assert [sn.runs_that_fit(s) for s in (two, two - 1, two - sn.RUN_S, two - sn.RUN_S - 1)] \
+        == [2, 1, 1, 0]
+    assert sn.runs_that_fit(10_000) == 2
+    assert sn.main([str(root), "--budget", "1304"]) == 0  # one run: no THEN_*, one collect line
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and "THEN_" not in lines[1]
+    assert lines[1].endswith("la_full_co.yaml 3 1 1")
+    assert sn.main([str(root), "--budget", "900", "--runs", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == ("900 s of device time do not hold the staging and one run (~980 s): "
+                        "nothing to start this session")
+    assert len(lines) == 2
