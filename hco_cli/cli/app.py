@@ -6,13 +6,14 @@ import atexit
 import contextlib
 import gc
 import os
+import signal
 import sys
 import threading
 from typing import Annotated
 
 import typer
 
-from hco_cli import __version__
+from hco_cli import __version__, processes
 from hco_cli.cli import common
 
 app = typer.Typer(
@@ -50,6 +51,9 @@ def root(
 ) -> None:
     """hco command-line interface."""
     common.set_debug(debug)
+    # A command hco sweep started stops (SIGINT: at its next iteration, with a checkpoint) when
+    # the sweep dies without a word; Linux's kernel does it already, this covers the rest.
+    processes.stop_with_parent_from_env(signal.SIGINT, prctl=processes.libc_prctl())
 
 
 # Subcommands: one module each, registered here (keep this block sorted by pipeline stage).

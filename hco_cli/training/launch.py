@@ -30,7 +30,7 @@ from typing import Any
 from hco_cli import errors
 from hco_cli.config import TrainConfig, validate_config
 from hco_cli.errors import HcoError
-from hco_cli.processes import libc_prctl, signal_on_parent_death
+from hco_cli.processes import libc_prctl, stop_with_parent
 from hco_cli.training.distributed import SAME_STREAMS_ENV
 from hco_cli.training.events import ProgressCallback, ProgressEvent, RunResult
 from hco_cli.training.interrupt import SharedFlag, StopRequest, agreement_notice
@@ -163,7 +163,7 @@ def _worker(rank: int, world: int, port: int, job: _Job, channel: Any,
     for signum in (signal.SIGINT, signal.SIGTERM):  # the launcher's to handle
         signal.signal(signum, signal.SIG_IGN)
     if job.parent is not None:
-        signal_on_parent_death(signal.SIGKILL, parent=job.parent, prctl=libc_prctl())
+        stop_with_parent(signal.SIGKILL, parent=job.parent, prctl=libc_prctl())
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
     if job.same_streams:

@@ -25,7 +25,7 @@ from typing import Literal, Protocol
 from hco_cli.errors import ConfigError, HcoError
 from hco_cli.inference.predict import PredictOptions, predict
 from hco_cli.io_utils import write_text
-from hco_cli.processes import libc_prctl, signal_on_parent_death
+from hco_cli.processes import PARENT_ENV, libc_prctl, signal_on_parent_death
 from hco_cli.runs.layout import RunFolder
 from hco_cli.training.entry import resume, train
 from hco_cli.training.presets import build_config
@@ -348,7 +348,8 @@ class SubprocessLauncher:
         log = log_path(self.options.out, run)
         log.parent.mkdir(parents=True, exist_ok=True)
         device = self.devices[index % self.options.gpus]
-        env = {**os.environ, "CUDA_VISIBLE_DEVICES": device}
+        # PARENT_ENV: where the kernel has no death signal, the run watches this process
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": device, PARENT_ENV: str(os.getpid())}
         end = started(run, self.options, executor="local", log=log)
 
         def exited(code: int, stopped: bool) -> None:
@@ -371,7 +372,8 @@ def _child_setup(parent: int, prctl: Callable[..., int] | None) -> Callable[[], 
     - on Linux, SIGINT when the sweep dies however it dies (``kill -9``, the OOM killer), so
       that a run does not train on unwatched but stops at its next iteration with a checkpoint
       there, as on Ctrl-C (``PR_SET_PDEATHSIG``; the sweep starts runs from its main thread,
-      whose end is the process's)."""
+      whose end is the process's). Elsewhere the run's ``hco`` command does the same from a
+      thread once it starts (:data:`~hco_cli.processes.PARENT_ENV` in its environment)."""
     def setup() -> None:
         os.setpgid(0, 0)
         signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +13,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from hco_cli import __version__
+from hco_cli import __version__, processes
 from hco_cli.cli import evaluate as evaluate_cli
 from hco_cli.cli import plan as plan_cli
 from hco_cli.cli.app import app
@@ -112,3 +114,18 @@ def test_exit_with_torch_loaded_joins_threads_runs_atexit_and_keeps_the_status(
     assert bad.stderr.strip().splitlines() == [
         f"error: {tmp_path / 'missing-run'} does not exist (expected a run folder or a .pt "
         "checkpoint)"]
+
+
+def test_a_command_watches_the_parent_a_sweep_names(monkeypatch: pytest.MonkeyPatch,
+                                                    tmp_path: Path) -> None:
+    """Every hco command reads PARENT_ENV once (hco sweep sets it for its runs) and asks to be
+    interrupted when that process dies; without it, nothing is asked."""
+    asked: list[tuple[int, str | None]] = []
+
+    def record(sig: int, *, prctl: object) -> None:
+        asked.append((sig, os.environ.pop(processes.PARENT_ENV, None)))
+
+    monkeypatch.setattr(processes, "stop_with_parent_from_env", record)
+    monkeypatch.setenv(processes.PARENT_ENV, "4242")
+    assert runner.invoke(app, ["evaluate", str(tmp_path), str(tmp_path)]).exit_code != 0
+    assert asked == [(signal.SIGINT, "4242")]

@@ -22,10 +22,12 @@ import yaml
 from hco_cli.cli.sweep import _terminate_as_interrupt
 from hco_cli.data.prepare import prepare_synthetic
 from hco_cli.errors import ConfigError, DataError, HcoError
+from hco_cli.processes import PARENT_ENV
 from hco_cli.training.entry import train
 from hco_cli.training.events import ProgressEvent
 from hco_cli.workflows.sweep import (
     Arm,
+    SubprocessLauncher,
     SweepOptions,
     SweepRun,
     _Chain,
@@ -645,3 +647,17 @@ def test_sweep_turns_sigterm_and_sighup_into_ctrl_c_inside_its_block(signum):
         os.kill(os.getpid(), signum)
         time.sleep(5)  # the handler raises before this ends
     assert signal.getsignal(signum) is before
+
+
+def test_each_run_is_told_the_sweeps_pid(config, tmp_path, monkeypatch):
+    """A run's environment names the sweep (PARENT_ENV), so that where the kernel has no
+    death signal the run's hco command still stops when the sweep dies; its GPU is set too."""
+    options = SweepOptions(config=config, optimizers=["sgd"], seeds=[7], folds=["L0U0"],
+                           out=tmp_path / "sw")
+    [run] = plan_sweep(options)
+    envs = []
+    monkeypatch.setattr("hco_cli.workflows.sweep._Chain",
+                        lambda commands, *, env, log, on_exit: envs.append(env))
+    SubprocessLauncher(options)(run, 0)
+    assert envs[0][PARENT_ENV] == str(os.getpid())
+    assert envs[0]["CUDA_VISIBLE_DEVICES"] == (os.environ.get("CUDA_VISIBLE_DEVICES") or "0")
