@@ -32,8 +32,8 @@ ORDER = ((8, "sgd"), (8, "sgd-hco"), (4, "sgd"), (4, "sgd-hco"), (8, "sgd-co"), 
          (4, "hco-r1"), (8, "hco-r3"))
 PLAN = tuple((labeled, arm, seed) for labeled, arm in ORDER for seed in SEEDS)
 SETTINGS = "COMPILE=reduce-overhead DETERMINISTIC=1 SHARE_PRETRAINING=0 LCC_CHECK=0"
-# Device seconds, from the sessions' notes (one H200): the six staging calls and the start
-# (135-232 s held), one full-protocol run with its last-iterate and test-selected scoring
+# Device seconds, from the sessions' notes (one H200): the six to eight staging calls and the
+# start (135-232 s held), one full-protocol run with its last-iterate and test-selected scoring
 # (10.0-11.1 min, rounded up), and the collecting call's margin. `--budget` sizes a batch with
 # them, so that a session that lost time to refused calls starts only what it can bring back.
 STAGING_S, RUN_S, COLLECT_S = 240, 680, 60
