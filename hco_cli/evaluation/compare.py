@@ -39,8 +39,10 @@ from hco_cli.errors import CheckpointError, ConfigError, DataError
 from hco_cli.evaluation import stats
 from hco_cli.evaluation.saved_results import (
     SCORING_KEYS,
+    OptimizerSettings,
     RunInfo,
     Summary,
+    read_optimizer_settings,
     read_run_info,
     read_summary,
 )
@@ -69,7 +71,7 @@ class Arm:
     """One arm's per-case metrics, already averaged over the runs of its group."""
 
     name: str
-    optimizer: str
+    optimizer: str  # the Optimizer column: optimizer_label of ``settings``
     labeled_unlabeled: str
     n_runs: int
     spacing_unit: str
@@ -94,6 +96,8 @@ class Arm:
     # Pairing key -> the digests of the dataset preparation the run trained on (run.json's
     # dataset_identity; keys of runs that record none are absent).
     preparations: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
+    # Its runs' optimizer settings (config.yaml), one per run with a run.json.
+    settings: tuple[OptimizerSettings, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -412,11 +416,18 @@ def align_cases(
     return tuple(sorted(common)), {label: len(c - common) for label, c in sets.items()}
 
 
-def _describe(runs: list[RunInfo]) -> tuple[str, str]:
-    """Optimizer and L/U labels for the table ('-' when no run.json is known)."""
-    optimizers = sorted({r.optimizer for r in runs})
-    splits = sorted({f"{r.labeled}/{r.unlabeled}" for r in runs})
-    return "/".join(optimizers) or "-", ", ".join(splits) or "-"
+def optimizer_label(settings: Sequence[OptimizerSettings], *, with_lr: bool = False) -> str:
+    """The Optimizer column of an arm: each distinct setting of its runs, '/'-joined ('-' when
+    no run.json is known)."""
+    return "/".join(sorted({s.label(with_lr=with_lr) for s in settings})) or "-"
+
+
+def _labelled_learning_rates(arms: Sequence[Arm]) -> None:
+    """Name the learning rate in every arm's Optimizer label where the runs compared were not
+    all trained at one (an equal-step control is the plain optimizer at another rate)."""
+    if len({s.lr for arm in arms for s in arm.settings}) > 1:
+        for arm in arms:
+            arm.optimizer = optimizer_label(arm.settings, with_lr=True)
 
 
 def _member_keys(source: ArmSource) -> list[str]:
@@ -506,11 +517,13 @@ def load_arm(source: ArmSource, *, checkpoint: Checkpoint = "best", intersect: b
                 values[(cls, metric)] = np.nanmean(stack, axis=0)
             for key, row in zip(keys, stack, strict=True):
                 members[key][(cls, metric)] = row
-    optimizer, lu = _describe([r for _, r in loaded if r is not None])
+    runs = [r for _, r in loaded if r is not None]
+    settings = tuple(read_optimizer_settings(r) for r in runs)
     return Arm(
         name=source.name,
-        optimizer=optimizer,
-        labeled_unlabeled=lu,
+        optimizer=optimizer_label(settings),
+        labeled_unlabeled=", ".join(sorted({f"{r.labeled}/{r.unlabeled}" for r in runs})) or "-",
+        settings=settings,
         n_runs=len(loaded),
         spacing_unit=unit,
         classes=classes,
@@ -839,6 +852,7 @@ def compare_sources(
     if common_seeds:
         sources, left_out = on_common_seeds(sources)
     arms = [load_arm(s, checkpoint=checkpoint, intersect=intersect) for s in sources]
+    _labelled_learning_rates(arms)
     dropped = pair_arms(arms, intersect=intersect)
     pairings = {arm.name: pairing(arms[0], arm) for arm in arms[1:]}
     test_tuple = tuple(tests)

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from hco_cli.errors import DataError
 from hco_cli.evaluation.metrics import EMPTY_POLICIES
 from hco_cli.runs.layout import RunFolder
@@ -212,6 +214,55 @@ def read_run_info(run_dir: Path) -> RunInfo:
         unlabeled=_integer(data["unlabeled"], f"{path}: unlabeled"),
         dataset_identity=_identity(data.get("dataset_identity"), f"{path}: dataset_identity"),
     )
+
+
+@dataclass(frozen=True)
+class OptimizerSettings:
+    """How a run's optimizer was set (its ``config.yaml``): the name, the learning rate as the
+    config gives it (None: the optimizer's default) and the further options (an HCO reading,
+    a mask setting), each value as the config spells it, so that arms of one optimizer name
+    (the printed SGD-HCO and a reading of it, or an equal-step control at another learning
+    rate) can be told apart in a table."""
+
+    name: str
+    lr: float | None = None
+    options: tuple[tuple[str, str], ...] = ()
+
+    def label(self, *, with_lr: bool = False) -> str:
+        """``sgd-hco (refine_mask=binary)``; ``with_lr``: the learning rate first
+        (``sgd (lr=0.0213)``; ``lr=default`` where the config leaves it to the optimizer)."""
+        lr = [f"lr={'default' if self.lr is None else f'{self.lr:g}'}"] if with_lr else []
+        parts = lr + [f"{k}={v}" for k, v in self.options]
+        return f"{self.name} ({', '.join(parts)})" if parts else self.name
+
+
+def _option_text(value: Any) -> str:
+    """An option's value as YAML writes it (``true``, ``binary``, ``0.5``)."""
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+def read_optimizer_settings(run: RunInfo) -> OptimizerSettings:
+    """The optimizer settings of ``run`` from its folder's ``config.yaml``; the name alone
+    where the folder keeps no config."""
+    path = RunFolder(run.path).config
+    if not path.is_file():
+        return OptimizerSettings(run.optimizer)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise DataError(f"{path}: not a readable run config ({exc.__class__.__name__})") from None
+    section = data.get("optimizer") if isinstance(data, dict) else None
+    if not isinstance(section, dict) or section.get("name") != run.optimizer:
+        raise DataError(f"{path}: its optimizer section does not name {run.optimizer!r}, the "
+                        "optimizer of the run.json beside it")
+    lr = section.get("lr")
+    options = section.get("options") or {}
+    if not isinstance(options, dict):
+        raise DataError(f"{path}: optimizer.options is not a mapping")
+    return OptimizerSettings(
+        name=run.optimizer,
+        lr=None if lr is None else _number(lr, f"{path}: optimizer.lr", nullable=False),
+        options=tuple(sorted((str(k), _option_text(v)) for k, v in options.items())))
 
 
 def _identity(value: Any, where: str) -> tuple[tuple[str, str], ...] | None:

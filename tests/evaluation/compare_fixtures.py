@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 METRICS = ("dice", "jaccard", "hd95", "asd")
 Values = Mapping[str, Mapping[str, Sequence[float]]]  # class -> metric -> per-case values
@@ -79,8 +80,11 @@ def write_run(
     evals: Mapping[str, tuple[Sequence[str], Values]] | None = None,
     steps: Iterable[dict[str, Any]] | None = None,
     unit: str = "voxel",
+    optimizer_config: Mapping[str, Any] | None = None,
 ) -> Path:
-    """A run folder with run.json, optional eval/<checkpoint>/summary.json and metrics.jsonl."""
+    """A run folder with run.json, optional eval/<checkpoint>/summary.json and metrics.jsonl,
+    and with ``optimizer_config`` a config.yaml whose optimizer section (named ``optimizer``)
+    holds those keys."""
     run = root / name
     run.mkdir(parents=True)
     info = {
@@ -94,6 +98,10 @@ def write_run(
         "iterations": 100,  # an extra key, to be ignored
     }
     (run / "run.json").write_text(json.dumps(info), encoding="utf-8")
+    if optimizer_config is not None:
+        section = {"name": optimizer, **optimizer_config}
+        (run / "config.yaml").write_text(yaml.safe_dump({"seed": seed, "optimizer": section}),
+                                         encoding="utf-8")
     for checkpoint, (cases, values) in (evals or {}).items():
         write_summary(run / "eval" / checkpoint / "summary.json", cases, values, unit=unit)
     if steps is not None:

@@ -236,6 +236,27 @@ def test_summary_inside_a_run_reads_run_json(tmp_path: Path) -> None:
     assert (second.optimizer, second.labeled_unlabeled) == ("-", "-")
 
 
+def test_the_optimizer_column_tells_readings_and_learning_rates_apart(tmp_path: Path) -> None:
+    """The printed SGD-HCO and its reading R1 share a name; their options tell them apart.
+    The learning rate joins the label only where the arms were not trained at one rate (an
+    equal-step control)."""
+    values = {"best": (cases(N), one_class(DICE_A))}
+    write_run(tmp_path, "sgd", evals=values, optimizer_config={"lr": 0.01})
+    write_run(tmp_path, "printed", optimizer="sgd-hco", evals=values,
+              optimizer_config={"lr": 0.01, "options": {}})
+    write_run(tmp_path, "r1", optimizer="sgd-hco", evals=values,
+              optimizer_config={"lr": 0.01, "options": {"refine_mask": "binary"}})
+    write_run(tmp_path, "sgd-x2", evals=values, optimizer_config={"lr": 0.02})
+    arms = {str(tmp_path / n): None for n in ("sgd", "printed", "r1")}
+    result = compare_runs(list(arms))
+    assert [a.optimizer for a in result.arms] == ["sgd", "sgd-hco",
+                                                  "sgd-hco (refine_mask=binary)"]
+    result = compare_runs([*arms, str(tmp_path / "sgd-x2")])
+    assert [a.optimizer for a in result.arms] == [
+        "sgd (lr=0.01)", "sgd-hco (lr=0.01)", "sgd-hco (lr=0.01, refine_mask=binary)",
+        "sgd (lr=0.02)"]
+
+
 def _with(path: Path, **keys: object) -> Path:
     data = json.loads(path.read_text(encoding="utf-8"))
     path.write_text(json.dumps({**data, **keys}), encoding="utf-8")

@@ -12,7 +12,13 @@ from typing import Any
 import pytest
 
 from hco_cli.errors import DataError
-from hco_cli.evaluation.saved_results import read_run_info, read_summary, read_train_steps
+from hco_cli.evaluation.saved_results import (
+    OptimizerSettings,
+    read_optimizer_settings,
+    read_run_info,
+    read_summary,
+    read_train_steps,
+)
 from tests.evaluation.compare_fixtures import cases, one_class, step, summary_dict, write_run
 
 
@@ -70,6 +76,41 @@ def test_run_info_fields_and_errors(tmp_path: Path) -> None:
     (run / "run.json").write_text(json.dumps(data), encoding="utf-8")
     with pytest.raises(DataError, match="labeled: expected an integer"):
         read_run_info(run)
+
+
+def test_optimizer_settings_come_from_the_run_config(tmp_path: Path) -> None:
+    """R3 as the ablation ran it: its options sorted and spelled as YAML spells them; the
+    learning rate as given (None where the config leaves it to the optimizer); the name alone
+    for a run folder without config.yaml."""
+    run = write_run(tmp_path, "r3", optimizer="sgd-hco", optimizer_config={
+        "lr": 0.01, "momentum": 0.9, "options": {"second_term": "increment",
+                                                 "refine_mask": "binary", "double_decay": False}})
+    settings = read_optimizer_settings(read_run_info(run))
+    assert settings == OptimizerSettings(
+        "sgd-hco", 0.01, (("double_decay", "false"), ("refine_mask", "binary"),
+                          ("second_term", "increment")))
+    assert settings.label() == ("sgd-hco (double_decay=false, refine_mask=binary, "
+                                "second_term=increment)")
+    assert settings.label(with_lr=True).startswith("sgd-hco (lr=0.01, double_decay=false")
+    plain = write_run(tmp_path, "sgd", optimizer_config={"lr": None, "options": {}})
+    assert read_optimizer_settings(read_run_info(plain)) == OptimizerSettings("sgd")
+    assert OptimizerSettings("sgd").label(with_lr=True) == "sgd (lr=default)"
+    assert OptimizerSettings("sgd", 0.0213).label(with_lr=True) == "sgd (lr=0.0213)"
+    bare = write_run(tmp_path, "bare", optimizer="adamw")
+    assert read_optimizer_settings(read_run_info(bare)) == OptimizerSettings("adamw")
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("optimizer: [", "not a readable run config"),
+    ("optimizer:\n  name: adamw\n", "does not name 'sgd'"),
+    ("optimizer:\n  name: sgd\n  lr: fast\n", "optimizer.lr: expected a number"),
+    ("optimizer:\n  name: sgd\n  options: [1]\n", "optimizer.options is not a mapping"),
+])
+def test_optimizer_settings_errors_name_the_config(tmp_path: Path, text: str, message: str) -> None:
+    run = write_run(tmp_path, "r")
+    (run / "config.yaml").write_text(text, encoding="utf-8")
+    with pytest.raises(DataError, match=message):
+        read_optimizer_settings(read_run_info(run))
 
 
 def test_train_steps_skip_other_phases_and_a_partial_last_line(tmp_path: Path) -> None:
