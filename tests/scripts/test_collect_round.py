@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from hco_cli.evaluation.curves import compare_curves, write_curves
+from hco_cli.evaluation.dynamics import compare_dynamics, write_dynamics
 from tests.evaluation.compare_fixtures import cases, one_class, step, write_run
 from tests.file_modules import ROOT, load_file
 
@@ -174,6 +175,18 @@ def test_committed_all_arm_curves_are_what_the_runs_give(tmp_path: Path,
     assert _regenerated("8l", "-all-arms", "test", tmp_path)
 
 
+def _dynamics_regenerated(labeled: str, suffix: str, tmp_path: Path) -> bool:
+    """Whether results/la-full/curves/<labeled><suffix>-dynamics.json is what the committed
+    runs give, with the options collect_round passes."""
+    specs = dict(cr.study_groups(Path("results/la-full") / labeled))[suffix]
+    out = tmp_path / f"{labeled}{suffix}-dynamics.json"
+    found = compare_dynamics(specs, bin_width=500, common_seeds=cr.DYNAMICS_GROUPS[suffix])
+    write_dynamics(found, json_path=out)
+    committed = ROOT / "results" / "la-full" / "curves" / out.name
+    return json.loads(out.read_text(encoding="utf-8")) == json.loads(
+        committed.read_text(encoding="utf-8"))
+
+
 @pytest.mark.slow  # 10 s: every committed curve file of the study
 def test_every_committed_study_curve_is_what_the_runs_give(tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch
@@ -183,3 +196,5 @@ def test_every_committed_study_curve_is_what_the_runs_give(tmp_path: Path,
         for suffix, _ in cr.study_groups(Path("results/la-full") / labeled):
             for split in ("test", "val"):
                 assert _regenerated(labeled, suffix, split, tmp_path), (labeled, suffix, split)
+            if suffix in cr.DYNAMICS_GROUPS:
+                assert _dynamics_regenerated(labeled, suffix, tmp_path), (labeled, suffix)
