@@ -86,7 +86,13 @@ CommonSeeds = Annotated[bool, _opt(
     "--common-seeds",
     help="Keep only the runs whose run.json seed every arm has (one run per seed), so that the "
          "per-case tests, which average each arm's runs per case (or --dynamics, which pools "
-         "them), compare like with like; the runs left out are named under the tables.")]
+         "them), compare like with like; the runs left out are named under the tables. The "
+         "per-case tests do this by default where the arms pair by seed; this makes it "
+         "required, and applies it to --dynamics.")]
+AllRuns = Annotated[bool, _opt(
+    "--all-runs",
+    help="Per-case tests: average every run of an arm in, those of seeds another arm lacks too "
+         "(by default they are left out where the arms pair by seed).")]
 DynamicsFlag = Annotated[bool, _opt("--dynamics", help="Compare the L_U/L_L loss ratio per epoch "
                          "(RUN/metrics.jsonl, .xz or .gz) instead of test metrics.")]  # fmt: skip
 CurvesFlag = Annotated[bool, _opt("--curves", help="Compare the validation Dice logged over "
@@ -243,7 +249,7 @@ def compare(
     arms: Arms, checkpoint: Checkpoint = None, test: Test = None, zero_method: ZeroMethod = None,
     alternative: Alternative = None, margin: Margin = None, holm: Holm = False,
     holm_over: HolmOver = None,
-    intersect: Intersect = False, common_seeds: CommonSeeds = False,
+    intersect: Intersect = False, common_seeds: CommonSeeds = False, all_runs: AllRuns = False,
     dynamics_mode: DynamicsFlag = False, curves_mode: CurvesFlag = False, split: Split = None,
     bin_width: Bin = None, lowess_frac: Frac = None,
     json_path: Json = None, csv_path: Csv = None, markdown_path: Markdown = None,
@@ -271,7 +277,7 @@ def compare(
     if curves_mode:
         _reject("with --curves", checkpoint=checkpoint or None, test=test,
                 zero_method=zero_method, alternative=alternative, margin=margin or None, holm=holm,
-                holm_over=holm_over, common_seeds=common_seeds,
+                holm_over=holm_over, common_seeds=common_seeds, all_runs=all_runs,
                 intersect=intersect, lowess_frac=lowess_frac)  # fmt: skip
         found = curves.compare_curves(arms, split=split, bin_width=bin_width or 1)
         tables = render(curves.curves_tables(found), curves.curves_tables(found, compact=True),
@@ -282,7 +288,7 @@ def compare(
     elif dynamics_mode:
         _reject("with --dynamics", checkpoint=checkpoint or None, test=test,
                 zero_method=zero_method, alternative=alternative, margin=margin or None, holm=holm,
-                holm_over=holm_over,
+                holm_over=holm_over, all_runs=all_runs,
                 intersect=intersect)  # fmt: skip
         if lowess_frac is not None and plot_path is None:
             raise ConfigError("--lowess-frac needs --plot")
@@ -294,6 +300,9 @@ def compare(
             plots.plot_dynamics(dyn, plot_path, frac=0.3 if lowess_frac is None else lowess_frac)
     else:
         _reject("without --dynamics or --curves", bin=bin_width, lowess_frac=lowess_frac)
+        if common_seeds and all_runs:
+            raise ConfigError("--common-seeds keeps the seeds every arm has, --all-runs every "
+                              "run; give one")
         chosen = (test or TestChoice.both).value
         checkpoints = [c.value for c in checkpoint or [CheckpointChoice.best]]
         if plot_path is not None and len(checkpoints) > 1:
@@ -306,7 +315,7 @@ def compare(
             holm=holm or holm_over is not None,
             holm_family=cast(Any, (holm_over or HolmChoice.metrics).value),
             intersect=intersect,
-            common_seeds=common_seeds,
+            common_seeds=True if common_seeds else (False if all_runs else None),
             hypothesis=cast(Any, (alternative or AlternativeChoice.better).value),
             margins=parse_margins(margin, compare_tables.PERCENT),
         )

@@ -214,9 +214,10 @@ class Comparison:
     hypothesis: stats.Hypothesis = "better"
     margins: dict[str, float] = field(default_factory=dict)  # metric -> margin (its units)
     holm_family: HolmFamily = "metrics"
-    # with common_seeds: arm name -> the pairing keys of the runs left out (a seed not in
-    # every arm)
+    # arm name -> the pairing keys of the runs left out (a seed not in every arm), with
+    # common_seeds, or by default where the seeds pair the arms (left_out_auto)
     left_out: dict[str, list[str]] = field(default_factory=dict)
+    left_out_auto: bool = False
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -823,6 +824,23 @@ def on_common_seeds(sources: Sequence[ArmSource]) -> tuple[list[ArmSource], dict
     return cut, left_out
 
 
+def _seeds_every_arm_has(sources: Sequence[ArmSource], arms: Sequence[Arm]
+                         ) -> tuple[list[ArmSource], dict[str, list[str]]] | None:
+    """The default cut of :func:`compare_sources`: the sources cut to the seeds every arm has
+    (:func:`on_common_seeds`) where the arms pair by run.json seed (no seed in two runs of an
+    arm, no pair of runs whose seeds differ) and some arm has runs no other pairs with (a seed
+    still to run, or one too many); None where that does not hold or nothing would be cut."""
+    pairings = [pairing(arms[0], arm) for arm in arms[1:]]
+    if not any(p.unpaired for p in pairings) or any(p.repeated or p.reseeded
+                                                     for p in pairings):
+        return None
+    try:
+        cut, left_out = on_common_seeds(sources)
+    except ConfigError:  # a run without a seed, or a seed in two runs: nothing to match
+        return None
+    return (cut, left_out) if left_out else None
+
+
 def compare_sources(
     sources: Sequence[ArmSource],
     *,
@@ -834,15 +852,18 @@ def compare_sources(
     intersect: bool = False,
     hypothesis: stats.Hypothesis = "better",
     margins: dict[str, float] | None = None,
-    common_seeds: bool = False,
+    common_seeds: bool | None = None,
 ) -> Comparison:
     """Load, group, pair and test arms already resolved (first = reference; a caller can list
     the runs of an arm itself, e.g. the rounds where an arm ran); ``hypothesis`` is the
     alternative of every test, per case and over seeds; ``margins`` (metric -> margin in the
     metric's stored units: Dice as a fraction) shift its tests as :mod:`stats` describes;
-    ``common_seeds``: every arm keeps only the runs of the seeds all arms have
-    (:func:`on_common_seeds`), so that the per-case tests, which average each arm's runs per
-    case, compare like with like."""
+    ``common_seeds``: True: every arm keeps only the runs of the seeds all arms have
+    (:func:`on_common_seeds`, an error where seeds cannot match them), so that the per-case
+    tests, which average each arm's runs per case, compare like with like; None (default): the
+    same where the arms pair by seed and some runs have no partner
+    (:func:`_seeds_every_arm_has`, ``left_out_auto``), else every run; False: every run, the
+    per-case tests averaging the runs without a partner in (noted)."""
     margins = _checked_margins(checkpoint, tests, hypothesis, margins)
     if checkpoint != "best" and all(_names_no_checkpoint(m) for s in sources for m in s.members):
         raise ConfigError(f"checkpoint {checkpoint!r} applies to run folders and their "
@@ -852,6 +873,10 @@ def compare_sources(
     if common_seeds:
         sources, left_out = on_common_seeds(sources)
     arms = [load_arm(s, checkpoint=checkpoint, intersect=intersect) for s in sources]
+    cut = _seeds_every_arm_has(sources, arms) if common_seeds is None else None
+    if cut is not None:
+        sources, left_out = cut
+        arms = [load_arm(s, checkpoint=checkpoint, intersect=intersect) for s in sources]
     _labelled_learning_rates(arms)
     dropped = pair_arms(arms, intersect=intersect)
     pairings = {arm.name: pairing(arms[0], arm) for arm in arms[1:]}
@@ -873,6 +898,7 @@ def compare_sources(
         hypothesis=hypothesis,
         margins=margins,
         left_out=left_out,
+        left_out_auto=cut is not None,
     )
 
 

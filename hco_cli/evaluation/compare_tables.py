@@ -407,7 +407,12 @@ def comparison_notes(result: Comparison) -> list[str]:
     if result.checkpoint == "best-test":
         notes.append("best-test: each run's weights chosen on these test cases (the reference "
                      "code's selection), an optimistic figure, not a held-out result")
-    notes += [left_out_note(name, keys) for name, keys in result.left_out.items()]
+    if result.left_out_auto:
+        notes += [f"{name}: left out {', '.join(keys)}, a seed not in every arm: the per-case "
+                  "tests compare the seeds all arms have, as the per-seed test pairs them "
+                  "(--all-runs averages every run in)" for name, keys in result.left_out.items()]
+    else:
+        notes += [left_out_note(name, keys) for name, keys in result.left_out.items()]
     dropped = {k: v for k, v in result.dropped_cases.items() if v}
     if dropped:
         detail = ", ".join(f"{k}: {v}" for k, v in dropped.items())

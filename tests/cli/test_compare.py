@@ -212,8 +212,19 @@ def test_common_seeds_from_the_command_line(tmp_path: Path) -> None:
     assert fmt_p(p) in hco_row
     sgd_row = next(line for line in text.splitlines() if line.startswith("│ sgd "))
     assert f"{100 * (DICE_A.mean() + 0.015):.2f}" in sgd_row  # seeds 1-2, not 1-3
-    plain = runner.invoke(app, ["compare", *specs, "--test", "wilcoxon"], env=WIDE)
-    assert "without a partner in hco" in " ".join(plain.stdout.split())
+    # by default the same runs (the arms pair by seed), said as the default's cut
+    default = runner.invoke(app, ["compare", *specs, "--test", "wilcoxon"], env=WIDE)
+    words = " ".join(default.stdout.split())
+    assert "sgd: left out s3, a seed not in every arm: the per-case tests compare" in words
+    assert fmt_p(p) in next(line for line in default.stdout.splitlines()
+                            if line.startswith("│ hco "))
+    every = runner.invoke(app, ["compare", *specs, "--all-runs", "--test", "wilcoxon"], env=WIDE)
+    assert "without a partner in hco" in " ".join(every.stdout.split())
+    sgd_row = next(line for line in every.stdout.splitlines() if line.startswith("│ sgd "))
+    assert f"{100 * (DICE_A.mean() + 0.02):.2f}" in sgd_row  # seeds 1-3
+    both = runner.invoke(app, ["compare", *specs, "--all-runs", "--common-seeds"], env=WIDE)
+    assert "--common-seeds keeps the seeds every arm has, --all-runs every run; give one" in \
+        _error_line(both)
 
 
 def test_a_run_summary_must_be_the_checkpoint_asked_for(tmp_path: Path) -> None:

@@ -419,13 +419,14 @@ def test_a_seed_rerun_in_another_session_still_pairs_by_its_seed(tmp_path: Path)
 
 
 def test_common_seeds_keeps_the_runs_of_the_seeds_every_arm_has(tmp_path: Path) -> None:
-    """sgd has seeds 1-3, hco seeds 1-2 (a study under way): by default the per-case tests
-    average sgd's seed 3 in (with a note); with common_seeds each arm keeps seeds 1-2, so the
-    per-case values are the two seeds' means, and the note names what was left out."""
+    """sgd has seeds 1-3, hco seeds 1-2 (a study under way): with every run (common_seeds
+    False) the per-case tests average sgd's seed 3 in (with a note); with common_seeds each arm
+    keeps seeds 1-2, so the per-case values are the two seeds' means, and the note names what
+    was left out; by default (the arms pair by seed) the same cut, said as the default's."""
     _seeded(tmp_path, "sgd", {"all-s1": 0.0, "all-s2": 0.01, "all-s3": -0.03})
     _seeded(tmp_path, "hco", {"all-s1": 0.02, "all-s2": 0.0}, optimizer="sgd-hco")
     specs = [f"sgd={tmp_path}/sgd/*", f"hco={tmp_path}/hco/*"]
-    mixed = compare_runs(specs)
+    mixed = compare_runs(specs, common_seeds=False)
     (record,) = [r for r in mixed.records if r.metric == "dice"]
     assert record.result.mean_a == pytest.approx(np.mean(DICE_A) - 0.02 / 3)
     assert any("all-s3 without a partner in hco" in n for n in comparison_notes(mixed))
@@ -438,9 +439,28 @@ def test_common_seeds_keeps_the_runs_of_the_seeds_every_arm_has(tmp_path: Path) 
         "--common-seeds: sgd: left out all-s3 (a seed not in every arm)"]
     (dice,) = [d for d in like.seed_differences if d.metric == "dice"]
     assert np.allclose(dice.differences, [0.02, -0.01], atol=1e-12)
+    default = compare_runs(specs)
+    assert default.left_out == {"sgd": ["all-s3"]} and default.left_out_auto
+    assert not like.left_out_auto
+    (record,) = [r for r in default.records if r.metric == "dice"]
+    assert record.result.mean_a == pytest.approx(np.mean(DICE_A) + 0.005)
+    assert comparison_notes(default) == [
+        "sgd: left out all-s3, a seed not in every arm: the per-case tests compare the seeds "
+        "all arms have, as the per-seed test pairs them (--all-runs averages every run in)"]
     # nothing to leave out: the same comparison as without the option
     both = [f"sgd={tmp_path}/sgd/all-s[12]", f"hco={tmp_path}/hco/*"]
     assert compare_runs(both, common_seeds=True).left_out == {}
+    assert compare_runs(both).left_out == {}
+
+
+def test_the_default_keeps_every_run_where_seeds_do_not_pair_the_arms(tmp_path: Path) -> None:
+    """An A/A arm with offset seeds pairs by folder name, one run more than sgd: the default
+    cannot match it by seed, so it keeps every run (noting the one without a partner)."""
+    _seeded(tmp_path, "sgd", {"all-s1": 0.0, "all-s2": 0.01})
+    _seeded(tmp_path, "aa", {"all-s1": 0.01, "all-s2": 0.0, "all-s3": 0.02}, seed_offset=100)
+    result = compare_runs([f"sgd={tmp_path}/sgd/*", f"aa={tmp_path}/aa/*"])
+    assert result.left_out == {} and result.arms[1].n_runs == 3
+    assert any("all-s3 without a partner in sgd" in n for n in comparison_notes(result))
 
 
 def test_common_seeds_refuses_what_seeds_cannot_match(tmp_path: Path) -> None:
