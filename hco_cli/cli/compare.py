@@ -87,12 +87,12 @@ CommonSeeds = Annotated[bool, _opt(
     help="Keep only the runs whose run.json seed every arm has (one run per seed), so that the "
          "per-case tests, which average each arm's runs per case (or --dynamics, which pools "
          "them), compare like with like; the runs left out are named under the tables. The "
-         "per-case tests do this by default where the arms pair by seed; this makes it "
-         "required, and applies it to --dynamics.")]
+         "per-case tests and --dynamics do this by default where seeds pair the arms; this "
+         "makes it required.")]
 AllRuns = Annotated[bool, _opt(
     "--all-runs",
-    help="Per-case tests: average every run of an arm in, those of seeds another arm lacks too "
-         "(by default they are left out where the arms pair by seed).")]
+    help="Per-case tests (--dynamics: its pooling): take every run of an arm, those of seeds "
+         "another arm lacks too (by default they are left out where the arms pair by seed).")]
 DynamicsFlag = Annotated[bool, _opt("--dynamics", help="Compare the L_U/L_L loss ratio per epoch "
                          "(RUN/metrics.jsonl, .xz or .gz) instead of test metrics.")]  # fmt: skip
 CurvesFlag = Annotated[bool, _opt("--curves", help="Compare the validation Dice logged over "
@@ -244,6 +244,15 @@ def _reject(mode: str, **given: object) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} does not apply {mode}")
 
 
+def _seed_choice(common_seeds: bool, all_runs: bool) -> bool | None:
+    """compare_sources' and compare_dynamics' ``common_seeds``: True (--common-seeds), False
+    (--all-runs) or None, the default's cut where seeds pair the arms."""
+    if common_seeds and all_runs:
+        raise ConfigError("--common-seeds keeps the seeds every arm has, --all-runs every run; "
+                          "give one")
+    return True if common_seeds else (False if all_runs else None)
+
+
 @handle_errors
 def compare(
     arms: Arms, checkpoint: Checkpoint = None, test: Test = None, zero_method: ZeroMethod = None,
@@ -288,11 +297,12 @@ def compare(
     elif dynamics_mode:
         _reject("with --dynamics", checkpoint=checkpoint or None, test=test,
                 zero_method=zero_method, alternative=alternative, margin=margin or None, holm=holm,
-                holm_over=holm_over, all_runs=all_runs,
+                holm_over=holm_over,
                 intersect=intersect)  # fmt: skip
         if lowess_frac is not None and plot_path is None:
             raise ConfigError("--lowess-frac needs --plot")
-        dyn = dynamics.compare_dynamics(arms, bin_width=bin_width or 1, common_seeds=common_seeds)
+        dyn = dynamics.compare_dynamics(arms, bin_width=bin_width or 1,
+                                        common_seeds=_seed_choice(common_seeds, all_runs))
         tables = render(dynamics.dynamics_tables(dyn),
                         dynamics.dynamics_tables(dyn, compact=True), console)
         dynamics.write_dynamics(dyn, **outputs)
@@ -300,9 +310,6 @@ def compare(
             plots.plot_dynamics(dyn, plot_path, frac=0.3 if lowess_frac is None else lowess_frac)
     else:
         _reject("without --dynamics or --curves", bin=bin_width, lowess_frac=lowess_frac)
-        if common_seeds and all_runs:
-            raise ConfigError("--common-seeds keeps the seeds every arm has, --all-runs every "
-                              "run; give one")
         chosen = (test or TestChoice.both).value
         checkpoints = [c.value for c in checkpoint or [CheckpointChoice.best]]
         if plot_path is not None and len(checkpoints) > 1:
@@ -315,7 +322,7 @@ def compare(
             holm=holm or holm_over is not None,
             holm_family=cast(Any, (holm_over or HolmChoice.metrics).value),
             intersect=intersect,
-            common_seeds=True if common_seeds else (False if all_runs else None),
+            common_seeds=_seed_choice(common_seeds, all_runs),
             hypothesis=cast(Any, (alternative or AlternativeChoice.better).value),
             margins=parse_margins(margin, compare_tables.PERCENT),
         )

@@ -95,8 +95,10 @@ class Dynamics:
     diffs: dict[tuple[str, EpochKey], tuple[float, float]] = field(default_factory=dict)
     # The optimizer diagnostics of the arms whose runs logged them (hco >= the readings).
     diagnostics: list[ArmDiagnostics] = field(default_factory=list)
-    # with common_seeds: arm name -> the runs left out (a seed not in every arm)
+    # arm name -> the runs left out (a seed not in every arm), with common_seeds, or by
+    # default where every run has a seed of its own and the arms share some (left_out_auto)
     left_out: dict[str, list[str]] = field(default_factory=dict)
+    left_out_auto: bool = False
 
     def epoch_records(self) -> list[dict[str, Any]]:
         """One record per (arm, phase, epoch bin), with the difference to the reference."""
@@ -194,20 +196,31 @@ def _against_reference(
 
 
 def compare_dynamics(specs: Sequence[str], *, bin_width: int = 1,
-                     common_seeds: bool = False) -> Dynamics:
-    """Per-epoch L_U/L_L of each arm and its difference to the first arm; ``common_seeds``:
-    each arm pools only the runs of the seeds every arm has (:func:`on_common_seeds`)."""
+                     common_seeds: bool | None = None) -> Dynamics:
+    """Per-epoch L_U/L_L of each arm and its difference to the first arm; ``common_seeds``
+    True: each arm pools only the runs of the seeds every arm has (:func:`on_common_seeds`, an
+    error where seeds cannot match them); None (default): the same where they can and it
+    leaves something out; False: every run."""
     if bin_width < 1:
         raise ConfigError(f"--bin must be a positive number of epochs, got {bin_width}")
     sources = resolve_arms(specs)
     left_out: dict[str, list[str]] = {}
+    auto = False
     if common_seeds:
         sources, left_out = on_common_seeds(sources)
+    elif common_seeds is None:
+        try:
+            cut, dropped = on_common_seeds(sources)
+        except ConfigError:  # a run without a seed, a seed twice, or no seed shared
+            cut, dropped = sources, {}
+        if dropped:
+            sources, left_out, auto = cut, dropped, True
     steps = {s.name: _arm_steps(s) for s in sources}
     everything = [st for runs in steps.values() for run in runs for st in run]
     offsets = _phase_offsets([st for st in everything if math.isfinite(st.ratio)])
     arms = [_arm_dynamics(n, runs, offsets, bin_width) for n, runs in steps.items()]
-    result = Dynamics(arms=arms, summaries=[], bin_width=bin_width, left_out=left_out)
+    result = Dynamics(arms=arms, summaries=[], bin_width=bin_width, left_out=left_out,
+                      left_out_auto=auto)
     result.summaries = [_against_reference(arms[0], a, result.diffs) for a in arms[1:]]
     found = (arm_diagnostics(name, runs, offsets) for name, runs in steps.items())
     result.diagnostics = [d for d in found if d is not None]
@@ -264,7 +277,9 @@ def _summary_table(result: Dynamics, labels: dict[str, str]) -> ReportTable:
         ],
         caption="Mean ratio: mean of an arm's per-epoch means. Diff, rel. diff and the count of "
         "epochs where the arm is higher use the epochs both arms have."
-        + "".join(f" {left_out_note(labels[name], keys)}."
+        + "".join(f" {labels[name]}: left out {', '.join(keys)}, a seed not in every arm "
+                  "(--all-runs pools every run)." if result.left_out_auto else
+                  f" {left_out_note(labels[name], keys)}."
                   for name, keys in result.left_out.items()),
     )
     vs: list[DynamicsSummary | None] = [None, *result.summaries]

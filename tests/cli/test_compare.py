@@ -290,8 +290,9 @@ def test_dynamics_end_to_end(tmp_path: Path) -> None:
 
 
 def test_dynamics_with_common_seeds_pools_only_the_shared_seeds(tmp_path: Path) -> None:
-    """sgd seeds 1-2 at ratio 1.0 and a seed 3 at 3.0 that hco lacks: pooled, sgd's mean ratio
-    is pulled up; with --common-seeds it is 1.0 and the difference hco's 0.2."""
+    """sgd seeds 1-2 at ratio 1.0 and a seed 3 at 3.0 that hco lacks: pooled (--all-runs),
+    sgd's mean ratio is pulled up; with --common-seeds, and by default, it is 1.0 and the
+    difference hco's 0.2."""
     for seed, level in ((1, 1.0), (2, 1.0), (3, 3.0)):
         write_run(tmp_path / "sgd", f"s{seed}", seed=seed,
                   steps=[step(e, 3 * e + k, level) for e in range(4) for k in range(3)])
@@ -300,9 +301,14 @@ def test_dynamics_with_common_seeds_pools_only_the_shared_seeds(tmp_path: Path) 
                   steps=[step(e, 3 * e + k, 1.2) for e in range(4) for k in range(3)])
     specs = [f"sgd={tmp_path}/sgd/*", f"hco={tmp_path}/hco/*"]
     out = tmp_path / "d.json"
-    pooled = runner.invoke(app, ["compare", "--dynamics", *specs], env=WIDE)
+    pooled = runner.invoke(app, ["compare", "--dynamics", *specs, "--all-runs"], env=WIDE)
     assert pooled.exit_code == 0, pooled.output
     assert "-0.467" in pooled.stdout  # 1.2 against (1 + 1 + 3) / 3
+    default = runner.invoke(app, ["compare", "--dynamics", *specs], env=WIDE)
+    assert default.exit_code == 0, default.output
+    assert "+0.200" in default.stdout
+    assert "sgd: left out s3, a seed not in every arm (--all-runs pools every run)" in \
+        " ".join(default.stdout.split())
     result = runner.invoke(app, ["compare", "--dynamics", *specs, "--common-seeds",
                                  "--json", str(out)], env=WIDE)
     assert result.exit_code == 0, result.output
