@@ -152,8 +152,10 @@ class Pairing:
     what the wildcards matched, where that pairs them. ``repeated``: see
     :func:`_repeated_seeds` (then no pairs). ``unpaired``: where at least two runs pair (so
     that the per-seed test runs), the runs of either arm left without a partner
-    ({arm name: [keys]}): the per-case tests average them in with the paired ones, the per-seed
-    test leaves them out (a glob spanning one round too many, or a seed missing in one arm).
+    ({arm name: [keys]}): the per-case tests average them in with the paired ones (where
+    :func:`compare_sources`' default cut to the seeds every arm has did not apply, or with
+    ``--all-runs``), the per-seed test leaves them out (a glob spanning one round too many, or
+    a seed missing in one arm).
     ``reseeded``: (key, reference seed, arm seed) of the runs a shared key paired although
     their run.json seeds differ (an A/A control's offset seeds; else misnamed folders).
     """
