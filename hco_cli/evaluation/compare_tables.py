@@ -396,9 +396,12 @@ def comparison_tables(result: Comparison, *, compact: bool = False,
     return [*tables, _details_table(result, labels), *seeds]
 
 
-def left_out_note(arm: str, keys: Sequence[str]) -> str:
-    """What ``--common-seeds`` left out of an arm (here and under ``--dynamics``)."""
-    return f"--common-seeds: {arm}: left out {', '.join(keys)} (a seed not in every arm)"
+def left_out_note(arm: str, keys: Sequence[str], *, default: str | None = None) -> str:
+    """What ``--common-seeds`` left out of an arm (here and under ``--dynamics``), or with
+    ``default`` (what the cut means there, and how to undo it) what the default cut did."""
+    if default is None:
+        return f"--common-seeds: {arm}: left out {', '.join(keys)} (a seed not in every arm)"
+    return f"{arm}: left out {', '.join(keys)}, a seed not in every arm{default}"
 
 
 def comparison_notes(result: Comparison) -> list[str]:
@@ -407,12 +410,10 @@ def comparison_notes(result: Comparison) -> list[str]:
     if result.checkpoint == "best-test":
         notes.append("best-test: each run's weights chosen on these test cases (the reference "
                      "code's selection), an optimistic figure, not a held-out result")
-    if result.left_out_auto:
-        notes += [f"{name}: left out {', '.join(keys)}, a seed not in every arm: the per-case "
-                  "tests compare the seeds all arms have, as the per-seed test pairs them "
-                  "(--all-runs averages every run in)" for name, keys in result.left_out.items()]
-    else:
-        notes += [left_out_note(name, keys) for name, keys in result.left_out.items()]
+    default = (": the per-case tests compare the seeds all arms have, as the per-seed test "
+               "pairs them (--all-runs averages every run in)") if result.left_out_auto else None
+    notes += [left_out_note(name, keys, default=default)
+              for name, keys in result.left_out.items()]
     dropped = {k: v for k, v in result.dropped_cases.items() if v}
     if dropped:
         detail = ", ".join(f"{k}: {v}" for k, v in dropped.items())

@@ -263,6 +263,7 @@ def _epoch_table(result: Dynamics, labels: dict[str, str]) -> ReportTable:
 
 def _summary_table(result: Dynamics, labels: dict[str, str]) -> ReportTable:
     first = result.arms[0]
+    default = " (--all-runs pools every run)" if result.left_out_auto else None
     table = ReportTable(
         title=f"Loss-ratio difference vs {labels[first.name]}",
         columns=[
@@ -277,9 +278,7 @@ def _summary_table(result: Dynamics, labels: dict[str, str]) -> ReportTable:
         ],
         caption="Mean ratio: mean of an arm's per-epoch means. Diff, rel. diff and the count of "
         "epochs where the arm is higher use the epochs both arms have."
-        + "".join(f" {labels[name]}: left out {', '.join(keys)}, a seed not in every arm "
-                  "(--all-runs pools every run)." if result.left_out_auto else
-                  f" {left_out_note(labels[name], keys)}."
+        + "".join(f" {left_out_note(labels[name], keys, default=default)}."
                   for name, keys in result.left_out.items()),
     )
     vs: list[DynamicsSummary | None] = [None, *result.summaries]
