@@ -31,8 +31,8 @@ over every session at that number of labeled cases (``results/la-full/curves/``)
 --curves`` on test (with its plot) and on validation, and ``--dynamics``, of ``sgd`` and
 ``sgd-hco`` over all their seeds (``<L>l-*``), once other arms have run, of every arm on
 the seeds that all of them have (``<L>l-all-arms-*``, the dynamics with ``--common-seeds``),
-and, once two or more have, the test and validation curves of each beside the pair on the
-seeds the three share (``<L>l-<arm>-*``).
+and, once two or more have, the curves and dynamics of each beside the pair on the seeds the
+three share (``<L>l-<arm>-*``).
 
 The commands it runs are printed, so that the README can list them as the way to reproduce.
 """
@@ -58,9 +58,9 @@ REFERENCES = ("sgd", "sgd-aa")
 CHECKPOINTS = ("best", "last")
 # The full-protocol study's arms: the printed pair, then the others in the order they ran.
 STUDY_ARMS = ("sgd", "sgd-hco", "sgd-co", "hco-r1", "hco-r3")
-# The study's groups whose step and loss dynamics are written, and whether on the seeds every
-# arm of the group has (--common-seeds): the pair runs its seeds together, all arms need it.
-DYNAMICS_GROUPS = {"": False, "-all-arms": True}
+# The study's group whose dynamics pool every run of its arms: the pair runs its seeds
+# together; every other group (all arms, an arm beside the pair) needs --common-seeds.
+ALL_SEEDS_GROUP = ""
 
 
 class RoundError(Exception):
@@ -164,19 +164,18 @@ def study_groups(labeled: Path) -> list[tuple[str, list[str]]]:
 
 def study_curves(labeled: Path, out: Path) -> None:
     """The full-protocol study's curves at one number of labeled cases (``labeled``:
-    ``results/la-full/<L>l``), written to ``out`` (see the module's docstring). The dynamics,
-    which pool the runs of an arm, are written for the pair and for all arms only, the latter
-    on the seeds every arm has, as its curves are."""
+    ``results/la-full/<L>l``), written to ``out`` (see the module's docstring), each group with
+    its step and loss dynamics, which pool the runs of an arm: the pair's all of them, the other
+    groups' those of the seeds every arm of the group has, as their curves pair."""
     for suffix, specs in study_groups(labeled):
         stem = f"{out / labeled.name}{suffix}"
         for split in ("test", "val"):
             plot = ["--plot", f"{stem}-test.png"] if split == "test" and not suffix else []
             hco(["compare", "--curves", *specs, "--split", split, "--bin", "10",
                  "--markdown", f"{stem}-{split}.md", "--json", f"{stem}-{split}.json", *plot])
-        if suffix in DYNAMICS_GROUPS:
-            seeds = ["--common-seeds"] if DYNAMICS_GROUPS[suffix] else []
-            hco(["compare", "--dynamics", *specs, "--bin", "500", *seeds, "--markdown",
-                 f"{stem}-dynamics.md", "--json", f"{stem}-dynamics.json"])
+        seeds = [] if suffix == ALL_SEEDS_GROUP else ["--common-seeds"]
+        hco(["compare", "--dynamics", *specs, "--bin", "500", *seeds, "--markdown",
+             f"{stem}-dynamics.md", "--json", f"{stem}-dynamics.json"])
 
 
 def pooled(dest: Path, arms: list[str], rounds: list[int]) -> None:

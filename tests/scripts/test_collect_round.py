@@ -181,7 +181,7 @@ def _dynamics_regenerated(labeled: str, suffix: str, tmp_path: Path) -> bool:
     specs = dict(cr.study_groups(Path("results/la-full") / labeled))[suffix]
     out = tmp_path / f"{labeled}{suffix}-dynamics.json"
     found = compare_dynamics(specs, bin_width=500,
-                             common_seeds=True if cr.DYNAMICS_GROUPS[suffix] else None)
+                             common_seeds=None if suffix == cr.ALL_SEEDS_GROUP else True)
     write_dynamics(found, json_path=out)
     committed = ROOT / "results" / "la-full" / "curves" / out.name
     return json.loads(out.read_text(encoding="utf-8")) == json.loads(
@@ -197,5 +197,4 @@ def test_every_committed_study_curve_is_what_the_runs_give(tmp_path: Path,
         for suffix, _ in cr.study_groups(Path("results/la-full") / labeled):
             for split in ("test", "val"):
                 assert _regenerated(labeled, suffix, split, tmp_path), (labeled, suffix, split)
-            if suffix in cr.DYNAMICS_GROUPS:
-                assert _dynamics_regenerated(labeled, suffix, tmp_path), (labeled, suffix)
+            assert _dynamics_regenerated(labeled, suffix, tmp_path), (labeled, suffix)
