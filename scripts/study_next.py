@@ -2,6 +2,7 @@
 """Issue 15's next GPU batch, from the runs committed under ``results/la-full``.
 
     python3 scripts/study_next.py [ROOT] [--runs N] [--budget S] [--session NAME]
+    python3 scripts/study_next.py [ROOT] --list
 
 The study's plan is :data:`PLAN`: every (labeled count, arm, seed) the issue and the screening
 ablation's rule call for, in the order the batches run (DEVELOPERS.md gives the reasons). This
@@ -11,6 +12,10 @@ session: about 11 minutes each), and prints the ``device_ablation.sh start`` lin
 them one after the other (the second through ``THEN_*``), then the ``collect_round.py`` lines
 that commit what comes back (``--budget``: no more runs than the session's device time
 left holds). It prints nothing to run once the plan is done.
+
+``--list`` prints instead every committed run as a markdown table (labeled count, arm, seed,
+unlabeled cases, wall time, device, folder), from the runs' ``run.json``: the run list the
+issue's closing note gives.
 """
 
 from __future__ import annotations
@@ -66,6 +71,46 @@ def done_runs(root: Path) -> set[Planned]:
     return out
 
 
+@dataclass(frozen=True)
+class Committed:
+    """One committed run of the study, as its run.json records it."""
+    planned: Planned
+    unlabeled: int
+    wall_seconds: float
+    device: str
+    folder: Path
+
+
+def committed_runs(root: Path) -> list[Committed]:
+    """Every committed run under ``root``, in the plan's order (by label count as ORDER
+    takes it, then seed; arms outside the plan last), each with its recorded wall time."""
+    out = []
+    for info in root.glob("*l/*/*/*/run.json"):
+        if info.parent.parent.name.startswith("_"):
+            continue
+        record = json.loads(info.read_text(encoding="utf-8"))
+        planned = Planned(int(record["labeled"]), info.parent.parent.name, int(record["seed"]))
+        out.append(Committed(planned, int(record.get("unlabeled", -1)),
+                             float(record.get("wall_seconds", "nan")),
+                             str(record.get("device", "?")), info.parent.relative_to(root)))
+    order = {key: i for i, key in enumerate(ORDER)}
+
+    def key(run: Committed) -> tuple[int, int, str]:
+        return (order.get((run.planned.labeled, run.planned.arm), len(order)),
+                run.planned.seed, str(run.folder))
+    return sorted(out, key=key)
+
+
+def runs_table(runs: list[Committed]) -> str:
+    """The committed runs as a markdown table."""
+    head = ("| labeled | arm | seed | unlabeled | wall (min) | device | folder |\n"
+            "| --- | --- | --- | --- | --- | --- | --- |")
+    return "\n".join([head] + [
+        f"| {r.planned.labeled} | `{r.planned.arm}` | {r.planned.seed} | "
+        f"{r.unlabeled if r.unlabeled >= 0 else '?'} | {r.wall_seconds / 60:.1f} | "
+        f"{r.device} | `{r.folder.as_posix()}` |" for r in runs])
+
+
 def missing(root: Path) -> list[Planned]:
     done = done_runs(root)
     return [p for p in (Planned(*t) for t in PLAN) if p not in done]
@@ -103,10 +148,15 @@ def main(argv: list[str] | None = None) -> int:
                              "staging: the batch shrinks to the runs that fit it")
     parser.add_argument("--session", default="<session>",
                         help="the session's folder name under <L>l/ (e.g. 2026-12-04)")
+    parser.add_argument("--list", action="store_true",
+                        help="print every committed run as a markdown table instead")
     args = parser.parse_args(argv)
     if not args.root.is_dir():
         print(f"error: {args.root}: no such folder", file=sys.stderr)
         return 1
+    if args.list:
+        print(runs_table(committed_runs(args.root)))
+        return 0
     todo = missing(args.root)
     print(f"{len(PLAN) - len(todo)} of {len(PLAN)} planned runs done; left: "
           + (", ".join(map(str, todo)) or "none"))

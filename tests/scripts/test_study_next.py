@@ -100,3 +100,25 @@ def test_the_budget_shrinks_the_batch_to_what_comes_back(root: Path,
     assert lines[1] == ("900 s of device time do not hold the staging and one run (~980 s): "
                         "nothing to start this session")
     assert len(lines) == 2
+
+
+def test_list_prints_every_committed_run_in_the_plans_order(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]
+                                                            ) -> None:
+    """--list: one row per committed run (the closing note's run list), the plan's order, the
+    wall time in minutes from run.json; a pre-training folder is no run."""
+    for labeled, session, arm, seed, wall in ((4, "b", "sgd", 1, 654.0),
+                                              (8, "a", "hco-r1", 2, 600.0),
+                                              (8, "a", "sgd", 2, 636.0)):
+        run = tmp_path / f"{labeled}l" / session / arm / f"all-s{seed}"
+        run.mkdir(parents=True)
+        (run / "run.json").write_text(json.dumps({
+            "labeled": labeled, "seed": seed, "unlabeled": 80 - labeled - 4,
+            "wall_seconds": wall, "device": "cuda (NVIDIA H200)"}), encoding="utf-8")
+    (tmp_path / "8l" / "a" / "_pretrain" / "all-s2").mkdir(parents=True)
+    assert sn.main([str(tmp_path), "--list"]) == 0
+    rows = capsys.readouterr().out.splitlines()[2:]
+    assert rows == [
+        "| 8 | `sgd` | 2 | 68 | 10.6 | cuda (NVIDIA H200) | `8l/a/sgd/all-s2` |",
+        "| 4 | `sgd` | 1 | 72 | 10.9 | cuda (NVIDIA H200) | `4l/b/sgd/all-s1` |",
+        "| 8 | `hco-r1` | 2 | 68 | 10.0 | cuda (NVIDIA H200) | `8l/a/hco-r1/all-s2` |"]
