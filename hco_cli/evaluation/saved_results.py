@@ -20,6 +20,7 @@ import yaml
 
 from hco_cli.errors import DataError
 from hco_cli.evaluation.metrics import EMPTY_POLICIES
+from hco_cli.optim import OPTIMIZER_NAMES, optimizer_info
 from hco_cli.runs.layout import RunFolder
 
 SUMMARY_METRICS: tuple[str, ...] = ("dice", "jaccard", "hd95", "asd")
@@ -218,20 +219,24 @@ def read_run_info(run_dir: Path) -> RunInfo:
 
 @dataclass(frozen=True)
 class OptimizerSettings:
-    """How a run's optimizer was set (its ``config.yaml``): the name, the learning rate as the
-    config gives it (None: the optimizer's default) and the further options (an HCO reading,
-    a mask setting), each value as the config spells it, so that arms of one optimizer name
-    (the printed SGD-HCO and a reading of it, or an equal-step control at another learning
-    rate) can be told apart in a table."""
+    """How a run's optimizer was set (its ``config.yaml``): the name, the learning rate it
+    trained with (the config's, or the optimizer's default where the config leaves it unset:
+    ``lr_default``; None where the folder keeps no config) and the further options (an HCO
+    reading, a mask setting), each value as the config spells it, so that arms of one optimizer
+    name (the printed SGD-HCO and a reading of it, or an equal-step control at another learning
+    rate) can be told apart in a table, and a rate left to the default equals the same rate
+    given."""
 
     name: str
     lr: float | None = None
     options: tuple[tuple[str, str], ...] = ()
+    lr_default: bool = False
 
     def label(self, *, with_lr: bool = False) -> str:
         """``sgd-hco (refine_mask=binary)``; ``with_lr``: the learning rate first
-        (``sgd (lr=0.0213)``; ``lr=default`` where the config leaves it to the optimizer)."""
-        lr = [f"lr={'default' if self.lr is None else f'{self.lr:g}'}"] if with_lr else []
+        (``sgd (lr=0.0213)``, ``sgd (lr=default 0.01)``, ``lr=unknown`` without a config)."""
+        rate = "unknown" if self.lr is None else f"{self.lr:g}"
+        lr = [f"lr={'default ' if self.lr_default else ''}{rate}"] if with_lr else []
         parts = lr + [f"{k}={v}" for k, v in self.options]
         return f"{self.name} ({', '.join(parts)})" if parts else self.name
 
@@ -259,10 +264,15 @@ def read_optimizer_settings(run: RunInfo) -> OptimizerSettings:
     options = section.get("options") or {}
     if not isinstance(options, dict):
         raise DataError(f"{path}: optimizer.options is not a mapping")
+    if lr is None and run.optimizer not in OPTIMIZER_NAMES:
+        raise DataError(f"{path}: optimizer {run.optimizer!r} is not one this version knows, so "
+                        "the default learning rate its config leaves unset is unknown")
     return OptimizerSettings(
         name=run.optimizer,
-        lr=None if lr is None else _number(lr, f"{path}: optimizer.lr", nullable=False),
-        options=tuple(sorted((str(k), _option_text(v)) for k, v in options.items())))
+        lr=(float(optimizer_info(run.optimizer).defaults["lr"]) if lr is None
+            else _number(lr, f"{path}: optimizer.lr", nullable=False)),
+        options=tuple(sorted((str(k), _option_text(v)) for k, v in options.items())),
+        lr_default=lr is None)
 
 
 def _identity(value: Any, where: str) -> tuple[tuple[str, str], ...] | None:

@@ -257,6 +257,20 @@ def test_the_optimizer_column_tells_readings_and_learning_rates_apart(tmp_path: 
         "sgd (lr=0.02)"]
 
 
+def test_a_rate_left_to_the_default_equals_the_same_rate_given(tmp_path: Path) -> None:
+    """An arm whose config leaves lr to SGD's default (0.01) trained at the rate another arm
+    gives explicitly: no rate in the labels; beside a control at another rate, the default is
+    named with its value."""
+    values = {"best": (cases(N), one_class(DICE_A))}
+    write_run(tmp_path, "unset", evals=values, optimizer_config={"lr": None})
+    write_run(tmp_path, "given", evals=values, optimizer_config={"lr": 0.01})
+    write_run(tmp_path, "x2", evals=values, optimizer_config={"lr": 0.02})
+    pair = [str(tmp_path / "unset"), str(tmp_path / "given")]
+    assert [a.optimizer for a in compare_runs(pair).arms] == ["sgd", "sgd"]
+    assert [a.optimizer for a in compare_runs([*pair, str(tmp_path / "x2")]).arms] == [
+        "sgd (lr=default 0.01)", "sgd (lr=0.01)", "sgd (lr=0.02)"]
+
+
 def _with(path: Path, **keys: object) -> Path:
     data = json.loads(path.read_text(encoding="utf-8"))
     path.write_text(json.dumps({**data, **keys}), encoding="utf-8")

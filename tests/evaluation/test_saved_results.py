@@ -93,8 +93,10 @@ def test_optimizer_settings_come_from_the_run_config(tmp_path: Path) -> None:
                                 "second_term=increment)")
     assert settings.label(with_lr=True).startswith("sgd-hco (lr=0.01, double_decay=false")
     plain = write_run(tmp_path, "sgd", optimizer_config={"lr": None, "options": {}})
-    assert read_optimizer_settings(read_run_info(plain)) == OptimizerSettings("sgd")
-    assert OptimizerSettings("sgd").label(with_lr=True) == "sgd (lr=default)"
+    default = read_optimizer_settings(read_run_info(plain))  # the registry's SGD rate
+    assert default == OptimizerSettings("sgd", 0.01, lr_default=True)
+    assert default.label(with_lr=True) == "sgd (lr=default 0.01)"
+    assert OptimizerSettings("sgd").label(with_lr=True) == "sgd (lr=unknown)"
     assert OptimizerSettings("sgd", 0.0213).label(with_lr=True) == "sgd (lr=0.0213)"
     bare = write_run(tmp_path, "bare", optimizer="adamw")
     assert read_optimizer_settings(read_run_info(bare)) == OptimizerSettings("adamw")
