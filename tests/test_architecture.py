@@ -88,6 +88,7 @@ def test_evaluate_compare_prepare_load_no_torch() -> None:
             "import hco_cli.evaluation.evaluate, hco_cli.evaluation.report\n"
             "import hco_cli.evaluation.compare, hco_cli.evaluation.compare_tables\n"
             "import hco_cli.evaluation.dynamics, hco_cli.evaluation.plots\n"
+            "import hco_cli.evaluation.curves, hco_cli.evaluation.saved_results\n"
             "import hco_cli.data.prepare, hco_cli.data.nnunet\n"
             "import hco_cli.workflows.sweep_status\n")
     assert _loaded_after(code) & HEAVY == set()

@@ -20,7 +20,7 @@ import yaml
 
 from hco_cli.errors import DataError
 from hco_cli.evaluation.metrics import EMPTY_POLICIES
-from hco_cli.optim import OPTIMIZER_NAMES, optimizer_info
+from hco_cli.optimizer_defaults import default_lr
 from hco_cli.runs.layout import RunFolder
 
 SUMMARY_METRICS: tuple[str, ...] = ("dice", "jaccard", "hd95", "asd")
@@ -264,13 +264,13 @@ def read_optimizer_settings(run: RunInfo) -> OptimizerSettings:
     options = section.get("options") or {}
     if not isinstance(options, dict):
         raise DataError(f"{path}: optimizer.options is not a mapping")
-    if lr is None and run.optimizer not in OPTIMIZER_NAMES:
+    default = default_lr(run.optimizer)
+    if lr is None and default is None:
         raise DataError(f"{path}: optimizer {run.optimizer!r} is not one this version knows, so "
                         "the default learning rate its config leaves unset is unknown")
     return OptimizerSettings(
         name=run.optimizer,
-        lr=(float(optimizer_info(run.optimizer).defaults["lr"]) if lr is None
-            else _number(lr, f"{path}: optimizer.lr", nullable=False)),
+        lr=default if lr is None else _number(lr, f"{path}: optimizer.lr", nullable=False),
         options=tuple(sorted((str(k), _option_text(v)) for k, v in options.items())),
         lr_default=lr is None)
 

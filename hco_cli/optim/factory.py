@@ -15,16 +15,10 @@ from hco_cli.optim.adam import Adam, AdamW
 from hco_cli.optim.base import TwoSourceOptimizer
 from hco_cli.optim.masks import HyperparameterError
 from hco_cli.optim.sgd import SGD
+from hco_cli.optimizer_defaults import FAMILY_DEFAULTS, VARIANTS
 
 _FAMILY_CLASSES: dict[str, Callable[..., TwoSourceOptimizer]] = {
     "sgd": SGD, "adam": Adam, "adamw": AdamW,
-}
-_FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
-    # BCP-LA: SGD(lr=0.01, momentum=0.9, weight_decay=1e-4), coupled L2, no Nesterov.
-    "sgd": {"lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4},
-    # BCP-Pancreas: Adam(lr=1e-3), no weight decay.
-    "adam": {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0},
-    "adamw": {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 1e-2},
 }
 _VARIANT_TEXT = {
     "plain": "as torch.optim.{cls} on g_L + g_U",
@@ -63,13 +57,13 @@ def _info(family: str, variant: str) -> OptimInfo:
     options += ("unlabeled_scale",)
     torch_cls = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}[family]
     return OptimInfo(name=name, family=family, variant=variant, cls=_FAMILY_CLASSES[family],
-                     defaults=dict(_FAMILY_DEFAULTS[family]),
+                     defaults=dict(FAMILY_DEFAULTS[family]),
                      description=_VARIANT_TEXT[variant].format(cls=torch_cls), options=options)
 
 
 REGISTRY: dict[str, OptimInfo] = {
     info.name: info
-    for info in (_info(f, v) for f in ("sgd", "adam", "adamw") for v in ("plain", "co", "hco"))
+    for info in (_info(f, v) for f in FAMILY_DEFAULTS for v in VARIANTS)
 }
 OPTIMIZER_NAMES: tuple[str, ...] = tuple(REGISTRY)
 

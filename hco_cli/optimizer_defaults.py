@@ -1,0 +1,36 @@
+"""The optimizer families' default hyperparameters, free of torch.
+
+The registry (:mod:`hco_cli.optim`) builds every optimizer with these; ``hco compare`` reads
+from them the learning rate a run trained at where its config left ``lr`` unset, without the
+two seconds that importing torch (through the registry) would add to every comparison.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
+    # BCP-LA: SGD(lr=0.01, momentum=0.9, weight_decay=1e-4), coupled L2, no Nesterov.
+    "sgd": {"lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4},
+    # BCP-Pancreas: Adam(lr=1e-3), no weight decay.
+    "adam": {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0},
+    "adamw": {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 1e-2},
+}
+VARIANTS = ("plain", "co", "hco")
+
+
+def family_and_variant(name: str) -> tuple[str, str] | None:
+    """``("sgd", "hco")`` for ``sgd-hco``, ``("adamw", "plain")`` for ``adamw``; None for a
+    name outside the families and variants."""
+    family, dash, variant = name.partition("-")
+    if family not in FAMILY_DEFAULTS:
+        return None
+    if not dash:
+        return family, "plain"
+    return (family, variant) if variant in VARIANTS and variant != "plain" else None
+
+def default_lr(name: str) -> float | None:
+    """The learning rate optimizer ``name`` trains at when none is given; None where the name
+    is not a registered one."""
+    found = family_and_variant(name)
+    return None if found is None else float(FAMILY_DEFAULTS[found[0]]["lr"])
