@@ -29,6 +29,7 @@ def family_and_variant(name: str) -> tuple[str, str] | None:
         return family, "plain"
     return (family, variant) if variant in VARIANTS and variant != "plain" else None
 
+
 def default_lr(name: str) -> float | None:
     """The learning rate optimizer ``name`` trains at when none is given; None where the name
     is not a registered one."""
