@@ -37,7 +37,7 @@ ORDER = ((8, "sgd"), (8, "sgd-hco"), (4, "sgd"), (4, "sgd-hco"), (8, "sgd-co"), 
          (4, "hco-r1"), (8, "hco-r3"))
 PLAN = tuple((labeled, arm, seed) for labeled, arm in ORDER for seed in SEEDS)
 SETTINGS = "COMPILE=reduce-overhead DETERMINISTIC=1 SHARE_PRETRAINING=0 LCC_CHECK=0"
-# Device seconds, from the sessions' notes (one H200): the six to eight staging calls and the
+# Device seconds, from the sessions' notes (one H200): the six to nine staging calls and the
 # start (135-232 s held), one full-protocol run with its last-iterate and test-selected scoring
 # (10.0-11.1 min, rounded up), and the collecting call's margin. `--budget` sizes a batch with
 # them, so that a session that lost time to refused calls starts only what it can bring back.
@@ -57,18 +57,6 @@ class Planned:
 
     def __str__(self) -> str:
         return f"{self.arm} s{self.seed} {self.labeled}l"
-
-
-def done_runs(root: Path) -> set[Planned]:
-    """Every committed run of the study: ``<L>l/<session>/<arm>/<run>/run.json``."""
-    out = set()
-    for info in root.glob("*l/*/*/*/run.json"):
-        arm = info.parent.parent.name
-        if arm.startswith("_"):
-            continue
-        record = json.loads(info.read_text(encoding="utf-8"))
-        out.add(Planned(int(record["labeled"]), arm, int(record["seed"])))
-    return out
 
 
 @dataclass(frozen=True)
@@ -99,6 +87,11 @@ def committed_runs(root: Path) -> list[Committed]:
         return (order.get((run.planned.labeled, run.planned.arm), len(order)),
                 run.planned.seed, str(run.folder))
     return sorted(out, key=key)
+
+
+def done_runs(root: Path) -> set[Planned]:
+    """Every committed run of the study: ``<L>l/<session>/<arm>/<run>/run.json``."""
+    return {run.planned for run in committed_runs(root)}
 
 
 def runs_table(runs: list[Committed]) -> str:
