@@ -17,21 +17,16 @@ FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
     "adamw": {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 1e-2},
 }
 VARIANTS = ("plain", "co", "hco")
-
-
-def family_and_variant(name: str) -> tuple[str, str] | None:
-    """``("sgd", "hco")`` for ``sgd-hco``, ``("adamw", "plain")`` for ``adamw``; None for a
-    name outside the families and variants."""
-    family, dash, variant = name.partition("-")
-    if family not in FAMILY_DEFAULTS:
-        return None
-    if not dash:
-        return family, "plain"
-    return (family, variant) if variant in VARIANTS and variant != "plain" else None
+# Every registered name -> (family, variant): ``sgd`` is SGD's plain member, ``sgd-hco`` its
+# HCO variant; the registry is built over this table.
+FAMILY_AND_VARIANT: dict[str, tuple[str, str]] = {
+    family if variant == "plain" else f"{family}-{variant}": (family, variant)
+    for family in FAMILY_DEFAULTS for variant in VARIANTS
+}
 
 
 def default_lr(name: str) -> float | None:
     """The learning rate optimizer ``name`` trains at when none is given; None where the name
     is not a registered one."""
-    found = family_and_variant(name)
+    found = FAMILY_AND_VARIANT.get(name)
     return None if found is None else float(FAMILY_DEFAULTS[found[0]]["lr"])

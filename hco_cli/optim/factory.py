@@ -15,7 +15,7 @@ from hco_cli.optim.adam import Adam, AdamW
 from hco_cli.optim.base import TwoSourceOptimizer
 from hco_cli.optim.masks import HyperparameterError
 from hco_cli.optim.sgd import SGD
-from hco_cli.optimizer_defaults import FAMILY_DEFAULTS, VARIANTS
+from hco_cli.optimizer_defaults import FAMILY_AND_VARIANT, FAMILY_DEFAULTS
 
 _FAMILY_CLASSES: dict[str, Callable[..., TwoSourceOptimizer]] = {
     "sgd": SGD, "adam": Adam, "adamw": AdamW,
@@ -45,8 +45,7 @@ class OptimInfo:
         return (*self.defaults, *self.options, "foreach", "flat", "fused")
 
 
-def _info(family: str, variant: str) -> OptimInfo:
-    name = family if variant == "plain" else f"{family}-{variant}"
+def _info(name: str, family: str, variant: str) -> OptimInfo:
     options: tuple[str, ...] = () if variant == "plain" else ("mask_eps", "mask_norm")
     if variant == "hco":
         options += ("refine_mask", "second_term", "persist_refinement")
@@ -63,7 +62,7 @@ def _info(family: str, variant: str) -> OptimInfo:
 
 REGISTRY: dict[str, OptimInfo] = {
     info.name: info
-    for info in (_info(f, v) for f in FAMILY_DEFAULTS for v in VARIANTS)
+    for info in (_info(n, f, v) for n, (f, v) in FAMILY_AND_VARIANT.items())
 }
 OPTIMIZER_NAMES: tuple[str, ...] = tuple(REGISTRY)
 
