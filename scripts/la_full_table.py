@@ -327,7 +327,7 @@ def to_markdown(lines: list[Row], labeled_counts: tuple[int, ...] = LABELED,
                     + f" | | {cells[0]} | {cells[1]} |")
             mine = [r for r in ours if r.arm == arm]
             if not mine:
-                body.append(f"| `{arm}` (hco) | | 0 | not run yet | | | | | | |")
+                body.append(f"| `{arm}` (hco) | | 0 | not run | | | | | | |")
             for r in mine:
                 deltas = ", ".join(f"{d:+.2f}" for d in r.delta_dice)
                 if math.isfinite(r.detectable):
