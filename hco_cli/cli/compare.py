@@ -87,8 +87,8 @@ CommonSeeds = Annotated[bool, _opt(
     help="Keep only the runs whose run.json seed every arm has (one run per seed), so that the "
          "per-case tests, which average each arm's runs per case (or --dynamics, which pools "
          "them), compare like with like; the runs left out are named under the tables. The "
-         "per-case tests and --dynamics do this by default where seeds pair the arms; this "
-         "makes it required.")]
+         "per-case tests and --dynamics do this by default where the arms pair by seed on two "
+         "or more seeds; this makes it required (e.g. for an arm of one seed so far).")]
 AllRuns = Annotated[bool, _opt(
     "--all-runs",
     help="Per-case tests (--dynamics: its pooling): take every run of an arm, those of seeds "

@@ -650,6 +650,13 @@ def _capture_pairs(ref: Arm, arm: Arm) -> list[tuple[str, str, str]]:
     return pairs
 
 
+# The fewest seeds two arms must share to be read as a seed-paired study, where runs of a seed
+# another arm lacks are left out by default (:func:`pairing`'s ``unpaired``, and
+# :func:`default_seed_cut` for the pooled --dynamics): with one shared seed the arms may be one
+# reference run beside a group, and cutting would drop the reference's other seeds unasked.
+PAIRED_STUDY_SEEDS = 2
+
+
 def pairing(ref: Arm, arm: Arm) -> Pairing:
     """Pair the runs of ``arm`` with those of ``ref`` (:class:`Pairing`)."""
     repeated = _repeated_seeds(ref, arm)
@@ -667,7 +674,7 @@ def pairing(ref: Arm, arm: Arm) -> Pairing:
         shared = sorted(set(by_seed_ref) & set(by_seed_arm), key=_seed_number)
         pairs = [(s, by_seed_ref[s], by_seed_arm[s]) for s in shared]
     unpaired: dict[str, list[str]] = {}
-    if len(pairs) >= 2:
+    if len(pairs) >= PAIRED_STUDY_SEEDS:
         for a, paired in ((ref, {r for _, r, _ in pairs}), (arm, {k for _, _, k in pairs})):
             alone = sorted(set(a.members) - paired)
             if alone:
@@ -824,6 +831,20 @@ def on_common_seeds(sources: Sequence[ArmSource]) -> tuple[list[ArmSource], dict
         cut.append(replace(source, members=tuple(
             member for seed, (_, member) in by_seed.items() if seed in common)))
     return cut, left_out
+
+
+def default_seed_cut(sources: Sequence[ArmSource]
+                     ) -> tuple[list[ArmSource], dict[str, list[str]]] | None:
+    """The default cut of the pooled comparisons (--dynamics): :func:`on_common_seeds` where
+    every run has a seed of its own, the arms share :data:`PAIRED_STUDY_SEEDS` or more and
+    some run is left out; None otherwise (every run pooled), as :func:`compare_sources` decides
+    for the per-case tests."""
+    try:
+        cut, left_out = on_common_seeds(sources)
+    except ConfigError:  # a run without a seed, a seed twice, or no seed shared
+        return None
+    shared = len(cut[0].members)
+    return (cut, left_out) if left_out and shared >= PAIRED_STUDY_SEEDS else None
 
 
 def _seeds_every_arm_has(sources: Sequence[ArmSource], arms: Sequence[Arm]

@@ -28,7 +28,12 @@ from typing import Any
 import numpy as np
 
 from hco_cli.errors import ConfigError, DataError
-from hco_cli.evaluation.compare import ArmSource, on_common_seeds, resolve_arms
+from hco_cli.evaluation.compare import (
+    ArmSource,
+    default_seed_cut,
+    on_common_seeds,
+    resolve_arms,
+)
 from hco_cli.evaluation.compare_tables import (
     Cell,
     ReportTable,
@@ -96,7 +101,8 @@ class Dynamics:
     # The optimizer diagnostics of the arms whose runs logged them (hco >= the readings).
     diagnostics: list[ArmDiagnostics] = field(default_factory=list)
     # arm name -> the runs left out (a seed not in every arm), with common_seeds, or by
-    # default where every run has a seed of its own and the arms share some (left_out_auto)
+    # default where every run has a seed of its own and the arms share two or more
+    # (default_seed_cut; left_out_auto)
     left_out: dict[str, list[str]] = field(default_factory=dict)
     left_out_auto: bool = False
 
@@ -199,8 +205,8 @@ def compare_dynamics(specs: Sequence[str], *, bin_width: int = 1,
                      common_seeds: bool | None = None) -> Dynamics:
     """Per-epoch L_U/L_L of each arm and its difference to the first arm; ``common_seeds``
     True: each arm pools only the runs of the seeds every arm has (:func:`on_common_seeds`, an
-    error where seeds cannot match them); None (default): the same where they can and it
-    leaves something out; False: every run."""
+    error where seeds cannot match them); None (default): the same where the arms are a
+    seed-paired study (:func:`default_seed_cut`, the per-case tests' rule); False: every run."""
     if bin_width < 1:
         raise ConfigError(f"--bin must be a positive number of epochs, got {bin_width}")
     sources = resolve_arms(specs)
@@ -208,13 +214,8 @@ def compare_dynamics(specs: Sequence[str], *, bin_width: int = 1,
     auto = False
     if common_seeds:
         sources, left_out = on_common_seeds(sources)
-    elif common_seeds is None:
-        try:
-            cut, dropped = on_common_seeds(sources)
-        except ConfigError:  # a run without a seed, a seed twice, or no seed shared
-            cut, dropped = sources, {}
-        if dropped:
-            sources, left_out, auto = cut, dropped, True
+    elif common_seeds is None and (cut := default_seed_cut(sources)) is not None:
+        (sources, left_out), auto = cut, True
     steps = {s.name: _arm_steps(s) for s in sources}
     everything = [st for runs in steps.values() for run in runs for st in run]
     offsets = _phase_offsets([st for st in everything if math.isfinite(st.ratio)])

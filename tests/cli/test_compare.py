@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -316,6 +317,36 @@ def test_dynamics_with_common_seeds_pools_only_the_shared_seeds(tmp_path: Path) 
     assert data["summary"][0]["mean_diff"] == pytest.approx(0.2)
     assert data["left_out"] == {"sgd": ["s3"]}
     assert "--common-seeds: sgd: left out s3" in " ".join(result.stdout.split())
+
+
+def test_one_shared_seed_pools_every_run_in_both_modes(tmp_path: Path) -> None:
+    """sgd at seeds 1-3, hco at seed 1 only: one shared seed is no seed-paired study, so by
+    default the per-case tests average sgd's three runs and --dynamics pools them (the same
+    rule in both); --common-seeds cuts sgd to seed 1 in both."""
+    for seed, level in ((1, 1.0), (2, 1.0), (3, 3.0)):
+        write_run(tmp_path / "sgd", f"s{seed}", seed=seed,
+                  steps=[step(e, 3 * e + k, level) for e in range(4) for k in range(3)],
+                  evals={"best": (cases(8), one_class(DICE_A + 0.01 * seed))})
+    write_run(tmp_path / "hco", "s1", seed=1, optimizer="sgd-hco",
+              steps=[step(e, 3 * e + k, 1.2) for e in range(4) for k in range(3)],
+              evals={"best": (cases(8), one_class(DICE_B + 0.01))})
+    specs = [f"sgd={tmp_path}/sgd/*", f"hco={tmp_path}/hco/*"]
+
+    def sgd_row(result: Any) -> str:
+        assert result.exit_code == 0, result.output
+        return next(line for line in result.stdout.splitlines() if line.startswith("│ sgd "))
+
+    default = runner.invoke(app, ["compare", *specs, "--test", "wilcoxon"], env=WIDE)
+    assert f"{100 * (DICE_A.mean() + 0.02):.2f}" in sgd_row(default)  # seeds 1-3 averaged
+    common = runner.invoke(app, ["compare", *specs, "--common-seeds", "--test", "wilcoxon"],
+                           env=WIDE)
+    assert f"{100 * (DICE_A.mean() + 0.01):.2f}" in sgd_row(common)  # seed 1 alone
+    pooled = runner.invoke(app, ["compare", "--dynamics", *specs], env=WIDE)
+    assert pooled.exit_code == 0, pooled.output
+    assert "-0.467" in pooled.stdout and "left out" not in pooled.stdout  # 1.2 - 5 / 3
+    cut = runner.invoke(app, ["compare", "--dynamics", *specs, "--common-seeds"], env=WIDE)
+    assert cut.exit_code == 0, cut.output
+    assert "+0.200" in cut.stdout and "sgd: left out s2, s3" in " ".join(cut.stdout.split())
 
 
 def test_curves_end_to_end(tmp_path: Path) -> None:
