@@ -71,7 +71,6 @@ class Arm:
     """One arm's per-case metrics, already averaged over the runs of its group."""
 
     name: str
-    optimizer: str  # the Optimizer column: optimizer_label of ``settings``
     labeled_unlabeled: str
     n_runs: int
     spacing_unit: str
@@ -98,6 +97,13 @@ class Arm:
     preparations: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
     # Its runs' optimizer settings (config.yaml), one per run with a run.json.
     settings: tuple[OptimizerSettings, ...] = ()
+    # Whether the Optimizer column names the learning rate (_labelled_learning_rates).
+    lr_in_label: bool = False
+
+    @property
+    def optimizer(self) -> str:
+        """The Optimizer column: :func:`optimizer_label` of its runs' settings."""
+        return optimizer_label(self.settings, with_lr=self.lr_in_label)
 
 
 @dataclass(frozen=True)
@@ -430,7 +436,7 @@ def _labelled_learning_rates(arms: Sequence[Arm]) -> None:
     all trained at one (an equal-step control is the plain optimizer at another rate)."""
     if len({s.lr for arm in arms for s in arm.settings}) > 1:
         for arm in arms:
-            arm.optimizer = optimizer_label(arm.settings, with_lr=True)
+            arm.lr_in_label = True
 
 
 def _member_keys(source: ArmSource) -> list[str]:
@@ -524,7 +530,6 @@ def load_arm(source: ArmSource, *, checkpoint: Checkpoint = "best", intersect: b
     settings = tuple(read_optimizer_settings(r) for r in runs)
     return Arm(
         name=source.name,
-        optimizer=optimizer_label(settings),
         labeled_unlabeled=", ".join(sorted({f"{r.labeled}/{r.unlabeled}" for r in runs})) or "-",
         settings=settings,
         n_runs=len(loaded),
