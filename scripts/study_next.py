@@ -11,7 +11,10 @@ script finds the planned runs that no committed run folder holds yet (a run fold
 session: about 11 minutes each), and prints the ``device_ablation.sh start`` line that runs
 them one after the other (the second through ``THEN_*``), then the ``collect_round.py`` lines
 that commit what comes back (``--budget``: no more runs than the session's device time
-left holds). It prints nothing to run once the plan is done.
+left holds). It prints nothing to run once the plan and :data:`EXTRA` are done.
+
+Where the plan leaves a batch room (its last run, or none), the batch takes the next run of
+:data:`EXTRA`, beyond the issue's plan.
 
 ``--list`` prints instead every committed run as a markdown table (labeled count, arm, seed,
 unlabeled cases, wall time, device, folder), from the runs' ``run.json``: the run list the
@@ -36,6 +39,11 @@ SEEDS = (1, 2, 3)
 ORDER = ((8, "sgd"), (8, "sgd-hco"), (4, "sgd"), (4, "sgd-hco"), (8, "sgd-co"), (8, "hco-r1"),
          (4, "hco-r1"), (8, "hco-r3"))
 PLAN = tuple((labeled, arm, seed) for labeled, arm in ORDER for seed in SEEDS)
+# Beyond the issue's plan, run where a session has room once the plan is done or its last
+# batch leaves a slot: R3 at 4 labeled (the second reading the screening carried, run at 8
+# labeled only by the plan), then `sgd-co` at 4 labeled (the issue's "if budget allows").
+EXTRA_ORDER = ((4, "hco-r3"), (4, "sgd-co"))
+EXTRA = tuple((labeled, arm, seed) for labeled, arm in EXTRA_ORDER for seed in SEEDS)
 SETTINGS = "COMPILE=reduce-overhead DETERMINISTIC=1 SHARE_PRETRAINING=0 LCC_CHECK=0"
 # Device seconds, from the sessions' notes (one H200): the six to nine staging calls and the
 # start (135-232 s held), one full-protocol run with its last-iterate and test-selected scoring
@@ -81,7 +89,7 @@ def committed_runs(root: Path) -> list[Committed]:
         out.append(Committed(planned, int(record.get("unlabeled", -1)),
                              float(record.get("wall_seconds", "nan")),
                              str(record.get("device", "?")), info.parent.relative_to(root)))
-    order = {key: i for i, key in enumerate(ORDER)}
+    order = {key: i for i, key in enumerate((*ORDER, *EXTRA_ORDER))}
 
     def key(run: Committed) -> tuple[int, int, str]:
         return (order.get((run.planned.labeled, run.planned.arm), len(order)),
@@ -104,9 +112,10 @@ def runs_table(runs: list[Committed]) -> str:
         f"{r.device} | `{r.folder.as_posix()}` |" for r in runs])
 
 
-def missing(root: Path) -> list[Planned]:
+def missing(root: Path, plan: tuple[tuple[int, str, int], ...] = PLAN) -> list[Planned]:
+    """The runs of ``plan`` (:data:`PLAN`, or :data:`EXTRA`) no committed run holds."""
     done = done_runs(root)
-    return [p for p in (Planned(*t) for t in PLAN) if p not in done]
+    return [p for p in (Planned(*t) for t in plan) if p not in done]
 
 
 def batch_lines(runs: list[Planned], session: str) -> list[str]:
@@ -150,9 +159,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         print(runs_table(committed_runs(args.root)))
         return 0
-    todo = missing(args.root)
-    print(f"{len(PLAN) - len(todo)} of {len(PLAN)} planned runs done; left: "
-          + (", ".join(map(str, todo)) or "none"))
+    planned = missing(args.root)
+    extra = missing(args.root, EXTRA)
+    print(f"{len(PLAN) - len(planned)} of {len(PLAN)} planned runs done; left: "
+          + (", ".join(map(str, planned)) or "none"))
+    if extra:
+        print(f"beyond the plan, where a batch has room: {', '.join(map(str, extra))}")
+    todo = planned + extra
     runs = args.runs
     if todo and args.budget is not None:
         runs = min(runs, runs_that_fit(args.budget))

@@ -44,6 +44,8 @@ def test_the_next_batch_chains_a_run_of_the_other_label_count(root: Path,
     assert sn.main([str(root), "--session", "2026-12-04"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("17 of 24 planned runs done; left: sgd-co s3 8l, hco-r1 s1 4l")
+    assert lines.pop(1) == ("beyond the plan, where a batch has room: hco-r3 s1 4l, hco-r3 s2 4l, "
+                            "hco-r3 s3 4l, sgd-co s1 4l, sgd-co s2 4l, sgd-co s3 4l")
     assert lines[1] == (
         "CONFIG=sample_configs/la_bcp_study1.yaml THEN_CONFIG=sample_configs/la_bcp_study1_4l.yaml"
         " THEN_ARMS=sample_configs/arms/la_full_r1.yaml THEN_SEEDS=1 COMPILE=reduce-overhead"
@@ -74,6 +76,13 @@ def test_two_runs_of_one_label_count_go_to_separate_folders(root: Path) -> None:
 def test_done_and_errors(root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for p in sn.missing(root):
         _run(root, p.labeled, "late", p.arm, p.seed)
+    assert sn.main([str(root), "--session", "x"]) == 0  # the plan done: beyond it, R3 at 4
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "24 of 24 planned runs done; left: none"
+    assert lines[2].endswith("la_full_pair3.yaml 1 1 1") and "THEN_SEEDS=2" in lines[2]
+    assert lines[2].startswith("CONFIG=sample_configs/la_bcp_study1_4l.yaml ")
+    for p in sn.missing(root, sn.EXTRA):
+        _run(root, p.labeled, "later", p.arm, p.seed)
     assert sn.main([str(root)]) == 0
     assert capsys.readouterr().out == "24 of 24 planned runs done; left: none\n"
     assert sn.main([str(tmp_path / "absent")]) == 1
@@ -93,13 +102,13 @@ def test_the_budget_shrinks_the_batch_to_what_comes_back(root: Path,
     assert sn.runs_that_fit(10_000) == 2
     assert sn.main([str(root), "--budget", "1304"]) == 0  # one run: no THEN_*, one collect line
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 3 and "THEN_" not in lines[1]
-    assert lines[1].endswith("la_full_co.yaml 3 1 1")
+    assert len(lines) == 4 and "THEN_" not in lines[2]
+    assert lines[2].endswith("la_full_co.yaml 3 1 1")
     assert sn.main([str(root), "--budget", "900", "--runs", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[1] == ("900 s of device time do not hold the staging and one run (~980 s): "
+    assert lines[2] == ("900 s of device time do not hold the staging and one run (~980 s): "
                         "nothing to start this session")
-    assert len(lines) == 2
+    assert len(lines) == 3
 
 
 def test_list_prints_every_committed_run_in_the_plans_order(tmp_path: Path,
