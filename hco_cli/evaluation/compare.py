@@ -855,18 +855,14 @@ def default_seed_cut(sources: Sequence[ArmSource]
 def _seeds_every_arm_has(sources: Sequence[ArmSource], arms: Sequence[Arm]
                          ) -> tuple[list[ArmSource], dict[str, list[str]]] | None:
     """The default cut of :func:`compare_sources`: the sources cut to the seeds every arm has
-    (:func:`on_common_seeds`) where the arms pair by run.json seed (no seed in two runs of an
+    (:func:`default_seed_cut`) where the arms pair by run.json seed (no seed in two runs of an
     arm, no pair of runs whose seeds differ) and some arm has runs no other pairs with (a seed
     still to run, or one too many); None where that does not hold or nothing would be cut."""
     pairings = [pairing(arms[0], arm) for arm in arms[1:]]
     if not any(p.unpaired for p in pairings) or any(p.repeated or p.reseeded
                                                      for p in pairings):
         return None
-    try:
-        cut, left_out = on_common_seeds(sources)
-    except ConfigError:  # a run without a seed, or a seed in two runs: nothing to match
-        return None
-    return (cut, left_out) if left_out else None
+    return default_seed_cut(sources)
 
 
 def compare_sources(
