@@ -45,11 +45,11 @@ PLAN = tuple((labeled, arm, seed) for labeled, arm in ORDER for seed in SEEDS)
 EXTRA_ORDER = ((4, "hco-r3"), (4, "sgd-co"))
 EXTRA = tuple((labeled, arm, seed) for labeled, arm in EXTRA_ORDER for seed in SEEDS)
 SETTINGS = "COMPILE=reduce-overhead DETERMINISTIC=1 SHARE_PRETRAINING=0 LCC_CHECK=0"
-# Device seconds, from the sessions' notes (one H200): the six to nine staging calls and the
+# Device seconds, from the sessions' notes (one H200): the six to ten staging calls and the
 # start (135-232 s held), one full-protocol run with its last-iterate and test-selected scoring
-# (10.0-11.1 min, rounded up), and the collecting call's margin. `--budget` sizes a batch with
+# (10.0-11.2 min, rounded up), and the collecting call's margin. `--budget` sizes a batch with
 # them, so that a session that lost time to refused calls starts only what it can bring back.
-STAGING_S, RUN_S, COLLECT_S = 240, 680, 60
+STAGING_S, RUN_S, COLLECT_S = 240, 700, 60
 
 
 def runs_that_fit(budget_s: float) -> int:

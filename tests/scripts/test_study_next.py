@@ -106,7 +106,7 @@ def test_the_budget_shrinks_the_batch_to_what_comes_back(root: Path,
     assert lines[2].endswith("la_full_co.yaml 3 1 1")
     assert sn.main([str(root), "--budget", "900", "--runs", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[2] == ("900 s of device time do not hold the staging and one run (~980 s): "
+    assert lines[2] == ("900 s of device time do not hold the staging and one run (~1000 s): "
                         "nothing to start this session")
     assert len(lines) == 3
 
