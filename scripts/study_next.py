@@ -113,7 +113,8 @@ def runs_table(runs: list[Committed]) -> str:
 
 
 def missing(root: Path, plan: tuple[tuple[int, str, int], ...] = PLAN) -> list[Planned]:
-    """The runs of ``plan`` (:data:`PLAN`, or :data:`EXTRA`) no committed run holds."""
+    """The runs of ``plan`` (:data:`PLAN`, :data:`EXTRA`, or both) no committed run holds,
+    in the plan's order."""
     done = done_runs(root)
     return [p for p in (Planned(*t) for t in plan) if p not in done]
 
@@ -159,13 +160,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         print(runs_table(committed_runs(args.root)))
         return 0
-    planned = missing(args.root)
-    extra = missing(args.root, EXTRA)
+    todo = missing(args.root, PLAN + EXTRA)  # the committed runs read once
+    planned = [p for p in todo if (p.labeled, p.arm, p.seed) in PLAN]
+    extra = todo[len(planned):]
     print(f"{len(PLAN) - len(planned)} of {len(PLAN)} planned runs done; left: "
           + (", ".join(map(str, planned)) or "none"))
     if extra:
         print(f"beyond the plan, where a batch has room: {', '.join(map(str, extra))}")
-    todo = planned + extra
     runs = args.runs
     if todo and args.budget is not None:
         runs = min(runs, runs_that_fit(args.budget))
