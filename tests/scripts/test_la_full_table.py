@@ -81,9 +81,44 @@ def test_an_arm_a_seed_ahead_is_compared_over_the_shared_seeds(root: Path) -> No
 
 def test_readme_table_is_what_the_committed_runs_give() -> None:
     runs = lf.find_runs(ROOT / "results" / "la-full")
-    table = lf.to_markdown(lf.rows(runs), readings=lf.reading_rows(runs))
-    assert_readme_holds(lf.BEGIN, lf.END, table,
-                        "python scripts/la_full_table.py --readme README.md")
+    lines = lf.rows(runs)
+    table = lf.to_markdown(lines, readings=lf.reading_rows(runs))
+    command = "python scripts/la_full_table.py --readme README.md"
+    assert_readme_holds(lf.BEGIN, lf.END, table, command)
+    assert_readme_holds(lf.SUMMARY_BEGIN, lf.SUMMARY_END, lf.summary(lines), command)
+
+
+def test_summary_gives_each_arm_its_means_and_verdicts_in_a_phrase(root: Path) -> None:
+    """sgd-hco 1 and 3 points above sgd (two seeds: interim, undecided at every selection);
+    sgd-co 0.5 below on both seeds, read against the paper's CO row (+0.12): its upper bound
+    lies below, so that gain is excluded on every selection; no arm at 4 labeled."""
+    for seed in (1, 2):
+        _run(root, f"session{seed}", "sgd-co", seed, BASE + 0.002 * seed - 0.005 + NOISE / 10)
+    text = lf.summary(lf.rows(lf.find_runs(root)))
+    head, rule, *body = text.splitlines()
+    assert head == ("| arm | 8 labeled: validation / last / test-selected | verdict | 4 labeled: "
+                    "validation / last / test-selected | verdict |")
+    assert rule == "| --- | --- | --- | --- | --- |"
+    assert body == [
+        "| `sgd-co`, Cautious SGD | -0.50 / -0.50 / -0.50 (2 seeds) | interim, 2 of the 3 "
+        "planned seeds: the paper's +0.12 excluded on all three | not run |  |",
+        "| `sgd-hco`, the printed Algorithm 2 | +2.00 / +2.00 / +2.00 (2 seeds) | interim, 2 of "
+        "the 3 planned seeds: undecided on all three | not run |  |"]
+
+
+@pytest.mark.parametrize(("per_selection", "expected"), [
+    ([[0.5, 0.7, 0.6]] * 3, "a gain, smaller than the paper's +1.11 on all three"),
+    ([[2.0, -1.0, 1.0], [-1.0, -0.5, -1.5], [-1.0, -0.5, -1.5]],
+     "undecided on validation; the paper's +1.11 excluded on last and test-selected"),
+    ([[-1.0, -0.5, -1.5], [2.0, -1.0, 1.0], [1.5, 2.5, 2.0]],
+     "the paper's +1.11 excluded on validation; undecided on last; a gain on test-selected"),
+    ([[1.0]] * 3, "interim, 1 of the 3 planned seeds: undecided on all three"),
+])
+def test_short_verdict_names_the_selections_of_each_outcome(
+        per_selection: list[list[float]], expected: str) -> None:
+    rows = [lf.Row(8, "sgd-hco", c, [], {}, {}, delta_dice=d)
+            for c, d in zip(lf.CHECKPOINTS, per_selection, strict=True)]
+    assert lf.short_verdict(rows, 1.11) == expected
 
 
 def test_main_writes_and_errors_in_one_line(root: Path, tmp_path: Path,
