@@ -57,8 +57,6 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from scipy import stats as sstats
-
 from hco_cli.errors import HcoError
 from hco_cli.evaluation import stats
 from hco_cli.evaluation.compare import ArmSource, Checkpoint, Comparison, compare_sources
@@ -262,42 +260,14 @@ def is_hco(arm: str) -> bool:
     return arm == "sgd-hco" or arm.startswith("hco-")
 
 
-@dataclass(frozen=True)
-class Judgement:
-    """The rule applied to one arm's per-seed Dice differences (module docstring)."""
-
-    n: int
-    mean: float
-    p: float  # one-sided t-test over the seeds, H1: mean > 0
-    upper: float  # one-sided 95 % upper confidence bound of the mean
-    paper_gain: float
-
-    @property
-    def gain(self) -> bool:
-        return self.p < ALPHA
-
-    @property
-    def excluded(self) -> bool:
-        return self.upper < self.paper_gain
-
-    @property
-    def outcome(self) -> str:
-        """The verdict in a phrase, without its numbers."""
-        if self.gain:
-            return (f"a gain, smaller than the paper's +{self.paper_gain:.2f}" if self.excluded
-                    else "a gain")
-        return f"the paper's +{self.paper_gain:.2f} excluded" if self.excluded else "undecided"
+def judge(differences: list[float], paper_gain: float) -> stats.ClaimVerdict | None:
+    """The rule on per-seed Dice differences (% points) against ``sgd``; None below two seeds
+    (:func:`hco_cli.evaluation.stats.claim_verdict`, which ``hco compare --claim`` applies)."""
+    return stats.claim_verdict(differences, paper_gain, alpha=ALPHA)
 
 
-def judge(differences: list[float], paper_gain: float) -> Judgement | None:
-    """The rule on per-seed Dice differences (% points) against ``sgd``; None below two seeds."""
-    mean, se, n = stats.mean_sem(differences)
-    if n < 2:
-        return None
-    _, upper = stats.mean_bounds(differences, confidence=1 - ALPHA)
-    # identical differences (no spread): their sign decides
-    p = float(sstats.t.sf(mean / se, n - 1)) if se > 0 else float(mean <= 0)
-    return Judgement(n, mean, p, upper, paper_gain)
+def _claim(paper_gain: float) -> str:
+    return f"the paper's +{paper_gain:.2f}"
 
 
 def verdict(differences: list[float], paper_gain: float) -> str:
@@ -310,7 +280,7 @@ def verdict(differences: list[float], paper_gain: float) -> str:
     # the degrees of freedom shown: with two seeds a verdict rests on two numbers
     stated = (f"mean {j.mean:+.2f} over {j.n} seeds, one-sided p {_p(j.p)} with {j.n - 1} "
               f"degree{'s' if j.n > 2 else ''} of freedom, 95 % upper bound {j.upper:+.2f}")
-    reading = f"{j.outcome} ({stated})"
+    reading = f"{j.outcome(_claim(paper_gain))} ({stated})"
     # before the planned seeds are in, a look, not the verdict (R1's two-seed "gain" on the
     # last iterate, 2026-12-03b, did not survive seed 3)
     return (reading if j.n >= PLANNED_SEEDS else
@@ -339,7 +309,7 @@ def short_verdict(arm_rows: list[Row], paper_gain: float) -> str:
     groups: dict[str, list[str]] = {}
     for r in arm_rows:
         j = judge(r.delta_dice, paper_gain)
-        groups.setdefault(j.outcome if j else "undecided", []).append(
+        groups.setdefault(j.outcome(_claim(paper_gain)) if j else "undecided", []).append(
             SHORT_SELECTION[r.checkpoint])
     if len(groups) == 1 and len(arm_rows) == len(CHECKPOINTS):
         text = f"{next(iter(groups))} on all three"

@@ -74,6 +74,13 @@ Margin = Annotated[list[str] | None, _opt("--margin", metavar="METRIC=VALUE", he
                    "non-inferiority (arm not worse by VALUE or more), with worse, worse by "
                    "more than VALUE; Dice/Jaccard in % points, HD95/ASD in the distance unit. "
                    "Repeat per metric (dice, jaccard, hd95, asd); 0 for the others.")]  # fmt: skip
+Claim = Annotated[list[str] | None, _opt("--claim", metavar="METRIC=VALUE", help="A claimed "
+                  "gain of every arm over the reference (e.g. a paper's: dice=1.11), held "
+                  "against the per-seed differences: a gain where the one-sided t-test over "
+                  "the seeds gives p < 0.05, the claim excluded where the one-sided 95 % upper "
+                  "bound of the mean improvement lies below it, both, or undecided. Dice/"
+                  "Jaccard in % points, HD95/ASD as the reduction in the distance unit; "
+                  "positive. Repeat per metric.")]  # fmt: skip
 ZeroMethod = Annotated[ZeroMethodChoice | None, _opt(default="wilcox", help="Wilcoxon "
                        "treatment of zero differences (scipy's zero_method).")]  # fmt: skip
 Holm = Annotated[bool, _opt("--holm", help="Holm-adjust p-values across the 4 metrics of each "
@@ -195,22 +202,23 @@ def _split_to_fit(table: compare_tables.ReportTable, width: int
             for k, group in enumerate(groups, start=1)]
 
 
-def parse_margins(items: list[str] | None, percent: frozenset[str]) -> dict[str, float]:
-    """``--margin METRIC=VALUE`` items as compare_runs' margins: the ``percent`` metrics (the
-    tables' Dice and Jaccard) from % points to fractions, the distances as given; a metric
-    given twice is an error."""
+def parse_metric_values(items: list[str] | None, percent: frozenset[str],
+                        option: str = "--margin") -> dict[str, float]:
+    """``--margin`` (or ``--claim``) ``METRIC=VALUE`` items in compare_runs' units: the
+    ``percent`` metrics (the tables' Dice and Jaccard) from % points to fractions, the
+    distances as given; a metric given twice is an error."""
     out: dict[str, float] = {}
     for item in items or []:
         metric, sep, value = item.partition("=")
         metric = metric.strip().lower()
         if not sep or not metric:
-            raise ConfigError(f"--margin {item!r}: expected METRIC=VALUE, e.g. dice=0.5")
+            raise ConfigError(f"{option} {item!r}: expected METRIC=VALUE, e.g. dice=0.5")
         if metric in out:
-            raise ConfigError(f"--margin: {metric} given twice")
+            raise ConfigError(f"{option}: {metric} given twice")
         try:
             number = float(value)
         except ValueError:
-            raise ConfigError(f"--margin {item!r}: {value!r} is not a number") from None
+            raise ConfigError(f"{option} {item!r}: {value!r} is not a number") from None
         out[metric] = number / 100.0 if metric in percent else number
     return out
 
@@ -256,7 +264,8 @@ def _seed_choice(common_seeds: bool, all_runs: bool) -> bool | None:
 @handle_errors
 def compare(
     arms: Arms, checkpoint: Checkpoint = None, test: Test = None, zero_method: ZeroMethod = None,
-    alternative: Alternative = None, margin: Margin = None, holm: Holm = False,
+    alternative: Alternative = None, margin: Margin = None, claim: Claim = None,
+    holm: Holm = False,
     holm_over: HolmOver = None,
     intersect: Intersect = False, common_seeds: CommonSeeds = False, all_runs: AllRuns = False,
     dynamics_mode: DynamicsFlag = False, curves_mode: CurvesFlag = False, split: Split = None,
@@ -285,7 +294,8 @@ def compare(
         _reject("without --curves", split=split)
     if curves_mode:
         _reject("with --curves", checkpoint=checkpoint or None, test=test,
-                zero_method=zero_method, alternative=alternative, margin=margin or None, holm=holm,
+                zero_method=zero_method, alternative=alternative, margin=margin or None,
+                claim=claim or None, holm=holm,
                 holm_over=holm_over, common_seeds=common_seeds, all_runs=all_runs,
                 intersect=intersect, lowess_frac=lowess_frac)  # fmt: skip
         found = curves.compare_curves(arms, split=split, bin_width=bin_width or 1)
@@ -296,7 +306,8 @@ def compare(
             plots.plot_curves(found, plot_path)
     elif dynamics_mode:
         _reject("with --dynamics", checkpoint=checkpoint or None, test=test,
-                zero_method=zero_method, alternative=alternative, margin=margin or None, holm=holm,
+                zero_method=zero_method, alternative=alternative, margin=margin or None,
+                claim=claim or None, holm=holm,
                 holm_over=holm_over,
                 intersect=intersect)  # fmt: skip
         if lowess_frac is not None and plot_path is None:
@@ -324,7 +335,8 @@ def compare(
             intersect=intersect,
             common_seeds=_seed_choice(common_seeds, all_runs),
             hypothesis=cast(Any, (alternative or AlternativeChoice.better).value),
-            margins=parse_margins(margin, compare_tables.PERCENT),
+            margins=parse_metric_values(margin, compare_tables.PERCENT),
+            claims=parse_metric_values(claim, compare_tables.PERCENT, option="--claim"),
         )
         # Several checkpoints: the overview, then each comparison's tables, all in one layout
         # (the narrow one with a single legend) so that the arms' labels mean one thing.

@@ -130,6 +130,10 @@ class SeedDifference:
     # One-sided 95 % bounds of the mean difference over the seeds (stats.mean_bounds): a true
     # difference below the first, or above the second, is excluded at 0.05.
     bounds: tuple[float, float] = (math.nan, math.nan)
+    # A claimed gain (``hco compare --claim``, the metric's units, its better direction) and
+    # the rule's verdict on it over these seeds (stats.claim_verdict); None without a claim.
+    claim: float | None = None
+    verdict: stats.ClaimVerdict | None = None
 
     @property
     def n_finite(self) -> int:
@@ -146,7 +150,19 @@ class SeedDifference:
                 "alternative": self.hypothesis, "margin": self.margin,
                 "detectable_80": self.detectable if math.isfinite(self.detectable) else None,
                 "bound_low_95": self.bounds[0] if math.isfinite(self.bounds[0]) else None,
-                "bound_high_95": self.bounds[1] if math.isfinite(self.bounds[1]) else None}
+                "bound_high_95": self.bounds[1] if math.isfinite(self.bounds[1]) else None,
+                **self._claim_dict()}
+
+    def _claim_dict(self) -> dict[str, Any]:
+        if self.claim is None:
+            return {}
+        v = self.verdict
+        return {"claim": self.claim,
+                "claim_verdict": v.outcome("the claim") if v else None,
+                "claim_gain": v.gain if v else None,
+                "claim_excluded": v.excluded if v else None,
+                "claim_p_seeds": v.p if v else None,
+                "claim_upper_95": v.upper if v and math.isfinite(v.upper) else None}
 
 
 @dataclass(frozen=True)
@@ -221,6 +237,7 @@ class Comparison:
     pairings: dict[str, Pairing] = field(default_factory=dict)  # arm name -> its pairing
     hypothesis: stats.Hypothesis = "better"
     margins: dict[str, float] = field(default_factory=dict)  # metric -> margin (its units)
+    claims: dict[str, float] = field(default_factory=dict)  # metric -> claimed gain (its units)
     holm_family: HolmFamily = "metrics"
     # arm name -> the pairing keys of the runs left out (a seed not in every arm), with
     # common_seeds, or by default where the seeds pair the arms (left_out_auto)
@@ -715,11 +732,12 @@ def _seed_pairs_of_the_rest(ref: Arm, arm: Arm, keyed: list[str]) -> list[tuple[
 
 def seed_differences(
     arms: list[Arm], pairings: dict[str, Pairing], *, hypothesis: stats.Hypothesis = "better",
-    margins: dict[str, float] | None = None,
+    margins: dict[str, float] | None = None, claims: dict[str, float] | None = None,
 ) -> list[SeedDifference]:
     """Per (arm, class, metric): each paired run's mean over the cases where both runs are
-    finite, minus the reference run's, and the t-test of ``hypothesis`` over them; empty for
-    arms without two paired runs (``pairings``: each arm's :class:`Pairing`, by name)."""
+    finite, minus the reference run's, and the t-test of ``hypothesis`` over them, with the
+    verdict on the metric's claimed gain where ``claims`` has one; empty for arms without two
+    paired runs (``pairings``: each arm's :class:`Pairing`, by name)."""
     ref = arms[0]
     out: list[SeedDifference] = []
     for arm in arms[1:]:
@@ -741,6 +759,9 @@ def seed_differences(
                 result = stats.paired_test(np.zeros_like(d), d, metric=metric, tests=("ttest",),
                                            hypothesis=hypothesis, margin=margin)
                 std = float(np.std(finite, ddof=1)) if finite.size > 1 else math.nan
+                claim = (claims or {}).get(metric)
+                verdict = (None if claim is None else stats.claim_verdict(
+                    finite, claim, higher_is_better=stats.HIGHER_IS_BETTER[metric]))
                 out.append(SeedDifference(
                     arm=arm.name, reference=ref.name, class_=cls, metric=metric,
                     keys=tuple(label for label, _, _ in pairs), differences=tuple(diffs),
@@ -750,7 +771,7 @@ def seed_differences(
                     detectable=stats.detectable_mean(
                         std, int(finite.size), metric=metric, hypothesis=hypothesis,
                         margin=margin),
-                    bounds=stats.mean_bounds(finite)))
+                    bounds=stats.mean_bounds(finite), claim=claim, verdict=verdict))
     return out
 
 
@@ -775,6 +796,17 @@ def _checked_family(family: str) -> HolmFamily:
         raise ConfigError(f"unknown Holm family {family!r}; expected one of "
                           f"{', '.join(get_args(HolmFamily))}")
     return family  # type: ignore[return-value]
+
+
+def _checked_claims(claims: dict[str, float] | None) -> dict[str, float]:
+    """The claimed gains, each a known metric's positive improvement, in the metrics' order."""
+    given = claims or {}
+    for metric, claim in given.items():
+        if metric not in METRICS:
+            raise ConfigError(f"a claim for unknown metric {metric!r}; expected one of "
+                              f"{', '.join(METRICS)}")
+        stats.check_claim(claim)
+    return {m: given[m] for m in METRICS if m in given}
 
 
 def _checked_margins(
@@ -877,6 +909,7 @@ def compare_sources(
     hypothesis: stats.Hypothesis = "better",
     margins: dict[str, float] | None = None,
     common_seeds: bool | None = None,
+    claims: dict[str, float] | None = None,
 ) -> Comparison:
     """Load, group, pair and test arms already resolved (first = reference; a caller can list
     the runs of an arm itself, e.g. the rounds where an arm ran); ``hypothesis`` is the
@@ -887,8 +920,11 @@ def compare_sources(
     tests, which average each arm's runs per case, compare like with like; None (default): the
     same where the arms pair by seed and some runs have no partner
     (:func:`_seeds_every_arm_has`, ``left_out_auto``), else every run; False: every run, the
-    per-case tests averaging the runs without a partner in (noted)."""
+    per-case tests averaging the runs without a partner in (noted). ``claims`` (metric ->
+    a claimed gain in its stored units and better direction, e.g. a paper's) adds the verdict
+    of :func:`stats.claim_verdict` over the seeds to the per-seed differences."""
     margins = _checked_margins(checkpoint, tests, hypothesis, margins)
+    claims = _checked_claims(claims)
     if checkpoint != "best" and all(_names_no_checkpoint(m) for s in sources for m in s.members):
         raise ConfigError(f"checkpoint {checkpoint!r} applies to run folders and their "
                           "eval/<checkpoint>/ summaries, and every arm here is a summary that "
@@ -917,10 +953,11 @@ def compare_sources(
         checkpoint=checkpoint,
         dropped_cases=dropped,
         seed_differences=seed_differences(arms, pairings, hypothesis=hypothesis,
-                                          margins=margins),
+                                          margins=margins, claims=claims),
         pairings=pairings,
         hypothesis=hypothesis,
         margins=margins,
+        claims=claims,
         left_out=left_out,
         left_out_auto=cut is not None,
     )

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from hco_cli.evaluation import stats
-from hco_cli.evaluation.compare import Arm, Comparison
+from hco_cli.evaluation.compare import Arm, Comparison, SeedDifference
 from hco_cli.io_utils import write_json, write_text
 
 LABELS = {"dice": "Dice", "jaccard": "Jaccard", "hd95": "HD95", "asd": "ASD"}
@@ -337,11 +337,15 @@ def _seed_table(result: Comparison, labels: dict[str, str] | None = None) -> Rep
         title, units, opening, closing = "Per-pair", "pairs", "Runs paired by ", ""
         moves = ("from one pair of runs to the next (here not seeds: runs of one seed, such as "
                  "the folds of a grid, whose differences share that seed)")
+    claimed = (" Verdict on the claim (--claim, the same sign as the differences): a gain "
+               f"where the one-sided t-test over the {units} (H1: the arm better) gives p < "
+               "0.05, the claim excluded where the one-sided 95 % bound of the mean on the "
+               "better side lies short of it, both, or undecided." if result.claims else "")
     table = ReportTable(
         title=f"{title} differences (checkpoint {result.checkpoint}: each run's mean over the "
         "cases minus the reference run's)",
         columns=["Arm", "Class", "Metric", *keys, "Mean (sd)", "Better", f"p t-test ({units})",
-                 "Detectable (80%)", "95% bounds"],
+                 "Detectable (80%)", "95% bounds", *(["Verdict on the claim"] * bool(claimed))],
         caption=f"{opening}the part of their path the arm's glob matched, then "
         "run.json's seed for the runs left, else, for a seed in several runs, what the "
         f"wildcards matched{closing}; "
@@ -352,7 +356,7 @@ def _seed_table(result: Comparison, labels: dict[str, str] | None = None) -> Rep
         f"rejects with 80 % power at 0.05 given the {units}' sd; a smaller one can hide behind "
         "a p above 0.05. 95% bounds: one-sided 95 % "
         f"confidence bounds of the mean difference over the {units} (t): a true difference "
-        "below the first, or above the second, is excluded at 0.05.",
+        f"below the first, or above the second, is excluded at 0.05.{claimed}",
     )
     for d in result.seed_differences:
         scale = 100.0 if d.metric in PERCENT else 1.0
@@ -369,8 +373,19 @@ def _seed_table(result: Comparison, labels: dict[str, str] | None = None) -> Rep
         texts = [labels[d.arm] if labels else d.arm, d.class_, LABELS[d.metric], *cells,
                  mean + spread, f"{d.n_better}/{d.n_finite}", fmt_p(d.p_ttest), detectable,
                  bounds]
+        if claimed:
+            texts.append(_claim_cell(d, scale))
         table.rows.append([Cell(t) for t in texts])
     return table
+
+
+def _claim_cell(d: SeedDifference, scale: float) -> str:
+    """The verdict on the metric's claim, the claim signed as the differences are (HD95/ASD:
+    a claimed reduction is negative)."""
+    if d.claim is None or d.verdict is None:
+        return "-"
+    signed = d.claim * scale * (1.0 if stats.HIGHER_IS_BETTER[d.metric] else -1.0)
+    return d.verdict.outcome(f"the claimed {signed:+.2f}")
 
 
 def arm_legend(result: Comparison) -> ReportTable:

@@ -301,3 +301,58 @@ def batch_means_sem(runs: Sequence[Sequence[float] | np.ndarray]) -> tuple[float
         return mean, math.nan, n
     spread = sum(b.size * (float(b.mean()) - mean) ** 2 for b in batches)
     return mean, math.sqrt(spread / (len(batches) - 1) / n), n
+
+
+@dataclass(frozen=True)
+class ClaimVerdict:
+    """A claimed gain (a paper's, in the metric's direction of improvement) held against
+    per-seed differences by a fixed rule (:func:`claim_verdict`); ``mean``, ``upper`` and
+    ``claim`` are improvements (arm better: positive; HD95/ASD reductions)."""
+
+    n: int
+    mean: float
+    p: float  # one-sided t-test over the seeds, H1: the arm better
+    upper: float  # one-sided upper confidence bound of the mean improvement
+    claim: float
+    alpha: float = 0.05
+
+    @property
+    def gain(self) -> bool:
+        return self.p < self.alpha
+
+    @property
+    def excluded(self) -> bool:
+        return self.upper < self.claim
+
+    def outcome(self, claim: str) -> str:
+        """The verdict in a phrase; ``claim`` names the claim as shown (e.g. "the paper's
+        +1.11", in the table's units)."""
+        if self.gain:
+            return f"a gain, smaller than {claim}" if self.excluded else "a gain"
+        return f"{claim} excluded" if self.excluded else "undecided"
+
+
+def claim_verdict(differences: Sequence[float] | np.ndarray, claim: float, *,
+                  higher_is_better: bool = True, alpha: float = 0.05) -> ClaimVerdict | None:
+    """Per-seed differences (arm minus reference, one per seed) against a claimed gain: "a
+    gain" where the one-sided t-test over the seeds finds the arm better at ``alpha``; the
+    claim "excluded" where the one-sided ``1 - alpha`` upper bound of the mean improvement lies
+    below it; both can hold (a gain, smaller than claimed); otherwise undecided. None with
+    fewer than two finite differences. Differences without spread: their sign decides the
+    test, and the bound is their mean."""
+    check_claim(claim)
+    v = np.asarray(differences, dtype=np.float64)
+    improvement = v if higher_is_better else -v
+    mean, sem, n = mean_sem(improvement)
+    if n < 2:
+        return None
+    _, upper = mean_bounds(improvement, confidence=1 - alpha)
+    p = float(stats.t.sf(mean / sem, n - 1)) if sem > 0 else float(mean <= 0)
+    return ClaimVerdict(n, mean, p, upper, claim, alpha)
+
+
+def check_claim(claim: float) -> None:
+    """A claimed gain is a positive improvement (a finite number above zero)."""
+    if not math.isfinite(claim) or claim <= 0:
+        raise ConfigError(f"a claimed gain must be a positive number (the improvement in the "
+                          f"metric's better direction), got {claim}")

@@ -457,3 +457,33 @@ def test_narrow_terminals_never_cut_or_fold_a_number(width: int) -> None:
     assert len(wanted) > 100  # not vacuous
     tokens = set(re.split(r"[\s(),/;:%]+", narrow.stdout))
     assert not {n for n in wanted if n not in tokens}
+
+
+def test_a_claim_is_judged_over_the_seeds_in_the_table_and_json(tmp_path: Path) -> None:
+    """--claim dice=1.11 (% points): the per-seed table gains the rule's verdict column, the
+    JSON its fields; a claim that is no gain, or one with --curves, is a one-line error."""
+    for seed, (a, b) in enumerate(((0.0, 0.004), (0.01, 0.016), (-0.01, -0.004)), start=1):
+        write_run(tmp_path / "sgd", f"all-s{seed}", seed=seed,
+                  evals={"best": (cases(8), one_class(DICE_A + a))})
+        write_run(tmp_path / "hco", f"all-s{seed}", seed=seed, optimizer="sgd-hco",
+                  evals={"best": (cases(8), one_class(DICE_A + b))})
+    arms = [f"sgd={tmp_path}/sgd/*", f"hco={tmp_path}/hco/*"]
+    out = tmp_path / "c.json"
+    result = runner.invoke(app, ["compare", *arms, "--claim", "Dice=1.11", "--json", str(out)],
+                           env=WIDE)
+    assert result.exit_code == 0, result.output
+    text = result.stdout
+    assert "Verdict on the claim" in text
+    # gains 0.4, 0.6, 0.6 points: p 0.004 over the seeds, upper bound 0.73 < 1.11
+    assert "a gain, smaller than the claimed +1.11" in text
+    seeds = [r for r in json.loads(out.read_text(encoding="utf-8")) if r["level"] == "seed"]
+    dice = next(r for r in seeds if r["metric"] == "dice")
+    assert dice["claim"] == pytest.approx(0.0111) and dice["claim_excluded"] is True
+    gains = np.array([0.4, 0.6, 0.6])
+    upper = gains.mean() + sps.t.ppf(0.95, 2) * gains.std(ddof=1) / np.sqrt(3)
+    assert 100 * dice["claim_upper_95"] == pytest.approx(upper)
+    assert all("claim" not in r for r in seeds if r["metric"] != "dice")
+    line = _error_line(runner.invoke(app, ["compare", *arms, "--claim", "dice=-1"]))
+    assert "claimed gain must be a positive number" in line
+    line = _error_line(runner.invoke(app, ["compare", *arms, "--claim", "dice=1", "--curves"]))
+    assert line.endswith("--claim does not apply with --curves")

@@ -739,3 +739,36 @@ def test_seeds_without_a_difference_are_not_counted_in_better() -> None:
                           keys=("s1", "s2", "s3"), differences=(-1.0, math.nan, 0.5),
                           mean=-0.25, std=1.06, n_better=1, p_ttest=0.4)
     assert seed.n_finite == 2
+
+
+def test_a_claim_gets_the_rules_verdict_over_the_seeds(tmp_path: Path) -> None:
+    """A claimed Dice gain of 1.11 points (stored as 0.0111) and an HD95 reduction of 0.1:
+    the per-seed differences of the claimed metrics carry stats.claim_verdict on them (HD95 of
+    these runs is 20 (1 - Dice), so its improvement is 20 times the Dice gain); the others
+    carry none; records say so; an unknown metric or a claim that is no gain is an error."""
+    _seeded(tmp_path, "sgd", {"all-s1": 0.0, "all-s2": 0.01, "all-s3": -0.01})
+    _seeded(tmp_path, "hco", {"all-s1": 0.004, "all-s2": 0.016, "all-s3": -0.004},
+            optimizer="sgd-hco")
+    arms = [f"sgd={tmp_path}/sgd/*", f"hco={tmp_path}/hco/*"]
+    result = compare_runs(arms, claims={"hd95": 0.1, "dice": 0.0111})
+    assert result.claims == {"dice": 0.0111, "hd95": 0.1}  # in the metrics' order
+    by_metric = {d.metric: d for d in result.seed_differences}
+    dice, hd95 = by_metric["dice"], by_metric["hd95"]
+    gains = np.array([0.004, 0.006, 0.006])
+    expected = stats.claim_verdict(gains, 0.0111)
+    assert dice.verdict is not None and expected is not None
+    assert (dice.verdict.mean, dice.verdict.p, dice.verdict.upper) == pytest.approx(
+        (expected.mean, expected.p, expected.upper))
+    assert dice.verdict.gain and dice.verdict.excluded
+    assert hd95.verdict is not None
+    assert hd95.verdict.mean == pytest.approx(20 * gains.mean())
+    assert hd95.verdict.gain and not hd95.verdict.excluded  # 0.107 +- spread: 0.1 not excluded
+    assert by_metric["jaccard"].verdict is None and by_metric["jaccard"].claim is None
+    record = dice.as_dict()
+    assert record["claim"] == 0.0111 and record["claim_verdict"] == "a gain, smaller than the claim"
+    assert record["claim_upper_95"] == pytest.approx(dice.verdict.upper)
+    assert "claim" not in by_metric["asd"].as_dict()
+    with pytest.raises(ConfigError, match="a claim for unknown metric 'hd'"):
+        compare_runs(arms, claims={"hd": 1.0})
+    with pytest.raises(ConfigError, match="claimed gain must be a positive number"):
+        compare_runs(arms, claims={"dice": -0.01})

@@ -355,3 +355,39 @@ def test_batch_means_sem_drops_non_finite_values_and_needs_two_values() -> None:
     assert one[0] == 5.0 and math.isnan(one[1]) and one[2] == 1
     empty = stats.batch_means_sem([])
     assert math.isnan(empty[0]) and math.isnan(empty[1]) and empty[2] == 0
+
+
+@pytest.mark.parametrize(("differences", "higher", "gain", "excluded"), [
+    # mean 0.6, sd 0.1, n 3: t = 10.39 on 2 df; upper 0.6 + t_0.95,2 x 0.1 / sqrt 3 = 0.77
+    ([0.5, 0.7, 0.6], True, True, True),
+    ([1.5, 2.5, 2.0], True, True, False),
+    ([-1.0, -0.5, -1.5], True, False, True),
+    ([2.0, -1.0, 1.0], True, False, False),
+    # HD95-like: lower is better, so a fall of 1.5 to 2.5 is a gain of that size
+    ([-1.5, -2.5, -2.0], False, True, False),
+    ([1.0, 0.5, 1.5], False, False, True),
+])
+def test_a_claim_is_held_against_the_seeds_by_the_fixed_rule(
+        differences: list[float], higher: bool, gain: bool, excluded: bool) -> None:
+    """p: scipy's one-sample t-test of the improvements (H1: above 0); the upper bound:
+    mean + t_{0.95, n-1} sd / sqrt(n); the claim 1.11 excluded where the bound is below it."""
+    v = stats.claim_verdict(differences, 1.11, higher_is_better=higher)
+    assert v is not None
+    improvement = np.array(differences) * (1 if higher else -1)
+    assert v.p == pytest.approx(sps.ttest_1samp(improvement, 0.0, alternative="greater").pvalue)
+    upper = improvement.mean() + sps.t.ppf(0.95, 2) * improvement.std(ddof=1) / math.sqrt(3)
+    assert v.upper == pytest.approx(upper)
+    assert (v.gain, v.excluded, v.n) == (gain, excluded, 3)
+    expected = {(True, True): "a gain, smaller than X", (True, False): "a gain",
+                (False, True): "X excluded", (False, False): "undecided"}[(gain, excluded)]
+    assert v.outcome("X") == expected
+
+
+def test_a_claim_needs_two_seeds_and_a_positive_gain() -> None:
+    assert stats.claim_verdict([0.5, math.nan], 1.0) is None
+    same = stats.claim_verdict([0.5, 0.5], 1.0)  # no spread: the sign decides, bound = mean
+    assert same is not None and (same.p, same.upper, same.gain, same.excluded) == (
+        0.0, 0.5, True, True)
+    for claim in (0.0, -1.0, math.nan, math.inf):
+        with pytest.raises(ConfigError, match="claimed gain must be a positive number"):
+            stats.claim_verdict([0.5, 0.7], claim)
