@@ -102,13 +102,18 @@ def test_a_full_protocol_batch_rewrites_the_study_table(tmp_path: Path,
                                                         ) -> None:
     tarball = _tarball(tmp_path, 1, {"sgd": 0.0, "sgd-hco": 0.01}, validations=True)
     readme = tmp_path / "README.md"
-    readme.write_text("<!-- la-full:begin -->\nold\n<!-- la-full:end -->\n", encoding="utf-8")
+    readme.write_text("<!-- la-full-summary:begin -->\nold summary\n"
+                      "<!-- la-full-summary:end -->\n<!-- la-full:begin -->\nold\n"
+                      "<!-- la-full:end -->\n", encoding="utf-8")
     dest = tmp_path / "la-full" / "8l" / "session1"
     assert cr.main([str(tarball), str(dest), "--full-protocol", "--readme", str(readme)]) == 0
     assert (dest / "sgd-hco" / "all-s1" / "metrics.jsonl.xz").is_file()
     text = readme.read_text(encoding="utf-8")
     assert "old" not in text and "| `sgd-hco` (hco) | best on validation | 1 | " in text
     assert "| +1.00 | " in text  # one seed: the difference of the two runs' means
+    # the opening summary too: one seed, so no verdict yet
+    assert ("| `sgd-hco`, the printed Algorithm 2 | +1.00 / +1.00 / +1.00 (1 seed) | interim, "
+            "1 of the 3 planned seeds: undecided on all three | not run |  |") in text
     curves = tmp_path / "la-full" / "curves"
     assert sorted(p.name for p in curves.iterdir()) == [
         f"8l-{kind}.{ext}" for kind, ext in (("dynamics", "json"), ("dynamics", "md"),
