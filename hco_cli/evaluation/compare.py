@@ -28,7 +28,7 @@ import math
 import os
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -798,15 +798,22 @@ def _checked_family(family: str) -> HolmFamily:
     return family  # type: ignore[return-value]
 
 
+def _checked_per_metric(given: dict[str, float] | None, what: str,
+                        check: Callable[[float], None]) -> dict[str, float]:
+    """Per-metric values (``--margin``, ``--claim``): each for a known metric and passing
+    ``check``; returned in the metrics' order."""
+    given = given or {}
+    for metric, value in given.items():
+        if metric not in METRICS:
+            raise ConfigError(f"a {what} for unknown metric {metric!r}; expected one of "
+                              f"{', '.join(METRICS)}")
+        check(value)
+    return {m: given[m] for m in METRICS if m in given}
+
+
 def _checked_claims(claims: dict[str, float] | None) -> dict[str, float]:
     """The claimed gains, each a known metric's positive improvement, in the metrics' order."""
-    given = claims or {}
-    for metric, claim in given.items():
-        if metric not in METRICS:
-            raise ConfigError(f"a claim for unknown metric {metric!r}; expected one of "
-                              f"{', '.join(METRICS)}")
-        stats.check_claim(claim)
-    return {m: given[m] for m in METRICS if m in given}
+    return _checked_per_metric(claims, "claim", stats.check_claim)
 
 
 def _checked_margins(
@@ -820,15 +827,11 @@ def _checked_margins(
         raise ConfigError(f"unknown checkpoint {checkpoint!r}; expected one of "
                           f"{', '.join(get_args(Checkpoint))}")
     stats.check_hypothesis(hypothesis)
-    given = margins or {}
-    for metric, margin in given.items():
-        if metric not in METRICS:
-            raise ConfigError(f"a margin for unknown metric {metric!r}; expected one of "
-                              f"{', '.join(METRICS)}")
-        stats.check_margin(margin, hypothesis)
+    given = _checked_per_metric(margins, "margin",
+                                lambda margin: stats.check_margin(margin, hypothesis))
     if not tests:
         raise ConfigError("no statistical test selected")
-    return {m: given[m] for m in METRICS if given.get(m)}
+    return {m: value for m, value in given.items() if value}
 
 
 def _run_seed(member: Path) -> str | None:
